@@ -1,0 +1,13 @@
+//! trafficmap's per-host side: the eBPF probe loader and the agent built on it.
+//!
+//! Pure logic (backend decision, BTF and tracefs parsing, address decoding, deltas) lives in
+//! modules that touch neither the kernel nor the network, so `cargo test` covers it without root;
+//! [`probe`] is the only module that talks to the kernel's BPF subsystem.
+
+pub mod backend;
+pub mod btf;
+pub mod conn;
+pub mod delta;
+pub mod probe;
+pub mod roles;
+pub mod tracefs;

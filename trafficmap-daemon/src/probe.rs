@@ -1,0 +1,701 @@
+//! Loads the eBPF probe into the running kernel, attaches one byte-counting backend plus the
+//! lifecycle tracepoints, and reads the probe's maps. Dropping a [`Probe`] detaches and unloads
+//! everything (aya closes the links and program file descriptors).
+
+use std::{
+    error::Error as StdError,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{FExit, KProbe, TracePoint},
+};
+use tracing::{debug, info, warn};
+use trafficmap_common::{
+    Conn, ErrorReason, Offsets, ProbeConfig, TRACEPOINT_FIELDS,
+    names::{self, CLOSED, CONNS, ERRORS},
+};
+
+use crate::{
+    backend::{AttachMode, Backend, SelectError, Selection, select},
+    btf::{Btf, BtfError},
+    tracefs,
+};
+
+/// The probe object, built by build.rs from `trafficmap-ebpf`.
+static PROBE_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trafficmap"));
+
+/// Which sockets to count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetnsScope {
+    /// Every network namespace of the machine.
+    #[default]
+    All,
+    /// Only the namespace behind this path (`/proc/<pid>/ns/net`, `/run/netns/<name>`).
+    Path(PathBuf),
+}
+
+impl std::str::FromStr for NetnsScope {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(if s == "all" {
+            NetnsScope::All
+        } else {
+            NetnsScope::Path(s.into())
+        })
+    }
+}
+
+impl std::fmt::Display for NetnsScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetnsScope::All => f.write_str("all"),
+            NetnsScope::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Inode number of a network namespace file, as the kernel's `net->ns.inum`.
+pub fn netns_inode(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(path)?.ino();
+    u32::try_from(ino).map_err(|_| std::io::Error::other(format!("inode {ino} out of range")))
+}
+
+/// Probe settings.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    pub attach: AttachMode,
+    pub netns: NetnsScope,
+    /// Capacity of the live connection table.
+    pub max_connections: u32,
+    /// Size of the ring buffer of final records, in bytes (a power of two, >= one page).
+    pub closed_buffer_bytes: u32,
+    /// Thread group whose traffic is not counted (the agent's own); 0 = none.
+    pub ignore_tgid: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            attach: AttachMode::Auto,
+            netns: NetnsScope::All,
+            max_connections: 65_536,
+            closed_buffer_bytes: 4 << 20,
+            ignore_tgid: 0,
+        }
+    }
+}
+
+/// Why the probe could not be loaded. Each message says what is missing and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux: {0}); trafficmap needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf(std::io::Error),
+    #[error("kernel BTF cannot be used: {0}")]
+    Btf(#[from] BtfError),
+    #[error("tracefs is not mounted; mount it with `mount -t tracefs nodev /sys/kernel/tracing`")]
+    NoTracefs,
+    #[error("the tracepoint {0} does not exist on this kernel (it needs Linux >= 4.16)")]
+    TracepointMissing(&'static str),
+    #[error("unexpected tracepoint layout, the probe would read wrong fields: {}", .0.join("; "))]
+    TracepointLayout(Vec<String>),
+    #[error(
+        "permission denied loading eBPF ({0}); run as root, or with CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH (Linux >= 5.8), see README \"Privileges\""
+    )]
+    Permission(String),
+    #[error(
+        "cannot open network namespace {path}: {source}; pass a path such as /proc/<pid>/ns/net or /run/netns/<name>, or `all`"
+    )]
+    Netns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid --closed-buffer-bytes {0}: must be a power of two of at least 4096")]
+    BadRingSize(u32),
+    #[error("loading the probe failed: {0}")]
+    Load(String),
+    #[error("attaching the lifecycle tracepoint {event} failed: {reason}")]
+    Lifecycle { event: &'static str, reason: String },
+    #[error(transparent)]
+    Backend(#[from] SelectError),
+    #[error("reading probe map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    let s = s.replace('\n', " ");
+    // aya appends "Verifier output:" even when the log is empty.
+    s.trim()
+        .trim_end_matches("Verifier output:")
+        .trim()
+        .to_owned()
+}
+
+fn is_eperm(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Facts about the kernel the probe was fitted to.
+#[derive(Clone, Debug)]
+pub struct KernelFacts {
+    pub release: String,
+    pub offsets: Offsets,
+    /// `tcp_recvmsg` takes the pre-5.19 `nonblock` argument.
+    pub recvmsg_nonblock: bool,
+    /// `tcp_sendpage` exists (sendfile goes through it before 6.5).
+    pub has_sendpage: bool,
+}
+
+/// Reads struct offsets and prototypes from kernel BTF.
+pub fn kernel_facts(btf: &Btf) -> Result<KernelFacts, ProbeError> {
+    let sc = |m| btf.member_offset("sock_common", m);
+    // The probe adds these to a `struct sock *`; that is right only if sock_common comes first.
+    let base = btf.member_offset("sock", "__sk_common")?;
+    let offsets = Offsets {
+        skc_family: base + sc("skc_family")?,
+        skc_state: base + sc("skc_state")?,
+        skc_num: base + sc("skc_num")?,
+        skc_dport: base + sc("skc_dport")?,
+        skc_rcv_saddr: base + sc("skc_rcv_saddr")?,
+        skc_daddr: base + sc("skc_daddr")?,
+        skc_v6_rcv_saddr: base + sc("skc_v6_rcv_saddr")?,
+        skc_v6_daddr: base + sc("skc_v6_daddr")?,
+        skc_net: base + sc("skc_net")?,
+        net_ns_inum: btf.path_offset("net", "ns.inum")?,
+        _pad: 0,
+    };
+    let recv_params = btf.function_params("tcp_recvmsg")?;
+    btf.function_params("tcp_sendmsg")?;
+    Ok(KernelFacts {
+        release: kernel_release(),
+        offsets,
+        recvmsg_nonblock: recv_params >= 6,
+        has_sendpage: btf.has_function("tcp_sendpage"),
+    })
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The loaded, attached probe.
+pub struct Probe {
+    // Field order matters for Drop: maps first, then the object owning programs and links.
+    conns: Map,
+    closed: RingBuf<MapData>,
+    errors: PerCpuArray<MapData, u64>,
+    ebpf: Ebpf,
+    selection: Selection,
+    facts: KernelFacts,
+    netns_inum: u32,
+    max_connections: u32,
+    batch_supported: bool,
+}
+
+const LIFECYCLE: [(&str, &str, &str); 2] = [
+    (names::TP_INET_SOCK_SET_STATE, "sock", "inet_sock_set_state"),
+    (names::TP_TCP_DESTROY_SOCK, "tcp", "tcp_destroy_sock"),
+];
+
+impl Probe {
+    /// Loads and attaches the probe; on error nothing stays attached.
+    pub fn load(opts: &ProbeOptions) -> Result<Probe, ProbeError> {
+        if opts.closed_buffer_bytes < 4096 || !opts.closed_buffer_bytes.is_power_of_two() {
+            return Err(ProbeError::BadRingSize(opts.closed_buffer_bytes));
+        }
+        let netns_inum = match &opts.netns {
+            NetnsScope::All => 0,
+            NetnsScope::Path(p) => netns_inode(p).map_err(|source| ProbeError::Netns {
+                path: p.clone(),
+                source,
+            })?,
+        };
+        let raw_btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(ProbeError::NoBtf)?;
+        let btf = Btf::parse(&raw_btf)?;
+        let facts = kernel_facts(&btf)?;
+        let tracefs = tracefs::mount_point().ok_or(ProbeError::NoTracefs)?;
+        check_tracepoints(
+            &tracefs,
+            &["sock/inet_sock_set_state", "tcp/tcp_destroy_sock"],
+        )?;
+
+        let config = ProbeConfig {
+            offsets: facts.offsets,
+            netns_inum,
+            ignore_tgid: opts.ignore_tgid,
+        };
+        let aya_btf = aya::Btf::parse(&raw_btf, aya::Endianness::default())
+            .map_err(|e| ProbeError::Load(chain(&e)))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global("CONFIG", &config, true)
+            .map_max_entries(CONNS, opts.max_connections)
+            .map_max_entries(CLOSED, opts.closed_buffer_bytes)
+            .load(PROBE_ELF)
+            .map_err(|e| {
+                if is_eperm(&e) {
+                    ProbeError::Permission(chain(&e))
+                } else {
+                    ProbeError::Load(chain(&e))
+                }
+            })?;
+
+        for (prog, category, event) in LIFECYCLE {
+            attach_tracepoint(&mut ebpf, prog, category, event).map_err(|reason| {
+                if reason.contains("Operation not permitted") {
+                    ProbeError::Permission(reason)
+                } else {
+                    ProbeError::Lifecycle { event, reason }
+                }
+            })?;
+        }
+
+        let selection = select(opts.attach, |backend| {
+            let result = attach_backend(&mut ebpf, backend, &facts, &aya_btf, &tracefs);
+            if let Err(reason) = &result {
+                debug!(%backend, %reason, "backend unavailable");
+            }
+            result
+        })?;
+        for (backend, reason) in selection.skipped() {
+            info!(%backend, %reason, "byte-counting backend unavailable on this kernel");
+        }
+        info!(
+            backend = %selection.chosen,
+            kernel = %facts.release,
+            netns = netns_inum,
+            "probe attached"
+        );
+
+        let conns = ebpf
+            .take_map(CONNS)
+            .ok_or(ProbeError::Load("no CONNS map".into()))?;
+        let closed = RingBuf::try_from(
+            ebpf.take_map(CLOSED)
+                .ok_or(ProbeError::Load("no CLOSED map".into()))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            map: CLOSED,
+            source,
+        })?;
+        let errors = PerCpuArray::try_from(
+            ebpf.take_map(ERRORS)
+                .ok_or(ProbeError::Load("no ERRORS map".into()))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            map: ERRORS,
+            source,
+        })?;
+        check_value_size(&conns, size_of::<Conn>())?;
+
+        Ok(Probe {
+            conns,
+            closed,
+            errors,
+            ebpf,
+            selection,
+            facts,
+            netns_inum,
+            max_connections: opts.max_connections,
+            batch_supported: true,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.selection.chosen
+    }
+
+    pub fn selection(&self) -> &Selection {
+        &self.selection
+    }
+
+    pub fn kernel(&self) -> &KernelFacts {
+        &self.facts
+    }
+
+    /// Inode of the namespace counted, 0 for all.
+    pub fn netns_inum(&self) -> u32 {
+        self.netns_inum
+    }
+
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
+    }
+
+    /// Names of the programs attached (for tests and logs).
+    pub fn program_names(&self) -> Vec<String> {
+        self.ebpf
+            .programs()
+            .filter(|(_, p)| p.fd().is_ok())
+            .map(|(n, _)| n.to_owned())
+            .collect()
+    }
+
+    /// Kernel ids of the loaded programs: once the probe is dropped none of them may exist.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect()
+    }
+
+    fn conns_fd(&self) -> BorrowedFd<'_> {
+        match &self.conns {
+            Map::HashMap(m) => m.fd().as_fd(),
+            _ => unreachable!("CONNS is a hash map (checked at load)"),
+        }
+    }
+
+    /// Appends every live connection to `out`.
+    pub fn read_live(&mut self, out: &mut Vec<Conn>) -> Result<(), ProbeError> {
+        if self.batch_supported {
+            match lookup_batch(self.conns_fd(), out) {
+                Ok(()) => return Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
+                    // Batch ops arrived in 5.6; fall back to key-by-key iteration.
+                    warn!(error = %e, "BPF_MAP_LOOKUP_BATCH unsupported, iterating keys");
+                    self.batch_supported = false;
+                }
+                Err(e) => {
+                    return Err(ProbeError::Map {
+                        map: CONNS,
+                        source: MapError::SyscallError(aya::sys::SyscallError {
+                            call: "bpf_map_lookup_batch",
+                            io_error: e,
+                        }),
+                    });
+                }
+            }
+        }
+        let map = aya::maps::HashMap::<&MapData, u64, Conn>::try_from(&self.conns)
+            .map_err(|source| ProbeError::Map { map: CONNS, source })?;
+        for item in map.iter() {
+            match item {
+                Ok((_, c)) => out.push(c),
+                // Destroyed between key and value look-up: its final record is in the ring.
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(ProbeError::Map { map: CONNS, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends every final record waiting in the ring buffer to `out`; returns how many.
+    pub fn read_closed(&mut self, out: &mut Vec<Conn>) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.closed.next() {
+            if item.len() >= size_of::<Conn>() {
+                // SAFETY: the probe writes whole `Conn`s; read_unaligned copes with any alignment.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Conn>()) });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// File descriptor that becomes readable when final records are waiting.
+    pub fn closed_fd(&self) -> BorrowedFd<'_> {
+        self.closed.as_fd()
+    }
+
+    /// Error counters summed over CPUs, indexed by `ErrorReason`.
+    pub fn errors(&self) -> Result<[u64; ErrorReason::COUNT as usize], ProbeError> {
+        let mut out = [0u64; ErrorReason::COUNT as usize];
+        for reason in ErrorReason::ALL {
+            let values =
+                self.errors
+                    .get(&(reason as u32), 0)
+                    .map_err(|source| ProbeError::Map {
+                        map: ERRORS,
+                        source,
+                    })?;
+            out[reason as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Removes destroyed entries that stayed in `CONNS` because the ring buffer was full, once
+    /// userspace has read them. The entry is re-read first so that a socket reborn at the same
+    /// address is left alone.
+    pub fn forget_destroyed(&mut self, destroyed: &[Conn]) -> Result<usize, ProbeError> {
+        let mut map = aya::maps::HashMap::<&mut MapData, u64, Conn>::try_from(&mut self.conns)
+            .map_err(|source| ProbeError::Map { map: CONNS, source })?;
+        let mut removed = 0;
+        for c in destroyed {
+            match map.get(&c.sk, 0) {
+                Ok(cur) if cur.born_ns == c.born_ns => {
+                    if map.remove(&c.sk).is_ok() {
+                        removed += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn check_value_size(map: &Map, expected: usize) -> Result<(), ProbeError> {
+    let Map::HashMap(data) = map else {
+        return Err(ProbeError::Load("CONNS is not a hash map".into()));
+    };
+    let info = data
+        .info()
+        .map_err(|source| ProbeError::Map { map: CONNS, source })?;
+    if info.value_size() as usize != expected || info.key_size() as usize != size_of::<u64>() {
+        return Err(ProbeError::Load(format!(
+            "CONNS layout mismatch: key {} value {} bytes, userspace expects 8 and {expected}",
+            info.key_size(),
+            info.value_size()
+        )));
+    }
+    Ok(())
+}
+
+fn check_tracepoints(tracefs: &Path, events: &[&'static str]) -> Result<(), ProbeError> {
+    let mut problems = Vec::new();
+    for &event in events {
+        let fields =
+            tracefs::read_format(tracefs, event).ok_or(ProbeError::TracepointMissing(event))?;
+        let expected: Vec<(&str, usize, usize)> = TRACEPOINT_FIELDS
+            .iter()
+            .filter(|(e, ..)| *e == event)
+            .map(|&(_, name, off, size)| (name, off, size))
+            .collect();
+        problems.extend(tracefs::check_fields(event, &fields, &expected));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ProbeError::TracepointLayout(problems))
+    }
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    event: &str,
+) -> Result<(), String> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing from the probe object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+    p.load().map_err(|e| chain(&e))?;
+    p.attach(category, event).map_err(|e| chain(&e))?;
+    Ok(())
+}
+
+/// Programs of each backend: (program, kernel function or tracepoint).
+fn backend_programs(backend: Backend, facts: &KernelFacts) -> Vec<(&'static str, &'static str)> {
+    match backend {
+        Backend::Fexit => {
+            let mut v = vec![
+                (names::FEXIT_TCP_SENDMSG, "tcp_sendmsg"),
+                if facts.recvmsg_nonblock {
+                    (names::FEXIT_TCP_RECVMSG_NONBLOCK, "tcp_recvmsg")
+                } else {
+                    (names::FEXIT_TCP_RECVMSG, "tcp_recvmsg")
+                },
+            ];
+            if facts.has_sendpage {
+                v.push((names::FEXIT_TCP_SENDPAGE, "tcp_sendpage"));
+            }
+            v
+        }
+        Backend::Kprobe => {
+            let mut v = vec![
+                (names::KPROBE_TCP_SENDMSG, "tcp_sendmsg"),
+                (names::KRETPROBE_TCP_SEND, "tcp_sendmsg"),
+                if facts.recvmsg_nonblock {
+                    (names::KPROBE_TCP_RECVMSG_NONBLOCK, "tcp_recvmsg")
+                } else {
+                    (names::KPROBE_TCP_RECVMSG, "tcp_recvmsg")
+                },
+                (names::KRETPROBE_TCP_RECVMSG, "tcp_recvmsg"),
+            ];
+            if facts.has_sendpage {
+                v.push((names::KPROBE_TCP_SENDPAGE, "tcp_sendpage"));
+                v.push((names::KRETPROBE_TCP_SEND, "tcp_sendpage"));
+            }
+            v
+        }
+        Backend::Tracepoint => vec![
+            (names::TP_SOCK_SEND_LENGTH, "sock_send_length"),
+            (names::TP_SOCK_RECV_LENGTH, "sock_recv_length"),
+        ],
+    }
+}
+
+/// Loads and attaches one backend; on failure unloads what it loaded, so nothing stays attached.
+fn attach_backend(
+    ebpf: &mut Ebpf,
+    backend: Backend,
+    facts: &KernelFacts,
+    btf: &aya::Btf,
+    tracefs: &Path,
+) -> Result<(), String> {
+    let progs = backend_programs(backend, facts);
+    if backend == Backend::Tracepoint {
+        check_tracepoints(tracefs, &["sock/sock_send_length", "sock/sock_recv_length"]).map_err(
+            |e| match e {
+                ProbeError::TracepointMissing(ev) => {
+                    format!("tracepoint {ev} does not exist (added in Linux 6.3)")
+                }
+                other => other.to_string(),
+            },
+        )?;
+    }
+    let result = (|| -> Result<(), String> {
+        for &(prog, target) in &progs {
+            let program = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| format!("program {prog} missing from the probe object"))?;
+            match backend {
+                Backend::Fexit => {
+                    let p: &mut FExit = program.try_into().map_err(|e| chain(&e))?;
+                    p.load(target, btf)
+                        .map_err(|e| format!("loading fexit on {target}: {}", chain(&e)))?;
+                    p.attach()
+                        .map_err(|e| format!("attaching fexit on {target}: {}", chain(&e)))?;
+                }
+                Backend::Kprobe => {
+                    let p: &mut KProbe = program.try_into().map_err(|e| chain(&e))?;
+                    // The kretprobe program serves two functions; load it once.
+                    if p.fd().is_err() {
+                        p.load()
+                            .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+                    }
+                    p.attach(target, 0).map_err(|e| {
+                        let why = chain(&e);
+                        if why.contains("devices/kprobe/type") {
+                            format!("kprobes are not available (no kprobe PMU: kernel built without CONFIG_KPROBES?): {why}")
+                        } else {
+                            format!("attaching {prog} to {target}: {why}")
+                        }
+                    })?;
+                }
+                Backend::Tracepoint => {
+                    let p: &mut TracePoint = program.try_into().map_err(|e| chain(&e))?;
+                    p.load()
+                        .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+                    p.attach("sock", target)
+                        .map_err(|e| format!("attaching sock:{target}: {}", chain(&e)))?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for &(prog, _) in &progs {
+            if let Some(p) = ebpf.program_mut(prog) {
+                let _ = unload(p);
+            }
+        }
+    }
+    result
+}
+
+fn unload(p: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramError> {
+    use aya::programs::Program;
+    match p {
+        Program::FExit(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        _ => Ok(()),
+    }
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` over the whole map: a few syscalls instead of two per entry, and no
+/// restart-from-the-beginning when an entry is deleted mid-walk (as `get_next_key` does).
+fn lookup_batch(fd: BorrowedFd<'_>, out: &mut Vec<Conn>) -> std::io::Result<()> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let mut chunk = 4096usize;
+    let mut keys = vec![0u64; chunk];
+    let mut values = vec![Conn::ZERO; chunk];
+    // Hash maps use a u32 bucket index as the batch token.
+    let mut token_in = 0u32;
+    let mut token_out = 0u32;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw const token_in as u64 },
+            out_batch: &raw mut token_out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr points at buffers of `count` keys and values that outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        let n = attr.count as usize;
+        match err.as_ref().and_then(std::io::Error::raw_os_error) {
+            None | Some(libc::ENOENT) => {
+                out.extend_from_slice(&values[..n.min(chunk)]);
+                if err.is_some() {
+                    return Ok(());
+                }
+            }
+            // One bucket holds more entries than the buffer: grow it and retry.
+            Some(libc::ENOSPC) => {
+                chunk *= 2;
+                keys.resize(chunk, 0);
+                values.resize(chunk, Conn::ZERO);
+                continue;
+            }
+            Some(_) => return Err(err.unwrap_or_else(std::io::Error::last_os_error)),
+        }
+        first = false;
+        token_in = token_out;
+    }
+}

@@ -1,0 +1,727 @@
+//! Privileged tests: load the real probe into the running kernel and push real TCP over loopback
+//! inside a fresh network namespace per test; every byte count is asserted exactly.
+//!
+//! `TRAFFICMAP_TEST_BACKEND=auto|fexit|kprobe|tracepoint` selects the backend (default auto);
+//! `cargo xtask vm-test` runs this binary once per backend in VMs of several kernels.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    thread,
+    time::Duration,
+};
+
+use support::*;
+use trafficmap_common::{AF_INET, AF_INET6, Conn, flags, role, tcp_state};
+use trafficmap_daemon::{
+    backend::{AttachMode, Backend},
+    conn::{ConnExt as _, ConnId, Role, RoleSource},
+    probe::{Probe, ProbeError},
+    roles::{self, ListenerCache},
+};
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Writes `data` with plain `write(2)` calls of the given chunk sizes (cycled); returns the
+/// number of calls that moved bytes.
+fn write_chunks(s: &mut TcpStream, data: &[u8], chunks: &[usize]) -> u64 {
+    let (mut off, mut calls, mut i) = (0, 0, 0);
+    while off < data.len() {
+        let end = (off + chunks[i % chunks.len()]).min(data.len());
+        let n = s.write(&data[off..end]).expect("write");
+        assert!(n > 0);
+        off += n;
+        calls += 1;
+        i += 1;
+    }
+    calls
+}
+
+/// Reads to EOF with `read(2)` into a buffer of `buf` bytes; returns (data, calls that moved bytes).
+fn read_all(s: &mut TcpStream, buf: usize) -> (Vec<u8>, u64) {
+    let mut out = Vec::new();
+    let mut b = vec![0u8; buf];
+    let mut calls = 0;
+    loop {
+        let n = s.read(&mut b).expect("read");
+        if n == 0 {
+            return (out, calls);
+        }
+        out.extend_from_slice(&b[..n]);
+        calls += 1;
+    }
+}
+
+fn named<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    thread::Builder::new().name(name.into()).spawn(f).unwrap()
+}
+
+fn port(a: SocketAddr) -> u16 {
+    a.port()
+}
+
+/// Decides whether the backend under test loads here. Prints a marker line the VM harness reads;
+/// when the backend is unsupported, asserts that `auto` falls back past it.
+#[test]
+fn backend_support() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mode = mode_under_test();
+    let opts = trafficmap_daemon::probe::ProbeOptions {
+        attach: mode,
+        netns: trafficmap_daemon::probe::NetnsScope::Path(ns.path()),
+        ..Default::default()
+    };
+    match Probe::load(&opts) {
+        Ok(probe) => {
+            println!("TRAFFICMAP_SUPPORT {} supported", probe.backend());
+            for (b, why) in probe.selection().skipped() {
+                println!("TRAFFICMAP_SKIPPED {b}: {why}");
+            }
+            if let AttachMode::Force(b) = mode {
+                assert_eq!(probe.backend(), b);
+            }
+        }
+        Err(ProbeError::Backend(trafficmap_daemon::backend::SelectError::ForcedUnavailable {
+            backend,
+            reason,
+        })) => {
+            println!("TRAFFICMAP_SUPPORT {backend} unsupported: {reason}");
+            // The automatic choice must skip it, saying why, and land on a later backend.
+            let auto = load_with(&ns, AttachMode::Auto);
+            let chosen = auto.backend();
+            assert_ne!(chosen, backend);
+            if Backend::AUTO_ORDER.iter().position(|&b| b == backend)
+                < Backend::AUTO_ORDER.iter().position(|&b| b == chosen)
+            {
+                let skipped: Vec<Backend> = auto.selection().skipped().map(|(b, _)| b).collect();
+                assert!(skipped.contains(&backend), "{skipped:?}");
+            }
+            println!("TRAFFICMAP_FALLBACK {chosen}");
+        }
+        Err(e) => panic!("probe failed to load for a reason other than backend support: {e}"),
+    }
+}
+
+#[test]
+fn ipv4_write_read_exact_on_both_ends() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let request = pattern(1_000_003, 1);
+    let reply = pattern(300_007, 2);
+
+    let reply2 = reply.clone();
+    let server = named("tm-server", move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        // Small reads: 7 bytes at a time.
+        let (got, reads) = read_all(&mut s, 7);
+        let writes = write_chunks(&mut s, &reply2, &[65536]);
+        (got, reads, writes, peer)
+    });
+    let mut c = TcpStream::connect(server_addr).unwrap();
+    let client_addr = c.local_addr().unwrap();
+    let writes = write_chunks(&mut c, &request, &[1, 1000, 65536, 3]);
+    c.shutdown(Shutdown::Write).unwrap();
+    // Large reads: 1 MiB buffer.
+    let (got, reads) = read_all(&mut c, 1 << 20);
+    let (server_got, server_reads, server_writes, peer) = server.join().unwrap();
+    assert_eq!(got, reply);
+    assert_eq!(server_got, request);
+    assert_eq!(peer, client_addr);
+
+    let conns = collect(&mut probe);
+    let cl = find(&conns, port(client_addr), port(server_addr));
+    let sv = find(&conns, port(server_addr), port(client_addr));
+    assert_eq!(
+        (
+            cl.bytes_sent,
+            cl.bytes_received,
+            cl.send_calls,
+            cl.recv_calls
+        ),
+        (request.len() as u64, reply.len() as u64, writes, reads)
+    );
+    assert_eq!(
+        (
+            sv.bytes_sent,
+            sv.bytes_received,
+            sv.send_calls,
+            sv.recv_calls
+        ),
+        (
+            reply.len() as u64,
+            request.len() as u64,
+            server_writes,
+            server_reads
+        )
+    );
+    assert_eq!(cl.role(), Role::Client);
+    assert_eq!(sv.role(), Role::Server);
+    assert_eq!(cl.local(), client_addr);
+    assert_eq!(cl.remote(), server_addr);
+    assert_eq!(sv.local(), server_addr);
+    assert_eq!(sv.remote(), client_addr);
+    assert_eq!((cl.family, sv.family), (AF_INET, AF_INET));
+    let pid = std::process::id();
+    assert_eq!((cl.pid, sv.pid), (pid, pid));
+    // The client side ran on the test's own thread, whose comm is the test name (truncated).
+    let own_comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+    assert_eq!(cl.process(), own_comm.trim());
+    assert_eq!(sv.process(), "tm-server");
+    assert_eq!((cl.netns, sv.netns), (inode(&ns), inode(&ns)));
+    for c in [&cl, &sv] {
+        assert!(c.flags & flags::ESTABLISHED != 0);
+        assert!(c.flags & flags::PREEXISTING == 0);
+        assert!(c.opened_ns > 0 && c.opened_ns <= c.last_ns, "{c:?}");
+    }
+    assert_no_errors(&probe);
+
+    // After both ends close, each socket's final record reaches userspace and leaves the table.
+    drop(c);
+    let mut seen: HashMap<ConnId, Conn> = conns;
+    let finals = wait_for(Duration::from_secs(10), || {
+        seen.extend(collect(&mut probe));
+        let done = [cl.id(), sv.id()]
+            .iter()
+            .all(|id| seen.get(id).is_some_and(|c| c.is_destroyed()));
+        done.then(|| (seen[&cl.id()], seen[&sv.id()]))
+    })
+    .expect("final records of both ends within 10 s");
+    for (f, before) in [(finals.0, cl), (finals.1, sv)] {
+        assert_eq!(
+            (f.bytes_sent, f.bytes_received),
+            (before.bytes_sent, before.bytes_received)
+        );
+        assert_eq!(f.state, tcp_state::CLOSE);
+        // Not `closed_ns >= last_ns`: after shutdown(SHUT_WR) the socket can reach CLOSE while
+        // data is still queued, and the application reads it afterwards.
+        assert!(f.closed_ns >= f.opened_ns && f.opened_ns > 0, "{f:?}");
+    }
+    let mut live = Vec::new();
+    probe.read_live(&mut live).unwrap();
+    assert!(live.iter().all(|c| c.id() != cl.id() && c.id() != sv.id()));
+}
+
+#[test]
+fn ipv6_send_recv_sendmsg_recvmsg_exact() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    let listener = TcpListener::bind("[::1]:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let a = pattern(70_001, 3);
+    let b = pattern(5_003, 4);
+    let total = (a.len() + b.len()) as u64;
+
+    let server = named("tm-recv", move || {
+        let (s, _) = listener.accept().unwrap();
+        let fd = s.as_raw_fd();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 4096];
+        // Alternate recv(2) and recvmsg(2) with two iovecs.
+        let mut use_msg = false;
+        loop {
+            let n = if use_msg {
+                let (left, right) = buf.split_at_mut(1000);
+                let mut iov = [
+                    libc::iovec {
+                        iov_base: left.as_mut_ptr().cast(),
+                        iov_len: left.len(),
+                    },
+                    libc::iovec {
+                        iov_base: right.as_mut_ptr().cast(),
+                        iov_len: right.len(),
+                    },
+                ];
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = 2;
+                unsafe { libc::recvmsg(fd, &mut msg, 0) }
+            } else {
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), 333, 0) }
+            };
+            assert!(n >= 0, "{}", std::io::Error::last_os_error());
+            if n == 0 {
+                break;
+            }
+            got += n as usize;
+            use_msg = !use_msg;
+        }
+        let reply = b"ok-ipv6";
+        assert_eq!(
+            unsafe { libc::send(fd, reply.as_ptr().cast(), reply.len(), 0) },
+            7
+        );
+        got
+    });
+    let c = TcpStream::connect(server_addr).unwrap();
+    let client_addr = c.local_addr().unwrap();
+    let fd = c.as_raw_fd();
+    // send(2) for `a`, sendmsg(2) with two iovecs for `b` split in two.
+    let mut off = 0;
+    while off < a.len() {
+        let n = unsafe { libc::send(fd, a[off..].as_ptr().cast(), (a.len() - off).min(8192), 0) };
+        assert!(n > 0);
+        off += n as usize;
+    }
+    let (b1, b2) = b.split_at(2000);
+    let iov = [
+        libc::iovec {
+            iov_base: b1.as_ptr() as *mut _,
+            iov_len: b1.len(),
+        },
+        libc::iovec {
+            iov_base: b2.as_ptr() as *mut _,
+            iov_len: b2.len(),
+        },
+    ];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut _;
+    msg.msg_iovlen = 2;
+    assert_eq!(unsafe { libc::sendmsg(fd, &msg, 0) }, b.len() as isize);
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    (&c).read_to_end(&mut reply).unwrap();
+    assert_eq!(server.join().unwrap() as u64, total);
+
+    let conns = collect(&mut probe);
+    let cl = find(&conns, port(client_addr), port(server_addr));
+    let sv = find(&conns, port(server_addr), port(client_addr));
+    assert_eq!((cl.bytes_sent, cl.bytes_received), (total, 7));
+    assert_eq!((sv.bytes_sent, sv.bytes_received), (7, total));
+    assert_eq!((cl.family, sv.family), (AF_INET6, AF_INET6));
+    assert_eq!(cl.local(), client_addr);
+    assert_eq!(sv.remote(), client_addr);
+    assert!(!cl.is_v4_mapped());
+    assert_eq!(sv.process(), "tm-recv");
+    assert_no_errors(&probe);
+}
+
+#[test]
+fn ipv4_mapped_peer_on_dual_stack_listener() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    let listener = TcpListener::bind("[::]:0").unwrap();
+    let p = listener.local_addr().unwrap().port();
+    let server = named("tm-dual", move || {
+        let (mut s, _) = listener.accept().unwrap();
+        read_all(&mut s, 4096).0.len()
+    });
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    let client_addr = c.local_addr().unwrap();
+    c.write_all(&pattern(12_345, 5)).unwrap();
+    drop(c);
+    assert_eq!(server.join().unwrap(), 12_345);
+    let conns = collect(&mut probe);
+    let sv = find(&conns, p, client_addr.port());
+    let cl = find(&conns, client_addr.port(), p);
+    assert_eq!(sv.family, AF_INET6);
+    assert!(sv.is_v4_mapped());
+    // Mapped addresses decode to IPv4, so both ends name the same addresses.
+    assert_eq!(sv.remote(), client_addr);
+    assert_eq!(sv.local(), SocketAddr::from(([127, 0, 0, 1], p)));
+    assert_eq!(cl.family, AF_INET);
+    assert_eq!((sv.bytes_received, cl.bytes_sent), (12_345, 12_345));
+}
+
+#[test]
+fn sendfile_is_counted() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    let data = pattern(2_500_001, 6);
+    let path = std::env::temp_dir().join(format!("trafficmap-sendfile-{}", std::process::id()));
+    std::fs::write(&path, &data).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server = named("tm-sink", move || {
+        let (mut s, _) = listener.accept().unwrap();
+        read_all(&mut s, 1 << 16).0
+    });
+    let c = TcpStream::connect(server_addr).unwrap();
+    let client_addr = c.local_addr().unwrap();
+    let mut offset: libc::off_t = 0;
+    while (offset as usize) < data.len() {
+        let n = unsafe {
+            libc::sendfile(
+                c.as_raw_fd(),
+                file.as_raw_fd(),
+                &mut offset,
+                data.len() - offset as usize,
+            )
+        };
+        assert!(n > 0, "sendfile: {}", std::io::Error::last_os_error());
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(server.join().unwrap(), data);
+    let conns = collect(&mut probe);
+    let cl = find(&conns, port(client_addr), port(server_addr));
+    let sv = find(&conns, port(server_addr), port(client_addr));
+    assert_eq!(cl.bytes_sent, data.len() as u64);
+    assert_eq!(sv.bytes_received, data.len() as u64);
+    assert_no_errors(&probe);
+}
+
+#[test]
+fn msg_peek_is_not_counted() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server = named("tm-peek", move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut b = [0u8; 64];
+        // Wait for the data, peek at it twice, then read it for real.
+        let n = unsafe {
+            libc::recv(
+                s.as_raw_fd(),
+                b.as_mut_ptr().cast(),
+                64,
+                libc::MSG_PEEK | libc::MSG_WAITALL,
+            )
+        };
+        assert_eq!(n, 64);
+        let n = unsafe { libc::recv(s.as_raw_fd(), b.as_mut_ptr().cast(), 10, libc::MSG_PEEK) };
+        assert_eq!(n, 10);
+        read_all(&mut s, 1000)
+    });
+    let mut c = TcpStream::connect(server_addr).unwrap();
+    let client_addr = c.local_addr().unwrap();
+    c.write_all(&pattern(5000, 7)).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let (got, reads) = server.join().unwrap();
+    assert_eq!(got.len(), 5000);
+    let sv = find(&collect(&mut probe), port(server_addr), port(client_addr));
+    assert_eq!((sv.bytes_received, sv.recv_calls), (5000, reads));
+}
+
+#[test]
+fn eight_threads_on_distinct_sockets_at_once() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let acceptor = named("tm-accept", move || {
+        let mut handles = Vec::new();
+        for _ in 0..8 {
+            let (mut s, peer) = listener.accept().unwrap();
+            handles.push(named("tm-worker", move || {
+                let (got, _) = read_all(&mut s, 1500);
+                s.write_all(&got[..got.len() / 3]).unwrap();
+                (peer, got.len())
+            }));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let barrier = barrier.clone();
+            named(&format!("tm-client-{i}"), move || {
+                let size = 200_003 * (i + 1) + i;
+                let mut c = TcpStream::connect(server_addr).unwrap();
+                let local = c.local_addr().unwrap();
+                barrier.wait();
+                c.write_all(&pattern(size, i as u8)).unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+                let (back, _) = read_all(&mut c, 8192);
+                assert_eq!(back.len(), size / 3);
+                (local, size)
+            })
+        })
+        .map(|h| h)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let served = acceptor.join().unwrap();
+    assert_eq!(served.len(), 8);
+    let conns = collect(&mut probe);
+    for (i, (local, size)) in clients.iter().enumerate() {
+        let cl = find(&conns, local.port(), server_addr.port());
+        let sv = find(&conns, server_addr.port(), local.port());
+        let size = *size as u64;
+        assert_eq!(
+            (cl.bytes_sent, cl.bytes_received),
+            (size, size / 3),
+            "client {i}"
+        );
+        assert_eq!(
+            (sv.bytes_received, sv.bytes_sent),
+            (size, size / 3),
+            "server {i}"
+        );
+        assert_eq!(cl.process(), format!("tm-client-{i}"));
+        assert_eq!(sv.process(), "tm-worker");
+    }
+    assert_no_errors(&probe);
+}
+
+#[test]
+fn thousand_connections_between_two_reads() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    const N: usize = 1000;
+    // First read: nothing of this test exists yet.
+    assert!(collect(&mut probe).is_empty());
+
+    let server = named("tm-1k-server", move || {
+        for _ in 0..N {
+            let (mut s, _) = listener.accept().unwrap();
+            let (got, _) = read_all(&mut s, 4096);
+            s.write_all(&got[..got.len() / 2]).unwrap();
+        }
+    });
+    let mut expected: HashMap<u16, u64> = HashMap::new();
+    for i in 0..N {
+        let size = 1 + (i * 37) % 3000;
+        let mut c = TcpStream::connect(server_addr).unwrap();
+        expected.insert(c.local_addr().unwrap().port(), size as u64);
+        c.write_all(&pattern(size, i as u8)).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let (back, _) = read_all(&mut c, 4096);
+        assert_eq!(back.len(), size / 2);
+    }
+    server.join().unwrap();
+    assert_eq!(expected.len(), N, "client ports are distinct");
+
+    // Second read: every connection is there, live or as a final record, with exact bytes.
+    let mut seen = collect(&mut probe);
+    let check = |seen: &HashMap<ConnId, Conn>| {
+        for (&p, &size) in &expected {
+            let cl = find(seen, p, server_addr.port());
+            let sv = find(seen, server_addr.port(), p);
+            assert_eq!(
+                (cl.bytes_sent, cl.bytes_received),
+                (size, size / 2),
+                "client :{p}"
+            );
+            assert_eq!(
+                (sv.bytes_received, sv.bytes_sent),
+                (size, size / 2),
+                "server :{p}"
+            );
+            assert_eq!((cl.role(), sv.role()), (Role::Client, Role::Server));
+        }
+        assert_eq!(seen.len(), 2 * N);
+    };
+    check(&seen);
+    // All 2,000 sockets are destroyed soon after; each final record is handed over exactly.
+    let all_final = wait_for(Duration::from_secs(30), || {
+        for (id, c) in collect(&mut probe) {
+            seen.insert(id, c);
+        }
+        seen.values().all(|c| c.is_destroyed()).then_some(())
+    });
+    assert!(
+        all_final.is_some(),
+        "{} of {} connections not destroyed",
+        seen.values().filter(|c| !c.is_destroyed()).count(),
+        seen.len()
+    );
+    check(&seen);
+    let mut live = Vec::new();
+    probe.read_live(&mut live).unwrap();
+    assert!(
+        live.is_empty(),
+        "{} entries left in the live table",
+        live.len()
+    );
+    assert_no_errors(&probe);
+}
+
+#[test]
+fn connection_open_before_load_is_counted_from_load_time() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let mut c = TcpStream::connect(server_addr).unwrap();
+    let client_addr = c.local_addr().unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    // Before the probe: 1,000 bytes each way, not to be counted.
+    c.write_all(&[1; 1000]).unwrap();
+    s.read_exact(&mut [0; 1000]).unwrap();
+    s.write_all(&[2; 1000]).unwrap();
+    c.read_exact(&mut [0; 1000]).unwrap();
+
+    let mut probe = load(&ns);
+    c.write_all(&pattern(4321, 8)).unwrap();
+    s.read_exact(&mut vec![0; 4321]).unwrap();
+    s.write_all(&pattern(1234, 9)).unwrap();
+    c.read_exact(&mut vec![0; 1234]).unwrap();
+
+    let conns = collect(&mut probe);
+    let cl = find(&conns, client_addr.port(), server_addr.port());
+    let sv = find(&conns, server_addr.port(), client_addr.port());
+    assert_eq!((cl.bytes_sent, cl.bytes_received), (4321, 1234));
+    assert_eq!((sv.bytes_sent, sv.bytes_received), (1234, 4321));
+    for x in [&cl, &sv] {
+        assert!(x.is_preexisting());
+        assert_eq!(x.opened_ns, 0);
+        assert_eq!(x.role, role::UNKNOWN, "the kernel did not see it open");
+        assert_eq!(x.state, tcp_state::ESTABLISHED);
+    }
+    assert_eq!(cl.local(), client_addr);
+    assert_eq!(cl.remote(), server_addr);
+    // Roles come from the namespace's listening sockets.
+    let mut cache = ListenerCache::default();
+    assert_eq!(
+        roles::resolve(&cl, cache.for_conn(&cl)),
+        (Role::Client, RoleSource::Listeners)
+    );
+    assert_eq!(
+        roles::resolve(&sv, cache.for_conn(&sv)),
+        (Role::Server, RoleSource::Listeners)
+    );
+    assert_no_errors(&probe);
+}
+
+#[test]
+fn failed_connect_is_recorded_without_bytes() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    // A port nobody listens on in this fresh namespace.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = closed.local_addr().unwrap().port();
+    drop(closed);
+    let err = TcpStream::connect(("127.0.0.1", p)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let c = wait_for(Duration::from_secs(5), || {
+        collect(&mut probe)
+            .into_values()
+            .find(|c| c.dport == p && c.is_destroyed())
+    })
+    .expect("final record of the refused connection");
+    assert_eq!(c.role(), Role::Client);
+    assert_eq!((c.bytes_sent, c.bytes_received), (0, 0));
+    assert!(c.flags & flags::ESTABLISHED == 0);
+}
+
+#[test]
+fn netns_scope_counts_only_its_namespace() {
+    if !privileged() {
+        return;
+    }
+    let ns_a = NetNs::new();
+    let mut probe_a = load(&ns_a);
+    // A second namespace, on another thread, with its own probe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let other = named("tm-ns-b", move || {
+        let ns_b = NetNs::new();
+        let mut probe_b = load(&ns_b);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(&[0; 7777]).unwrap();
+        drop(c);
+        assert_eq!(read_all(&mut s, 4096).0.len(), 7777);
+        tx.send(inode(&ns_b)).unwrap();
+        done_rx.recv().unwrap();
+        let seen = collect(&mut probe_b);
+        let sent: u64 = seen.values().map(|c| c.bytes_sent).sum();
+        (
+            seen.values().map(|c| c.netns).collect::<Vec<_>>(),
+            sent,
+            inode(&ns_b),
+        )
+    });
+    let ino_b = rx.recv().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    c.write_all(&[0; 3333]).unwrap();
+    drop(c);
+    assert_eq!(read_all(&mut s, 4096).0.len(), 3333);
+    done_tx.send(()).unwrap();
+    let (b_netns, b_sent, b_ino) = other.join().unwrap();
+
+    let seen_a = collect(&mut probe_a);
+    assert_ne!(inode(&ns_a), ino_b);
+    assert!(
+        seen_a.values().all(|c| c.netns == inode(&ns_a)),
+        "{seen_a:?}"
+    );
+    assert_eq!(seen_a.values().map(|c| c.bytes_sent).sum::<u64>(), 3333);
+    assert!(b_netns.iter().all(|&n| n == b_ino));
+    assert_eq!(b_sent, 7777);
+}
+
+#[test]
+fn nothing_stays_attached_after_drop() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let probe = load(&ns);
+    let ids = probe.program_ids();
+    // Lifecycle tracepoints plus the backend's programs.
+    assert!(ids.len() >= 4, "{ids:?}");
+    let loaded = |ids: &[u32]| -> Vec<u32> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ids.contains(id))
+            .collect()
+    };
+    assert_eq!(
+        loaded(&ids).len(),
+        ids.len(),
+        "programs are loaded while the probe lives"
+    );
+    drop(probe);
+    // Program release is synchronous with the last fd close, but links may be freed after an
+    // RCU grace period: allow a moment.
+    let gone = wait_for(Duration::from_secs(5), || {
+        loaded(&ids).is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "still loaded: {:?}", loaded(&ids));
+}

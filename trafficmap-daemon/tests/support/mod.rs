@@ -1,0 +1,184 @@
+//! Helpers for the privileged probe tests: a private network namespace per test thread, the
+//! backend under test, explicit skips, and reading everything the probe holds.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant},
+};
+
+use trafficmap_common::Conn;
+use trafficmap_daemon::{
+    backend::{AttachMode, Backend},
+    conn::{ConnExt as _, ConnId},
+    probe::{NetnsScope, Probe, ProbeOptions},
+};
+
+/// Whether privileged tests can run. Without root they are skipped with a message, unless `CI`
+/// is set: in CI a skip would hide a failure, so it fails instead.
+pub fn privileged() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("privileged probe tests need root, and CI is set: refusing to skip");
+    }
+    eprintln!("SKIPPED: needs root to load eBPF (run `sudo -E cargo test` or `cargo xtask test`)");
+    false
+}
+
+/// The attach mode under test: `TRAFFICMAP_TEST_BACKEND=auto|fexit|kprobe|tracepoint`.
+pub fn mode_under_test() -> AttachMode {
+    std::env::var("TRAFFICMAP_TEST_BACKEND")
+        .ok()
+        .map(|s| s.parse().expect("TRAFFICMAP_TEST_BACKEND"))
+        .unwrap_or(AttachMode::Auto)
+}
+
+/// A fresh network namespace for the calling thread (threads it spawns inherit it), with `lo`
+/// up; the thread returns to its original namespace on drop. `!Send`: namespaces are per thread.
+pub struct NetNs {
+    original: File,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        let original = File::open("/proc/thread-self/ns/net").expect("open own netns");
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        set_up("lo");
+        NetNs {
+            original,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// Path naming this namespace for `--netns`.
+    pub fn path(&self) -> std::path::PathBuf {
+        // Valid from any thread while the creating thread lives.
+        format!("/proc/{}/task/{}/ns/net", std::process::id(), unsafe {
+            libc::gettid()
+        })
+        .into()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+fn set_up(ifname: &str) {
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in ifname.bytes().enumerate() {
+            req.ifr_name[i] = b as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req),
+            0,
+            "bring {ifname} up: {}",
+            std::io::Error::last_os_error()
+        );
+        libc::close(fd);
+    }
+}
+
+/// Loads the probe for the backend under test, counting only `ns`.
+pub fn load(ns: &NetNs) -> Probe {
+    load_with(ns, mode_under_test())
+}
+
+pub fn load_with(ns: &NetNs, attach: AttachMode) -> Probe {
+    let opts = ProbeOptions {
+        attach,
+        netns: NetnsScope::Path(ns.path()),
+        ..ProbeOptions::default()
+    };
+    let probe = Probe::load(&opts).unwrap_or_else(|e| panic!("loading the probe ({attach}): {e}"));
+    if let AttachMode::Force(b) = attach {
+        assert_eq!(probe.backend(), b);
+    }
+    probe
+}
+
+/// Everything the probe holds now, newest record per connection (final records win).
+pub fn collect(probe: &mut Probe) -> HashMap<ConnId, Conn> {
+    let mut live = Vec::new();
+    probe.read_live(&mut live).expect("read live connections");
+    let mut closed = Vec::new();
+    probe.read_closed(&mut closed);
+    let mut out: HashMap<ConnId, Conn> = HashMap::new();
+    for c in live.into_iter().chain(closed) {
+        let e = out.entry(c.id()).or_insert(c);
+        if c.is_destroyed() || c.bytes_sent + c.bytes_received >= e.bytes_sent + e.bytes_received {
+            *e = c;
+        }
+    }
+    out
+}
+
+/// The one connection with this local and remote port.
+pub fn find(conns: &HashMap<ConnId, Conn>, local_port: u16, remote_port: u16) -> Conn {
+    let found: Vec<&Conn> = conns
+        .values()
+        .filter(|c| c.sport == local_port && c.dport == remote_port)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one connection {local_port}->{remote_port}, found {found:?} among {:?}",
+        conns
+            .values()
+            .map(|c| (c.sport, c.dport, c.flags, c.bytes_sent))
+            .collect::<Vec<_>>()
+    );
+    *found[0]
+}
+
+/// Polls `f` until it returns `Some`, for up to `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Inode of this namespace.
+pub fn inode(ns: &NetNs) -> u32 {
+    trafficmap_daemon::probe::netns_inode(&ns.path()).unwrap()
+}
+
+/// Asserts the probe recorded no error of any kind.
+pub fn assert_no_errors(probe: &Probe) {
+    let errors = probe.errors().unwrap();
+    let named: Vec<_> = trafficmap_common::ErrorReason::ALL
+        .iter()
+        .zip(errors)
+        .filter(|(_, n)| *n != 0)
+        .map(|(r, n)| (r.as_str(), n))
+        .collect();
+    assert!(named.is_empty(), "probe errors: {named:?}");
+}
+
+pub fn backend_name(b: Backend) -> &'static str {
+    b.as_str()
+}

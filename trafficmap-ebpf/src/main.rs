@@ -1,0 +1,530 @@
+//! The trafficmap kernel probe: exact TCP payload byte counts per connection.
+//!
+//! Three interchangeable byte-counting backends feed one connection table (`CONNS`); the loader
+//! attaches exactly one of them:
+//! - fexit on `tcp_sendmsg` / `tcp_recvmsg` (and `tcp_sendpage` where it exists),
+//! - kprobe + kretprobe on the same functions,
+//! - the `sock:sock_send_length` / `sock:sock_recv_length` tracepoints (Linux >= 6.3).
+//!
+//! In every mode `sock:inet_sock_set_state` gives the lifecycle (role, addresses, close) and
+//! `tcp:tcp_destroy_sock` hands the final record of a connection to userspace through the
+//! `CLOSED` ring buffer before its entry leaves `CONNS`, so no byte is lost between two drains.
+//!
+//! The probe never panics (the panic handler is an infinite loop, which the verifier rejects if
+//! reachable) and every failure it cannot avoid is counted in `ERRORS`.
+#![no_std]
+#![no_main]
+// `core::sync::atomic` has no read-modify-write ops for the BPF target; the intrinsic lowers to
+// BPF's atomic add (as aya's own integration probes do).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{fexit, kprobe, kretprobe, map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use trafficmap_common::{
+    AF_INET, AF_INET6, Conn, ErrorReason, IPPROTO_TCP, Inflight, MSG_PEEK, ProbeConfig,
+    TpInetSockSetState, TpSockLength, TpTcpDestroySock, flags, role, tcp_state,
+};
+
+/// Written by the loader before load; read-only afterwards, so the verifier sees constants.
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig::ZERO;
+
+/// Live connections by `struct sock *`. Sized by the loader (`--max-connections`).
+#[map(name = "CONNS")]
+static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(65536, 0);
+
+/// Final records of destroyed connections, consumed continuously by userspace.
+#[map(name = "CLOSED")]
+static CLOSED: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// kprobe mode: arguments saved at entry for the matching kretprobe, by `pid_tgid`. Sends and
+/// receives use separate maps so that one thread's calls never overwrite each other.
+#[map(name = "INFLIGHT_SEND")]
+static INFLIGHT_SEND: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
+#[map(name = "INFLIGHT_RECV")]
+static INFLIGHT_RECV: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// Per-CPU scratch space to build a `Conn` (too large for the 512-byte BPF stack together with
+/// the helpers' frames). Slot 0 for the send/receive path, slot 1 for lifecycle events, which can
+/// interrupt the former on the same CPU (softirq during an fexit program).
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Conn> = PerCpuArray::with_max_entries(2, 0);
+const SCRATCH_HOT: u32 = 0;
+const SCRATCH_LIFECYCLE: u32 = 1;
+
+/// Counters of what could not be recorded, indexed by `ErrorReason`.
+#[map(name = "ERRORS")]
+static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ErrorReason::COUNT, 0);
+
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+const E2BIG: i32 = 7;
+const ENOMEM: i32 = 12;
+
+/// Reads one field of `CONFIG`. The volatile read keeps the compiler from folding the zero
+/// initialiser into the code; the loader overwrites it in `.rodata`.
+macro_rules! conf {
+    ($($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field)+) }
+    };
+}
+
+#[inline(always)]
+fn count_error(reason: ErrorReason) {
+    if let Some(slot) = ERRORS.get_ptr_mut(reason as u32) {
+        // Per-CPU slot: no other CPU writes it, and BPF programs do not preempt each other on
+        // one CPU for these hooks, so a plain add is exact.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_update_error(err: i32) {
+    if err == -E2BIG || err == -ENOMEM {
+        count_error(ErrorReason::ConnsFull);
+    } else {
+        count_error(ErrorReason::UpdateFailed);
+    }
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Option<T> {
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count_error(ErrorReason::ReadFailed);
+            None
+        }
+    }
+}
+
+/// Network namespace inode of a socket: `sk->__sk_common.skc_net.net->ns.inum`.
+#[inline(always)]
+fn netns_of(sk: u64) -> Option<u32> {
+    let net: u64 = read(sk + conf!(offsets.skc_net) as u64)?;
+    if net == 0 {
+        return Some(0);
+    }
+    read(net + conf!(offsets.net_ns_inum) as u64)
+}
+
+/// Whether the loader asked to count only one network namespace and this is another one.
+#[inline(always)]
+fn out_of_scope(netns: u32) -> bool {
+    let want = conf!(netns_inum);
+    want != 0 && netns != want
+}
+
+/// Copies family, state, ports and addresses from `struct sock_common` into `c`.
+#[inline(always)]
+fn fill_from_sock(sk: u64, c: &mut Conn) {
+    let Some(family) = read::<u16>(sk + conf!(offsets.skc_family) as u64) else {
+        return;
+    };
+    if let Some(state) = read::<u8>(sk + conf!(offsets.skc_state) as u64) {
+        c.state = state;
+    }
+    if let Some(sport) = read::<u16>(sk + conf!(offsets.skc_num) as u64) {
+        c.sport = sport;
+    }
+    if let Some(dport) = read::<u16>(sk + conf!(offsets.skc_dport) as u64) {
+        c.dport = u16::from_be(dport);
+    }
+    if family == AF_INET {
+        let (Some(s), Some(d)) = (
+            read::<[u8; 4]>(sk + conf!(offsets.skc_rcv_saddr) as u64),
+            read::<[u8; 4]>(sk + conf!(offsets.skc_daddr) as u64),
+        ) else {
+            return;
+        };
+        c.saddr = v4_mapped(s);
+        c.daddr = v4_mapped(d);
+    } else if family == AF_INET6 {
+        let (Some(s), Some(d)) = (
+            read::<[u8; 16]>(sk + conf!(offsets.skc_v6_rcv_saddr) as u64),
+            read::<[u8; 16]>(sk + conf!(offsets.skc_v6_daddr) as u64),
+        ) else {
+            return;
+        };
+        c.saddr = s;
+        c.daddr = d;
+    } else {
+        return;
+    }
+    c.family = family;
+    c.flags |= flags::ADDR_FROM_SOCK;
+}
+
+#[inline(always)]
+fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[derive(Clone, Copy)]
+enum Dir {
+    Send,
+    Recv,
+}
+
+/// The hot path: add `bytes` moved by the current task on socket `sk`.
+#[inline(always)]
+fn record(sk: u64, bytes: i64, dir: Dir) {
+    if bytes <= 0 || sk == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let ignore = conf!(ignore_tgid);
+    if ignore != 0 && tgid == ignore {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let conn = match CONNS.get_ptr_mut(sk) {
+        Some(c) => c,
+        None => match first_sight(sk, now) {
+            Some(c) => c,
+            None => return,
+        },
+    };
+    // Atomic adds: several CPUs may move bytes on one socket at once (a sender and a receiver
+    // thread); a plain `+=` would lose updates. The fetched value is unused, so this compiles to
+    // the BPF_XADD form every supported kernel accepts.
+    unsafe {
+        let (b, n) = match dir {
+            Dir::Send => (&raw mut (*conn).bytes_sent, &raw mut (*conn).send_calls),
+            Dir::Recv => (&raw mut (*conn).bytes_received, &raw mut (*conn).recv_calls),
+        };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, bytes as u64);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1);
+        (*conn).last_ns = now;
+        // Attribution follows the last process that used the socket (sockets can be inherited
+        // or passed). Comparing the pid first keeps the comm copy off the common path.
+        if (*conn).pid != tgid {
+            (*conn).pid = tgid;
+            if let Ok(comm) = bpf_get_current_comm() {
+                (*conn).comm = comm;
+            }
+        }
+    }
+}
+
+/// A socket moved bytes but has no entry: it was open before the probe loaded (or its entry was
+/// lost to a full map). Create the entry from what the socket itself says.
+#[inline(always)]
+fn first_sight(sk: u64, now: u64) -> Option<*mut Conn> {
+    let netns = netns_of(sk)?;
+    if out_of_scope(netns) {
+        return None;
+    }
+    let c = unsafe { &mut *SCRATCH.get_ptr_mut(SCRATCH_HOT)? };
+    *c = Conn::ZERO;
+    c.sk = sk;
+    c.born_ns = now;
+    c.netns = netns;
+    c.flags = flags::PREEXISTING;
+    fill_from_sock(sk, c);
+    if let Err(err) = CONNS.insert(sk, &*c, BPF_NOEXIST) {
+        // EEXIST: another CPU created it first; use theirs.
+        if err != -EEXIST {
+            count_update_error(err);
+            return None;
+        }
+    }
+    CONNS.get_ptr_mut(sk)
+}
+
+/// Hands a connection's final record to userspace. Returns false if the ring buffer was full.
+#[inline(always)]
+fn hand_over(conn: *const Conn) -> bool {
+    match CLOSED.reserve::<Conn>(0) {
+        Some(mut slot) => {
+            slot.write(unsafe { *conn });
+            slot.submit(0);
+            true
+        }
+        None => {
+            count_error(ErrorReason::ClosedFull);
+            false
+        }
+    }
+}
+
+/// A new connection starts on socket `sk` with the given role.
+#[inline(always)]
+fn birth(sk: u64, conn_role: u8, state: u8) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let ignore = conf!(ignore_tgid);
+    // The agent's own client connections (to its collector) are not counted.
+    if conn_role == role::CLIENT && ignore != 0 && tgid == ignore {
+        return;
+    }
+    let Some(netns) = netns_of(sk) else { return };
+    if out_of_scope(netns) {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(old) = CONNS.get_ptr_mut(sk) {
+        // Same socket memory, new conversation: either a destroyed socket whose final record is
+        // still here (the ring buffer was full at destroy time), or a socket reconnected after a
+        // failed connect. Hand the old record over first; never merge two connections.
+        unsafe {
+            (*old).flags |= flags::DESTROYED;
+            if (*old).closed_ns == 0 {
+                (*old).closed_ns = now;
+            }
+        }
+        if !hand_over(old) {
+            count_error(ErrorReason::EvictedUnread);
+        }
+    }
+    let Some(c) = SCRATCH.get_ptr_mut(SCRATCH_LIFECYCLE) else {
+        return;
+    };
+    let c = unsafe { &mut *c };
+    *c = Conn::ZERO;
+    c.sk = sk;
+    c.born_ns = now;
+    c.opened_ns = now;
+    c.netns = netns;
+    c.role = conn_role;
+    fill_from_sock(sk, c);
+    c.state = state;
+    if let Err(err) = CONNS.insert(sk, &*c, BPF_ANY) {
+        count_update_error(err);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle, all backends.
+
+/// match-proto:v4.16..latest:include/trace/events/sock.h:TRACE_EVENT(inet_sock_set_state, TP_PROTO(const struct sock *sk, const int oldstate, const int newstate))
+#[tracepoint]
+pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let args = unsafe { &*(ctx.as_ptr() as *const TpInetSockSetState) };
+    if args.protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let sk = args.skaddr;
+    let old = args.oldstate as u8;
+    let new = args.newstate as u8;
+    if new == tcp_state::SYN_SENT && old == tcp_state::CLOSE {
+        birth(sk, role::CLIENT, new);
+    } else if new == tcp_state::SYN_RECV && old == tcp_state::LISTEN {
+        // The child socket of a passive open, cloned from the listener.
+        birth(sk, role::SERVER, new);
+    } else if let Some(c) = CONNS.get_ptr_mut(sk) {
+        let c = unsafe { &mut *c };
+        // Ports and addresses are final once the handshake is done (the client's source port is
+        // bound after SYN_SENT, the child's peer address after SYN_RECV), so re-read them until
+        // then. Not after: moving to CLOSE releases the local port (`inet_num` becomes 0).
+        if c.flags & flags::ESTABLISHED == 0 {
+            fill_from_sock(sk, c);
+        }
+        c.state = new;
+        if new == tcp_state::ESTABLISHED {
+            c.flags |= flags::ESTABLISHED;
+        } else if new == tcp_state::CLOSE && c.closed_ns == 0 {
+            c.closed_ns = unsafe { bpf_ktime_get_ns() };
+        }
+    }
+    0
+}
+
+/// The socket is being freed: no send or receive can follow. Hand the final record over and
+/// free the entry; if the ring buffer is full, keep it flagged so userspace still reads it.
+///
+/// match-proto:v4.16..latest:include/trace/events/tcp.h:DEFINE_EVENT(tcp_event_sk, tcp_destroy_sock, TP_PROTO(struct sock *sk))
+#[tracepoint]
+pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let args = unsafe { &*(ctx.as_ptr() as *const TpTcpDestroySock) };
+    let sk = args.skaddr;
+    let Some(c) = CONNS.get_ptr_mut(sk) else {
+        return 0;
+    };
+    unsafe {
+        (*c).flags |= flags::DESTROYED;
+        if (*c).closed_ns == 0 {
+            (*c).closed_ns = bpf_ktime_get_ns();
+        }
+        (*c).state = tcp_state::CLOSE;
+    }
+    if hand_over(c) {
+        let _ = CONNS.remove(sk);
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend 1: fexit (BTF trampolines). The return value sits after the last argument.
+
+/// match-proto:v4.19..latest:net/ipv4/tcp.c:int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
+#[fexit]
+pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(3);
+    record(sk, ret as i64, Dir::Send);
+    0
+}
+
+/// sendfile/splice before Linux 6.5; the loader attaches it only where the function exists.
+/// match-proto:v4.19..v6.4:net/ipv4/tcp.c:int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)
+#[fexit]
+pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(5);
+    record(sk, ret as i64, Dir::Send);
+    0
+}
+
+/// match-proto:v5.19..latest:net/ipv4/tcp.c:int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)
+#[fexit]
+pub fn fexit_tcp_recvmsg(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let flags: i32 = ctx.arg(3);
+    let ret: i32 = ctx.arg(5);
+    if flags as u32 & MSG_PEEK == 0 {
+        record(sk, ret as i64, Dir::Recv);
+    }
+    0
+}
+
+/// Before 5.19 `tcp_recvmsg` had a `nonblock` argument before `flags`, so `flags` and the return
+/// value sit one slot later. The loader picks this program when BTF shows six parameters.
+/// match-proto:v4.19..v5.18:net/ipv4/tcp.c:int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags, int *addr_len)
+#[fexit]
+pub fn fexit_tcp_recvmsg_nonblock(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let flags: i32 = ctx.arg(4);
+    let ret: i32 = ctx.arg(6);
+    if flags as u32 & MSG_PEEK == 0 {
+        record(sk, ret as i64, Dir::Recv);
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend 2: kprobe + kretprobe. Entry saves the arguments, return counts.
+
+#[inline(always)]
+fn save(map: &HashMap<u64, Inflight>, sk: u64, flags: u32) {
+    let v = Inflight { sk, flags, _pad: 0 };
+    if map.insert(bpf_get_current_pid_tgid(), v, BPF_ANY).is_err() {
+        count_error(ErrorReason::InflightFull);
+    }
+}
+
+#[inline(always)]
+fn take(map: &HashMap<u64, Inflight>) -> Option<Inflight> {
+    let key = bpf_get_current_pid_tgid();
+    let v = unsafe { map.get(key) }.copied();
+    if v.is_some() {
+        let _ = map.remove(key);
+    }
+    v
+}
+
+/// match-proto:v4.19..latest:net/ipv4/tcp.c:int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
+#[kprobe]
+pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        save(&INFLIGHT_SEND, sk, 0);
+    }
+    0
+}
+
+/// match-proto:v4.19..v6.4:net/ipv4/tcp.c:int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)
+#[kprobe]
+pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        save(&INFLIGHT_SEND, sk, 0);
+    }
+    0
+}
+
+/// Return of `tcp_sendmsg` and `tcp_sendpage` (both return the bytes queued, or -errno).
+#[kretprobe]
+pub fn kretprobe_tcp_send(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = take(&INFLIGHT_SEND) {
+        let ret: i32 = ctx.ret();
+        record(call.sk, ret as i64, Dir::Send);
+    }
+    0
+}
+
+/// match-proto:v5.19..latest:net/ipv4/tcp.c:int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)
+#[kprobe]
+pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(flags)) = (ctx.arg::<u64>(0), ctx.arg::<u32>(3)) {
+        save(&INFLIGHT_RECV, sk, flags);
+    }
+    0
+}
+
+/// match-proto:v4.19..v5.18:net/ipv4/tcp.c:int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags, int *addr_len)
+#[kprobe]
+pub fn kprobe_tcp_recvmsg_nonblock(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(flags)) = (ctx.arg::<u64>(0), ctx.arg::<u32>(4)) {
+        save(&INFLIGHT_RECV, sk, flags);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
+    if let Some(call) = take(&INFLIGHT_RECV) {
+        if call.flags & MSG_PEEK == 0 {
+            let ret: i32 = ctx.ret();
+            record(call.sk, ret as i64, Dir::Recv);
+        }
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend 3: socket-layer tracepoints (Linux >= 6.3). They fire in sock_sendmsg/sock_recvmsg for
+// every protocol, with the protocol's return value.
+
+/// match-proto:v6.3..latest:include/trace/events/sock.h:DEFINE_EVENT(sock_msg_length, sock_send_length, TP_PROTO(struct sock *sk, int ret, int flags))
+#[tracepoint]
+pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
+    let args = unsafe { &*(ctx.as_ptr() as *const TpSockLength) };
+    if args.protocol == IPPROTO_TCP {
+        record(args.sk, args.ret as i64, Dir::Send);
+    }
+    0
+}
+
+/// match-proto:v6.3..latest:include/trace/events/sock.h:DEFINE_EVENT(sock_msg_length, sock_recv_length, TP_PROTO(struct sock *sk, int ret, int flags))
+#[tracepoint]
+pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
+    let args = unsafe { &*(ctx.as_ptr() as *const TpSockLength) };
+    if args.protocol == IPPROTO_TCP && args.flags as u32 & MSG_PEEK == 0 {
+        record(args.sk, args.ret as i64, Dir::Recv);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable by construction; if a panic path survived optimisation the verifier rejects the
+    // program at load ("last insn is not an exit or jmp"), never at run time.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
