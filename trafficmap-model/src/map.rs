@@ -1,0 +1,239 @@
+//! The traffic map: D3-style `nodes` and `links` for one view over one time range.
+//!
+//! Schema: `schema/map-v1.schema.json`, documented in `docs/map-format.md`; golden files under
+//! `golden/maps/`. The collector writes it (daily files, `GET /api/v1/maps`), the viewer and the
+//! CSV/DOT exports read it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Value of `schema` in every v1 map.
+pub const MAP_SCHEMA: &str = "trafficmap.map/v1";
+
+/// Which nodes the map is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum View {
+    /// A node per host (agent or inventory/EC2 entry) or external address.
+    Instances,
+    /// A node per archdomain x env; links summed between clusters.
+    Clusters,
+    /// A node per security group; a host in several groups contributes to each.
+    SecurityGroups,
+}
+
+impl View {
+    pub const ALL: [View; 3] = [View::Instances, View::Clusters, View::SecurityGroups];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            View::Instances => "instances",
+            View::Clusters => "clusters",
+            View::SecurityGroups => "security-groups",
+        }
+    }
+
+    /// Daily file name, e.g. `clusters-20261123.json`.
+    pub fn file_name(self, day: chrono::NaiveDate) -> String {
+        format!("{}-{}.json", self.as_str(), day.format("%Y%m%d"))
+    }
+}
+
+impl std::str::FromStr for View {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        View::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown view `{s}`: expected instances, clusters or security-groups")
+            })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Map {
+    /// Always [`MAP_SCHEMA`].
+    pub schema: String,
+    pub view: View,
+    /// The half-open range `[from, to)` the map covers.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub generated_at: DateTime<Utc>,
+    pub nodes: Vec<Node>,
+    pub links: Vec<Link>,
+    pub totals: Totals,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// A host running an agent.
+    Host,
+    /// A known host (EC2 or inventory) without an agent: seen only from the other side.
+    Unmonitored,
+    /// An address outside the fleet (reverse DNS, foreign-address list or bare address).
+    External,
+    /// An archdomain x env cluster (clusters view).
+    Cluster,
+    /// A security group (security-groups view).
+    SecurityGroup,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Stable id within the map: instance id, `host:<machine-id>`, `ip:<addr>`,
+    /// `cluster:<archdomain>|<env>` or `sg:<group-id>`.
+    pub id: String,
+    /// Display name: EC2 Name tag, inventory name, hostname, reverse DNS or address.
+    pub label: String,
+    pub kind: NodeKind,
+    pub env: Option<String>,
+    /// Hierarchical, `/`-separated, no leading slash (e.g. `online/midtier/search`).
+    pub archdomain: Option<String>,
+    pub addresses: Vec<String>,
+    pub instance_id: Option<String>,
+    pub instance_type: Option<String>,
+    pub availability_zone: Option<String>,
+    /// `on-demand` or `spot`.
+    pub lifecycle: Option<String>,
+    /// Hourly price in USD (on-demand table or last spot price); summed for clusters.
+    pub price_per_hour: Option<f64>,
+    pub security_groups: Vec<String>,
+    /// Local processes that moved bytes on this node.
+    pub processes: Vec<String>,
+    /// Ports this node served on.
+    pub server_ports: Vec<u16>,
+    /// Number of hosts a cluster or security-group node stands for (1 otherwise).
+    pub members: u32,
+    /// Payload bytes this node received from, and sent to, the other nodes of the map.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections: u64,
+    /// Estimated transfer cost of the node's links, USD.
+    pub cost_usd: f64,
+}
+
+/// Who observed a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedBy {
+    /// Agents on both ends; the two observations were merged into one edge.
+    Both,
+    /// Only the client's agent (the server runs none).
+    Client,
+    /// Only the server's agent (the client runs none).
+    Server,
+    /// A cluster or security-group link summing links of several kinds.
+    Mixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CostKind {
+    SameAz,
+    CrossAz,
+    CrossRegion,
+    Internet,
+    /// Mixed or unknown placement.
+    Unknown,
+}
+
+/// Traffic between two nodes, oriented from client (`source`) to server (`target`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub source: String,
+    pub target: String,
+    /// Bytes the client side sent to the server side (requests, uploads).
+    pub bytes_to_target: u64,
+    /// Bytes the server side sent back (responses, downloads).
+    pub bytes_to_source: u64,
+    pub connections: u64,
+    pub server_ports: Vec<u16>,
+    pub client_processes: Vec<String>,
+    pub server_processes: Vec<String>,
+    pub observed_by: ObservedBy,
+    /// When both ends observed the link: the absolute difference of their byte counts (should
+    /// be 0 on a healthy fleet; window edges and drops make it differ).
+    pub disagreement_bytes: u64,
+    pub cost_usd: f64,
+    pub cost_kind: CostKind,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Totals {
+    pub nodes: u64,
+    pub links: u64,
+    pub bytes: u64,
+    pub connections: u64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapError {
+    #[error("malformed map at `{path}`: {message}")]
+    Json { path: String, message: String },
+    #[error("unsupported map schema `{0}`: expected `{MAP_SCHEMA}`")]
+    UnsupportedSchema(String),
+    #[error("invalid map: {0}")]
+    Invalid(String),
+}
+
+impl Map {
+    /// Parses and validates a map file.
+    pub fn from_json(bytes: &[u8]) -> Result<Map, MapError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let map: Map = serde_path_to_error::deserialize(de).map_err(|e| MapError::Json {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        map.validate()?;
+        Ok(map)
+    }
+
+    /// Links reference existing nodes, ids are unique, totals add up.
+    pub fn validate(&self) -> Result<(), MapError> {
+        if self.schema != MAP_SCHEMA {
+            return Err(MapError::UnsupportedSchema(self.schema.clone()));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for n in &self.nodes {
+            if !ids.insert(n.id.as_str()) {
+                return Err(MapError::Invalid(format!("duplicate node id `{}`", n.id)));
+            }
+        }
+        let mut bytes = 0u64;
+        for (i, l) in self.links.iter().enumerate() {
+            for end in [&l.source, &l.target] {
+                if !ids.contains(end.as_str()) {
+                    return Err(MapError::Invalid(format!(
+                        "links[{i}] references unknown node `{end}`"
+                    )));
+                }
+            }
+            bytes += l.bytes_to_target + l.bytes_to_source;
+        }
+        if self.totals.nodes != self.nodes.len() as u64
+            || self.totals.links != self.links.len() as u64
+            || self.totals.bytes != bytes
+        {
+            return Err(MapError::Invalid(format!(
+                "totals {:?} do not match {} nodes, {} links, {bytes} bytes",
+                self.totals,
+                self.nodes.len(),
+                self.links.len()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn to_json_pretty(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("a map always serialises");
+        v.push(b'\n');
+        v
+    }
+}

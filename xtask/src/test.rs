@@ -1,0 +1,208 @@
+//! `cargo xtask test`: every test, in stages, each reported with its time; the run fails if any
+//! stage fails (all stages run, so one failure does not hide another).
+
+use std::{collections::BTreeMap, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    util::{artifacts_dir, cargo, cmd, is_root, note, output, run, secs, step},
+    vm,
+};
+
+/// One stage of the test run.
+pub struct Stage {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn() -> Result<String>,
+}
+
+pub fn stages() -> Vec<Stage> {
+    vec![
+        Stage {
+            name: "lint",
+            about: "rustfmt, clippy (userspace and eBPF crate)",
+            run: lint,
+        },
+        Stage {
+            name: "unit",
+            about: "cargo test --workspace (unit tests; privileged tests load the probe as root)",
+            run: unit,
+        },
+        Stage {
+            name: "probe-host",
+            about: "probe suite per backend on this machine's kernel",
+            run: probe_host,
+        },
+        Stage {
+            name: "vm",
+            about: "probe suite per backend on Debian kernels 5.10, 6.1, 6.12 in qemu",
+            run: vm_matrix,
+        },
+    ]
+}
+
+pub fn test(only: &[String], skip: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask test` loads eBPF programs and creates network namespaces: run it as root");
+    }
+    // Privileged tests fail instead of skipping when CI is set.
+    // SAFETY: single-threaded at this point.
+    unsafe { std::env::set_var("CI", "1") };
+    let all = stages();
+    for name in only.iter().chain(skip) {
+        if !all.iter().any(|s| s.name == name) {
+            bail!(
+                "unknown stage `{name}`; stages: {}",
+                all.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let selected: Vec<&Stage> = all
+        .iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name))
+        .filter(|s| !skip.iter().any(|o| o == s.name))
+        .collect();
+    let start = Instant::now();
+    let mut results = Vec::new();
+    for (i, stage) in selected.iter().enumerate() {
+        step(format!(
+            "test stage {}/{}: {} ({})",
+            i + 1,
+            selected.len(),
+            stage.name,
+            stage.about
+        ));
+        let t = Instant::now();
+        let outcome = (stage.run)();
+        match &outcome {
+            Ok(summary) => note(format!("{}: ok in {} {summary}", stage.name, secs(t))),
+            Err(e) => note(format!("{}: FAILED in {}: {e:#}", stage.name, secs(t))),
+        }
+        results.push((stage.name, secs(t), outcome));
+    }
+    step(format!("test summary ({} total)", secs(start)));
+    let mut failed = Vec::new();
+    for (name, took, outcome) in &results {
+        match outcome {
+            Ok(s) => eprintln!("    ok      {name:<14} {took:>8}  {s}"),
+            Err(e) => {
+                eprintln!("    FAILED  {name:<14} {took:>8}  {e:#}");
+                failed.push(*name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} stage(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+fn lint() -> Result<String> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate, for its own target (its panic handler cannot coexist with std).
+    run(cargo()
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "trafficmap-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""))?;
+    Ok(String::new())
+}
+
+fn unit() -> Result<String> {
+    run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+    Ok(String::new())
+}
+
+/// The probe suite once per backend on this kernel: a backend that loads must be exact; one that
+/// does not is reported unsupported (the suite asserts the automatic fallback).
+fn probe_host() -> Result<String> {
+    let bins = crate::util::build_test_binaries(&["-p", "trafficmap-daemon", "--test", "probe"])?;
+    let bin = bins
+        .iter()
+        .find(|(n, _)| n == "probe")
+        .map(|(_, p)| p.clone())
+        .context("probe test binary")?;
+    let mut log = String::new();
+    for b in vm::BACKENDS {
+        let support = output(
+            cmd(&bin)
+                .args(["--exact", "backend_support", "--nocapture", "--test-threads=1"])
+                .env("TRAFFICMAP_TEST_BACKEND", b),
+        )
+        .with_context(|| format!("backend support check for {b}"))?;
+        log.push_str(&support);
+        for l in support.lines().filter(|l| l.starts_with("TRAFFICMAP_")) {
+            note(l);
+        }
+        let verdict = if support.contains(&format!("TRAFFICMAP_SUPPORT {b} supported")) {
+            match run(cmd(&bin)
+                .args(["--skip", "backend_support"])
+                .env("TRAFFICMAP_TEST_BACKEND", b))
+            {
+                Ok(()) => "exact",
+                Err(_) => "FAILED",
+            }
+        } else if support.contains(&format!("TRAFFICMAP_SUPPORT {b} unsupported")) {
+            "unsupported"
+        } else {
+            "FAILED"
+        };
+        log.push_str(&format!("TRAFFICMAP_RESULT {b} {verdict}\n"));
+    }
+    let cells = vm::parse_markers(&log, None);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_owned();
+    let rows = vec![("host".to_owned(), release, cells)];
+    let table = vm::render_matrix(&rows);
+    std::fs::write(artifacts_dir().join("kernel-matrix-host.md"), &table)?;
+    eprintln!("{table}");
+    if vm::any_failed(&rows) {
+        bail!("a backend failed on this kernel");
+    }
+    if !rows[0].2.values().any(|c| *c == vm::Cell::Exact) {
+        bail!("no backend loads on this kernel");
+    }
+    Ok(summary(&rows[0].2))
+}
+
+fn summary(cells: &BTreeMap<String, vm::Cell>) -> String {
+    cells
+        .iter()
+        .map(|(b, c)| {
+            format!(
+                "{b}={}",
+                match c {
+                    vm::Cell::Exact => "exact",
+                    vm::Cell::Unsupported(_) => "unsupported",
+                    vm::Cell::Failed(_) => "FAILED",
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn vm_matrix() -> Result<String> {
+    let rows = vm::vm_test(&[])?;
+    let table = vm::render_matrix(&rows);
+    std::fs::write(artifacts_dir().join("kernel-matrix.md"), &table)?;
+    eprintln!("{table}");
+    if vm::any_failed(&rows) {
+        bail!("kernel matrix has failures (see above)");
+    }
+    Ok(format!("{} kernels", rows.len()))
+}
