@@ -44,7 +44,9 @@ pub fn stages() -> Vec<Stage> {
 
 pub fn test(only: &[String], skip: &[String]) -> Result<()> {
     if !is_root() {
-        bail!("`cargo xtask test` loads eBPF programs and creates network namespaces: run it as root");
+        bail!(
+            "`cargo xtask test` loads eBPF programs and creates network namespaces: run it as root"
+        );
     }
     // Privileged tests fail instead of skipping when CI is set.
     // SAFETY: single-threaded at this point.
@@ -100,7 +102,14 @@ pub fn test(only: &[String], skip: &[String]) -> Result<()> {
 
 fn lint() -> Result<String> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The eBPF crate, for its own target (its panic handler cannot coexist with std).
     run(cargo()
         .args([
@@ -117,7 +126,10 @@ fn lint() -> Result<String> {
             "-D",
             "warnings",
         ])
-        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""))?;
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"",
+        ))?;
     Ok(String::new())
 }
 
@@ -139,7 +151,12 @@ fn probe_host() -> Result<String> {
     for b in vm::BACKENDS {
         let support = output(
             cmd(&bin)
-                .args(["--exact", "backend_support", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "backend_support",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("TRAFFICMAP_TEST_BACKEND", b),
         )
         .with_context(|| format!("backend support check for {b}"))?;
