@@ -35,6 +35,11 @@ pub fn stages() -> Vec<Stage> {
             run: probe_host,
         },
         Stage {
+            name: "deploy",
+            about: "systemd unit (verify, security score) and Kubernetes manifests (kubernetes-validate, yamllint)",
+            run: deploy,
+        },
+        Stage {
             name: "vm",
             about: "probe suite per backend on Debian kernels 5.10, 6.1, 6.12 in qemu",
             run: vm_matrix,
@@ -222,4 +227,83 @@ fn vm_matrix() -> Result<String> {
         bail!("kernel matrix has failures (see above)");
     }
     Ok(format!("{} kernels", rows.len()))
+}
+
+/// Highest acceptable `systemd-analyze security` exposure for our units ("OK" is below 4.0; we
+/// hold ourselves to well under that).
+const MAX_EXPOSURE: f64 = 3.0;
+
+fn deploy() -> Result<String> {
+    let root = crate::util::root();
+    let venv = crate::setup::venv();
+    let mut manifests = Vec::new();
+    for e in std::fs::read_dir(root.join("deploy/kubernetes"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            manifests.push(p);
+        }
+    }
+    manifests.sort();
+    if manifests.is_empty() {
+        bail!("no Kubernetes manifests under deploy/kubernetes");
+    }
+    run(cmd(venv.join("bin/kubernetes-validate"))
+        .args(["-k", "1.33.0", "--strict"])
+        .args(&manifests))?;
+    run(cmd(venv.join("bin/yamllint"))
+        .args([
+            "-d",
+            "{extends: relaxed, rules: {line-length: {max: 120}}}",
+            "--strict",
+        ])
+        .args(&manifests))?;
+    // Units: full verification with ExecStart pointing at the freshly built binary, and the
+    // security exposure score.
+    run(cargo().args([
+        "build",
+        "-p",
+        "trafficmap-daemon",
+        "--bin",
+        "trafficmap-agent",
+    ]))?;
+    let bin_dir = root.join("target/debug");
+    let mut scores = Vec::new();
+    let tmp = crate::util::artifacts_dir().join("units");
+    std::fs::create_dir_all(&tmp)?;
+    for e in std::fs::read_dir(root.join("deploy/systemd"))? {
+        let unit = e?.path();
+        if unit.extension().is_none_or(|x| x != "service") {
+            continue;
+        }
+        let name = unit.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&unit)?;
+        let local = text.replace("/usr/bin/", &format!("{}/", bin_dir.display()));
+        let local_unit = tmp.join(&name);
+        std::fs::write(&local_unit, local)?;
+        run(cmd("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&local_unit))?;
+        let report = output(
+            cmd("systemd-analyze")
+                .args(["security", "--offline=true", "--no-pager"])
+                .arg(&unit),
+        )?;
+        let score: f64 = report
+            .lines()
+            .find_map(|l| l.split("exposure level for").nth(1))
+            .and_then(|rest| rest.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no exposure score for {name}"))?;
+        note(format!("{name}: systemd-analyze security exposure {score}"));
+        if score > MAX_EXPOSURE {
+            bail!("{name}: exposure {score} above {MAX_EXPOSURE}");
+        }
+        scores.push(format!("{name} {score}"));
+    }
+    Ok(format!(
+        "{} manifests valid; exposure {}",
+        manifests.len(),
+        scores.join(", ")
+    ))
 }
