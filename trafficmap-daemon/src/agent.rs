@@ -418,6 +418,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         sinks.emit(&reports, &metrics)?;
         metrics.drains.inc();
         metrics.drain_duration.observe(t0.elapsed().as_secs_f64());
+        metrics.last_drain_duration.set(t0.elapsed().as_secs_f64());
         tracing::debug!(pairs = npairs, reports = reports.len(), took = ?t0.elapsed(), "drained");
         Ok(())
     };

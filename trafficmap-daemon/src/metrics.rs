@@ -146,6 +146,7 @@ pub struct Metrics {
     pub probe_drops: Family<ReasonLabels, Counter>,
     pub drains: Counter,
     pub drain_duration: Histogram,
+    pub last_drain_duration: Gauge<f64, AtomicU64>,
     pub map_entries: Gauge,
     pub map_capacity: Gauge,
     pub tracked_connections: Gauge,
@@ -192,6 +193,13 @@ impl Metrics {
             "Time to read the probe and build a report",
             Unit::Seconds,
             drain_duration.clone(),
+        );
+        let last_drain_duration = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "last_drain_duration",
+            "Time the most recent drain took",
+            Unit::Seconds,
+            last_drain_duration.clone(),
         );
         let map_entries = Gauge::default();
         registry.register(
@@ -262,6 +270,7 @@ impl Metrics {
             probe_drops,
             drains,
             drain_duration,
+            last_drain_duration,
             map_entries,
             map_capacity,
             tracked_connections,

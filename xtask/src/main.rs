@@ -3,6 +3,8 @@
 //!
 //! `cargo xtask run` and `cargo xtask test` are the README's two commands.
 
+mod bench_agent;
+mod bench_probe;
 mod setup;
 mod test;
 mod util;
@@ -38,11 +40,31 @@ enum Cmd {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Benchmarks, each against peers measured in the same run (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Run the probe suite on Debian kernels in qemu VMs and print the kernel x backend matrix.
     VmTest {
         /// Kernel labels to run (default: all of 5.10, 6.1, 6.12).
         kernels: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Probe overhead on loopback request/response and stream, vs no probe, tcpdump, bpftrace.
+    Probe {
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+        #[arg(long, default_value_t = 100_000)]
+        rr_count: usize,
+        #[arg(long, default_value_t = 2048)]
+        stream_mib: usize,
+    },
+    /// Agent CPU and memory idle and at 1k/10k new connections/s; drain time at 100k connections.
+    Agent,
 }
 
 fn main() -> Result<()> {
@@ -58,6 +80,26 @@ fn main() -> Result<()> {
                 setup::setup(setup::Level::Test)?;
             }
             test::test(&only, &skip)
+        }
+        Cmd::Bench { what } => {
+            setup::setup(setup::Level::Bench)?;
+            let report = match what {
+                BenchCmd::Probe {
+                    reps,
+                    rr_count,
+                    stream_mib,
+                } => bench_probe::bench(&bench_probe::Options {
+                    reps,
+                    rr_count,
+                    stream_bytes: stream_mib << 20,
+                })?,
+                BenchCmd::Agent => bench_agent::bench()?,
+            };
+            let path = util::root().join("target/bench-last.md");
+            std::fs::write(&path, &report)?;
+            println!("{report}");
+            eprintln!("(written to {})", path.display());
+            Ok(())
         }
         Cmd::VmTest { kernels } => {
             setup::setup(setup::Level::Test)?;
