@@ -259,6 +259,10 @@ pub struct ProbeConfig {
     pub netns_inum: u32,
     /// Do not count traffic of this thread group (the agent itself); 0 = count all.
     pub ignore_tgid: u32,
+    /// Wake the ring-buffer reader only once this many bytes wait (it also polls on a timer):
+    /// one wakeup per closed connection would cost more than the counting itself.
+    pub ring_wakeup_bytes: u32,
+    pub _pad: u32,
 }
 
 impl ProbeConfig {
@@ -266,6 +270,8 @@ impl ProbeConfig {
         offsets: Offsets::ZERO,
         netns_inum: 0,
         ignore_tgid: 0,
+        ring_wakeup_bytes: 0,
+        _pad: 0,
     };
 }
 
@@ -341,7 +347,7 @@ const _: () = {
     assert!(offset_of!(Conn, flags) == 136);
     assert!(size_of::<Inflight>() == 16);
     assert!(size_of::<Offsets>() == 44);
-    assert!(size_of::<ProbeConfig>() == 52);
+    assert!(size_of::<ProbeConfig>() == 60);
     assert!(offset_of!(TpSockLength, sk) == 8);
     assert!(offset_of!(TpSockLength, flags) == 24);
     assert!(offset_of!(TpInetSockSetState, protocol) == 30);

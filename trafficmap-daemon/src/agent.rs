@@ -26,7 +26,7 @@ use crate::{
     identity,
     metrics::{self, InfoLabels, Metrics},
     output::JsonLines,
-    pairs::{self, Attributed, Clock},
+    pairs::{Accumulator, Attributed, Clock},
     probe::{Probe, ProbeOptions},
     roles::{self, ListenerCache},
     ship::{self, Collector},
@@ -38,12 +38,14 @@ pub const PAIRS_PER_REPORT: usize = 20_000;
 /// How long shutdown waits for the collector before leaving reports spooled.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Per-drain state that survives between drains.
+/// State that survives between drains: the tracker of live connections, roles resolved for
+/// connections that predate the probe, and the pairs of the current window.
 #[derive(Default)]
 pub struct Drainer {
     tracker: Tracker,
     roles: HashMap<ConnId, (Role, RoleSource)>,
     listeners: ListenerCache,
+    acc: Accumulator,
     last_drops: std::collections::BTreeMap<&'static str, u64>,
     vanished_seen: u64,
 }
@@ -58,19 +60,62 @@ pub struct Drained {
 }
 
 impl Drainer {
-    /// Reads the probe and aggregates the window `[start, end)`. `closed` holds final records
-    /// the ring-buffer reader collected since the previous drain.
+    fn accumulate(&mut self, d: &crate::delta::ConnDelta, clock: &Clock) {
+        let id = d.conn.id();
+        let (role, role_source) = match self.roles.get(&id) {
+            Some(&r) => r,
+            None if d.conn.role() == Role::Unknown => {
+                let l = self.listeners.for_conn(&d.conn).cloned();
+                let r = roles::resolve(&d.conn, l.as_ref());
+                self.roles.insert(id, r);
+                r
+            }
+            None => (d.conn.role(), RoleSource::Observed),
+        };
+        if d.finished {
+            self.roles.remove(&id);
+        }
+        self.acc.add(
+            &Attributed {
+                delta: d,
+                role,
+                role_source,
+            },
+            clock,
+        );
+    }
+
+    /// Applies a snapshot to the tracker and folds every delta into the current window.
+    fn fold(&mut self, snap: &Snapshot, clock: &Clock) {
+        let mut tracker = std::mem::take(&mut self.tracker);
+        tracker.apply_with(snap, |d| self.accumulate(&d, clock));
+        self.tracker = tracker;
+    }
+
+    /// Folds final records read between drains into the current window, so they need no
+    /// memory beyond their pair's running sums.
+    pub fn fold_closed(&mut self, closed: Vec<Conn>) {
+        if closed.is_empty() {
+            return;
+        }
+        let clock = Clock::now();
+        self.fold(
+            &Snapshot {
+                live: Vec::new(),
+                closed,
+            },
+            &clock,
+        );
+    }
+
+    /// Reads the probe and closes the window `[start, end)`.
     pub fn drain(
         &mut self,
         probe: &mut Probe,
-        closed: Vec<Conn>,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<Drained> {
-        let mut snap = Snapshot {
-            live: Vec::with_capacity(probe.max_connections() as usize / 4),
-            closed,
-        };
+        let mut snap = Snapshot::default();
         probe.read_live(&mut snap.live)?;
         probe.read_closed(&mut snap.closed);
         let cumulative = probe.drops()?;
@@ -86,37 +131,17 @@ impl Drainer {
         }
         let map_entries = snap.live.len() as u64;
         let clock = Clock::now();
-
-        let deltas = self.tracker.diff(&snap);
-        self.listeners.clear();
-        let mut attributed = Vec::with_capacity(deltas.len());
-        for d in &deltas {
-            let id = d.conn.id();
-            let (role, source) = match self.roles.get(&id) {
-                Some(&r) => r,
-                None => {
-                    let r = if d.conn.role() == Role::Unknown {
-                        let l = self.listeners.for_conn(&d.conn).cloned();
-                        roles::resolve(&d.conn, l.as_ref())
-                    } else {
-                        (d.conn.role(), RoleSource::Observed)
-                    };
-                    if r.1 != RoleSource::Observed {
-                        self.roles.insert(id, r);
-                    }
-                    r
-                }
-            };
-            if d.finished {
-                self.roles.remove(&id);
-            }
-            attributed.push(Attributed {
-                delta: d,
-                role,
-                role_source: source,
-            });
+        self.fold(&snap, &clock);
+        let big = snap.live.len() > 10_000;
+        drop(snap);
+        if big {
+            // Give the snapshot's megabytes back rather than keep them as the new floor.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
         }
-        let pairs = pairs::aggregate(&attributed, start, end, &clock);
+        self.tracker.end_drain();
+        self.listeners.clear();
+        let pairs = self.acc.finish(start, end);
 
         let drops = cumulative
             .iter()
@@ -269,6 +294,10 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     let probe = tokio::task::spawn_blocking(move || Probe::load(&opts))
         .await
         .context("probe loader panicked")??;
+    // Loading parsed the kernel's BTF (megabytes, freed now); hand that memory back to the
+    // system instead of keeping it in the allocator's free lists for the agent's lifetime.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     let agent = Agent {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         backend: probe.backend().as_str().to_owned(),
@@ -291,10 +320,11 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     );
 
     let probe = Arc::new(Mutex::new(probe));
-    let pending_closed: Arc<Mutex<Vec<Conn>>> = Arc::default();
+    let drainer: Arc<Mutex<Drainer>> = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Final records of closed connections, read as they arrive so the ring never fills.
+    // Final records of closed connections: read about once a second, or as soon as the probe
+    // says the ring is filling, and folded into the window's pairs right away.
     let ring_fd = probe
         .lock()
         .unwrap()
@@ -303,23 +333,28 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         .context("duplicating the ring buffer fd")?;
     let ring_task = {
         let probe = probe.clone();
-        let pending = pending_closed.clone();
+        let drainer = drainer.clone();
         let mut stop = stop_rx.clone();
         // SAFETY: `ring_fd` is an OwnedFd moved into the AsyncFd, which owns it from now on; no
         // other handle closes it.
         let afd = unsafe { AsyncFd::register(ring_fd) }
             .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
         tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     guard = afd.readable() => {
                         let Ok(mut guard) = guard else { break };
-                        let mut got = Vec::new();
-                        probe.lock().unwrap().read_closed(&mut got);
-                        pending.lock().unwrap().extend(got);
                         guard.clear_ready();
                     }
+                    _ = tick.tick() => {}
                     _ = stop.changed() => break,
+                }
+                let mut got = Vec::new();
+                probe.lock().unwrap().read_closed(&mut got);
+                if !got.is_empty() {
+                    tokio::task::block_in_place(|| drainer.lock().unwrap().fold_closed(got));
                 }
             }
         })
@@ -370,7 +405,6 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         local_seq: 0,
     };
 
-    let mut drainer = Drainer::default();
     let mut window_start = Utc::now();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -384,18 +418,16 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
 
     let drain_window = |end: DateTime<Utc>,
                         window_start: DateTime<Utc>,
-                        drainer: &mut Drainer,
                         sinks: &mut Sinks|
      -> Result<()> {
         if end <= window_start {
             return Ok(());
         }
         let t0 = Instant::now();
-        let closed = std::mem::take(&mut *pending_closed.lock().unwrap());
-        let drained = {
+        let drained = tokio::task::block_in_place(|| {
             let mut p = probe.lock().unwrap();
-            tokio::task::block_in_place(|| drainer.drain(&mut p, closed, window_start, end))?
-        };
+            drainer.lock().unwrap().drain(&mut p, window_start, end)
+        })?;
         let mut health = drained.health;
         health.spool_dropped = sinks.spool_dropped();
         metrics.record_pairs(started.elapsed(), &drained.pairs);
@@ -431,7 +463,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
                 // Label the window with the boundary even if the timer fired a little late, so
                 // windows of all hosts line up; the few late bytes count in this window.
                 let end = next;
-                if let Err(e) = drain_window(end, window_start, &mut drainer, &mut sinks) {
+                if let Err(e) = drain_window(end, window_start, &mut sinks) {
                     error!(error = %format!("{e:#}"), "drain failed; retrying at the next interval");
                     continue;
                 }
@@ -447,7 +479,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
 
     // Shutdown: last window, flush, detach.
     let end = Utc::now();
-    if let Err(e) = drain_window(end, window_start, &mut drainer, &mut sinks) {
+    if let Err(e) = drain_window(end, window_start, &mut sinks) {
         error!(error = %format!("{e:#}"), "final drain failed");
     }
     if let Some(out) = &mut sinks.output {

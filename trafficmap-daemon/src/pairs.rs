@@ -54,14 +54,15 @@ pub struct Attributed<'a> {
     pub role_source: RoleSource,
 }
 
-/// Pair identity within a report.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Pair identity within a report. The process is kept as the kernel's fixed-size `comm`, so
+/// adding a connection allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PairKey {
     pub local_ip: IpAddr,
     pub peer_ip: IpAddr,
     pub server_port: u16,
     pub role: Role,
-    pub process: String,
+    pub comm: [u8; 16],
 }
 
 impl PairKey {
@@ -77,7 +78,7 @@ impl PairKey {
             peer_ip: remote.ip(),
             server_port,
             role: a.role,
-            process: c.process(),
+            comm: c.comm,
         }
     }
 }
@@ -98,6 +99,106 @@ fn report_role_source(r: RoleSource) -> report::RoleSource {
     }
 }
 
+/// Running sums of one pair within the current window.
+#[derive(Clone, Debug)]
+struct Acc {
+    role_source: RoleSource,
+    bytes_sent: u64,
+    bytes_received: u64,
+    opened: u64,
+    closed: u64,
+    active: u64,
+    /// `None` means "since the window start" (no open seen in this window).
+    first: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+}
+
+/// Pairs of the current window, built up as deltas arrive (final records between drains, live
+/// ones at the drain), so memory follows the number of pairs, not of connections.
+#[derive(Debug, Default)]
+pub struct Accumulator {
+    pairs: HashMap<PairKey, Acc>,
+}
+
+impl Accumulator {
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Adds one connection's delta. Half-open attempts are not conversations and are skipped.
+    pub fn add(&mut self, a: &Attributed<'_>, clock: &Clock) {
+        let d = a.delta;
+        if !d.established {
+            return;
+        }
+        let c = &d.conn;
+        let first = (d.opened && c.opened_ns != 0).then(|| clock.wall(c.opened_ns));
+        let last_ns = c.last_ns.max(c.closed_ns).max(c.opened_ns);
+        let last = (last_ns != 0).then(|| clock.wall(last_ns));
+        let active = !d.finished && c.closed_ns == 0;
+        let acc = self.pairs.entry(PairKey::of(a)).or_insert_with(|| Acc {
+            role_source: a.role_source,
+            bytes_sent: 0,
+            bytes_received: 0,
+            opened: 0,
+            closed: 0,
+            active: 0,
+            first,
+            last,
+        });
+        acc.bytes_sent += d.delta.bytes_sent;
+        acc.bytes_received += d.delta.bytes_received;
+        acc.opened += u64::from(d.opened);
+        acc.closed += u64::from(d.closed);
+        acc.active += u64::from(active);
+        // A connection not opened in this window was there since its start.
+        acc.first = match (acc.first, first) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            _ => None,
+        };
+        acc.last = acc.last.max(last);
+        // Keep the weakest role source seen, so a reader knows part of the pair was inferred.
+        if a.role_source != RoleSource::Observed {
+            acc.role_source = a.role_source;
+        }
+    }
+
+    /// The pairs of the window `[start, end)`, sorted by key; the accumulator starts afresh.
+    pub fn finish(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<Pair> {
+        let clamp = |t: DateTime<Utc>| t.clamp(start, end);
+        let mut out: Vec<(PairKey, Pair)> = self
+            .pairs
+            .drain()
+            .map(|(key, a)| {
+                let first = a.first.map_or(start, clamp);
+                let last = a.last.map_or(first, clamp).max(first);
+                let pair = Pair {
+                    local_ip: key.local_ip,
+                    peer_ip: key.peer_ip,
+                    server_port: key.server_port,
+                    role: report_role(key.role),
+                    role_source: report_role_source(a.role_source),
+                    process: crate::conn::decode_comm(&key.comm),
+                    bytes_sent: a.bytes_sent,
+                    bytes_received: a.bytes_received,
+                    connections_opened: a.opened,
+                    connections_closed: a.closed,
+                    connections_active: a.active,
+                    first_seen: first,
+                    last_seen: last,
+                };
+                (key, pair)
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.key().cmp(&b.1.key()));
+        out.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
 /// Sums the deltas of one window `[start, end)` into pairs, sorted by key.
 pub fn aggregate(
     deltas: &[Attributed<'_>],
@@ -105,64 +206,11 @@ pub fn aggregate(
     end: DateTime<Utc>,
     clock: &Clock,
 ) -> Vec<Pair> {
-    let clamp = |t: DateTime<Utc>| t.clamp(start, end);
-    let mut pairs: HashMap<PairKey, Pair> = HashMap::new();
+    let mut acc = Accumulator::default();
     for a in deltas {
-        let d = a.delta;
-        let c = &d.conn;
-        let key = PairKey::of(a);
-        // First seen in this window: its open if it opened now, else the window start.
-        let first = if d.opened && c.opened_ns != 0 {
-            clamp(clock.wall(c.opened_ns))
-        } else {
-            start
-        };
-        let last_ns = c.last_ns.max(c.closed_ns).max(c.opened_ns);
-        let last = if last_ns == 0 {
-            first
-        } else {
-            clamp(clock.wall(last_ns)).max(first)
-        };
-        let active = !d.finished && c.closed_ns == 0;
-        let p = pairs.entry(key.clone()).or_insert_with(|| Pair {
-            local_ip: key.local_ip,
-            peer_ip: key.peer_ip,
-            server_port: key.server_port,
-            role: report_role(a.role),
-            role_source: report_role_source(a.role_source),
-            process: key.process.clone(),
-            bytes_sent: 0,
-            bytes_received: 0,
-            connections_opened: 0,
-            connections_closed: 0,
-            connections_active: 0,
-            first_seen: first,
-            last_seen: last,
-        });
-        p.bytes_sent += d.delta.bytes_sent;
-        p.bytes_received += d.delta.bytes_received;
-        p.connections_opened += u64::from(d.opened);
-        p.connections_closed += u64::from(d.closed);
-        p.connections_active += u64::from(active);
-        p.first_seen = p.first_seen.min(first);
-        p.last_seen = p.last_seen.max(last);
-        // Observed roles are the most trustworthy; keep the weakest source seen so a reader
-        // knows part of the pair was inferred.
-        if a.role_source != RoleSource::Observed {
-            p.role_source = report_role_source(a.role_source);
-        }
+        acc.add(a, clock);
     }
-    let mut out: Vec<Pair> = pairs.into_values().collect();
-    out.sort_by(|a, b| {
-        (a.local_ip, a.peer_ip, a.server_port, a.role, &a.process).cmp(&(
-            b.local_ip,
-            b.peer_ip,
-            b.server_port,
-            b.role,
-            &b.process,
-        ))
-    });
-    out
+    acc.finish(start, end)
 }
 
 #[cfg(test)]
@@ -214,6 +262,7 @@ mod tests {
                 send_calls: 1,
                 recv_calls: 1,
             },
+            established: true,
             opened: s.opened,
             closed: s.closed_ns != 0,
             finished: s.finished,
@@ -346,5 +395,36 @@ mod tests {
         assert_eq!(pairs[0].role_source, report::RoleSource::LowerPort);
         assert_eq!(pairs[0].server_port, 443);
         assert_eq!(pairs[0].first_seen, pairs[0].last_seen);
+    }
+
+    #[test]
+    fn half_open_attempts_are_left_out() {
+        let mut d = delta(Spec {
+            lport: 40001,
+            rport: 443,
+            role: role::CLIENT,
+            sent: 0,
+            recv: 0,
+            opened_ns: 5,
+            closed_ns: 6,
+            last_ns: 0,
+            finished: true,
+            opened: false,
+        });
+        d.established = false;
+        let a = [Attributed {
+            delta: &d,
+            role: Role::Client,
+            role_source: RoleSource::Observed,
+        }];
+        assert!(
+            aggregate(
+                &a,
+                at("2026-11-23T10:00:00Z"),
+                at("2026-11-23T10:01:00Z"),
+                &clock()
+            )
+            .is_empty()
+        );
     }
 }

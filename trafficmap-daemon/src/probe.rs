@@ -242,8 +242,9 @@ impl Probe {
             })?,
         };
         let raw_btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(ProbeError::NoBtf)?;
-        let btf = Btf::parse(&raw_btf)?;
-        let facts = kernel_facts(&btf)?;
+        // Our reader first, dropped before aya parses the same data: only one decoded copy of
+        // vmlinux BTF lives at a time.
+        let facts = kernel_facts(&Btf::parse(&raw_btf)?)?;
         let tracefs = tracefs::mount_point().ok_or(ProbeError::NoTracefs)?;
         check_tracepoints(
             &tracefs,
@@ -254,6 +255,8 @@ impl Probe {
             offsets: facts.offsets,
             netns_inum,
             ignore_tgid: opts.ignore_tgid,
+            ring_wakeup_bytes: opts.closed_buffer_bytes / 4,
+            _pad: 0,
         };
         let aya_btf = aya::Btf::parse(&raw_btf, aya::Endianness::default())
             .map_err(|e| ProbeError::Load(chain(&e)))?;

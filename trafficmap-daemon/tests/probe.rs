@@ -539,9 +539,21 @@ fn thousand_connections_between_two_reads() {
                 (c.bytes_sent, c.bytes_received)
             })
             .collect();
-        let mut servers: Vec<(u64, u64)> = seen
+        // Under load the kernel may create a child socket and drop it when the accept queue
+        // is full (the client's retransmitted ACK then creates another): such half-open
+        // children never establish and move nothing.
+        let (half_open, established): (Vec<&Conn>, Vec<&Conn>) = seen
             .values()
             .filter(|c| c.sport == sp)
+            .partition(|c| c.flags & flags::ESTABLISHED == 0);
+        assert!(
+            half_open
+                .iter()
+                .all(|c| c.bytes_sent + c.bytes_received == 0),
+            "{half_open:?}"
+        );
+        let mut servers: Vec<(u64, u64)> = established
+            .into_iter()
             .map(|c| {
                 assert_eq!(c.role(), Role::Server);
                 (c.bytes_received, c.bytes_sent)
@@ -552,7 +564,7 @@ fn thousand_connections_between_two_reads() {
         let want: Vec<(u64, u64)> = expected.iter().map(|&s| (s, s / 2)).collect();
         assert_eq!(clients, want, "client ends");
         assert_eq!(servers, want, "server ends");
-        assert_eq!(seen.len(), 2 * N);
+        assert_eq!(seen.len(), 2 * N + half_open.len());
     };
     let mut seen = collect(&mut probe);
     check(&seen);

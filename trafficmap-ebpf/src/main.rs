@@ -65,6 +65,9 @@ const SCRATCH_LIFECYCLE: u32 = 1;
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ErrorReason::COUNT, 0);
 
 const BPF_ANY: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 const E2BIG: i32 = 7;
@@ -253,7 +256,14 @@ fn hand_over(conn: *const Conn) -> bool {
     match CLOSED.reserve::<Conn>(0) {
         Some(mut slot) => {
             slot.write(unsafe { *conn });
-            slot.submit(0);
+            // Batch wakeups: userspace polls the ring on a timer and is woken early only when
+            // it fills up.
+            let flags = if CLOSED.query(BPF_RB_AVAIL_DATA) >= conf!(ring_wakeup_bytes) as u64 {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            slot.submit(flags);
             true
         }
         None => {

@@ -154,36 +154,23 @@ fn load_point(bin: &Path, rate: u64, secs: u64) -> Result<(f64, f64, f64, u64)> 
     let elapsed = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let made = match generator {
-        Some(g) => g.join().map_err(|_| anyhow::anyhow!("generator panicked"))??,
+        Some(g) => g
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator panicked"))??,
         None => 0,
     };
     let (rss, hwm) = rss_mib(agent.pid())?;
     Ok(((c1 - c0) / elapsed * 100.0, rss, hwm, made))
 }
 
-/// Opens `n` connections (2n sockets) that stay open, sends a little on each, and returns the
-/// agent's drain time with them in its table.
-fn drain_point(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
-    // 2n sockets plus listeners in this process.
-    let want = (2 * n + 1000) as u64;
-    let lim = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: want,
-    };
-    // SAFETY: valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        bail!("raising RLIMIT_NOFILE to {want}: {}", std::io::Error::last_os_error());
-    }
-    let agent = Agent::start(
-        bin,
-        &["--interval", "5s", "--max-connections", "262144"],
-    )?;
-    // Several listeners: one destination has only ~28k ephemeral ports.
-    let listeners: Vec<TcpListener> = (0..8)
+/// Holds `n` loopback connections open (both ends in this process) until stdin closes. Runs
+/// as a child process: one process may not hold more than RLIMIT_NOFILE descriptors, and the
+/// hard limit cannot be raised without CAP_SYS_RESOURCE.
+pub fn hold_connections(n: usize) -> Result<()> {
+    let listeners: Vec<TcpListener> = (0..4)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()?;
     let mut keep = Vec::with_capacity(2 * n);
-    let t0 = Instant::now();
     for i in 0..n {
         let l = &listeners[i % listeners.len()];
         let mut c = TcpStream::connect(l.local_addr()?)?;
@@ -191,6 +178,39 @@ fn drain_point(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
         c.write_all(b"x")?;
         keep.push(c);
         keep.push(s);
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
+
+/// Opens `n` connections (2n sockets) that stay open, sends a little on each, and returns the
+/// agent's drain time with them in its table.
+fn drain_point(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
+    let agent = Agent::start(bin, &["--interval", "5s", "--max-connections", "262144"])?;
+    let per_child = 9_000;
+    let t0 = Instant::now();
+    let mut holders = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let m = left.min(per_child);
+        left -= m;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["hold-connections", &m.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().context("stdout")?),
+            &mut line,
+        )?;
+        if line.trim() != "ready" {
+            bail!("connection holder failed");
+        }
+        holders.push(child);
     }
     note(format!("{n} connections open in {:.1?}", t0.elapsed()));
     // Wait for two drains that saw them all.
@@ -207,6 +227,10 @@ fn drain_point(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
                     let last = metric(&m, "trafficmap_last_drain_duration_seconds")
                         .context("no last drain duration")?;
                     let (rss, hwm) = rss_mib(agent.pid())?;
+                    for mut h in holders {
+                        drop(h.stdin.take());
+                        let _ = h.wait();
+                    }
                     return Ok((last * 1e3, rss, hwm));
                 }
                 _ => {}
@@ -224,7 +248,14 @@ pub fn bench() -> Result<String> {
         bail!("the agent benchmark loads eBPF: run it as root");
     }
     step("bench agent: building trafficmap-agent (release)");
-    run(cargo().args(["build", "--release", "-p", "trafficmap-daemon", "--bin", "trafficmap-agent"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "trafficmap-daemon",
+        "--bin",
+        "trafficmap-agent",
+    ]))?;
     let bin = root().join("target/release/trafficmap-agent");
     let mut out = String::from(
         "\n| load | agent CPU (% of one core) | RSS | peak RSS | connections made |\n| --- | ---: | ---: | ---: | ---: |\n",
@@ -236,14 +267,18 @@ pub fn bench() -> Result<String> {
     ] {
         step(format!("bench agent: {label}"));
         let (cpu, rss, hwm, made) = load_point(&bin, rate, secs)?;
-        note(format!("cpu {cpu:.2} %, rss {rss:.1} MiB (peak {hwm:.1}), {made} connections"));
+        note(format!(
+            "cpu {cpu:.2} %, rss {rss:.1} MiB (peak {hwm:.1}), {made} connections"
+        ));
         out.push_str(&format!(
             "| {label} | {cpu:.2} % | {rss:.1} MiB | {hwm:.1} MiB | {made} |\n"
         ));
     }
     step("bench agent: drain with 100,000 live connections (50,000 connections, both ends)");
     let (ms, rss, hwm) = drain_point(&bin, 50_000)?;
-    note(format!("drain {ms:.1} ms, rss {rss:.1} MiB (peak {hwm:.1})"));
+    note(format!(
+        "drain {ms:.1} ms, rss {rss:.1} MiB (peak {hwm:.1})"
+    ));
     out.push_str(&format!(
         "\nDrain of 100,000 live connections (50,000 loopback connections, both ends in the table): \
          {ms:.1} ms; agent RSS {rss:.1} MiB, peak {hwm:.1} MiB.\n"

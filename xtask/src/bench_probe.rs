@@ -65,7 +65,9 @@ pub fn request_response(count: usize, size: usize) -> Result<Cost> {
         }
         Ok(())
     })?;
-    server.join().map_err(|_| anyhow::anyhow!("server panicked"))??;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
     Ok(cost)
 }
 
@@ -97,7 +99,9 @@ pub fn stream(total: usize, chunk: usize) -> Result<Cost> {
         c.shutdown(Shutdown::Write)?;
         Ok(())
     })?;
-    let got = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let got = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     if got != total {
         bail!("stream delivered {got} of {total} bytes");
     }
@@ -240,9 +244,17 @@ pub fn bench(opts: &Options) -> Result<String> {
         bail!("the probe benchmark loads eBPF and captures packets: run it as root");
     }
     step("bench probe: building trafficmap-agent (release)");
-    run(cargo().args(["build", "--release", "-p", "trafficmap-daemon", "--bin", "trafficmap-agent"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "trafficmap-daemon",
+        "--bin",
+        "trafficmap-agent",
+    ]))?;
     let agent = root().join("target/release/trafficmap-agent");
-    let workloads: [(&str, Box<dyn Fn() -> Result<Cost>>); 2] = [
+    type Workload<'a> = Box<dyn Fn() -> Result<Cost> + 'a>;
+    let workloads: [(&str, Workload); 2] = [
         (
             "request/response",
             Box::new(|| request_response(opts.rr_count, 64)),

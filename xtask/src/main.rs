@@ -45,6 +45,9 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// (Internal, for `bench agent`) hold N loopback connections open until stdin closes.
+    #[command(hide = true)]
+    HoldConnections { count: usize },
     /// Run the probe suite on Debian kernels in qemu VMs and print the kernel x backend matrix.
     VmTest {
         /// Kernel labels to run (default: all of 5.10, 6.1, 6.12).
@@ -101,6 +104,7 @@ fn main() -> Result<()> {
             eprintln!("(written to {})", path.display());
             Ok(())
         }
+        Cmd::HoldConnections { count } => bench_agent::hold_connections(count),
         Cmd::VmTest { kernels } => {
             setup::setup(setup::Level::Test)?;
             let rows = vm::vm_test(&kernels)?;
