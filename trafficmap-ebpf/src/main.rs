@@ -240,7 +240,12 @@ fn first_sight(sk: u64, now: u64) -> Option<*mut Conn> {
     c.netns = netns;
     c.flags = flags::PREEXISTING;
     fill_from_sock(sk, c);
-    if let Err(err) = CONNS.insert(sk, &*c, BPF_NOEXIST) {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
+    )]
+    let inserted = CONNS.insert(sk, &*c, BPF_NOEXIST);
+    if let Err(err) = inserted {
         // EEXIST: another CPU created it first; use theirs.
         if err != -EEXIST {
             count_update_error(err);
@@ -313,7 +318,12 @@ fn birth(sk: u64, conn_role: u8, state: u8) {
     c.role = conn_role;
     fill_from_sock(sk, c);
     c.state = state;
-    if let Err(err) = CONNS.insert(sk, &*c, BPF_ANY) {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
+    )]
+    let inserted = CONNS.insert(sk, &*c, BPF_ANY);
+    if let Err(err) = inserted {
         count_update_error(err);
     }
 }
@@ -495,11 +505,11 @@ pub fn kprobe_tcp_recvmsg_nonblock(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
-    if let Some(call) = take(&INFLIGHT_RECV) {
-        if call.flags & MSG_PEEK == 0 {
-            let ret: i32 = ctx.ret();
-            record(call.sk, ret as i64, Dir::Recv);
-        }
+    if let Some(call) = take(&INFLIGHT_RECV)
+        && call.flags & MSG_PEEK == 0
+    {
+        let ret: i32 = ctx.ret();
+        record(call.sk, ret as i64, Dir::Recv);
     }
     0
 }
