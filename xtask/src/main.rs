@@ -5,6 +5,7 @@
 
 mod bench_agent;
 mod bench_probe;
+mod run;
 mod setup;
 mod test;
 mod util;
@@ -27,6 +28,22 @@ enum Cmd {
         /// How much to install: build < run < test < bench.
         #[arg(long, value_enum, default_value = "test")]
         level: setup::Level,
+    },
+    /// Run agent, collector and viewer on this host with embedded defaults; prints the viewer
+    /// address. Ctrl-C stops everything cleanly.
+    Run {
+        /// Address of the collector (API and viewer).
+        #[arg(long, default_value = "127.0.0.1:9978")]
+        listen: std::net::SocketAddr,
+        /// Agent report interval.
+        #[arg(long, default_value = "60s")]
+        interval: String,
+        /// State directory (store, daily maps, spool); default ~/.cache/trafficmap/run.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Build optimised binaries (slower to build, as deployed).
+        #[arg(long)]
+        release: bool,
     },
     /// Run every test: lint, unit, privileged probe tests, kernel matrix in VMs, and the rest.
     Test {
@@ -74,6 +91,20 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Setup { level } => setup::setup(level),
+        Cmd::Run {
+            listen,
+            interval,
+            data_dir,
+            release,
+        } => {
+            setup::setup(setup::Level::Run)?;
+            run::run_all(&run::Options {
+                listen,
+                interval,
+                data_dir,
+                release,
+            })
+        }
         Cmd::Test {
             only,
             skip,
