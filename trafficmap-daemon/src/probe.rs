@@ -245,7 +245,12 @@ impl Probe {
         // Our reader first, dropped before aya parses the same data: only one decoded copy of
         // vmlinux BTF lives at a time.
         let facts = kernel_facts(&Btf::parse(&raw_btf)?)?;
-        let tracefs = tracefs::mount_point().ok_or(ProbeError::NoTracefs)?;
+        let tracefs = tracefs::mount_point().map_err(|e| match e {
+            tracefs::Unavailable::NotMounted => ProbeError::NoTracefs,
+            tracefs::Unavailable::PermissionDenied(p) => {
+                ProbeError::Permission(format!("reading tracefs at {}", p.display()))
+            }
+        })?;
         check_tracepoints(
             &tracefs,
             &["sock/inet_sock_set_state", "tcp/tcp_destroy_sock"],

@@ -657,3 +657,166 @@ fn runs_with_capabilities_alone() {
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!((mine[0].bytes_sent, mine[0].bytes_received), (31_337, 11));
 }
+
+/// A collector stand-in over HTTPS with a self-signed certificate; accepts only `token`,
+/// which the test can change.
+struct TlsCollector {
+    reports: Arc<Mutex<Vec<Report>>>,
+    token: Arc<Mutex<String>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsCollector {
+    fn start(port: u16, ca_pem: &Path, token: &str) -> TlsCollector {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
+        std::fs::write(ca_pem, cert.cert.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
+        let token = Arc::new(Mutex::new(token.to_owned()));
+        let (r, t) = (reports.clone(), token.clone());
+        let app = axum::Router::new().route(
+            "/api/v1/reports",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let (r, t) = (r.clone(), t.clone());
+                    async move {
+                        let want = format!("Bearer {}", t.lock().unwrap());
+                        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&want)
+                        {
+                            return axum::http::StatusCode::UNAUTHORIZED;
+                        }
+                        r.lock().unwrap().push(Report::from_json(&body).unwrap());
+                        axum::http::StatusCode::OK
+                    }
+                },
+            ),
+        );
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let mut app = app.clone();
+                            async move {
+                                tower_service::Service::call(
+                                    &mut app,
+                                    req.map(axum::body::Body::new),
+                                )
+                                .await
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+        TlsCollector {
+            reports,
+            token,
+            _runtime: runtime,
+        }
+    }
+}
+
+#[test]
+fn https_collector_token_reload_and_own_traffic_not_counted() {
+    if !privileged() {
+        return;
+    }
+    let dir = temp_dir("tls");
+    let ca = dir.join("ca.pem");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let port = free_port();
+    let collector = TlsCollector::start(port, &ca, "first-token");
+    // Counting every namespace of the host, where the agent's own connection to the collector
+    // (on loopback) happens.
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &strings(&[
+            "--interval",
+            "1s",
+            "--collector",
+            &format!("https://127.0.0.1:{port}"),
+            "--ca-file",
+            &ca.display().to_string(),
+            "--token-file",
+            &token_file.display().to_string(),
+            "--spool-dir",
+            &dir.join("spool").display().to_string(),
+        ]),
+    );
+    let got = |n: usize| {
+        wait_for(Duration::from_secs(30), || {
+            (collector.reports.lock().unwrap().len() >= n).then_some(())
+        })
+    };
+    assert!(got(2).is_some(), "no report over HTTPS: {}", a.log_text());
+
+    // Rotate the token: the collector switches, the agent is told with SIGHUP.
+    *collector.token.lock().unwrap() = "second-token".into();
+    std::fs::write(&token_file, "second-token\n").unwrap();
+    let before_hup = collector.reports.lock().unwrap().len();
+    unsafe { libc::kill(a.pid() as i32, libc::SIGHUP) };
+    assert!(
+        got(before_hup + 3).is_some(),
+        "no report after the token reload: {}",
+        a.log_text()
+    );
+    assert!(
+        a.log_text().contains("SIGHUP: reloaded"),
+        "{}",
+        a.log_text()
+    );
+    assert!(a.sigterm().success());
+
+    let reports = collector.reports.lock().unwrap().clone();
+    let ids: HashSet<&str> = reports.iter().map(|r| r.report_id.as_str()).collect();
+    assert_eq!(ids.len(), reports.len(), "a report arrived twice");
+    // The agent's own client connections to the collector are not in its reports.
+    let own: Vec<_> = reports
+        .iter()
+        .flat_map(|r| &r.pairs)
+        .filter(|p| p.role == Role::Client && p.server_port == port)
+        .collect();
+    assert!(own.is_empty(), "the agent counted its own traffic: {own:?}");
+    // Reports refused during the switch (token changed before SIGHUP) were retried, not lost:
+    // sequence numbers have no gap.
+    let mut seqs: Vec<u64> = reports.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (seqs[0]..seqs[0] + seqs.len() as u64).collect::<Vec<_>>()
+    );
+}

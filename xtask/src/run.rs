@@ -75,7 +75,9 @@ pub fn run_all(opts: &Options) -> Result<()> {
         bail!("`cargo xtask run` loads the eBPF probe into this kernel: run it as root");
     }
     let profile = if opts.release { "release" } else { "debug" };
-    step(format!("run: building trafficmap-agent and trafficmap-collector ({profile})"));
+    step(format!(
+        "run: building trafficmap-agent and trafficmap-collector ({profile})"
+    ));
     let mut build = cargo();
     build.args([
         "build",
