@@ -162,6 +162,11 @@ fn is_eperm(e: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// Entries of each kprobe in-flight map for a connection table of `max_connections`.
+pub fn inflight_entries(max_connections: u32) -> u32 {
+    (max_connections / 4).max(1024)
+}
+
 /// Facts about the kernel the probe was fitted to.
 #[derive(Clone, Debug)]
 pub struct KernelFacts {
@@ -269,6 +274,10 @@ impl Probe {
             .btf(Some(&aya_btf))
             .override_global("CONFIG", &config, true)
             .map_max_entries(CONNS, opts.max_connections)
+            // kprobe mode: calls in flight at once, at most one per thread; sized with the
+            // connection table.
+            .map_max_entries(names::INFLIGHT_SEND, inflight_entries(opts.max_connections))
+            .map_max_entries(names::INFLIGHT_RECV, inflight_entries(opts.max_connections))
             .map_max_entries(CLOSED, opts.closed_buffer_bytes)
             .load(PROBE_ELF)
             .map_err(|e| {
