@@ -33,6 +33,10 @@ pub mod names {
     pub const TP_SOCK_RECV_LENGTH: &str = "tp_sock_recv_length";
     pub const TP_INET_SOCK_SET_STATE: &str = "tp_inet_sock_set_state";
     pub const TP_TCP_DESTROY_SOCK: &str = "tp_tcp_destroy_sock";
+    pub const RAW_SOCK_SEND_LENGTH: &str = "raw_sock_send_length";
+    pub const RAW_SOCK_RECV_LENGTH: &str = "raw_sock_recv_length";
+    pub const RAW_INET_SOCK_SET_STATE: &str = "raw_inet_sock_set_state";
+    pub const RAW_TCP_DESTROY_SOCK: &str = "raw_tcp_destroy_sock";
 }
 
 /// Role of the local end of a connection, stored as `u8` in [`Conn::role`].
@@ -232,7 +236,9 @@ pub struct Offsets {
     pub skc_net: u32,
     /// `struct net.ns.inum`, from the start of `struct net`.
     pub net_ns_inum: u32,
-    pub _pad: u32,
+    /// `struct sock.sk_protocol` (a `u16` since 5.6): raw tracepoints fire for every socket
+    /// and carry no protocol, so births and unknown sockets are checked with it.
+    pub sk_protocol: u32,
 }
 
 impl Offsets {
@@ -247,7 +253,7 @@ impl Offsets {
         skc_v6_daddr: 0,
         skc_net: 0,
         net_ns_inum: 0,
-        _pad: 0,
+        sk_protocol: 0,
     };
 }
 
@@ -312,6 +318,19 @@ pub struct TpTcpDestroySock {
     pub common: u64,
     pub skaddr: u64,
 }
+
+/// Raw tracepoints the probe uses and the arity of their `TP_PROTO` plus the leading context
+/// pointer, as kernel BTF shows it (`typedef void (*btf_trace_<name>)(void *, ...)`). The
+/// loader uses a raw tracepoint only if BTF agrees, else the classic one.
+pub const RAW_TRACEPOINT_ARITY: &[(&str, usize)] = &[
+    // (struct sock *sk, int ret, int flags)
+    ("sock_send_length", 4),
+    ("sock_recv_length", 4),
+    // (const struct sock *sk, const int oldstate, const int newstate)
+    ("inet_sock_set_state", 4),
+    // (struct sock *sk)
+    ("tcp_destroy_sock", 2),
+];
 
 /// Each field the probe reads from a tracepoint record, as `(event, field, offset, size)`; the
 /// loader checks them against tracefs before it attaches.

@@ -290,6 +290,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         closed_buffer_bytes: config.closed_buffer_bytes,
         // The agent's own connections (to the collector) are not counted.
         ignore_tgid: std::process::id(),
+        classic_tracepoints: false,
     };
     let probe = tokio::task::spawn_blocking(move || Probe::load(&opts))
         .await

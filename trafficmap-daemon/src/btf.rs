@@ -316,6 +316,18 @@ impl Btf {
         })
     }
 
+    /// Arity of a raw tracepoint's prototype as BTF records it for BPF programs
+    /// (`typedef void (*btf_trace_<name>)(void *, ...)`), context pointer included.
+    pub fn raw_tracepoint_arity(&self, name: &str) -> Option<usize> {
+        let id = self.find(&format!("btf_trace_{name}"), KIND_TYPEDEF)?;
+        let ptr = self.get(self.get(id).ty);
+        if ptr.kind != KIND_PTR {
+            return None;
+        }
+        let proto = self.get(ptr.ty);
+        (proto.kind == KIND_FUNC_PROTO).then_some(proto.params)
+    }
+
     /// Whether the kernel has a function of this name (in vmlinux BTF).
     pub fn has_function(&self, name: &str) -> bool {
         self.find(name, KIND_FUNC).is_some()
@@ -409,12 +421,16 @@ pub(crate) mod tests {
         pub(crate) fn union(&mut self, size: u32, m: &[(&str, u32, u32)]) -> u32 {
             self.composite(KIND_UNION, "", size, m)
         }
-        pub(crate) fn func(&mut self, name: &str, params: &[u32]) -> u32 {
+        pub(crate) fn func_proto(&mut self, params: &[u32]) -> u32 {
             let proto = self.head("", KIND_FUNC_PROTO, params.len(), false, 0);
             for &p in params {
                 self.types.extend_from_slice(&0u32.to_le_bytes());
                 self.types.extend_from_slice(&p.to_le_bytes());
             }
+            proto
+        }
+        pub(crate) fn func(&mut self, name: &str, params: &[u32]) -> u32 {
+            let proto = self.func_proto(params);
             self.head(name, KIND_FUNC, 0, false, proto)
         }
         pub(crate) fn build(&self) -> Vec<u8> {
@@ -472,6 +488,9 @@ pub(crate) mod tests {
         let sk_ptr = b.ptr(sock_common);
         b.func("tcp_recvmsg", &[sk_ptr, u32t, u32t, u32t, u32t]);
         b.func("tcp_sendmsg", &[sk_ptr, u32t, u32t]);
+        let proto = b.func_proto(&[sk_ptr, sk_ptr, u32t, u32t]);
+        let proto_ptr = b.ptr(proto);
+        b.typedef("btf_trace_sock_send_length", proto_ptr);
         b.build()
     }
 
@@ -502,6 +521,8 @@ pub(crate) mod tests {
         assert_eq!(btf.function_params("tcp_sendmsg").unwrap(), 3);
         assert!(btf.has_function("tcp_sendmsg"));
         assert!(!btf.has_function("tcp_sendpage"));
+        assert_eq!(btf.raw_tracepoint_arity("sock_send_length"), Some(4));
+        assert_eq!(btf.raw_tracepoint_arity("sock_recv_length"), None);
     }
 
     #[test]

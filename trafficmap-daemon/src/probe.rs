@@ -11,7 +11,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{FExit, KProbe, TracePoint},
+    programs::{FExit, KProbe, RawTracePoint, TracePoint},
 };
 use tracing::{debug, info, warn};
 use trafficmap_common::{
@@ -77,6 +77,8 @@ pub struct ProbeOptions {
     pub closed_buffer_bytes: u32,
     /// Thread group whose traffic is not counted (the agent's own); 0 = none.
     pub ignore_tgid: u32,
+    /// Use classic tracepoints even where raw ones work (to test the fallback).
+    pub classic_tracepoints: bool,
 }
 
 impl Default for ProbeOptions {
@@ -87,6 +89,7 @@ impl Default for ProbeOptions {
             max_connections: 65_536,
             closed_buffer_bytes: 4 << 20,
             ignore_tgid: 0,
+            classic_tracepoints: false,
         }
     }
 }
@@ -176,6 +179,8 @@ pub struct KernelFacts {
     pub recvmsg_nonblock: bool,
     /// `tcp_sendpage` exists (sendfile goes through it before 6.5).
     pub has_sendpage: bool,
+    /// Every raw tracepoint the probe uses has the prototype it expects.
+    pub raw_tracepoints: bool,
 }
 
 /// Reads struct offsets and prototypes from kernel BTF.
@@ -194,7 +199,7 @@ pub fn kernel_facts(btf: &Btf) -> Result<KernelFacts, ProbeError> {
         skc_v6_daddr: base + sc("skc_v6_daddr")?,
         skc_net: base + sc("skc_net")?,
         net_ns_inum: btf.path_offset("net", "ns.inum")?,
-        _pad: 0,
+        sk_protocol: btf.member_offset("sock", "sk_protocol")?,
     };
     let recv_params = btf.function_params("tcp_recvmsg")?;
     btf.function_params("tcp_sendmsg")?;
@@ -203,6 +208,10 @@ pub fn kernel_facts(btf: &Btf) -> Result<KernelFacts, ProbeError> {
         offsets,
         recvmsg_nonblock: recv_params >= 6,
         has_sendpage: btf.has_function("tcp_sendpage"),
+        raw_tracepoints: trafficmap_common::RAW_TRACEPOINT_ARITY
+            .iter()
+            .filter(|(tp, _)| !tp.starts_with("sock_") || btf.raw_tracepoint_arity(tp).is_some())
+            .all(|&(tp, n)| btf.raw_tracepoint_arity(tp) == Some(n)),
     })
 }
 
@@ -223,15 +232,37 @@ pub struct Probe {
     ebpf: Ebpf,
     selection: Selection,
     facts: KernelFacts,
+    tracepoints: TracepointKind,
     netns_inum: u32,
     max_connections: u32,
     batch_supported: bool,
 }
 
-const LIFECYCLE: [(&str, &str, &str); 2] = [
-    (names::TP_INET_SOCK_SET_STATE, "sock", "inet_sock_set_state"),
-    (names::TP_TCP_DESTROY_SOCK, "tcp", "tcp_destroy_sock"),
+/// (raw tracepoint program, classic tracepoint program, category, event).
+const LIFECYCLE: [(&str, &str, &str, &str); 2] = [
+    (
+        names::RAW_INET_SOCK_SET_STATE,
+        names::TP_INET_SOCK_SET_STATE,
+        "sock",
+        "inet_sock_set_state",
+    ),
+    (
+        names::RAW_TCP_DESTROY_SOCK,
+        names::TP_TCP_DESTROY_SOCK,
+        "tcp",
+        "tcp_destroy_sock",
+    ),
 ];
+
+/// How the probe's tracepoints are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracepointKind {
+    /// `BPF_PROG_TYPE_RAW_TRACEPOINT`: the program gets the tracepoint's arguments directly;
+    /// no trace record is filled, which makes each hit much cheaper.
+    Raw,
+    /// `BPF_PROG_TYPE_TRACEPOINT` through perf: a trace record is filled for every hit.
+    Classic,
+}
 
 impl Probe {
     /// Loads and attaches the probe; on error nothing stays attached.
@@ -288,14 +319,17 @@ impl Probe {
                 }
             })?;
 
-        for (prog, category, event) in LIFECYCLE {
-            attach_tracepoint(&mut ebpf, prog, category, event).map_err(|reason| {
-                if reason.contains("Operation not permitted") {
-                    ProbeError::Permission(reason)
-                } else {
-                    ProbeError::Lifecycle { event, reason }
-                }
-            })?;
+        let try_raw = facts.raw_tracepoints && !opts.classic_tracepoints;
+        let mut tracepoints = TracepointKind::Classic;
+        for (raw, classic, category, event) in LIFECYCLE {
+            tracepoints =
+                attach_tp(&mut ebpf, raw, classic, category, event, try_raw).map_err(|reason| {
+                    if reason.contains("Operation not permitted") {
+                        ProbeError::Permission(reason)
+                    } else {
+                        ProbeError::Lifecycle { event, reason }
+                    }
+                })?;
         }
 
         let mut kretprobes = Vec::new();
@@ -307,6 +341,7 @@ impl Probe {
                 &aya_btf,
                 &tracefs,
                 &mut kretprobes,
+                try_raw,
             );
             if let Err(reason) = &result {
                 debug!(%backend, %reason, "backend unavailable");
@@ -318,6 +353,7 @@ impl Probe {
         }
         info!(
             backend = %selection.chosen,
+            tracepoints = ?tracepoints,
             kernel = %facts.release,
             netns = netns_inum,
             "probe attached"
@@ -352,6 +388,7 @@ impl Probe {
             ebpf,
             selection,
             facts,
+            tracepoints,
             netns_inum,
             max_connections: opts.max_connections,
             batch_supported: true,
@@ -368,6 +405,11 @@ impl Probe {
 
     pub fn kernel(&self) -> &KernelFacts {
         &self.facts
+    }
+
+    /// Raw or classic tracepoints (lifecycle, and bytes in the tracepoint backend).
+    pub fn tracepoint_kind(&self) -> TracepointKind {
+        self.tracepoints
     }
 
     /// Inode of the namespace counted, 0 for all.
@@ -543,20 +585,63 @@ fn check_tracepoints(tracefs: &Path, events: &[&'static str]) -> Result<(), Prob
     }
 }
 
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    category: &str,
-    event: &str,
-) -> Result<(), String> {
+fn attach_classic(ebpf: &mut Ebpf, prog: &str, category: &str, event: &str) -> Result<(), String> {
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| format!("program {prog} missing from the probe object"))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-    p.load().map_err(|e| chain(&e))?;
-    p.attach(category, event).map_err(|e| chain(&e))?;
+    p.load()
+        .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+    p.attach(category, event)
+        .map_err(|e| format!("attaching {category}:{event}: {}", chain(&e)))?;
     Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, event: &str) -> Result<(), String> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing from the probe object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+    p.load()
+        .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+    p.attach(event)
+        .map_err(|e| format!("attaching raw tracepoint {event}: {}", chain(&e)))?;
+    Ok(())
+}
+
+/// Attaches one tracepoint, raw if allowed and possible, else classic.
+fn attach_tp(
+    ebpf: &mut Ebpf,
+    raw: &str,
+    classic: &str,
+    category: &str,
+    event: &str,
+    try_raw: bool,
+) -> Result<TracepointKind, String> {
+    if try_raw {
+        match attach_raw(ebpf, raw, event) {
+            Ok(()) => return Ok(TracepointKind::Raw),
+            Err(why) => {
+                debug!(event, %why, "raw tracepoint refused; using the classic one");
+                if let Some(p) = ebpf.program_mut(raw) {
+                    let _ = unload(p);
+                }
+            }
+        }
+    }
+    attach_classic(ebpf, classic, category, event)?;
+    Ok(TracepointKind::Classic)
+}
+
+/// The raw tracepoint program of a classic one.
+fn raw_twin(classic: &str) -> &'static str {
+    match classic {
+        names::TP_SOCK_SEND_LENGTH => names::RAW_SOCK_SEND_LENGTH,
+        names::TP_SOCK_RECV_LENGTH => names::RAW_SOCK_RECV_LENGTH,
+        _ => unreachable!("no raw twin for {classic}"),
+    }
 }
 
 /// Programs of each backend: (program, kernel function or tracepoint).
@@ -608,8 +693,9 @@ fn attach_backend(
     btf: &aya::Btf,
     tracefs: &Path,
     kretprobes: &mut Vec<TracefsKretprobe>,
+    try_raw: bool,
 ) -> Result<(), String> {
-    let progs = backend_programs(backend, facts);
+    let mut progs = backend_programs(backend, facts);
     if backend == Backend::Tracepoint {
         check_tracepoints(tracefs, &["sock/sock_send_length", "sock/sock_recv_length"]).map_err(
             |e| match e {
@@ -669,11 +755,8 @@ fn attach_backend(
                     })?;
                 }
                 Backend::Tracepoint => {
-                    let p: &mut TracePoint = program.try_into().map_err(|e| chain(&e))?;
-                    p.load()
-                        .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
-                    p.attach("sock", target)
-                        .map_err(|e| format!("attaching sock:{target}: {}", chain(&e)))?;
+                    let raw = raw_twin(prog);
+                    attach_tp(ebpf, raw, prog, "sock", target, try_raw)?;
                 }
             }
         }
@@ -681,6 +764,10 @@ fn attach_backend(
     })();
     if result.is_err() {
         kretprobes.clear();
+        if backend == Backend::Tracepoint {
+            let raws: Vec<_> = progs.iter().map(|&(p, t)| (raw_twin(p), t)).collect();
+            progs.extend(raws);
+        }
         for &(prog, _) in &progs {
             if let Some(p) = ebpf.program_mut(prog) {
                 let _ = unload(p);
@@ -696,6 +783,7 @@ fn unload(p: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramEr
         Program::FExit(p) => p.unload(),
         Program::KProbe(p) => p.unload(),
         Program::TracePoint(p) => p.unload(),
+        Program::RawTracePoint(p) => p.unload(),
         _ => Ok(()),
     }
 }

@@ -83,11 +83,13 @@ fn backend_support() {
     let opts = trafficmap_daemon::probe::ProbeOptions {
         attach: mode,
         netns: trafficmap_daemon::probe::NetnsScope::Path(ns.path()),
+        classic_tracepoints: classic_tracepoints(),
         ..Default::default()
     };
     match Probe::load(&opts) {
         Ok(probe) => {
             println!("TRAFFICMAP_SUPPORT {} supported", probe.backend());
+            println!("TRAFFICMAP_TRACEPOINTS {:?}", probe.tracepoint_kind());
             for (b, why) in probe.selection().skipped() {
                 println!("TRAFFICMAP_SKIPPED {b}: {why}");
             }

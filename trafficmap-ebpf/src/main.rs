@@ -24,9 +24,11 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
-    macros::{fexit, kprobe, kretprobe, map, tracepoint},
+    macros::{fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{
+        FExitContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext,
+    },
 };
 use trafficmap_common::{
     AF_INET, AF_INET6, Conn, ErrorReason, IPPROTO_TCP, Inflight, MSG_PEEK, ProbeConfig,
@@ -183,9 +185,18 @@ enum Dir {
     Recv,
 }
 
-/// The hot path: add `bytes` moved by the current task on socket `sk`.
+/// Whether `sk` is a TCP socket (raw tracepoints fire for every protocol).
 #[inline(always)]
-fn record(sk: u64, bytes: i64, dir: Dir) {
+fn is_tcp(sk: u64) -> bool {
+    let mut proto: u16 = 0;
+    read_into(sk + conf!(offsets.sk_protocol) as u64, &mut proto) && proto == IPPROTO_TCP
+}
+
+/// The hot path: add `bytes` moved by the current task on socket `sk`. With `check_tcp`, a
+/// socket without entry is first checked to be TCP (the lookup comes first so that known TCP
+/// connections pay nothing for it).
+#[inline(always)]
+fn record(sk: u64, bytes: i64, dir: Dir, check_tcp: bool) {
     if bytes <= 0 || sk == 0 {
         return;
     }
@@ -198,6 +209,7 @@ fn record(sk: u64, bytes: i64, dir: Dir) {
     let now = unsafe { bpf_ktime_get_ns() };
     let conn = match CONNS.get_ptr_mut(sk) {
         Some(c) => c,
+        None if check_tcp && !is_tcp(sk) => return,
         None => match first_sight(sk, now) {
             Some(c) => c,
             None => return,
@@ -280,7 +292,10 @@ fn hand_over(conn: *const Conn) -> bool {
 
 /// A new connection starts on socket `sk` with the given role.
 #[inline(always)]
-fn birth(sk: u64, conn_role: u8, state: u8) {
+fn birth(sk: u64, conn_role: u8, state: u8, check_tcp: bool) {
+    if check_tcp && !is_tcp(sk) {
+        return;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let ignore = conf!(ignore_tgid);
     // The agent's own client connections (to its collector) are not counted.
@@ -331,21 +346,14 @@ fn birth(sk: u64, conn_role: u8, state: u8) {
 // ---------------------------------------------------------------------------------------------
 // Lifecycle, all backends.
 
-/// match-proto:v4.16..latest:include/trace/events/sock.h:TRACE_EVENT(inet_sock_set_state, TP_PROTO(const struct sock *sk, const int oldstate, const int newstate))
-#[tracepoint]
-pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let args = unsafe { &*(ctx.as_ptr() as *const TpInetSockSetState) };
-    if args.protocol != IPPROTO_TCP {
-        return 0;
-    }
-    let sk = args.skaddr;
-    let old = args.oldstate as u8;
-    let new = args.newstate as u8;
+/// A TCP state change of socket `sk`.
+#[inline(always)]
+fn on_state(sk: u64, old: u8, new: u8, check_tcp: bool) {
     if new == tcp_state::SYN_SENT && old == tcp_state::CLOSE {
-        birth(sk, role::CLIENT, new);
+        birth(sk, role::CLIENT, new, check_tcp);
     } else if new == tcp_state::SYN_RECV && old == tcp_state::LISTEN {
         // The child socket of a passive open, cloned from the listener.
-        birth(sk, role::SERVER, new);
+        birth(sk, role::SERVER, new, check_tcp);
     } else if let Some(c) = CONNS.get_ptr_mut(sk) {
         let c = unsafe { &mut *c };
         // Ports and addresses are final once the handshake is done (the client's source port is
@@ -361,19 +369,14 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
             c.closed_ns = unsafe { bpf_ktime_get_ns() };
         }
     }
-    0
 }
 
-/// The socket is being freed: no send or receive can follow. Hand the final record over and
+/// Socket `sk` is being freed: no send or receive can follow. Hand the final record over and
 /// free the entry; if the ring buffer is full, keep it flagged so userspace still reads it.
-///
-/// match-proto:v4.16..latest:include/trace/events/tcp.h:DEFINE_EVENT(tcp_event_sk, tcp_destroy_sock, TP_PROTO(struct sock *sk))
-#[tracepoint]
-pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    let args = unsafe { &*(ctx.as_ptr() as *const TpTcpDestroySock) };
-    let sk = args.skaddr;
+#[inline(always)]
+fn on_destroy(sk: u64) {
     let Some(c) = CONNS.get_ptr_mut(sk) else {
-        return 0;
+        return;
     };
     unsafe {
         (*c).flags |= flags::DESTROYED;
@@ -385,6 +388,43 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     if hand_over(c) {
         let _ = CONNS.remove(sk);
     }
+}
+
+// Lifecycle, all backends: raw tracepoints (no trace record to fill: cheaper), or the classic
+// ones where raw tracepoints are refused or their prototype differs.
+
+/// match-proto:v4.16..latest:include/trace/events/sock.h:TRACE_EVENT(inet_sock_set_state, TP_PROTO(const struct sock *sk, const int oldstate, const int newstate))
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    on_state(sk, old as u8, new as u8, true);
+    0
+}
+
+/// match-proto:v4.16..latest:include/trace/events/tcp.h:DEFINE_EVENT(tcp_event_sk, tcp_destroy_sock, TP_PROTO(struct sock *sk))
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    on_destroy(ctx.arg(0));
+    0
+}
+
+/// match-proto:v4.16..latest:include/trace/events/sock.h:TRACE_EVENT(inet_sock_set_state, TP_PROTO(const struct sock *sk, const int oldstate, const int newstate))
+#[tracepoint]
+pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let args = unsafe { &*(ctx.as_ptr() as *const TpInetSockSetState) };
+    if args.protocol == IPPROTO_TCP {
+        on_state(args.skaddr, args.oldstate as u8, args.newstate as u8, false);
+    }
+    0
+}
+
+/// match-proto:v4.16..latest:include/trace/events/tcp.h:DEFINE_EVENT(tcp_event_sk, tcp_destroy_sock, TP_PROTO(struct sock *sk))
+#[tracepoint]
+pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let args = unsafe { &*(ctx.as_ptr() as *const TpTcpDestroySock) };
+    on_destroy(args.skaddr);
     0
 }
 
@@ -396,7 +436,7 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let ret: i32 = ctx.arg(3);
-    record(sk, ret as i64, Dir::Send);
+    record(sk, ret as i64, Dir::Send, false);
     0
 }
 
@@ -406,7 +446,7 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
 pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let ret: i32 = ctx.arg(5);
-    record(sk, ret as i64, Dir::Send);
+    record(sk, ret as i64, Dir::Send, false);
     0
 }
 
@@ -417,7 +457,7 @@ pub fn fexit_tcp_recvmsg(ctx: FExitContext) -> i32 {
     let flags: i32 = ctx.arg(3);
     let ret: i32 = ctx.arg(5);
     if flags as u32 & MSG_PEEK == 0 {
-        record(sk, ret as i64, Dir::Recv);
+        record(sk, ret as i64, Dir::Recv, false);
     }
     0
 }
@@ -431,7 +471,7 @@ pub fn fexit_tcp_recvmsg_nonblock(ctx: FExitContext) -> i32 {
     let flags: i32 = ctx.arg(4);
     let ret: i32 = ctx.arg(6);
     if flags as u32 & MSG_PEEK == 0 {
-        record(sk, ret as i64, Dir::Recv);
+        record(sk, ret as i64, Dir::Recv, false);
     }
     0
 }
@@ -480,7 +520,7 @@ pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
 pub fn kretprobe_tcp_send(ctx: RetProbeContext) -> u32 {
     if let Some(call) = take(&INFLIGHT_SEND) {
         let ret: i32 = ctx.ret();
-        record(call.sk, ret as i64, Dir::Send);
+        record(call.sk, ret as i64, Dir::Send, false);
     }
     0
 }
@@ -509,7 +549,7 @@ pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
         && call.flags & MSG_PEEK == 0
     {
         let ret: i32 = ctx.ret();
-        record(call.sk, ret as i64, Dir::Recv);
+        record(call.sk, ret as i64, Dir::Recv, false);
     }
     0
 }
@@ -519,11 +559,32 @@ pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
 // every protocol, with the protocol's return value.
 
 /// match-proto:v6.3..latest:include/trace/events/sock.h:DEFINE_EVENT(sock_msg_length, sock_send_length, TP_PROTO(struct sock *sk, int ret, int flags))
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn raw_sock_send_length(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    record(sk, ret as i64, Dir::Send, true);
+    0
+}
+
+/// match-proto:v6.3..latest:include/trace/events/sock.h:DEFINE_EVENT(sock_msg_length, sock_recv_length, TP_PROTO(struct sock *sk, int ret, int flags))
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if flags as u32 & MSG_PEEK == 0 {
+        record(sk, ret as i64, Dir::Recv, true);
+    }
+    0
+}
+
+/// match-proto:v6.3..latest:include/trace/events/sock.h:DEFINE_EVENT(sock_msg_length, sock_send_length, TP_PROTO(struct sock *sk, int ret, int flags))
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
     let args = unsafe { &*(ctx.as_ptr() as *const TpSockLength) };
     if args.protocol == IPPROTO_TCP {
-        record(args.sk, args.ret as i64, Dir::Send);
+        record(args.sk, args.ret as i64, Dir::Send, false);
     }
     0
 }
@@ -533,7 +594,7 @@ pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
 pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
     let args = unsafe { &*(ctx.as_ptr() as *const TpSockLength) };
     if args.protocol == IPPROTO_TCP && args.flags as u32 & MSG_PEEK == 0 {
-        record(args.sk, args.ret as i64, Dir::Recv);
+        record(args.sk, args.ret as i64, Dir::Recv, false);
     }
     0
 }

@@ -62,6 +62,12 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// (Internal) one request/response run, for investigating probe overhead by hand.
+    #[command(hide = true)]
+    Rr {
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+    },
     /// (Internal, for `bench agent`) hold N loopback connections open until stdin closes.
     #[command(hide = true)]
     HoldConnections { count: usize },
@@ -133,6 +139,15 @@ fn main() -> Result<()> {
             std::fs::write(&path, &report)?;
             println!("{report}");
             eprintln!("(written to {})", path.display());
+            Ok(())
+        }
+        Cmd::Rr { count } => {
+            let c = bench_probe::request_response(count, 64)?;
+            println!(
+                "wall {:.1} ms cpu {:.1} ms",
+                c.wall.as_secs_f64() * 1e3,
+                c.cpu.as_secs_f64() * 1e3
+            );
             Ok(())
         }
         Cmd::HoldConnections { count } => bench_agent::hold_connections(count),

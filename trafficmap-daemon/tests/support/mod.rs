@@ -101,10 +101,16 @@ pub fn load(ns: &NetNs) -> Probe {
     load_with(ns, mode_under_test())
 }
 
+/// `TRAFFICMAP_TEST_CLASSIC_TP=1`: classic tracepoints even where raw ones work.
+pub fn classic_tracepoints() -> bool {
+    std::env::var_os("TRAFFICMAP_TEST_CLASSIC_TP").is_some_and(|v| v == "1")
+}
+
 pub fn load_with(ns: &NetNs, attach: AttachMode) -> Probe {
     let opts = ProbeOptions {
         attach,
         netns: NetnsScope::Path(ns.path()),
+        classic_tracepoints: classic_tracepoints(),
         ..ProbeOptions::default()
     };
     let probe = Probe::load(&opts).unwrap_or_else(|e| panic!("loading the probe ({attach}): {e}"));
