@@ -92,11 +92,14 @@ impl Tokens {
 pub enum Auth {
     /// `--allow-unauthenticated`.
     Open,
+    /// No token file: every report is refused (a collector that only serves maps).
+    Closed,
     File(Arc<TokenFile>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Denied {
+    NoTokens,
     Missing,
     Malformed,
     Unknown,
@@ -104,8 +107,10 @@ pub enum Denied {
 
 impl Auth {
     pub fn check(&self, header: Option<&[u8]>) -> Result<String, Denied> {
-        let Auth::File(f) = self else {
-            return Ok("unauthenticated".into());
+        let f = match self {
+            Auth::Open => return Ok("unauthenticated".into()),
+            Auth::Closed => return Err(Denied::NoTokens),
+            Auth::File(f) => f,
         };
         let header = header.ok_or(Denied::Missing)?;
         let token = header
@@ -219,6 +224,10 @@ mod tests {
             Err(Denied::Unknown)
         );
         assert_eq!(Auth::Open.check(None), Ok("unauthenticated".into()));
+        assert_eq!(
+            Auth::Closed.check(Some(b"Bearer 0123456789abcdef")),
+            Err(Denied::NoTokens)
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -55,7 +55,8 @@ pub struct Config {
     pub output_dir: Option<PathBuf>,
     /// Bearer tokens agents must present, one per line (reloaded when the file changes).
     pub token_file: Option<PathBuf>,
-    /// Accept reports without a token (only sensible on a loopback address).
+    /// Accept reports without a token (only sensible on a loopback address). Without this and
+    /// without a token file, reports are refused (401) and only maps are served.
     pub allow_unauthenticated: bool,
     /// Log filter (`info`, `debug`, `trafficmap_collector=debug,info`, ...).
     pub log: String,
@@ -96,6 +97,8 @@ pub struct Ingest {
     pub request_timeout: Duration,
     /// Report bodies read and parsed at once; more wait (bounds memory).
     pub max_concurrent: usize,
+    /// Open connections at most (agents keep theirs alive); more are closed at once.
+    pub max_connections: usize,
     /// Reports whose window starts further in the future than this are refused (bad clock).
     #[serde(with = "duration")]
     pub max_clock_skew: Duration,
@@ -113,6 +116,7 @@ impl Default for Ingest {
             max_body_bytes: 16 << 20,
             request_timeout: Duration::from_secs(30),
             max_concurrent: 64,
+            max_connections: 4096,
             max_clock_skew: Duration::from_secs(3600),
             batch_max_pairs: 500_000,
             batch_linger: Duration::ZERO,
@@ -355,8 +359,8 @@ impl Config {
     /// Checks what types cannot; the first problem, in one line.
     pub fn validate(&self) -> Result<(), String> {
         self.cost.validate()?;
-        if self.token_file.is_none() && !self.allow_unauthenticated {
-            return Err("no token_file: give agents' bearer tokens with --token-file, or pass --allow-unauthenticated".into());
+        if self.token_file.is_some() && self.allow_unauthenticated {
+            return Err("token_file and allow_unauthenticated exclude each other".into());
         }
         if let Some(t) = &self.token_file {
             crate::auth::Tokens::load(t)?;
@@ -539,8 +543,8 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         c.retention.hours = Duration::from_secs(3600);
         assert!(c.validate().unwrap_err().starts_with("retention must grow"));
-        let c = Config::default();
-        assert!(c.validate().unwrap_err().starts_with("no token_file"));
+        // No tokens at all: valid, the collector serves maps and refuses reports.
+        assert_eq!(Config::default().validate(), Ok(()));
         let mut c = Config {
             allow_unauthenticated: true,
             ..Config::default()

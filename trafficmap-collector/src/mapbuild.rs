@@ -485,3 +485,153 @@ fn add_member(
         }
     }
 }
+
+/// Sums maps of consecutive ranges of one view (daily files making up a longer range): nodes
+/// by id (attributes of the latest map that has them, health summed), links by (source,
+/// target) with bytes, connections, disagreement and cost summed; node totals recomputed from
+/// the links.
+pub fn merge_maps(
+    docs: Vec<Map>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    generated_at: DateTime<Utc>,
+) -> Map {
+    let view = docs.first().map_or(View::Instances, |d| d.view);
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut links: BTreeMap<(String, String), (Link, u64)> = BTreeMap::new();
+    let mut warnings: Vec<String> = Vec::new();
+    let to_nanos = |usd: f64| (usd * 1e9).round() as u64;
+    for d in docs {
+        for w in d.warnings {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        for n in d.nodes {
+            match nodes.get_mut(&n.id) {
+                Some(old) => {
+                    let health = match (&old.health, &n.health) {
+                        (Some(a), Some(b)) => Some(NodeHealth {
+                            reports: a.reports + b.reports,
+                            probe_drops: a.probe_drops + b.probe_drops,
+                            spool_dropped: a.spool_dropped.max(b.spool_dropped),
+                        }),
+                        (a, b) => a.clone().or(b.clone()),
+                    };
+                    let mut processes: BTreeSet<String> = old.processes.drain(..).collect();
+                    processes.extend(n.processes.iter().cloned());
+                    let mut ports: BTreeSet<u16> = old.server_ports.drain(..).collect();
+                    ports.extend(n.server_ports.iter().copied());
+                    let mut addrs: BTreeSet<String> = old.addresses.drain(..).collect();
+                    addrs.extend(n.addresses.iter().cloned());
+                    let members = old.members.max(n.members);
+                    *old = Node {
+                        processes: processes.into_iter().collect(),
+                        server_ports: ports.into_iter().collect(),
+                        addresses: addrs.into_iter().collect(),
+                        members,
+                        health,
+                        ..n
+                    };
+                }
+                None => {
+                    nodes.insert(n.id.clone(), n);
+                }
+            }
+        }
+        for l in d.links {
+            let nanos = to_nanos(l.cost_usd);
+            match links.get_mut(&(l.source.clone(), l.target.clone())) {
+                Some((acc, acc_nanos)) => {
+                    acc.bytes_to_target += l.bytes_to_target;
+                    acc.bytes_to_source += l.bytes_to_source;
+                    acc.connections += l.connections;
+                    acc.disagreement_bytes += l.disagreement_bytes;
+                    *acc_nanos += nanos;
+                    let mut ports: BTreeSet<u16> = acc.server_ports.drain(..).collect();
+                    ports.extend(l.server_ports.iter().copied());
+                    acc.server_ports = ports.into_iter().collect();
+                    for (mine, theirs) in [
+                        (&mut acc.client_processes, &l.client_processes),
+                        (&mut acc.server_processes, &l.server_processes),
+                    ] {
+                        let mut set: BTreeSet<String> = mine.drain(..).collect();
+                        set.extend(theirs.iter().cloned());
+                        *mine = set.into_iter().collect();
+                    }
+                    if acc.observed_by != l.observed_by {
+                        acc.observed_by = ObservedBy::Mixed;
+                    }
+                    if acc.cost_kind != l.cost_kind {
+                        acc.cost_kind = CostKind::Unknown;
+                    }
+                    acc.first_seen = acc
+                        .first_seen
+                        .min(l.first_seen)
+                        .or(acc.first_seen.or(l.first_seen));
+                    acc.last_seen = acc.last_seen.max(l.last_seen);
+                }
+                None => {
+                    links.insert((l.source.clone(), l.target.clone()), (l, nanos));
+                }
+            }
+        }
+    }
+    for n in nodes.values_mut() {
+        n.bytes_in = 0;
+        n.bytes_out = 0;
+        n.connections = 0;
+        n.cost_usd = 0.0;
+    }
+    let mut node_nanos: BTreeMap<String, u64> = BTreeMap::new();
+    let mut totals = Totals {
+        nodes: nodes.len() as u64,
+        ..Totals::default()
+    };
+    let mut total_nanos = 0u64;
+    let out_links: Vec<Link> = links
+        .into_values()
+        .map(|(mut l, nanos)| {
+            l.cost_usd = usd(nanos);
+            totals.links += 1;
+            totals.bytes += l.bytes_to_target + l.bytes_to_source;
+            totals.connections += l.connections;
+            totals.disagreement_bytes += l.disagreement_bytes;
+            total_nanos += nanos;
+            if let Some(s) = nodes.get_mut(&l.source) {
+                s.connections += l.connections;
+                *node_nanos.entry(l.source.clone()).or_default() += nanos;
+                if l.source != l.target {
+                    s.bytes_out += l.bytes_to_target;
+                    s.bytes_in += l.bytes_to_source;
+                }
+            }
+            if l.source != l.target
+                && let Some(t) = nodes.get_mut(&l.target)
+            {
+                t.connections += l.connections;
+                t.bytes_in += l.bytes_to_target;
+                t.bytes_out += l.bytes_to_source;
+                *node_nanos.entry(l.target.clone()).or_default() += nanos;
+            }
+            l
+        })
+        .collect();
+    for (id, nanos) in node_nanos {
+        if let Some(n) = nodes.get_mut(&id) {
+            n.cost_usd = usd(nanos);
+        }
+    }
+    totals.cost_usd = usd(total_nanos);
+    Map {
+        schema: MAP_SCHEMA.to_owned(),
+        view,
+        from,
+        to,
+        generated_at,
+        nodes: nodes.into_values().collect(),
+        links: out_links,
+        totals,
+        warnings,
+    }
+}

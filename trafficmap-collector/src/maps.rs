@@ -64,7 +64,8 @@ pub fn day_range(day: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
 }
 
 /// Writes the three views of a day to `dir` (each through a temporary file and a rename, so a
-/// reader never sees half a file). Returns the paths written.
+/// reader never sees half a file). With `settle`, addresses still unnamed are given that long
+/// to get a reverse DNS answer before the maps are built again. Returns the paths written.
 pub async fn write_day(
     store: &Store,
     enricher: &Enricher,
@@ -72,9 +73,19 @@ pub async fn write_day(
     dir: &Path,
     day: NaiveDate,
     now: DateTime<Utc>,
+    settle: Option<std::time::Duration>,
 ) -> Result<Vec<PathBuf>> {
     let (from, to) = day_range(day);
-    let built = build(store, enricher, rates, from, to, now).await?;
+    let mut built = build(store, enricher, rates, from, to, now).await?;
+    if let (Some(wait), Some(dns)) = (settle, &enricher.dns)
+        && !unnamed_addresses(&built.prepared).is_empty()
+    {
+        let until = tokio::time::Instant::now() + wait;
+        while !dns.idle() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        built = build(store, enricher, rates, from, to, now).await?;
+    }
     let mut written = Vec::new();
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::store::StoreError::Other(format!("{}: {e}", dir.display())))?;

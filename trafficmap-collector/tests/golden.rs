@@ -33,6 +33,11 @@ fn day() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()
 }
 
+/// The day before: fewer hosts, a dependency that is gone on the 23rd (the viewer's diff).
+fn previous_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()
+}
+
 fn generated_at() -> DateTime<Utc> {
     "2026-11-24T00:10:00Z".parse().unwrap()
 }
@@ -47,7 +52,7 @@ async fn golden_store(rollup: bool) -> (Store, tempfile::TempDir) {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 6);
+    assert_eq!(files.len(), 9);
     for f in files {
         let r = Report::from_json(&std::fs::read(&f).unwrap()).unwrap();
         store
@@ -74,9 +79,13 @@ fn enricher() -> (Arc<Enricher>, Config) {
 }
 
 async fn build(rollup: bool) -> Vec<Map> {
+    build_day(rollup, day()).await
+}
+
+async fn build_day(rollup: bool, day: NaiveDate) -> Vec<Map> {
     let (store, _dir) = golden_store(rollup).await;
     let (e, cfg) = enricher();
-    let (from, to) = maps::day_range(day());
+    let (from, to) = maps::day_range(day);
     let built = maps::build(&store, &e, &cfg.cost, from, to, generated_at())
         .await
         .unwrap();
@@ -102,31 +111,88 @@ fn schema_errors(map: &Map) -> Vec<String> {
 
 #[tokio::test]
 async fn golden_maps() {
-    let maps = build(true).await;
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    for map in &maps {
-        map.validate().unwrap();
-        assert_eq!(schema_errors(map), Vec::<String>::new(), "{:?}", map.view);
-        let path = root().join("golden/maps").join(map.view.file_name(day()));
-        let text = map.to_json_pretty();
-        if update {
-            std::fs::write(&path, &text).unwrap();
-            continue;
+    for d in [previous_day(), day()] {
+        for map in &build_day(true, d).await {
+            check_golden(map, d, update);
         }
-        let want = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
-        assert!(
-            want == text,
-            "{} differs from what the code builds now; review with UPDATE_GOLDEN=1 and git diff",
-            path.display()
-        );
     }
+}
+
+fn check_golden(map: &Map, day: NaiveDate, update: bool) {
+    map.validate().unwrap();
+    assert_eq!(schema_errors(map), Vec::<String>::new(), "{:?}", map.view);
+    let path = root().join("golden/maps").join(map.view.file_name(day));
+    let text = map.to_json_pretty();
+    if update {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let want = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert!(
+        want == text,
+        "{} differs from what the code builds now; review with UPDATE_GOLDEN=1 and git diff",
+        path.display()
+    );
 }
 
 /// The same maps whether the day is read from roll-ups or from minute rows.
 #[tokio::test]
 async fn rollups_do_not_change_the_answer() {
     assert_eq!(build(true).await, build(false).await);
+}
+
+/// The previous day: the partner API is there, batch-1 is not.
+#[tokio::test]
+async fn previous_day_by_hand() {
+    let maps = build_day(true, previous_day()).await;
+    let m = &maps[0];
+    let l = link(m, "i-0a1b2c3d4e5f60719", "ip:198.51.100.7");
+    assert_eq!(
+        (l.bytes_to_target, l.bytes_to_source, l.observed_by),
+        (30_000, 45_000, ObservedBy::Client)
+    );
+    assert!(m.nodes.iter().all(|n| n.id != "host:batch-1"));
+    let l = link(m, "i-0a1b2c3d4e5f60718", "i-0d1b2c3d4e5f60721");
+    assert_eq!(
+        (l.bytes_to_target, l.bytes_to_source, l.disagreement_bytes),
+        (700_000, 2_900_000, 0)
+    );
+}
+
+/// Broken maps are refused by both the schema and the types.
+#[tokio::test]
+async fn schema_and_types_reject_the_same_breakage() {
+    let maps = build(true).await;
+    let good: serde_json::Value = serde_json::from_slice(&maps[0].to_json_pretty()).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("schema/map-v1.schema.json")).unwrap())
+            .unwrap();
+    let v = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let breakages: Vec<Box<dyn Fn(&mut serde_json::Value)>> = vec![
+        Box::new(|m| m["links"][0]["bytes_to_target"] = serde_json::json!(-1)),
+        Box::new(|m| m["nodes"][0]["kind"] = serde_json::json!("router")),
+        Box::new(|m| m["links"][0]["observed_by"] = serde_json::json!("nobody")),
+        Box::new(|m| m["nodes"][0]["surprise"] = serde_json::json!(1)),
+        Box::new(|m| m["view"] = serde_json::json!("pods")),
+        Box::new(|m| {
+            m.as_object_mut().unwrap().remove("totals");
+        }),
+        Box::new(|m| m["schema"] = serde_json::json!("trafficmap.map/v2")),
+    ];
+    for (i, b) in breakages.iter().enumerate() {
+        let mut doc = good.clone();
+        b(&mut doc);
+        assert!(!v.is_valid(&doc), "schema accepted breakage {i}");
+        assert!(
+            Map::from_json(&serde_json::to_vec(&doc).unwrap()).is_err(),
+            "types accepted breakage {i}"
+        );
+    }
 }
 
 fn node<'a>(m: &'a Map, id: &str) -> &'a trafficmap_model::map::Node {

@@ -233,6 +233,11 @@ impl DnsCache {
         }
     }
 
+    /// Addresses queued or being looked up.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().expect("dns pending lock").len()
+    }
+
     /// Whether nothing is queued or being looked up.
     pub fn idle(&self) -> bool {
         self.pending.lock().expect("dns pending lock").is_empty()

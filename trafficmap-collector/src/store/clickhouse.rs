@@ -140,6 +140,16 @@ fn lit(s: &str) -> String {
 
 const KEY: &str = "observer, local_ip, peer_ip, server_port, role, process";
 
+/// `JSONEachRow` lines, built before any `.await` (the rows borrow the batch).
+fn each_row<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut body, &r).map_err(ch)?;
+        body.push(b'\n');
+    }
+    Ok(body)
+}
+
 #[derive(Serialize)]
 struct MinuteRow<'a> {
     minute: i64,
@@ -512,41 +522,32 @@ impl ClickHouseStore {
         if fresh.is_empty() {
             return Ok(outcomes);
         }
-        self.insert(
-            "pair_minute",
-            fresh.iter().flat_map(|ing| {
-                ing.rows.iter().map(|r| MinuteRow {
-                    minute: r.minute,
-                    report_id: &ing.report_id,
-                    observer: &ing.machine_id,
-                    local_ip: r.local_ip.to_string(),
-                    peer_ip: r.peer_ip.to_string(),
-                    server_port: r.server_port,
-                    role: role_str(r.role),
-                    process: &r.process,
-                    bytes_sent: r.c.bytes_sent,
-                    bytes_received: r.c.bytes_received,
-                    conns_opened: r.c.conns_opened,
-                    conns_carried: r.c.conns_carried,
-                    first_window_ms: r.c.first_window_ms,
-                    first_seen_ms: r.c.first_seen_ms,
-                    last_seen_ms: r.c.last_seen_ms,
-                })
-            }),
-        )
-        .await?;
-        self.insert(
-            "agent_addresses",
-            fresh.iter().flat_map(|ing| {
-                ing.addresses.iter().map(|a| AddressRow {
-                    day: ing.day,
-                    machine_id: &ing.machine_id,
-                    address: a.to_string(),
-                })
-            }),
-        )
-        .await?;
-        // Dirty marks after the rows, stamped by ClickHouse's clock (see the module doc).
+        let minutes = each_row(fresh.iter().flat_map(|ing| {
+            ing.rows.iter().map(|r| MinuteRow {
+                minute: r.minute,
+                report_id: &ing.report_id,
+                observer: &ing.machine_id,
+                local_ip: r.local_ip.to_string(),
+                peer_ip: r.peer_ip.to_string(),
+                server_port: r.server_port,
+                role: role_str(r.role),
+                process: &r.process,
+                bytes_sent: r.c.bytes_sent,
+                bytes_received: r.c.bytes_received,
+                conns_opened: r.c.conns_opened,
+                conns_carried: r.c.conns_carried,
+                first_window_ms: r.c.first_window_ms,
+                first_seen_ms: r.c.first_seen_ms,
+                last_seen_ms: r.c.last_seen_ms,
+            })
+        }))?;
+        let addresses = each_row(fresh.iter().flat_map(|ing| {
+            ing.addresses.iter().map(|a| AddressRow {
+                day: ing.day,
+                machine_id: &ing.machine_id,
+                address: a.to_string(),
+            })
+        }))?;
         let mut periods: BTreeSet<(Grain, i64)> = BTreeSet::new();
         for ing in &fresh {
             for r in &ing.rows {
@@ -554,23 +555,9 @@ impl ClickHouseStore {
                 periods.insert((Grain::Day, floor(r.minute, DAY)));
             }
         }
-        if !periods.is_empty() {
-            let values: Vec<String> = periods
-                .iter()
-                .map(|(g, p)| format!("({}, {p}, toUInt32(now()))", lit(grain_name(*g))))
-                .collect();
-            self.query(&format!(
-                "INSERT INTO {}.rollup_dirty (grain, period, marked_at) VALUES {}",
-                self.db,
-                values.join(", ")
-            ))
-            .await?;
-        }
-        // The report rows last: once an id is listed, a retry is answered "duplicate".
         let received = now.timestamp_millis();
-        self.insert(
-            "reports",
-            fresh.iter().map(|ing| ReportRow {
+        let reports = each_row(fresh.iter().map(|ing| {
+            ReportRow {
                 day: ing.day,
                 report_id: &ing.report_id,
                 machine_id: &ing.machine_id,
@@ -590,9 +577,26 @@ impl ClickHouseStore {
                 pairs: ing.rows.len() as u64,
                 probe_drops: ing.probe_drops,
                 spool_dropped: ing.spool_dropped,
-            }),
-        )
-        .await?;
+            }
+        }))?;
+        drop(fresh);
+        self.insert("pair_minute", minutes).await?;
+        self.insert("agent_addresses", addresses).await?;
+        // Dirty marks after the rows, stamped by ClickHouse's clock (see the module doc).
+        if !periods.is_empty() {
+            let values: Vec<String> = periods
+                .iter()
+                .map(|(g, p)| format!("({}, {p}, toUInt32(now()))", lit(grain_name(*g))))
+                .collect();
+            self.query(&format!(
+                "INSERT INTO {}.rollup_dirty (grain, period, marked_at) VALUES {}",
+                self.db,
+                values.join(", ")
+            ))
+            .await?;
+        }
+        // The report rows last: once an id is listed, a retry is answered "duplicate".
+        self.insert("reports", reports).await?;
         Ok(outcomes)
     }
 
@@ -818,15 +822,12 @@ impl ClickHouseStore {
             body: &'a str,
         }
         let body = std::str::from_utf8(body).map_err(ch)?;
-        self.insert(
-            "cloud_snapshots",
-            [Row {
-                day: day_start(day),
-                taken_ms: taken.timestamp_millis(),
-                body,
-            }],
-        )
-        .await
+        let body = each_row([Row {
+            day: day_start(day),
+            taken_ms: taken.timestamp_millis(),
+            body,
+        }])?;
+        self.insert("cloud_snapshots", body).await
     }
 
     pub async fn cloud(&self, day: NaiveDate) -> Result<Option<Vec<u8>>> {
