@@ -6,7 +6,8 @@ use trafficmap_collector::{
     query, run,
 };
 
-/// Exit status for a configuration error (sysexits EX_USAGE... EX_CONFIG is 78; the project uses 64).
+/// Exit status for a configuration error, before anything binds (the project's convention,
+/// sysexits' EX_USAGE).
 const EXIT_CONFIG: i32 = 64;
 
 fn init_logging(filter: &str) {
@@ -16,6 +17,7 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
