@@ -71,8 +71,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "127.0.0.1:8470".parse().expect("valid address"),
-            data_dir: PathBuf::from("/var/lib/trafficmap"),
+            listen: "127.0.0.1:9978".parse().expect("valid address"),
+            data_dir: PathBuf::from("/var/lib/trafficmap/collector"),
             output_dir: None,
             token_file: None,
             allow_unauthenticated: false,

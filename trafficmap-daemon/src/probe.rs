@@ -22,6 +22,7 @@ use trafficmap_common::{
 use crate::{
     backend::{AttachMode, Backend, SelectError, Selection, select},
     btf::{Btf, BtfError},
+    kretprobe::{self, TracefsKretprobe},
     tracefs,
 };
 
@@ -212,6 +213,8 @@ pub struct Probe {
     conns: Map,
     closed: RingBuf<MapData>,
     errors: PerCpuArray<MapData, u64>,
+    /// kretprobes attached through tracefs (kprobe backend); removed before the programs go.
+    kretprobes: Vec<TracefsKretprobe>,
     ebpf: Ebpf,
     selection: Selection,
     facts: KernelFacts,
@@ -278,8 +281,16 @@ impl Probe {
             })?;
         }
 
+        let mut kretprobes = Vec::new();
         let selection = select(opts.attach, |backend| {
-            let result = attach_backend(&mut ebpf, backend, &facts, &aya_btf, &tracefs);
+            let result = attach_backend(
+                &mut ebpf,
+                backend,
+                &facts,
+                &aya_btf,
+                &tracefs,
+                &mut kretprobes,
+            );
             if let Err(reason) = &result {
                 debug!(%backend, %reason, "backend unavailable");
             }
@@ -320,6 +331,7 @@ impl Probe {
             conns,
             closed,
             errors,
+            kretprobes,
             ebpf,
             selection,
             facts,
@@ -442,6 +454,23 @@ impl Probe {
         Ok(out)
     }
 
+    /// Kernel error counters by name, plus returns the kretprobes missed (kprobe backend):
+    /// everything the probe could not record, for metrics and reports.
+    pub fn drops(&self) -> Result<std::collections::BTreeMap<&'static str, u64>, ProbeError> {
+        let mut out: std::collections::BTreeMap<&'static str, u64> = ErrorReason::ALL
+            .iter()
+            .zip(self.errors()?)
+            .map(|(r, n)| (r.as_str(), n))
+            .collect();
+        if self.selection.chosen == Backend::Kprobe {
+            out.insert(
+                "kretprobe_missed",
+                self.kretprobes.iter().map(TracefsKretprobe::misses).sum(),
+            );
+        }
+        Ok(out)
+    }
+
     /// Removes destroyed entries that stayed in `CONNS` because the ring buffer was full, once
     /// userspace has read them. The entry is re-read first so that a socket reborn at the same
     /// address is left alone.
@@ -451,10 +480,8 @@ impl Probe {
         let mut removed = 0;
         for c in destroyed {
             match map.get(&c.sk, 0) {
-                Ok(cur) if cur.born_ns == c.born_ns => {
-                    if map.remove(&c.sk).is_ok() {
-                        removed += 1;
-                    }
+                Ok(cur) if cur.born_ns == c.born_ns && map.remove(&c.sk).is_ok() => {
+                    removed += 1;
                 }
                 _ => {}
             }
@@ -563,6 +590,7 @@ fn attach_backend(
     facts: &KernelFacts,
     btf: &aya::Btf,
     tracefs: &Path,
+    kretprobes: &mut Vec<TracefsKretprobe>,
 ) -> Result<(), String> {
     let progs = backend_programs(backend, facts);
     if backend == Backend::Tracepoint {
@@ -574,6 +602,9 @@ fn attach_backend(
                 other => other.to_string(),
             },
         )?;
+    }
+    if backend == Backend::Kprobe {
+        kretprobe::remove_stale(tracefs);
     }
     let result = (|| -> Result<(), String> {
         for &(prog, target) in &progs {
@@ -594,6 +625,22 @@ fn attach_backend(
                     if p.fd().is_err() {
                         p.load()
                             .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+                    }
+                    if matches!(p.kind(), aya::programs::ProbeKind::Return) {
+                        let fd = p.fd().map_err(|e| chain(&e))?.as_fd();
+                        match TracefsKretprobe::attach(tracefs, fd, target, kretprobe::MAX_ACTIVE) {
+                            Ok(k) => {
+                                kretprobes.push(k);
+                                continue;
+                            }
+                            Err(e) => warn!(
+                                function = target,
+                                error = %e,
+                                "cannot create a kretprobe with maxactive {} through tracefs; \
+                                 using the kernel default (2 x CPUs): returns beyond it are missed",
+                                kretprobe::MAX_ACTIVE
+                            ),
+                        }
                     }
                     p.attach(target, 0).map_err(|e| {
                         let why = chain(&e);
@@ -616,6 +663,7 @@ fn attach_backend(
         Ok(())
     })();
     if result.is_err() {
+        kretprobes.clear();
         for &(prog, _) in &progs {
             if let Some(p) = ebpf.program_mut(prog) {
                 let _ = unload(p);
