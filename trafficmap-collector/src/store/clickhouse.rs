@@ -391,16 +391,8 @@ impl ClickHouseStore {
             .collect()
     }
 
-    async fn insert<T: Serialize>(
-        &self,
-        table: &str,
-        rows: impl IntoIterator<Item = T>,
-    ) -> Result<()> {
-        let mut body = Vec::new();
-        for r in rows {
-            serde_json::to_writer(&mut body, &r).map_err(ch)?;
-            body.push(b'\n');
-        }
+    /// Inserts `JSONEachRow` lines (see [`each_row`]).
+    async fn insert(&self, table: &str, body: Vec<u8>) -> Result<()> {
         if body.is_empty() {
             return Ok(());
         }
@@ -509,19 +501,30 @@ impl ClickHouseStore {
                 .collect();
         }
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut fresh: Vec<&Ingest> = Vec::new();
+        let mut fresh = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
         for ing in batch {
             if known.contains(&ing.report_id) || !seen.insert(&ing.report_id) {
                 outcomes.push(Outcome::Duplicate);
             } else {
                 outcomes.push(Outcome::Stored);
-                fresh.push(ing);
+                fresh.push(ing.clone());
             }
         }
-        if fresh.is_empty() {
-            return Ok(outcomes);
+        if !fresh.is_empty() {
+            self.ingest_unchecked(&fresh, now).await?;
         }
+        Ok(outcomes)
+    }
+
+    /// Writes reports without looking for their ids first: what two collectors storing the same
+    /// report at the same moment end up doing (readers collapse the copies). [`Self::ingest`]
+    /// calls it for the reports it did not find.
+    pub async fn ingest_unchecked(
+        &self,
+        fresh: &[std::sync::Arc<Ingest>],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let minutes = each_row(fresh.iter().flat_map(|ing| {
             ing.rows.iter().map(|r| MinuteRow {
                 minute: r.minute,
@@ -549,7 +552,7 @@ impl ClickHouseStore {
             })
         }))?;
         let mut periods: BTreeSet<(Grain, i64)> = BTreeSet::new();
-        for ing in &fresh {
+        for ing in fresh {
             for r in &ing.rows {
                 periods.insert((Grain::Hour, floor(r.minute, HOUR)));
                 periods.insert((Grain::Day, floor(r.minute, DAY)));
@@ -579,7 +582,6 @@ impl ClickHouseStore {
                 spool_dropped: ing.spool_dropped,
             }
         }))?;
-        drop(fresh);
         self.insert("pair_minute", minutes).await?;
         self.insert("agent_addresses", addresses).await?;
         // Dirty marks after the rows, stamped by ClickHouse's clock (see the module doc).
@@ -596,8 +598,7 @@ impl ClickHouseStore {
             .await?;
         }
         // The report rows last: once an id is listed, a retry is answered "duplicate".
-        self.insert("reports", reports).await?;
-        Ok(outcomes)
+        self.insert("reports", reports).await
     }
 
     async fn rollup_state(&self, from: i64, to: i64) -> Result<RollupState> {
@@ -850,12 +851,13 @@ impl ClickHouseStore {
     pub async fn maintain(&self, now: DateTime<Utc>, retention: Retention) -> Result<Maintenance> {
         let db = &self.db;
         let mut m = Maintenance::default();
-        let server_now = self.server_now().await?;
         let state = self.rollup_state(0, i64::from(u32::MAX)).await?;
         let mut pending: Vec<(Grain, i64)> = state
             .marked
             .keys()
-            .filter(|(g, p)| p + g.secs() + ROLLUP_GRACE <= server_now && !state.clean(*g, *p))
+            // Closed periods only (by the caller's clock): an open hour would be recomputed at
+            // every pass; readers use its minutes meanwhile.
+            .filter(|(g, p)| p + g.secs() + ROLLUP_GRACE <= now.timestamp() && !state.clean(*g, *p))
             .copied()
             .collect();
         pending.sort();

@@ -330,3 +330,4 @@ pub fn require(what: &str, found: bool) -> bool {
     eprintln!("SKIPPED: {what} is missing (CI would fail here; cargo xtask setup installs it)");
     false
 }
+pub mod clickhouse;
