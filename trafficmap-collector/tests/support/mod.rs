@@ -47,7 +47,12 @@ impl Collector {
     /// Starts the binary with `args` (plus `--listen` if not given) and waits for its
     /// "listening on" line.
     pub fn start(args: &[&str]) -> Collector {
+        Collector::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Collector {
         let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().copied());
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
