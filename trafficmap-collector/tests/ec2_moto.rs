@@ -111,7 +111,11 @@ async fn run_instance(
         .placement(Placement::builder().availability_zone(az).build())
         .tag_specifications(spec.build());
     if spot {
-        req = req.instance_market_options(InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).build());
+        req = req.instance_market_options(
+            InstanceMarketOptionsRequest::builder()
+                .market_type(MarketType::Spot)
+                .build(),
+        );
     }
     let out = req.send().await.expect("RunInstances");
     let i = &out.instances()[0];
@@ -123,7 +127,12 @@ async fn run_instance(
 }
 
 async fn image(ec2: &Client) -> String {
-    let images = ec2.describe_images().owners("amazon").send().await.expect("DescribeImages");
+    let images = ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("DescribeImages");
     images.images()[0].image_id().unwrap().to_owned()
 }
 
@@ -157,7 +166,10 @@ fn ec2_enrichment_through_moto() {
         // SAFETY: this test binary runs this one test; no other thread reads the environment yet.
         unsafe { std::env::set_var(k, v) };
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (api, db, west, web_sg, db_sg, spot_price) = rt.block_on(async {
         let east = client(&moto.url, "us-east-1").await;
         let west = client(&moto.url, "us-west-2").await;
@@ -165,12 +177,44 @@ fn ec2_enrichment_through_moto() {
         let web_sg = group(&east, "web").await;
         let db_sg = group(&east, "db").await;
         let west_sg = group(&west, "edge").await;
-        let api = run_instance(&east, &img_e, InstanceType::M5Large, "us-east-1a", &web_sg,
-            &[("Name", "api-1"), ("arch", " Online/API "), ("env", "Production")], false).await;
-        let db = run_instance(&east, &img_e, InstanceType::R5Xlarge, "us-east-1b", &db_sg,
-            &[("Name", "db-1"), ("arch", "online/storage"), ("env", "prod")], true).await;
-        let west_i = run_instance(&west, &img_w, InstanceType::T3Small, "us-west-2a", &west_sg,
-            &[("Name", "edge-1"), ("arch", "online/edge"), ("env", "prod")], false).await;
+        let api = run_instance(
+            &east,
+            &img_e,
+            InstanceType::M5Large,
+            "us-east-1a",
+            &web_sg,
+            &[
+                ("Name", "api-1"),
+                ("arch", " Online/API "),
+                ("env", "Production"),
+            ],
+            false,
+        )
+        .await;
+        let db = run_instance(
+            &east,
+            &img_e,
+            InstanceType::R5Xlarge,
+            "us-east-1b",
+            &db_sg,
+            &[
+                ("Name", "db-1"),
+                ("arch", "online/storage"),
+                ("env", "prod"),
+            ],
+            true,
+        )
+        .await;
+        let west_i = run_instance(
+            &west,
+            &img_w,
+            InstanceType::T3Small,
+            "us-west-2a",
+            &west_sg,
+            &[("Name", "edge-1"), ("arch", "online/edge"), ("env", "prod")],
+            false,
+        )
+        .await;
         // What EC2 itself says the spot price of db-1's type and zone is.
         let history = east
             .describe_spot_price_history()
@@ -182,7 +226,10 @@ fn ec2_enrichment_through_moto() {
         let spot: f64 = history
             .spot_price_history()
             .iter()
-            .filter(|p| p.instance_type() == Some(&InstanceType::R5Xlarge) && p.availability_zone() == Some("us-east-1b"))
+            .filter(|p| {
+                p.instance_type() == Some(&InstanceType::R5Xlarge)
+                    && p.availability_zone() == Some("us-east-1b")
+            })
             .max_by_key(|p| p.timestamp().map(|t| t.secs()))
             .and_then(|p| p.spot_price())
             .expect("a spot price for r5.xlarge in us-east-1b")
@@ -204,17 +251,38 @@ fn ec2_enrichment_through_moto() {
         let a = find(&api.0);
         assert_eq!(a.tags["Name"], "api-1");
         assert_eq!(a.tags["arch"], " Online/API ");
-        assert_eq!((a.instance_type.as_deref(), a.availability_zone.as_deref()), (Some("m5.large"), Some("us-east-1a")));
-        assert_eq!((a.lifecycle, a.region.as_str()), (Lifecycle::OnDemand, "us-east-1"));
+        assert_eq!(
+            (a.instance_type.as_deref(), a.availability_zone.as_deref()),
+            (Some("m5.large"), Some("us-east-1a"))
+        );
+        assert_eq!(
+            (a.lifecycle, a.region.as_str()),
+            (Lifecycle::OnDemand, "us-east-1")
+        );
         assert_eq!(a.security_groups, [web_sg.clone()]);
         assert_eq!(a.private_ips[0].to_string(), api.1);
-        assert_eq!(a.public_ips.len(), 1, "moto's default VPC gives a public address");
+        assert_eq!(
+            a.public_ips.len(),
+            1,
+            "moto's default VPC gives a public address"
+        );
         let d = find(&db.0);
         assert_eq!(d.lifecycle, Lifecycle::Spot);
         let w = find(&west_i.0);
-        assert_eq!((w.region.as_str(), w.instance_type.as_deref()), ("us-west-2", Some("t3.small")));
-        assert!(snap.security_groups.iter().any(|g| g.group_id == web_sg && g.group_name == "web"));
-        assert!(snap.security_groups.iter().any(|g| g.region == "us-west-2" && g.group_name == "edge"));
+        assert_eq!(
+            (w.region.as_str(), w.instance_type.as_deref()),
+            ("us-west-2", Some("t3.small"))
+        );
+        assert!(
+            snap.security_groups
+                .iter()
+                .any(|g| g.group_id == web_sg && g.group_name == "web")
+        );
+        assert!(
+            snap.security_groups
+                .iter()
+                .any(|g| g.region == "us-west-2" && g.group_name == "edge")
+        );
         let p = snap
             .spot_prices
             .iter()
@@ -226,7 +294,11 @@ fn ec2_enrichment_through_moto() {
 
     // The collector binary, with the standard chain and the endpoint flag.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("prices.csv"), "instance_type,region,usd_per_hour\nm5.large,us-east-1,0.096\nt3.small,*,0.0208\n").unwrap();
+    std::fs::write(
+        dir.path().join("prices.csv"),
+        "instance_type,region,usd_per_hour\nm5.large,us-east-1,0.096\nt3.small,*,0.0208\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("collector.toml"),
         "[enrich]\nprice_file = \"prices.csv\"\n[enrich.tags]\narchdomain = \"arch\"\n[enrich.env]\naliases = { \"production\" = \"prod\" }\n",
@@ -257,7 +329,15 @@ fn ec2_enrichment_through_moto() {
         &api.1,
         minute,
         &[
-            (&api.1, &db.1, 5432, "client", "api-server", 1 << 30, 3 << 30),
+            (
+                &api.1,
+                &db.1,
+                5432,
+                "client",
+                "api-server",
+                1 << 30,
+                3 << 30,
+            ),
             (&api.1, &west.1, 443, "client", "api-server", 1 << 30, 0),
         ],
     ))
@@ -278,10 +358,22 @@ fn ec2_enrichment_through_moto() {
         if m["warnings"].as_array().is_some_and(|w| w.is_empty()) {
             break m;
         }
-        assert!(Instant::now() < deadline, "EC2 data never loaded: {m}\n{}", c.log());
+        assert!(
+            Instant::now() < deadline,
+            "EC2 data never loaded: {m}\n{}",
+            c.log()
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let node = |id: &str| m["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap_or_else(|| panic!("no node {id}: {m}")).clone();
+    let node = |id: &str| {
+        m["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_else(|| panic!("no node {id}: {m}"))
+            .clone()
+    };
     let a = node(&api.0);
     assert_eq!(a["kind"], "host");
     assert_eq!(a["label"], "api-1");
@@ -294,30 +386,67 @@ fn ec2_enrichment_through_moto() {
     assert_eq!(a["price_per_hour"], 0.096);
     assert_eq!(a["security_groups"], serde_json::json!([web_sg]));
     let d = node(&db.0);
-    assert_eq!((d["kind"].as_str(), d["label"].as_str(), d["lifecycle"].as_str()), (Some("unmonitored"), Some("db-1"), Some("spot")));
+    assert_eq!(
+        (
+            d["kind"].as_str(),
+            d["label"].as_str(),
+            d["lifecycle"].as_str()
+        ),
+        (Some("unmonitored"), Some("db-1"), Some("spot"))
+    );
     assert_eq!(d["price_per_hour"].as_f64().unwrap(), spot_price);
     assert_eq!(d["availability_zone"], db.2);
     let w = node(&west.0);
-    assert_eq!((w["region"].as_str(), w["price_per_hour"].as_f64()), (Some("us-west-2"), Some(0.0208)));
-    let link = |t: &str| m["links"].as_array().unwrap().iter().find(|l| l["source"] == api.0.as_str() && l["target"] == t).unwrap().clone();
+    assert_eq!(
+        (w["region"].as_str(), w["price_per_hour"].as_f64()),
+        (Some("us-west-2"), Some(0.0208))
+    );
+    let link = |t: &str| {
+        m["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["source"] == api.0.as_str() && l["target"] == t)
+            .unwrap()
+            .clone()
+    };
     // 4 GiB across zones at $0.02/GiB, 1 GiB across regions at $0.02/GiB.
     let l = link(&db.0);
-    assert_eq!((l["cost_kind"].as_str(), l["cost_usd"].as_f64()), (Some("cross_az"), Some(0.08)));
+    assert_eq!(
+        (l["cost_kind"].as_str(), l["cost_usd"].as_f64()),
+        (Some("cross_az"), Some(0.08))
+    );
     let l = link(&west.0);
-    assert_eq!((l["cost_kind"].as_str(), l["cost_usd"].as_f64()), (Some("cross_region"), Some(0.02)));
+    assert_eq!(
+        (l["cost_kind"].as_str(), l["cost_usd"].as_f64()),
+        (Some("cross_region"), Some(0.02))
+    );
     // Security groups by name.
     let sgm = c.get(&q("security-groups")).json();
     let labels: Vec<(String, String)> = sgm["nodes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["id"].as_str().unwrap().to_owned(), n["label"].as_str().unwrap().to_owned()))
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_owned(),
+                n["label"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert!(labels.contains(&(format!("sg:{web_sg}"), "web".into())), "{labels:?}");
-    assert!(labels.contains(&(format!("sg:{db_sg}"), "db".into())), "{labels:?}");
+    assert!(
+        labels.contains(&(format!("sg:{web_sg}"), "web".into())),
+        "{labels:?}"
+    );
+    assert!(
+        labels.contains(&(format!("sg:{db_sg}"), "db".into())),
+        "{labels:?}"
+    );
     let metrics = c.get("/metrics").text();
     assert!(
-        metrics.lines().any(|l| l.starts_with("trafficmap_collector_enrichment_refreshes_total{source=\"ec2\",result=\"ok\"}")),
+        metrics.lines().any(|l| l.starts_with(
+            "trafficmap_collector_enrichment_refreshes_total{source=\"ec2\",result=\"ok\"}"
+        )),
         "{metrics}"
     );
     assert_eq!(c.terminate().code(), Some(0));

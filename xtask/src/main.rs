@@ -3,6 +3,7 @@
 //!
 //! `cargo xtask run` and `cargo xtask test` are the README's two commands.
 
+mod collector;
 mod setup;
 mod test;
 mod util;
