@@ -12,6 +12,11 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
+// Re-exported for tests that seed an emulator with the same SDK (so that their crates need no
+// AWS dependency of their own, and builds without EC2 compile none of it).
+pub use aws_config;
+pub use aws_sdk_ec2;
+
 use aws_config::{BehaviorVersion, Region, timeout::TimeoutConfig};
 use aws_sdk_ec2::{
     Client,

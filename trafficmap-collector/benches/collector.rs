@@ -334,6 +334,22 @@ fn bench_map(hosts: usize, host_pairs: usize) {
         let cfg = Config::default();
         let (enricher, _) = Enricher::new(&cfg.enrich).unwrap();
         let before = vm_hwm_kib(std::process::id());
+        // The parts, for the record (the total below repeats them).
+        let t = Instant::now();
+        let data = store.range(from, to).await.unwrap();
+        let read_only = t.elapsed();
+        let sources = enricher.sources();
+        let t = Instant::now();
+        let prepared = {
+            let dir = trafficmap_collector::enrich::Directory {
+                sources: &sources,
+                rules: &enricher.rules,
+            };
+            trafficmap_collector::mapbuild::prepare(&data, &dir, &cfg.cost)
+        };
+        let prepare_only = t.elapsed();
+        drop((data, prepared));
+        eprintln!("store read {read_only:.2?}, merge and resolve {prepare_only:.2?}");
         let t = Instant::now();
         let built = maps::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
             .await
@@ -341,7 +357,9 @@ fn bench_map(hosts: usize, host_pairs: usize) {
         let read = t.elapsed();
         let mut links = 0;
         for v in View::ALL {
+            let tv = Instant::now();
             let m = built.render(&enricher, v, Utc::now());
+            eprintln!("render {}: {:.2?}", v.as_str(), tv.elapsed());
             links += m.links.len();
             if v == View::Instances {
                 assert_eq!(m.nodes.len(), hosts);

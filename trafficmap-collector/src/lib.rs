@@ -10,6 +10,7 @@ pub mod config;
 pub mod cost;
 pub mod enrich;
 pub mod export;
+pub mod few;
 pub mod mapbuild;
 pub mod maps;
 pub mod merge;

@@ -9,9 +9,11 @@
 //! `external`.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
+
+use rustc_hash::FxHashMap as HashMap;
 
 use chrono::{DateTime, Utc};
 use trafficmap_model::map::{
@@ -21,6 +23,7 @@ use trafficmap_model::map::{
 use crate::{
     cost::{CostRates, usd},
     enrich::{Directory, Identity},
+    few::Few,
     merge::{Conversation, Endpoint, Merged, merge},
     obs::{RangeData, from_ms},
 };
@@ -112,8 +115,8 @@ pub fn prepare(data: &RangeData, dir: &Directory<'_>, rates: &CostRates) -> Prep
 /// Node ids of agents: the EC2 instance id when it is theirs alone, else `host:<hostname>`,
 /// disambiguated by a machine-id prefix when several agents share a hostname.
 fn assign_agent_ids(data: &RangeData, identities: &mut [Identity]) {
-    let mut by_instance: HashMap<&str, usize> = HashMap::new();
-    let mut by_host: HashMap<&str, usize> = HashMap::new();
+    let mut by_instance: HashMap<&str, usize> = HashMap::default();
+    let mut by_host: HashMap<&str, usize> = HashMap::default();
     for (a, id) in data.agents.iter().zip(identities.iter()) {
         if let Some(i) = &id.instance_id {
             *by_instance.entry(i.as_str()).or_default() += 1;
@@ -210,9 +213,9 @@ struct LinkAcc {
     to_target: u64,
     to_source: u64,
     connections: u64,
-    ports: BTreeSet<u16>,
-    client_processes: BTreeSet<u32>,
-    server_processes: BTreeSet<u32>,
+    ports: Few<u16>,
+    client_processes: Few<u32>,
+    server_processes: Few<u32>,
     observed: Same<ObservedBy>,
     disagreement: u64,
     cost_nanos: u64,
@@ -261,15 +264,33 @@ fn groups(view: View, id: &Identity) -> Vec<String> {
     }
 }
 
-/// Builds the map of one view.
+/// Builds the map of one view. Groups (the view's nodes) are numbered while building, and
+/// named and sorted once at the end: a day of a large fleet is a million conversations.
 pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateTime<Utc>) -> Map {
-    let mut nodes: BTreeMap<String, NodeAcc> = BTreeMap::new();
-    let member_groups: Vec<Vec<String>> = p.identities.iter().map(|i| groups(view, i)).collect();
+    let mut names: Vec<String> = Vec::new();
+    let mut index: HashMap<String, u32> = HashMap::default();
+    let member_groups: Vec<Vec<u32>> = p
+        .identities
+        .iter()
+        .map(|i| {
+            groups(view, i)
+                .into_iter()
+                .map(|g| {
+                    *index.entry(g).or_insert_with_key(|g| {
+                        names.push(g.clone());
+                        (names.len() - 1) as u32
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let mut nodes: Vec<Option<NodeAcc>> = (0..names.len()).map(|_| None).collect();
     // Members: agents always, other identities only if some conversation uses them.
-    let mut used = vec![false; p.identities.len()];
-    for (i, id) in p.identities.iter().enumerate() {
-        used[i] = id.kind == Some(NodeKind::Host);
-    }
+    let mut used: Vec<bool> = p
+        .identities
+        .iter()
+        .map(|i| i.kind == Some(NodeKind::Host))
+        .collect();
     for c in &p.conversations {
         used[c.client] = true;
         used[c.server] = true;
@@ -278,110 +299,120 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         if !used[i] {
             continue;
         }
-        for g in &member_groups[i] {
-            let n = nodes.entry(g.clone()).or_default();
-            add_member(n, view, g, i, id, dir);
+        for &g in &member_groups[i] {
+            let n = nodes[g as usize].get_or_insert_default();
+            add_member(n, view, &names[g as usize], i, id, dir);
         }
     }
+    fn node(nodes: &mut [Option<NodeAcc>], g: u32) -> &mut NodeAcc {
+        nodes[g as usize].as_mut().expect("member node")
+    }
 
-    let mut links: BTreeMap<(String, String), LinkAcc> = BTreeMap::new();
+    let mut links: HashMap<(u32, u32), LinkAcc> = HashMap::default();
     for c in &p.conversations {
         let conv = &c.conv;
         let (to_server, to_client) = (conv.bytes_to_server(), conv.bytes_to_client());
-        for gs in &member_groups[c.client] {
+        let observed = conv.observed_by();
+        let (first, last) = (conv.first_seen_ms(), conv.last_seen_ms());
+        for &gs in &member_groups[c.client] {
             if let Some(side) = &conv.client_side {
-                nodes
-                    .get_mut(gs)
-                    .expect("member node")
-                    .processes
-                    .extend(side.processes.iter().copied());
+                node(&mut nodes, gs).processes.extend(side.processes.iter());
             }
-            for gt in &member_groups[c.server] {
-                let l = links.entry((gs.clone(), gt.clone())).or_default();
+            for &gt in &member_groups[c.server] {
+                let l = links.entry((gs, gt)).or_default();
                 l.to_target += to_server;
                 l.to_source += to_client;
                 l.connections += conv.connections();
                 l.ports.insert(conv.key.port);
                 if let Some(s) = &conv.client_side {
-                    l.client_processes.extend(s.processes.iter().copied());
+                    l.client_processes.extend(&s.processes);
                 }
                 if let Some(s) = &conv.server_side {
-                    l.server_processes.extend(s.processes.iter().copied());
+                    l.server_processes.extend(&s.processes);
                 }
-                l.observed.add(Some(&conv.observed_by()));
+                l.observed.add(Some(&observed));
                 l.disagreement += conv.disagreement();
                 l.cost_nanos += c.cost_nanos;
                 l.cost_kind.add(Some(&c.cost_kind));
-                let (f, t) = (conv.first_seen_ms(), conv.last_seen_ms());
-                l.first_ms = Some(l.first_ms.map_or(f, |x| x.min(f)));
-                l.last_ms = Some(l.last_ms.map_or(t, |x| x.max(t)));
+                l.first_ms = Some(l.first_ms.map_or(first, |x| x.min(first)));
+                l.last_ms = Some(l.last_ms.map_or(last, |x| x.max(last)));
             }
         }
-        for gt in &member_groups[c.server] {
-            let n = nodes.get_mut(gt).expect("member node");
+        for &gt in &member_groups[c.server] {
+            let n = node(&mut nodes, gt);
             n.server_ports.insert(conv.key.port);
             if let Some(side) = &conv.server_side {
-                n.processes.extend(side.processes.iter().copied());
+                n.processes.extend(side.processes.iter());
             }
         }
     }
-    for ((s, t), l) in &links {
-        let conns = l.connections;
-        let cost = l.cost_nanos;
+    for (&(s, t), l) in &links {
+        let (conns, cost) = (l.connections, l.cost_nanos);
         if s == t {
-            let n = nodes.get_mut(s).expect("link end");
+            let n = node(&mut nodes, s);
             n.connections += conns;
             n.cost_nanos += cost;
             continue;
         }
-        let src = nodes.get_mut(s).expect("link end");
+        let src = node(&mut nodes, s);
         src.bytes_out += l.to_target;
         src.bytes_in += l.to_source;
         src.connections += conns;
         src.cost_nanos += cost;
-        let dst = nodes.get_mut(t).expect("link end");
+        let dst = node(&mut nodes, t);
         dst.bytes_in += l.to_target;
         dst.bytes_out += l.to_source;
         dst.connections += conns;
         dst.cost_nanos += cost;
     }
 
-    let names = |set: &BTreeSet<u32>| -> Vec<String> {
-        let mut v: Vec<String> = set
-            .iter()
-            .map(|i| p.processes[*i as usize].clone())
-            .collect();
-        v.sort();
+    // Output order: by node id.
+    let mut order: Vec<u32> = (0..names.len() as u32)
+        .filter(|g| nodes[*g as usize].is_some())
+        .collect();
+    order.sort_unstable_by(|a, b| names[*a as usize].cmp(&names[*b as usize]));
+    let mut rank = vec![u32::MAX; names.len()];
+    for (r, g) in order.iter().enumerate() {
+        rank[*g as usize] = r as u32;
+    }
+    let process_names = |set: &mut dyn Iterator<Item = u32>| -> Vec<String> {
+        let mut v: Vec<String> = set.map(|i| p.processes[i as usize].clone()).collect();
+        v.sort_unstable();
         v.dedup();
         v
     };
-    let out_nodes: Vec<Node> = nodes
-        .into_iter()
-        .map(|(id, n)| Node {
-            id,
-            label: n.label,
-            kind: n.kind.unwrap_or(NodeKind::External),
-            env: n.env.get(),
-            archdomain: n.archdomain.get(),
-            addresses: n.addresses.iter().map(ToString::to_string).collect(),
-            instance_id: n.instance_id,
-            instance_type: n.instance_type.get(),
-            availability_zone: n.availability_zone.get(),
-            region: n.region.get(),
-            lifecycle: n.lifecycle.get(),
-            price_per_hour: n.price.map(|v| (v * 1e6).round() / 1e6),
-            security_groups: n.security_groups.into_iter().collect(),
-            processes: names(&n.processes),
-            server_ports: n.server_ports.into_iter().collect(),
-            members: n.members.len() as u32,
-            bytes_in: n.bytes_in,
-            bytes_out: n.bytes_out,
-            connections: n.connections,
-            cost_usd: usd(n.cost_nanos),
-            labels: n.labels,
-            health: n.health,
+    let out_nodes: Vec<Node> = order
+        .iter()
+        .map(|&g| {
+            let n = nodes[g as usize].take().expect("ordered nodes exist");
+            Node {
+                id: names[g as usize].clone(),
+                label: n.label,
+                kind: n.kind.unwrap_or(NodeKind::External),
+                env: n.env.get(),
+                archdomain: n.archdomain.get(),
+                addresses: n.addresses.iter().map(ToString::to_string).collect(),
+                instance_id: n.instance_id,
+                instance_type: n.instance_type.get(),
+                availability_zone: n.availability_zone.get(),
+                region: n.region.get(),
+                lifecycle: n.lifecycle.get(),
+                price_per_hour: n.price.map(|v| (v * 1e6).round() / 1e6),
+                security_groups: n.security_groups.into_iter().collect(),
+                processes: process_names(&mut n.processes.iter().copied()),
+                server_ports: n.server_ports.into_iter().collect(),
+                members: n.members.len() as u32,
+                bytes_in: n.bytes_in,
+                bytes_out: n.bytes_out,
+                connections: n.connections,
+                cost_usd: usd(n.cost_nanos),
+                labels: n.labels,
+                health: n.health,
+            }
         })
         .collect();
+    let mut links: Vec<((u32, u32), LinkAcc)> = links.into_iter().collect();
+    links.sort_unstable_by_key(|((s, t), _)| (rank[*s as usize], rank[*t as usize]));
     let mut totals = Totals {
         nodes: out_nodes.len() as u64,
         ..Totals::default()
@@ -389,21 +420,21 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
     let mut total_cost = 0u64;
     let out_links: Vec<Link> = links
         .into_iter()
-        .map(|((source, target), l)| {
+        .map(|((s, t), l)| {
             totals.links += 1;
             totals.bytes += l.to_target + l.to_source;
             totals.connections += l.connections;
             totals.disagreement_bytes += l.disagreement;
             total_cost += l.cost_nanos;
             Link {
-                source,
-                target,
+                source: names[s as usize].clone(),
+                target: names[t as usize].clone(),
                 bytes_to_target: l.to_target,
                 bytes_to_source: l.to_source,
                 connections: l.connections,
-                server_ports: l.ports.into_iter().collect(),
-                client_processes: names(&l.client_processes),
-                server_processes: names(&l.server_processes),
+                server_ports: l.ports.iter().collect(),
+                client_processes: process_names(&mut l.client_processes.iter()),
+                server_processes: process_names(&mut l.server_processes.iter()),
                 observed_by: match l.observed {
                     Same::One(o) => o,
                     _ => ObservedBy::Mixed,

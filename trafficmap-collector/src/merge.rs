@@ -25,15 +25,15 @@
 //!
 //! Loopback traffic never leaves a host and is left out of maps (it stays in the store).
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use trafficmap_model::{map::ObservedBy, report::Role};
 
 use crate::{
     enrich::{Directory, Target},
+    few::Few,
     obs::{Obs, RangeData},
 };
 
@@ -55,7 +55,7 @@ pub struct Side {
     pub received: u64,
     pub connections: u64,
     /// Process names (indexes into [`RangeData::processes`]).
-    pub processes: BTreeSet<u32>,
+    pub processes: Few<u32>,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
 }
@@ -174,8 +174,8 @@ struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     fn new(data: &'a RangeData, dir: &'a Directory<'a>) -> Resolver<'a> {
-        let mut by_addr: HashMap<IpAddr, Vec<u32>> = HashMap::new();
-        let mut by_instance = HashMap::new();
+        let mut by_addr: HashMap<IpAddr, Vec<u32>> = HashMap::default();
+        let mut by_instance = HashMap::default();
         for (i, a) in data.agents.iter().enumerate() {
             for ip in &a.addresses {
                 by_addr.entry(*ip).or_default().push(i as u32);
@@ -245,7 +245,8 @@ pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
         .iter()
         .position(String::is_empty)
         .map(|i| i as u32);
-    let mut convs: HashMap<ConvKey, (Option<Side>, Option<Side>)> = HashMap::new();
+    let mut convs: HashMap<ConvKey, (Option<Side>, Option<Side>)> = HashMap::default();
+    convs.reserve(data.obs.len());
     let mut loopback_bytes = 0u64;
     let mut unknown = Vec::new();
     for o in &data.obs {
@@ -477,7 +478,7 @@ mod tests {
                 .unwrap()
                 .processes
                 .iter()
-                .map(|p| d.processes[*p as usize].as_str())
+                .map(|p| d.processes[p as usize].as_str())
                 .collect()
         };
         assert_eq!(names(&conv.client_side), ["api"]);

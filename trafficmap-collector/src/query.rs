@@ -575,7 +575,7 @@ pub fn callers(b: &Built, target: &str, limit: usize) -> Vec<CallerRow> {
         e.0.connections += c.conv.connections();
         e.1.insert(c.conv.key.port);
         if let Some(s) = &c.conv.client_side {
-            e.2.extend(s.processes.iter().copied());
+            e.2.extend(s.processes.iter());
         }
     }
     let mut rows: Vec<CallerRow> = by_client

@@ -15,7 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_sdk_ec2::{
+use support::*;
+use trafficmap_aws::aws_sdk_ec2::{
     Client,
     config::{BehaviorVersion, Credentials, Region},
     types::{
@@ -23,7 +24,6 @@ use aws_sdk_ec2::{
         TagSpecification,
     },
 };
-use support::*;
 use trafficmap_aws::{Ec2Fetcher, Ec2Options};
 use trafficmap_model::cloud::Lifecycle;
 
@@ -76,7 +76,7 @@ fn start_moto() -> Option<Moto> {
 }
 
 async fn client(url: &str, region: &str) -> Client {
-    let conf = aws_config::defaults(BehaviorVersion::latest())
+    let conf = trafficmap_aws::aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
         .endpoint_url(url)
         .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))

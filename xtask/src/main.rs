@@ -3,6 +3,7 @@
 //!
 //! `cargo xtask run` and `cargo xtask test` are the README's two commands.
 
+mod bench;
 mod collector;
 mod setup;
 mod test;
@@ -39,6 +40,11 @@ enum Cmd {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Benchmarks, with the machine they ran on (results for BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
+    },
     /// Run the probe suite on Debian kernels in qemu VMs and print the kernel x backend matrix.
     VmTest {
         /// Kernel labels to run (default: all of 5.10, 6.1, 6.12).
@@ -59,6 +65,10 @@ fn main() -> Result<()> {
                 setup::setup(setup::Level::Test)?;
             }
             test::test(&only, &skip)
+        }
+        Cmd::Bench { what } => {
+            setup::setup(setup::Level::Bench)?;
+            bench::bench(what)
         }
         Cmd::VmTest { kernels } => {
             setup::setup(setup::Level::Test)?;

@@ -577,28 +577,32 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
     let watermark = watermark(&tx)?;
     let mut b = RangeBuilder::default();
     let segments = plan(f, t, &|_, _| true);
-    let mut ips: HashMap<String, IpAddr> = HashMap::new();
-    let mut parse_ip = |s: String| -> Result<IpAddr> {
-        if let Some(ip) = ips.get(&s) {
-            return Ok(*ip);
-        }
-        let ip: IpAddr = s.parse().map_err(|_| bad("address", &s))?;
-        ips.insert(s, ip);
-        Ok(ip)
-    };
-    let mut read = |sql: &str, args: &[i64], b: &mut RangeBuilder| -> Result<()> {
+    let read = |sql: &str, args: &[i64], b: &mut RangeBuilder| -> Result<()> {
         let mut st = tx.prepare_cached(sql)?;
         let mut rows = st.query(rusqlite::params_from_iter(args))?;
+        // Text columns are borrowed from SQLite's row buffer: nothing is allocated for values
+        // already seen (most of them, in a large range).
+        let text = |r: &rusqlite::Row<'_>, i: usize| -> Result<String> {
+            Ok(r.get_ref(i)?
+                .as_str()
+                .map_err(rusqlite::Error::from)?
+                .to_owned())
+        };
         while let Some(r) = rows.next()? {
-            let observer: String = r.get(0)?;
-            let agent = b.agent(&observer);
-            let local = parse_ip(r.get(1)?)?;
-            let peer = parse_ip(r.get(2)?)?;
+            let observer = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            let agent = b.agent(observer);
+            let local = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            let local = b.ip(local).ok_or_else(|| bad("address", local))?;
+            let peer = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+            let peer = b.ip(peer).ok_or_else(|| bad("address", peer))?;
             let port: i64 = r.get(3)?;
-            let role: String = r.get(4)?;
-            let role = parse_role(&role).ok_or_else(|| bad("role", &role))?;
-            let process: String = r.get(5)?;
-            let process = b.process(&process);
+            let role = r.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?;
+            let role = match parse_role(role) {
+                Some(role) => role,
+                None => return Err(bad("role", &text(r, 4)?)),
+            };
+            let process = r.get_ref(5)?.as_str().map_err(rusqlite::Error::from)?;
+            let process = b.process(process);
             let c = counters(r, 6)?;
             b.add(
                 agent,
