@@ -309,6 +309,12 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
     }
 
     let mut links: HashMap<(u32, u32), LinkAcc> = HashMap::default();
+    // Instances have about one link per conversation; groups far fewer.
+    links.reserve(if view == View::Instances {
+        p.conversations.len()
+    } else {
+        p.conversations.len().min(1 << 16)
+    });
     for c in &p.conversations {
         let conv = &c.conv;
         let (to_server, to_client) = (conv.bytes_to_server(), conv.bytes_to_client());

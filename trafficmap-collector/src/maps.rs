@@ -46,6 +46,20 @@ pub async fn build(
 }
 
 impl Built {
+    /// The three views, rendered in parallel (they only read the prepared data).
+    pub fn render_all(&self, enricher: &Enricher, generated_at: DateTime<Utc>) -> Vec<Map> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = View::ALL
+                .into_iter()
+                .map(|v| s.spawn(move || self.render(enricher, v, generated_at)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("rendering a view does not panic"))
+                .collect()
+        })
+    }
+
     pub fn render(&self, enricher: &Enricher, view: View, generated_at: DateTime<Utc>) -> Map {
         let dir = Directory {
             sources: &self.sources,
@@ -89,9 +103,8 @@ pub async fn write_day(
     let mut written = Vec::new();
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::store::StoreError::Other(format!("{}: {e}", dir.display())))?;
-    for view in View::ALL {
-        let map = built.render(enricher, view, now);
-        let path = dir.join(view.file_name(day));
+    for map in built.render_all(enricher, now) {
+        let path = dir.join(map.view.file_name(day));
         write_atomic(&path, &map.to_json_pretty())
             .map_err(|e| crate::store::StoreError::Other(format!("{}: {e}", path.display())))?;
         written.push(path);

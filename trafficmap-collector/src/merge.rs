@@ -163,7 +163,6 @@ pub struct Merged {
 
 /// Which endpoint a peer address of an observation stands for.
 struct Resolver<'a> {
-    data: &'a RangeData,
     dir: &'a Directory<'a>,
     by_addr: HashMap<IpAddr, Vec<u32>>,
     by_instance: HashMap<usize, u32>,
@@ -192,7 +191,6 @@ impl<'a> Resolver<'a> {
                 .collect()
         });
         Resolver {
-            data,
             dir,
             by_addr,
             by_instance,
@@ -202,15 +200,13 @@ impl<'a> Resolver<'a> {
     }
 
     fn peer(&mut self, o: &Obs) -> Endpoint {
-        if self.data.agents[o.agent as usize]
-            .addresses
-            .contains(&o.peer_ip)
-        {
-            return Endpoint::Agent(o.agent);
-        }
         match self.by_addr.get(&o.peer_ip).map(Vec::as_slice) {
+            // Claimed by one agent (possibly the observer itself: traffic to its own address).
             Some([one]) => return Endpoint::Agent(*one),
             Some(many @ [first, ..]) => {
+                if many.contains(&o.agent) {
+                    return Endpoint::Agent(o.agent);
+                }
                 // Several agents claim the address (a shared bridge address, overlapping
                 // networks): the one that reported the other side of this pair is the peer.
                 let seen = self.seen.as_ref().expect("built when addresses are shared");

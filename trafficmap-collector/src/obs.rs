@@ -236,7 +236,14 @@ pub struct RangeBuilder {
     processes: Vec<String>,
     process_idx: rustc_hash::FxHashMap<String, u32>,
     ips: rustc_hash::FxHashMap<String, IpAddr>,
-    obs: rustc_hash::FxHashMap<ObsKey, Counters>,
+    rows: Vec<Obs>,
+    /// Whether rows may repeat a key (several reads with rows, or a read of minute rows): then
+    /// they are summed by key at the end; a single read of a roll-up table needs no such pass.
+    overlapping: bool,
+    /// Whether the current read has rows yet, and whether its keys are unique.
+    read_has_rows: bool,
+    read_unique: bool,
+    reads_with_rows: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -294,6 +301,13 @@ impl RangeBuilder {
         i
     }
 
+    /// Starts a read of rows whose keys are unique within it (a roll-up table's period range)
+    /// or not (minute rows).
+    pub fn begin_read(&mut self, unique_keys: bool) {
+        self.read_has_rows = false;
+        self.read_unique = unique_keys;
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
@@ -305,36 +319,59 @@ impl RangeBuilder {
         process: u32,
         c: &Counters,
     ) {
-        let key = ObsKey {
+        if !self.read_has_rows {
+            self.read_has_rows = true;
+            self.reads_with_rows += 1;
+            if self.reads_with_rows > 1 || !self.read_unique {
+                self.overlapping = true;
+            }
+        }
+        self.rows.push(Obs {
             agent,
             local_ip,
             peer_ip,
             server_port,
             role,
             process,
-        };
-        match self.obs.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(c),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(*c);
-            }
-        }
+            c: *c,
+        });
     }
 
     pub fn finish(self, from: DateTime<Utc>, to: DateTime<Utc>) -> RangeData {
-        let mut obs: Vec<Obs> = self
-            .obs
-            .into_iter()
-            .map(|(k, c)| Obs {
-                agent: k.agent,
-                local_ip: k.local_ip,
-                peer_ip: k.peer_ip,
-                server_port: k.server_port,
-                role: k.role,
-                process: k.process,
-                c,
-            })
-            .collect();
+        let mut obs = if self.overlapping {
+            let mut sums: rustc_hash::FxHashMap<ObsKey, Counters> =
+                rustc_hash::FxHashMap::default();
+            sums.reserve(self.rows.len());
+            for o in self.rows {
+                let key = ObsKey {
+                    agent: o.agent,
+                    local_ip: o.local_ip,
+                    peer_ip: o.peer_ip,
+                    server_port: o.server_port,
+                    role: o.role,
+                    process: o.process,
+                };
+                match sums.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(&o.c),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(o.c);
+                    }
+                }
+            }
+            sums.into_iter()
+                .map(|(k, c)| Obs {
+                    agent: k.agent,
+                    local_ip: k.local_ip,
+                    peer_ip: k.peer_ip,
+                    server_port: k.server_port,
+                    role: k.role,
+                    process: k.process,
+                    c,
+                })
+                .collect()
+        } else {
+            self.rows
+        };
         // Agents numbered by machine id: what is built from the data does not depend on the
         // order rows came out of the store.
         let mut order: Vec<u32> = (0..self.agents.len() as u32).collect();

@@ -649,6 +649,8 @@ impl ClickHouseStore {
                 Grain::Minute => dedup_minutes(db, *s, *e),
                 Grain::Hour | Grain::Day => latest_rollups(db, grain.table(), *s, *e),
             };
+            // Grouped by key: unique within the read.
+            b.begin_read(true);
             let rows: Vec<KeyRow> = self
                 .rows(&format!(
                     "SELECT {KEY}, {SUMS} FROM ({inner}) GROUP BY {KEY}"

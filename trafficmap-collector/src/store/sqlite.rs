@@ -27,9 +27,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
-use crate::obs::{
-    Counters, DAY, HOUR, Ingest, RangeBuilder, RangeData, floor, parse_role, role_str,
-};
+use crate::obs::{Counters, DAY, HOUR, Ingest, RangeBuilder, RangeData, floor};
 
 const SCHEMA_VERSION: i64 = 1;
 /// Minute rows folded per roll-up transaction (bounds memory and how long ingest waits).
@@ -80,14 +78,21 @@ CREATE TABLE IF NOT EXISTS agent_addresses (
     PRIMARY KEY (day, machine_id, address)
 ) WITHOUT ROWID;
 
+CREATE TABLE IF NOT EXISTS names (
+    id   INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    UNIQUE (kind, name)
+);
+
 CREATE TABLE IF NOT EXISTS pair_minute (
     minute          INTEGER NOT NULL,
-    observer        TEXT NOT NULL,
+    observer        INTEGER NOT NULL,
     local_ip        TEXT NOT NULL,
     peer_ip         TEXT NOT NULL,
     server_port     INTEGER NOT NULL,
-    role            TEXT NOT NULL,
-    process         TEXT NOT NULL,
+    role            INTEGER NOT NULL,
+    process         INTEGER NOT NULL,
     bytes_sent      INTEGER NOT NULL,
     bytes_received  INTEGER NOT NULL,
     conns_opened    INTEGER NOT NULL,
@@ -100,12 +105,12 @@ CREATE INDEX IF NOT EXISTS pair_minute_minute ON pair_minute (minute);
 
 CREATE TABLE IF NOT EXISTS pair_hour (
     period          INTEGER NOT NULL,
-    observer        TEXT NOT NULL,
+    observer        INTEGER NOT NULL,
     local_ip        TEXT NOT NULL,
     peer_ip         TEXT NOT NULL,
     server_port     INTEGER NOT NULL,
-    role            TEXT NOT NULL,
-    process         TEXT NOT NULL,
+    role            INTEGER NOT NULL,
+    process         INTEGER NOT NULL,
     bytes_sent      INTEGER NOT NULL,
     bytes_received  INTEGER NOT NULL,
     conns_opened    INTEGER NOT NULL,
@@ -118,12 +123,12 @@ CREATE TABLE IF NOT EXISTS pair_hour (
 
 CREATE TABLE IF NOT EXISTS pair_day (
     period          INTEGER NOT NULL,
-    observer        TEXT NOT NULL,
+    observer        INTEGER NOT NULL,
     local_ip        TEXT NOT NULL,
     peer_ip         TEXT NOT NULL,
     server_port     INTEGER NOT NULL,
-    role            TEXT NOT NULL,
-    process         TEXT NOT NULL,
+    role            INTEGER NOT NULL,
+    process         INTEGER NOT NULL,
     bytes_sent      INTEGER NOT NULL,
     bytes_received  INTEGER NOT NULL,
     conns_opened    INTEGER NOT NULL,
@@ -133,6 +138,26 @@ CREATE TABLE IF NOT EXISTS pair_day (
     last_seen_ms    INTEGER NOT NULL,
     PRIMARY KEY (period, observer, local_ip, peer_ip, server_port, role, process)
 ) WITHOUT ROWID;
+
+-- The same rows with names, for people at the sqlite3 prompt.
+CREATE VIEW IF NOT EXISTS pair_minute_named AS
+    SELECT minute, o.name AS observer, local_ip, peer_ip, server_port,
+           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
+           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
+           first_window_ms, first_seen_ms, last_seen_ms
+    FROM pair_minute JOIN names o ON o.id = observer JOIN names p ON p.id = process;
+CREATE VIEW IF NOT EXISTS pair_hour_named AS
+    SELECT period, o.name AS observer, local_ip, peer_ip, server_port,
+           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
+           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
+           first_window_ms, first_seen_ms, last_seen_ms
+    FROM pair_hour JOIN names o ON o.id = observer JOIN names p ON p.id = process;
+CREATE VIEW IF NOT EXISTS pair_day_named AS
+    SELECT period, o.name AS observer, local_ip, peer_ip, server_port,
+           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
+           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
+           first_window_ms, first_seen_ms, last_seen_ms
+    FROM pair_day JOIN names o ON o.id = observer JOIN names p ON p.id = process;
 
 CREATE TABLE IF NOT EXISTS cloud_snapshots (
     day      INTEGER PRIMARY KEY,
@@ -154,8 +179,62 @@ pub enum Sync {
 
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
+}
+
+/// The writer connection and the ids of names it has seen committed.
+struct Writer {
+    conn: Connection,
+    /// Per kind ([`OBSERVER`], [`PROCESS`]): name -> id in `names`.
+    names: [HashMap<String, i64>; 2],
+}
+
+/// `names.kind` of agents' machine ids and of process names. Rows refer to names by id:
+/// a machine id is 32 characters, repeated on every row otherwise.
+const OBSERVER: usize = 0;
+const PROCESS: usize = 1;
+
+fn role_code(r: trafficmap_model::report::Role) -> i64 {
+    use trafficmap_model::report::Role;
+    match r {
+        Role::Client => 0,
+        Role::Server => 1,
+        Role::Unknown => 2,
+    }
+}
+
+fn role_of(code: i64) -> Option<trafficmap_model::report::Role> {
+    use trafficmap_model::report::Role;
+    match code {
+        0 => Some(Role::Client),
+        1 => Some(Role::Server),
+        2 => Some(Role::Unknown),
+        _ => None,
+    }
+}
+
+/// The id of a name, creating it in the transaction if needed. New ids are collected in
+/// `fresh` and only enter the cache once the transaction commits.
+fn name_id(
+    tx: &rusqlite::Transaction<'_>,
+    cache: &[HashMap<String, i64>; 2],
+    fresh: &mut [HashMap<String, i64>; 2],
+    kind: usize,
+    name: &str,
+) -> Result<i64> {
+    if let Some(id) = cache[kind].get(name).or_else(|| fresh[kind].get(name)) {
+        return Ok(*id);
+    }
+    tx.prepare_cached(
+        "INSERT INTO names (kind, name) VALUES (?1, ?2) ON CONFLICT (kind, name) DO NOTHING",
+    )?
+    .execute(params![kind as i64, name])?;
+    let id: i64 = tx
+        .prepare_cached("SELECT id FROM names WHERE kind = ?1 AND name = ?2")?
+        .query_row(params![kind as i64, name], |r| r.get(0))?;
+    fresh[kind].insert(name.to_owned(), id);
+    Ok(id)
 }
 
 fn i(v: u64) -> i64 {
@@ -215,7 +294,10 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             path,
-            writer: Mutex::new(conn),
+            writer: Mutex::new(Writer {
+                conn,
+                names: Default::default(),
+            }),
             readers: Mutex::default(),
         })
     }
@@ -260,9 +342,11 @@ impl SqliteStore {
         batch: &[std::sync::Arc<Ingest>],
         now: DateTime<Utc>,
     ) -> Result<Vec<Outcome>> {
-        let mut conn = self.writer.lock().expect("writer");
+        let mut w = self.writer.lock().expect("writer");
+        let Writer { conn, names } = &mut *w;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(batch.len());
+        let mut fresh: [HashMap<String, i64>; 2] = Default::default();
         {
             let mut report = tx.prepare_cached(
                 "INSERT INTO reports (report_id, machine_id, seq, window_start_ms, window_end_ms, received_ms, pairs, probe_drops, spool_dropped)
@@ -306,15 +390,17 @@ impl SqliteStore {
                     out.push(Outcome::Duplicate);
                     continue;
                 }
+                let observer = name_id(&tx, names, &mut fresh, OBSERVER, &ing.machine_id)?;
                 for r in &ing.rows {
+                    let process = name_id(&tx, names, &mut fresh, PROCESS, &r.process)?;
                     row.execute(params![
                         r.minute,
-                        ing.machine_id,
+                        observer,
                         r.local_ip.to_string(),
                         r.peer_ip.to_string(),
                         r.server_port,
-                        role_str(r.role),
-                        r.process,
+                        role_code(r.role),
+                        process,
                         i(r.c.bytes_sent),
                         i(r.c.bytes_received),
                         i(r.c.conns_opened),
@@ -348,6 +434,9 @@ impl SqliteStore {
             }
         }
         tx.commit()?;
+        for (kind, new) in fresh.into_iter().enumerate() {
+            names[kind].extend(new);
+        }
         Ok(out)
     }
 
@@ -382,8 +471,8 @@ impl SqliteStore {
     }
 
     pub fn save_cloud(&self, day: NaiveDate, taken: DateTime<Utc>, body: &[u8]) -> Result<()> {
-        let conn = self.writer.lock().expect("writer");
-        conn.execute(
+        let w = self.writer.lock().expect("writer");
+        w.conn.execute(
             "INSERT INTO cloud_snapshots (day, taken_ms, body) VALUES (?1, ?2, ?3)
              ON CONFLICT (day) DO UPDATE SET taken_ms = excluded.taken_ms, body = excluded.body
              WHERE excluded.taken_ms >= taken_ms",
@@ -408,9 +497,10 @@ impl SqliteStore {
     /// Rolls up every minute row not rolled yet, then applies retention.
     pub fn maintain(&self, now: DateTime<Utc>, retention: Retention) -> Result<Maintenance> {
         let mut m = Maintenance::default();
-        let mut conn = self.writer.lock().expect("writer");
+        let mut w = self.writer.lock().expect("writer");
+        let conn = &mut w.conn;
         loop {
-            let n = rollup_chunk(&mut conn)?;
+            let n = rollup_chunk(conn)?;
             if n == 0 {
                 break;
             }
@@ -421,7 +511,7 @@ impl SqliteStore {
         let minute_cut = cut(retention.minutes, 60);
         let hour_cut = cut(retention.hours, HOUR);
         let day_cut = cut(retention.days, DAY);
-        let watermark = watermark(&conn)?;
+        let watermark = watermark(conn)?;
         loop {
             // Only rows already rolled up may go (the watermark guards the hour and day sums).
             let n = conn.execute(
@@ -462,15 +552,15 @@ fn watermark(c: &Connection) -> Result<i64> {
     )?)
 }
 
-/// A stored key, as text straight from the row (parsed only when a range is read).
+/// A stored key, as it is in the row (addresses parsed only when a range is read).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct TextKey {
-    observer: String,
+    observer: i64,
     local_ip: String,
     peer_ip: String,
     server_port: i64,
-    role: String,
-    process: String,
+    role: i64,
+    process: i64,
 }
 
 fn counters(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Counters> {
@@ -577,32 +667,49 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
     let watermark = watermark(&tx)?;
     let mut b = RangeBuilder::default();
     let segments = plan(f, t, &|_, _| true);
-    let read = |sql: &str, args: &[i64], b: &mut RangeBuilder| -> Result<()> {
+    // Names by id; interned into the builder when first met in the range (an agent is in the
+    // range only if it has rows or reports there).
+    let mut ids: [rustc_hash::FxHashMap<i64, (String, Option<u32>)>; 2] = Default::default();
+    {
+        let mut st = tx.prepare_cached("SELECT id, kind, name FROM names")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, kind): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let kind = usize::try_from(kind)
+                .ok()
+                .filter(|k| *k <= PROCESS)
+                .ok_or_else(|| bad("name kind", &kind.to_string()))?;
+            ids[kind].insert(id, (r.get(2)?, None));
+        }
+    }
+    let mut intern = |b: &mut RangeBuilder, kind: usize, id: i64| -> Result<u32> {
+        let (name, index) = ids[kind]
+            .get_mut(&id)
+            .ok_or_else(|| bad("name id", &id.to_string()))?;
+        Ok(*index.get_or_insert_with(|| {
+            if kind == OBSERVER {
+                b.agent(name)
+            } else {
+                b.process(name)
+            }
+        }))
+    };
+    let mut read = |sql: &str, args: &[i64], b: &mut RangeBuilder| -> Result<()> {
+        // Roll-up tables have one row per key and period; minute rows repeat keys.
+        b.begin_read(!sql.contains("pair_minute"));
         let mut st = tx.prepare_cached(sql)?;
         let mut rows = st.query(rusqlite::params_from_iter(args))?;
-        // Text columns are borrowed from SQLite's row buffer: nothing is allocated for values
-        // already seen (most of them, in a large range).
-        let text = |r: &rusqlite::Row<'_>, i: usize| -> Result<String> {
-            Ok(r.get_ref(i)?
-                .as_str()
-                .map_err(rusqlite::Error::from)?
-                .to_owned())
-        };
         while let Some(r) = rows.next()? {
-            let observer = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-            let agent = b.agent(observer);
+            let agent = intern(b, OBSERVER, r.get(0)?)?;
+            // Addresses are borrowed from SQLite's row buffer and parsed once each.
             let local = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
             let local = b.ip(local).ok_or_else(|| bad("address", local))?;
             let peer = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
             let peer = b.ip(peer).ok_or_else(|| bad("address", peer))?;
             let port: i64 = r.get(3)?;
-            let role = r.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?;
-            let role = match parse_role(role) {
-                Some(role) => role,
-                None => return Err(bad("role", &text(r, 4)?)),
-            };
-            let process = r.get_ref(5)?.as_str().map_err(rusqlite::Error::from)?;
-            let process = b.process(process);
+            let role: i64 = r.get(4)?;
+            let role = role_of(role).ok_or_else(|| bad("role", &role.to_string()))?;
+            let process = intern(b, PROCESS, r.get(5)?)?;
             let c = counters(r, 6)?;
             b.add(
                 agent,
