@@ -26,6 +26,19 @@ fn init_logging(filter: &str) {
         .init();
 }
 
+/// The listening socket, with a backlog for a fleet reconnecting at once (after a restart,
+/// thousands of agents connect within a second; the default backlog of 128 resets them).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 fn main() {
     let cli = Cli::parse();
     // Every command needs a valid configuration; check it before anything binds or opens.
@@ -53,7 +66,7 @@ fn main() {
     };
     let code = runtime.block_on(async {
         let result = match &cli.command {
-            None | Some(Command::Serve) => match tokio::net::TcpListener::bind(cfg.listen).await {
+            None | Some(Command::Serve) => match listen(cfg.listen) {
                 Ok(l) => run::serve(cfg, l).await.map(|()| 0),
                 Err(e) => {
                     eprintln!("trafficmap-collector: listening on {}: {e}", cfg.listen);
