@@ -127,9 +127,12 @@ impl Auth {
 }
 
 /// The token file, re-read when its modification time or size changes.
+/// Modification time and size of a file, to notice changes.
+type Stamp = Option<(SystemTime, u64)>;
+
 pub struct TokenFile {
     path: PathBuf,
-    state: RwLock<(Arc<Tokens>, Option<(SystemTime, u64)>)>,
+    state: RwLock<(Arc<Tokens>, Stamp)>,
 }
 
 /// What a reload did.
@@ -175,7 +178,7 @@ impl TokenFile {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }

@@ -510,13 +510,7 @@ fn split_target(t: &str) -> (String, Option<u16>) {
                 || name.starts_with("sg:") =>
         {
             match port.parse() {
-                Ok(p)
-                    if !name.is_empty()
-                        && !(name == "ip"
-                            || name == "host"
-                            || name == "cluster"
-                            || name == "sg") =>
-                {
+                Ok(p) if !name.is_empty() && !["ip", "host", "cluster", "sg"].contains(&name) => {
                     (name.to_owned(), Some(p))
                 }
                 _ => (t.to_owned(), None),
@@ -720,7 +714,7 @@ pub fn cross_env_pairs(b: &Built, limit: usize) -> Vec<EnvPair> {
             }
         })
         .collect();
-    out.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    out.sort_by_key(|p| std::cmp::Reverse(p.bytes));
     out
 }
 

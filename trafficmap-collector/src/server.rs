@@ -200,7 +200,7 @@ fn unauthorized(d: Denied) -> Response {
     r
 }
 
-fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, Response> {
+fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, Box<Response>> {
     use std::io::Read as _;
     let mut out = Vec::new();
     let mut dec = flate2::read::GzDecoder::new(body).take(max + 1);
@@ -211,10 +211,10 @@ fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, Response> {
         )
     })?;
     if out.len() as u64 > max {
-        return Err(json_error(
+        return Err(Box::new(json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("decompressed body over the limit of {max} bytes"),
-        ));
+        )));
     }
     Ok(out)
 }
@@ -309,7 +309,7 @@ async fn post_report(State(app): State<Arc<App>>, req: Request) -> Response {
                 } else {
                     "malformed"
                 });
-                return r;
+                return *r;
             }
         },
         Some(other) => {

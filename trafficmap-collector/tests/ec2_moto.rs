@@ -259,7 +259,7 @@ fn ec2_enrichment_through_moto() {
             (a.lifecycle, a.region.as_str()),
             (Lifecycle::OnDemand, "us-east-1")
         );
-        assert_eq!(a.security_groups, [web_sg.clone()]);
+        assert_eq!(a.security_groups, std::slice::from_ref(&web_sg));
         assert_eq!(a.private_ips[0].to_string(), api.1);
         assert_eq!(
             a.public_ips.len(),

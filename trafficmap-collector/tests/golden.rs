@@ -173,7 +173,8 @@ async fn schema_and_types_reject_the_same_breakage() {
         .should_validate_formats(true)
         .build(&schema)
         .unwrap();
-    let breakages: Vec<Box<dyn Fn(&mut serde_json::Value)>> = vec![
+    type Breakage = Box<dyn Fn(&mut serde_json::Value)>;
+    let breakages: Vec<Breakage> = vec![
         Box::new(|m| m["links"][0]["bytes_to_target"] = serde_json::json!(-1)),
         Box::new(|m| m["nodes"][0]["kind"] = serde_json::json!("router")),
         Box::new(|m| m["links"][0]["observed_by"] = serde_json::json!("nobody")),

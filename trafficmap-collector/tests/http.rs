@@ -323,7 +323,7 @@ fn reports_are_idempotent_and_gzip_works() {
     let r = c.get("/api/v1/maps?view=clusters&day=yesterday");
     assert_eq!(r.json()["error"], "day `yesterday`: expected YYYY-MM-DD");
     assert_eq!(
-        c.get(&format!("/api/v1/days")).json()["days"],
+        c.get("/api/v1/days").json()["days"],
         serde_json::json!([today.to_string()])
     );
     assert_eq!(c.terminate().code(), Some(0));

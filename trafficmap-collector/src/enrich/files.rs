@@ -143,7 +143,7 @@ impl ForeignList {
             }
         }
         list.blocks
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|b| std::cmp::Reverse(b.0.prefix_len()));
         Ok(list)
     }
 
