@@ -3,8 +3,10 @@
 //!
 //! `cargo xtask run` and `cargo xtask test` are the README's two commands.
 
+mod bench;
 mod bench_agent;
 mod bench_probe;
+mod collector;
 mod run;
 mod setup;
 mod test;
@@ -91,6 +93,8 @@ enum BenchCmd {
     },
     /// Agent CPU and memory idle and at 1k/10k new connections/s; drain time at 100k connections.
     Agent,
+    #[command(flatten)]
+    Other(bench::Bench),
 }
 
 fn main() -> Result<()> {
@@ -134,6 +138,7 @@ fn main() -> Result<()> {
                     stream_bytes: stream_mib << 20,
                 })?,
                 BenchCmd::Agent => bench_agent::bench()?,
+                BenchCmd::Other(b) => return bench::bench(b),
             };
             let path = util::root().join("target/bench-last.md");
             std::fs::write(&path, &report)?;

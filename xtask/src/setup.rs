@@ -58,6 +58,7 @@ pub fn setup(level: Level) -> Result<()> {
             pkgs.extend(PACKAGES_BENCH);
         }
         debian_packages(&pkgs)?;
+        cargo_fuzz()?;
         python_tools()?;
         npm_tools()?;
     }
@@ -167,6 +168,16 @@ pub fn debian_packages(pkgs: &[&str]) -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// cargo-fuzz for the fuzzing stage (built once, kept in ~/.cargo/bin).
+fn cargo_fuzz() -> Result<()> {
+    if succeeds(cmd("cargo").args(["fuzz", "--version"])) {
+        note("cargo-fuzz: installed");
+        return Ok(());
+    }
+    note("cargo-fuzz: installing (cargo install cargo-fuzz --locked, about two minutes)");
+    run(cmd("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 /// The Python virtualenv with the test tools (moto, kubernetes-validate).

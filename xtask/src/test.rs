@@ -40,6 +40,26 @@ pub fn stages() -> Vec<Stage> {
             run: deploy,
         },
         Stage {
+            name: "collector-e2e",
+            about: "3 agents in network namespaces, one collector: exact instances and clusters maps",
+            run: crate::collector::e2e,
+        },
+        Stage {
+            name: "clickhouse",
+            about: "collector's ClickHouse backend against Debian's clickhouse-server",
+            run: crate::collector::clickhouse,
+        },
+        Stage {
+            name: "ec2-moto",
+            about: "collector's EC2 enrichment against moto_server",
+            run: crate::collector::ec2_moto,
+        },
+        Stage {
+            name: "fuzz",
+            about: "report parser under cargo-fuzz for 60 s",
+            run: crate::collector::fuzz,
+        },
+        Stage {
             name: "vm",
             about: "probe suite per backend on Debian kernels 5.10, 6.1, 6.12 in qemu",
             run: vm_matrix,

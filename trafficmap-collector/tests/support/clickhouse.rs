@@ -1,0 +1,126 @@
+//! A private clickhouse-server (Debian's 18.16) for a test: its own directory and free ports on
+//! 127.0.0.1, a non-UTC server time zone (the store must not depend on it), stopped on drop.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct ClickHouse {
+    pub url: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> Option<PathBuf> {
+    ["/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+impl ClickHouse {
+    /// `None` outside CI when the server is not installed (the caller says so).
+    pub fn start() -> Option<ClickHouse> {
+        let bin = binary();
+        if !super::require(
+            "clickhouse-server (Debian package clickhouse-server)",
+            bin.is_some(),
+        ) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let (http, tcp, inter) = (super::free_port(), super::free_port(), super::free_port());
+        let base = std::fs::read_to_string("/etc/clickhouse-server/config.xml")
+            .expect("/etc/clickhouse-server/config.xml from the clickhouse-server package");
+        let mut cfg = base
+            .replace("/var/log/clickhouse-server/", &format!("{d}/log/"))
+            .replace("/var/lib/clickhouse/", &format!("{d}/data/"))
+            .replace(
+                "<http_port>8123</http_port>",
+                &format!("<http_port>{http}</http_port>"),
+            )
+            .replace(
+                "<tcp_port>9000</tcp_port>",
+                &format!("<tcp_port>{tcp}</tcp_port>"),
+            )
+            .replace(
+                "<interserver_http_port>9009</interserver_http_port>",
+                &format!("<interserver_http_port>{inter}</interserver_http_port>"),
+            )
+            .replace("<listen_host>::1</listen_host>", "");
+        if !cfg.contains("<timezone>") || cfg.contains("<!-- <timezone>") {
+            cfg = cfg.replacen(
+                "<http_port>",
+                "<timezone>Asia/Kolkata</timezone>\n    <http_port>",
+                1,
+            );
+        }
+        std::fs::create_dir_all(format!("{d}/log")).unwrap();
+        std::fs::create_dir_all(format!("{d}/data")).unwrap();
+        std::fs::write(format!("{d}/config.xml"), cfg).unwrap();
+        std::fs::copy("/etc/clickhouse-server/users.xml", format!("{d}/users.xml")).unwrap();
+        let child = Command::new(bin.unwrap())
+            .arg(format!("--config-file={d}/config.xml"))
+            .current_dir(&d)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting clickhouse-server");
+        let mut ch = ClickHouse {
+            url: format!("http://127.0.0.1:{http}"),
+            child: Some(child),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = super::try_request(
+                format!("127.0.0.1:{http}").parse().unwrap(),
+                "GET",
+                "/ping",
+                &[],
+                b"",
+            ) && r.status == 200
+            {
+                break;
+            }
+            if let Some(s) = ch.child.as_mut().unwrap().try_wait().unwrap() {
+                let log = std::fs::read_to_string(format!("{d}/log/clickhouse-server.err.log"))
+                    .unwrap_or_default();
+                panic!("clickhouse-server exited ({s}):\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clickhouse-server did not answer /ping within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(ch)
+    }
+
+    /// Runs a query, returns the body.
+    pub fn query(&self, sql: &str) -> String {
+        let addr = self.url.trim_start_matches("http://").parse().unwrap();
+        let r = super::request(addr, "POST", "/", &[], sql.as_bytes());
+        assert_eq!(r.status, 200, "{sql}: {}", r.text());
+        r.text()
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
