@@ -107,17 +107,23 @@ export function packGroups(radii, breakBefore, gap) {
 }
 
 const MIN_ITERATIONS = 60;
+const SPREAD_ITERATIONS = 30;
 
 /**
  * A layout run. Input (all typed arrays, indexed by node / link):
  * - `x`, `y`: starting positions; NaN where unknown (placed near the group or on a disc);
  * - `ids`: node ids (for deterministic placement of new nodes);
  * - `group`: group index per node, -1 when ungrouped; `groupCount`; `breakBefore` per group;
- * - `src`, `dst`, `bytes`: links; `influence`: traffic influence on the layout (0..3).
+ * - `src`, `dst`, `bytes`: links; `influence`: traffic influence on the layout (0..3);
+ * - `sizes` (drawn node sizes in pixels) and `viewport` ({width, height}): optional, for the
+ *   overlap removal that ends the run.
  */
 export class Layout {
   constructor(input) {
-    const { ids, x, y, group, groupCount, breakBefore, src, dst, bytes, influence } = input;
+    const { ids, x, y, group, groupCount, breakBefore, src, dst, bytes, influence, sizes, viewport } = input;
+    this.sizes = sizes ?? null;
+    this.viewport = viewport ?? null;
+    this.spreadDone = 0;
     const n = ids.length;
     this.n = n;
     this.groupCount = groupCount;
@@ -182,7 +188,7 @@ export class Layout {
       edges[e * PPE + 1] = dst[e] * PPN;
       edges[e * PPE + 2] = w[e];
     }
-    // The pull towards the group focus is 1.5 times a node's summed link pull (plus one, for
+    // The pull towards the group focus is 4 times a node's summed link pull (plus one, for
     // nodes without links): heavy traffic to other groups bends a group towards its peers
     // without tearing it, and hubs (which FA2 repels harder) stay in their group.
     let k = src.length;
@@ -190,7 +196,7 @@ export class Layout {
       if (group[i] < 0) continue;
       edges[k * PPE] = i * PPN;
       edges[k * PPE + 1] = (n + group[i]) * PPN;
-      edges[k * PPE + 2] = 1.5 * (1 + pull[i]);
+      edges[k * PPE + 2] = 4 * (1 + pull[i]);
       k++;
     }
     this.nodes = nodes;
@@ -222,6 +228,10 @@ export class Layout {
     const prev = new Float32Array(2 * n);
     let movement = 0;
     for (let s = 0; s < k && !this.settled(); s++) {
+      if (this.converged()) {
+        this.spread();
+        continue;
+      }
       if (this.repackAt.has(this.iterations)) this.repack();
       for (let i = 0; i < n; i++) {
         prev[2 * i] = nodes[i * PPN + X];
@@ -248,11 +258,16 @@ export class Layout {
     return { movement, settled: this.settled() };
   }
 
-  settled() {
+  /** The force phase is over (converged, or out of iterations). */
+  converged() {
     if (this.n === 0) return true;
     if (this.iterations >= this.maxIterations) return true;
     const lastRepack = this.repackAt.size ? Math.max(...this.repackAt) : 0;
     return this.iterations >= Math.max(MIN_ITERATIONS, lastRepack + 20) && this.calm >= 15;
+  }
+
+  settled() {
+    return this.converged() && (!this.sizes || this.spreadDone >= SPREAD_ITERATIONS);
   }
 
   /**
@@ -289,6 +304,71 @@ export class Layout {
       nodes[(n + g) * PPN + Y] = next[2 * g + 1];
     }
     this.anchors = next;
+  }
+
+  /**
+   * One pass of overlap removal, after the forces: nodes drawn at `sizes` pixels (sigma's size
+   * at the whole-map zoom) that would overlap on a `viewport` showing the whole map are pushed
+   * apart. Forces settle by distance, not by drawn size, so small maps otherwise show
+   * overlapping circles.
+   */
+  spread() {
+    this.spreadDone++;
+    const { n, nodes, sizes, viewport } = this;
+    if (!sizes || !viewport || n < 2) return;
+    let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
+    for (let i = 0; i < n; i++) {
+      const px = nodes[i * PPN + X], py = nodes[i * PPN + Y];
+      minX = Math.min(minX, px);
+      maxX = Math.max(maxX, px);
+      minY = Math.min(minY, py);
+      maxY = Math.max(maxY, py);
+    }
+    const extent = Math.max(maxX - minX, maxY - minY, 1e-6);
+    const perPx = extent / Math.max(Math.min(viewport.width, viewport.height) - 80, 100);
+    let maxR = 0;
+    const r = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      r[i] = (sizes[i] + 3) * perPx;
+      maxR = Math.max(maxR, r[i]);
+    }
+    // Uniform grid of cells two radii wide: only neighbouring cells can hold overlaps.
+    const cell = 2 * maxR;
+    const grid = new Map();
+    for (let i = 0; i < n; i++) {
+      const key = `${Math.floor(nodes[i * PPN + X] / cell)},${Math.floor(nodes[i * PPN + Y] / cell)}`;
+      let list = grid.get(key);
+      if (!list) grid.set(key, (list = []));
+      list.push(i);
+    }
+    for (let i = 0; i < n; i++) {
+      const xi = nodes[i * PPN + X], yi = nodes[i * PPN + Y];
+      const cx = Math.floor(xi / cell), cy = Math.floor(yi / cell);
+      for (let gx = cx - 1; gx <= cx + 1; gx++) {
+        for (let gy = cy - 1; gy <= cy + 1; gy++) {
+          for (const j of grid.get(`${gx},${gy}`) ?? []) {
+            if (j <= i) continue;
+            let dx = nodes[j * PPN + X] - nodes[i * PPN + X];
+            let dy = nodes[j * PPN + Y] - nodes[i * PPN + Y];
+            let d = Math.hypot(dx, dy);
+            const need = r[i] + r[j];
+            if (d >= need) continue;
+            if (d < 1e-9) {
+              // Same spot: separate along a direction picked by the pair.
+              dx = Math.cos(i * 2.399 + j);
+              dy = Math.sin(i * 2.399 + j);
+              d = 1;
+            }
+            const push = ((need - d) / 2) * 0.8;
+            const ux = dx / d, uy = dy / d;
+            nodes[i * PPN + X] -= ux * push;
+            nodes[i * PPN + Y] -= uy * push;
+            nodes[j * PPN + X] += ux * push;
+            nodes[j * PPN + Y] += uy * push;
+          }
+        }
+      }
+    }
   }
 
   /** Current positions, [x0, y0, x1, y1, ...]. */

@@ -264,7 +264,9 @@ class App {
       bytes[e] = linkBytes(this.data.index.links[Number(key)]);
       e++;
     });
-    return { ids, x, y, group, groupCount: keys.length, breakBefore, src, dst, bytes, influence: s.influence };
+    const sizes = Float32Array.from(ids, (id) => graph.getNodeAttribute(id, "size"));
+    const viewport = this.renderer ? this.renderer.getDimensions() : { width: 1000, height: 800 };
+    return { ids, x, y, group, groupCount: keys.length, breakBefore, src, dst, bytes, influence: s.influence, sizes, viewport };
   }
 
   startLayout() {
@@ -309,7 +311,7 @@ class App {
     }
     this.onWorkerMessage = onMessage;
     if (this.worker) {
-      const transfer = [input.x.buffer, input.y.buffer, input.group.buffer, input.src.buffer, input.dst.buffer, input.bytes.buffer];
+      const transfer = [input.x.buffer, input.y.buffer, input.group.buffer, input.src.buffer, input.dst.buffer, input.bytes.buffer, input.sizes.buffer];
       // The ids and group keys stay here; the worker needs them for seeding only.
       this.worker.postMessage({ type: "start", runId, input }, transfer);
     } else {
