@@ -188,6 +188,7 @@ class App {
     }
     this.updateStatus();
     this.renderDetails();
+    this.syncControls();
   }
 
   ensureRenderer() {

@@ -1,0 +1,91 @@
+// What the browser test expects to see, per data set. Group keys and neighbourhoods follow from
+// the documented rules and are computed from the map files; what a person reads in the panels
+// (formatted bytes, prices, peers) is written out by hand for one node per data set, so that a
+// formatting or wiring mistake in the viewer cannot also hide in the expectation.
+
+const byLabel = (doc, label) => {
+  const n = doc.nodes.find((x) => x.label === label);
+  if (!n) throw new Error(`expectations: no node labelled ${label}`);
+  return n.id;
+};
+
+function groups(doc, keyOf) {
+  return [...new Set(doc.nodes.map(keyOf))].sort();
+}
+
+function archKey(n, level, split) {
+  if (n.kind === "external") return "external";
+  const arch = n.archdomain ? n.archdomain.split("/").slice(0, level).join("/") : "(no archdomain)";
+  return split ? `arch:${arch}|${n.env ?? "(no env)"}` : `arch:${arch}`;
+}
+
+/** Hits plus their neighbours over the drawn (non-self) links. */
+function neighbourhood(doc, ids) {
+  const set = new Set(ids);
+  for (const l of doc.links) {
+    if (l.source === l.target) continue;
+    if (ids.includes(l.source)) set.add(l.target);
+    if (ids.includes(l.target)) set.add(l.source);
+  }
+  return set.size;
+}
+
+const DATASETS = {
+  // viewer/test/fixtures/maps (gen-fixtures.mjs), newest day 2026-11-23.
+  fixtures: {
+    detect: (doc) => doc.nodes.some((n) => n.label === "etl-prod-1") && doc.nodes.some((n) => n.label === "search-prod-3"),
+    build(doc) {
+      const id = (l) => byLabel(doc, l);
+      const searchHits = ["search-prod-1", "search-prod-2", "search-prod-3"].map(id);
+      const portHits = ["db-prod-1", "db-stage-1"].map(id);
+      const cidrHits = ["web-prod-1", "web-prod-2"].map(id);
+      return {
+        pixelNodes: ["web-prod-1", "db-prod-1", "etl-prod-1"].map(id),
+        envToHide: "stage",
+        archRegex: "^infra/monitoring",
+        archPrefixToHide: "offline",
+        searches: [
+          ["search-prod", searchHits, neighbourhood(doc, searchHits)],
+          [":5432", portHits, neighbourhood(doc, portHits)],
+          ["10.1.1.10/31", cidrHits, neighbourhood(doc, cidrHits)],
+        ],
+        notNeighbourOf: { "search-prod": id("web-stage-1") },
+        details: {
+          id: id("etl-prod-1"),
+          label: "etl-prod-1",
+          fields: {
+            id: "i-0750c756b00001c39",
+            env: "prod",
+            archdomain: "offline/batch/etl",
+            addresses: "10.1.1.16",
+            instance: "i-0750c756b00001c39 · m5.xlarge · us-east-1b · spot",
+            price: "$0.0712/h",
+            security_groups: "sg-0e5batch",
+            processes: "python3",
+            bytes_in: "61.6 GB",
+            bytes_out: "48.2 GB",
+            connections: "5,296",
+            cost: "$5.60",
+          },
+          peers: [
+            ["db-prod-1", "client", "5432", "200 MB", "61.0 GB", "$1.22"],
+            ["s3.us-east-1.amazonaws.com", "client", "443", "48.0 GB", "600 MB", "$4.37"],
+          ],
+        },
+      };
+    },
+  },
+};
+
+export function expectationsFor(maps, newest) {
+  const doc = maps[`instances-${newest.replaceAll("-", "")}`];
+  if (!doc) throw new Error(`expectations: no instances map for ${newest}`);
+  const [name, ds] = Object.entries(DATASETS).find(([, d]) => d.detect(doc)) ?? [];
+  if (!ds) throw new Error("expectations: these map files match no known data set; add one to test/expectations.mjs");
+  const e = ds.build(doc);
+  e.dataset = name;
+  e.envGroups = groups(doc, (n) => (n.kind === "external" ? "external" : `env:${n.env ?? "(no env)"}`));
+  e.archGroups = { 1: groups(doc, (n) => archKey(n, 1, false)), 2: groups(doc, (n) => archKey(n, 2, false)) };
+  e.archSplitGroups = { 2: groups(doc, (n) => archKey(n, 2, true)) };
+  return e;
+}
