@@ -9,7 +9,7 @@ export const EXTERNAL = "#9aa0a6";
 export const UNKNOWN = "#bab0ac";
 export const BACKGROUND = "#f7f8fa";
 export const DIMMED_NODE = "#dde1e7";
-export const DIMMED_EDGE = "#e6e9ee80";
+export const DIMMED_EDGE = "#e4e7ec";
 export const HIGHLIGHT = "#111827";
 
 export const KIND_COLORS = {
@@ -58,7 +58,19 @@ export function shade(hex, t) {
   return `#${((1 << 24) | (r << 16) | (g << 8) | b).toString(16).slice(1)}`;
 }
 
-/** Appends an alpha byte to `#rrggbb`. */
+/** Appends an alpha byte to `#rrggbb` (for the 2D overlays; see `onBackground` for sigma). */
 export function withAlpha(hex, a) {
   return hex.slice(0, 7) + Math.round(Math.max(0, Math.min(1, a)) * 255).toString(16).padStart(2, "0");
+}
+
+/**
+ * `#rrggbb` at opacity `a` over the map background, as an opaque colour. Sigma blends colours
+ * as if premultiplied, so a translucent light colour comes out brighter than white; opaque
+ * colours look the same in sigma, the canvas renderer and the exports.
+ */
+export function onBackground(hex, a) {
+  const n = parseInt(hex.slice(1, 7), 16);
+  const b = parseInt(BACKGROUND.slice(1, 7), 16);
+  const mix = (sh) => Math.round(((n >> sh) & 255) * a + ((b >> sh) & 255) * (1 - a));
+  return `#${((1 << 24) | (mix(16) << 16) | (mix(8) << 8) | mix(0)).toString(16).slice(1)}`;
 }

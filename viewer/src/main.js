@@ -31,6 +31,11 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** Replaces an element's children, skipping null/false (replaceChildren would print "null"). */
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 const VIEW_NAMES = { instances: "Instances", clusters: "Clusters", "security-groups": "Security groups" };
 const KIND_NAMES = { host: "host", unmonitored: "unmonitored host", external: "external", cluster: "cluster", security_group: "security group" };
 
@@ -763,7 +768,7 @@ class App {
     const shown = this.scene.graph.hasNode(id);
     const peers = peersOf(index, id, shown ? this.filtered.links : null);
     const self = index.selfLinks.filter((l) => l.source === id);
-    panel.replaceChildren(
+    fill(panel, 
       h("header", {},
         h("div", { style: "flex:1" }, h("h2", {}, n.label), h("span", { class: "kind" }, KIND_NAMES[n.kind]),
           n.diff && n.diff !== "same" ? h("span", { class: "diff-tag", style: `background:${DIFF_COLORS[n.diff]};margin-left:6px` }, n.diff) : null),
@@ -811,7 +816,7 @@ class App {
     const s = index.byId.get(l.source);
     const t = index.byId.get(l.target);
     const row = (field, label, value) => (value === null || value === undefined || value === "" ? null : [h("dt", {}, label), h("dd", { "data-field": field }, value)]);
-    panel.replaceChildren(
+    fill(panel, 
       h("header", {},
         h("div", { style: "flex:1" }, h("h2", {}, `${s.label} → ${t.label}`), h("span", { class: "kind" }, "link")),
         h("button", { type: "button", class: "icon", "aria-label": "Close details", onclick: () => this.select(null) }, "×")),

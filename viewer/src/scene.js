@@ -4,7 +4,7 @@
 // selection or a hovered node with its neighbours.
 
 import Graph from "graphology";
-import { COST_COLORS, DIFF_COLORS, DIMMED_EDGE, DIMMED_NODE, EDGE_CROSS_ENV, EDGE_NEUTRAL, EXTERNAL, HIGHLIGHT, KIND_COLORS, UNKNOWN, categoryColors, envColors, shade, tint, withAlpha } from "./colors.js";
+import { COST_COLORS, DIFF_COLORS, DIMMED_EDGE, DIMMED_NODE, EDGE_CROSS_ENV, EDGE_NEUTRAL, EXTERNAL, HIGHLIGHT, KIND_COLORS, UNKNOWN, categoryColors, envColors, onBackground, shade, tint } from "./colors.js";
 import { linkBytes, logScale, nodeBytes } from "./model.js";
 
 export const NODE_MIN = 3;
@@ -89,7 +89,7 @@ export function buildGraph(index, filtered, state, pal, positions) {
     const color = edgeColor(l, src, dst, state.edges);
     graph.addDirectedEdgeWithKey(String(i), l.source, l.target, {
       size: edgeSize(linkBytes(l)),
-      color: withAlpha(color, l.diff === "same" ? 0.45 : 0.7),
+      color: onBackground(color, l.diff === "same" ? 0.45 : 0.75),
       type: "arrow",
     });
   }

@@ -422,6 +422,10 @@ try {
     eq(fields, d.fields, "panel fields");
     const rows = await page.$$eval("#details table.peers tbody tr", (trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent.trim())));
     eq(rows, d.peers, "peers table");
+    for (const sel of ["#details", "#status", "#legend", "#tooltip"]) {
+      const text = await page.locator(sel).textContent();
+      ok(!/\b(null|undefined|NaN)\b/.test(text), `${sel} shows a missing value: ${text}`);
+    }
     const st = await page.evaluate(() => window.__trafficmap.stats());
     eq(st.marked, [d.id], "selection marked on the map");
     ok(page.url().includes(`sel=${encodeURIComponent(d.id)}`), `selection not in the URL: ${page.url()}`);
