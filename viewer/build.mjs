@@ -2,6 +2,7 @@
 //
 //   node build.mjs                 build into dist/
 //   node build.mjs --out DIR       build into DIR
+//   node build.mjs --dev --out DIR unminified, for profiling
 //   node build.mjs --check         build into a temporary directory and fail unless it equals
 //                                  dist/ byte for byte, and unless dist/ is self-contained
 //
@@ -19,6 +20,8 @@ import { externalReferences, listFiles } from "./bundle-refs.mjs";
 const root = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const check = args.includes("--check");
+// --dev: readable output for profiling (never committed: --check builds minified).
+const dev = args.includes("--dev") && !check;
 const outArg = args.indexOf("--out");
 const dist = join(root, "dist");
 const out = check ? mkdtempSync(join(tmpdir(), "trafficmap-viewer-")) : outArg >= 0 ? args[outArg + 1] : dist;
@@ -27,7 +30,7 @@ const hash8 = (buf) => createHash("sha256").update(buf).digest("hex").slice(0, 1
 
 const common = {
   bundle: true,
-  minify: true,
+  minify: !dev,
   format: "iife",
   target: ["chrome110", "firefox115", "safari16"],
   write: false,

@@ -4,6 +4,7 @@
 
 import "./style.css";
 import { ApiError, exportUrl, fetchDays, fetchMap } from "./api.js";
+import { CameraController } from "./camera.js";
 import { BACKGROUND, COST_COLORS, DIFF_COLORS, EDGE_CROSS_ENV, EDGE_NEUTRAL, EXTERNAL, KIND_COLORS, UNKNOWN, tint } from "./colors.js";
 import { drawGroups, groupHulls } from "./groups.js";
 import { runLayout } from "./layout-run.js";
@@ -140,6 +141,7 @@ class App {
     }
     if (seq !== this.loadSeq) return; // a newer request won
     if (problems.length) this.showBanner(`This map has ${problems.length} problem(s); the affected links are left out: ${problems[0]}`, "info");
+    else if (Array.isArray(doc.warnings) && doc.warnings.length) this.showBanner(`The collector notes: ${doc.warnings.join("; ")}`, "info");
     const index = indexMap(doc);
     this.data = { doc, index, pal: palettes(doc), query: mapQuery(s, s.day) };
     this.fillFilterLists();
@@ -204,7 +206,7 @@ class App {
       this.renderer.refresh();
       return;
     }
-    const container = $("#map");
+    const container = $("#map-view");
     const opts = {
       nodeReducer: this.reducers.nodeReducer,
       edgeReducer: this.reducers.edgeReducer,
@@ -219,7 +221,16 @@ class App {
     }
     if (!this.renderer) this.renderer = new CanvasRenderer(container, graph, opts);
     const r = this.renderer;
+    this.camera = new CameraController($("#map"), container, r);
+    this.camera.onStart = () => this.hideTooltip();
+    r.on("afterRender", () => {
+      const next = this.afterFrame;
+      this.afterFrame = null;
+      // After this frame has been composited, not inside it.
+      if (next) setTimeout(next, 0);
+    });
     r.on("enterNode", ({ node }) => {
+      if (this.camera.moving) return;
       this.hovered = node;
       this.showNodeTooltip(node);
       if (!this.focus.marked) this.refocus(false);
@@ -229,13 +240,14 @@ class App {
       this.hideTooltip();
       if (!this.focus.marked) this.refocus(false);
     });
-    r.on("clickNode", ({ node }) => this.select(node));
+    // A drag ends with a click event; it moved the map and must not change the selection.
+    r.on("clickNode", ({ node }) => this.camera.justDragged() || this.select(node));
     r.on("clickStage", () => {
-      if (this.state.sel || this.linkSel) this.select(null);
+      if (!this.camera.justDragged() && (this.state.sel || this.linkSel)) this.select(null);
     });
-    r.on("enterEdge", ({ edge }) => this.showEdgeTooltip(edge));
+    r.on("enterEdge", ({ edge }) => this.camera.moving || this.showEdgeTooltip(edge));
     r.on("leaveEdge", () => this.hideTooltip());
-    r.on("clickEdge", ({ edge }) => this.selectLink(edge));
+    r.on("clickEdge", ({ edge }) => this.camera.justDragged() || this.selectLink(edge));
   }
 
   // ---------------------------------------------------------------- layout
@@ -283,13 +295,18 @@ class App {
     this.showProgress(0, 1);
     const onMessage = (msg) => {
       if (msg.runId !== this.runId) return;
-      this.applyPositions(input.ids, msg.positions);
       this.layout.iterations = msg.iterations;
       this.layout.maxIterations = msg.maxIterations;
       if (msg.type === "progress") {
+        // Back-pressure: draw the newest positions once the previous ones are on screen, so a
+        // big map that takes long to draw does not queue up frames behind the layout.
+        this.pendingProgress = msg;
         this.showProgress(msg.iterations, msg.maxIterations);
+        if (!this.awaitingFrame) this.applyPending(input.ids);
         return;
       }
+      this.pendingProgress = null;
+      this.applyPositions(input.ids, msg.positions);
       this.layout.state = "settled";
       this.layout.millis = performance.now() - this.layout.startedAt;
       this.layout.settledAt = performance.now();
@@ -329,6 +346,18 @@ class App {
     }
   }
 
+  applyPending(ids) {
+    const msg = this.pendingProgress;
+    if (!msg || msg.runId !== this.runId) return;
+    this.pendingProgress = null;
+    this.awaitingFrame = true;
+    this.applyPositions(ids, msg.positions);
+    this.afterFrame = () => {
+      this.awaitingFrame = false;
+      this.applyPending(ids);
+    };
+  }
+
   applyPositions(ids, pos) {
     const graph = this.scene.graph;
     if (graph.order !== ids.length) return;
@@ -345,7 +374,7 @@ class App {
       { attributes: ["x", "y"] },
     );
     this.hulls = groupHulls(graph, this.groupOf);
-    this.renderer.refresh();
+    this.renderer.refreshPositions();
   }
 
   markReady() {
@@ -384,7 +413,23 @@ class App {
     }
     this.renderer?.refresh();
     this.updateSearchResults();
-    if (reframe && marked?.length) this.renderer.focusNodes([...this.focus.focus]);
+    if (reframe && marked?.length) this.focusNodes([...this.focus.focus]);
+  }
+
+  /** Animates the camera to frame the given nodes (a search result, a selection). */
+  focusNodes(nodes, duration = 400) {
+    let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
+    for (const n of nodes) {
+      const d = this.renderer.nodeDisplay(n);
+      if (!d) continue;
+      minX = Math.min(minX, d.x);
+      maxX = Math.max(maxX, d.x);
+      minY = Math.min(minY, d.y);
+      maxY = Math.max(maxY, d.y);
+    }
+    if (!Number.isFinite(minX)) return Promise.resolve();
+    const ratio = Math.min(1, Math.max(0.08, Math.max(maxX - minX, maxY - minY) * 1.4));
+    return this.camera.animateTo({ x: (minX + maxX) / 2, y: (minY + maxY) / 2, ratio }, duration);
   }
 
   select(id, reframe = false) {
@@ -455,9 +500,9 @@ class App {
     search.addEventListener("keydown", (e) => this.onSearchKey(e));
     search.addEventListener("blur", () => setTimeout(() => ($("#search-results").hidden = true), 150));
     search.addEventListener("focus", () => this.updateSearchResults());
-    $("#zoom-in").addEventListener("click", () => this.renderer?.zoom(1.5));
-    $("#zoom-out").addEventListener("click", () => this.renderer?.zoom(1 / 1.5));
-    $("#zoom-reset").addEventListener("click", () => this.renderer?.reset());
+    $("#zoom-in").addEventListener("click", () => this.camera?.zoom(1.5));
+    $("#zoom-out").addEventListener("click", () => this.camera?.zoom(1 / 1.5));
+    $("#zoom-reset").addEventListener("click", () => this.camera?.reset());
     $("#export-png").addEventListener("click", () => this.exportImage("png"));
     $("#export-svg").addEventListener("click", () => this.exportImage("svg"));
     $("#copy-link").addEventListener("click", () => this.copyLink());
@@ -643,7 +688,7 @@ class App {
       return;
     }
     if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
-    const r = this.renderer;
+    const r = this.camera;
     const onMap = t === $("#map") || t === document.body;
     switch (e.key) {
       case "/":
@@ -663,7 +708,7 @@ class App {
         r?.reset();
         break;
       case "f":
-        if (this.focus.focus) r?.focusNodes([...this.focus.focus]);
+        if (this.focus.focus) this.focusNodes([...this.focus.focus]);
         break;
       case "[":
         this.stepDay(+1);
@@ -765,6 +810,9 @@ class App {
     const n = index.byId.get(id);
     const row = (field, label, value) => (value === null || value === undefined || value === "" ? null : [h("dt", {}, label), h("dd", { "data-field": field }, value)]);
     const instance = n.instance_id ? [n.instance_id, n.instance_type, n.availability_zone, n.lifecycle].filter(Boolean).join(" · ") : null;
+    // Optional fields of newer collectors (labels, region, agent health) show when present.
+    const labels = n.labels && Object.keys(n.labels).length ? Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", ") : null;
+    const health = n.health ? `${fmtCount(n.health.reports)} reports${n.health.probe_drops ? ` · ${fmtCount(n.health.probe_drops)} probe drops (bytes may be low)` : ""}${n.health.spool_dropped ? ` · ${fmtCount(n.health.spool_dropped)} reports lost` : ""}` : null;
     const shown = this.scene.graph.hasNode(id);
     const peers = peersOf(index, id, shown ? this.filtered.links : null);
     const self = index.selfLinks.filter((l) => l.source === id);
@@ -780,6 +828,8 @@ class App {
         row("archdomain", "Archdomain", n.archdomain),
         row("addresses", "Addresses", n.addresses.join(", ")),
         row("instance", "Instance", instance),
+        row("region", "Region", n.region && !(n.availability_zone ?? "").startsWith(n.region) ? n.region : null),
+        row("labels", "Labels", labels),
         row("price", "Price", n.price_per_hour === null ? null : `${fmtUsd(n.price_per_hour)}/h`),
         row("members", "Members", n.members > 1 || n.kind === "cluster" || n.kind === "security_group" ? fmtCount(n.members) : null),
         row("security_groups", "Security groups", n.security_groups.join(", ")),
@@ -789,6 +839,7 @@ class App {
         row("bytes_out", "Bytes out", fmtBytes(n.bytes_out)),
         row("connections", "Connections", fmtCount(n.connections)),
         row("cost", "Transfer cost", fmtUsd(n.cost_usd)),
+        row("health", "Agent", health),
         self.length ? row("internal", "Internal traffic", `${fmtBytes(self.reduce((a, l) => a + linkBytes(l), 0))} (inside the group, not drawn)`) : null,
       ),
       h("h3", {}, `Peers (${peers.length})`),
@@ -832,6 +883,7 @@ class App {
         row("observed_by", "Observed by", { both: "both agents", client: "client's agent only", server: "server's agent only", mixed: "mixed (summed links)" }[l.observed_by] ?? l.observed_by),
         row("disagreement", "Disagreement", l.observed_by === "both" ? fmtBytes(l.disagreement_bytes) : null),
         row("cost", "Transfer cost", `${fmtUsd(l.cost_usd)} (${l.cost_kind.replace("_", "-")})`),
+        row("seen", "Seen", l.first_seen && l.last_seen ? `${l.first_seen.replace("T", " ").replace("Z", "")} – ${l.last_seen.replace("T", " ").replace("Z", "")} UTC` : null),
         l.diff ? row("diff", "Change", diffText(l)) : null,
       ),
     );
@@ -946,6 +998,8 @@ class App {
 
   showBanner(text, kind = "error") {
     const b = $("#banner");
+    b.title = "Click to dismiss";
+    b.onclick = () => this.hideBanner();
     b.textContent = text;
     b.className = `banner ${kind === "info" ? "info" : ""}`;
     b.hidden = false;
@@ -1071,9 +1125,17 @@ class App {
       nodeIds: () => (app.scene ? app.scene.graph.nodes() : []),
       edgeEnds: () => (app.scene ? app.scene.graph.mapEdges((_, __, s, t) => [s, t]) : []),
       /** Camera moves for the benchmark and the tests. */
-      zoom: (f, ms) => app.renderer.zoom(f, ms),
-      pan: (dx, dy, ms) => app.renderer.panBy(dx, dy, ms),
-      reset: (ms) => app.renderer.reset(ms),
+      zoom: (f, ms) => app.camera.zoom(f, ms),
+      pan: (dx, dy, ms) => app.camera.panBy(dx, dy, ms),
+      reset: (ms) => app.camera.reset(ms),
+      camera: () => ({ ...app.camera.state(), moving: app.camera.moving, frameMs: app.camera.frameMs }),
+      /** Milliseconds of one full refresh (data processing and drawing), for diagnostics. */
+      timeRefresh() {
+        const t = performance.now();
+        if (app.renderer.kind === "webgl") app.renderer.sigma.refresh();
+        else app.renderer.render();
+        return performance.now() - t;
+      },
       select: (id) => app.select(id, false),
       defaults: DEFAULTS,
     };

@@ -3,6 +3,8 @@
 // colours, arrow heads and labels. Drawing goes through a small target interface with a
 // Canvas 2D and an SVG implementation.
 
+const CHUNK = 2000; // segments or triangles per path
+
 const LABEL_FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
 
 /** Canvas 2D target. Lines and arrow heads are batched per colour and width: one path each. */
@@ -17,26 +19,34 @@ export class CanvasTarget {
       const [color, width] = key.split("|");
       ctx.strokeStyle = color;
       ctx.lineWidth = Number(width);
-      ctx.beginPath();
-      for (let i = 0; i < coords.length; i += 4) {
-        ctx.moveTo(coords[i], coords[i + 1]);
-        ctx.lineTo(coords[i + 2], coords[i + 3]);
+      for (let start = 0; start < coords.length; start += 4 * CHUNK) {
+        ctx.beginPath();
+        const end = Math.min(coords.length, start + 4 * CHUNK);
+        for (let i = start; i < end; i += 4) {
+          ctx.moveTo(coords[i], coords[i + 1]);
+          ctx.lineTo(coords[i + 2], coords[i + 3]);
+        }
+        ctx.stroke();
       }
-      ctx.stroke();
     }
   }
   triangles(batches) {
     const { ctx } = this;
     for (const [color, coords] of batches) {
       ctx.fillStyle = color;
-      ctx.beginPath();
-      for (let i = 0; i < coords.length; i += 6) {
-        ctx.moveTo(coords[i], coords[i + 1]);
-        ctx.lineTo(coords[i + 2], coords[i + 3]);
-        ctx.lineTo(coords[i + 4], coords[i + 5]);
-        ctx.closePath();
+      // fill() closes each subpath itself; closePath() on tens of thousands of subpaths in one
+      // path is quadratic in Skia (seconds per frame at 50k arrow heads). Paths are also cut
+      // into chunks to keep each one small.
+      for (let start = 0; start < coords.length; start += 6 * CHUNK) {
+        ctx.beginPath();
+        const end = Math.min(coords.length, start + 6 * CHUNK);
+        for (let i = start; i < end; i += 6) {
+          ctx.moveTo(coords[i], coords[i + 1]);
+          ctx.lineTo(coords[i + 2], coords[i + 3]);
+          ctx.lineTo(coords[i + 4], coords[i + 5]);
+        }
+        ctx.fill();
       }
-      ctx.fill();
     }
   }
   circle(x, y, r, fill, border, borderWidth) {

@@ -6,7 +6,6 @@ import { BACKGROUND } from "./colors.js";
 import { CanvasTarget, paintGraph } from "./paint.js";
 
 const PADDING = 40;
-const CLICK_TOLERANCE = 4;
 
 export class CanvasRenderer {
   constructor(container, graph, { nodeReducer, edgeReducer, drawOverlay }) {
@@ -44,8 +43,13 @@ export class CanvasRenderer {
     this.bbox = { cx: (minX + maxX) / 2, cy: (minY + maxY) / 2, size: Math.max(maxX - minX, maxY - minY, 1e-9) };
   }
 
+  /** Container size, read once per frame: reading clientWidth per node forces style work. */
   getDimensions() {
-    return { width: this.container.clientWidth, height: this.container.clientHeight };
+    if (!this.dims) {
+      this.dims = { width: this.container.clientWidth, height: this.container.clientHeight };
+      requestAnimationFrame(() => (this.dims = null));
+    }
+    return this.dims;
   }
 
   fitPx() {
@@ -53,12 +57,25 @@ export class CanvasRenderer {
     return Math.max(Math.min(width, height) - 2 * PADDING, 10);
   }
 
-  graphToViewport(p) {
+  /** Framed coordinates: the unit square around the graph's bounding box, as sigma's. */
+  toFramed(p) {
+    return { x: 0.5 + (p.x - this.bbox.cx) / this.bbox.size, y: 0.5 + (p.y - this.bbox.cy) / this.bbox.size };
+  }
+
+  framedToViewport(n, state = this.camera) {
     const { width, height } = this.getDimensions();
-    const k = this.fitPx() / this.camera.ratio;
-    const nx = 0.5 + (p.x - this.bbox.cx) / this.bbox.size;
-    const ny = 0.5 + (p.y - this.bbox.cy) / this.bbox.size;
-    return { x: (nx - this.camera.x) * k + width / 2, y: -(ny - this.camera.y) * k + height / 2 };
+    const k = this.fitPx() / state.ratio;
+    return { x: (n.x - state.x) * k + width / 2, y: -(n.y - state.y) * k + height / 2 };
+  }
+
+  viewportToFramed(v, state = this.camera) {
+    const { width, height } = this.getDimensions();
+    const k = this.fitPx() / state.ratio;
+    return { x: state.x + (v.x - width / 2) / k, y: state.y - (v.y - height / 2) / k };
+  }
+
+  graphToViewport(p) {
+    return this.framedToViewport(this.toFramed(p));
   }
 
   viewportToGraph(p) {
@@ -66,10 +83,8 @@ export class CanvasRenderer {
     return { x: (n.x - 0.5) * this.bbox.size + this.bbox.cx, y: (n.y - 0.5) * this.bbox.size + this.bbox.cy };
   }
 
-  viewportToFramed(p) {
-    const { width, height } = this.getDimensions();
-    const k = this.fitPx() / this.camera.ratio;
-    return { x: this.camera.x + (p.x - width / 2) / k, y: this.camera.y - (p.y - height / 2) / k };
+  getCamera() {
+    return { ...this.camera };
   }
 
   scaleSize(size) {
@@ -80,13 +95,26 @@ export class CanvasRenderer {
     return this.camera.ratio;
   }
 
+  setCamera(state) {
+    Object.assign(this.camera, state);
+    this.scheduleRender();
+  }
+
   on(event, fn) {
     if (!this.listeners.has(event)) this.listeners.set(event, []);
     this.listeners.get(event).push(fn);
   }
 
+  once(event, fn) {
+    const wrapped = (payload) => {
+      this.listeners.set(event, (this.listeners.get(event) ?? []).filter((f) => f !== wrapped));
+      fn(payload);
+    };
+    this.on(event, wrapped);
+  }
+
   emit(event, payload) {
-    for (const fn of this.listeners.get(event) ?? []) fn(payload);
+    for (const fn of (this.listeners.get(event) ?? []).slice()) fn(payload);
   }
 
   scheduleRender() {
@@ -116,8 +144,6 @@ export class CanvasRenderer {
       height,
       nodeReducer: this.nodeReducer,
       edgeReducer: this.edgeReducer,
-      // Like sigma's hideEdgesOnMove: 50k canvas strokes per frame would make dragging crawl.
-      skipEdges: this.dragging?.moved && this.graph.size > 20000,
     });
     this.frames++;
     this.emit("afterRender", {});
@@ -136,56 +162,7 @@ export class CanvasRenderer {
     if (!this.graph.hasNode(node)) return undefined;
     const a = this.graph.getNodeAttributes(node);
     const d = this.nodeReducer ? this.nodeReducer(node, a) : a;
-    return { ...d, x: 0.5 + (a.x - this.bbox.cx) / this.bbox.size, y: 0.5 + (a.y - this.bbox.cy) / this.bbox.size };
-  }
-
-  animate(target, duration) {
-    const from = { ...this.camera };
-    const start = performance.now();
-    cancelAnimationFrame(this.anim);
-    return new Promise((resolve) => {
-      const step = () => {
-        const t = duration > 0 ? Math.min(1, (performance.now() - start) / duration) : 1;
-        const e = t < 0.5 ? 2 * t * t : 1 - (-2 * t + 2) ** 2 / 2;
-        for (const k of Object.keys(target)) this.camera[k] = from[k] + (target[k] - from[k]) * e;
-        this.scheduleRender();
-        if (t < 1) this.anim = requestAnimationFrame(step);
-        else resolve();
-      };
-      step();
-    });
-  }
-
-  clampRatio(r) {
-    return Math.min(8, Math.max(0.02, r));
-  }
-
-  zoom(factor, duration = 200) {
-    return this.animate({ ratio: this.clampRatio(this.camera.ratio / factor) }, duration);
-  }
-
-  reset(duration = 300) {
-    return this.animate({ x: 0.5, y: 0.5, ratio: 1 }, duration);
-  }
-
-  panBy(dx, dy, duration = 0) {
-    const k = this.fitPx() / this.camera.ratio;
-    return this.animate({ x: this.camera.x + dx / k, y: this.camera.y - dy / k }, duration);
-  }
-
-  focusNodes(nodes, duration = 400) {
-    let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
-    for (const n of nodes) {
-      const d = this.nodeDisplay(n);
-      if (!d) continue;
-      minX = Math.min(minX, d.x);
-      maxX = Math.max(maxX, d.x);
-      minY = Math.min(minY, d.y);
-      maxY = Math.max(maxY, d.y);
-    }
-    if (!Number.isFinite(minX)) return Promise.resolve();
-    const ratio = Math.min(1, Math.max(0.08, Math.max(maxX - minX, maxY - minY) * 1.4));
-    return this.animate({ x: (minX + maxX) / 2, y: (minY + maxY) / 2, ratio }, duration);
+    return { ...d, ...this.toFramed(a) };
   }
 
   /** The topmost node under a viewport point, if any. */
@@ -212,48 +189,16 @@ export class CanvasRenderer {
       const r = c.getBoundingClientRect();
       return { x: e.clientX - r.left, y: e.clientY - r.top };
     };
-    c.addEventListener("wheel", (e) => {
-      e.preventDefault();
-      const p = local(e);
-      const before = this.viewportToFramed(p);
-      this.camera.ratio = this.clampRatio(this.camera.ratio * (e.deltaY > 0 ? 1.25 : 0.8));
-      const after = this.viewportToFramed(p);
-      this.camera.x += before.x - after.x;
-      this.camera.y += before.y - after.y;
-      this.scheduleRender();
-    }, { passive: false });
-    c.addEventListener("mousedown", (e) => {
-      this.dragging = { start: local(e), last: local(e), moved: false };
-    });
-    this.onMouseUp = (e) => {
-      const d = this.dragging;
-      this.dragging = null;
-      if (!d) return;
-      if (d.moved) {
-        this.scheduleRender();
-        return;
-      }
+    // Panning and zooming are camera.js's; here only hover and click.
+    c.addEventListener("click", (e) => {
       const p = local(e);
       const node = this.nodeAt(p.x, p.y);
       if (node) this.emit("clickNode", { node, event: e });
       else this.emit("clickStage", { event: e });
-    };
-    // On window: a drag that ends outside the canvas must still end.
-    window.addEventListener("mouseup", this.onMouseUp);
+    });
     c.addEventListener("mousemove", (e) => {
+      if (e.buttons) return;
       const p = local(e);
-      const d = this.dragging;
-      if (d) {
-        if (Math.hypot(p.x - d.start.x, p.y - d.start.y) > CLICK_TOLERANCE) d.moved = true;
-        if (d.moved) {
-          const k = this.fitPx() / this.camera.ratio;
-          this.camera.x -= (p.x - d.last.x) / k;
-          this.camera.y += (p.y - d.last.y) / k;
-          d.last = p;
-          this.scheduleRender();
-        }
-        return;
-      }
       const node = this.nodeAt(p.x, p.y);
       if (node !== this.hovered) {
         if (this.hovered) this.emit("leaveNode", { node: this.hovered });
@@ -269,13 +214,12 @@ export class CanvasRenderer {
   }
 
   resize() {
+    this.dims = null;
     this.scheduleRender();
   }
 
   kill() {
     cancelAnimationFrame(this.pending);
-    cancelAnimationFrame(this.anim);
-    window.removeEventListener("mouseup", this.onMouseUp);
     this.canvas.remove();
     this.listeners.clear();
   }

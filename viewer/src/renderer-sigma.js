@@ -47,6 +47,9 @@ export class SigmaRenderer {
       labelDensity: 0.6,
       minCameraRatio: 0.02,
       maxCameraRatio: 8,
+      // Panning and zooming are done by camera.js (bitmap motion, one redraw at the end).
+      enableCameraPanning: false,
+      enableCameraZooming: false,
       stagePadding: 40,
     });
     this.overlay = this.sigma.createCanvas("groups", { beforeLayer: "edges" });
@@ -85,10 +88,8 @@ export class SigmaRenderer {
     this.sigma.refresh();
   }
 
-  /** Positions changed (layout progress): re-index without re-processing settings. */
-  refreshPositions() {
-    this.sigma.refresh({ skipIndexation: false });
-  }
+  /** Positions changed (layout progress): sigma listens to the graph and has scheduled it. */
+  refreshPositions() {}
 
   graphToViewport(p) {
     return this.sigma.graphToViewport(p);
@@ -111,47 +112,35 @@ export class SigmaRenderer {
     return this.sigma.getNodeDisplayData(node);
   }
 
-  zoom(factor, duration = 200) {
-    const cam = this.sigma.getCamera();
-    return cam.animate({ ratio: cam.getState().ratio / factor }, { duration });
+  getCamera() {
+    const { x, y, ratio } = this.sigma.getCamera().getState();
+    return { x, y, ratio };
   }
 
-  reset(duration = 300) {
-    return this.sigma.getCamera().animatedReset({ duration });
+  framedToViewport(p, state) {
+    return this.sigma.framedGraphToViewport(p, { cameraState: { angle: 0, ...state } });
   }
 
-  /** Pans by a number of pixels. */
-  panBy(dx, dy, duration = 0) {
-    const cam = this.sigma.getCamera();
-    const { width, height } = this.sigma.getDimensions();
-    const a = this.sigma.viewportToFramedGraph({ x: width / 2, y: height / 2 });
-    const b = this.sigma.viewportToFramedGraph({ x: width / 2 + dx, y: height / 2 + dy });
-    const s = cam.getState();
-    const next = { x: s.x + (b.x - a.x), y: s.y + (b.y - a.y) };
-    if (duration) return cam.animate(next, { duration });
-    cam.setState(next);
-    return Promise.resolve();
+  viewportToFramed(v, state) {
+    return this.sigma.viewportToFramedGraph(v, { cameraState: { angle: 0, ...state } });
   }
 
-  /** Frames the given nodes (the search result or a selection with its neighbours). */
-  focusNodes(nodes, duration = 400) {
-    if (!nodes.length) return Promise.resolve();
-    let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
-    for (const n of nodes) {
-      const d = this.sigma.getNodeDisplayData(n);
-      if (!d) continue;
-      minX = Math.min(minX, d.x);
-      maxX = Math.max(maxX, d.x);
-      minY = Math.min(minY, d.y);
-      maxY = Math.max(maxY, d.y);
-    }
-    if (!Number.isFinite(minX)) return Promise.resolve();
-    const ratio = Math.min(1, Math.max(0.08, Math.max(maxX - minX, maxY - minY) * 1.4));
-    return this.sigma.getCamera().animate({ x: (minX + maxX) / 2, y: (minY + maxY) / 2, ratio }, { duration });
+  once(event, fn) {
+    this.sigma.once(event, fn);
   }
 
   cameraRatio() {
     return this.sigma.getCamera().getState().ratio;
+  }
+
+  /** Sets the camera at once (x, y in the unit square framing the graph; ratio 1 = all). */
+  setCamera(state) {
+    // Sigma's camera refuses changes while its own panning and zooming are off (they are, so
+    // that its mouse handling leaves the camera to camera.js): lift that for this call.
+    const cam = this.sigma.getCamera();
+    cam.enabledPanning = cam.enabledZooming = true;
+    cam.setState(state);
+    cam.enabledPanning = cam.enabledZooming = false;
   }
 
   resize() {

@@ -529,6 +529,28 @@ try {
     await shot(page, "12-from-url");
   });
 
+  await step("mouse: drag pans, wheel zooms, a drag keeps the selection", async () => {
+    const d = expect.details;
+    await open(page, base, `sel=${encodeURIComponent(d.id)}`);
+    const box = await page.locator("#map").boundingBox();
+    const c0 = await page.evaluate(() => window.__trafficmap.camera());
+    await page.mouse.move(box.x + 40, box.y + box.height - 40);
+    await page.mouse.down();
+    for (let i = 1; i <= 10; i++) await page.mouse.move(box.x + 40 + 20 * i, box.y + box.height - 40 - 10 * i);
+    await page.mouse.up();
+    await page.waitForFunction(() => !window.__trafficmap.camera().moving);
+    const c1 = await page.evaluate(() => window.__trafficmap.camera());
+    ok(c1.x < c0.x && c1.y < c0.y && c1.ratio === c0.ratio, `dragging right and up moves the camera left and down: ${JSON.stringify([c0, c1])}`);
+    eq((await page.evaluate(() => window.__trafficmap.state())).sel, d.id, "selection after a drag");
+    eq(await page.locator("#map-view").evaluate((el) => el.style.transform), "", "no bitmap transform left after the motion");
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    for (let i = 0; i < 5; i++) await page.mouse.wheel(0, -100);
+    await page.waitForFunction(() => !window.__trafficmap.camera().moving);
+    const c2 = await page.evaluate(() => window.__trafficmap.camera());
+    ok(c2.ratio < c1.ratio * 0.5, `wheel zooms in: ratio ${c1.ratio} -> ${c2.ratio}`);
+    await shot(page, "12b-after-drag-and-wheel");
+  });
+
   await step("keyboard: views, zoom, grouping, help, focusable controls", async () => {
     await open(page, base);
     await page.locator("#map").focus();
