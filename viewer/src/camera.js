@@ -175,7 +175,8 @@ export class CameraController {
       const b = this.renderer.viewportToFramed(p, s);
       d.last = p;
       this.move({ x: s.x - (b.x - a.x), y: s.y - (b.y - a.y), ratio: s.ratio });
-    });
+      // Capture phase: sigma stops the propagation of the mouse events on its canvases.
+    }, { capture: true });
     this.on(window, "mouseup", () => {
       const d = this.drag;
       this.drag = null;
@@ -183,7 +184,7 @@ export class CameraController {
         this.dragEndedAt = performance.now();
         this.commit();
       }
-    });
+    }, { capture: true });
   }
 
   kill() {
