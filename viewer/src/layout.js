@@ -124,6 +124,8 @@ export class Layout {
     this.sizes = sizes ?? null;
     this.viewport = viewport ?? null;
     this.spreadDone = 0;
+    this.lastRepack = 0;
+    this.repackShift = 0;
     const n = ids.length;
     this.n = n;
     this.groupCount = groupCount;
@@ -215,8 +217,11 @@ export class Layout {
       barnesHutOptimize: n > 400,
       barnesHutTheta: 1.0,
     };
-    this.repackAt = groupCount > 1 ? new Set([30, 80, 140]) : new Set();
     this.maxIterations = Math.round(Math.min(1500, Math.max(300, 60000 / Math.sqrt(n + src.length + 1))));
+    // Groups keep growing while FA2 expands: re-pack every 40 iterations, the last time 40
+    // before the cap, so that the end state is packed.
+    this.repackAt = new Set();
+    if (groupCount > 1) for (let i = 30; i <= this.maxIterations - 40; i += 40) this.repackAt.add(i);
   }
 
   /**
@@ -262,8 +267,8 @@ export class Layout {
   converged() {
     if (this.n === 0) return true;
     if (this.iterations >= this.maxIterations) return true;
-    const lastRepack = this.repackAt.size ? Math.max(...this.repackAt) : 0;
-    return this.iterations >= Math.max(MIN_ITERATIONS, lastRepack + 20) && this.calm >= 15;
+    // Calm since the last re-pack, and that re-pack hardly moved the groups.
+    return this.iterations >= Math.max(MIN_ITERATIONS, this.lastRepack + 20) && this.calm >= 15 && this.repackShift < 0.05;
   }
 
   settled() {
@@ -292,6 +297,15 @@ export class Layout {
     const spacing = spacings.length ? spacings[spacings.length >> 1] : this.unit;
     const radii = rms.map((r) => 1.5 * r + 1.5 * spacing);
     const next = packGroups(radii, this.breakBefore, 2.5 * spacing);
+    // How far the groups moved, relative to the packing's size: small once the layout is stable.
+    let shift = 0;
+    let size = 1e-9;
+    for (let g = 0; g < groupCount; g++) {
+      shift = Math.max(shift, Math.hypot(next[2 * g] - this.anchors[2 * g], next[2 * g + 1] - this.anchors[2 * g + 1]));
+      size = Math.max(size, Math.abs(next[2 * g]) + radii[g], Math.abs(next[2 * g + 1]) + radii[g]);
+    }
+    this.repackShift = shift / size;
+    this.lastRepack = this.iterations;
     // Move members with their anchor so the re-pack does not tear groups apart.
     for (let i = 0; i < n; i++) {
       const g = group[i];

@@ -12,7 +12,7 @@ import { addDays, applyFilters, archTree, compareGroups, diffMaps, envList, fmtB
 import { CanvasTarget, SvgTarget, paintGraph } from "./paint.js";
 import { CanvasRenderer } from "./renderer-canvas.js";
 import { SigmaRenderer, webglAvailable } from "./renderer-sigma.js";
-import { buildGraph, makeReducers, palettes, NODE_MAX, NODE_MIN, EDGE_MAX, EDGE_MIN } from "./scene.js";
+import { buildGraph, makeReducers, palettes, EDGE_MAX, EDGE_MIN } from "./scene.js";
 import { DEFAULTS, mapQuery, parseState, serializeState } from "./state.js";
 
 /* global __WORKER_URL__ */
@@ -175,7 +175,8 @@ class App {
     const known = this.positions.get(s.view);
     // While a layout runs, the graph holds fresher positions than the cache.
     if (this.scene && this.layout.state === "running") this.scene.graph.forEachNode((id, a) => known.set(id, [a.x, a.y]));
-    this.scene = buildGraph(index, this.filtered, s, pal, known);
+    const frame = $("#map");
+    this.scene = buildGraph(index, this.filtered, s, pal, known, { width: frame.clientWidth, height: frame.clientHeight });
     const grouping = { mode: s.group, level: s.level, splitEnv: s.split };
     this.groupOf = new Map();
     for (const id of this.filtered.nodes) {
@@ -212,14 +213,20 @@ class App {
       edgeReducer: this.reducers.edgeReducer,
       drawOverlay: (ctx, r) => this.hulls.length && drawGroups(new CanvasTarget(ctx), this.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.data.pal),
     };
-    if (this.state.renderer !== "canvas" && webglAvailable()) {
+    const gl = webglAvailable();
+    // Software WebGL (SwiftShader, llvmpipe) draws slower than Canvas 2D: use WebGL only on a
+    // real GPU, unless the URL asks for it (renderer=webgl).
+    if (this.state.renderer === "webgl" ? gl.available : this.state.renderer === "auto" && gl.available && !gl.software) {
       try {
         this.renderer = new SigmaRenderer(container, graph, opts);
       } catch (e) {
         console.warn("WebGL renderer failed, using the canvas renderer:", e);
       }
     }
-    if (!this.renderer) this.renderer = new CanvasRenderer(container, graph, opts);
+    if (!this.renderer) {
+      this.rendererWhy = !gl.available ? "Canvas 2D (no WebGL)" : gl.software ? "Canvas 2D (WebGL is software-only here)" : "Canvas 2D";
+      this.renderer = new CanvasRenderer(container, graph, opts);
+    }
     const r = this.renderer;
     this.camera = new CameraController($("#map"), container, r);
     this.camera.onStart = () => this.hideTooltip();
@@ -352,9 +359,14 @@ class App {
     this.pendingProgress = null;
     this.awaitingFrame = true;
     this.applyPositions(ids, msg.positions);
+    // The next update waits for this one to be drawn, and then for twice as long as drawing
+    // took, so that drawing a big map leaves the worker most of the machine.
+    const t0 = performance.now();
     this.afterFrame = () => {
-      this.awaitingFrame = false;
-      this.applyPending(ids);
+      setTimeout(() => {
+        this.awaitingFrame = false;
+        this.applyPending(ids);
+      }, Math.max(100, 2 * (performance.now() - t0)));
     };
   }
 
@@ -928,8 +940,8 @@ class App {
     const sc = this.scene.scales;
     parts.push(h("h3", {}, "Size and width (log scale)"));
     if (Number.isFinite(sc.node[0])) {
-      parts.push(item(dot("#c9ced6", "#9aa3af", NODE_MIN / 1.5), `node: ${fmtBytes(sc.node[0])} in+out`));
-      parts.push(item(dot("#c9ced6", "#9aa3af", NODE_MAX / 1.5), `node: ${fmtBytes(sc.node[1])}`));
+      parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(1.5, sc.nodeSize(sc.node[0]))), `node: ${fmtBytes(sc.node[0])} in+out`));
+      parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(3, sc.nodeSize(sc.node[1]))), `node: ${fmtBytes(sc.node[1])}`));
     }
     if (Number.isFinite(sc.edge[0])) {
       parts.push(item(line(EDGE_NEUTRAL, EDGE_MIN, true), `link: ${fmtBytes(sc.edge[0])}`));
@@ -981,7 +993,7 @@ class App {
     }
     const lay = this.layout;
     items.push(h("span", {}, lay.state === "running" ? "layout running…" : lay.state === "settled" ? `layout settled in ${(lay.millis / 1000).toFixed(1)} s (${lay.iterations} iterations)` : ""));
-    items.push(h("span", { style: "margin-left:auto" }, this.renderer?.kind === "webgl" ? "WebGL" : "Canvas 2D (no WebGL)"));
+    items.push(h("span", { style: "margin-left:auto", id: "renderer-kind" }, this.renderer?.kind === "webgl" ? "WebGL" : this.rendererWhy ?? "Canvas 2D"));
     st.replaceChildren(...items);
   }
 
@@ -1138,6 +1150,9 @@ class App {
       },
       select: (id) => app.select(id, false),
       defaults: DEFAULTS,
+      get nodeSizeShrink() {
+        return app.scene?.scales.shrink ?? 1;
+      },
     };
   }
 }

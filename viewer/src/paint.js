@@ -229,10 +229,15 @@ export function paintGraph(target, graph, view) {
       .filter((n) => n.d.label && (n.d.forceLabel || n.r >= labelThreshold) && inView(n.x, n.y, 0))
       .sort((p, q) => (q.d.forceLabel ? 1 : 0) - (p.d.forceLabel ? 1 : 0) || q.r - p.r);
     const placed = [];
+    // Like sigma's label grid: at most one unforced label per cell, so dense maps stay legible.
+    const cells = new Set();
     for (const n of cand) {
+      const cell = `${Math.floor(n.x / 160)},${Math.floor(n.y / 48)}`;
+      if (!n.d.forceLabel && cells.has(cell)) continue;
       const w = target.measure(n.d.label, 12, "500");
       const box = [n.x + n.r + 3, n.y - 8, n.x + n.r + 3 + w, n.y + 8];
       if (!n.d.forceLabel && placed.some((b) => box[0] < b[2] && box[2] > b[0] && box[1] < b[3] && box[3] > b[1])) continue;
+      cells.add(cell);
       placed.push(box);
       target.text(box[0], n.y, n.d.label, { size: 12, color: "#1f2937", halo: "#ffffffd0" });
       labelsDrawn++;

@@ -16,13 +16,21 @@ const NodeProgram = createNodeBorderProgram({
 // Bigger heads than sigma's defaults: direction must read on thin edges too.
 const ArrowProgram = createEdgeArrowProgram({ lengthToThicknessRatio: 4, widenessToThicknessRatio: 3 });
 
-/** Whether this browser gives us a WebGL context (headless Chromium without GPU uses SwiftShader). */
+/**
+ * Whether this browser gives us WebGL, and whether it is a software implementation (Chromium
+ * without a GPU falls back to SwiftShader; Mesa without one to llvmpipe).
+ */
 export function webglAvailable() {
   try {
     const c = document.createElement("canvas");
-    return !!(c.getContext("webgl2") || c.getContext("webgl"));
+    const gl = c.getContext("webgl2") || c.getContext("webgl");
+    if (!gl) return { available: false, software: false };
+    const info = gl.getExtension("WEBGL_debug_renderer_info");
+    const name = info ? String(gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : "";
+    gl.getExtension("WEBGL_lose_context")?.loseContext();
+    return { available: true, software: /swiftshader|llvmpipe|softpipe|software/i.test(name), name };
   } catch {
-    return false;
+    return { available: false, software: false };
   }
 }
 

@@ -39,7 +39,7 @@ function edgeColor(l, src, dst, mode) {
  * that a node stays where users saw it yesterday); others start at the origin until the layout
  * places them.
  */
-export function buildGraph(index, filtered, state, pal, positions) {
+export function buildGraph(index, filtered, state, pal, positions, viewport) {
   const graph = new Graph({ type: "directed", multi: false, allowSelfLoops: false });
   let nLo = Infinity, nHi = 0, eLo = Infinity, eHi = 0;
   for (const id of filtered.nodes) {
@@ -54,7 +54,14 @@ export function buildGraph(index, filtered, state, pal, positions) {
     eLo = Math.min(eLo, b);
     eHi = Math.max(eHi, b);
   }
-  const nodeSize = logScale(Number.isFinite(nLo) ? nLo : 1, nHi, NODE_MIN, NODE_MAX);
+  // Crowded maps get smaller circles: at the whole-map zoom, circles cover at most about a
+  // fifth of the viewport (their size grows as one zooms in).
+  const view = viewport ?? { width: 1000, height: 700 };
+  const raw = logScale(Number.isFinite(nLo) ? nLo : 1, nHi, NODE_MIN, NODE_MAX);
+  let area = 0;
+  for (const id of filtered.nodes) area += Math.PI * raw(nodeBytes(index.byId.get(id))) ** 2;
+  const shrink = Math.min(1, Math.sqrt((0.2 * view.width * view.height) / Math.max(area, 1)));
+  const nodeSize = (b) => Math.max(1.2, raw(b) * shrink);
   const edgeSize = logScale(Number.isFinite(eLo) ? eLo : 1, eHi, EDGE_MIN, EDGE_MAX);
   for (const id of filtered.nodes) {
     const n = index.byId.get(id);
@@ -95,7 +102,7 @@ export function buildGraph(index, filtered, state, pal, positions) {
   }
   return {
     graph,
-    scales: { node: [nLo, nHi], edge: [eLo, eHi], nodeSize, edgeSize },
+    scales: { node: [nLo, nHi], edge: [eLo, eHi], nodeSize, edgeSize, shrink },
   };
 }
 

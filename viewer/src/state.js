@@ -24,7 +24,7 @@ export const DEFAULTS = Object.freeze({
   color: "env", // env | archdomain | kind
   edges: "traffic", // traffic | crossenv | cost
   changes: false, // diff: hide unchanged links
-  renderer: "auto", // auto | canvas
+  renderer: "auto", // auto (WebGL on a GPU, else canvas) | webgl | canvas
 });
 
 const DAY_RE = /^\d{4}-\d{2}-\d{2}$/;
@@ -63,7 +63,7 @@ export function parseState(search) {
     color: oneOf(get("color"), ["env", "archdomain", "kind"], DEFAULTS.color),
     edges: oneOf(get("edges"), ["traffic", "crossenv", "cost"], DEFAULTS.edges),
     changes: get("changes") === "1",
-    renderer: oneOf(get("renderer"), ["auto", "canvas"], DEFAULTS.renderer),
+    renderer: oneOf(get("renderer"), ["auto", "webgl", "canvas"], DEFAULTS.renderer),
   };
 }
 

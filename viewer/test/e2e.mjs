@@ -196,8 +196,13 @@ async function ready(page) {
   return page.evaluate(() => window.__trafficmap.stats());
 }
 
+/**
+ * Loads a state. Headless Chromium's WebGL is software (SwiftShader), where the viewer picks
+ * its canvas renderer; `renderer=webgl` makes it use sigma, which is what GPUs get.
+ */
 async function open(page, base, query = "") {
-  await page.goto(`${base}/${query ? `?${query}` : ""}`);
+  const q = query.includes("renderer=") ? query : [query, "renderer=webgl"].filter(Boolean).join("&");
+  await page.goto(`${base}/?${q}`);
   return ready(page);
 }
 
@@ -272,6 +277,16 @@ const page = await browser.context.newPage();
 watch(page, base);
 
 try {
+  await step("picks the canvas renderer where WebGL is software only", async () => {
+    await page.goto(`${base}/`);
+    const st = await ready(page);
+    eq(st.renderer, "canvas", "renderer on SwiftShader");
+    eq((await page.locator("#renderer-kind").textContent()).trim(), "Canvas 2D (WebGL is software-only here)", "renderer in the status line");
+    const doc = mapOf("instances", newest);
+    eq([st.canvasDrawn.nodes, st.canvasDrawn.edges], [doc.nodes.length, drawnLinks(doc)], "nodes and links painted");
+    await assertNodesDrawn(page, await shot(page, "00-auto-canvas"), expect.pixelNodes);
+  });
+
   await step("loads the newest day, every node and link of the instances map drawn", async () => {
     const st = await open(page, base);
     const state = await page.evaluate(() => window.__trafficmap.state());
@@ -309,6 +324,7 @@ try {
     const img = await shot(page, "03-archdomain-level2-split");
     await assertNodesDrawn(page, img, expect.pixelNodes);
     ok(page.url().includes("group=archdomain") && page.url().includes("level=2") && page.url().includes("split=1"), `grouping not in the URL: ${page.url()}`);
+    eq(st.renderer, "webgl", "renderer asked for in the URL");
   });
 
   await step("traffic influence changes the layout", async () => {
