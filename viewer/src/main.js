@@ -12,7 +12,7 @@ import { addDays, applyFilters, archTree, compareGroups, diffMaps, envList, fmtB
 import { CanvasTarget, SvgTarget, paintGraph } from "./paint.js";
 import { CanvasRenderer } from "./renderer-canvas.js";
 import { SigmaRenderer, webglAvailable } from "./renderer-sigma.js";
-import { buildGraph, makeReducers, palettes, EDGE_MAX, EDGE_MIN } from "./scene.js";
+import { buildGraph, makeReducers, palettes, EDGE_MAX } from "./scene.js";
 import { DEFAULTS, mapQuery, parseState, serializeState } from "./state.js";
 
 /* global __WORKER_URL__ */
@@ -944,8 +944,8 @@ class App {
       parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(3, sc.nodeSize(sc.node[1]))), `node: ${fmtBytes(sc.node[1])}`));
     }
     if (Number.isFinite(sc.edge[0])) {
-      parts.push(item(line(EDGE_NEUTRAL, EDGE_MIN, true), `link: ${fmtBytes(sc.edge[0])}`));
-      parts.push(item(line(EDGE_NEUTRAL, EDGE_MAX / 1.5, true), `link: ${fmtBytes(sc.edge[1])}`));
+      parts.push(item(line(EDGE_NEUTRAL, Math.max(1, sc.edgeSize(sc.edge[0])), true), `link: ${fmtBytes(sc.edge[0])}`));
+      parts.push(item(line(EDGE_NEUTRAL, Math.min(EDGE_MAX / 1.5, Math.max(2.5, sc.edgeSize(sc.edge[1]))), true), `link: ${fmtBytes(sc.edge[1])}`));
     }
     parts.push(item(line("#374151", 1.5, true), "arrow: client → server"));
     if (s.mode === "diff") {

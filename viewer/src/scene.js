@@ -62,7 +62,11 @@ export function buildGraph(index, filtered, state, pal, positions, viewport) {
   for (const id of filtered.nodes) area += Math.PI * raw(nodeBytes(index.byId.get(id))) ** 2;
   const shrink = Math.min(1, Math.sqrt((0.2 * view.width * view.height) / Math.max(area, 1)));
   const nodeSize = (b) => Math.max(1.2, raw(b) * shrink);
-  const edgeSize = logScale(Number.isFinite(eLo) ? eLo : 1, eHi, EDGE_MIN, EDGE_MAX);
+  // Many links: thinner and lighter, or they bury the nodes under one grey mass.
+  const edgeDensity = Math.min(1, Math.sqrt(3000 / Math.max(filtered.links.length, 1)));
+  const rawEdge = logScale(Number.isFinite(eLo) ? eLo : 1, eHi, EDGE_MIN, EDGE_MAX);
+  const edgeSize = (b) => Math.max(0.5, rawEdge(b) * Math.max(edgeDensity, 0.25));
+  const edgeAlpha = Math.max(0.28, 0.75 * edgeDensity);
   for (const id of filtered.nodes) {
     const n = index.byId.get(id);
     const base = nodeColor(n, state.color, pal);
@@ -96,7 +100,7 @@ export function buildGraph(index, filtered, state, pal, positions, viewport) {
     const color = edgeColor(l, src, dst, state.edges);
     graph.addDirectedEdgeWithKey(String(i), l.source, l.target, {
       size: edgeSize(linkBytes(l)),
-      color: onBackground(color, l.diff === "same" ? 0.45 : 0.75),
+      color: onBackground(color, l.diff === "same" ? Math.min(0.45, edgeAlpha) : l.diff ? 0.8 : edgeAlpha),
       type: "arrow",
     });
   }
