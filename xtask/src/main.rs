@@ -6,6 +6,7 @@
 mod setup;
 mod test;
 mod util;
+mod viewer;
 mod vm;
 
 use anyhow::Result;
@@ -43,6 +44,22 @@ enum Cmd {
         /// Kernel labels to run (default: all of 5.10, 6.1, 6.12).
         kernels: Vec<String>,
     },
+    /// The web viewer: rebuild its bundle, check it, run its browser test.
+    Viewer {
+        #[command(subcommand)]
+        cmd: viewer::Cmd,
+    },
+    /// Run a benchmark and record its results in BENCHMARKS.md.
+    Bench {
+        #[arg(value_enum)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchTarget {
+    /// The viewer against a d3-force + SVG baseline at 5,000 nodes / 50,000 links.
+    Viewer,
 }
 
 fn main() -> Result<()> {
@@ -69,6 +86,13 @@ fn main() -> Result<()> {
                 anyhow::bail!("kernel matrix has failures");
             }
             Ok(())
+        }
+        Cmd::Viewer { cmd } => viewer::command(cmd),
+        Cmd::Bench { target } => {
+            setup::setup(setup::Level::Bench)?;
+            match target {
+                BenchTarget::Viewer => viewer::bench(),
+            }
         }
     }
 }
