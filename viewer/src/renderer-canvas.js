@@ -183,17 +183,48 @@ export class CanvasRenderer {
     return best;
   }
 
+  /** The link passing within a few pixels of a viewport point, if any (the nearest). */
+  edgeAt(x, y) {
+    let best = null;
+    let bestD = 4;
+    const pos = new Map();
+    const at = (key) => {
+      let p = pos.get(key);
+      if (!p) pos.set(key, (p = this.graphToViewport(this.graph.getNodeAttributes(key))));
+      return p;
+    };
+    this.graph.forEachEdge((key, attrs, s, t) => {
+      const d = this.edgeReducer ? this.edgeReducer(key, attrs) : attrs;
+      if (d.hidden) return;
+      const a = at(s);
+      const b = at(t);
+      const dx = b.x - a.x;
+      const dy = b.y - a.y;
+      const len2 = dx * dx + dy * dy;
+      if (len2 === 0) return;
+      const u = Math.max(0, Math.min(1, ((x - a.x) * dx + (y - a.y) * dy) / len2));
+      const dist = Math.hypot(a.x + u * dx - x, a.y + u * dy - y) - this.scaleSize(d.size) / 2;
+      if (dist < bestD) {
+        bestD = dist;
+        best = key;
+      }
+    });
+    return best;
+  }
+
   bindEvents() {
     const c = this.canvas;
     const local = (e) => {
       const r = c.getBoundingClientRect();
       return { x: e.clientX - r.left, y: e.clientY - r.top };
     };
-    // Panning and zooming are camera.js's; here only hover and click.
+    // Panning and zooming are camera.js's; here only hover and click, on nodes and links.
     c.addEventListener("click", (e) => {
       const p = local(e);
       const node = this.nodeAt(p.x, p.y);
+      const edge = node ? null : this.edgeAt(p.x, p.y);
       if (node) this.emit("clickNode", { node, event: e });
+      else if (edge) this.emit("clickEdge", { edge, event: e });
       else this.emit("clickStage", { event: e });
     });
     c.addEventListener("mousemove", (e) => {
@@ -204,8 +235,14 @@ export class CanvasRenderer {
         if (this.hovered) this.emit("leaveNode", { node: this.hovered });
         this.hovered = node;
         if (node) this.emit("enterNode", { node, event: e });
-        c.style.cursor = node ? "pointer" : "default";
       }
+      const edge = node ? null : this.edgeAt(p.x, p.y);
+      if (edge !== this.hoveredEdge) {
+        if (this.hoveredEdge) this.emit("leaveEdge", { edge: this.hoveredEdge });
+        this.hoveredEdge = edge;
+        if (edge) this.emit("enterEdge", { edge, event: e });
+      }
+      c.style.cursor = node || edge ? "pointer" : "default";
     });
     c.addEventListener("mouseleave", () => {
       if (this.hovered) this.emit("leaveNode", { node: this.hovered });

@@ -250,6 +250,26 @@ async function assertNodesDrawn(page, img, ids) {
   }
 }
 
+/** Clicks a link where no node covers it, and checks the link panel. */
+async function clickLink(page, l) {
+  const nodes = await page.evaluate(() => window.__trafficmap.nodeIds().map((id) => window.__trafficmap.node(id)));
+  const a = await page.evaluate((id) => window.__trafficmap.node(id), l.source);
+  const b = await page.evaluate((id) => window.__trafficmap.node(id), l.target);
+  let best = null;
+  for (let t = 0.2; t <= 0.8; t += 0.02) {
+    const p = { x: a.x + t * (b.x - a.x), y: a.y + t * (b.y - a.y) };
+    const clear = Math.min(...nodes.map((n) => Math.hypot(n.x - p.x, n.y - p.y) - n.r));
+    if (!best || clear > best.clear) best = { ...p, clear };
+  }
+  ok(best.clear > 6, `every point of the link is under a node (best clearance ${best.clear.toFixed(1)} px)`);
+  const box = await page.locator("#map").boundingBox();
+  await page.mouse.click(box.x + best.x, box.y + best.y);
+  await page.waitForFunction(() => document.querySelector("#details .kind")?.textContent === "link");
+  eq((await page.locator("#details h2").textContent()).trim(), l.title, "link panel title");
+  const fields = await page.$$eval("#details dd[data-field]", (dds) => Object.fromEntries(dds.map((x) => [x.dataset.field, x.textContent.trim()])));
+  eq(fields, l.fields, "link panel fields");
+}
+
 // ------------------------------------------------------------------ the steps
 
 const results = [];
@@ -446,6 +466,13 @@ try {
     eq(st.marked, [d.id], "selection marked on the map");
     ok(page.url().includes(`sel=${encodeURIComponent(d.id)}`), `selection not in the URL: ${page.url()}`);
     await shot(page, "07-details");
+    await page.keyboard.press("Escape");
+    await clickLink(page, expect.link);
+    await shot(page, "07b-link-details");
+    await page.keyboard.press("Escape");
+    await page.waitForFunction(() => document.querySelector("#details").hidden);
+    await page.mouse.click(box.x + n.x, box.y + n.y);
+    await page.waitForSelector("#details:not([hidden])");
     // A peer in the table selects that peer.
     await page.locator("#details table.peers button.peer").first().click();
     await page.waitForFunction((id) => window.__trafficmap.state().sel !== id, d.id);
@@ -620,6 +647,8 @@ await step("canvas fallback where WebGL is missing", async () => {
     await p.mouse.click(box.x + n.x, box.y + n.y);
     await p.waitForSelector("#details:not([hidden])");
     eq((await p.locator("#details h2").textContent()).trim(), d.label, "click selects on the canvas too");
+    await p.keyboard.press("Escape");
+    await clickLink(p, expect.link);
   } finally {
     await b.close();
   }
