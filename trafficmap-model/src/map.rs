@@ -4,6 +4,8 @@
 //! `golden/maps/`. The collector writes it (daily files, `GET /api/v1/maps`), the viewer and the
 //! CSV/DOT exports read it.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +66,10 @@ pub struct Map {
     pub nodes: Vec<Node>,
     pub links: Vec<Link>,
     pub totals: Totals,
+    /// What the reader should know about how complete the map is (enrichment that failed,
+    /// addresses claimed by several agents, ...). Empty when all is well.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -97,6 +103,8 @@ pub struct Node {
     pub instance_id: Option<String>,
     pub instance_type: Option<String>,
     pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
     /// `on-demand` or `spot`.
     pub lifecycle: Option<String>,
     /// Hourly price in USD (on-demand table or last spot price); summed for clusters.
@@ -114,6 +122,24 @@ pub struct Node {
     pub connections: u64,
     /// Estimated transfer cost of the node's links, USD.
     pub cost_usd: f64,
+    /// Free-form labels from the static inventory.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// For nodes with agents: what their reports said about themselves over the range.
+    #[serde(default)]
+    pub health: Option<NodeHealth>,
+}
+
+/// The agents' own account of a node over the map's range.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHealth {
+    /// Reports received from the node's agent(s).
+    pub reports: u64,
+    /// Events the probe could not record (sum over reasons): its byte counts may be low.
+    pub probe_drops: u64,
+    /// Reports the agent dropped from its full spool: whole windows are missing.
+    pub spool_dropped: u64,
 }
 
 /// Who observed a link.
@@ -161,6 +187,11 @@ pub struct Link {
     pub disagreement_bytes: u64,
     pub cost_usd: f64,
     pub cost_kind: CostKind,
+    /// First and last moment either end saw traffic on the link within the range.
+    #[serde(default)]
+    pub first_seen: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -171,6 +202,9 @@ pub struct Totals {
     pub bytes: u64,
     pub connections: u64,
     pub cost_usd: f64,
+    /// Sum of the links' `disagreement_bytes`.
+    #[serde(default)]
+    pub disagreement_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -207,6 +241,7 @@ impl Map {
             }
         }
         let mut bytes = 0u64;
+        let mut disagreement = 0u64;
         for (i, l) in self.links.iter().enumerate() {
             for end in [&l.source, &l.target] {
                 if !ids.contains(end.as_str()) {
@@ -216,13 +251,15 @@ impl Map {
                 }
             }
             bytes += l.bytes_to_target + l.bytes_to_source;
+            disagreement += l.disagreement_bytes;
         }
         if self.totals.nodes != self.nodes.len() as u64
             || self.totals.links != self.links.len() as u64
             || self.totals.bytes != bytes
+            || self.totals.disagreement_bytes != disagreement
         {
             return Err(MapError::Invalid(format!(
-                "totals {:?} do not match {} nodes, {} links, {bytes} bytes",
+                "totals {:?} do not match {} nodes, {} links, {bytes} bytes, {disagreement} bytes of disagreement",
                 self.totals,
                 self.nodes.len(),
                 self.links.len()

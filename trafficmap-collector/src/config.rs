@@ -1,0 +1,558 @@
+//! The collector's configuration: a TOML file (`--config`, unknown keys rejected) under command
+//! line flags (flags win), with defaults for everything, checked as a whole before anything
+//! binds or opens. `collector.example.toml` lists every key; a test keeps it in sync.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cost::CostRates,
+    enrich::{TagKeys, TagRules},
+    store::{Retention, clickhouse::ClickHouseOptions, sqlite::Sync},
+};
+
+/// Durations as humantime strings (`90s`, `5m`, `2d`).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration ({e}); write e.g. 90s, 5m, 2h, 7d"
+            ))
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Sqlite,
+    Clickhouse,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server listens on (agents, viewer, API, metrics).
+    pub listen: SocketAddr,
+    /// Where the embedded database lives.
+    pub data_dir: PathBuf,
+    /// Where daily map files are written and read (default: `<data_dir>/maps`).
+    pub output_dir: Option<PathBuf>,
+    /// Bearer tokens agents must present, one per line (reloaded when the file changes).
+    pub token_file: Option<PathBuf>,
+    /// Accept reports without a token (only sensible on a loopback address). Without this and
+    /// without a token file, reports are refused (401) and only maps are served.
+    pub allow_unauthenticated: bool,
+    /// Log filter (`info`, `debug`, `trafficmap_collector=debug,info`, ...).
+    pub log: String,
+    pub ingest: Ingest,
+    pub storage: Storage,
+    pub retention: RetentionConfig,
+    pub daily: Daily,
+    pub enrich: Enrich,
+    pub cost: CostRates,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8470".parse().expect("valid address"),
+            data_dir: PathBuf::from("/var/lib/trafficmap"),
+            output_dir: None,
+            token_file: None,
+            allow_unauthenticated: false,
+            log: "info".into(),
+            ingest: Ingest::default(),
+            storage: Storage::default(),
+            retention: RetentionConfig::default(),
+            daily: Daily::default(),
+            enrich: Enrich::default(),
+            cost: CostRates::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ingest {
+    /// Largest request body accepted (after gzip decoding), bytes.
+    pub max_body_bytes: u64,
+    /// Time a client has to send a whole request; slower ones get 408 and are disconnected.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Report bodies read and parsed at once; more wait (bounds memory).
+    pub max_concurrent: usize,
+    /// Open connections at most (agents keep theirs alive); more are closed at once.
+    pub max_connections: usize,
+    /// Reports whose window starts further in the future than this are refused (bad clock).
+    #[serde(with = "duration")]
+    pub max_clock_skew: Duration,
+    /// Most pairs written in one store batch (reports are batched while the store is busy).
+    pub batch_max_pairs: usize,
+    /// How long a batch waits for more reports before it is written (ClickHouse prefers few
+    /// large inserts; SQLite batches by itself while a commit runs).
+    #[serde(with = "duration")]
+    pub batch_linger: Duration,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest {
+            max_body_bytes: 16 << 20,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent: 64,
+            max_connections: 4096,
+            max_clock_skew: Duration::from_secs(3600),
+            batch_max_pairs: 500_000,
+            batch_linger: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub backend: Backend,
+    /// SQLite durability: `full` (survives power loss) or `normal` (survives crashes).
+    pub sqlite_sync: Sync,
+    pub clickhouse: ClickHouseOptions,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Minute rows; also how late a report may arrive.
+    #[serde(with = "duration")]
+    pub minutes: Duration,
+    #[serde(with = "duration")]
+    pub hours: Duration,
+    #[serde(with = "duration")]
+    pub days: Duration,
+    /// How often roll-ups and retention run.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let r = Retention::default();
+        RetentionConfig {
+            minutes: r.minutes,
+            hours: r.hours,
+            days: r.days,
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn retention(&self) -> Retention {
+        Retention {
+            minutes: self.minutes,
+            hours: self.hours,
+            days: self.days,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daily {
+    /// Write `instances-`, `clusters-` and `security-groups-YYYYMMDD.json` for finished days.
+    pub enabled: bool,
+    /// How long after midnight (UTC) a day's files are first written (late reports).
+    #[serde(with = "duration")]
+    pub delay: Duration,
+    /// How many past days are checked for late reports (their files are rewritten).
+    pub lookback_days: u32,
+    #[serde(with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for Daily {
+    fn default() -> Self {
+        Daily {
+            enabled: true,
+            delay: Duration::from_secs(600),
+            lookback_days: 3,
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Enrich {
+    /// Static inventory (TOML `[[host]]` entries): hosts outside AWS, overrides of EC2.
+    pub inventory_file: Option<PathBuf>,
+    /// Well-known foreign addresses: `ADDRESS-OR-CIDR NAME` per line.
+    pub foreign_file: Option<PathBuf>,
+    /// On-demand prices: CSV `instance_type,region,usd_per_hour`.
+    pub price_file: Option<PathBuf>,
+    /// How often the files above are checked for changes.
+    #[serde(with = "duration")]
+    pub files_interval: Duration,
+    pub tags: TagKeys,
+    pub archdomain: TagRules,
+    pub env: TagRules,
+    pub ec2: Ec2,
+    pub dns: Dns,
+}
+
+impl Default for Enrich {
+    fn default() -> Self {
+        Enrich {
+            inventory_file: None,
+            foreign_file: None,
+            price_file: None,
+            files_interval: Duration::from_secs(30),
+            tags: TagKeys::default(),
+            archdomain: TagRules::default(),
+            env: TagRules::default(),
+            ec2: Ec2::default(),
+            dns: Dns::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ec2 {
+    /// Ask EC2 (standard credential chain) for instances, security groups and spot prices.
+    pub enabled: bool,
+    /// Regions to list (empty: the default chain's region).
+    pub regions: Vec<String>,
+    /// Endpoint override for every region (a proxy; `AWS_ENDPOINT_URL_EC2` works too).
+    pub endpoint_url: Option<String>,
+    #[serde(with = "duration")]
+    pub refresh: Duration,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Instead of the API: a snapshot file in the stored JSON form (re-read when it changes).
+    pub snapshot_file: Option<PathBuf>,
+}
+
+impl Default for Ec2 {
+    fn default() -> Self {
+        Ec2 {
+            enabled: false,
+            regions: Vec::new(),
+            endpoint_url: None,
+            refresh: Duration::from_secs(300),
+            timeout: Duration::from_secs(60),
+            snapshot_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Reverse-resolve addresses nothing else names.
+    pub enabled: bool,
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    #[serde(with = "duration")]
+    pub negative_ttl: Duration,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub max_entries: usize,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        let d = crate::enrich::dns::DnsSettings::default();
+        Dns {
+            enabled: true,
+            ttl: d.ttl,
+            negative_ttl: d.negative_ttl,
+            timeout: d.timeout,
+            concurrency: d.concurrency,
+            max_entries: d.max_entries,
+        }
+    }
+}
+
+impl Dns {
+    pub fn settings(&self) -> crate::enrich::dns::DnsSettings {
+        crate::enrich::dns::DnsSettings {
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+            timeout: self.timeout,
+            concurrency: self.concurrency,
+            max_entries: self.max_entries,
+            ..Default::default()
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file (defaults for what it leaves out).
+    /// Relative paths in the file are relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut c = Config::from_toml(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        c.resolve_paths(base);
+        Ok(c)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        for p in [
+            &mut self.output_dir,
+            &mut self.token_file,
+            &mut self.enrich.inventory_file,
+            &mut self.enrich.foreign_file,
+            &mut self.enrich.price_file,
+            &mut self.enrich.ec2.snapshot_file,
+            &mut self.storage.clickhouse.password_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+    }
+
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines with a source excerpt; keep it on one.
+            let msg = e.message().to_owned();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!("{origin}:{line}: {msg}")
+                }
+                None => format!("{origin}: {msg}"),
+            }
+        })
+    }
+
+    pub fn output_dir(&self) -> PathBuf {
+        self.output_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("maps"))
+    }
+
+    /// Checks what types cannot; the first problem, in one line.
+    pub fn validate(&self) -> Result<(), String> {
+        self.cost.validate()?;
+        if self.token_file.is_some() && self.allow_unauthenticated {
+            return Err("token_file and allow_unauthenticated exclude each other".into());
+        }
+        if let Some(t) = &self.token_file {
+            crate::auth::Tokens::load(t)?;
+        }
+        if self.ingest.max_body_bytes < 1024 {
+            return Err(format!(
+                "ingest.max_body_bytes = {}: at least 1024",
+                self.ingest.max_body_bytes
+            ));
+        }
+        if self.ingest.max_concurrent == 0 || self.ingest.batch_max_pairs == 0 {
+            return Err(
+                "ingest.max_concurrent and ingest.batch_max_pairs must be at least 1".into(),
+            );
+        }
+        if self.ingest.request_timeout.is_zero() {
+            return Err("ingest.request_timeout must be more than 0".into());
+        }
+        let r = &self.retention;
+        if r.minutes < Duration::from_secs(3600) {
+            return Err("retention.minutes must be at least 1h".into());
+        }
+        if r.hours < r.minutes || r.days < r.hours {
+            return Err(format!(
+                "retention must grow with the grain: minutes {} <= hours {} <= days {}",
+                humantime::format_duration(r.minutes),
+                humantime::format_duration(r.hours),
+                humantime::format_duration(r.days)
+            ));
+        }
+        if r.interval.is_zero()
+            || self.daily.interval.is_zero()
+            || self.enrich.files_interval.is_zero()
+        {
+            return Err("intervals (retention.interval, daily.interval, enrich.files_interval) must be more than 0".into());
+        }
+        if self.enrich.ec2.refresh < Duration::from_secs(10) {
+            return Err("enrich.ec2.refresh must be at least 10s".into());
+        }
+        if self.enrich.dns.concurrency == 0 {
+            return Err("enrich.dns.concurrency must be at least 1".into());
+        }
+        for (what, p) in [
+            ("enrich.inventory_file", &self.enrich.inventory_file),
+            ("enrich.foreign_file", &self.enrich.foreign_file),
+            ("enrich.price_file", &self.enrich.price_file),
+        ] {
+            if let Some(p) = p {
+                let r = match what {
+                    "enrich.inventory_file" => crate::enrich::Inventory::load(p).map(drop),
+                    "enrich.foreign_file" => crate::enrich::ForeignList::load(p).map(drop),
+                    _ => crate::enrich::PriceTable::load(p).map(drop),
+                };
+                r.map_err(|e| format!("{what}: {e}"))?;
+            }
+        }
+        if let Some(p) = &self.enrich.ec2.snapshot_file {
+            let bytes = std::fs::read(p)
+                .map_err(|e| format!("enrich.ec2.snapshot_file: {}: {e}", p.display()))?;
+            trafficmap_model::cloud::CloudSnapshot::from_json(&bytes)
+                .map_err(|e| format!("enrich.ec2.snapshot_file: {}: {e}", p.display()))?;
+        }
+        if self.enrich.ec2.enabled && self.enrich.ec2.snapshot_file.is_some() {
+            return Err(
+                "enrich.ec2: enabled (the API) and snapshot_file exclude each other".into(),
+            );
+        }
+        if self.enrich.ec2.enabled && !cfg!(feature = "ec2") {
+            return Err(
+                "enrich.ec2.enabled: this collector was built without the `ec2` feature".into(),
+            );
+        }
+        if self.storage.backend == Backend::Clickhouse {
+            let u = &self.storage.clickhouse.url;
+            if !u.starts_with("http://") {
+                return Err(format!(
+                    "storage.clickhouse.url `{u}`: an http:// URL of ClickHouse's HTTP interface"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../collector.example.toml");
+
+    fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(path.clone());
+                keys(v, &path, out);
+            }
+        }
+    }
+
+    /// Every key of a fully populated config appears in the example, and the example parses.
+    #[test]
+    fn example_config_is_complete_and_valid() {
+        let example = Config::from_toml(EXAMPLE, "collector.example.toml").unwrap();
+        let mut full = Config {
+            output_dir: Some("/x".into()),
+            token_file: Some("/x".into()),
+            ..Config::default()
+        };
+        full.enrich.inventory_file = Some("/x".into());
+        full.enrich.foreign_file = Some("/x".into());
+        full.enrich.price_file = Some("/x".into());
+        full.enrich.ec2.endpoint_url = Some("http://x".into());
+        full.enrich.ec2.snapshot_file = Some("/x".into());
+        full.storage.clickhouse.password_file = Some("/x".into());
+        full.enrich
+            .archdomain
+            .rewrites
+            .push(crate::enrich::rules::Rewrite {
+                prefix: "a".into(),
+                replace: "b".into(),
+            });
+        full.enrich.env.aliases.insert("a".into(), "b".into());
+        full.cost.internet_egress_by_region.insert("r".into(), 0.1);
+        let mut want = Vec::new();
+        keys(&toml::Value::try_from(&full).unwrap(), "", &mut want);
+        let mut have = Vec::new();
+        keys(
+            &toml::from_str::<toml::Value>(EXAMPLE).unwrap(),
+            "",
+            &mut have,
+        );
+        // Inside maps (aliases, per-region rates) the example's own keys are examples.
+        let generic = |k: &String| {
+            k.starts_with("enrich.env.aliases.")
+                || k.starts_with("enrich.archdomain.aliases.")
+                || k.starts_with("cost.internet_egress_by_region.")
+        };
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|k| !generic(k) && !have.contains(k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "collector.example.toml lacks {missing:?}"
+        );
+        // Its values are the defaults, except where it shows an example of a setting.
+        assert_eq!(example.ingest, Ingest::default());
+        assert_eq!(example.retention, RetentionConfig::default());
+        assert_eq!(example.daily, Daily::default());
+        assert_eq!(
+            example.cost.cross_az_per_gib,
+            CostRates::default().cross_az_per_gib
+        );
+    }
+
+    #[test]
+    fn errors_are_one_line_with_position() {
+        let err =
+            Config::from_toml("listen = \"127.0.0.1:1\"\nlistne = 1\n", "c.toml").unwrap_err();
+        assert!(err.starts_with("c.toml:2: unknown field `listne`"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = Config::from_toml("[retention]\nminutes = \"soon\"\n", "c.toml").unwrap_err();
+        assert!(
+            err.starts_with("c.toml:2: `soon` is not a duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = Config {
+            allow_unauthenticated: true,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        c.retention.hours = Duration::from_secs(3600);
+        assert!(c.validate().unwrap_err().starts_with("retention must grow"));
+        // No tokens at all: valid, the collector serves maps and refuses reports.
+        assert_eq!(Config::default().validate(), Ok(()));
+        let mut c = Config {
+            allow_unauthenticated: true,
+            ..Config::default()
+        };
+        c.enrich.inventory_file = Some("/nonexistent/inv.toml".into());
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "enrich.inventory_file: /nonexistent/inv.toml: No such file or directory (os error 2)"
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! Exports of a map for other tools: LucidChart's process-diagram CSV (a page row, shape rows,
+//! then line rows — the manual SQL-to-LucidChart workflow, automated), draw.io's CSV import
+//! (shapes with references to their targets), and Graphviz DOT (clustered by archdomain and
+//! env in the instances view).
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use trafficmap_model::map::{Link, Map, Node, NodeKind, View};
+
+/// Export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// LucidChart process diagram CSV (Import Data > Process Diagram).
+    Csv,
+    /// draw.io CSV (Arrange > Insert > Advanced > CSV).
+    Drawio,
+    /// Graphviz DOT.
+    Dot,
+    /// The map itself.
+    Json,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Format, String> {
+        match s {
+            "csv" | "lucid" => Ok(Format::Csv),
+            "drawio" => Ok(Format::Drawio),
+            "dot" => Ok(Format::Dot),
+            "json" => Ok(Format::Json),
+            _ => Err(format!(
+                "unknown format `{s}`: expected csv, drawio, dot or json"
+            )),
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv | Format::Drawio => "text/csv; charset=utf-8",
+            Format::Dot => "text/vnd.graphviz; charset=utf-8",
+            Format::Json => "application/json",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Drawio => "drawio.csv",
+            Format::Dot => "dot",
+            Format::Json => "json",
+        }
+    }
+}
+
+pub fn export(map: &Map, format: Format) -> Vec<u8> {
+    match format {
+        Format::Csv => lucid_csv(map).into_bytes(),
+        Format::Drawio => drawio_csv(map).into_bytes(),
+        Format::Dot => dot(map).into_bytes(),
+        Format::Json => map.to_json_pretty(),
+    }
+}
+
+/// Bytes for people: `1.2 GB` (decimal units, as network people count).
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Exact numbers with thousands separators: `4,200,512`.
+pub fn grouped(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn ports(l: &Link) -> String {
+    l.server_ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn node_details(n: &Node) -> String {
+    let mut parts = Vec::new();
+    match (&n.archdomain, &n.env) {
+        (Some(a), Some(e)) => parts.push(format!("{a} ({e})")),
+        (Some(a), None) => parts.push(a.clone()),
+        (None, Some(e)) => parts.push(e.clone()),
+        (None, None) => {}
+    }
+    if n.members > 1 {
+        parts.push(format!("{} members", n.members));
+    } else if let Some(a) = n.addresses.first() {
+        parts.push(a.clone());
+    }
+    if let Some(t) = &n.instance_type {
+        parts.push(t.clone());
+    }
+    parts.join(" | ")
+}
+
+fn link_text(l: &Link) -> String {
+    format!(
+        "{} -> {} / <- {}",
+        ports(l),
+        human_bytes(l.bytes_to_target),
+        human_bytes(l.bytes_to_source)
+    )
+}
+
+fn lucid_shape(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Host | NodeKind::Cluster | NodeKind::SecurityGroup => "Process",
+        NodeKind::Unmonitored => "Alternate Process",
+        NodeKind::External => "Terminator",
+    }
+}
+
+fn lucid_csv(map: &Map) -> String {
+    let mut out = String::from(
+        "Id,Name,Shape Library,Page ID,Contained By,Line Source,Line Destination,Source Arrow,Destination Arrow,Text Area 1,Text Area 2,Text Area 3\n",
+    );
+    let title = format!(
+        "trafficmap {} {} to {}",
+        map.view.as_str(),
+        map.from.format("%Y-%m-%d %H:%M"),
+        map.to.format("%Y-%m-%d %H:%M")
+    );
+    let _ = writeln!(out, "1,Page,,,,,,,,{},,", csv_field(&title));
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut next = 2;
+    for n in &map.nodes {
+        ids.insert(&n.id, next);
+        let _ = writeln!(
+            out,
+            "{next},{},Flowchart Shapes,1,,,,,,{},{},{}",
+            lucid_shape(n.kind),
+            csv_field(&n.label),
+            csv_field(&node_details(n)),
+            csv_field(&n.id)
+        );
+        next += 1;
+    }
+    for l in &map.links {
+        let _ = writeln!(
+            out,
+            "{next},Line,,1,,{},{},None,Arrow,{},{},{}",
+            ids[l.source.as_str()],
+            ids[l.target.as_str()],
+            csv_field(&link_text(l)),
+            csv_field(&format!(
+                "{} bytes to server, {} bytes back",
+                grouped(l.bytes_to_target),
+                grouped(l.bytes_to_source)
+            )),
+            csv_field(&format!("observed by {:?}", l.observed_by).to_lowercase())
+        );
+        next += 1;
+    }
+    out
+}
+
+fn drawio_csv(map: &Map) -> String {
+    let mut out = String::new();
+    out.push_str("# label: <b>%name%</b><br><i style=\"color:gray;\">%details%</i>\n");
+    out.push_str(
+        "# style: whiteSpace=wrap;html=1;rounded=1;fillColor=%fill%;strokeColor=#666666;\n",
+    );
+    out.push_str("# namespace: trafficmap-\n");
+    out.push_str(
+        "# connect: {\"from\": \"targets\", \"to\": \"id\", \"invert\": false, \"style\": \"curved=1;endArrow=blockThin;endFill=1;fontSize=11;\"}\n",
+    );
+    out.push_str("# width: auto\n# height: auto\n# padding: 12\n");
+    out.push_str("# ignore: id,targets,fill\n");
+    out.push_str("# nodespacing: 40\n# levelspacing: 120\n# edgespacing: 40\n");
+    out.push_str("# layout: horizontalflow\n");
+    out.push_str("id,name,details,fill,bytes_in,bytes_out,targets\n");
+    let mut targets: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for l in &map.links {
+        if l.source != l.target {
+            targets.entry(&l.source).or_default().push(&l.target);
+        }
+    }
+    for n in &map.nodes {
+        let fill = match n.kind {
+            NodeKind::Host => "#dae8fc",
+            NodeKind::Unmonitored => "#f5f5f5",
+            NodeKind::External => "#fff2cc",
+            NodeKind::Cluster => "#d5e8d4",
+            NodeKind::SecurityGroup => "#e1d5e7",
+        };
+        let t = targets
+            .get(n.id.as_str())
+            .map(|v| v.join(","))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{},{},{},{fill},{},{},{}",
+            csv_field(&n.id),
+            csv_field(&n.label),
+            csv_field(&node_details(n)),
+            n.bytes_in,
+            n.bytes_out,
+            csv_field(&t)
+        );
+    }
+    out
+}
+
+fn dot_id(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn dot(map: &Map) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph trafficmap {{");
+    let _ = writeln!(
+        out,
+        "  label={};\n  labelloc=t;\n  rankdir=LR;\n  node [fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=9];",
+        dot_id(&format!(
+            "trafficmap {} {} to {}",
+            map.view.as_str(),
+            map.from.format("%Y-%m-%d %H:%M"),
+            map.to.format("%Y-%m-%d %H:%M")
+        ))
+    );
+    let node_line = |n: &Node| -> String {
+        let (shape, style) = match n.kind {
+            NodeKind::Host => ("box", "rounded,filled\", fillcolor=\"#dae8fc"),
+            NodeKind::Unmonitored => ("box", "rounded,dashed"),
+            NodeKind::External => ("ellipse", "filled\", fillcolor=\"#fff2cc"),
+            NodeKind::Cluster => ("box3d", "filled\", fillcolor=\"#d5e8d4"),
+            NodeKind::SecurityGroup => ("component", "filled\", fillcolor=\"#e1d5e7"),
+        };
+        let details = node_details(n);
+        let label = if details.is_empty() {
+            n.label.clone()
+        } else {
+            format!("{}\n{}", n.label, details)
+        };
+        format!(
+            "{} [label={}, shape={shape}, style=\"{style}\"];",
+            dot_id(&n.id),
+            dot_id(&label)
+        )
+    };
+    if map.view == View::Instances {
+        // Subgraphs per archdomain x env: the seed tool's grouping, in Graphviz.
+        let mut groups: BTreeMap<(String, String), Vec<&Node>> = BTreeMap::new();
+        let mut loose = Vec::new();
+        for n in &map.nodes {
+            match (&n.archdomain, &n.env) {
+                (None, None) => loose.push(n),
+                (a, e) => groups
+                    .entry((a.clone().unwrap_or_default(), e.clone().unwrap_or_default()))
+                    .or_default()
+                    .push(n),
+            }
+        }
+        for (i, ((a, e), nodes)) in groups.iter().enumerate() {
+            let _ = writeln!(out, "  subgraph cluster_{i} {{");
+            let label = match (a.is_empty(), e.is_empty()) {
+                (false, false) => format!("{a} ({e})"),
+                (false, true) => a.clone(),
+                _ => e.clone(),
+            };
+            let _ = writeln!(
+                out,
+                "    label={};\n    style=\"rounded\";\n    color=\"#999999\";",
+                dot_id(&label)
+            );
+            for n in nodes {
+                let _ = writeln!(out, "    {}", node_line(n));
+            }
+            let _ = writeln!(out, "  }}");
+        }
+        for n in loose {
+            let _ = writeln!(out, "  {}", node_line(n));
+        }
+    } else {
+        for n in &map.nodes {
+            let _ = writeln!(out, "  {}", node_line(n));
+        }
+    }
+    for l in &map.links {
+        let total = l.bytes_to_target + l.bytes_to_source;
+        let width = 1.0 + (total.max(1) as f64).log10() / 2.0;
+        let _ = writeln!(
+            out,
+            "  {} -> {} [label={}, penwidth={width:.1}{}];",
+            dot_id(&l.source),
+            dot_id(&l.target),
+            dot_id(&link_text(l)),
+            if l.observed_by == trafficmap_model::map::ObservedBy::Both {
+                ""
+            } else {
+                ", style=dashed"
+            }
+        );
+    }
+    out.push_str("}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> Map {
+        Map::from_json(include_bytes!("../../golden/maps/instances-20261123.json")).unwrap()
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(grouped(4_200_512), "4,200,512");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(4_200_512), "4.2 MB");
+    }
+
+    #[test]
+    fn lucid_csv_has_page_then_shapes_then_lines() {
+        let m = map();
+        let text = lucid_csv(&m);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + 1 + m.nodes.len() + m.links.len());
+        assert!(lines[1].starts_with("1,Page,"));
+        // Ids count up from 1, shapes before lines, lines refer to shape ids.
+        for (i, l) in lines[1..].iter().enumerate() {
+            assert!(l.starts_with(&format!("{},", i + 1)), "{l}");
+        }
+        let api = lines
+            .iter()
+            .position(|l| l.ends_with(",i-0a1b2c3d4e5f60718"))
+            .unwrap();
+        let db = lines
+            .iter()
+            .position(|l| l.ends_with(",i-0d1b2c3d4e5f60721"))
+            .unwrap();
+        let want = format!(
+            ",Line,,1,,{api},{db},None,Arrow,5432 -> 1.0 MB / <- 4.2 MB,\"1,000,003 bytes to server, 4,200,512 bytes back\",observed by both"
+        );
+        assert!(text.contains(&want), "{text}");
+    }
+
+    #[test]
+    fn drawio_rows_reference_targets() {
+        let text = drawio_csv(&map());
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("host:batch-1,"))
+            .unwrap();
+        assert_eq!(
+            row,
+            "host:batch-1,batch-1,offline/batch (stage) | 10.9.0.5,#dae8fc,2000000,130000,\"i-0d1b2c3d4e5f60721,ip:10.9.0.40\""
+        );
+    }
+
+    #[test]
+    fn dot_is_clustered_and_balanced() {
+        let text = dot(&map());
+        assert!(text.contains("subgraph cluster_"), "{text}");
+        assert!(text.contains("label=\"online/api (prod)\""), "{text}");
+        assert!(text.contains("\"ip:203.0.113.50\" -> \"i-0a1b2c3d4e5f60718\" [label=\"443 -> 250.0 kB / <- 3.0 MB\""), "{text}");
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+}

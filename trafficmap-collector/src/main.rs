@@ -1,0 +1,94 @@
+//! `trafficmap-collector`: see `trafficmap_collector::cli` and `docs/collector.md`.
+
+use clap::Parser as _;
+use trafficmap_collector::{
+    cli::{Cli, Command, Query},
+    query, run,
+};
+
+/// Exit status for a configuration error, before anything binds (the project's convention,
+/// sysexits' EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // Every command needs a valid configuration; check it before anything binds or opens.
+    let cfg = match cli.settings.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("trafficmap-collector: configuration: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        println!("configuration ok");
+        return;
+    }
+    init_logging(&cfg.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trafficmap-collector: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        let result = match &cli.command {
+            None | Some(Command::Serve) => match tokio::net::TcpListener::bind(cfg.listen).await {
+                Ok(l) => run::serve(cfg, l).await.map(|()| 0),
+                Err(e) => {
+                    eprintln!("trafficmap-collector: listening on {}: {e}", cfg.listen);
+                    return EXIT_CONFIG;
+                }
+            },
+            Some(Command::Query(Query::Top(a))) => query::top(&cli.settings, a).await.map(|()| 0),
+            Some(Command::Query(Query::WhoCalls(a))) => {
+                query::who_calls(&cli.settings, a).await.map(|()| 0)
+            }
+            Some(Command::Query(Query::CrossEnv(a))) => {
+                query::cross_env(&cli.settings, a).await.map(|()| 0)
+            }
+            Some(Command::Query(Query::Archdomains(a))) => {
+                query::archdomains(&cli.settings, a).await
+            }
+            Some(Command::Export(a)) => query::export_map(&cli.settings, a).await.map(|()| 0),
+            Some(Command::Rollup) => {
+                async {
+                    let store = run::open_store(&cfg).await?;
+                    let m = store
+                        .maintain(chrono::Utc::now(), cfg.retention.retention())
+                        .await?;
+                    println!(
+                        "rolled up {} rows, removed {} by retention",
+                        m.rolled_up, m.deleted_rows
+                    );
+                    Ok(0)
+                }
+                .await
+            }
+            Some(Command::CheckConfig) => Ok(0),
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("trafficmap-collector: {e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}

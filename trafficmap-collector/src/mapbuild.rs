@@ -1,0 +1,637 @@
+//! From merged conversations to the D3 maps of the three views.
+//!
+//! [`prepare`] resolves every endpoint to an instance-level identity and prices every
+//! conversation once; [`render`] groups them for a view: one node per host or address
+//! (`instances`), per archdomain x env (`clusters`) or per security group (`security-groups`),
+//! with links summed per (client node, server node). Node ids are stable and readable:
+//! `i-...` (EC2), `host:<hostname>` (`host:<hostname>@<machine-id prefix>` when hostnames
+//! repeat), `ip:<address>`, `cluster:<archdomain>|<env>`, `sg:<group-id>`, `sg:none`,
+//! `external`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use chrono::{DateTime, Utc};
+use trafficmap_model::map::{
+    CostKind, Link, MAP_SCHEMA, Map, Node, NodeHealth, NodeKind, ObservedBy, Totals, View,
+};
+
+use crate::{
+    cost::{CostRates, usd},
+    enrich::{Directory, Identity},
+    merge::{Conversation, Endpoint, Merged, merge},
+    obs::{RangeData, from_ms},
+};
+
+/// A conversation with its endpoints resolved and priced.
+#[derive(Clone, Debug)]
+pub struct Priced {
+    pub conv: Conversation,
+    /// Indexes into [`Prepared::identities`].
+    pub client: usize,
+    pub server: usize,
+    pub cost_nanos: u64,
+    pub cost_kind: CostKind,
+}
+
+/// Everything the views are made from.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub identities: Vec<Identity>,
+    pub processes: Vec<String>,
+    pub conversations: Vec<Priced>,
+    pub warnings: Vec<String>,
+    pub loopback_bytes: u64,
+}
+
+/// Resolves and prices a range's conversations.
+pub fn prepare(data: &RangeData, dir: &Directory<'_>, rates: &CostRates) -> Prepared {
+    let Merged {
+        conversations,
+        warnings: merge_warnings,
+        loopback_bytes,
+    } = merge(data, dir);
+
+    // Agents first: every agent that reported is on the map, with or without traffic.
+    let mut identities: Vec<Identity> = data
+        .agents
+        .iter()
+        .map(|a| dir.agent(a, String::new()))
+        .collect();
+    assign_agent_ids(data, &mut identities);
+    let mut index: HashMap<Endpoint, usize> = (0..data.agents.len())
+        .map(|i| (Endpoint::Agent(i as u32), i))
+        .collect();
+    let mut resolve = |e: Endpoint, identities: &mut Vec<Identity>| -> usize {
+        *index.entry(e).or_insert_with(|| {
+            identities.push(match e {
+                Endpoint::Agent(_) => unreachable!("agents are indexed up front"),
+                Endpoint::Instance(i) => dir.instance(i),
+                Endpoint::Addr(ip) => dir.address(ip),
+            });
+            identities.len() - 1
+        })
+    };
+    let mut priced = Vec::with_capacity(conversations.len());
+    for conv in conversations {
+        let client = resolve(conv.key.client, &mut identities);
+        let server = resolve(conv.key.server, &mut identities);
+        let (cost_nanos, cost_kind) = rates.conversation(
+            &identities[client],
+            &identities[server],
+            conv.key.client_ip,
+            conv.key.server_ip,
+            conv.bytes_to_server(),
+            conv.bytes_to_client(),
+        );
+        priced.push(Priced {
+            conv,
+            client,
+            server,
+            cost_nanos,
+            cost_kind,
+        });
+    }
+    let mut warnings = dir.sources.warnings.clone();
+    warnings.extend(merge_warnings);
+    Prepared {
+        from: data.from,
+        to: data.to,
+        identities,
+        processes: data.processes.clone(),
+        conversations: priced,
+        warnings,
+        loopback_bytes,
+    }
+}
+
+/// Node ids of agents: the EC2 instance id when it is theirs alone, else `host:<hostname>`,
+/// disambiguated by a machine-id prefix when several agents share a hostname.
+fn assign_agent_ids(data: &RangeData, identities: &mut [Identity]) {
+    let mut by_instance: HashMap<&str, usize> = HashMap::new();
+    let mut by_host: HashMap<&str, usize> = HashMap::new();
+    for (a, id) in data.agents.iter().zip(identities.iter()) {
+        if let Some(i) = &id.instance_id {
+            *by_instance.entry(i.as_str()).or_default() += 1;
+        }
+        *by_host.entry(a.hostname.as_str()).or_default() += 1;
+    }
+    let ids: Vec<String> = data
+        .agents
+        .iter()
+        .zip(identities.iter())
+        .map(|(a, id)| match &id.instance_id {
+            Some(i) if by_instance[i.as_str()] == 1 => i.clone(),
+            _ if by_host[a.hostname.as_str()] == 1 => format!("host:{}", a.hostname),
+            _ => format!(
+                "host:{}@{}",
+                a.hostname,
+                a.machine_id.chars().take(8).collect::<String>()
+            ),
+        })
+        .collect();
+    for (id, new) in identities.iter_mut().zip(ids) {
+        id.id = new;
+    }
+}
+
+/// Addresses shown bare because nothing names them (candidates for reverse DNS).
+pub fn unnamed_addresses(p: &Prepared) -> Vec<IpAddr> {
+    p.identities
+        .iter()
+        .filter(|i| i.kind == Some(NodeKind::External) && i.addresses.len() == 1)
+        .filter_map(|i| {
+            let ip = *i.addresses.iter().next()?;
+            (i.label == ip.to_string()).then_some(ip)
+        })
+        .collect()
+}
+
+/// A value shared by all members, or none.
+#[derive(Clone, Debug, Default)]
+enum Same<T> {
+    #[default]
+    Empty,
+    One(T),
+    Mixed,
+}
+
+impl<T: PartialEq + Clone> Same<T> {
+    fn add(&mut self, v: Option<&T>) {
+        let Some(v) = v else {
+            *self = Same::Mixed;
+            return;
+        };
+        *self = match std::mem::take(self) {
+            Same::Empty => Same::One(v.clone()),
+            Same::One(x) if x == *v => Same::One(x),
+            _ => Same::Mixed,
+        };
+    }
+    fn get(self) -> Option<T> {
+        match self {
+            Same::One(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct NodeAcc {
+    label: String,
+    kind: Option<NodeKind>,
+    env: Same<String>,
+    archdomain: Same<String>,
+    addresses: BTreeSet<IpAddr>,
+    instance_id: Option<String>,
+    instance_type: Same<String>,
+    availability_zone: Same<String>,
+    region: Same<String>,
+    lifecycle: Same<String>,
+    price: Option<f64>,
+    security_groups: BTreeSet<String>,
+    processes: BTreeSet<u32>,
+    server_ports: BTreeSet<u16>,
+    members: BTreeSet<usize>,
+    labels: BTreeMap<String, String>,
+    health: Option<NodeHealth>,
+    bytes_in: u64,
+    bytes_out: u64,
+    connections: u64,
+    cost_nanos: u64,
+}
+
+#[derive(Default)]
+struct LinkAcc {
+    to_target: u64,
+    to_source: u64,
+    connections: u64,
+    ports: BTreeSet<u16>,
+    client_processes: BTreeSet<u32>,
+    server_processes: BTreeSet<u32>,
+    observed: Same<ObservedBy>,
+    disagreement: u64,
+    cost_nanos: u64,
+    cost_kind: Same<CostKind>,
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+}
+
+fn cluster_id(id: &Identity) -> String {
+    if id.kind == Some(NodeKind::External) && id.archdomain.is_none() && id.env.is_none() {
+        return "external".into();
+    }
+    format!(
+        "cluster:{}|{}",
+        id.archdomain.as_deref().unwrap_or_default(),
+        id.env.as_deref().unwrap_or_default()
+    )
+}
+
+fn cluster_label(arch: Option<&str>, env: Option<&str>) -> String {
+    match (arch, env) {
+        (Some(a), Some(e)) => format!("{a} ({e})"),
+        (Some(a), None) => a.to_owned(),
+        (None, Some(e)) => format!("untagged ({e})"),
+        (None, None) => "untagged".to_owned(),
+    }
+}
+
+/// The nodes of `view` an instance-level identity belongs to.
+fn groups(view: View, id: &Identity) -> Vec<String> {
+    match view {
+        View::Instances => vec![id.id.clone()],
+        View::Clusters => vec![cluster_id(id)],
+        View::SecurityGroups => {
+            if !id.security_groups.is_empty() {
+                id.security_groups
+                    .iter()
+                    .map(|g| format!("sg:{g}"))
+                    .collect()
+            } else if id.kind == Some(NodeKind::External) {
+                vec!["external".into()]
+            } else {
+                vec!["sg:none".into()]
+            }
+        }
+    }
+}
+
+/// Builds the map of one view.
+pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateTime<Utc>) -> Map {
+    let mut nodes: BTreeMap<String, NodeAcc> = BTreeMap::new();
+    let member_groups: Vec<Vec<String>> = p.identities.iter().map(|i| groups(view, i)).collect();
+    // Members: agents always, other identities only if some conversation uses them.
+    let mut used = vec![false; p.identities.len()];
+    for (i, id) in p.identities.iter().enumerate() {
+        used[i] = id.kind == Some(NodeKind::Host);
+    }
+    for c in &p.conversations {
+        used[c.client] = true;
+        used[c.server] = true;
+    }
+    for (i, id) in p.identities.iter().enumerate() {
+        if !used[i] {
+            continue;
+        }
+        for g in &member_groups[i] {
+            let n = nodes.entry(g.clone()).or_default();
+            add_member(n, view, g, i, id, dir);
+        }
+    }
+
+    let mut links: BTreeMap<(String, String), LinkAcc> = BTreeMap::new();
+    for c in &p.conversations {
+        let conv = &c.conv;
+        let (to_server, to_client) = (conv.bytes_to_server(), conv.bytes_to_client());
+        for gs in &member_groups[c.client] {
+            if let Some(side) = &conv.client_side {
+                nodes
+                    .get_mut(gs)
+                    .expect("member node")
+                    .processes
+                    .extend(side.processes.iter().copied());
+            }
+            for gt in &member_groups[c.server] {
+                let l = links.entry((gs.clone(), gt.clone())).or_default();
+                l.to_target += to_server;
+                l.to_source += to_client;
+                l.connections += conv.connections();
+                l.ports.insert(conv.key.port);
+                if let Some(s) = &conv.client_side {
+                    l.client_processes.extend(s.processes.iter().copied());
+                }
+                if let Some(s) = &conv.server_side {
+                    l.server_processes.extend(s.processes.iter().copied());
+                }
+                l.observed.add(Some(&conv.observed_by()));
+                l.disagreement += conv.disagreement();
+                l.cost_nanos += c.cost_nanos;
+                l.cost_kind.add(Some(&c.cost_kind));
+                let (f, t) = (conv.first_seen_ms(), conv.last_seen_ms());
+                l.first_ms = Some(l.first_ms.map_or(f, |x| x.min(f)));
+                l.last_ms = Some(l.last_ms.map_or(t, |x| x.max(t)));
+            }
+        }
+        for gt in &member_groups[c.server] {
+            let n = nodes.get_mut(gt).expect("member node");
+            n.server_ports.insert(conv.key.port);
+            if let Some(side) = &conv.server_side {
+                n.processes.extend(side.processes.iter().copied());
+            }
+        }
+    }
+    for ((s, t), l) in &links {
+        let conns = l.connections;
+        let cost = l.cost_nanos;
+        if s == t {
+            let n = nodes.get_mut(s).expect("link end");
+            n.connections += conns;
+            n.cost_nanos += cost;
+            continue;
+        }
+        let src = nodes.get_mut(s).expect("link end");
+        src.bytes_out += l.to_target;
+        src.bytes_in += l.to_source;
+        src.connections += conns;
+        src.cost_nanos += cost;
+        let dst = nodes.get_mut(t).expect("link end");
+        dst.bytes_in += l.to_target;
+        dst.bytes_out += l.to_source;
+        dst.connections += conns;
+        dst.cost_nanos += cost;
+    }
+
+    let names = |set: &BTreeSet<u32>| -> Vec<String> {
+        let mut v: Vec<String> = set
+            .iter()
+            .map(|i| p.processes[*i as usize].clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let out_nodes: Vec<Node> = nodes
+        .into_iter()
+        .map(|(id, n)| Node {
+            id,
+            label: n.label,
+            kind: n.kind.unwrap_or(NodeKind::External),
+            env: n.env.get(),
+            archdomain: n.archdomain.get(),
+            addresses: n.addresses.iter().map(ToString::to_string).collect(),
+            instance_id: n.instance_id,
+            instance_type: n.instance_type.get(),
+            availability_zone: n.availability_zone.get(),
+            region: n.region.get(),
+            lifecycle: n.lifecycle.get(),
+            price_per_hour: n.price.map(|v| (v * 1e6).round() / 1e6),
+            security_groups: n.security_groups.into_iter().collect(),
+            processes: names(&n.processes),
+            server_ports: n.server_ports.into_iter().collect(),
+            members: n.members.len() as u32,
+            bytes_in: n.bytes_in,
+            bytes_out: n.bytes_out,
+            connections: n.connections,
+            cost_usd: usd(n.cost_nanos),
+            labels: n.labels,
+            health: n.health,
+        })
+        .collect();
+    let mut totals = Totals {
+        nodes: out_nodes.len() as u64,
+        ..Totals::default()
+    };
+    let mut total_cost = 0u64;
+    let out_links: Vec<Link> = links
+        .into_iter()
+        .map(|((source, target), l)| {
+            totals.links += 1;
+            totals.bytes += l.to_target + l.to_source;
+            totals.connections += l.connections;
+            totals.disagreement_bytes += l.disagreement;
+            total_cost += l.cost_nanos;
+            Link {
+                source,
+                target,
+                bytes_to_target: l.to_target,
+                bytes_to_source: l.to_source,
+                connections: l.connections,
+                server_ports: l.ports.into_iter().collect(),
+                client_processes: names(&l.client_processes),
+                server_processes: names(&l.server_processes),
+                observed_by: match l.observed {
+                    Same::One(o) => o,
+                    _ => ObservedBy::Mixed,
+                },
+                disagreement_bytes: l.disagreement,
+                cost_usd: usd(l.cost_nanos),
+                cost_kind: l.cost_kind.get().unwrap_or(CostKind::Unknown),
+                first_seen: l.first_ms.map(from_ms),
+                last_seen: l.last_ms.map(from_ms),
+            }
+        })
+        .collect();
+    totals.cost_usd = usd(total_cost);
+    Map {
+        schema: MAP_SCHEMA.to_owned(),
+        view,
+        from: p.from,
+        to: p.to,
+        generated_at,
+        nodes: out_nodes,
+        links: out_links,
+        totals,
+        warnings: p.warnings.clone(),
+    }
+}
+
+fn add_member(
+    n: &mut NodeAcc,
+    view: View,
+    group: &str,
+    i: usize,
+    id: &Identity,
+    dir: &Directory<'_>,
+) {
+    let first = n.members.is_empty();
+    n.members.insert(i);
+    n.env.add(id.env.as_ref());
+    n.archdomain.add(id.archdomain.as_ref());
+    n.addresses.extend(id.addresses.iter().copied());
+    n.instance_type.add(id.instance_type.as_ref());
+    n.availability_zone.add(id.availability_zone.as_ref());
+    n.region.add(id.region.as_ref());
+    n.lifecycle.add(id.lifecycle.as_ref());
+    if let Some(p) = id.price_per_hour {
+        n.price = Some(n.price.unwrap_or(0.0) + p);
+    }
+    n.security_groups.extend(id.security_groups.iter().cloned());
+    if let Some(h) = &id.health {
+        let acc = n.health.get_or_insert_default();
+        acc.reports += h.reports;
+        acc.probe_drops += h.probe_drops;
+        acc.spool_dropped += h.spool_dropped;
+    }
+    match view {
+        View::Instances => {
+            n.label = id.label.clone();
+            n.kind = id.kind;
+            n.instance_id = id.instance_id.clone();
+            n.labels = id.labels.clone();
+        }
+        View::Clusters | View::SecurityGroups if group == "external" => {
+            n.label = "external".into();
+            n.kind = Some(NodeKind::External);
+        }
+        View::Clusters => {
+            if first {
+                n.kind = Some(NodeKind::Cluster);
+                n.label = cluster_label(id.archdomain.as_deref(), id.env.as_deref());
+            }
+        }
+        View::SecurityGroups => {
+            if first {
+                n.kind = Some(NodeKind::SecurityGroup);
+                n.label = match group.strip_prefix("sg:") {
+                    Some("none") | None => "no security group".into(),
+                    Some(g) => dir.group_name(g),
+                };
+            }
+        }
+    }
+}
+
+/// Sums maps of consecutive ranges of one view (daily files making up a longer range): nodes
+/// by id (attributes of the latest map that has them, health summed), links by (source,
+/// target) with bytes, connections, disagreement and cost summed; node totals recomputed from
+/// the links.
+pub fn merge_maps(
+    docs: Vec<Map>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    generated_at: DateTime<Utc>,
+) -> Map {
+    let view = docs.first().map_or(View::Instances, |d| d.view);
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut links: BTreeMap<(String, String), (Link, u64)> = BTreeMap::new();
+    let mut warnings: Vec<String> = Vec::new();
+    let to_nanos = |usd: f64| (usd * 1e9).round() as u64;
+    for d in docs {
+        for w in d.warnings {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        for n in d.nodes {
+            match nodes.get_mut(&n.id) {
+                Some(old) => {
+                    let health = match (&old.health, &n.health) {
+                        (Some(a), Some(b)) => Some(NodeHealth {
+                            reports: a.reports + b.reports,
+                            probe_drops: a.probe_drops + b.probe_drops,
+                            spool_dropped: a.spool_dropped.max(b.spool_dropped),
+                        }),
+                        (a, b) => a.clone().or(b.clone()),
+                    };
+                    let mut processes: BTreeSet<String> = old.processes.drain(..).collect();
+                    processes.extend(n.processes.iter().cloned());
+                    let mut ports: BTreeSet<u16> = old.server_ports.drain(..).collect();
+                    ports.extend(n.server_ports.iter().copied());
+                    let mut addrs: BTreeSet<String> = old.addresses.drain(..).collect();
+                    addrs.extend(n.addresses.iter().cloned());
+                    let members = old.members.max(n.members);
+                    *old = Node {
+                        processes: processes.into_iter().collect(),
+                        server_ports: ports.into_iter().collect(),
+                        addresses: addrs.into_iter().collect(),
+                        members,
+                        health,
+                        ..n
+                    };
+                }
+                None => {
+                    nodes.insert(n.id.clone(), n);
+                }
+            }
+        }
+        for l in d.links {
+            let nanos = to_nanos(l.cost_usd);
+            match links.get_mut(&(l.source.clone(), l.target.clone())) {
+                Some((acc, acc_nanos)) => {
+                    acc.bytes_to_target += l.bytes_to_target;
+                    acc.bytes_to_source += l.bytes_to_source;
+                    acc.connections += l.connections;
+                    acc.disagreement_bytes += l.disagreement_bytes;
+                    *acc_nanos += nanos;
+                    let mut ports: BTreeSet<u16> = acc.server_ports.drain(..).collect();
+                    ports.extend(l.server_ports.iter().copied());
+                    acc.server_ports = ports.into_iter().collect();
+                    for (mine, theirs) in [
+                        (&mut acc.client_processes, &l.client_processes),
+                        (&mut acc.server_processes, &l.server_processes),
+                    ] {
+                        let mut set: BTreeSet<String> = mine.drain(..).collect();
+                        set.extend(theirs.iter().cloned());
+                        *mine = set.into_iter().collect();
+                    }
+                    if acc.observed_by != l.observed_by {
+                        acc.observed_by = ObservedBy::Mixed;
+                    }
+                    if acc.cost_kind != l.cost_kind {
+                        acc.cost_kind = CostKind::Unknown;
+                    }
+                    acc.first_seen = acc
+                        .first_seen
+                        .min(l.first_seen)
+                        .or(acc.first_seen.or(l.first_seen));
+                    acc.last_seen = acc.last_seen.max(l.last_seen);
+                }
+                None => {
+                    links.insert((l.source.clone(), l.target.clone()), (l, nanos));
+                }
+            }
+        }
+    }
+    for n in nodes.values_mut() {
+        n.bytes_in = 0;
+        n.bytes_out = 0;
+        n.connections = 0;
+        n.cost_usd = 0.0;
+    }
+    let mut node_nanos: BTreeMap<String, u64> = BTreeMap::new();
+    let mut totals = Totals {
+        nodes: nodes.len() as u64,
+        ..Totals::default()
+    };
+    let mut total_nanos = 0u64;
+    let out_links: Vec<Link> = links
+        .into_values()
+        .map(|(mut l, nanos)| {
+            l.cost_usd = usd(nanos);
+            totals.links += 1;
+            totals.bytes += l.bytes_to_target + l.bytes_to_source;
+            totals.connections += l.connections;
+            totals.disagreement_bytes += l.disagreement_bytes;
+            total_nanos += nanos;
+            if let Some(s) = nodes.get_mut(&l.source) {
+                s.connections += l.connections;
+                *node_nanos.entry(l.source.clone()).or_default() += nanos;
+                if l.source != l.target {
+                    s.bytes_out += l.bytes_to_target;
+                    s.bytes_in += l.bytes_to_source;
+                }
+            }
+            if l.source != l.target
+                && let Some(t) = nodes.get_mut(&l.target)
+            {
+                t.connections += l.connections;
+                t.bytes_in += l.bytes_to_target;
+                t.bytes_out += l.bytes_to_source;
+                *node_nanos.entry(l.target.clone()).or_default() += nanos;
+            }
+            l
+        })
+        .collect();
+    for (id, nanos) in node_nanos {
+        if let Some(n) = nodes.get_mut(&id) {
+            n.cost_usd = usd(nanos);
+        }
+    }
+    totals.cost_usd = usd(total_nanos);
+    Map {
+        schema: MAP_SCHEMA.to_owned(),
+        view,
+        from,
+        to,
+        generated_at,
+        nodes: nodes.into_values().collect(),
+        links: out_links,
+        totals,
+        warnings,
+    }
+}

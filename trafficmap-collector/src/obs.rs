@@ -1,0 +1,412 @@
+//! Observations: what the collector keeps of a report, and what the stores hand back for a
+//! time range.
+//!
+//! One observation row is one report pair: (observer, local address, peer address, server port,
+//! role, process) with its counters. Rows are stored as they were observed, one side at a time;
+//! the two sides of a conversation are merged only when a map or query is built
+//! ([`crate::merge`]), because the other side's report may arrive later, or at another collector.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use chrono::{DateTime, DurationRound as _, TimeDelta, Utc};
+use trafficmap_model::report::{Ec2Identity, Report, Role};
+
+/// Counters of one observation key over some period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Connections opened during the period.
+    pub conns_opened: u64,
+    /// Connections already open when the period's first window began (so that long-lived
+    /// connections count in a range even if they were opened before it).
+    pub conns_carried: u64,
+    /// Start of the earliest window that contributed (milliseconds since the epoch); decides
+    /// whose `conns_carried` wins when periods are added.
+    pub first_window_ms: i64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+impl Counters {
+    /// Adds a later or earlier period of the same key.
+    pub fn add(&mut self, o: &Counters) {
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.conns_opened += o.conns_opened;
+        if o.first_window_ms < self.first_window_ms {
+            self.first_window_ms = o.first_window_ms;
+            self.conns_carried = o.conns_carried;
+        }
+        self.first_seen_ms = self.first_seen_ms.min(o.first_seen_ms);
+        self.last_seen_ms = self.last_seen_ms.max(o.last_seen_ms);
+    }
+
+    /// Distinct connections over the period: those open at its start plus those opened in it.
+    pub fn connections(&self) -> u64 {
+        self.conns_carried + self.conns_opened
+    }
+}
+
+pub fn role_str(r: Role) -> &'static str {
+    match r {
+        Role::Client => "client",
+        Role::Server => "server",
+        Role::Unknown => "unknown",
+    }
+}
+
+pub fn parse_role(s: &str) -> Option<Role> {
+    match s {
+        "client" => Some(Role::Client),
+        "server" => Some(Role::Server),
+        "unknown" => Some(Role::Unknown),
+        _ => None,
+    }
+}
+
+/// A report pair as stored: the observer is the agent's `machine_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub minute: i64,
+    pub local_ip: IpAddr,
+    pub peer_ip: IpAddr,
+    pub server_port: u16,
+    pub role: Role,
+    pub process: String,
+    pub c: Counters,
+}
+
+/// Everything a store keeps from one accepted report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ingest {
+    pub report_id: String,
+    pub seq: u64,
+    pub machine_id: String,
+    pub hostname: String,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    /// UTC day (seconds since the epoch at midnight) the window starts in.
+    pub day: i64,
+    /// The host's addresses: reported interface addresses plus the local side of every pair
+    /// (loopback excluded).
+    pub addresses: BTreeSet<IpAddr>,
+    pub ec2: Option<Ec2Identity>,
+    pub agent_version: String,
+    pub backend: String,
+    pub kernel: String,
+    pub probe_drops: u64,
+    pub spool_dropped: u64,
+    pub rows: Vec<Row>,
+}
+
+pub const MINUTE: i64 = 60;
+pub const HOUR: i64 = 3600;
+pub const DAY: i64 = 86_400;
+
+/// Start of the period of `len` seconds containing `t` (seconds since the epoch).
+pub fn floor(t: i64, len: i64) -> i64 {
+    t.div_euclid(len) * len
+}
+
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_secs(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(s, 0).unwrap_or_default()
+}
+
+pub fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+/// Truncates to the minute (ranges are minute-granular: the whole window of a report is
+/// attributed to the minute its window starts in).
+pub fn minute_floor(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
+}
+
+impl Ingest {
+    /// Turns a validated report into what is stored.
+    pub fn from_report(r: &Report) -> Ingest {
+        let start = r.window.start;
+        let minute = floor(start.timestamp(), MINUTE);
+        let mut addresses: BTreeSet<IpAddr> = r
+            .host
+            .addresses
+            .iter()
+            .copied()
+            .filter(|a| !a.is_loopback())
+            .collect();
+        let rows = r
+            .pairs
+            .iter()
+            .map(|p| {
+                if !p.local_ip.is_loopback() {
+                    addresses.insert(p.local_ip);
+                }
+                // Open at the window's start = open at its end + closed - opened, as counted by
+                // the agent for this window.
+                let carried = (p.connections_active + p.connections_closed)
+                    .saturating_sub(p.connections_opened);
+                Row {
+                    minute,
+                    local_ip: p.local_ip,
+                    peer_ip: p.peer_ip,
+                    server_port: p.server_port,
+                    role: p.role,
+                    process: p.process.clone(),
+                    c: Counters {
+                        bytes_sent: p.bytes_sent,
+                        bytes_received: p.bytes_received,
+                        conns_opened: p.connections_opened,
+                        conns_carried: carried,
+                        first_window_ms: ms(start),
+                        first_seen_ms: ms(p.first_seen),
+                        last_seen_ms: ms(p.last_seen),
+                    },
+                }
+            })
+            .collect();
+        Ingest {
+            report_id: r.report_id.clone(),
+            seq: r.seq,
+            machine_id: r.host.machine_id.clone(),
+            hostname: r.host.hostname.clone(),
+            window_start: start,
+            window_end: r.window.end,
+            day: floor(start.timestamp(), DAY),
+            addresses,
+            ec2: r.host.ec2.clone(),
+            agent_version: r.agent.version.clone(),
+            backend: r.agent.backend.clone(),
+            kernel: r.agent.kernel.clone(),
+            probe_drops: r.health.drops.values().sum(),
+            spool_dropped: r.health.spool_dropped,
+            rows,
+        }
+    }
+}
+
+/// An agent as seen over a range: identity and health summed over its reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentInfo {
+    pub machine_id: String,
+    pub hostname: String,
+    pub addresses: BTreeSet<IpAddr>,
+    pub ec2: Option<Ec2Identity>,
+    pub reports: u64,
+    pub probe_drops: u64,
+    pub spool_dropped: u64,
+}
+
+/// One observation key summed over a range, with interned observer and process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Obs {
+    /// Index into [`RangeData::agents`].
+    pub agent: u32,
+    pub local_ip: IpAddr,
+    pub peer_ip: IpAddr,
+    pub server_port: u16,
+    pub role: Role,
+    /// Index into [`RangeData::processes`].
+    pub process: u32,
+    pub c: Counters,
+}
+
+/// What a store returns for a range: every observation key summed over the range, and the
+/// agents that reported in it.
+#[derive(Clone, Debug, Default)]
+pub struct RangeData {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub agents: Vec<AgentInfo>,
+    pub processes: Vec<String>,
+    pub obs: Vec<Obs>,
+}
+
+/// Builds a [`RangeData`], interning agents and processes and summing rows of the same key
+/// (stores read several granularities for one range).
+#[derive(Default)]
+pub struct RangeBuilder {
+    agents: Vec<AgentInfo>,
+    agent_idx: std::collections::HashMap<String, u32>,
+    processes: Vec<String>,
+    process_idx: std::collections::HashMap<String, u32>,
+    obs: std::collections::HashMap<ObsKey, Counters>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ObsKey {
+    agent: u32,
+    local_ip: IpAddr,
+    peer_ip: IpAddr,
+    server_port: u16,
+    role: Role,
+    process: u32,
+}
+
+impl RangeBuilder {
+    /// The index of an agent, creating a bare entry if the agent was not seen yet.
+    pub fn agent(&mut self, machine_id: &str) -> u32 {
+        if let Some(&i) = self.agent_idx.get(machine_id) {
+            return i;
+        }
+        let i = self.agents.len() as u32;
+        self.agents.push(AgentInfo {
+            machine_id: machine_id.to_owned(),
+            hostname: machine_id.to_owned(),
+            ..AgentInfo::default()
+        });
+        self.agent_idx.insert(machine_id.to_owned(), i);
+        i
+    }
+
+    pub fn has_agent(&self, machine_id: &str) -> bool {
+        self.agent_idx.contains_key(machine_id)
+    }
+
+    pub fn agent_mut(&mut self, machine_id: &str) -> &mut AgentInfo {
+        let i = self.agent(machine_id);
+        &mut self.agents[i as usize]
+    }
+
+    pub fn process(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.process_idx.get(name) {
+            return i;
+        }
+        let i = self.processes.len() as u32;
+        self.processes.push(name.to_owned());
+        self.process_idx.insert(name.to_owned(), i);
+        i
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        agent: u32,
+        local_ip: IpAddr,
+        peer_ip: IpAddr,
+        server_port: u16,
+        role: Role,
+        process: u32,
+        c: &Counters,
+    ) {
+        let key = ObsKey {
+            agent,
+            local_ip,
+            peer_ip,
+            server_port,
+            role,
+            process,
+        };
+        match self.obs.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(c),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(*c);
+            }
+        }
+    }
+
+    pub fn finish(self, from: DateTime<Utc>, to: DateTime<Utc>) -> RangeData {
+        let mut obs: Vec<Obs> = self
+            .obs
+            .into_iter()
+            .map(|(k, c)| Obs {
+                agent: k.agent,
+                local_ip: k.local_ip,
+                peer_ip: k.peer_ip,
+                server_port: k.server_port,
+                role: k.role,
+                process: k.process,
+                c,
+            })
+            .collect();
+        // Agents numbered by machine id: what is built from the data does not depend on the
+        // order rows came out of the store.
+        let mut order: Vec<u32> = (0..self.agents.len() as u32).collect();
+        order.sort_by(|&a, &b| {
+            self.agents[a as usize]
+                .machine_id
+                .cmp(&self.agents[b as usize].machine_id)
+        });
+        let mut renumber = vec![0u32; order.len()];
+        for (new, &old) in order.iter().enumerate() {
+            renumber[old as usize] = new as u32;
+        }
+        for o in &mut obs {
+            o.agent = renumber[o.agent as usize];
+        }
+        let mut agents = self.agents;
+        agents.sort_by(|a, b| a.machine_id.cmp(&b.machine_id));
+        RangeData {
+            from,
+            to,
+            agents,
+            processes: self.processes,
+            obs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carried_in_connections_follow_the_earliest_period() {
+        let mut a = Counters {
+            bytes_sent: 10,
+            bytes_received: 1,
+            conns_opened: 2,
+            conns_carried: 5,
+            first_window_ms: 2_000,
+            first_seen_ms: 2_100,
+            last_seen_ms: 2_900,
+        };
+        let earlier = Counters {
+            bytes_sent: 7,
+            bytes_received: 3,
+            conns_opened: 1,
+            conns_carried: 4,
+            first_window_ms: 1_000,
+            first_seen_ms: 1_500,
+            last_seen_ms: 1_600,
+        };
+        a.add(&earlier);
+        assert_eq!(
+            a,
+            Counters {
+                bytes_sent: 17,
+                bytes_received: 4,
+                conns_opened: 3,
+                conns_carried: 4,
+                first_window_ms: 1_000,
+                first_seen_ms: 1_500,
+                last_seen_ms: 2_900,
+            }
+        );
+        assert_eq!(a.connections(), 7);
+    }
+
+    #[test]
+    fn report_becomes_rows_and_addresses() {
+        let r = Report::from_json(include_bytes!("../../schema/report-v1.example.json")).unwrap();
+        let i = Ingest::from_report(&r);
+        assert_eq!(i.rows.len(), 3);
+        let ten: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().unwrap();
+        assert_eq!(i.rows[0].minute, ten.timestamp());
+        assert_eq!(i.day, floor(i.window_start.timestamp(), DAY));
+        // 8 active at the end + 2 closed - 3 opened = 7 open when the window began.
+        assert_eq!(i.rows[0].c.conns_carried, 7);
+        assert_eq!(i.rows[0].c.connections(), 10);
+        assert_eq!(
+            i.addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.0.1.11", "fd00:1::11"]
+        );
+    }
+}

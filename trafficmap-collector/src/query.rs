@@ -1,0 +1,957 @@
+//! The command-line questions: top flows, who calls what, cross-env traffic, archdomain
+//! compliance, and map exports. They read the same store and use the same merge and enrichment
+//! as the maps, so their numbers are the maps' numbers.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{IsTerminal as _, Write as _},
+    net::IpAddr,
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use trafficmap_model::map::NodeKind;
+
+use crate::{
+    cli::{
+        ArchdomainArgs, CrossEnvArgs, ExportArgs, Filters, Output, ProgressArgs, RangeArgs,
+        Settings, SortBy, TopArgs, WhoCallsArgs,
+    },
+    config::Config,
+    cost::usd,
+    enrich::{Identity, dns::ReverseLookup, dns::SystemResolver, refresh::Enricher},
+    export::{export, grouped},
+    mapbuild::{Priced, unnamed_addresses},
+    maps::{self, Built},
+    run::open_store,
+    store::Store,
+};
+
+/// Progress lines on standard error (when it is a terminal, or with `--progress`).
+pub struct Progress {
+    on: bool,
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new(a: ProgressArgs) -> Progress {
+        Progress {
+            on: !a.quiet && (a.progress || std::io::stderr().is_terminal()),
+            start: Instant::now(),
+        }
+    }
+
+    pub fn step(&self, msg: impl std::fmt::Display) {
+        if self.on {
+            eprintln!("[{:>6.1}s] {msg}", self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+pub fn resolve_range(r: &RangeArgs, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    if let Some(d) = r.day {
+        return Ok(maps::day_range(d));
+    }
+    if let (Some(f), Some(t)) = (r.from, r.to) {
+        let (f, t) = (f.with_timezone(&Utc), t.with_timezone(&Utc));
+        if f >= t {
+            bail!("--from {f} is not before --to {t}");
+        }
+        return Ok((f, t));
+    }
+    let last = r.last.unwrap_or(std::time::Duration::from_secs(86_400));
+    let to = crate::obs::minute_floor(now) + Duration::minutes(1);
+    Ok((to - Duration::from_std(last)?, to))
+}
+
+/// Store, enrichment and the built range, with progress.
+pub struct Loaded {
+    pub cfg: Config,
+    pub store: Store,
+    pub enricher: Arc<Enricher>,
+    pub built: Built,
+}
+
+impl Loaded {
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+}
+
+pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Result<Loaded> {
+    let cfg = settings.config().map_err(anyhow::Error::msg)?;
+    let store = open_store(&cfg).await?;
+    let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
+    let now = Utc::now();
+    if let Some(path) = &cfg.enrich.ec2.snapshot_file {
+        let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+        enricher.set_cloud(
+            trafficmap_model::cloud::CloudSnapshot::from_json(&bytes)
+                .map_err(anyhow::Error::msg)?,
+        );
+    } else if cfg.enrich.ec2.enabled {
+        // The command line does not call AWS itself: it uses what the service last stored.
+        if let Some(snap) = store.cloud(now.date_naive()).await? {
+            p.step(format!("EC2 data as of {}", snap.fetched_at));
+            enricher.set_cloud(snap);
+        }
+    }
+    let (from, to) = resolve_range(range, now)?;
+    p.step(format!("reading {from} .. {to} from {}", store.backend()));
+    let mut built = maps::build(&store, &enricher, &cfg.cost, from, to, now).await?;
+    p.step(format!(
+        "{} conversations, {} endpoints",
+        grouped(built.prepared.conversations.len() as u64),
+        grouped(built.prepared.identities.len() as u64)
+    ));
+    if let Some(rx) = dns_rx {
+        let unnamed = unnamed_addresses(&built.prepared);
+        if !unnamed.is_empty() {
+            resolve_names(&enricher, rx, &unnamed, p).await;
+            built = maps::build(&store, &enricher, &cfg.cost, from, to, now).await?;
+        }
+    }
+    Ok(Loaded {
+        cfg,
+        store,
+        enricher,
+        built,
+    })
+}
+
+/// Reverse DNS for the addresses nothing names, with bounded concurrency and progress.
+async fn resolve_names(
+    enricher: &Arc<Enricher>,
+    rx: tokio::sync::mpsc::Receiver<IpAddr>,
+    ips: &[IpAddr],
+    p: &Progress,
+) {
+    let Some(dns) = enricher.dns.clone() else {
+        return;
+    };
+    let resolver: Arc<dyn ReverseLookup> = Arc::new(SystemResolver);
+    let worker = tokio::spawn(dns.clone().run(rx, resolver));
+    enricher.request_dns(ips.iter().copied());
+    let total = ips.len();
+    loop {
+        let left = dns.pending();
+        p.step(format!(
+            "reverse DNS: {}/{total} addresses",
+            total - left.min(total)
+        ));
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    worker.abort();
+}
+
+fn matches_host(id: &Identity, pattern: &str) -> bool {
+    id.id == pattern
+        || id.label == pattern
+        || id.addresses.iter().any(|a| a.to_string() == pattern)
+        || id.instance_id.as_deref() == Some(pattern)
+}
+
+fn keep(f: &Filters, c: &Priced, ids: &[Identity]) -> bool {
+    let (a, b) = (&ids[c.client], &ids[c.server]);
+    let k = &c.conv.key;
+    if !f.subnet.is_empty()
+        && !f
+            .subnet
+            .iter()
+            .any(|n| n.contains(&k.client_ip) || n.contains(&k.server_ip))
+    {
+        return false;
+    }
+    if !f.host.is_empty()
+        && !f
+            .host
+            .iter()
+            .any(|h| matches_host(a, h) || matches_host(b, h))
+    {
+        return false;
+    }
+    if !f.port.is_empty() && !f.port.contains(&k.port) {
+        return false;
+    }
+    if !f.env.is_empty()
+        && !f
+            .env
+            .iter()
+            .any(|e| a.env.as_deref() == Some(e) || b.env.as_deref() == Some(e))
+    {
+        return false;
+    }
+    !f.exclude
+        .iter()
+        .any(|h| matches_host(a, h) || matches_host(b, h))
+}
+
+#[derive(Serialize, Clone)]
+pub struct FlowRow {
+    pub client: String,
+    pub client_ip: String,
+    pub server: String,
+    pub server_ip: String,
+    pub port: u16,
+    pub bytes_to_server: u64,
+    pub bytes_to_client: u64,
+    pub bytes: u64,
+    pub connections: u64,
+    pub observed_by: String,
+    pub cost_usd: f64,
+}
+
+/// A table printed as aligned text, CSV or JSON.
+struct Table {
+    headers: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+    /// Columns aligned right (numbers).
+    right: Vec<bool>,
+}
+
+impl Table {
+    fn print(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([self.headers[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| -> String {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if self.right[i] {
+                        format!("{c:>w$}", w = widths[i])
+                    } else {
+                        format!("{c:<w$}", w = widths[i])
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_owned()
+        };
+        let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        writeln!(out, "{}", line(&headers))?;
+        for r in &self.rows {
+            writeln!(out, "{}", line(r))?;
+        }
+        Ok(())
+    }
+
+    fn csv(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let field = |s: &str| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_owned()
+            }
+        };
+        writeln!(out, "{}", self.headers.join(","))?;
+        for r in &self.rows {
+            writeln!(
+                out,
+                "{}",
+                r.iter()
+                    .map(|c| field(&c.replace(',', "")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn emit<T: Serialize>(output: Output, table: Table, json: &T) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match output {
+        Output::Table => table.print(&mut out)?,
+        Output::Csv => table.csv(&mut out)?,
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut out, json)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+fn observed(c: &Priced) -> String {
+    format!("{:?}", c.conv.observed_by()).to_lowercase()
+}
+
+pub fn top_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<FlowRow> {
+    let ids = &b.prepared.identities;
+    let mut rows: Vec<(FlowRow, u64)> = b
+        .prepared
+        .conversations
+        .iter()
+        .filter(|c| keep(f, c, ids))
+        .map(|c| {
+            let k = &c.conv.key;
+            (
+                FlowRow {
+                    client: ids[c.client].label.clone(),
+                    client_ip: k.client_ip.to_string(),
+                    server: ids[c.server].label.clone(),
+                    server_ip: k.server_ip.to_string(),
+                    port: k.port,
+                    bytes_to_server: c.conv.bytes_to_server(),
+                    bytes_to_client: c.conv.bytes_to_client(),
+                    bytes: c.conv.bytes_to_server() + c.conv.bytes_to_client(),
+                    connections: c.conv.connections(),
+                    observed_by: observed(c),
+                    cost_usd: usd(c.cost_nanos),
+                },
+                c.cost_nanos,
+            )
+        })
+        .collect();
+    let key = |r: &(FlowRow, u64)| -> u64 {
+        match by {
+            SortBy::Bytes => r.0.bytes,
+            SortBy::ToServer => r.0.bytes_to_server,
+            SortBy::ToClient => r.0.bytes_to_client,
+            SortBy::Connections => r.0.connections,
+            SortBy::Cost => r.1,
+        }
+    };
+    rows.sort_by(|a, b| {
+        key(b).cmp(&key(a)).then_with(|| {
+            (&a.0.client_ip, &a.0.server_ip, a.0.port).cmp(&(
+                &b.0.client_ip,
+                &b.0.server_ip,
+                b.0.port,
+            ))
+        })
+    });
+    rows.truncate(limit);
+    rows.into_iter().map(|(r, _)| r).collect()
+}
+
+#[derive(Serialize, Clone)]
+pub struct PortRow {
+    pub port: u16,
+    pub flows: u64,
+    pub servers: u64,
+    pub bytes_to_server: u64,
+    pub bytes_to_client: u64,
+    pub bytes: u64,
+    pub connections: u64,
+    pub cost_usd: f64,
+}
+
+/// Flows summed per server port (the seed's `GROUP BY l4_dst_port`).
+pub fn port_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<PortRow> {
+    let ids = &b.prepared.identities;
+    let mut acc: BTreeMap<u16, (PortRow, u64, BTreeSet<usize>)> = BTreeMap::new();
+    for c in b.prepared.conversations.iter().filter(|c| keep(f, c, ids)) {
+        let port = c.conv.key.port;
+        let e = acc.entry(port).or_insert_with(|| {
+            (
+                PortRow {
+                    port,
+                    flows: 0,
+                    servers: 0,
+                    bytes_to_server: 0,
+                    bytes_to_client: 0,
+                    bytes: 0,
+                    connections: 0,
+                    cost_usd: 0.0,
+                },
+                0,
+                BTreeSet::new(),
+            )
+        });
+        e.0.flows += 1;
+        e.0.bytes_to_server += c.conv.bytes_to_server();
+        e.0.bytes_to_client += c.conv.bytes_to_client();
+        e.0.bytes += c.conv.bytes_to_server() + c.conv.bytes_to_client();
+        e.0.connections += c.conv.connections();
+        e.1 += c.cost_nanos;
+        e.2.insert(c.server);
+    }
+    let mut rows: Vec<(PortRow, u64)> = acc
+        .into_values()
+        .map(|(mut r, nanos, servers)| {
+            r.servers = servers.len() as u64;
+            r.cost_usd = usd(nanos);
+            (r, nanos)
+        })
+        .collect();
+    let key = |r: &(PortRow, u64)| -> u64 {
+        match by {
+            SortBy::Bytes => r.0.bytes,
+            SortBy::ToServer => r.0.bytes_to_server,
+            SortBy::ToClient => r.0.bytes_to_client,
+            SortBy::Connections => r.0.connections,
+            SortBy::Cost => r.1,
+        }
+    };
+    rows.sort_by(|a, b| key(b).cmp(&key(a)).then(a.0.port.cmp(&b.0.port)));
+    rows.truncate(limit);
+    rows.into_iter().map(|(r, _)| r).collect()
+}
+
+pub async fn top(settings: &Settings, a: &TopArgs) -> Result<()> {
+    let p = Progress::new(a.progress);
+    let l = load(settings, &a.range, &p).await?;
+    if a.by_port {
+        let rows = port_rows(&l.built, &a.filters, a.by, a.limit);
+        let table = Table {
+            headers: vec![
+                "PORT",
+                "FLOWS",
+                "SERVERS",
+                "TO SERVER",
+                "TO CLIENT",
+                "BYTES",
+                "CONNS",
+                "COST USD",
+            ],
+            right: vec![true; 8],
+            rows: rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.port.to_string(),
+                        grouped(r.flows),
+                        grouped(r.servers),
+                        grouped(r.bytes_to_server),
+                        grouped(r.bytes_to_client),
+                        grouped(r.bytes),
+                        grouped(r.connections),
+                        format!("{:.6}", r.cost_usd),
+                    ]
+                })
+                .collect(),
+        };
+        return emit(a.output, table, &rows);
+    }
+    let rows = top_rows(&l.built, &a.filters, a.by, a.limit);
+    let table = Table {
+        headers: vec![
+            "CLIENT",
+            "CLIENT IP",
+            "SERVER",
+            "SERVER IP",
+            "PORT",
+            "TO SERVER",
+            "TO CLIENT",
+            "BYTES",
+            "CONNS",
+            "SEEN BY",
+            "COST USD",
+        ],
+        right: vec![
+            false, false, false, false, true, true, true, true, true, false, true,
+        ],
+        rows: rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.client.clone(),
+                    r.client_ip.clone(),
+                    r.server.clone(),
+                    r.server_ip.clone(),
+                    r.port.to_string(),
+                    grouped(r.bytes_to_server),
+                    grouped(r.bytes_to_client),
+                    grouped(r.bytes),
+                    grouped(r.connections),
+                    r.observed_by.clone(),
+                    format!("{:.6}", r.cost_usd),
+                ]
+            })
+            .collect(),
+    };
+    emit(a.output, table, &rows)
+}
+
+#[derive(Serialize)]
+pub struct CallerRow {
+    pub client: String,
+    pub client_id: String,
+    pub env: Option<String>,
+    pub archdomain: Option<String>,
+    pub ports: Vec<u16>,
+    pub processes: Vec<String>,
+    pub bytes_to_server: u64,
+    pub bytes_to_client: u64,
+    pub connections: u64,
+}
+
+/// `NAME`, `NAME:PORT` or `[v6]:PORT`.
+fn split_target(t: &str) -> (String, Option<u16>) {
+    if let Some(rest) = t.strip_prefix('[')
+        && let Some((addr, port)) = rest.split_once("]:")
+        && let Ok(p) = port.parse()
+    {
+        return (addr.to_owned(), Some(p));
+    }
+    match t.rsplit_once(':') {
+        Some((name, port))
+            if !name.contains(':')
+                || name.starts_with("cluster:")
+                || name.starts_with("host:")
+                || name.starts_with("ip:")
+                || name.starts_with("sg:") =>
+        {
+            match port.parse() {
+                Ok(p)
+                    if !name.is_empty()
+                        && !(name == "ip"
+                            || name == "host"
+                            || name == "cluster"
+                            || name == "sg") =>
+                {
+                    (name.to_owned(), Some(p))
+                }
+                _ => (t.to_owned(), None),
+            }
+        }
+        _ => (t.to_owned(), None),
+    }
+}
+
+fn matches_target(id: &Identity, t: &str) -> bool {
+    if matches_host(id, t) {
+        return true;
+    }
+    let cluster = format!(
+        "cluster:{}|{}",
+        id.archdomain.as_deref().unwrap_or_default(),
+        id.env.as_deref().unwrap_or_default()
+    );
+    if cluster == t {
+        return true;
+    }
+    let prefix = t.trim_end_matches('/');
+    id.archdomain
+        .as_deref()
+        .is_some_and(|a| a == prefix || a.starts_with(&format!("{prefix}/")))
+}
+
+pub fn callers(b: &Built, target: &str, limit: usize) -> Vec<CallerRow> {
+    let (name, port) = split_target(target);
+    let ids = &b.prepared.identities;
+    let mut by_client: BTreeMap<usize, (CallerRow, BTreeSet<u16>, BTreeSet<u32>)> = BTreeMap::new();
+    for c in &b.prepared.conversations {
+        if !matches_target(&ids[c.server], &name) || port.is_some_and(|p| p != c.conv.key.port) {
+            continue;
+        }
+        let id = &ids[c.client];
+        let e = by_client.entry(c.client).or_insert_with(|| {
+            (
+                CallerRow {
+                    client: id.label.clone(),
+                    client_id: id.id.clone(),
+                    env: id.env.clone(),
+                    archdomain: id.archdomain.clone(),
+                    ports: vec![],
+                    processes: vec![],
+                    bytes_to_server: 0,
+                    bytes_to_client: 0,
+                    connections: 0,
+                },
+                BTreeSet::new(),
+                BTreeSet::new(),
+            )
+        });
+        e.0.bytes_to_server += c.conv.bytes_to_server();
+        e.0.bytes_to_client += c.conv.bytes_to_client();
+        e.0.connections += c.conv.connections();
+        e.1.insert(c.conv.key.port);
+        if let Some(s) = &c.conv.client_side {
+            e.2.extend(s.processes.iter().copied());
+        }
+    }
+    let mut rows: Vec<CallerRow> = by_client
+        .into_values()
+        .map(|(mut r, ports, procs)| {
+            r.ports = ports.into_iter().collect();
+            let mut names: Vec<String> = procs
+                .iter()
+                .map(|p| b.prepared.processes[*p as usize].clone())
+                .collect();
+            names.sort();
+            names.dedup();
+            r.processes = names;
+            r
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        (b.bytes_to_server + b.bytes_to_client)
+            .cmp(&(a.bytes_to_server + a.bytes_to_client))
+            .then(a.client_id.cmp(&b.client_id))
+    });
+    rows.truncate(limit);
+    rows
+}
+
+pub async fn who_calls(settings: &Settings, a: &WhoCallsArgs) -> Result<()> {
+    let p = Progress::new(a.progress);
+    let l = load(settings, &a.range, &p).await?;
+    let rows = callers(&l.built, &a.target, a.limit);
+    if rows.is_empty() && a.output == Output::Table {
+        eprintln!("nobody called {} in that range", a.target);
+    }
+    let table = Table {
+        headers: vec![
+            "CLIENT",
+            "ID",
+            "ENV",
+            "ARCHDOMAIN",
+            "PORTS",
+            "PROCESSES",
+            "TO SERVER",
+            "TO CLIENT",
+            "CONNS",
+        ],
+        right: vec![false, false, false, false, false, false, true, true, true],
+        rows: rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.client.clone(),
+                    r.client_id.clone(),
+                    r.env.clone().unwrap_or_else(|| "-".into()),
+                    r.archdomain.clone().unwrap_or_else(|| "-".into()),
+                    r.ports
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    r.processes.join(" "),
+                    grouped(r.bytes_to_server),
+                    grouped(r.bytes_to_client),
+                    grouped(r.connections),
+                ]
+            })
+            .collect(),
+    };
+    emit(a.output, table, &rows)
+}
+
+#[derive(Serialize)]
+pub struct EnvPair {
+    pub client_env: String,
+    pub server_env: String,
+    pub bytes: u64,
+    pub flows: u64,
+    pub cost_usd: f64,
+    pub top: Vec<ClusterPair>,
+}
+
+#[derive(Serialize)]
+pub struct ClusterPair {
+    pub client: String,
+    pub server: String,
+    pub ports: Vec<u16>,
+    pub bytes: u64,
+}
+
+pub fn cross_env_pairs(b: &Built, limit: usize) -> Vec<EnvPair> {
+    let ids = &b.prepared.identities;
+    type Acc = (
+        u64,
+        u64,
+        u64,
+        BTreeMap<(String, String), (u64, BTreeSet<u16>)>,
+    );
+    let mut pairs: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    let cluster = |i: &Identity| {
+        format!(
+            "{} ({})",
+            i.archdomain.as_deref().unwrap_or("untagged"),
+            i.env.as_deref().unwrap_or("-")
+        )
+    };
+    for c in &b.prepared.conversations {
+        let (a, s) = (&ids[c.client], &ids[c.server]);
+        let (Some(ea), Some(es)) = (&a.env, &s.env) else {
+            continue;
+        };
+        if ea == es {
+            continue;
+        }
+        let bytes = c.conv.bytes_to_server() + c.conv.bytes_to_client();
+        let e = pairs.entry((ea.clone(), es.clone())).or_default();
+        e.0 += bytes;
+        e.1 += 1;
+        e.2 += c.cost_nanos;
+        let cp = e.3.entry((cluster(a), cluster(s))).or_default();
+        cp.0 += bytes;
+        cp.1.insert(c.conv.key.port);
+    }
+    let mut out: Vec<EnvPair> = pairs
+        .into_iter()
+        .map(|((ce, se), (bytes, flows, nanos, clusters))| {
+            let mut top: Vec<ClusterPair> = clusters
+                .into_iter()
+                .map(|((c, s), (bytes, ports))| ClusterPair {
+                    client: c,
+                    server: s,
+                    ports: ports.into_iter().collect(),
+                    bytes,
+                })
+                .collect();
+            top.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.client.cmp(&b.client)));
+            top.truncate(limit);
+            EnvPair {
+                client_env: ce,
+                server_env: se,
+                bytes,
+                flows,
+                cost_usd: usd(nanos),
+                top,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    out
+}
+
+pub async fn cross_env(settings: &Settings, a: &CrossEnvArgs) -> Result<()> {
+    let p = Progress::new(a.progress);
+    let l = load(settings, &a.range, &p).await?;
+    let pairs = cross_env_pairs(&l.built, a.limit);
+    let mut rows = Vec::new();
+    for e in &pairs {
+        for c in &e.top {
+            rows.push(vec![
+                format!("{} -> {}", e.client_env, e.server_env),
+                grouped(e.bytes),
+                c.client.clone(),
+                c.server.clone(),
+                c.ports
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                grouped(c.bytes),
+            ]);
+        }
+    }
+    let table = Table {
+        headers: vec![
+            "ENVS",
+            "ENV BYTES",
+            "CLIENT CLUSTER",
+            "SERVER CLUSTER",
+            "PORTS",
+            "BYTES",
+        ],
+        right: vec![false, true, false, false, false, true],
+        rows,
+    };
+    emit(a.output, table, &pairs)
+}
+
+#[derive(Serialize, Default)]
+pub struct Compliance {
+    /// Allowed and seen: archdomain -> hosts.
+    pub allowed: BTreeMap<String, Vec<String>>,
+    /// Seen but not allowed: archdomain -> hosts.
+    pub not_allowed: BTreeMap<String, Vec<String>>,
+    /// Allowed but seen on no host.
+    pub unused: Vec<String>,
+    /// Fleet hosts without an archdomain.
+    pub untagged: Vec<String>,
+}
+
+/// Allowed list: one archdomain per line; a trailing `/` allows the whole subtree.
+pub fn parse_allowed(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn compliance(b: &Built, rules: &crate::enrich::Rules, allowed: &[String]) -> Compliance {
+    let allowed_clean: Vec<(String, bool)> = allowed
+        .iter()
+        .map(|a| {
+            (
+                rules.archdomain.archdomain(a).unwrap_or_default(),
+                a.ends_with('/'),
+            )
+        })
+        .collect();
+    let is_allowed = |a: &str| {
+        allowed_clean
+            .iter()
+            .any(|(x, tree)| a == x || (*tree && a.starts_with(&format!("{x}/"))))
+    };
+    let mut c = Compliance::default();
+    let mut hosts: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    for id in &b.prepared.identities {
+        if matches!(id.kind, Some(NodeKind::Host) | Some(NodeKind::Unmonitored)) {
+            hosts.insert(id.id.clone(), (id.label.clone(), id.archdomain.clone()));
+        }
+    }
+    // Every instance EC2 knows, with or without traffic: the tags are what is checked.
+    for inst in &b.sources.cloud.snapshot.instances {
+        hosts.entry(inst.instance_id.clone()).or_insert_with(|| {
+            let arch = inst
+                .tags
+                .get(&rules.tags.archdomain)
+                .and_then(|v| rules.archdomain.archdomain(v));
+            let name = inst
+                .tags
+                .get(&rules.tags.name)
+                .cloned()
+                .unwrap_or_else(|| inst.instance_id.clone());
+            (name, arch)
+        });
+    }
+    let mut used = BTreeSet::new();
+    for (id, (label, arch)) in hosts {
+        let who = if label == id {
+            id.clone()
+        } else {
+            format!("{label} ({id})")
+        };
+        match arch {
+            None => c.untagged.push(who),
+            Some(a) if is_allowed(&a) => {
+                for (x, tree) in &allowed_clean {
+                    if &a == x || (*tree && a.starts_with(&format!("{x}/"))) {
+                        used.insert(x.clone());
+                    }
+                }
+                c.allowed.entry(a).or_default().push(who);
+            }
+            Some(a) => c.not_allowed.entry(a).or_default().push(who),
+        }
+    }
+    c.unused = allowed_clean
+        .iter()
+        .map(|(x, _)| x.clone())
+        .filter(|x| !used.contains(x))
+        .collect();
+    c
+}
+
+pub async fn archdomains(settings: &Settings, a: &ArchdomainArgs) -> Result<i32> {
+    let p = Progress::new(a.progress);
+    let allowed =
+        std::fs::read_to_string(&a.allowed).with_context(|| a.allowed.display().to_string())?;
+    let allowed = parse_allowed(&allowed);
+    let l = load(settings, &a.range, &p).await?;
+    let c = compliance(&l.built, &l.enricher.rules, &allowed);
+    match a.output {
+        Output::Json => {
+            serde_json::to_writer_pretty(std::io::stdout().lock(), &c)?;
+            println!();
+        }
+        Output::Csv => {
+            println!("status,archdomain,host");
+            for (status, map) in [("allowed", &c.allowed), ("not_allowed", &c.not_allowed)] {
+                for (arch, hosts) in map {
+                    for h in hosts {
+                        println!("{status},{arch},{}", h.replace(',', ""));
+                    }
+                }
+            }
+            for u in &c.unused {
+                println!("unused,{u},");
+            }
+            for h in &c.untagged {
+                println!("untagged,,{}", h.replace(',', ""));
+            }
+        }
+        Output::Table => {
+            let (from, to) = (l.built.prepared.from, l.built.prepared.to);
+            println!("archdomain compliance, {from} .. {to}");
+            println!();
+            println!("not allowed ({}):", c.not_allowed.len());
+            for (arch, hosts) in &c.not_allowed {
+                println!("  {arch}: {}", hosts.join(", "));
+            }
+            println!("untagged hosts ({}):", c.untagged.len());
+            for h in &c.untagged {
+                println!("  {h}");
+            }
+            println!("allowed and seen ({}):", c.allowed.len());
+            for (arch, hosts) in &c.allowed {
+                println!("  {arch}: {} host(s)", hosts.len());
+            }
+            println!("allowed, not seen ({}):", c.unused.len());
+            for u in &c.unused {
+                println!("  {u}");
+            }
+        }
+    }
+    Ok(
+        if a.fail_on_violation && (!c.not_allowed.is_empty() || !c.untagged.is_empty()) {
+            1
+        } else {
+            0
+        },
+    )
+}
+
+pub async fn export_map(settings: &Settings, a: &ExportArgs) -> Result<()> {
+    let p = Progress::new(a.progress);
+    let l = load(settings, &a.range, &p).await?;
+    p.step(format!("rendering the {} view", a.view.as_str()));
+    let map = l.built.render(&l.enricher, a.view, Utc::now());
+    let bytes = export(&map, a.format);
+    match &a.output {
+        Some(path) => {
+            maps::write_atomic(path, &bytes).with_context(|| path.display().to_string())?;
+            p.step(format!(
+                "wrote {} ({} bytes)",
+                path.display(),
+                grouped(bytes.len() as u64)
+            ));
+        }
+        None => std::io::stdout().lock().write_all(&bytes)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(split_target("db-1:5432"), ("db-1".into(), Some(5432)));
+        assert_eq!(split_target("db-1"), ("db-1".into(), None));
+        assert_eq!(split_target("10.0.0.1:80"), ("10.0.0.1".into(), Some(80)));
+        assert_eq!(split_target("fd00::1"), ("fd00::1".into(), None));
+        assert_eq!(split_target("[fd00::1]:443"), ("fd00::1".into(), Some(443)));
+        assert_eq!(split_target("host:api-1"), ("host:api-1".into(), None));
+        assert_eq!(
+            split_target("host:api-1:8080"),
+            ("host:api-1".into(), Some(8080))
+        );
+        assert_eq!(
+            split_target("cluster:online/api|prod:443"),
+            ("cluster:online/api|prod".into(), Some(443))
+        );
+    }
+
+    #[test]
+    fn allowed_list() {
+        assert_eq!(
+            parse_allowed("# master\nonline/api\n\noffline/ # subtree\n"),
+            ["online/api", "offline/"]
+        );
+    }
+}

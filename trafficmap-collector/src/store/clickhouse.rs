@@ -1,0 +1,982 @@
+//! The fleet store: ClickHouse over its HTTP interface, `JSONEachRow` in and out, MergeTree
+//! tables, using only what ClickHouse 18.16 (Debian's) already supports: no `DateTime64`, no
+//! `IPv4`, no table TTL, no `LowCardinality`. Times are stored as epoch seconds (`UInt32`) or
+//! milliseconds (`Int64`), so the server's time zone never matters.
+//!
+//! Several collectors may write to one database, and an agent may retry a report to another
+//! collector. ClickHouse has no transactions, so exactness comes from idempotent data rather
+//! than from checks:
+//! - every minute row carries its `report_id`, and readers collapse rows of the same
+//!   (minute, key, report id) to one (`any`) before summing: a report stored twice counts once;
+//! - hour and day roll-ups are *recomputed* from those de-duplicated rows, never added to, and
+//!   written with a version (`ReplacingMergeTree(version)`, readers take `argMax`), so any number
+//!   of collectors may recompute the same period;
+//! - ingest marks the hour and day it touched in `rollup_dirty` (with ClickHouse's own clock);
+//!   a period is used by readers only when its last recomputation started after its last mark,
+//!   otherwise readers fall back to finer rows.
+//!
+//! Reports older than the minute retention are refused at ingest (the HTTP layer), so a
+//! recomputation always sees every minute row of its period.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
+use crate::obs::{
+    Counters, DAY, HOUR, Ingest, RangeBuilder, RangeData, floor, parse_role, role_str,
+};
+
+/// Partitions of the roll-up and report tables span this many seconds (30 days).
+const BUCKET: i64 = 30 * DAY;
+/// Recompute a closed period only after this long, so most late minute rows are in already.
+const ROLLUP_GRACE: i64 = 120;
+
+/// Where the database is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseOptions {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    /// File holding the password (first line); none for no password.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Time limit of one HTTP request.
+    #[serde(with = "crate::config::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ClickHouseOptions {
+    fn default() -> Self {
+        ClickHouseOptions {
+            url: "http://127.0.0.1:8123".into(),
+            database: "trafficmap".into(),
+            user: "default".into(),
+            password_file: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct ClickHouseStore {
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    base: String,
+    db: String,
+    auth: Option<String>,
+    timeout: Duration,
+}
+
+fn ch(msg: impl std::fmt::Display) -> StoreError {
+    StoreError::ClickHouse(msg.to_string())
+}
+
+/// ClickHouse prints 64-bit integers as JSON strings by default; accept both.
+fn num<'de, D: Deserializer<'de>, T: std::str::FromStr + TryFrom<i64> + TryFrom<u64>>(
+    d: D,
+) -> std::result::Result<T, D::Error> {
+    let bad =
+        |v: &dyn std::fmt::Display| serde::de::Error::custom(format!("not a number in range: {v}"));
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => {
+            if let Some(v) = n.as_u64() {
+                T::try_from(v).map_err(|_| bad(&n))
+            } else if let Some(v) = n.as_i64() {
+                T::try_from(v).map_err(|_| bad(&n))
+            } else {
+                Err(bad(&n))
+            }
+        }
+        serde_json::Value::String(s) => s.parse().map_err(|_| bad(&s)),
+        other => Err(bad(&other)),
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A string literal for a query (identifiers and values we build ourselves).
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+const KEY: &str = "observer, local_ip, peer_ip, server_port, role, process";
+
+/// `JSONEachRow` lines, built before any `.await` (the rows borrow the batch).
+fn each_row<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut body, &r).map_err(ch)?;
+        body.push(b'\n');
+    }
+    Ok(body)
+}
+
+#[derive(Serialize)]
+struct MinuteRow<'a> {
+    minute: i64,
+    report_id: &'a str,
+    observer: &'a str,
+    local_ip: String,
+    peer_ip: String,
+    server_port: u16,
+    role: &'static str,
+    process: &'a str,
+    bytes_sent: u64,
+    bytes_received: u64,
+    conns_opened: u64,
+    conns_carried: u64,
+    first_window_ms: i64,
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+}
+
+#[derive(Serialize)]
+struct ReportRow<'a> {
+    day: i64,
+    report_id: &'a str,
+    machine_id: &'a str,
+    hostname: &'a str,
+    ec2: String,
+    agent_version: &'a str,
+    backend: &'a str,
+    kernel: &'a str,
+    seq: u64,
+    window_start_ms: i64,
+    window_end_ms: i64,
+    received_ms: i64,
+    pairs: u64,
+    probe_drops: u64,
+    spool_dropped: u64,
+}
+
+#[derive(Serialize)]
+struct AddressRow<'a> {
+    day: i64,
+    machine_id: &'a str,
+    address: String,
+}
+
+#[derive(Deserialize)]
+struct KeyRow {
+    observer: String,
+    local_ip: String,
+    peer_ip: String,
+    #[serde(deserialize_with = "num")]
+    server_port: u16,
+    role: String,
+    process: String,
+    #[serde(deserialize_with = "num")]
+    bytes_sent: u64,
+    #[serde(deserialize_with = "num")]
+    bytes_received: u64,
+    #[serde(deserialize_with = "num")]
+    conns_opened: u64,
+    #[serde(deserialize_with = "num")]
+    conns_carried: u64,
+    #[serde(deserialize_with = "num")]
+    first_window_ms: i64,
+    #[serde(deserialize_with = "num")]
+    first_seen_ms: i64,
+    #[serde(deserialize_with = "num")]
+    last_seen_ms: i64,
+}
+
+/// The counters of a key summed over a segment, from rows already de-duplicated.
+/// (Inner queries name their columns `d_*`: ClickHouse aliases are global to a query, and an
+/// alias equal to a column that another aggregate reads would nest aggregates.)
+const SUMS: &str =
+    "sum(d_bs) AS bytes_sent, sum(d_br) AS bytes_received, sum(d_co) AS conns_opened,
+    argMin(d_cc, d_fw) AS conns_carried, min(d_fw) AS first_window_ms,
+    min(d_fs) AS first_seen_ms, max(d_ls) AS last_seen_ms";
+
+/// Minute rows with one row per (minute, key, report id), whatever was stored twice.
+fn dedup_minutes(db: &str, from: i64, to: i64) -> String {
+    format!(
+        "SELECT minute, {KEY}, report_id, any(bytes_sent) AS d_bs, any(bytes_received) AS d_br,
+            any(conns_opened) AS d_co, any(conns_carried) AS d_cc,
+            any(first_window_ms) AS d_fw, any(first_seen_ms) AS d_fs, any(last_seen_ms) AS d_ls
+         FROM {db}.pair_minute WHERE minute >= {from} AND minute < {to}
+         GROUP BY minute, {KEY}, report_id"
+    )
+}
+
+/// Roll-up rows of the latest version per (period, key).
+fn latest_rollups(db: &str, table: &str, from: i64, to: i64) -> String {
+    format!(
+        "SELECT period, {KEY},
+            argMax((bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms), version) AS t,
+            tupleElement(t, 1) AS d_bs, tupleElement(t, 2) AS d_br, tupleElement(t, 3) AS d_co,
+            tupleElement(t, 4) AS d_cc, tupleElement(t, 5) AS d_fw, tupleElement(t, 6) AS d_fs,
+            tupleElement(t, 7) AS d_ls
+         FROM {db}.{table} WHERE period >= {from} AND period < {to}
+         GROUP BY period, {KEY}"
+    )
+}
+
+/// Roll-up state of periods: when each was last marked dirty and last recomputed.
+#[derive(Default)]
+struct RollupState {
+    marked: HashMap<(Grain, i64), i64>,
+    started: HashMap<(Grain, i64), i64>,
+}
+
+impl RollupState {
+    fn clean(&self, g: Grain, p: i64) -> bool {
+        match (self.marked.get(&(g, p)), self.started.get(&(g, p))) {
+            (Some(m), Some(s)) => s > m,
+            // Never marked: no data was ever stored for it.
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    }
+    fn usable(&self, g: Grain, p: i64) -> bool {
+        self.started.contains_key(&(g, p)) && self.clean(g, p)
+    }
+}
+
+fn grain_name(g: Grain) -> &'static str {
+    match g {
+        Grain::Minute => "minute",
+        Grain::Hour => "hour",
+        Grain::Day => "day",
+    }
+}
+
+fn grain_of(s: &str) -> Option<Grain> {
+    match s {
+        "hour" => Some(Grain::Hour),
+        "day" => Some(Grain::Day),
+        _ => None,
+    }
+}
+
+impl ClickHouseStore {
+    /// Connects and creates the database and tables if they are missing.
+    pub async fn open(opts: &ClickHouseOptions) -> Result<ClickHouseStore> {
+        let password = match &opts.password_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| ch(format!("{}: {e}", p.display())))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        if !opts
+            .database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || opts.database.is_empty()
+        {
+            return Err(ch(format!(
+                "database name `{}`: use letters, digits and _",
+                opts.database
+            )));
+        }
+        let auth = Some(format!(
+            "Basic {}",
+            base64(format!("{}:{}", opts.user, password.unwrap_or_default()).as_bytes())
+        ));
+        let store = ClickHouseStore {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: opts.url.trim_end_matches('/').to_owned(),
+            db: opts.database.clone(),
+            auth,
+            timeout: opts.timeout,
+        };
+        store.create().await?;
+        Ok(store)
+    }
+
+    async fn exec(&self, query_in_url: Option<&str>, body: Vec<u8>) -> Result<Bytes> {
+        let mut uri = format!("{}/?", self.base);
+        if let Some(q) = query_in_url {
+            uri.push_str("query=");
+            uri.push_str(&percent_encode(q));
+        }
+        let mut req = hyper::Request::post(&uri);
+        if let Some(a) = &self.auth {
+            req = req.header(hyper::header::AUTHORIZATION, a);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ch(format!("request to {uri}: {e}")))?;
+        let fut = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| ch(format!("{}: {e}", self.base)))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ch(format!("{}: reading the answer: {e}", self.base)))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(ch(format!(
+                    "{}: HTTP {status}: {}",
+                    self.base,
+                    String::from_utf8_lossy(&body).trim()
+                )));
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
+            ch(format!(
+                "{}: no answer within {:?}",
+                self.base, self.timeout
+            ))
+        })?
+    }
+
+    async fn query(&self, sql: &str) -> Result<Bytes> {
+        self.exec(None, sql.as_bytes().to_vec()).await
+    }
+
+    async fn rows<T: for<'de> Deserialize<'de>>(&self, sql: &str) -> Result<Vec<T>> {
+        let body = self.query(&format!("{sql} FORMAT JSONEachRow")).await?;
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice(l).map_err(|e| {
+                    ch(format!(
+                        "unexpected row `{}`: {e}",
+                        String::from_utf8_lossy(l)
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    async fn insert<T: Serialize>(
+        &self,
+        table: &str,
+        rows: impl IntoIterator<Item = T>,
+    ) -> Result<()> {
+        let mut body = Vec::new();
+        for r in rows {
+            serde_json::to_writer(&mut body, &r).map_err(ch)?;
+            body.push(b'\n');
+        }
+        if body.is_empty() {
+            return Ok(());
+        }
+        let q = format!("INSERT INTO {}.{table} FORMAT JSONEachRow", self.db);
+        self.exec(Some(&q), body).await.map(drop)
+    }
+
+    async fn create(&self) -> Result<()> {
+        let db = &self.db;
+        let counters =
+            "bytes_sent UInt64, bytes_received UInt64, conns_opened UInt64, conns_carried UInt64,
+            first_window_ms Int64, first_seen_ms Int64, last_seen_ms Int64";
+        let key_cols = "observer String, local_ip String, peer_ip String, server_port UInt16, role String, process String";
+        let ddl = [
+            format!("CREATE DATABASE IF NOT EXISTS {db}"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.pair_minute (minute UInt32, report_id String, {key_cols}, {counters})
+                 ENGINE = ReplacingMergeTree() PARTITION BY intDiv(minute, 86400)
+                 ORDER BY (minute, {KEY}, report_id)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.pair_hour (period UInt32, {key_cols}, {counters}, version UInt64)
+                 ENGINE = ReplacingMergeTree(version) PARTITION BY intDiv(period, {BUCKET})
+                 ORDER BY (period, {KEY})"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.pair_day (period UInt32, {key_cols}, {counters}, version UInt64)
+                 ENGINE = ReplacingMergeTree(version) PARTITION BY intDiv(period, {BUCKET})
+                 ORDER BY (period, {KEY})"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.reports (day UInt32, report_id String, machine_id String, hostname String,
+                    ec2 String, agent_version String, backend String, kernel String, seq UInt64,
+                    window_start_ms Int64, window_end_ms Int64, received_ms Int64, pairs UInt64,
+                    probe_drops UInt64, spool_dropped UInt64)
+                 ENGINE = ReplacingMergeTree() PARTITION BY intDiv(day, {BUCKET}) ORDER BY (day, report_id)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.agent_addresses (day UInt32, machine_id String, address String)
+                 ENGINE = ReplacingMergeTree() PARTITION BY intDiv(day, {BUCKET}) ORDER BY (day, machine_id, address)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.rollup_dirty (grain String, period UInt32, marked_at UInt32)
+                 ENGINE = ReplacingMergeTree(marked_at) ORDER BY (grain, period)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.rollup_done (grain String, period UInt32, started_at UInt32, version UInt64)
+                 ENGINE = ReplacingMergeTree(version) ORDER BY (grain, period)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.cloud_snapshots (day UInt32, taken_ms Int64, body String)
+                 ENGINE = ReplacingMergeTree(taken_ms) ORDER BY day"
+            ),
+        ];
+        for q in ddl {
+            self.query(&q).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.query("SELECT 1").await.map(drop)
+    }
+
+    async fn server_now(&self) -> Result<i64> {
+        #[derive(Deserialize)]
+        struct Now {
+            #[serde(deserialize_with = "num")]
+            now: i64,
+        }
+        let rows: Vec<Now> = self.rows("SELECT toUInt32(now()) AS now").await?;
+        rows.first()
+            .map(|r| r.now)
+            .ok_or_else(|| ch("no answer to SELECT now()"))
+    }
+
+    pub async fn ingest(
+        &self,
+        batch: &[std::sync::Arc<Ingest>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Outcome>> {
+        // Ids already stored (by this or another collector). A race with a concurrent insert of
+        // the same report is harmless: readers collapse duplicates.
+        let mut known: HashSet<String> = HashSet::new();
+        if !batch.is_empty() {
+            #[derive(Deserialize)]
+            struct Id {
+                report_id: String,
+            }
+            let days: BTreeSet<i64> = batch.iter().map(|i| i.day).collect();
+            let ids: Vec<String> = batch.iter().map(|i| lit(&i.report_id)).collect();
+            let q = format!(
+                "SELECT DISTINCT report_id FROM {}.reports WHERE day IN ({}) AND report_id IN ({})",
+                self.db,
+                days.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ids.join(",")
+            );
+            known = self
+                .rows::<Id>(&q)
+                .await?
+                .into_iter()
+                .map(|r| r.report_id)
+                .collect();
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<&Ingest> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for ing in batch {
+            if known.contains(&ing.report_id) || !seen.insert(&ing.report_id) {
+                outcomes.push(Outcome::Duplicate);
+            } else {
+                outcomes.push(Outcome::Stored);
+                fresh.push(ing);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(outcomes);
+        }
+        let minutes = each_row(fresh.iter().flat_map(|ing| {
+            ing.rows.iter().map(|r| MinuteRow {
+                minute: r.minute,
+                report_id: &ing.report_id,
+                observer: &ing.machine_id,
+                local_ip: r.local_ip.to_string(),
+                peer_ip: r.peer_ip.to_string(),
+                server_port: r.server_port,
+                role: role_str(r.role),
+                process: &r.process,
+                bytes_sent: r.c.bytes_sent,
+                bytes_received: r.c.bytes_received,
+                conns_opened: r.c.conns_opened,
+                conns_carried: r.c.conns_carried,
+                first_window_ms: r.c.first_window_ms,
+                first_seen_ms: r.c.first_seen_ms,
+                last_seen_ms: r.c.last_seen_ms,
+            })
+        }))?;
+        let addresses = each_row(fresh.iter().flat_map(|ing| {
+            ing.addresses.iter().map(|a| AddressRow {
+                day: ing.day,
+                machine_id: &ing.machine_id,
+                address: a.to_string(),
+            })
+        }))?;
+        let mut periods: BTreeSet<(Grain, i64)> = BTreeSet::new();
+        for ing in &fresh {
+            for r in &ing.rows {
+                periods.insert((Grain::Hour, floor(r.minute, HOUR)));
+                periods.insert((Grain::Day, floor(r.minute, DAY)));
+            }
+        }
+        let received = now.timestamp_millis();
+        let reports = each_row(fresh.iter().map(|ing| {
+            ReportRow {
+                day: ing.day,
+                report_id: &ing.report_id,
+                machine_id: &ing.machine_id,
+                hostname: &ing.hostname,
+                ec2: ing
+                    .ec2
+                    .as_ref()
+                    .map(|e| serde_json::to_string(e).expect("ec2 identity serialises"))
+                    .unwrap_or_default(),
+                agent_version: &ing.agent_version,
+                backend: &ing.backend,
+                kernel: &ing.kernel,
+                seq: ing.seq,
+                window_start_ms: ing.window_start.timestamp_millis(),
+                window_end_ms: ing.window_end.timestamp_millis(),
+                received_ms: received,
+                pairs: ing.rows.len() as u64,
+                probe_drops: ing.probe_drops,
+                spool_dropped: ing.spool_dropped,
+            }
+        }))?;
+        drop(fresh);
+        self.insert("pair_minute", minutes).await?;
+        self.insert("agent_addresses", addresses).await?;
+        // Dirty marks after the rows, stamped by ClickHouse's clock (see the module doc).
+        if !periods.is_empty() {
+            let values: Vec<String> = periods
+                .iter()
+                .map(|(g, p)| format!("({}, {p}, toUInt32(now()))", lit(grain_name(*g))))
+                .collect();
+            self.query(&format!(
+                "INSERT INTO {}.rollup_dirty (grain, period, marked_at) VALUES {}",
+                self.db,
+                values.join(", ")
+            ))
+            .await?;
+        }
+        // The report rows last: once an id is listed, a retry is answered "duplicate".
+        self.insert("reports", reports).await?;
+        Ok(outcomes)
+    }
+
+    async fn rollup_state(&self, from: i64, to: i64) -> Result<RollupState> {
+        #[derive(Deserialize)]
+        struct Mark {
+            grain: String,
+            #[serde(deserialize_with = "num")]
+            period: i64,
+            #[serde(deserialize_with = "num")]
+            at: i64,
+        }
+        let db = &self.db;
+        let mut st = RollupState::default();
+        let marks: Vec<Mark> = self
+            .rows(&format!(
+                "SELECT grain, period, max(marked_at) AS at FROM {db}.rollup_dirty
+                 WHERE period >= {from} AND period < {to} GROUP BY grain, period"
+            ))
+            .await?;
+        for m in marks {
+            if let Some(g) = grain_of(&m.grain) {
+                st.marked.insert((g, m.period), m.at);
+            }
+        }
+        let done: Vec<Mark> = self
+            .rows(&format!(
+                "SELECT grain, period, argMax(started_at, version) AS at FROM {db}.rollup_done
+                 WHERE period >= {from} AND period < {to} GROUP BY grain, period"
+            ))
+            .await?;
+        for d in done {
+            if let Some(g) = grain_of(&d.grain) {
+                st.started.insert((g, d.period), d.at);
+            }
+        }
+        Ok(st)
+    }
+
+    pub async fn range(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<RangeData> {
+        let (f, t) = (floor(from.timestamp(), 60), floor(to.timestamp() + 59, 60));
+        let db = &self.db;
+        let state = self.rollup_state(floor(f, DAY), t).await?;
+        let segments = plan(f, t, &|g, p| state.usable(g, p));
+        let mut b = RangeBuilder::default();
+        let mut ips: HashMap<String, IpAddr> = HashMap::new();
+        for (grain, s, e) in &segments {
+            let inner = match grain {
+                Grain::Minute => dedup_minutes(db, *s, *e),
+                Grain::Hour | Grain::Day => latest_rollups(db, grain.table(), *s, *e),
+            };
+            let rows: Vec<KeyRow> = self
+                .rows(&format!(
+                    "SELECT {KEY}, {SUMS} FROM ({inner}) GROUP BY {KEY}"
+                ))
+                .await?;
+            for r in rows {
+                let mut ip = |s: String| -> Result<IpAddr> {
+                    if let Some(v) = ips.get(&s) {
+                        return Ok(*v);
+                    }
+                    let v: IpAddr = s
+                        .parse()
+                        .map_err(|_| ch(format!("corrupt address `{s}`")))?;
+                    ips.insert(s, v);
+                    Ok(v)
+                };
+                let agent = b.agent(&r.observer);
+                let process = b.process(&r.process);
+                let role =
+                    parse_role(&r.role).ok_or_else(|| ch(format!("corrupt role `{}`", r.role)))?;
+                b.add(
+                    agent,
+                    ip(r.local_ip)?,
+                    ip(r.peer_ip)?,
+                    r.server_port,
+                    role,
+                    process,
+                    &Counters {
+                        bytes_sent: r.bytes_sent,
+                        bytes_received: r.bytes_received,
+                        conns_opened: r.conns_opened,
+                        conns_carried: r.conns_carried,
+                        first_window_ms: r.first_window_ms,
+                        first_seen_ms: r.first_seen_ms,
+                        last_seen_ms: r.last_seen_ms,
+                    },
+                );
+            }
+        }
+        // Health from the (de-duplicated) reports of the range, identity from the days it
+        // touches (latest report wins).
+        #[derive(Deserialize)]
+        struct Health {
+            machine_id: String,
+            #[serde(deserialize_with = "num")]
+            reports: u64,
+            #[serde(deserialize_with = "num")]
+            probe_drops: u64,
+            #[serde(deserialize_with = "num")]
+            spool_dropped: u64,
+        }
+        let dedup_reports = |where_: String| {
+            format!(
+                "SELECT report_id, any(machine_id) AS machine_id, any(hostname) AS hostname, any(ec2) AS ec2,
+                    any(window_start_ms) AS window_start_ms, any(probe_drops) AS probe_drops, any(spool_dropped) AS spool_dropped
+                 FROM {db}.reports WHERE {where_} GROUP BY report_id"
+            )
+        };
+        let (d0, d1) = (floor(f, DAY), floor(t - 1, DAY) + DAY);
+        let health: Vec<Health> = self
+            .rows(&format!(
+                "SELECT machine_id, count() AS reports, sum(probe_drops) AS probe_drops, max(spool_dropped) AS spool_dropped
+                 FROM ({}) WHERE window_start_ms >= {} AND window_start_ms < {} GROUP BY machine_id",
+                dedup_reports(format!("day >= {d0} AND day < {d1}")),
+                f * 1000,
+                t * 1000
+            ))
+            .await?;
+        for h in health {
+            let a = b.agent_mut(&h.machine_id);
+            a.reports += h.reports;
+            a.probe_drops += h.probe_drops;
+            a.spool_dropped = a.spool_dropped.max(h.spool_dropped);
+        }
+        #[derive(Deserialize)]
+        struct Ident {
+            machine_id: String,
+            hostname: String,
+            ec2: String,
+        }
+        let idents: Vec<Ident> = self
+            .rows(&format!(
+                "SELECT machine_id, argMax(hostname, window_start_ms) AS hostname, argMax(ec2, window_start_ms) AS ec2
+                 FROM ({}) GROUP BY machine_id",
+                dedup_reports(format!("day >= {d0} AND day < {d1}"))
+            ))
+            .await?;
+        #[derive(Deserialize)]
+        struct Addr {
+            machine_id: String,
+            address: String,
+        }
+        let addrs: Vec<Addr> = self
+            .rows(&format!(
+                "SELECT DISTINCT machine_id, address FROM {db}.agent_addresses WHERE day >= {d0} AND day < {d1}"
+            ))
+            .await?;
+        let mut by_agent: HashMap<String, BTreeSet<IpAddr>> = HashMap::new();
+        for a in addrs {
+            by_agent.entry(a.machine_id).or_default().insert(
+                a.address
+                    .parse()
+                    .map_err(|_| ch(format!("corrupt address `{}`", a.address)))?,
+            );
+        }
+        for i in idents {
+            if !b.has_agent(&i.machine_id) {
+                continue;
+            }
+            let a = b.agent_mut(&i.machine_id);
+            a.hostname = i.hostname;
+            a.ec2 = if i.ec2.is_empty() {
+                None
+            } else {
+                Some(
+                    serde_json::from_str(&i.ec2)
+                        .map_err(|e| ch(format!("corrupt ec2 identity: {e}")))?,
+                )
+            };
+            a.addresses = by_agent.remove(&i.machine_id).unwrap_or_default();
+        }
+        Ok(b.finish(from, to))
+    }
+
+    pub async fn days(&self) -> Result<Vec<NaiveDate>> {
+        #[derive(Deserialize)]
+        struct D {
+            #[serde(deserialize_with = "num")]
+            day: i64,
+        }
+        let db = &self.db;
+        let rows: Vec<D> = self
+            .rows(&format!(
+                "SELECT day FROM (SELECT DISTINCT day FROM {db}.reports UNION ALL SELECT DISTINCT intDiv(period, 86400) * 86400 AS day FROM {db}.pair_day)
+                 GROUP BY day ORDER BY day DESC"
+            ))
+            .await?;
+        Ok(rows.into_iter().map(|d| super::day_of(d.day)).collect())
+    }
+
+    pub async fn day_changed_at(&self, day: NaiveDate) -> Result<Option<DateTime<Utc>>> {
+        #[derive(Deserialize)]
+        struct M {
+            #[serde(deserialize_with = "num")]
+            n: u64,
+            #[serde(deserialize_with = "num")]
+            at: i64,
+        }
+        let rows: Vec<M> = self
+            .rows(&format!(
+                "SELECT count() AS n, max(received_ms) AS at FROM {}.reports WHERE day = {}",
+                self.db,
+                day_start(day)
+            ))
+            .await?;
+        Ok(rows
+            .first()
+            .filter(|m| m.n > 0)
+            .map(|m| crate::obs::from_ms(m.at)))
+    }
+
+    pub async fn save_cloud(
+        &self,
+        day: NaiveDate,
+        taken: DateTime<Utc>,
+        body: &[u8],
+    ) -> Result<()> {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            day: i64,
+            taken_ms: i64,
+            body: &'a str,
+        }
+        let body = std::str::from_utf8(body).map_err(ch)?;
+        let body = each_row([Row {
+            day: day_start(day),
+            taken_ms: taken.timestamp_millis(),
+            body,
+        }])?;
+        self.insert("cloud_snapshots", body).await
+    }
+
+    pub async fn cloud(&self, day: NaiveDate) -> Result<Option<Vec<u8>>> {
+        #[derive(Deserialize)]
+        struct B {
+            body: String,
+        }
+        let rows: Vec<B> = self
+            .rows(&format!(
+                "SELECT body FROM {}.cloud_snapshots WHERE day <= {} ORDER BY day DESC, taken_ms DESC LIMIT 1",
+                self.db,
+                day_start(day)
+            ))
+            .await?;
+        Ok(rows.into_iter().next().map(|b| b.body.into_bytes()))
+    }
+
+    /// Recomputes closed periods marked dirty since their last recomputation (hours from
+    /// minutes, then days from clean hours), then drops partitions past retention.
+    pub async fn maintain(&self, now: DateTime<Utc>, retention: Retention) -> Result<Maintenance> {
+        let db = &self.db;
+        let mut m = Maintenance::default();
+        let server_now = self.server_now().await?;
+        let state = self.rollup_state(0, i64::from(u32::MAX)).await?;
+        let mut pending: Vec<(Grain, i64)> = state
+            .marked
+            .keys()
+            .filter(|(g, p)| p + g.secs() + ROLLUP_GRACE <= server_now && !state.clean(*g, *p))
+            .copied()
+            .collect();
+        pending.sort();
+        // Hours first (Grain::Hour < Grain::Day), so that days are summed from fresh hours.
+        let mut recomputed_hours: HashSet<i64> = HashSet::new();
+        for (g, p) in pending {
+            let started = self.server_now().await?;
+            let version = (now.timestamp_millis().max(0) as u64) * 1000 + (p as u64 % 997);
+            let source = match g {
+                Grain::Hour => dedup_minutes(db, p, p + HOUR),
+                Grain::Day => {
+                    let hours_clean = (0..24).all(|h| {
+                        let hp = p + h * HOUR;
+                        recomputed_hours.contains(&hp) || state.clean(Grain::Hour, hp)
+                    });
+                    if !hours_clean {
+                        continue;
+                    }
+                    latest_rollups(db, "pair_hour", p, p + DAY)
+                }
+                Grain::Minute => continue,
+            };
+            self.query(&format!(
+                "INSERT INTO {db}.{table} (period, {KEY}, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms, version)
+                 SELECT toUInt32({p}) AS period, {KEY}, {SUMS}, toUInt64({version}) AS version FROM ({source}) GROUP BY {KEY}",
+                table = g.table()
+            ))
+            .await?;
+            self.query(&format!(
+                "INSERT INTO {db}.rollup_done (grain, period, started_at, version) VALUES ({}, {p}, {started}, {version})",
+                lit(grain_name(g))
+            ))
+            .await?;
+            if g == Grain::Hour {
+                recomputed_hours.insert(p);
+            }
+            m.rolled_up += 1;
+        }
+        // Retention: whole partitions only (no TTL in 18.16, and mutations are heavy).
+        let now_s = now.timestamp();
+        let cut = |d: Duration| now_s - d.as_secs() as i64;
+        let state = self.rollup_state(0, i64::from(u32::MAX)).await?;
+        #[derive(Deserialize)]
+        struct Part {
+            table: String,
+            partition: String,
+        }
+        let parts: Vec<Part> = self
+            .rows(&format!(
+                "SELECT DISTINCT table, partition FROM system.parts WHERE database = {} AND active",
+                lit(db)
+            ))
+            .await?;
+        for part in parts {
+            let Ok(id) = part.partition.trim_matches('\'').parse::<i64>() else {
+                continue;
+            };
+            let drop = match part.table.as_str() {
+                "pair_minute" => {
+                    let day = id * DAY;
+                    // Only days whose roll-ups are complete and clean lose their minutes.
+                    day + DAY <= cut(retention.minutes)
+                        && state.clean(Grain::Day, day)
+                        && (0..24).all(|h| state.clean(Grain::Hour, day + h * HOUR))
+                }
+                "pair_hour" | "reports" => (id + 1) * BUCKET <= cut(retention.hours),
+                "pair_day" | "agent_addresses" => (id + 1) * BUCKET <= cut(retention.days),
+                _ => false,
+            };
+            if drop {
+                self.query(&format!(
+                    "ALTER TABLE {db}.{} DROP PARTITION {id}",
+                    part.table
+                ))
+                .await?;
+                m.deleted_rows += 1;
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings() {
+        assert_eq!(base64(b"default:"), "ZGVmYXVsdDo=");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
+        assert_eq!(percent_encode("SELECT 1 -- a'b"), "SELECT%201%20--%20a%27b");
+        assert_eq!(lit("it's\\"), "'it\\'s\\\\'");
+    }
+
+    #[test]
+    fn numbers_quoted_or_not() {
+        #[derive(Deserialize)]
+        struct R {
+            #[serde(deserialize_with = "num")]
+            a: u64,
+            #[serde(deserialize_with = "num")]
+            b: i64,
+        }
+        let r: R = serde_json::from_str(r#"{"a":"18446744073709551615","b":-5}"#).unwrap();
+        assert_eq!((r.a, r.b), (u64::MAX, -5));
+        assert!(serde_json::from_str::<R>(r#"{"a":"x","b":1}"#).is_err());
+    }
+
+    #[test]
+    fn rollup_state_usability() {
+        let mut s = RollupState::default();
+        s.marked.insert((Grain::Hour, 0), 100);
+        assert!(!s.usable(Grain::Hour, 0));
+        s.started.insert((Grain::Hour, 0), 100);
+        // Marked in the same second the recomputation started: not trusted.
+        assert!(!s.usable(Grain::Hour, 0));
+        s.started.insert((Grain::Hour, 0), 101);
+        assert!(s.usable(Grain::Hour, 0));
+        // Never marked, never computed: nothing there, but nothing to read from it either.
+        assert!(s.clean(Grain::Hour, 3600));
+        assert!(!s.usable(Grain::Hour, 3600));
+    }
+}

@@ -1,0 +1,737 @@
+//! The embedded store: one SQLite database (`<data-dir>/trafficmap.db`, WAL).
+//!
+//! Schema (documented in `docs/collector.md`):
+//! - `pair_minute`: append-only observation rows, one per report pair, keyed by the minute the
+//!   report's window started in. Its `rowid` orders arrivals.
+//! - `pair_hour`, `pair_day`: the same keys summed per hour and per day. Roll-up is
+//!   incremental: every minute row with a `rowid` above the `rollup_watermark` (table `meta`) is
+//!   added to both, in one transaction with the new watermark. A late report thus lands in the
+//!   right hour and day whenever it arrives, and a reader adds the not-yet-rolled rows itself
+//!   (same snapshot), so answers never depend on when the roll-up ran.
+//! - `reports`: one row per stored report id; the idempotency check and per-report health.
+//! - `agents_day`, `agent_addresses`: each agent's identity and addresses per day (addresses
+//!   move between hosts over time; a past day is mapped with that day's).
+//! - `cloud_snapshots`: the last EC2 snapshot of each day.
+//!
+//! One writer connection behind a mutex (ingest batches, roll-up, retention); readers open their
+//! own connections and read in one transaction, so they see one consistent snapshot.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
+
+use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
+use crate::obs::{
+    Counters, DAY, HOUR, Ingest, RangeBuilder, RangeData, floor, parse_role, role_str,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+/// Minute rows folded per roll-up transaction (bounds memory and how long ingest waits).
+const ROLLUP_CHUNK: i64 = 100_000;
+/// Rows deleted per retention transaction.
+const DELETE_CHUNK: i64 = 50_000;
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS reports (
+    report_id       TEXT PRIMARY KEY,
+    machine_id      TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    window_end_ms   INTEGER NOT NULL,
+    received_ms     INTEGER NOT NULL,
+    pairs           INTEGER NOT NULL,
+    probe_drops     INTEGER NOT NULL,
+    spool_dropped   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reports_window ON reports (window_start_ms);
+
+CREATE TABLE IF NOT EXISTS agents_day (
+    day              INTEGER NOT NULL,
+    machine_id       TEXT NOT NULL,
+    hostname         TEXT NOT NULL,
+    ec2              TEXT,
+    agent_version    TEXT NOT NULL,
+    backend          TEXT NOT NULL,
+    kernel           TEXT NOT NULL,
+    reports          INTEGER NOT NULL,
+    probe_drops      INTEGER NOT NULL,
+    spool_dropped    INTEGER NOT NULL,
+    first_window_ms  INTEGER NOT NULL,
+    last_window_ms   INTEGER NOT NULL,
+    last_received_ms INTEGER NOT NULL,
+    PRIMARY KEY (day, machine_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS agent_addresses (
+    day        INTEGER NOT NULL,
+    machine_id TEXT NOT NULL,
+    address    TEXT NOT NULL,
+    PRIMARY KEY (day, machine_id, address)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS pair_minute (
+    minute          INTEGER NOT NULL,
+    observer        TEXT NOT NULL,
+    local_ip        TEXT NOT NULL,
+    peer_ip         TEXT NOT NULL,
+    server_port     INTEGER NOT NULL,
+    role            TEXT NOT NULL,
+    process         TEXT NOT NULL,
+    bytes_sent      INTEGER NOT NULL,
+    bytes_received  INTEGER NOT NULL,
+    conns_opened    INTEGER NOT NULL,
+    conns_carried   INTEGER NOT NULL,
+    first_window_ms INTEGER NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pair_minute_minute ON pair_minute (minute);
+
+CREATE TABLE IF NOT EXISTS pair_hour (
+    period          INTEGER NOT NULL,
+    observer        TEXT NOT NULL,
+    local_ip        TEXT NOT NULL,
+    peer_ip         TEXT NOT NULL,
+    server_port     INTEGER NOT NULL,
+    role            TEXT NOT NULL,
+    process         TEXT NOT NULL,
+    bytes_sent      INTEGER NOT NULL,
+    bytes_received  INTEGER NOT NULL,
+    conns_opened    INTEGER NOT NULL,
+    conns_carried   INTEGER NOT NULL,
+    first_window_ms INTEGER NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL,
+    PRIMARY KEY (period, observer, local_ip, peer_ip, server_port, role, process)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS pair_day (
+    period          INTEGER NOT NULL,
+    observer        TEXT NOT NULL,
+    local_ip        TEXT NOT NULL,
+    peer_ip         TEXT NOT NULL,
+    server_port     INTEGER NOT NULL,
+    role            TEXT NOT NULL,
+    process         TEXT NOT NULL,
+    bytes_sent      INTEGER NOT NULL,
+    bytes_received  INTEGER NOT NULL,
+    conns_opened    INTEGER NOT NULL,
+    conns_carried   INTEGER NOT NULL,
+    first_window_ms INTEGER NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL,
+    PRIMARY KEY (period, observer, local_ip, peer_ip, server_port, role, process)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS cloud_snapshots (
+    day      INTEGER PRIMARY KEY,
+    taken_ms INTEGER NOT NULL,
+    body     BLOB NOT NULL
+);
+";
+
+const COLUMNS: &str = "observer, local_ip, peer_ip, server_port, role, process, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms";
+
+/// How hard SQLite syncs: `full` survives power loss, `normal` only process crashes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    #[default]
+    Full,
+    Normal,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn i(v: u64) -> i64 {
+    // Counters above i64::MAX would need 9.2 EB in a minute; clamp rather than wrap.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn bad(what: &str, v: &str) -> StoreError {
+    StoreError::Other(format!("corrupt row: {what} `{v}`"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<dir>/trafficmap.db`.
+    pub fn open(dir: &Path, sync: Sync) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Other(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join("trafficmap.db");
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Sync::Full => "FULL",
+                Sync::Normal => "NORMAL",
+            },
+        )?;
+        conn.pragma_update(None, "cache_size", -65_536)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.execute_batch(SCHEMA)?;
+        let version: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), ('rollup_watermark', 0)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(StoreError::Other(format!(
+                    "{} has schema version {v}; this collector knows version {SCHEMA_VERSION}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(conn),
+            readers: Mutex::default(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn reader(&self) -> Result<Connection> {
+        if let Some(c) = self.readers.lock().expect("reader pool").pop() {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        c.busy_timeout(std::time::Duration::from_secs(10))?;
+        c.pragma_update(None, "cache_size", -65_536)?;
+        Ok(c)
+    }
+
+    fn give_back(&self, c: Connection) {
+        let mut pool = self.readers.lock().expect("reader pool");
+        if pool.len() < 4 {
+            pool.push(c);
+        }
+    }
+
+    pub fn ping(&self) -> Result<()> {
+        let c = self.reader()?;
+        c.query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )?;
+        self.give_back(c);
+        Ok(())
+    }
+
+    pub fn ingest(
+        &self,
+        batch: &[std::sync::Arc<Ingest>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Outcome>> {
+        let mut conn = self.writer.lock().expect("writer");
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut report = tx.prepare_cached(
+                "INSERT INTO reports (report_id, machine_id, seq, window_start_ms, window_end_ms, received_ms, pairs, probe_drops, spool_dropped)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (report_id) DO NOTHING",
+            )?;
+            let mut row = tx.prepare_cached(&format!(
+                "INSERT INTO pair_minute (minute, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            ))?;
+            let mut agent = tx.prepare_cached(
+                "INSERT INTO agents_day (day, machine_id, hostname, ec2, agent_version, backend, kernel, reports, probe_drops, spool_dropped, first_window_ms, last_window_ms, last_received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?10, ?11)
+                 ON CONFLICT (day, machine_id) DO UPDATE SET
+                    hostname = CASE WHEN excluded.last_window_ms >= last_window_ms THEN excluded.hostname ELSE hostname END,
+                    ec2 = CASE WHEN excluded.last_window_ms >= last_window_ms OR ec2 IS NULL THEN COALESCE(excluded.ec2, ec2) ELSE ec2 END,
+                    agent_version = excluded.agent_version, backend = excluded.backend, kernel = excluded.kernel,
+                    reports = reports + 1,
+                    probe_drops = probe_drops + excluded.probe_drops,
+                    spool_dropped = MAX(spool_dropped, excluded.spool_dropped),
+                    first_window_ms = MIN(first_window_ms, excluded.first_window_ms),
+                    last_window_ms = MAX(last_window_ms, excluded.last_window_ms),
+                    last_received_ms = excluded.last_received_ms",
+            )?;
+            let mut address = tx.prepare_cached(
+                "INSERT INTO agent_addresses (day, machine_id, address) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )?;
+            let received = now.timestamp_millis();
+            for ing in batch {
+                let start = ing.window_start.timestamp_millis();
+                let n = report.execute(params![
+                    ing.report_id,
+                    ing.machine_id,
+                    i(ing.seq),
+                    start,
+                    ing.window_end.timestamp_millis(),
+                    received,
+                    ing.rows.len() as i64,
+                    i(ing.probe_drops),
+                    i(ing.spool_dropped),
+                ])?;
+                if n == 0 {
+                    out.push(Outcome::Duplicate);
+                    continue;
+                }
+                for r in &ing.rows {
+                    row.execute(params![
+                        r.minute,
+                        ing.machine_id,
+                        r.local_ip.to_string(),
+                        r.peer_ip.to_string(),
+                        r.server_port,
+                        role_str(r.role),
+                        r.process,
+                        i(r.c.bytes_sent),
+                        i(r.c.bytes_received),
+                        i(r.c.conns_opened),
+                        i(r.c.conns_carried),
+                        r.c.first_window_ms,
+                        r.c.first_seen_ms,
+                        r.c.last_seen_ms,
+                    ])?;
+                }
+                let ec2 = ing
+                    .ec2
+                    .as_ref()
+                    .map(|e| serde_json::to_string(e).expect("ec2 identity serialises"));
+                agent.execute(params![
+                    ing.day,
+                    ing.machine_id,
+                    ing.hostname,
+                    ec2,
+                    ing.agent_version,
+                    ing.backend,
+                    ing.kernel,
+                    i(ing.probe_drops),
+                    i(ing.spool_dropped),
+                    start,
+                    received,
+                ])?;
+                for a in &ing.addresses {
+                    address.execute(params![ing.day, ing.machine_id, a.to_string()])?;
+                }
+                out.push(Outcome::Stored);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn range(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<RangeData> {
+        let mut conn = self.reader()?;
+        let result = read_range(&mut conn, from, to);
+        self.give_back(conn);
+        result
+    }
+
+    pub fn days(&self) -> Result<Vec<NaiveDate>> {
+        let c = self.reader()?;
+        let days = {
+            let mut st = c.prepare("SELECT DISTINCT day FROM agents_day ORDER BY day DESC")?;
+            st.query_map([], |r| r.get::<_, i64>(0))?
+                .map(|d| d.map(super::day_of))
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        self.give_back(c);
+        Ok(days)
+    }
+
+    pub fn day_changed_at(&self, day: NaiveDate) -> Result<Option<DateTime<Utc>>> {
+        let c = self.reader()?;
+        let v: Option<i64> = c.query_row(
+            "SELECT MAX(last_received_ms) FROM agents_day WHERE day = ?1",
+            [day_start(day)],
+            |r| r.get(0),
+        )?;
+        self.give_back(c);
+        Ok(v.map(crate::obs::from_ms))
+    }
+
+    pub fn save_cloud(&self, day: NaiveDate, taken: DateTime<Utc>, body: &[u8]) -> Result<()> {
+        let conn = self.writer.lock().expect("writer");
+        conn.execute(
+            "INSERT INTO cloud_snapshots (day, taken_ms, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (day) DO UPDATE SET taken_ms = excluded.taken_ms, body = excluded.body
+             WHERE excluded.taken_ms >= taken_ms",
+            params![day_start(day), taken.timestamp_millis(), compress(body)],
+        )?;
+        Ok(())
+    }
+
+    pub fn cloud(&self, day: NaiveDate) -> Result<Option<Vec<u8>>> {
+        let c = self.reader()?;
+        let body: Option<Vec<u8>> = c
+            .query_row(
+                "SELECT body FROM cloud_snapshots WHERE day <= ?1 ORDER BY day DESC LIMIT 1",
+                [day_start(day)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        self.give_back(c);
+        body.map(|b| decompress(&b)).transpose()
+    }
+
+    /// Rolls up every minute row not rolled yet, then applies retention.
+    pub fn maintain(&self, now: DateTime<Utc>, retention: Retention) -> Result<Maintenance> {
+        let mut m = Maintenance::default();
+        let mut conn = self.writer.lock().expect("writer");
+        loop {
+            let n = rollup_chunk(&mut conn)?;
+            if n == 0 {
+                break;
+            }
+            m.rolled_up += n;
+        }
+        let now_s = now.timestamp();
+        let cut = |d: std::time::Duration, grain: i64| floor(now_s - d.as_secs() as i64, grain);
+        let minute_cut = cut(retention.minutes, 60);
+        let hour_cut = cut(retention.hours, HOUR);
+        let day_cut = cut(retention.days, DAY);
+        let watermark = watermark(&conn)?;
+        loop {
+            // Only rows already rolled up may go (the watermark guards the hour and day sums).
+            let n = conn.execute(
+                "DELETE FROM pair_minute WHERE rowid IN (SELECT rowid FROM pair_minute WHERE minute < ?1 AND rowid <= ?2 LIMIT ?3)",
+                params![minute_cut, watermark, DELETE_CHUNK],
+            )?;
+            m.deleted_rows += n as u64;
+            if (n as i64) < DELETE_CHUNK {
+                break;
+            }
+        }
+        for (sql, cutoff) in [
+            ("DELETE FROM pair_hour WHERE period < ?1", hour_cut),
+            ("DELETE FROM pair_day WHERE period < ?1", day_cut),
+            (
+                "DELETE FROM reports WHERE window_start_ms < ?1 * 1000",
+                hour_cut,
+            ),
+            ("DELETE FROM agents_day WHERE day < ?1", day_cut),
+            ("DELETE FROM agent_addresses WHERE day < ?1", day_cut),
+            // The newest snapshot stays, whatever its age: it is today's best knowledge.
+            (
+                "DELETE FROM cloud_snapshots WHERE day < ?1 AND day < (SELECT MAX(day) FROM cloud_snapshots)",
+                day_cut,
+            ),
+        ] {
+            m.deleted_rows += conn.execute(sql, [cutoff])? as u64;
+        }
+        Ok(m)
+    }
+}
+
+fn watermark(c: &Connection) -> Result<i64> {
+    Ok(c.query_row(
+        "SELECT value FROM meta WHERE key = 'rollup_watermark'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// A stored key, as text straight from the row (parsed only when a range is read).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct TextKey {
+    observer: String,
+    local_ip: String,
+    peer_ip: String,
+    server_port: i64,
+    role: String,
+    process: String,
+}
+
+fn counters(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Counters> {
+    Ok(Counters {
+        bytes_sent: u(r.get(at)?),
+        bytes_received: u(r.get(at + 1)?),
+        conns_opened: u(r.get(at + 2)?),
+        conns_carried: u(r.get(at + 3)?),
+        first_window_ms: r.get(at + 4)?,
+        first_seen_ms: r.get(at + 5)?,
+        last_seen_ms: r.get(at + 6)?,
+    })
+}
+
+fn text_key(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<TextKey> {
+    Ok(TextKey {
+        observer: r.get(at)?,
+        local_ip: r.get(at + 1)?,
+        peer_ip: r.get(at + 2)?,
+        server_port: r.get(at + 3)?,
+        role: r.get(at + 4)?,
+        process: r.get(at + 5)?,
+    })
+}
+
+/// Folds up to [`ROLLUP_CHUNK`] minute rows above the watermark into the hour and day tables.
+fn rollup_chunk(conn: &mut Connection) -> Result<u64> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let from = watermark(&tx)?;
+    let mut hours: HashMap<(i64, TextKey), Counters> = HashMap::new();
+    let mut days: HashMap<(i64, TextKey), Counters> = HashMap::new();
+    let mut last = from;
+    let mut n = 0u64;
+    {
+        let mut st = tx.prepare_cached(&format!(
+            "SELECT rowid, minute, {COLUMNS} FROM pair_minute WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+        ))?;
+        let mut rows = st.query(params![from, ROLLUP_CHUNK])?;
+        while let Some(r) = rows.next()? {
+            last = r.get(0)?;
+            let minute: i64 = r.get(1)?;
+            let key = text_key(r, 2)?;
+            let c = counters(r, 8)?;
+            add(&mut hours, (floor(minute, HOUR), key.clone()), &c);
+            add(&mut days, (floor(minute, DAY), key), &c);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    for (table, sums) in [("pair_hour", hours), ("pair_day", days)] {
+        let mut st = tx.prepare_cached(&format!(
+            "INSERT INTO {table} (period, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             ON CONFLICT (period, observer, local_ip, peer_ip, server_port, role, process) DO UPDATE SET
+                bytes_sent = bytes_sent + excluded.bytes_sent,
+                bytes_received = bytes_received + excluded.bytes_received,
+                conns_opened = conns_opened + excluded.conns_opened,
+                conns_carried = CASE WHEN excluded.first_window_ms < first_window_ms THEN excluded.conns_carried ELSE conns_carried END,
+                first_window_ms = MIN(first_window_ms, excluded.first_window_ms),
+                first_seen_ms = MIN(first_seen_ms, excluded.first_seen_ms),
+                last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)"
+        ))?;
+        for ((period, k), c) in sums {
+            st.execute(params![
+                period,
+                k.observer,
+                k.local_ip,
+                k.peer_ip,
+                k.server_port,
+                k.role,
+                k.process,
+                i(c.bytes_sent),
+                i(c.bytes_received),
+                i(c.conns_opened),
+                i(c.conns_carried),
+                c.first_window_ms,
+                c.first_seen_ms,
+                c.last_seen_ms,
+            ])?;
+        }
+    }
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'rollup_watermark'",
+        [last],
+    )?;
+    tx.commit()?;
+    Ok(n)
+}
+
+fn add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Counters>, key: K, c: &Counters) {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(c),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(*c);
+        }
+    }
+}
+
+fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<RangeData> {
+    let (f, t) = (floor(from.timestamp(), 60), floor(to.timestamp() + 59, 60));
+    // One read transaction: roll-up tables, watermark and minute rows from the same snapshot.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+    let watermark = watermark(&tx)?;
+    let mut b = RangeBuilder::default();
+    let segments = plan(f, t, &|_, _| true);
+    let mut ips: HashMap<String, IpAddr> = HashMap::new();
+    let mut parse_ip = |s: String| -> Result<IpAddr> {
+        if let Some(ip) = ips.get(&s) {
+            return Ok(*ip);
+        }
+        let ip: IpAddr = s.parse().map_err(|_| bad("address", &s))?;
+        ips.insert(s, ip);
+        Ok(ip)
+    };
+    let mut read = |sql: &str, args: &[i64], b: &mut RangeBuilder| -> Result<()> {
+        let mut st = tx.prepare_cached(sql)?;
+        let mut rows = st.query(rusqlite::params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            let observer: String = r.get(0)?;
+            let agent = b.agent(&observer);
+            let local = parse_ip(r.get(1)?)?;
+            let peer = parse_ip(r.get(2)?)?;
+            let port: i64 = r.get(3)?;
+            let role: String = r.get(4)?;
+            let role = parse_role(&role).ok_or_else(|| bad("role", &role))?;
+            let process: String = r.get(5)?;
+            let process = b.process(&process);
+            let c = counters(r, 6)?;
+            b.add(
+                agent,
+                local,
+                peer,
+                u16::try_from(port).map_err(|_| bad("port", &port.to_string()))?,
+                role,
+                process,
+                &c,
+            );
+        }
+        Ok(())
+    };
+    let mut health_days = Vec::new();
+    let mut health_ranges = Vec::new();
+    for (grain, s, e) in &segments {
+        match grain {
+            Grain::Minute => {
+                read(
+                    &format!(
+                        "SELECT {COLUMNS} FROM pair_minute WHERE minute >= ?1 AND minute < ?2"
+                    ),
+                    &[*s, *e],
+                    &mut b,
+                )?;
+                health_ranges.push((*s, *e));
+            }
+            Grain::Hour | Grain::Day => {
+                read(
+                    &format!(
+                        "SELECT {COLUMNS} FROM {} WHERE period >= ?1 AND period < ?2",
+                        grain.table()
+                    ),
+                    &[*s, *e],
+                    &mut b,
+                )?;
+                // Rows that arrived after the last roll-up.
+                read(
+                    &format!(
+                        "SELECT {COLUMNS} FROM pair_minute WHERE minute >= ?1 AND minute < ?2 AND rowid > ?3"
+                    ),
+                    &[*s, *e, watermark],
+                    &mut b,
+                )?;
+                if *grain == Grain::Day {
+                    health_days.push((*s, *e));
+                } else {
+                    health_ranges.push((*s, *e));
+                }
+            }
+        }
+    }
+    // Health: whole days from the per-day summary, the rest from the reports themselves.
+    for (s, e) in health_days {
+        let mut st = tx.prepare_cached(
+            "SELECT machine_id, reports, probe_drops, spool_dropped FROM agents_day WHERE day >= ?1 AND day < ?2",
+        )?;
+        let mut rows = st.query([s, e])?;
+        while let Some(r) = rows.next()? {
+            let m: String = r.get(0)?;
+            let a = b.agent_mut(&m);
+            a.reports += u(r.get(1)?);
+            a.probe_drops += u(r.get(2)?);
+            a.spool_dropped = a.spool_dropped.max(u(r.get(3)?));
+        }
+    }
+    for (s, e) in health_ranges {
+        let mut st = tx.prepare_cached(
+            "SELECT machine_id, COUNT(*), SUM(probe_drops), MAX(spool_dropped) FROM reports
+             WHERE window_start_ms >= ?1 * 1000 AND window_start_ms < ?2 * 1000 GROUP BY machine_id",
+        )?;
+        let mut rows = st.query([s, e])?;
+        while let Some(r) = rows.next()? {
+            let m: String = r.get(0)?;
+            let a = b.agent_mut(&m);
+            a.reports += u(r.get(1)?);
+            a.probe_drops += u(r.get(2)?);
+            a.spool_dropped = a.spool_dropped.max(u(r.get(3)?));
+        }
+    }
+    // Identity of every agent seen, from the days the range touches (the latest day wins).
+    {
+        let (d0, d1) = (floor(f, DAY), floor(t - 1, DAY) + DAY);
+        let mut st = tx.prepare_cached(
+            "SELECT machine_id, hostname, ec2 FROM agents_day WHERE day >= ?1 AND day < ?2 ORDER BY day",
+        )?;
+        let mut rows = st.query([d0, d1])?;
+        let mut ident: HashMap<String, (String, Option<String>)> = HashMap::new();
+        while let Some(r) = rows.next()? {
+            ident.insert(r.get(0)?, (r.get(1)?, r.get(2)?));
+        }
+        let mut st = tx.prepare_cached(
+            "SELECT machine_id, address FROM agent_addresses WHERE day >= ?1 AND day < ?2",
+        )?;
+        let mut rows = st.query([d0, d1])?;
+        let mut addrs: HashMap<String, BTreeSet<IpAddr>> = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let m: String = r.get(0)?;
+            let a: String = r.get(1)?;
+            addrs
+                .entry(m)
+                .or_default()
+                .insert(a.parse().map_err(|_| bad("address", &a))?);
+        }
+        for (m, (hostname, ec2)) in ident {
+            // Only agents that reported in the range or appear in its rows.
+            if !b.has_agent(&m) {
+                continue;
+            }
+            let a = b.agent_mut(&m);
+            a.hostname = hostname;
+            a.ec2 = ec2
+                .map(|e| serde_json::from_str(&e).map_err(|_| bad("ec2 identity", &e)))
+                .transpose()?;
+            a.addresses = addrs.remove(&m).unwrap_or_default();
+        }
+    }
+    drop(tx);
+    Ok(b.finish(from, to))
+}
+
+fn compress(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(body).expect("writing to memory");
+    enc.finish().expect("writing to memory")
+}
+
+fn decompress(body: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_end(&mut out)
+        .map_err(|e| StoreError::Other(format!("cloud snapshot: {e}")))?;
+    Ok(out)
+}
