@@ -8,7 +8,7 @@ import { CameraController } from "./camera.js";
 import { BACKGROUND, COST_COLORS, DIFF_COLORS, EDGE_CROSS_ENV, EDGE_NEUTRAL, EXTERNAL, KIND_COLORS, UNKNOWN, tint } from "./colors.js";
 import { drawGroups, groupHulls } from "./groups.js";
 import { runLayout } from "./layout-run.js";
-import { addDays, applyFilters, archTree, compareGroups, diffMaps, envList, fmtBytes, fmtCount, fmtUsd, groupEnv, groupKey, indexMap, linkBytes, maxArchDepth, parseBytes, peersOf, searchNodes, withNeighbours, compileRegex } from "./model.js";
+import { addDays, fmtSeen, applyFilters, archTree, compareGroups, diffMaps, envList, fmtBytes, fmtCount, fmtUsd, groupEnv, groupKey, indexMap, linkBytes, maxArchDepth, parseBytes, peersOf, searchNodes, withNeighbours, compileRegex } from "./model.js";
 import { CanvasTarget, SvgTarget, paintGraph } from "./paint.js";
 import { CanvasRenderer } from "./renderer-canvas.js";
 import { SigmaRenderer, webglAvailable } from "./renderer-sigma.js";
@@ -852,7 +852,7 @@ class App {
         row("connections", "Connections", fmtCount(n.connections)),
         row("cost", "Transfer cost", fmtUsd(n.cost_usd)),
         row("health", "Agent", health),
-        self.length ? row("internal", "Internal traffic", `${fmtBytes(self.reduce((a, l) => a + linkBytes(l), 0))} (inside the group, not drawn)`) : null,
+        self.length ? row("internal", "Internal traffic", `${fmtBytes(self.reduce((a, l) => a + linkBytes(l), 0))} (${n.kind === "cluster" || n.kind === "security_group" ? "between its members" : "to itself"}, not drawn)`) : null,
       ),
       h("h3", {}, `Peers (${peers.length})`),
       peers.length
@@ -895,7 +895,7 @@ class App {
         row("observed_by", "Observed by", { both: "both agents", client: "client's agent only", server: "server's agent only", mixed: "mixed (summed links)" }[l.observed_by] ?? l.observed_by),
         row("disagreement", "Disagreement", l.observed_by === "both" ? fmtBytes(l.disagreement_bytes) : null),
         row("cost", "Transfer cost", `${fmtUsd(l.cost_usd)} (${l.cost_kind.replace("_", "-")})`),
-        row("seen", "Seen", l.first_seen && l.last_seen ? `${l.first_seen.replace("T", " ").replace("Z", "")} – ${l.last_seen.replace("T", " ").replace("Z", "")} UTC` : null),
+        row("seen", "Seen", fmtSeen(l.first_seen, l.last_seen)),
         l.diff ? row("diff", "Change", diffText(l)) : null,
       ),
     );

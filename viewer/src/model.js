@@ -420,6 +420,15 @@ export function fmtCount(x) {
   return Math.round(x).toLocaleString("en-US");
 }
 
+/** When a link was seen: `2026-11-23 10:00:00 – 10:00:59 UTC` (the date once if the same). */
+export function fmtSeen(first, last) {
+  if (!first || !last) return null;
+  const t = (s) => s.replace("T", " ").replace(/(\.\d+)?Z$/, "");
+  const a = t(first);
+  const b = t(last);
+  return `${a} – ${a.slice(0, 10) === b.slice(0, 10) ? b.slice(11) : b} UTC`;
+}
+
 /** `2026-11-23` plus `n` days. */
 export function addDays(day, n) {
   const t = Date.parse(`${day}T00:00:00Z`) + n * 86400e3;

@@ -93,6 +93,72 @@ const DATASETS = {
       };
     },
   },
+  // golden/maps (the collector's golden files), newest day 2026-11-23.
+  golden: {
+    detect: (doc) => doc.nodes.some((n) => n.label === "db-1") && doc.nodes.some((n) => n.label === "legacy-db"),
+    build(doc) {
+      const id = (l) => byLabel(doc, l);
+      const apiHits = ["api-1", "api-2"].map(id);
+      const portHits = ["db-1"].map(id);
+      return {
+        pixelNodes: ["api-1", "db-1", "batch-1"].map(id),
+        envToHide: "stage",
+        archRegex: "^offline/",
+        archPrefixToHide: "offline",
+        searches: [
+          ["api", apiHits, neighbourhood(doc, apiHits)],
+          [":5432", portHits, neighbourhood(doc, portHits)],
+          ["10.0.1.0/24", apiHits, neighbourhood(doc, apiHits)],
+        ],
+        notNeighbourOf: { api: id("legacy-db") },
+        link: {
+          source: id("api-2"),
+          target: id("db-1"),
+          title: "api-2 → db-1",
+          fields: {
+            client: "api-2",
+            server: "db-1",
+            server_ports: "5432",
+            bytes_to_target: "2.00 MB",
+            bytes_to_source: "8.00 MB",
+            connections: "3",
+            client_processes: "api-server",
+            server_processes: "postgres",
+            observed_by: "both agents",
+            disagreement: "1.00 kB",
+            cost: "$0.000186 (cross-az)",
+            seen: "2026-11-23 10:00:00 – 10:00:59 UTC",
+          },
+        },
+        details: {
+          id: id("db-1"),
+          label: "db-1",
+          fields: {
+            id: "i-0d1b2c3d4e5f60721",
+            env: "prod",
+            archdomain: "online/storage/postgres",
+            addresses: "10.0.2.21",
+            instance: "i-0d1b2c3d4e5f60721 · r5.xlarge · us-east-1a · on-demand",
+            price: "$0.252/h",
+            security_groups: "sg-0db, sg-0mgmt",
+            processes: "postgres",
+            server_ports: "5432",
+            bytes_in: "3.05 MB",
+            bytes_out: "12.7 MB",
+            connections: "9",
+            cost: "$0.000197",
+            health: "2 reports · 7 probe drops (bytes may be low)",
+          },
+          peers: [
+            ["api-2", "server", "5432", "8.00 MB", "2.00 MB", "$0.000186"],
+            ["api-1", "server", "5432", "4.20 MB", "1.00 MB", "$0.00"],
+            ["batch-1", "server", "5432", "500 kB", "50.0 kB", "$0.00001"],
+            ["AWS DNS", "client", "53", "300 B", "900 B", "$0.00"],
+          ],
+        },
+      };
+    },
+  },
 };
 
 export function expectationsFor(maps, newest) {

@@ -3,7 +3,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { addDays, applyFilters, archPrefix, archTree, checkMap, compareEnvs, compareGroups, diffMaps, envList, fmtBytes, fmtUsd, groupKey, indexMap, logScale, parseBytes, parseQuery, peersOf, searchNodes, withNeighbours } from "../../src/model.js";
+import { addDays, fmtSeen, applyFilters, archPrefix, archTree, checkMap, compareEnvs, compareGroups, diffMaps, envList, fmtBytes, fmtUsd, groupKey, indexMap, logScale, parseBytes, parseQuery, peersOf, searchNodes, withNeighbours } from "../../src/model.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const fixtures = join(here, "../fixtures/maps");
@@ -150,6 +150,9 @@ test("formatting and parsing", () => {
   assert.equal(parseBytes("2e3"), 2000);
   assert.equal(parseBytes("ten"), null);
   assert.equal(addDays("2026-12-31", 1), "2027-01-01");
+  assert.equal(fmtSeen("2026-11-23T10:00:00.500Z", "2026-11-23T10:00:59.500Z"), "2026-11-23 10:00:00 – 10:00:59 UTC");
+  assert.equal(fmtSeen("2026-11-22T23:59:00Z", "2026-11-23T00:01:00Z"), "2026-11-22 23:59:00 – 2026-11-23 00:01:00 UTC");
+  assert.equal(fmtSeen(null, "2026-11-23T00:01:00Z"), null);
   const s = logScale(1e3, 1e9, 1, 7);
   assert.equal(s(1e3), 1);
   assert.equal(s(1e6), 4);
