@@ -5,7 +5,7 @@
 import { BACKGROUND } from "./colors.js";
 import { CanvasTarget, paintGraph } from "./paint.js";
 
-const PADDING = 40;
+const PADDING = 64; // as sigma's stagePadding: room for group outlines and names
 
 export class CanvasRenderer {
   constructor(container, graph, { nodeReducer, edgeReducer, drawOverlay }) {

@@ -58,7 +58,7 @@ export class SigmaRenderer {
       // Panning and zooming are done by camera.js (bitmap motion, one redraw at the end).
       enableCameraPanning: false,
       enableCameraZooming: false,
-      stagePadding: 40,
+      stagePadding: 64, // room for group outlines and names around the outermost nodes
     });
     this.overlay = this.sigma.createCanvas("groups", { beforeLayer: "edges" });
     this.overlayCtx = this.overlay.getContext("2d");

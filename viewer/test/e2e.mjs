@@ -146,7 +146,11 @@ async function startBackend() {
     const out = mkdtempSync(join(tmpdir(), "trafficmap-e2e-"));
     for (const f of files) cpSync(join(mapsDir, f), join(out, f));
     const log = [];
-    const child = spawn(resolve(collectorBin), ["--listen", `127.0.0.1:${port}`, "--output-dir", out], { stdio: ["ignore", "pipe", "pipe"] });
+    const data = mkdtempSync(join(tmpdir(), "trafficmap-e2e-data-"));
+    // Its own empty store and no reverse DNS: everything it serves comes from the map files.
+    const child = spawn(resolve(collectorBin), ["serve", "--listen", `127.0.0.1:${port}`, "--output-dir", out, "--data-dir", data, "--no-dns"], { stdio: ["ignore", "pipe", "pipe"] });
+    // Never leave a collector behind, whatever way this process ends.
+    process.on("exit", () => child.kill("SIGKILL"));
     child.stdout.on("data", (d) => log.push(d.toString()));
     child.stderr.on("data", (d) => log.push(d.toString()));
     const url = `http://127.0.0.1:${port}`;
@@ -167,6 +171,7 @@ async function startBackend() {
         child.kill("SIGTERM");
         writeFileSync(join(artifacts, "collector.log"), log.join(""));
         rmSync(out, { recursive: true, force: true });
+        rmSync(data, { recursive: true, force: true });
       },
     };
   }
@@ -266,8 +271,14 @@ async function assertNodesDrawn(page, img, ids) {
   }
 }
 
+/** Waits for two animation frames: whatever was scheduled has been drawn. */
+function frames(page) {
+  return page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+}
+
 /** Clicks a link where no node covers it, and checks the link panel. */
 async function clickLink(page, l) {
+  await frames(page);
   const nodes = await page.evaluate(() => window.__trafficmap.nodeIds().map((id) => window.__trafficmap.node(id)));
   const a = await page.evaluate((id) => window.__trafficmap.node(id), l.source);
   const b = await page.evaluate((id) => window.__trafficmap.node(id), l.target);
@@ -487,7 +498,10 @@ try {
     await shot(page, "07b-link-details");
     await page.keyboard.press("Escape");
     await page.waitForFunction(() => document.querySelector("#details").hidden);
-    await page.mouse.click(box.x + n.x, box.y + n.y);
+    // The map is wider again without the panel: let it redraw, then find the node anew.
+    await frames(page);
+    const n2 = await page.evaluate((id) => window.__trafficmap.node(id), d.id);
+    await page.mouse.click(box.x + n2.x, box.y + n2.y);
     await page.waitForSelector("#details:not([hidden])");
     // A peer in the table selects that peer.
     await page.locator("#details table.peers button.peer").first().click();
