@@ -37,6 +37,9 @@ function fill(el, ...children) {
   el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
 }
 
+/** Maps with more links than this are drawn without links while the layout runs. */
+const BIG_MAP_LINKS = 10000;
+
 const VIEW_NAMES = { instances: "Instances", clusters: "Clusters", "security-groups": "Security groups" };
 const KIND_NAMES = { host: "host", unmonitored: "unmonitored host", external: "external", cluster: "cluster", security_group: "security group" };
 
@@ -59,7 +62,9 @@ class App {
     this.ready = false;
     this.searchHits = [];
     this.activeResult = -1;
-    this.reducers = makeReducers(() => this.scene.graph, () => this.focus);
+    // While a big map is laid out, its links are not drawn: the moving nodes show the progress,
+    // and drawing 50,000 links per update would take the CPU from the layout.
+    this.reducers = makeReducers(() => this.scene.graph, () => (this.layout.state === "running" && this.scene.graph.size > BIG_MAP_LINKS ? { ...this.focus, edgesHidden: true } : this.focus));
     this.exposeHooks();
   }
 
@@ -313,8 +318,10 @@ class App {
         return;
       }
       this.pendingProgress = null;
-      this.applyPositions(input.ids, msg.positions);
       this.layout.state = "settled";
+      this.applyPositions(input.ids, msg.positions);
+      // A full refresh: the links hidden during the layout come back (reducers run again).
+      this.renderer.refresh();
       this.layout.millis = performance.now() - this.layout.startedAt;
       this.layout.settledAt = performance.now();
       const known = this.positions.get(this.state.view);
@@ -359,14 +366,14 @@ class App {
     this.pendingProgress = null;
     this.awaitingFrame = true;
     this.applyPositions(ids, msg.positions);
-    // The next update waits for this one to be drawn, and then for twice as long as drawing
+    // The next update waits for this one to be drawn, and then for three times as long as drawing
     // took, so that drawing a big map leaves the worker most of the machine.
     const t0 = performance.now();
     this.afterFrame = () => {
       setTimeout(() => {
         this.awaitingFrame = false;
         this.applyPending(ids);
-      }, Math.max(100, 2 * (performance.now() - t0)));
+      }, Math.max(100, 3 * (performance.now() - t0)));
     };
   }
 

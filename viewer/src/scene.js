@@ -124,7 +124,8 @@ export function makeReducers(getGraph, getFocus) {
     return { ...data, forceLabel: focus.size <= 60, zIndex: 1 };
   };
   const edgeReducer = (edge, data) => {
-    const { focus } = getFocus();
+    const { focus, edgesHidden } = getFocus();
+    if (edgesHidden) return { ...data, hidden: true };
     if (!focus) return data;
     const [s, t] = getGraph().extremities(edge);
     if (focus.has(s) && focus.has(t)) return { ...data, zIndex: 1 };
