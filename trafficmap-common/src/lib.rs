@@ -13,8 +13,9 @@ pub mod names {
     pub const CONNS: &str = "CONNS";
     /// Final records of destroyed connections: `RingBuf` of `Conn`.
     pub const CLOSED: &str = "CLOSED";
-    /// In-flight kprobe calls: `HashMap<u64 /* pid_tgid */, Inflight>`.
-    pub const INFLIGHT: &str = "INFLIGHT";
+    /// In-flight kprobe calls: `HashMap<u64 /* pid_tgid */, Inflight>`, sends and receives.
+    pub const INFLIGHT_SEND: &str = "INFLIGHT_SEND";
+    pub const INFLIGHT_RECV: &str = "INFLIGHT_RECV";
     /// Error counters: `PerCpuArray<u64>` indexed by [`crate::ErrorReason`].
     pub const ERRORS: &str = "ERRORS";
 
@@ -155,7 +156,7 @@ impl Conn {
     };
 }
 
-/// Arguments a kprobe saves at function entry for its kretprobe: value of `INFLIGHT`.
+/// Arguments a kprobe saves at function entry for its kretprobe: value of `INFLIGHT_SEND` and `INFLIGHT_RECV`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Inflight {
@@ -176,7 +177,7 @@ pub enum ErrorReason {
     /// `CLOSED` ring buffer was full: a destroyed connection's final record stays in `CONNS`
     /// flagged destroyed, and is handed over later.
     ClosedFull = 1,
-    /// `INFLIGHT` was full: one kprobe-mode call could not be matched with its return.
+    /// An in-flight map was full: one kprobe-mode call could not be matched with its return.
     InflightFull = 2,
     /// A `bpf_probe_read_kernel` of a socket field failed.
     ReadFailed = 3,
@@ -259,6 +260,10 @@ pub struct ProbeConfig {
     pub netns_inum: u32,
     /// Do not count traffic of this thread group (the agent itself); 0 = count all.
     pub ignore_tgid: u32,
+    /// Wake the ring-buffer reader only once this many bytes wait (it also polls on a timer):
+    /// one wakeup per closed connection would cost more than the counting itself.
+    pub ring_wakeup_bytes: u32,
+    pub _pad: u32,
 }
 
 impl ProbeConfig {
@@ -266,6 +271,8 @@ impl ProbeConfig {
         offsets: Offsets::ZERO,
         netns_inum: 0,
         ignore_tgid: 0,
+        ring_wakeup_bytes: 0,
+        _pad: 0,
     };
 }
 
@@ -341,7 +348,7 @@ const _: () = {
     assert!(offset_of!(Conn, flags) == 136);
     assert!(size_of::<Inflight>() == 16);
     assert!(size_of::<Offsets>() == 44);
-    assert!(size_of::<ProbeConfig>() == 52);
+    assert!(size_of::<ProbeConfig>() == 60);
     assert!(offset_of!(TpSockLength, sk) == 8);
     assert!(offset_of!(TpSockLength, flags) == 24);
     assert!(offset_of!(TpInetSockSetState, protocol) == 30);

@@ -5,8 +5,6 @@
 //!
 //! Format: <https://docs.kernel.org/bpf/btf.html>.
 
-use std::collections::HashMap;
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
     #[error("not BTF data (bad magic {0:#06x})")]
@@ -60,11 +58,15 @@ struct Type {
     params: usize,
 }
 
-/// Parsed kernel BTF, indexed by name for the look-ups the loader needs.
+/// Kernel BTF, decoded lazily: only the offset of each type record is kept, and a look-up
+/// decodes the few records it visits. vmlinux has over 100,000 types; a fully decoded copy
+/// would dominate the agent's memory for a handful of look-ups at start.
 pub struct Btf {
-    types: Vec<Type>,
+    types: Vec<u8>,
     strings: Vec<u8>,
-    by_name: HashMap<String, Vec<u32>>,
+    big: bool,
+    /// Byte offset of each type record in `types`, by type id (id 0, `void`, has none).
+    offsets: Vec<u32>,
 }
 
 fn u16_at(d: &[u8], off: usize, big: bool) -> Result<u16, BtfError> {
@@ -93,6 +95,19 @@ fn u32_at(d: &[u8], off: usize, big: bool) -> Result<u32, BtfError> {
     })
 }
 
+/// Bytes of kind-specific data after the 12-byte common header.
+fn extra_len(kind: u32, vlen: usize, id: u32) -> Result<usize, BtfError> {
+    Ok(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+        | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+        KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+        kind => return Err(BtfError::UnknownKind { kind, id }),
+    })
+}
+
 impl Btf {
     pub fn from_sys_fs() -> std::io::Result<Result<Self, BtfError>> {
         Ok(Self::parse(&std::fs::read("/sys/kernel/btf/vmlinux")?))
@@ -110,87 +125,33 @@ impl Btf {
         let type_len = u32_at(data, 12, big)? as usize;
         let str_off = u32_at(data, 16, big)? as usize;
         let str_len = u32_at(data, 20, big)? as usize;
-        let types_data = data
+        let types = data
             .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or(BtfError::Truncated("type section"))?;
+            .ok_or(BtfError::Truncated("type section"))?
+            .to_vec();
         let strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or(BtfError::Truncated("string section"))?
             .to_vec();
-
-        // Type id 0 is `void`.
-        let mut types = vec![Type {
-            name: 0,
-            kind: 0,
-            ty: 0,
-            members: Vec::new(),
-            params: 0,
-        }];
+        let mut offsets = vec![0u32];
         let mut pos = 0;
-        while pos < types_data.len() {
-            let id = types.len() as u32;
-            let name = u32_at(types_data, pos, big)?;
-            let info = u32_at(types_data, pos + 4, big)?;
-            let size_or_type = u32_at(types_data, pos + 8, big)?;
-            pos += 12;
+        while pos < types.len() {
+            let id = offsets.len() as u32;
+            let info = u32_at(&types, pos + 4, big)?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut t = Type {
-                name,
-                kind,
-                ty: size_or_type,
-                members: Vec::new(),
-                params: 0,
-            };
-            match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => pos += 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
-                KIND_ARRAY => pos += 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = pos + i * 12;
-                        let raw = u32_at(types_data, m + 8, big)?;
-                        t.members.push(Member {
-                            name: u32_at(types_data, m, big)?,
-                            ty: u32_at(types_data, m + 4, big)?,
-                            // With kind_flag, the top 8 bits hold a bitfield's size.
-                            bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
-                        });
-                    }
-                    pos += vlen * 12;
-                }
-                KIND_ENUM => pos += vlen * 8,
-                KIND_FUNC_PROTO => {
-                    t.params = vlen;
-                    pos += vlen * 8;
-                }
-                KIND_DATASEC | KIND_ENUM64 => pos += vlen * 12,
-                kind => return Err(BtfError::UnknownKind { kind, id }),
-            }
-            types.push(t);
+            offsets.push(pos as u32);
+            pos += 12 + extra_len(kind, vlen, id)?;
         }
-        if pos != types_data.len() {
+        if pos != types.len() {
             return Err(BtfError::Truncated("last type"));
         }
-
-        let mut btf = Btf {
+        Ok(Btf {
             types,
             strings,
-            by_name: HashMap::new(),
-        };
-        let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
-        for (id, t) in btf.types.iter().enumerate().skip(1) {
-            if t.name != 0 {
-                by_name
-                    .entry(btf.name(t.name).to_owned())
-                    .or_default()
-                    .push(id as u32);
-            }
-        }
-        btf.by_name = by_name;
-        Ok(btf)
+            big,
+            offsets,
+        })
     }
 
     fn name(&self, off: u32) -> &str {
@@ -199,18 +160,69 @@ impl Btf {
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
+    /// (name offset, kind, size_or_type, vlen) of a type record, without decoding members.
+    fn header(&self, id: u32) -> (u32, u32, u32, usize) {
+        let pos = self.offsets[id as usize] as usize;
+        let d = &self.types;
+        // Offsets were validated by `parse`, so these reads are in bounds.
+        let name = u32_at(d, pos, self.big).unwrap_or(0);
+        let info = u32_at(d, pos + 4, self.big).unwrap_or(0);
+        let sz = u32_at(d, pos + 8, self.big).unwrap_or(0);
+        (name, (info >> 24) & 0x1f, sz, (info & 0xffff) as usize)
+    }
+
+    fn get(&self, id: u32) -> Type {
+        if id == 0 || id as usize >= self.offsets.len() {
+            return Type {
+                name: 0,
+                kind: 0,
+                ty: 0,
+                members: Vec::new(),
+                params: 0,
+            };
+        }
+        let (name, kind, ty, vlen) = self.header(id);
+        let pos = self.offsets[id as usize] as usize + 12;
+        let kind_flag = u32_at(&self.types, pos - 8, self.big).unwrap_or(0) >> 31 == 1;
+        let mut members = Vec::new();
+        let mut params = 0;
+        match kind {
+            KIND_STRUCT | KIND_UNION => {
+                for i in 0..vlen {
+                    let m = pos + i * 12;
+                    let raw = u32_at(&self.types, m + 8, self.big).unwrap_or(0);
+                    members.push(Member {
+                        name: u32_at(&self.types, m, self.big).unwrap_or(0),
+                        ty: u32_at(&self.types, m + 4, self.big).unwrap_or(0),
+                        // With kind_flag, the top 8 bits hold a bitfield's size.
+                        bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
+                    });
+                }
+            }
+            KIND_FUNC_PROTO => params = vlen,
+            _ => {}
+        }
+        Type {
+            name,
+            kind,
+            ty,
+            members,
+            params,
+        }
+    }
+
+    /// First type of `kind` named `name` (a linear scan: done a few times at start).
     fn find(&self, name: &str, kind: u32) -> Option<u32> {
-        self.by_name
-            .get(name)?
-            .iter()
-            .copied()
-            .find(|&id| self.types[id as usize].kind == kind)
+        (1..self.offsets.len() as u32).find(|&id| {
+            let (n, k, _, _) = self.header(id);
+            k == kind && n != 0 && self.name(n) == name
+        })
     }
 
     /// Skips typedefs and qualifiers.
-    fn resolve(&self, mut id: u32) -> &Type {
+    fn resolve(&self, mut id: u32) -> Type {
         loop {
-            let t = &self.types[id as usize];
+            let t = self.get(id);
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     id = t.ty
@@ -220,16 +232,20 @@ impl Btf {
         }
     }
 
-    /// Byte offset of `member` in `struct container`, looking through anonymous structs and
-    /// unions (as the kernel nests `skc_daddr` in an anonymous struct in a union).
-    pub fn member_offset(&self, container: &str, member: &str) -> Result<u32, BtfError> {
-        let id = self
-            .find(container, KIND_STRUCT)
+    fn find_struct(&self, container: &str) -> Result<Type, BtfError> {
+        self.find(container, KIND_STRUCT)
+            .map(|id| self.get(id))
             .ok_or_else(|| BtfError::NotFound {
                 kind: "struct",
                 name: container.to_owned(),
-            })?;
-        self.member_offset_in(&self.types[id as usize], member, 0)
+            })
+    }
+
+    /// Byte offset of `member` in `struct container`, looking through anonymous structs and
+    /// unions (as the kernel nests `skc_daddr` in an anonymous struct in a union).
+    pub fn member_offset(&self, container: &str, member: &str) -> Result<u32, BtfError> {
+        let t = self.find_struct(container)?;
+        self.member_offset_in(&t, member, 0)
             .map(|bits| bits / 8)
             .ok_or_else(|| BtfError::NoMember {
                 container: container.to_owned(),
@@ -248,7 +264,7 @@ impl Btf {
                 let inner = self.resolve(m.ty);
                 if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
                     && let Some(off) =
-                        self.member_offset_in(inner, member, base_bits + m.bit_offset)
+                        self.member_offset_in(&inner, member, base_bits + m.bit_offset)
                 {
                     return Some(off);
                 }
@@ -272,19 +288,12 @@ impl Btf {
     }
 
     fn member_struct_name(&self, container: &str, member: &str) -> Result<String, BtfError> {
-        let id = self
-            .find(container, KIND_STRUCT)
-            .ok_or_else(|| BtfError::NotFound {
-                kind: "struct",
-                name: container.to_owned(),
-            })?;
+        let t = self.find_struct(container)?;
         let no_member = || BtfError::NoMember {
             container: container.to_owned(),
             member: member.to_owned(),
         };
-        let ty = self
-            .member_type_in(&self.types[id as usize], member)
-            .ok_or_else(no_member)?;
+        let ty = self.member_type_in(&t, member).ok_or_else(no_member)?;
         let t = self.resolve(ty);
         if t.kind == KIND_STRUCT && t.name != 0 {
             Ok(self.name(t.name).to_owned())
@@ -302,7 +311,7 @@ impl Btf {
         t.members.iter().filter(|m| m.name == 0).find_map(|m| {
             let inner = self.resolve(m.ty);
             matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                .then(|| self.member_type_in(inner, member))
+                .then(|| self.member_type_in(&inner, member))
                 .flatten()
         })
     }
@@ -320,8 +329,7 @@ impl Btf {
                 kind: "function",
                 name: name.to_owned(),
             })?;
-        let proto = &self.types[self.types[id as usize].ty as usize];
-        Ok(proto.params)
+        Ok(self.get(self.get(id).ty).params)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use trafficmap_common::Conn;
+use trafficmap_common::{Conn, flags};
 
 use crate::conn::{ConnExt as _, ConnId};
 
@@ -59,17 +59,20 @@ pub struct ConnDelta {
     /// The newest record of the connection (addresses, role, process, state, times).
     pub conn: Conn,
     pub delta: Counters,
-    /// First seen in this window after an observed open (not a connection that predates the
-    /// probe).
+    /// The connection is a real conversation: it reached ESTABLISHED, moved bytes, or was open
+    /// before the probe loaded. Half-open attempts (refused connects, children dropped on a
+    /// full accept queue) are not, and are left out of pairs.
+    pub established: bool,
+    /// Its establishment after an observed open is reported in this delta (once per connection;
+    /// not for connections that predate the probe).
     pub opened: bool,
-    /// Its close (`TCP_CLOSE`) was first seen in this window.
+    /// Its close (`TCP_CLOSE`) after establishment is reported in this delta (once).
     pub closed: bool,
     /// The kernel destroyed the socket: this is the connection's last delta.
     pub finished: bool,
 }
 
-/// What the probe handed over in one drain: live entries, then every final record consumed from
-/// the ring buffer since the previous drain.
+/// What the probe handed over: live entries, and final records from the ring buffer.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub live: Vec<Conn>,
@@ -79,9 +82,11 @@ pub struct Snapshot {
 #[derive(Clone, Copy, Debug)]
 struct Prev {
     counters: Counters,
+    established: bool,
     closed_seen: bool,
-    /// Drain number of the final record, if seen; kept for a grace period so that a duplicate
-    /// final record (possible when the ring buffer was full) cannot be counted twice.
+    /// Drain number at which a final record was read from the live table (the ring buffer was
+    /// full at destroy time). Kept for a grace period: the same record may still arrive through
+    /// the ring, and must not count twice.
     finished_at: Option<u64>,
     last_seen: u64,
 }
@@ -95,12 +100,14 @@ pub struct TrackerStats {
     pub vanished_total: u64,
 }
 
-/// Remembers the last counters of each connection across drains.
+/// Remembers the last counters of each live connection. Final records from the ring buffer
+/// are folded in as they arrive ([`Tracker::apply`]), so memory follows the number of live
+/// connections, not the number that came and went in a window.
 #[derive(Debug)]
 pub struct Tracker {
     prev: HashMap<ConnId, Prev>,
     drain: u64,
-    /// Drains a finished connection is remembered for.
+    /// Drains a connection finished from the live table is remembered for.
     grace: u64,
     /// Drains after which an unfinished connection that is no longer seen is dropped.
     stale_after: u64,
@@ -111,6 +118,12 @@ impl Default for Tracker {
     fn default() -> Self {
         Tracker::new()
     }
+}
+
+fn is_established(c: &Conn) -> bool {
+    c.flags & (flags::ESTABLISHED | flags::PREEXISTING) != 0
+        || c.bytes_sent != 0
+        || c.bytes_received != 0
 }
 
 impl Tracker {
@@ -131,76 +144,114 @@ impl Tracker {
         }
     }
 
-    /// Computes one delta per connection present in `snap`, newest record first: a connection
-    /// found both live and in the closed records yields one delta up to its final counters.
-    pub fn diff(&mut self, snap: &Snapshot) -> Vec<ConnDelta> {
-        self.drain += 1;
-        let drain = self.drain;
+    /// One delta per connection in `snap`, sorted by connection: a connection found both live
+    /// and among the final records yields one delta up to its final counters.
+    pub fn apply(&mut self, snap: &Snapshot) -> Vec<ConnDelta> {
+        let mut out = Vec::with_capacity(snap.live.len() + snap.closed.len());
+        self.apply_with(snap, |d| out.push(d));
+        out.sort_by_key(|d| d.conn.id());
+        out
+    }
 
-        // Newest view per connection: final records win over live reads.
-        let mut newest: HashMap<ConnId, (Conn, Counters)> =
-            HashMap::with_capacity(snap.live.len() + snap.closed.len());
-        for c in snap.live.iter().chain(snap.closed.iter()) {
-            let counters = Counters::of(c);
-            newest
+    /// Like [`Tracker::apply`], handing each delta to `f` as it is computed (no intermediate
+    /// collection: a drain of 100,000 connections must stay fast and small).
+    pub fn apply_with(&mut self, snap: &Snapshot, mut f: impl FnMut(ConnDelta)) {
+        // Final records supersede live reads of the same connection (destroyed in between);
+        // there are few of them per drain.
+        let mut finals: HashMap<ConnId, Conn> = HashMap::with_capacity(snap.closed.len());
+        for c in &snap.closed {
+            finals
                 .entry(c.id())
-                .and_modify(|(old, oc)| {
-                    *oc = oc.max(counters);
-                    if c.is_destroyed() || !old.is_destroyed() {
+                .and_modify(|old| {
+                    if Counters::of(c).bytes_sent + Counters::of(c).bytes_received
+                        >= old.bytes_sent + old.bytes_received
+                    {
                         *old = *c;
                     }
                 })
-                .or_insert((*c, counters));
+                .or_insert(*c);
         }
-
-        let mut out = Vec::with_capacity(newest.len());
-        for (id, (conn, counters)) in newest {
-            let finished = conn.is_destroyed();
-            let closed_now = conn.closed_ns != 0 || finished;
-            match self.prev.get_mut(&id) {
-                Some(p) => {
-                    let delta = counters.since(p.counters);
-                    let closed = closed_now && !p.closed_seen;
-                    let newly_finished = finished && p.finished_at.is_none();
-                    p.counters = p.counters.max(counters);
-                    p.closed_seen |= closed_now;
-                    p.last_seen = drain;
-                    if newly_finished {
-                        p.finished_at = Some(drain);
-                    }
-                    if p.finished_at.is_some() && !newly_finished && delta.is_zero() {
-                        // A duplicate final record: nothing new.
-                        continue;
-                    }
-                    out.push(ConnDelta {
-                        conn,
-                        delta,
-                        opened: false,
-                        closed,
-                        finished: newly_finished,
-                    });
-                }
-                None => {
-                    self.prev.insert(
-                        id,
-                        Prev {
-                            counters,
-                            closed_seen: closed_now,
-                            finished_at: finished.then_some(drain),
-                            last_seen: drain,
-                        },
-                    );
-                    out.push(ConnDelta {
-                        conn,
-                        delta: counters,
-                        opened: conn.opened_ns != 0,
-                        closed: closed_now,
-                        finished,
-                    });
-                }
+        for c in &snap.live {
+            if let Some(fin) = finals.get_mut(&c.id()) {
+                // Keep the larger counters (the final record is never behind the live one).
+                let lc = Counters::of(c);
+                let fc = Counters::of(fin).max(lc);
+                fin.bytes_sent = fc.bytes_sent;
+                fin.bytes_received = fc.bytes_received;
+                fin.send_calls = fc.send_calls;
+                fin.recv_calls = fc.recv_calls;
+                continue;
+            }
+            if let Some(d) = self.observe(c, false) {
+                f(d);
             }
         }
+        for c in finals.into_values() {
+            if let Some(d) = self.observe(&c, true) {
+                f(d);
+            }
+        }
+    }
 
+    /// Updates the memory of one connection and returns what it did since.
+    fn observe(&mut self, conn: &Conn, from_ring: bool) -> Option<ConnDelta> {
+        let drain = self.drain;
+        let id = conn.id();
+        let counters = Counters::of(conn);
+        let finished = conn.is_destroyed();
+        let established_now = is_established(conn);
+        let closed_now = conn.closed_ns != 0 || finished;
+        let prev = self.prev.get(&id).copied();
+        let (delta, was_established, was_closed, dup) = match prev {
+            Some(p) => (
+                counters.since(p.counters),
+                p.established,
+                p.closed_seen,
+                p.finished_at.is_some(),
+            ),
+            None => (counters, false, false, false),
+        };
+        let established = established_now || was_established;
+        let opened = established && !was_established && conn.opened_ns != 0;
+        let closed = established && closed_now && !was_closed;
+        if finished && from_ring {
+            // The last record this connection will ever have.
+            self.prev.remove(&id);
+        } else {
+            let finished_at = match prev.and_then(|p| p.finished_at) {
+                Some(at) => Some(at),
+                None => finished.then_some(drain),
+            };
+            self.prev.insert(
+                id,
+                Prev {
+                    counters: prev.map_or(counters, |p| p.counters.max(counters)),
+                    established,
+                    closed_seen: (was_closed || closed_now) && established,
+                    finished_at,
+                    last_seen: drain,
+                },
+            );
+        }
+        if dup && delta.is_zero() {
+            // A second final record of a connection already finished: nothing new.
+            return None;
+        }
+        Some(ConnDelta {
+            conn: *conn,
+            delta,
+            established,
+            opened,
+            closed,
+            finished: finished && !dup,
+        })
+    }
+
+    /// Closes a drain: forgets finished connections after their grace period and connections
+    /// no longer seen at all (counted: that should not happen).
+    pub fn end_drain(&mut self) {
+        self.drain += 1;
+        let drain = self.drain;
         let (grace, stale_after) = (self.grace, self.stale_after);
         let mut vanished = 0;
         self.prev.retain(|_, p| match p.finished_at {
@@ -214,15 +265,18 @@ impl Tracker {
             }
         });
         self.vanished_total += vanished;
-        out.sort_by_key(|d| d.conn.id());
+    }
+
+    /// `apply` and `end_drain` in one step, for a drain that reads everything at once.
+    pub fn diff(&mut self, snap: &Snapshot) -> Vec<ConnDelta> {
+        let out = self.apply(snap);
+        self.end_drain();
         out
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use trafficmap_common::flags;
-
     use super::*;
 
     fn conn(sk: u64, born: u64, sent: u64, recv: u64) -> Conn {
@@ -230,6 +284,7 @@ mod tests {
         c.sk = sk;
         c.born_ns = born;
         c.opened_ns = born;
+        c.flags = flags::ESTABLISHED;
         c.bytes_sent = sent;
         c.bytes_received = recv;
         c.send_calls = sent.min(1);
@@ -272,9 +327,8 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].delta.bytes_sent, d[0].delta.bytes_received), (42, 24));
         assert!(d[0].opened && d[0].closed && d[0].finished);
-        // A duplicate final record (ring buffer was full, handed over again later) adds nothing.
-        let d = t.diff(&snap(vec![], vec![destroyed(conn(7, 1, 42, 24))]));
-        assert!(d.is_empty(), "{d:?}");
+        // Its memory is freed at once: the ring hands a connection over exactly once.
+        assert_eq!(t.stats().tracked, 0);
     }
 
     #[test]
@@ -328,13 +382,51 @@ mod tests {
     }
 
     #[test]
-    fn forgets_finished_after_grace_and_counts_vanished() {
+    fn final_records_free_memory_at_once_live_finals_after_grace() {
         let mut t = Tracker::new();
+        // From the ring: forgotten immediately.
         t.diff(&snap(
             vec![conn(1, 1, 1, 0)],
             vec![destroyed(conn(2, 1, 1, 0))],
         ));
+        assert_eq!(t.stats().tracked, 1);
+        // Destroyed but read from the live table (ring was full): kept for the grace period,
+        // so the record arriving later through the ring adds nothing.
+        t.diff(&snap(
+            vec![conn(1, 1, 1, 0), destroyed(conn(3, 1, 9, 0))],
+            vec![],
+        ));
         assert_eq!(t.stats().tracked, 2);
+        let d = t.diff(&snap(
+            vec![conn(1, 1, 1, 0)],
+            vec![destroyed(conn(3, 1, 9, 0))],
+        ));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].conn.sk, 1);
+    }
+
+    #[test]
+    fn half_open_attempts_are_not_conversations() {
+        let mut t = Tracker::new();
+        let mut c = conn(4, 1, 0, 0);
+        c.flags = 0;
+        let d = t.diff(&snap(vec![], vec![destroyed(c)]));
+        assert!(!d[0].established && !d[0].opened && !d[0].closed && d[0].finished);
+        // Opened counts when establishment is first seen, even a drain after the open.
+        let mut c = conn(5, 1, 0, 0);
+        c.flags = 0;
+        assert!(!t.diff(&snap(vec![c], vec![]))[0].opened);
+        c.flags = flags::ESTABLISHED;
+        let d = t.diff(&snap(vec![c], vec![]));
+        assert!(d[0].opened && d[0].established);
+        assert!(!t.diff(&snap(vec![c], vec![]))[0].opened);
+    }
+
+    #[test]
+    fn forgets_unseen_and_counts_vanished() {
+        let mut t = Tracker::new();
+        t.diff(&snap(vec![conn(1, 1, 1, 0)], vec![]));
+        assert_eq!(t.stats().tracked, 1);
         for _ in 0..5 {
             t.diff(&Snapshot::default());
         }

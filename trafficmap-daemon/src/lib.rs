@@ -4,10 +4,19 @@
 //! modules that touch neither the kernel nor the network, so `cargo test` covers it without root;
 //! [`probe`] is the only module that talks to the kernel's BPF subsystem.
 
+pub mod agent;
 pub mod backend;
 pub mod btf;
+pub mod config;
 pub mod conn;
 pub mod delta;
+pub mod identity;
+pub mod kretprobe;
+pub mod metrics;
+pub mod output;
+pub mod pairs;
 pub mod probe;
 pub mod roles;
+pub mod ship;
+pub mod spool;
 pub mod tracefs;

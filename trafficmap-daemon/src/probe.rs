@@ -22,6 +22,7 @@ use trafficmap_common::{
 use crate::{
     backend::{AttachMode, Backend, SelectError, Selection, select},
     btf::{Btf, BtfError},
+    kretprobe::{self, TracefsKretprobe},
     tracefs,
 };
 
@@ -161,6 +162,11 @@ fn is_eperm(e: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// Entries of each kprobe in-flight map for a connection table of `max_connections`.
+pub fn inflight_entries(max_connections: u32) -> u32 {
+    (max_connections / 4).max(1024)
+}
+
 /// Facts about the kernel the probe was fitted to.
 #[derive(Clone, Debug)]
 pub struct KernelFacts {
@@ -212,6 +218,8 @@ pub struct Probe {
     conns: Map,
     closed: RingBuf<MapData>,
     errors: PerCpuArray<MapData, u64>,
+    /// kretprobes attached through tracefs (kprobe backend); removed before the programs go.
+    kretprobes: Vec<TracefsKretprobe>,
     ebpf: Ebpf,
     selection: Selection,
     facts: KernelFacts,
@@ -239,9 +247,15 @@ impl Probe {
             })?,
         };
         let raw_btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(ProbeError::NoBtf)?;
-        let btf = Btf::parse(&raw_btf)?;
-        let facts = kernel_facts(&btf)?;
-        let tracefs = tracefs::mount_point().ok_or(ProbeError::NoTracefs)?;
+        // Our reader first, dropped before aya parses the same data: only one decoded copy of
+        // vmlinux BTF lives at a time.
+        let facts = kernel_facts(&Btf::parse(&raw_btf)?)?;
+        let tracefs = tracefs::mount_point().map_err(|e| match e {
+            tracefs::Unavailable::NotMounted => ProbeError::NoTracefs,
+            tracefs::Unavailable::PermissionDenied(p) => {
+                ProbeError::Permission(format!("reading tracefs at {}", p.display()))
+            }
+        })?;
         check_tracepoints(
             &tracefs,
             &["sock/inet_sock_set_state", "tcp/tcp_destroy_sock"],
@@ -251,6 +265,8 @@ impl Probe {
             offsets: facts.offsets,
             netns_inum,
             ignore_tgid: opts.ignore_tgid,
+            ring_wakeup_bytes: opts.closed_buffer_bytes / 4,
+            _pad: 0,
         };
         let aya_btf = aya::Btf::parse(&raw_btf, aya::Endianness::default())
             .map_err(|e| ProbeError::Load(chain(&e)))?;
@@ -258,6 +274,10 @@ impl Probe {
             .btf(Some(&aya_btf))
             .override_global("CONFIG", &config, true)
             .map_max_entries(CONNS, opts.max_connections)
+            // kprobe mode: calls in flight at once, at most one per thread; sized with the
+            // connection table.
+            .map_max_entries(names::INFLIGHT_SEND, inflight_entries(opts.max_connections))
+            .map_max_entries(names::INFLIGHT_RECV, inflight_entries(opts.max_connections))
             .map_max_entries(CLOSED, opts.closed_buffer_bytes)
             .load(PROBE_ELF)
             .map_err(|e| {
@@ -278,8 +298,16 @@ impl Probe {
             })?;
         }
 
+        let mut kretprobes = Vec::new();
         let selection = select(opts.attach, |backend| {
-            let result = attach_backend(&mut ebpf, backend, &facts, &aya_btf, &tracefs);
+            let result = attach_backend(
+                &mut ebpf,
+                backend,
+                &facts,
+                &aya_btf,
+                &tracefs,
+                &mut kretprobes,
+            );
             if let Err(reason) = &result {
                 debug!(%backend, %reason, "backend unavailable");
             }
@@ -320,6 +348,7 @@ impl Probe {
             conns,
             closed,
             errors,
+            kretprobes,
             ebpf,
             selection,
             facts,
@@ -442,6 +471,23 @@ impl Probe {
         Ok(out)
     }
 
+    /// Kernel error counters by name, plus returns the kretprobes missed (kprobe backend):
+    /// everything the probe could not record, for metrics and reports.
+    pub fn drops(&self) -> Result<std::collections::BTreeMap<&'static str, u64>, ProbeError> {
+        let mut out: std::collections::BTreeMap<&'static str, u64> = ErrorReason::ALL
+            .iter()
+            .zip(self.errors()?)
+            .map(|(r, n)| (r.as_str(), n))
+            .collect();
+        if self.selection.chosen == Backend::Kprobe {
+            out.insert(
+                "kretprobe_missed",
+                self.kretprobes.iter().map(TracefsKretprobe::misses).sum(),
+            );
+        }
+        Ok(out)
+    }
+
     /// Removes destroyed entries that stayed in `CONNS` because the ring buffer was full, once
     /// userspace has read them. The entry is re-read first so that a socket reborn at the same
     /// address is left alone.
@@ -451,10 +497,8 @@ impl Probe {
         let mut removed = 0;
         for c in destroyed {
             match map.get(&c.sk, 0) {
-                Ok(cur) if cur.born_ns == c.born_ns => {
-                    if map.remove(&c.sk).is_ok() {
-                        removed += 1;
-                    }
+                Ok(cur) if cur.born_ns == c.born_ns && map.remove(&c.sk).is_ok() => {
+                    removed += 1;
                 }
                 _ => {}
             }
@@ -563,6 +607,7 @@ fn attach_backend(
     facts: &KernelFacts,
     btf: &aya::Btf,
     tracefs: &Path,
+    kretprobes: &mut Vec<TracefsKretprobe>,
 ) -> Result<(), String> {
     let progs = backend_programs(backend, facts);
     if backend == Backend::Tracepoint {
@@ -574,6 +619,9 @@ fn attach_backend(
                 other => other.to_string(),
             },
         )?;
+    }
+    if backend == Backend::Kprobe {
+        kretprobe::remove_stale(tracefs);
     }
     let result = (|| -> Result<(), String> {
         for &(prog, target) in &progs {
@@ -594,6 +642,22 @@ fn attach_backend(
                     if p.fd().is_err() {
                         p.load()
                             .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+                    }
+                    if matches!(p.kind(), aya::programs::ProbeKind::Return) {
+                        let fd = p.fd().map_err(|e| chain(&e))?.as_fd();
+                        match TracefsKretprobe::attach(tracefs, fd, target, kretprobe::MAX_ACTIVE) {
+                            Ok(k) => {
+                                kretprobes.push(k);
+                                continue;
+                            }
+                            Err(e) => warn!(
+                                function = target,
+                                error = %e,
+                                "cannot create a kretprobe with maxactive {} through tracefs; \
+                                 using the kernel default (2 x CPUs): returns beyond it are missed",
+                                kretprobe::MAX_ACTIVE
+                            ),
+                        }
                     }
                     p.attach(target, 0).map_err(|e| {
                         let why = chain(&e);
@@ -616,6 +680,7 @@ fn attach_backend(
         Ok(())
     })();
     if result.is_err() {
+        kretprobes.clear();
         for &(prog, _) in &progs {
             if let Some(p) = ebpf.program_mut(prog) {
                 let _ = unload(p);

@@ -63,12 +63,28 @@ pub fn check_fields(
         .collect()
 }
 
-/// The tracefs mount point, if tracefs is mounted.
-pub fn mount_point() -> Option<PathBuf> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("events").is_dir())
+/// Why tracefs cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    NotMounted,
+    /// Mounted, but this process may not read it (tracefs is root-only).
+    PermissionDenied(PathBuf),
+}
+
+/// The tracefs mount point.
+pub fn mount_point() -> Result<PathBuf, Unavailable> {
+    let mut denied = None;
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        let events = PathBuf::from(p).join("events");
+        match std::fs::metadata(&events) {
+            Ok(m) if m.is_dir() => return Ok(PathBuf::from(p)),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                denied.get_or_insert(PathBuf::from(p));
+            }
+            _ => {}
+        }
+    }
+    Err(denied.map_or(Unavailable::NotMounted, Unavailable::PermissionDenied))
 }
 
 /// Reads `events/<category>/<name>/format`; `None` if the event does not exist on this kernel.

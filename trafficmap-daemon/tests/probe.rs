@@ -466,7 +466,6 @@ fn eight_threads_on_distinct_sockets_at_once() {
                 (local, size)
             })
         })
-        .map(|h| h)
         .collect::<Vec<_>>()
         .into_iter()
         .map(|h| h.join().unwrap())
@@ -514,39 +513,60 @@ fn thousand_connections_between_two_reads() {
             s.write_all(&got[..got.len() / 2]).unwrap();
         }
     });
-    let mut expected: HashMap<u16, u64> = HashMap::new();
+    let mut expected: Vec<u64> = Vec::new();
     for i in 0..N {
         let size = 1 + (i * 37) % 3000;
         let mut c = TcpStream::connect(server_addr).unwrap();
-        expected.insert(c.local_addr().unwrap().port(), size as u64);
+        expected.push(size as u64);
         c.write_all(&pattern(size, i as u8)).unwrap();
         c.shutdown(Shutdown::Write).unwrap();
         let (back, _) = read_all(&mut c, 4096);
         assert_eq!(back.len(), size / 2);
     }
     server.join().unwrap();
-    assert_eq!(expected.len(), N, "client ports are distinct");
+    expected.sort_unstable();
 
     // Second read: every connection is there, live or as a final record, with exact bytes.
-    let mut seen = collect(&mut probe);
+    // Ephemeral ports can repeat (loopback reuses TIME_WAIT ports), so connections are told
+    // apart by identity and matched by their byte counts as a multiset.
+    let sp = server_addr.port();
     let check = |seen: &HashMap<ConnId, Conn>| {
-        for (&p, &size) in &expected {
-            let cl = find(seen, p, server_addr.port());
-            let sv = find(seen, server_addr.port(), p);
-            assert_eq!(
-                (cl.bytes_sent, cl.bytes_received),
-                (size, size / 2),
-                "client :{p}"
-            );
-            assert_eq!(
-                (sv.bytes_received, sv.bytes_sent),
-                (size, size / 2),
-                "server :{p}"
-            );
-            assert_eq!((cl.role(), sv.role()), (Role::Client, Role::Server));
-        }
-        assert_eq!(seen.len(), 2 * N);
+        let mut clients: Vec<(u64, u64)> = seen
+            .values()
+            .filter(|c| c.dport == sp)
+            .map(|c| {
+                assert_eq!(c.role(), Role::Client);
+                (c.bytes_sent, c.bytes_received)
+            })
+            .collect();
+        // Under load the kernel may create a child socket and drop it when the accept queue
+        // is full (the client's retransmitted ACK then creates another): such half-open
+        // children never establish and move nothing.
+        let (half_open, established): (Vec<&Conn>, Vec<&Conn>) = seen
+            .values()
+            .filter(|c| c.sport == sp)
+            .partition(|c| c.flags & flags::ESTABLISHED == 0);
+        assert!(
+            half_open
+                .iter()
+                .all(|c| c.bytes_sent + c.bytes_received == 0),
+            "{half_open:?}"
+        );
+        let mut servers: Vec<(u64, u64)> = established
+            .into_iter()
+            .map(|c| {
+                assert_eq!(c.role(), Role::Server);
+                (c.bytes_received, c.bytes_sent)
+            })
+            .collect();
+        clients.sort_unstable();
+        servers.sort_unstable();
+        let want: Vec<(u64, u64)> = expected.iter().map(|&s| (s, s / 2)).collect();
+        assert_eq!(clients, want, "client ends");
+        assert_eq!(servers, want, "server ends");
+        assert_eq!(seen.len(), 2 * N + half_open.len());
     };
+    let mut seen = collect(&mut probe);
     check(&seen);
     // All 2,000 sockets are destroyed soon after; each final record is handed over exactly.
     let all_final = wait_for(Duration::from_secs(30), || {

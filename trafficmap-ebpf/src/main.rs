@@ -23,9 +23,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
@@ -67,6 +65,9 @@ const SCRATCH_LIFECYCLE: u32 = 1;
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ErrorReason::COUNT, 0);
 
 const BPF_ANY: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 const E2BIG: i32 = 7;
@@ -98,25 +99,35 @@ fn count_update_error(err: i32) {
     }
 }
 
+/// Copies `len` bytes of kernel memory at `addr` to `dst`. Reads go straight into their final
+/// place (a map value or an initialised local): the 5.10 verifier rejects code that LLVM
+/// generates around `Option<T>` temporaries, which reads stack slots a failed read left unset.
 #[inline(always)]
-fn read<T>(addr: u64) -> Option<T> {
-    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            count_error(ErrorReason::ReadFailed);
-            None
-        }
+fn read_raw(addr: u64, dst: *mut u8, len: u32) -> bool {
+    let ret = unsafe { generated::bpf_probe_read_kernel(dst.cast(), len, addr as *const _) };
+    if ret != 0 {
+        count_error(ErrorReason::ReadFailed);
     }
+    ret == 0
+}
+
+#[inline(always)]
+fn read_into<T>(addr: u64, dst: &mut T) -> bool {
+    read_raw(addr, (dst as *mut T).cast(), size_of::<T>() as u32)
 }
 
 /// Network namespace inode of a socket: `sk->__sk_common.skc_net.net->ns.inum`.
 #[inline(always)]
 fn netns_of(sk: u64) -> Option<u32> {
-    let net: u64 = read(sk + conf!(offsets.skc_net) as u64)?;
+    let mut net: u64 = 0;
+    if !read_into(sk + conf!(offsets.skc_net) as u64, &mut net) {
+        return None;
+    }
     if net == 0 {
         return Some(0);
     }
-    read(net + conf!(offsets.net_ns_inum) as u64)
+    let mut inum: u32 = 0;
+    read_into(net + conf!(offsets.net_ns_inum) as u64, &mut inum).then_some(inum)
 }
 
 /// Whether the loader asked to count only one network namespace and this is another one.
@@ -129,49 +140,42 @@ fn out_of_scope(netns: u32) -> bool {
 /// Copies family, state, ports and addresses from `struct sock_common` into `c`.
 #[inline(always)]
 fn fill_from_sock(sk: u64, c: &mut Conn) {
-    let Some(family) = read::<u16>(sk + conf!(offsets.skc_family) as u64) else {
+    let mut family: u16 = 0;
+    if !read_into(sk + conf!(offsets.skc_family) as u64, &mut family) {
         return;
-    };
-    if let Some(state) = read::<u8>(sk + conf!(offsets.skc_state) as u64) {
-        c.state = state;
     }
-    if let Some(sport) = read::<u16>(sk + conf!(offsets.skc_num) as u64) {
-        c.sport = sport;
-    }
-    if let Some(dport) = read::<u16>(sk + conf!(offsets.skc_dport) as u64) {
+    read_into(sk + conf!(offsets.skc_state) as u64, &mut c.state);
+    read_into(sk + conf!(offsets.skc_num) as u64, &mut c.sport);
+    let mut dport: u16 = 0;
+    if read_into(sk + conf!(offsets.skc_dport) as u64, &mut dport) {
         c.dport = u16::from_be(dport);
     }
-    if family == AF_INET {
-        let (Some(s), Some(d)) = (
-            read::<[u8; 4]>(sk + conf!(offsets.skc_rcv_saddr) as u64),
-            read::<[u8; 4]>(sk + conf!(offsets.skc_daddr) as u64),
-        ) else {
-            return;
-        };
-        c.saddr = v4_mapped(s);
-        c.daddr = v4_mapped(d);
+    let ok = if family == AF_INET {
+        c.saddr = V4_MAPPED_PREFIX;
+        c.daddr = V4_MAPPED_PREFIX;
+        read_raw(
+            sk + conf!(offsets.skc_rcv_saddr) as u64,
+            unsafe { c.saddr.as_mut_ptr().add(12) },
+            4,
+        ) && read_raw(
+            sk + conf!(offsets.skc_daddr) as u64,
+            unsafe { c.daddr.as_mut_ptr().add(12) },
+            4,
+        )
     } else if family == AF_INET6 {
-        let (Some(s), Some(d)) = (
-            read::<[u8; 16]>(sk + conf!(offsets.skc_v6_rcv_saddr) as u64),
-            read::<[u8; 16]>(sk + conf!(offsets.skc_v6_daddr) as u64),
-        ) else {
-            return;
-        };
-        c.saddr = s;
-        c.daddr = d;
+        read_into(sk + conf!(offsets.skc_v6_rcv_saddr) as u64, &mut c.saddr)
+            && read_into(sk + conf!(offsets.skc_v6_daddr) as u64, &mut c.daddr)
     } else {
-        return;
+        false
+    };
+    if ok {
+        c.family = family;
+        c.flags |= flags::ADDR_FROM_SOCK;
     }
-    c.family = family;
-    c.flags |= flags::ADDR_FROM_SOCK;
 }
 
-#[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
-}
+/// `::ffff:0.0.0.0`: IPv4 addresses are stored IPv4-mapped.
+const V4_MAPPED_PREFIX: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
 
 #[derive(Clone, Copy)]
 enum Dir {
@@ -236,7 +240,12 @@ fn first_sight(sk: u64, now: u64) -> Option<*mut Conn> {
     c.netns = netns;
     c.flags = flags::PREEXISTING;
     fill_from_sock(sk, c);
-    if let Err(err) = CONNS.insert(sk, &*c, BPF_NOEXIST) {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
+    )]
+    let inserted = CONNS.insert(sk, &*c, BPF_NOEXIST);
+    if let Err(err) = inserted {
         // EEXIST: another CPU created it first; use theirs.
         if err != -EEXIST {
             count_update_error(err);
@@ -252,7 +261,14 @@ fn hand_over(conn: *const Conn) -> bool {
     match CLOSED.reserve::<Conn>(0) {
         Some(mut slot) => {
             slot.write(unsafe { *conn });
-            slot.submit(0);
+            // Batch wakeups: userspace polls the ring on a timer and is woken early only when
+            // it fills up.
+            let flags = if CLOSED.query(BPF_RB_AVAIL_DATA) >= conf!(ring_wakeup_bytes) as u64 {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            slot.submit(flags);
             true
         }
         None => {
@@ -302,7 +318,12 @@ fn birth(sk: u64, conn_role: u8, state: u8) {
     c.role = conn_role;
     fill_from_sock(sk, c);
     c.state = state;
-    if let Err(err) = CONNS.insert(sk, &*c, BPF_ANY) {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
+    )]
+    let inserted = CONNS.insert(sk, &*c, BPF_ANY);
+    if let Err(err) = inserted {
         count_update_error(err);
     }
 }
@@ -484,11 +505,11 @@ pub fn kprobe_tcp_recvmsg_nonblock(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
-    if let Some(call) = take(&INFLIGHT_RECV) {
-        if call.flags & MSG_PEEK == 0 {
-            let ret: i32 = ctx.ret();
-            record(call.sk, ret as i64, Dir::Recv);
-        }
+    if let Some(call) = take(&INFLIGHT_RECV)
+        && call.flags & MSG_PEEK == 0
+    {
+        let ret: i32 = ctx.ret();
+        record(call.sk, ret as i64, Dir::Recv);
     }
     0
 }

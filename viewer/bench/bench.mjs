@@ -135,7 +135,7 @@ async function viewer(label, extra, query = "") {
     await page.waitForFunction(() => !window.__trafficmap.camera().moving && Number.isFinite(window.__trafficmap.camera().frameMs), null, { timeout: 60000 });
     fps.redrawMs = await page.evaluate(() => window.__trafficmap.camera().frameMs);
     console.log(`bench: ${label}: settled ${(layout.settledAt / 1000).toFixed(2)} s after navigation (layout ${(layout.millis / 1000).toFixed(2)} s, ${layout.iterations} iterations), ${fps.fps.toFixed(1)} fps`);
-    return { label, renderer: stats.renderer, nodes: stats.nodes, edges: stats.edges, settledS: layout.settledAt / 1000, layoutS: layout.millis / 1000, iterations: layout.iterations, settled: true, ...fps };
+    return { label, renderer: stats.renderer, nodes: stats.nodes, edges: stats.edges, settledS: layout.settledAt / 1000, layoutS: layout.millis / 1000, iterations: layout.iterations, maxIterations: layout.maxIterations, budgetSpent: layout.budgetSpent, settled: true, ...fps };
   });
 }
 
@@ -201,8 +201,9 @@ Synthetic map: ${doc.nodes.length.toLocaleString("en-US")} nodes and ${doc.links
 (\`viewer/bench/synth.mjs\`, seeded), grouped by env, in headless ${machine.browser ?? "Chromium"} (Debian's build;
 software WebGL through SwiftShader, no GPU), viewport 1400×860. Each page is loaded fresh; "settled" is
 the time from navigation to the last layout position drawn (the viewer: ForceAtlas2 in a web worker,
-then the overlap pass; the baseline: d3-force's default 300-tick cooling with an SVG update per tick,
-as the old viewer did). Frames per second are \`requestAnimationFrame\` callbacks counted over ${SECONDS} s while
+then the overlap pass; the forces stop after 7 s of layout if they have not converged by then, so
+"iterations" can be less than the cap; the baseline: d3-force's default 300-tick cooling with an SVG
+update per tick, as the old viewer did). Frames per second are \`requestAnimationFrame\` callbacks counted over ${SECONDS} s while
 the mouse drags the map in circles and turns the wheel in and out (real input events), after the
 layout. While the camera moves, the viewer moves its last frame as a bitmap and redraws sharp when
 the motion stops ("sharp redraw": time for that one frame); the baseline re-renders its SVG on

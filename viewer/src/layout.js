@@ -265,9 +265,17 @@ export class Layout {
     return { movement, settled: this.settled() };
   }
 
-  /** The force phase is over (converged, or out of iterations). */
+  /**
+   * Ends the force phase now (the time budget is spent): the layout is as good as it got, and
+   * the overlap pass still runs.
+   */
+  stopForces() {
+    this.forcesStopped = true;
+  }
+
+  /** The force phase is over (converged, out of iterations, or stopped). */
   converged() {
-    if (this.n === 0) return true;
+    if (this.n === 0 || this.forcesStopped) return true;
     if (this.iterations >= this.maxIterations) return true;
     // Calm since the last re-pack, and that re-pack hardly moved the groups.
     return this.iterations >= Math.max(MIN_ITERATIONS, this.lastRepack + 20) && this.calm >= 15 && this.repackShift < 0.05;

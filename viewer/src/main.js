@@ -323,6 +323,7 @@ class App {
       // A full refresh: the links hidden during the layout come back (reducers run again).
       this.renderer.refresh();
       this.layout.millis = performance.now() - this.layout.startedAt;
+      this.layout.budgetSpent = !!msg.budgetSpent;
       this.layout.settledAt = performance.now();
       const known = this.positions.get(this.state.view);
       this.scene.graph.forEachNode((id, a) => known.set(id, [a.x, a.y]));
@@ -999,7 +1000,7 @@ class App {
       items.push(h("span", { id: "diff-counts" }, `links: ${c.new} new · ${c.gone} gone · ${c.changed} changed`));
     }
     const lay = this.layout;
-    items.push(h("span", {}, lay.state === "running" ? "layout running…" : lay.state === "settled" ? `layout settled in ${(lay.millis / 1000).toFixed(1)} s (${lay.iterations} iterations)` : ""));
+    items.push(h("span", {}, lay.state === "running" ? "layout running…" : lay.state === "settled" ? `layout settled in ${(lay.millis / 1000).toFixed(1)} s (${lay.iterations}${lay.budgetSpent ? ` of ${lay.maxIterations} iterations: time budget reached` : " iterations"})` : ""));
     items.push(h("span", { style: "margin-left:auto", id: "renderer-kind" }, this.renderer?.kind === "webgl" ? "WebGL" : this.rendererWhy ?? "Canvas 2D"));
     st.replaceChildren(...items);
   }

@@ -3,6 +3,9 @@
 //!
 //! `cargo xtask run` and `cargo xtask test` are the README's two commands.
 
+mod bench_agent;
+mod bench_probe;
+mod run;
 mod setup;
 mod test;
 mod util;
@@ -27,6 +30,22 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "test")]
         level: setup::Level,
     },
+    /// Run agent, collector and viewer on this host with embedded defaults; prints the viewer
+    /// address. Ctrl-C stops everything cleanly.
+    Run {
+        /// Address of the collector (API and viewer).
+        #[arg(long, default_value = "127.0.0.1:9978")]
+        listen: std::net::SocketAddr,
+        /// Agent report interval.
+        #[arg(long, default_value = "60s")]
+        interval: String,
+        /// State directory (store, daily maps, spool); default ~/.cache/trafficmap/run.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Build optimised binaries (slower to build, as deployed).
+        #[arg(long)]
+        release: bool,
+    },
     /// Run every test: lint, unit, privileged probe tests, kernel matrix in VMs, and the rest.
     Test {
         /// Run only these stages.
@@ -39,6 +58,14 @@ enum Cmd {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Benchmarks, each against peers measured in the same run (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+    /// (Internal, for `bench agent`) hold N loopback connections open until stdin closes.
+    #[command(hide = true)]
+    HoldConnections { count: usize },
     /// Run the probe suite on Debian kernels in qemu VMs and print the kernel x backend matrix.
     VmTest {
         /// Kernel labels to run (default: all of 5.10, 6.1, 6.12).
@@ -49,16 +76,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: viewer::Cmd,
     },
-    /// Run a benchmark and record its results in BENCHMARKS.md.
-    Bench {
-        #[arg(value_enum)]
-        target: BenchTarget,
-    },
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum BenchTarget {
-    /// The viewer against a d3-force + SVG baseline at 5,000 nodes / 50,000 links.
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Probe overhead on loopback request/response and stream, vs no probe, tcpdump, bpftrace.
+    Probe {
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+        #[arg(long, default_value_t = 100_000)]
+        rr_count: usize,
+        #[arg(long, default_value_t = 2048)]
+        stream_mib: usize,
+    },
+    /// Agent CPU and memory idle and at 1k/10k new connections/s; drain time at 100k connections.
+    Agent,
+    /// The viewer against a d3-force + SVG baseline at 5,000 nodes / 50,000 links, in headless
+    /// Chromium; also replaces BENCHMARKS.md § Viewer.
     Viewer,
 }
 
@@ -66,6 +100,20 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Setup { level } => setup::setup(level),
+        Cmd::Run {
+            listen,
+            interval,
+            data_dir,
+            release,
+        } => {
+            setup::setup(setup::Level::Run)?;
+            run::run_all(&run::Options {
+                listen,
+                interval,
+                data_dir,
+                release,
+            })
+        }
         Cmd::Test {
             only,
             skip,
@@ -76,6 +124,28 @@ fn main() -> Result<()> {
             }
             test::test(&only, &skip)
         }
+        Cmd::Bench { what } => {
+            setup::setup(setup::Level::Bench)?;
+            let report = match what {
+                BenchCmd::Probe {
+                    reps,
+                    rr_count,
+                    stream_mib,
+                } => bench_probe::bench(&bench_probe::Options {
+                    reps,
+                    rr_count,
+                    stream_bytes: stream_mib << 20,
+                })?,
+                BenchCmd::Agent => bench_agent::bench()?,
+                BenchCmd::Viewer => viewer::bench()?,
+            };
+            let path = util::root().join("target/bench-last.md");
+            std::fs::write(&path, &report)?;
+            println!("{report}");
+            eprintln!("(written to {})", path.display());
+            Ok(())
+        }
+        Cmd::HoldConnections { count } => bench_agent::hold_connections(count),
         Cmd::VmTest { kernels } => {
             setup::setup(setup::Level::Test)?;
             let rows = vm::vm_test(&kernels)?;
@@ -88,11 +158,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Viewer { cmd } => viewer::command(cmd),
-        Cmd::Bench { target } => {
-            setup::setup(setup::Level::Bench)?;
-            match target {
-                BenchTarget::Viewer => viewer::bench(),
-            }
-        }
+
     }
 }

@@ -39,7 +39,11 @@ const PACKAGES_TEST: &[&str] = &[
 const PACKAGES_BENCH: &[&str] = &["tcpdump", "bpftrace", "iperf3", "procps"];
 
 /// Python test tools, installed in a venv under the cache.
-const PYTHON_TOOLS: &[&str] = &["moto[server]==5.2.5", "kubernetes-validate==1.37.0", "yamllint"];
+const PYTHON_TOOLS: &[&str] = &[
+    "moto[server]==5.2.5",
+    "kubernetes-validate==1.37.0",
+    "yamllint",
+];
 
 pub fn setup(level: Level) -> Result<()> {
     step(format!("setup ({level:?}): checking what is missing"));
@@ -62,14 +66,9 @@ pub fn setup(level: Level) -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let installed = output(cmd("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("the nightly toolchain is needed to build the eBPF probe")?;
+    let installed =
+        output(cmd("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .context("the nightly toolchain is needed to build the eBPF probe")?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         note("nightly rust-src: installed");
         return Ok(());
@@ -134,7 +133,9 @@ pub fn tracefs() -> Result<()> {
         return Ok(());
     }
     if !crate::util::is_root() {
-        bail!("tracefs is not mounted and mounting it needs root: mount -t tracefs nodev /sys/kernel/tracing");
+        bail!(
+            "tracefs is not mounted and mounting it needs root: mount -t tracefs nodev /sys/kernel/tracing"
+        );
     }
     note("tracefs: mounting on /sys/kernel/tracing");
     run(cmd("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
@@ -178,7 +179,10 @@ fn python_tools() -> Result<()> {
     let stamp = venv.join(".trafficmap-tools");
     let wanted = PYTHON_TOOLS.join("\n");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
-        note(format!("Python test tools: installed in {}", venv.display()));
+        note(format!(
+            "Python test tools: installed in {}",
+            venv.display()
+        ));
         return Ok(());
     }
     note(format!(
@@ -190,7 +194,12 @@ fn python_tools() -> Result<()> {
         run(cmd("python3").arg("-m").arg("venv").arg(&venv))?;
     }
     run(cmd(venv.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check", "--cache-dir"])
+        .args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--cache-dir",
+        ])
         .arg(cache_dir().join("pip"))
         .args(PYTHON_TOOLS))?;
     std::fs::write(stamp, wanted)?;
@@ -216,7 +225,13 @@ pub fn npm_tools() -> Result<()> {
     }
     note("npm: installing the viewer's packages from package-lock.json");
     run(cmd("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefer-offline", "--cache"])
+        .args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--prefer-offline",
+            "--cache",
+        ])
         .arg(cache_dir().join("npm"))
         .current_dir(&viewer))?;
     std::fs::write(stamp, lock_text)?;

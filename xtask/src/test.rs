@@ -35,6 +35,11 @@ pub fn stages() -> Vec<Stage> {
             run: probe_host,
         },
         Stage {
+            name: "deploy",
+            about: "systemd unit (verify, security score) and Kubernetes manifests (kubernetes-validate, yamllint)",
+            run: deploy,
+        },
+        Stage {
             name: "vm",
             about: "probe suite per backend on Debian kernels 5.10, 6.1, 6.12 in qemu",
             run: vm_matrix,
@@ -59,7 +64,9 @@ pub fn stages() -> Vec<Stage> {
 
 pub fn test(only: &[String], skip: &[String]) -> Result<()> {
     if !is_root() {
-        bail!("`cargo xtask test` loads eBPF programs and creates network namespaces: run it as root");
+        bail!(
+            "`cargo xtask test` loads eBPF programs and creates network namespaces: run it as root"
+        );
     }
     // Privileged tests fail instead of skipping when CI is set.
     // SAFETY: single-threaded at this point.
@@ -115,7 +122,14 @@ pub fn test(only: &[String], skip: &[String]) -> Result<()> {
 
 fn lint() -> Result<String> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The eBPF crate, for its own target (its panic handler cannot coexist with std).
     run(cargo()
         .args([
@@ -132,7 +146,10 @@ fn lint() -> Result<String> {
             "-D",
             "warnings",
         ])
-        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""))?;
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"",
+        ))?;
     Ok(String::new())
 }
 
@@ -154,7 +171,12 @@ fn probe_host() -> Result<String> {
     for b in vm::BACKENDS {
         let support = output(
             cmd(&bin)
-                .args(["--exact", "backend_support", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "backend_support",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("TRAFFICMAP_TEST_BACKEND", b),
         )
         .with_context(|| format!("backend support check for {b}"))?;
@@ -220,4 +242,83 @@ fn vm_matrix() -> Result<String> {
         bail!("kernel matrix has failures (see above)");
     }
     Ok(format!("{} kernels", rows.len()))
+}
+
+/// Highest acceptable `systemd-analyze security` exposure for our units ("OK" is below 4.0; we
+/// hold ourselves to well under that).
+const MAX_EXPOSURE: f64 = 3.0;
+
+fn deploy() -> Result<String> {
+    let root = crate::util::root();
+    let venv = crate::setup::venv();
+    let mut manifests = Vec::new();
+    for e in std::fs::read_dir(root.join("deploy/kubernetes"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            manifests.push(p);
+        }
+    }
+    manifests.sort();
+    if manifests.is_empty() {
+        bail!("no Kubernetes manifests under deploy/kubernetes");
+    }
+    run(cmd(venv.join("bin/kubernetes-validate"))
+        .args(["-k", "1.33.0", "--strict"])
+        .args(&manifests))?;
+    run(cmd(venv.join("bin/yamllint"))
+        .args([
+            "-d",
+            "{extends: relaxed, rules: {line-length: {max: 120}}}",
+            "--strict",
+        ])
+        .args(&manifests))?;
+    // Units: full verification with ExecStart pointing at the freshly built binary, and the
+    // security exposure score.
+    run(cargo().args([
+        "build",
+        "-p",
+        "trafficmap-daemon",
+        "--bin",
+        "trafficmap-agent",
+    ]))?;
+    let bin_dir = root.join("target/debug");
+    let mut scores = Vec::new();
+    let tmp = crate::util::artifacts_dir().join("units");
+    std::fs::create_dir_all(&tmp)?;
+    for e in std::fs::read_dir(root.join("deploy/systemd"))? {
+        let unit = e?.path();
+        if unit.extension().is_none_or(|x| x != "service") {
+            continue;
+        }
+        let name = unit.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&unit)?;
+        let local = text.replace("/usr/bin/", &format!("{}/", bin_dir.display()));
+        let local_unit = tmp.join(&name);
+        std::fs::write(&local_unit, local)?;
+        run(cmd("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&local_unit))?;
+        let report = output(
+            cmd("systemd-analyze")
+                .args(["security", "--offline=true", "--no-pager"])
+                .arg(&unit),
+        )?;
+        let score: f64 = report
+            .lines()
+            .find_map(|l| l.split("exposure level for").nth(1))
+            .and_then(|rest| rest.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no exposure score for {name}"))?;
+        note(format!("{name}: systemd-analyze security exposure {score}"));
+        if score > MAX_EXPOSURE {
+            bail!("{name}: exposure {score} above {MAX_EXPOSURE}");
+        }
+        scores.push(format!("{name} {score}"));
+    }
+    Ok(format!(
+        "{} manifests valid; exposure {}",
+        manifests.len(),
+        scores.join(", ")
+    ))
 }

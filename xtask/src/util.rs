@@ -68,7 +68,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = render(cmd);
     eprintln!("    $ {shown}");
     let start = Instant::now();
-    let status = cmd.status().with_context(|| format!("starting `{shown}`"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status}) after {:.1?}", start.elapsed());
     }
@@ -120,9 +122,13 @@ pub fn is_root() -> bool {
 /// name (`cargo test --no-run --message-format=json`).
 pub fn build_test_binaries(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let mut c = cargo();
-    c.args(["test", "--no-run", "--message-format=json-render-diagnostics"])
-        .args(args)
-        .stdout(Stdio::piped());
+    c.args([
+        "test",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ])
+    .args(args)
+    .stdout(Stdio::piped());
     eprintln!("    $ {}", render(&c));
     let out = c.output().context("cargo test --no-run")?;
     if !out.status.success() {
@@ -137,7 +143,10 @@ pub fn build_test_binaries(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
             && msg["profile"]["test"] == true
             && let Some(exe) = msg["executable"].as_str()
         {
-            let name = msg["target"]["name"].as_str().unwrap_or_default().to_owned();
+            let name = msg["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             bins.push((name, PathBuf::from(exe)));
         }
     }

@@ -129,8 +129,8 @@ fn executable_of(messages: &str, name: &str) -> Option<PathBuf> {
 }
 
 /// `cargo xtask bench viewer`: the viewer against a d3-force + SVG baseline in headless
-/// Chromium; the results replace the `## Viewer` section of BENCHMARKS.md.
-pub fn bench() -> Result<()> {
+/// Chromium; the results replace the `## Viewer` section of BENCHMARKS.md and are returned.
+pub fn bench() -> Result<String> {
     setup::npm_tools()?;
     let dir = artifacts_dir().join("viewer-bench");
     std::fs::create_dir_all(&dir)?;
@@ -151,7 +151,7 @@ pub fn bench() -> Result<()> {
         "results written to {} (section `## Viewer`)",
         path.display()
     ));
-    Ok(())
+    Ok(section)
 }
 
 /// Replaces the section that starts with the line `heading` (up to the next `## ` heading) with

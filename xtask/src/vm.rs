@@ -80,14 +80,19 @@ impl Cell {
 pub fn parse_markers(log: &str, expect: Option<&[&str]>) -> BTreeMap<String, Cell> {
     let mut cells = BTreeMap::new();
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    // Markers may follow other output on the same line (the test harness prints
+    // `test backend_support ... ` before the test's own output).
+    let after = |line: &'_ str, marker: &str| -> Option<String> {
+        line.find(marker)
+            .map(|i| line[i + marker.len()..].trim().to_owned())
+    };
     for line in log.lines() {
-        let line = line.trim_start_matches(|c: char| c.is_control());
-        if let Some(rest) = line.strip_prefix("TRAFFICMAP_SUPPORT ")
+        if let Some(rest) = after(line, "TRAFFICMAP_SUPPORT ").as_deref()
             && let Some((b, why)) = rest.split_once(" unsupported: ")
         {
             reasons.insert(b.to_owned(), why.to_owned());
         }
-        if let Some(rest) = line.strip_prefix("TRAFFICMAP_RESULT ") {
+        if let Some(rest) = after(line, "TRAFFICMAP_RESULT ").as_deref() {
             let mut it = rest.split_whitespace();
             let (Some(b), Some(r)) = (it.next(), it.next()) else {
                 continue;
@@ -157,11 +162,16 @@ poweroff -f
 
 fn apt_args(dir: &Path) -> Vec<String> {
     vec![
-        format!("-oDir::Etc::SourceList={}", dir.join("sources.list").display()),
+        format!(
+            "-oDir::Etc::SourceList={}",
+            dir.join("sources.list").display()
+        ),
         "-oDir::Etc::SourceParts=/dev/null".into(),
         format!("-oDir::State::Lists={}", dir.join("lists").display()),
         format!("-oDir::Cache={}", dir.join("cache").display()),
         "-oAPT::Get::List-Cleanup=0".into(),
+        // The cache belongs to root; apt's `_apt` sandbox user could not write it.
+        "-oAPT::Sandbox::User=root".into(),
         "-q".into(),
     ]
 }
@@ -202,7 +212,9 @@ pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
         note(format!(
             "kernel {}: cached ({})",
             spec.label,
-            std::fs::read_to_string(dir.join("package")).unwrap_or_default().trim()
+            std::fs::read_to_string(dir.join("package"))
+                .unwrap_or_default()
+                .trim()
         ));
         return Ok(vmlinuz);
     }
@@ -219,31 +231,54 @@ pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
             s = spec.suite
         ),
     )?;
-    note(format!("kernel {}: updating the {} package index", spec.label, spec.suite));
+    note(format!(
+        "kernel {}: updating the {} package index",
+        spec.label, spec.suite
+    ));
     run(cmd("apt-get").args(apt_args(&apt)).arg("update"))?;
-    let list = output(
-        cmd("apt-cache")
-            .args(apt_args(&apt))
-            .args(["search", "--names-only", &format!("^{}", regex_escape(spec.prefix))]),
-    )?;
+    let list = output(cmd("apt-cache").args(apt_args(&apt)).args([
+        "search",
+        "--names-only",
+        &format!("^{}", regex_escape(spec.prefix)),
+    ]))?;
     let mut names: Vec<&str> = list
         .lines()
         .filter_map(|l| l.split(" - ").next())
         .filter(|n| n.starts_with(spec.prefix) && n.ends_with(spec.suffix))
         .collect();
     names.sort_by_key(|n| natural_key(n));
-    let pkg = names
-        .last()
-        .with_context(|| format!("no package {}*{} in {}", spec.prefix, spec.suffix, spec.suite))?
-        .to_string();
-    note(format!("kernel {}: downloading {pkg}", spec.label));
+    if names.is_empty() {
+        bail!(
+            "no package {}*{} in {}",
+            spec.prefix,
+            spec.suffix,
+            spec.suite
+        );
+    }
     let work = dir.join("download");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    run(cmd("apt-get")
-        .args(apt_args(&apt))
-        .args(["download", &pkg])
-        .current_dir(&work))?;
+    // The index can list a version the mirror no longer serves: fall back to older ones.
+    let mut pkg = None;
+    for name in names.iter().rev().take(6) {
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        note(format!("kernel {}: downloading {name}", spec.label));
+        match run(cmd("apt-get")
+            .args(apt_args(&apt))
+            .args(["download", name])
+            .current_dir(&work))
+        {
+            Ok(()) => {
+                pkg = Some(name.to_string());
+                break;
+            }
+            Err(e) => note(format!(
+                "kernel {}: {name} unavailable ({e:#}), trying an older one",
+                spec.label
+            )),
+        }
+    }
+    let pkg =
+        pkg.with_context(|| format!("no {} kernel package could be downloaded", spec.label))?;
     let deb = std::fs::read_dir(&work)?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -254,7 +289,10 @@ pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
     let boot = std::fs::read_dir(extracted.join("boot"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .context("no boot/vmlinuz-* in the package")?;
     std::fs::copy(&boot, &vmlinuz)?;
     std::fs::write(dir.join("package"), &pkg)?;
@@ -315,7 +353,9 @@ pub fn initramfs(test_bin: &Path, out: &Path) -> Result<()> {
     if !cpio.wait()?.success() {
         bail!("cpio failed");
     }
-    run(cmd("gzip").args(["-1", "-f"]).arg(out.with_extension("cpio")))?;
+    run(cmd("gzip")
+        .args(["-1", "-f"])
+        .arg(out.with_extension("cpio")))?;
     std::fs::rename(out.with_extension("cpio.gz"), out)?;
     std::fs::remove_dir_all(&root)?;
     Ok(())
@@ -324,7 +364,16 @@ pub fn initramfs(test_bin: &Path, out: &Path) -> Result<()> {
 /// Boots one kernel and returns its serial console output.
 pub fn boot(vmlinuz: &Path, initrd: &Path, log_path: &Path, limit: Duration) -> Result<String> {
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1536", "-smp", "2"])
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-m",
+            "1536",
+            "-smp",
+            "2",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -360,7 +409,11 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, log_path: &Path, limit: Duration) -> 
             Ok(line) => {
                 writeln!(file, "{line}")?;
                 if line.contains("TRAFFICMAP_RESULT") || line.contains("TRAFFICMAP_SUPPORT") {
-                    note(format!("  [{:>5.1}s] {}", start.elapsed().as_secs_f64(), line.trim()));
+                    note(format!(
+                        "  [{:>5.1}s] {}",
+                        start.elapsed().as_secs_f64(),
+                        line.trim()
+                    ));
                 }
                 log.push_str(&line);
                 log.push('\n');
@@ -380,7 +433,10 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, log_path: &Path, limit: Duration) -> 
 }
 
 /// Runs the whole matrix; returns (kernel label, release, cells).
-pub fn vm_test(kernels: &[String]) -> Result<Vec<(String, String, BTreeMap<String, Cell>)>> {
+/// One row of the matrix: kernel label, release, cell per backend.
+pub type Row = (String, String, BTreeMap<String, Cell>);
+
+pub fn vm_test(kernels: &[String]) -> Result<Vec<Row>> {
     step("vm-test: building the probe test binary");
     let bins = crate::util::build_test_binaries(&["-p", "trafficmap-daemon", "--test", "probe"])?;
     let test_bin = bins
@@ -404,7 +460,10 @@ pub fn vm_test(kernels: &[String]) -> Result<Vec<(String, String, BTreeMap<Strin
         let log = boot(&vmlinuz, &initrd, &log_path, Duration::from_secs(900))?;
         let release = log
             .lines()
-            .find_map(|l| l.trim().strip_prefix("TRAFFICMAP_KERNEL ").map(str::to_owned))
+            .find_map(|l| {
+                l.find("TRAFFICMAP_KERNEL ")
+                    .map(|i| l[i + 18..].trim().to_owned())
+            })
             .unwrap_or_else(|| "did not boot".into());
         let cells = parse_markers(&log, Some(spec.expect));
         note(format!(
@@ -423,8 +482,9 @@ pub fn vm_test(kernels: &[String]) -> Result<Vec<(String, String, BTreeMap<Strin
 }
 
 /// The matrix as a Markdown table, with the reasons below it.
-pub fn render_matrix(rows: &[(String, String, BTreeMap<String, Cell>)]) -> String {
-    let mut s = String::from("| kernel | fexit | kprobe | tracepoint |\n| --- | --- | --- | --- |\n");
+pub fn render_matrix(rows: &[Row]) -> String {
+    let mut s =
+        String::from("| kernel | fexit | kprobe | tracepoint |\n| --- | --- | --- | --- |\n");
     let mut notes = Vec::new();
     for (label, release, cells) in rows {
         let get = |b: &str| cells.get(b).map_or("?", Cell::short);
@@ -450,7 +510,7 @@ pub fn render_matrix(rows: &[(String, String, BTreeMap<String, Cell>)]) -> Strin
     s
 }
 
-pub fn any_failed(rows: &[(String, String, BTreeMap<String, Cell>)]) -> bool {
+pub fn any_failed(rows: &[Row]) -> bool {
     rows.iter()
         .any(|(_, _, c)| c.values().any(|c| matches!(c, Cell::Failed(_))))
 }
@@ -477,7 +537,8 @@ mod tests {
 
     #[test]
     fn expected_but_unsupported_fails_and_missing_fails() {
-        let log = "TRAFFICMAP_SUPPORT fexit unsupported: EPERM\nTRAFFICMAP_RESULT fexit unsupported\n";
+        let log =
+            "TRAFFICMAP_SUPPORT fexit unsupported: EPERM\nTRAFFICMAP_RESULT fexit unsupported\n";
         let cells = parse_markers(log, Some(&["fexit"]));
         assert!(matches!(&cells["fexit"], Cell::Failed(w) if w.contains("EPERM")));
         assert!(matches!(&cells["kprobe"], Cell::Failed(w) if w.contains("no result")));
@@ -485,7 +546,11 @@ mod tests {
 
     #[test]
     fn natural_sort_picks_newest() {
-        let mut v = vec!["linux-image-5.10.0-9-cloud", "linux-image-5.10.0-46-cloud", "linux-image-5.10.0-10-cloud"];
+        let mut v = [
+            "linux-image-5.10.0-9-cloud",
+            "linux-image-5.10.0-46-cloud",
+            "linux-image-5.10.0-10-cloud",
+        ];
         v.sort_by_key(|n| natural_key(n));
         assert_eq!(v.last(), Some(&"linux-image-5.10.0-46-cloud"));
     }

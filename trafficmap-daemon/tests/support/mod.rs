@@ -169,12 +169,11 @@ pub fn inode(ns: &NetNs) -> u32 {
 
 /// Asserts the probe recorded no error of any kind.
 pub fn assert_no_errors(probe: &Probe) {
-    let errors = probe.errors().unwrap();
-    let named: Vec<_> = trafficmap_common::ErrorReason::ALL
-        .iter()
-        .zip(errors)
+    let named: Vec<_> = probe
+        .drops()
+        .unwrap()
+        .into_iter()
         .filter(|(_, n)| *n != 0)
-        .map(|(r, n)| (r.as_str(), n))
         .collect();
     assert!(named.is_empty(), "probe errors: {named:?}");
 }

@@ -109,3 +109,16 @@ test("group packing: rows in order, no overlaps, env bands", () => {
   assert.ok(Math.hypot(x - 5, y - 5) <= 2);
   assert.deepEqual(seededPoint("host-1", 5, 5, 2), [x, y]);
 });
+
+test("a spent time budget ends the forces; the overlap pass still runs", () => {
+  const l = new Layout(twoGroups(20));
+  l.step(5);
+  assert.ok(!l.settled());
+  l.stopForces();
+  assert.ok(l.converged());
+  let guard = 0;
+  while (!l.step(10).settled && guard++ < 100);
+  assert.ok(l.settled());
+  assert.equal(l.iterations, 5, "no force iteration after the stop");
+  assert.equal(l.spreadDone, 30);
+});

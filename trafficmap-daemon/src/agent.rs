@@ -1,0 +1,663 @@
+//! The agent: drains the probe on wall-clock-aligned windows, turns deltas into pairs, exports
+//! metrics, writes reports (spool, JSON lines) and ships them; handles SIGTERM/SIGINT (drain
+//! once more, flush, detach) and SIGHUP (reload what can be reloaded).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, Utc};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::{Notify, watch},
+};
+use tracing::{error, info, warn};
+use trafficmap_common::Conn;
+use trafficmap_model::report::{self, Agent, Health, Host, Pair, Report, Window};
+
+use crate::{
+    config::{Cli, Config},
+    conn::{ConnExt as _, ConnId, Role, RoleSource},
+    delta::{Snapshot, Tracker},
+    identity,
+    metrics::{self, InfoLabels, Metrics},
+    output::JsonLines,
+    pairs::{Accumulator, Attributed, Clock},
+    probe::{Probe, ProbeOptions},
+    roles::{self, ListenerCache},
+    ship::{self, Collector},
+    spool::Spool,
+};
+
+/// Pairs per report: bigger windows are split so each POST stays a few megabytes.
+pub const PAIRS_PER_REPORT: usize = 20_000;
+/// How long shutdown waits for the collector before leaving reports spooled.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// State that survives between drains: the tracker of live connections, roles resolved for
+/// connections that predate the probe, and the pairs of the current window.
+#[derive(Default)]
+pub struct Drainer {
+    tracker: Tracker,
+    roles: HashMap<ConnId, (Role, RoleSource)>,
+    listeners: ListenerCache,
+    acc: Accumulator,
+    last_drops: std::collections::BTreeMap<&'static str, u64>,
+    vanished_seen: u64,
+}
+
+/// What one drain produced.
+pub struct Drained {
+    pub pairs: Vec<Pair>,
+    pub health: Health,
+    pub tracked: usize,
+    pub vanished_new: u64,
+    pub cumulative_drops: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Drainer {
+    fn accumulate(&mut self, d: &crate::delta::ConnDelta, clock: &Clock) {
+        let id = d.conn.id();
+        let (role, role_source) = match self.roles.get(&id) {
+            Some(&r) => r,
+            None if d.conn.role() == Role::Unknown => {
+                let l = self.listeners.for_conn(&d.conn).cloned();
+                let r = roles::resolve(&d.conn, l.as_ref());
+                self.roles.insert(id, r);
+                r
+            }
+            None => (d.conn.role(), RoleSource::Observed),
+        };
+        if d.finished {
+            self.roles.remove(&id);
+        }
+        self.acc.add(
+            &Attributed {
+                delta: d,
+                role,
+                role_source,
+            },
+            clock,
+        );
+    }
+
+    /// Applies a snapshot to the tracker and folds every delta into the current window.
+    fn fold(&mut self, snap: &Snapshot, clock: &Clock) {
+        let mut tracker = std::mem::take(&mut self.tracker);
+        tracker.apply_with(snap, |d| self.accumulate(&d, clock));
+        self.tracker = tracker;
+    }
+
+    /// Folds final records read between drains into the current window, so they need no
+    /// memory beyond their pair's running sums.
+    pub fn fold_closed(&mut self, closed: Vec<Conn>) {
+        if closed.is_empty() {
+            return;
+        }
+        let clock = Clock::now();
+        self.fold(
+            &Snapshot {
+                live: Vec::new(),
+                closed,
+            },
+            &clock,
+        );
+    }
+
+    /// Reads the probe and closes the window `[start, end)`.
+    pub fn drain(
+        &mut self,
+        probe: &mut Probe,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Drained> {
+        let mut snap = Snapshot::default();
+        probe.read_live(&mut snap.live)?;
+        probe.read_closed(&mut snap.closed);
+        let cumulative = probe.drops()?;
+        // Entries the kernel kept because the ring buffer was full: read now, free them.
+        let destroyed: Vec<Conn> = snap
+            .live
+            .iter()
+            .filter(|c| c.is_destroyed())
+            .copied()
+            .collect();
+        if !destroyed.is_empty() {
+            probe.forget_destroyed(&destroyed)?;
+        }
+        let map_entries = snap.live.len() as u64;
+        let clock = Clock::now();
+        self.fold(&snap, &clock);
+        let big = snap.live.len() > 10_000;
+        drop(snap);
+        if big {
+            // Give the snapshot's megabytes back rather than keep them as the new floor.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+        }
+        self.tracker.end_drain();
+        self.listeners.clear();
+        let pairs = self.acc.finish(start, end);
+
+        let drops = cumulative
+            .iter()
+            .map(|(&k, &v)| {
+                let prev = self.last_drops.get(k).copied().unwrap_or(0);
+                (k.to_owned(), v.saturating_sub(prev))
+            })
+            .collect();
+        self.last_drops = cumulative.clone();
+        let stats = self.tracker.stats();
+        let vanished_new = stats.vanished_total - self.vanished_seen;
+        self.vanished_seen = stats.vanished_total;
+        Ok(Drained {
+            pairs,
+            health: Health {
+                drops,
+                map_entries,
+                map_capacity: u64::from(probe.max_connections()),
+                spool_dropped: 0,
+            },
+            tracked: stats.tracked,
+            vanished_new,
+            cumulative_drops: cumulative,
+        })
+    }
+}
+
+/// Builds the reports of one window (several if it has many pairs).
+pub fn build_reports(
+    pairs: Vec<Pair>,
+    agent: &Agent,
+    host: &Host,
+    window: Window,
+    health: &Health,
+    mut next_seq: impl FnMut() -> Result<u64>,
+) -> Result<Vec<Report>> {
+    let mut out = Vec::new();
+    let mut chunks: Vec<Vec<Pair>> = pairs
+        .chunks(PAIRS_PER_REPORT)
+        .map(<[Pair]>::to_vec)
+        .collect();
+    if chunks.is_empty() {
+        // An empty window still says the host is alive and healthy.
+        chunks.push(Vec::new());
+    }
+    for chunk in chunks {
+        out.push(Report {
+            schema: report::REPORT_SCHEMA.to_owned(),
+            report_id: uuid::Uuid::new_v4().simple().to_string(),
+            seq: next_seq()?,
+            agent: agent.clone(),
+            host: host.clone(),
+            window,
+            health: health.clone(),
+            pairs: chunk,
+        });
+    }
+    Ok(out)
+}
+
+/// The next multiple of `interval` after `now` (wall clock), so windows line up across hosts.
+pub fn next_boundary(now: DateTime<Utc>, interval: Duration) -> DateTime<Utc> {
+    let iv = interval.as_millis().max(1) as i64;
+    let ms = now.timestamp_millis();
+    let next = (ms.div_euclid(iv) + 1) * iv;
+    DateTime::from_timestamp_millis(next).unwrap_or(now)
+}
+
+type LogReload = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+
+struct Sinks {
+    spool: Option<Arc<Mutex<Spool>>>,
+    output: Option<JsonLines>,
+    wake: Arc<Notify>,
+    local_seq: u64,
+}
+
+impl Sinks {
+    fn emit(&mut self, reports: &[Report], metrics: &Metrics) -> Result<()> {
+        let now = Utc::now();
+        for r in reports {
+            let json = r.to_json();
+            if let Some(out) = &mut self.output {
+                out.write(now, &json).context("writing the output file")?;
+            }
+            if let Some(spool) = &self.spool {
+                let mut s = spool.lock().unwrap();
+                let dropped = s.push(r.seq, &json).context("writing the spool")?;
+                if dropped > 0 {
+                    warn!(dropped, "spool full: dropped the oldest reports");
+                }
+                metrics.record_spool(s.len(), s.bytes(), s.dropped_total());
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> Result<u64> {
+        match &self.spool {
+            Some(s) => s.lock().unwrap().next_seq(),
+            None => {
+                self.local_seq += 1;
+                Ok(self.local_seq)
+            }
+        }
+    }
+
+    fn spool_dropped(&self) -> u64 {
+        self.spool
+            .as_ref()
+            .map_or(0, |s| s.lock().unwrap().dropped_total())
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT. `log_reload` changes the log filter on SIGHUP.
+pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<()> {
+    let started = Instant::now();
+    let spool = match &config.collector {
+        Some(_) => Some(Arc::new(Mutex::new(
+            Spool::open(&config.spool_dir, config.spool_max_bytes)
+                .with_context(|| format!("spool {}", config.spool_dir.display()))?,
+        ))),
+        None => None,
+    };
+    let collector = Collector::new(&config)?;
+    let output = match &config.output {
+        Some(p) => Some(JsonLines::open(p, config.output_keep_days, Utc::now())?),
+        None => None,
+    };
+    let mut metrics = Metrics::new(config.metrics_top_k, config.metrics_idle_expiry);
+
+    let listener = match config.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    let opts = ProbeOptions {
+        attach: config.attach,
+        netns: config.netns.clone(),
+        max_connections: config.max_connections,
+        closed_buffer_bytes: config.closed_buffer_bytes,
+        // The agent's own connections (to the collector) are not counted.
+        ignore_tgid: std::process::id(),
+    };
+    let probe = tokio::task::spawn_blocking(move || Probe::load(&opts))
+        .await
+        .context("probe loader panicked")??;
+    // Loading parsed the kernel's BTF (megabytes, freed now); hand that memory back to the
+    // system instead of keeping it in the allocator's free lists for the agent's lifetime.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+    let agent = Agent {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        backend: probe.backend().as_str().to_owned(),
+        kernel: probe.kernel().release.clone(),
+    };
+    metrics.set_info(InfoLabels {
+        version: agent.version.clone(),
+        backend: agent.backend.clone(),
+        kernel: agent.kernel.clone(),
+    });
+    let metrics = Arc::new(metrics);
+    metrics.map_capacity.set(i64::from(probe.max_connections()));
+    let host = identity::host(&config, probe.netns_inum()).await?;
+    info!(
+        hostname = %host.hostname,
+        host_id = %host.machine_id,
+        addresses = ?host.addresses,
+        ec2 = ?host.ec2.as_ref().map(|e| &e.instance_id),
+        "host identity"
+    );
+
+    let probe = Arc::new(Mutex::new(probe));
+    let drainer: Arc<Mutex<Drainer>> = Arc::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Final records of closed connections: read about once a second, or as soon as the probe
+    // says the ring is filling, and folded into the window's pairs right away.
+    let ring_fd = probe
+        .lock()
+        .unwrap()
+        .closed_fd()
+        .try_clone_to_owned()
+        .context("duplicating the ring buffer fd")?;
+    let ring_task = {
+        let probe = probe.clone();
+        let drainer = drainer.clone();
+        let mut stop = stop_rx.clone();
+        // SAFETY: `ring_fd` is an OwnedFd moved into the AsyncFd, which owns it from now on; no
+        // other handle closes it.
+        let afd = unsafe { AsyncFd::register(ring_fd) }
+            .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    guard = afd.readable() => {
+                        let Ok(mut guard) = guard else { break };
+                        guard.clear_ready();
+                    }
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                let mut got = Vec::new();
+                probe.lock().unwrap().read_closed(&mut got);
+                if !got.is_empty() {
+                    tokio::task::block_in_place(|| drainer.lock().unwrap().fold_closed(got));
+                }
+            }
+        })
+    };
+
+    let metrics_task = listener.map(|l| {
+        let metrics = metrics.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let m = metrics.clone();
+                        async move {
+                            (
+                                [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                                m.encode(),
+                            )
+                        }
+                    }),
+                )
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            let shutdown = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(shutdown).await {
+                error!(error = %e, "metrics endpoint failed");
+            }
+        })
+    });
+
+    let wake = Arc::new(Notify::new());
+    let ship_task = match (&collector, &spool) {
+        (Some(c), Some(s)) => Some(tokio::spawn(ship::run(
+            c.clone(),
+            s.clone(),
+            metrics.clone(),
+            wake.clone(),
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
+    let mut sinks = Sinks {
+        spool: spool.clone(),
+        output,
+        wake: wake.clone(),
+        local_seq: 0,
+    };
+
+    let mut window_start = Utc::now();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    info!(
+        interval = ?config.interval,
+        listen = ?config.listen,
+        collector = config.collector.as_ref().map(|u| u.as_str()),
+        "agent running"
+    );
+
+    let drain_window = |end: DateTime<Utc>,
+                        window_start: DateTime<Utc>,
+                        sinks: &mut Sinks|
+     -> Result<()> {
+        if end <= window_start {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let drained = tokio::task::block_in_place(|| {
+            let mut p = probe.lock().unwrap();
+            drainer.lock().unwrap().drain(&mut p, window_start, end)
+        })?;
+        let mut health = drained.health;
+        health.spool_dropped = sinks.spool_dropped();
+        metrics.record_pairs(started.elapsed(), &drained.pairs);
+        metrics.record_drops(&drained.cumulative_drops);
+        metrics.map_entries.set(health.map_entries as i64);
+        metrics.tracked_connections.set(drained.tracked as i64);
+        metrics.vanished_connections.inc_by(drained.vanished_new);
+        let npairs = drained.pairs.len();
+        let reports = build_reports(
+            drained.pairs,
+            &agent,
+            &host,
+            Window {
+                start: window_start,
+                end,
+            },
+            &health,
+            || sinks.next_seq(),
+        )?;
+        sinks.emit(&reports, &metrics)?;
+        metrics.drains.inc();
+        metrics.drain_duration.observe(t0.elapsed().as_secs_f64());
+        metrics.last_drain_duration.set(t0.elapsed().as_secs_f64());
+        tracing::debug!(pairs = npairs, reports = reports.len(), took = ?t0.elapsed(), "drained");
+        Ok(())
+    };
+
+    loop {
+        let next = next_boundary(Utc::now(), config.interval);
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                // Label the window with the boundary even if the timer fired a little late, so
+                // windows of all hosts line up; the few late bytes count in this window.
+                let end = next;
+                if let Err(e) = drain_window(end, window_start, &mut sinks) {
+                    error!(error = %format!("{e:#}"), "drain failed; retrying at the next interval");
+                    continue;
+                }
+                window_start = end;
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: draining once more and stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: draining once more and stopping"); break; }
+            _ = sighup.recv() => {
+                reload(&cli, &mut config, &collector, &metrics, &mut sinks, &log_reload);
+            }
+        }
+    }
+
+    // Shutdown: last window, flush, detach.
+    let end = Utc::now();
+    if let Err(e) = drain_window(end, window_start, &mut sinks) {
+        error!(error = %format!("{e:#}"), "final drain failed");
+    }
+    if let Some(out) = &mut sinks.output {
+        let _ = out.sync();
+    }
+    let _ = stop_tx.send(true);
+    if let Some(t) = ship_task {
+        let _ = t.await;
+    }
+    if let (Some(c), Some(s)) = (&collector, &spool) {
+        ship::flush(c, s, &metrics, FLUSH_DEADLINE).await;
+        let left = s.lock().unwrap().len();
+        if left > 0 {
+            info!(
+                reports = left,
+                "reports stay in the spool for the next start"
+            );
+        }
+    }
+    let _ = ring_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    drop(probe);
+    info!("probe detached; stopped");
+    Ok(())
+}
+
+fn reload(
+    cli: &Cli,
+    config: &mut Config,
+    collector: &Option<Collector>,
+    metrics: &Metrics,
+    sinks: &mut Sinks,
+    log_reload: &LogReload,
+) {
+    let new = match Config::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "SIGHUP: configuration invalid, keeping the running one");
+            return;
+        }
+    };
+    if let Some(c) = collector {
+        match new.token() {
+            Ok(t) => c.set_token(t),
+            Err(e) => {
+                error!(error = %e, "SIGHUP: token unreadable, keeping the current one");
+            }
+        }
+    }
+    metrics.set_limits(new.metrics_top_k, new.metrics_idle_expiry);
+    if new.log_level != config.log_level
+        && let Err(e) = log_reload(&new.log_level)
+    {
+        error!(error = %format!("{e:#}"), "SIGHUP: log level not changed");
+    }
+    if new.output != config.output || new.output_keep_days != config.output_keep_days {
+        sinks.output = match &new.output {
+            Some(p) => match JsonLines::open(p, new.output_keep_days, Utc::now()) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "SIGHUP: cannot open the new output file");
+                    sinks.output.take()
+                }
+            },
+            None => None,
+        };
+    }
+    let fixed = [
+        ("interval", new.interval != config.interval),
+        ("attach", new.attach != config.attach),
+        ("netns", new.netns != config.netns),
+        (
+            "max_connections",
+            new.max_connections != config.max_connections,
+        ),
+        (
+            "closed_buffer_bytes",
+            new.closed_buffer_bytes != config.closed_buffer_bytes,
+        ),
+        ("collector", new.collector != config.collector),
+        ("ca_file", new.ca_file != config.ca_file),
+        ("spool_dir", new.spool_dir != config.spool_dir),
+        ("listen", new.listen != config.listen),
+        (
+            "host identity",
+            new.host_name != config.host_name || new.host_id != config.host_id,
+        ),
+    ];
+    for (what, changed) in fixed {
+        if changed {
+            warn!(
+                setting = what,
+                "SIGHUP: changing this setting needs a restart"
+            );
+        }
+    }
+    info!("SIGHUP: reloaded token, metrics limits, log level and output");
+    *config = new;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundaries_align_to_the_wall_clock() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            next_boundary(t("2026-11-23T10:00:42.5Z"), Duration::from_secs(60)),
+            t("2026-11-23T10:01:00Z")
+        );
+        assert_eq!(
+            next_boundary(t("2026-11-23T10:01:00Z"), Duration::from_secs(60)),
+            t("2026-11-23T10:02:00Z")
+        );
+        assert_eq!(
+            next_boundary(t("2026-11-23T10:00:00.1Z"), Duration::from_millis(500)),
+            t("2026-11-23T10:00:00.5Z")
+        );
+    }
+
+    #[test]
+    fn large_windows_are_split_and_empty_ones_still_reported() {
+        let t = "2026-11-23T10:00:00Z".parse().unwrap();
+        let pair = |i: u32| Pair {
+            local_ip: "10.0.0.1".parse().unwrap(),
+            peer_ip: std::net::IpAddr::from(i.to_be_bytes()),
+            server_port: 80,
+            role: report::Role::Client,
+            role_source: report::RoleSource::Observed,
+            process: "p".into(),
+            bytes_sent: 1,
+            bytes_received: 1,
+            connections_opened: 0,
+            connections_closed: 0,
+            connections_active: 1,
+            first_seen: t,
+            last_seen: t,
+        };
+        let agent = Agent {
+            version: "0".into(),
+            backend: "fexit".into(),
+            kernel: "6".into(),
+        };
+        let host = Host {
+            hostname: "h".into(),
+            machine_id: "m".into(),
+            addresses: vec![],
+            netns: None,
+            ec2: None,
+        };
+        let window = Window {
+            start: t,
+            end: "2026-11-23T10:01:00Z".parse().unwrap(),
+        };
+        let mut seq = 10;
+        let pairs: Vec<Pair> = (0..(PAIRS_PER_REPORT as u32 * 2 + 5)).map(pair).collect();
+        let reports = build_reports(pairs, &agent, &host, window, &Health::default(), || {
+            seq += 1;
+            Ok(seq)
+        })
+        .unwrap();
+        assert_eq!(
+            reports
+                .iter()
+                .map(|r| (r.seq, r.pairs.len()))
+                .collect::<Vec<_>>(),
+            vec![(11, PAIRS_PER_REPORT), (12, PAIRS_PER_REPORT), (13, 5)]
+        );
+        for r in &reports {
+            r.validate().unwrap();
+        }
+        assert_ne!(reports[0].report_id, reports[1].report_id);
+        let empty =
+            build_reports(vec![], &agent, &host, window, &Health::default(), || Ok(1)).unwrap();
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].pairs.is_empty());
+    }
+}

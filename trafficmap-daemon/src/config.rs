@@ -1,0 +1,479 @@
+//! Agent configuration: command-line flags over an optional TOML file over defaults, validated
+//! into one typed [`Config`] before anything is loaded or bound.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::{backend::AttachMode, probe::NetnsScope};
+
+/// Exit code for bad configuration (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// trafficmap-agent: counts TCP bytes per connection with eBPF, exports per-pair counters to
+/// Prometheus and ships minute reports to a trafficmap collector.
+#[derive(Parser, Debug, Default, Clone)]
+#[command(name = "trafficmap-agent", version, about)]
+pub struct Cli {
+    /// TOML configuration file; flags given here override its values.
+    #[arg(long, short = 'c', env = "TRAFFICMAP_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// How often to drain the probe and write a report (e.g. `60s`, `1m`, `500ms`).
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Byte-counting backend: auto, fexit, kprobe or tracepoint.
+    #[arg(long)]
+    pub attach: Option<String>,
+    /// Count only this network namespace (`/proc/<pid>/ns/net`, `/run/netns/<name>`) or `all`.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Capacity of the probe's live connection table.
+    #[arg(long)]
+    pub max_connections: Option<u32>,
+    /// Size in bytes of the probe's ring buffer of closed connections (power of two).
+    #[arg(long)]
+    pub closed_buffer_bytes: Option<u32>,
+
+    /// Collector base URL (e.g. `https://collector:9978`); reports are POSTed to
+    /// `<URL>/api/v1/reports`.
+    #[arg(long)]
+    pub collector: Option<String>,
+    /// File holding the bearer token for the collector (else `$TRAFFICMAP_TOKEN`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the collector, in addition to the system's.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Directory of reports not yet accepted by the collector (survives restarts).
+    #[arg(long)]
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool may hold; when full the oldest report is dropped (and counted).
+    #[arg(long)]
+    pub spool_max_bytes: Option<u64>,
+
+    /// Also append every report as one JSON line to this file (rotated daily).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Days of rotated output files to keep.
+    #[arg(long)]
+    pub output_keep_days: Option<u32>,
+
+    /// Address of the `/metrics` endpoint (`off` to disable).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Most pair series exported to Prometheus; the rest are summed in one `other` series.
+    #[arg(long)]
+    pub metrics_top_k: Option<usize>,
+    /// Pair series idle this long are removed from `/metrics` (e.g. `10m`).
+    #[arg(long)]
+    pub metrics_idle_expiry: Option<String>,
+
+    /// Host name to report (default: the system's).
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// Stable host id to report (default: /etc/machine-id, suffixed with the namespace inode
+    /// when counting one namespace).
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// Read the EC2 instance identity from IMDSv2: on, off or auto (try briefly at start).
+    #[arg(long)]
+    pub imds: Option<String>,
+    /// IMDS base URL (for tests and unusual networks).
+    #[arg(long)]
+    pub imds_endpoint: Option<String>,
+
+    /// Log filter (`info`, `debug`, `trafficmap_daemon=debug`, ...); `RUST_LOG` also works.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// The same settings in the TOML file (`deploy/agent.example.toml` lists them all).
+#[derive(Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub interval: Option<String>,
+    pub attach: Option<String>,
+    pub netns: Option<String>,
+    pub max_connections: Option<u32>,
+    pub closed_buffer_bytes: Option<u32>,
+    pub collector: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: Option<u64>,
+    pub output: Option<PathBuf>,
+    pub output_keep_days: Option<u32>,
+    pub listen: Option<String>,
+    pub metrics_top_k: Option<usize>,
+    pub metrics_idle_expiry: Option<String>,
+    pub host_name: Option<String>,
+    pub host_id: Option<String>,
+    pub imds: Option<String>,
+    pub imds_endpoint: Option<String>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imds {
+    On,
+    Off,
+    Auto,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub interval: Duration,
+    pub attach: AttachMode,
+    pub netns: NetnsScope,
+    pub max_connections: u32,
+    pub closed_buffer_bytes: u32,
+    pub collector: Option<reqwest::Url>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub output: Option<PathBuf>,
+    pub output_keep_days: u32,
+    pub listen: Option<SocketAddr>,
+    pub metrics_top_k: usize,
+    pub metrics_idle_expiry: Duration,
+    pub host_name: Option<String>,
+    pub host_id: Option<String>,
+    pub imds: Imds,
+    pub imds_endpoint: String,
+    pub log_level: String,
+    /// Where the file settings came from, for SIGHUP reloads.
+    pub config_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9977";
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/trafficmap/spool";
+
+/// A configuration error: one line saying what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn duration(field: &str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v).map_err(|e| {
+        ConfigError(format!(
+            "{field}: `{v}` is not a duration ({e}); use e.g. 60s, 1m, 500ms"
+        ))
+    })
+}
+
+impl Config {
+    /// Reads the file named by `cli.config` (if any) and merges it under the flags.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    ConfigError(format!(
+                        "config file {}: {}",
+                        path.display(),
+                        e.to_string().replace('\n', " ").trim()
+                    ))
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(cli, &file)
+    }
+
+    /// Flags over file over defaults, then validation.
+    pub fn merge(cli: &Cli, f: &FileConfig) -> Result<Config, ConfigError> {
+        macro_rules! pick {
+            ($field:ident) => {
+                cli.$field.clone().or_else(|| f.$field.clone())
+            };
+        }
+        let interval = duration("interval", &pick!(interval).unwrap_or_else(|| "60s".into()))?;
+        if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+            return Err(ConfigError(format!(
+                "interval: {interval:?} is out of range (100ms to 1h)"
+            )));
+        }
+        let attach = pick!(attach)
+            .unwrap_or_else(|| "auto".into())
+            .parse::<AttachMode>()
+            .map_err(|e| ConfigError(format!("attach: {e}")))?;
+        let netns: NetnsScope = pick!(netns)
+            .unwrap_or_else(|| "all".into())
+            .parse()
+            .unwrap_or_default();
+        if let NetnsScope::Path(p) = &netns
+            && !p.exists()
+        {
+            return Err(ConfigError(format!(
+                "netns: {} does not exist; give a network namespace file such as /proc/<pid>/ns/net or /run/netns/<name>, or `all`",
+                p.display()
+            )));
+        }
+        let max_connections = pick!(max_connections).unwrap_or(65_536);
+        if !(64..=16_777_216).contains(&max_connections) {
+            return Err(ConfigError(format!(
+                "max_connections: {max_connections} is out of range (64 to 16777216)"
+            )));
+        }
+        let closed_buffer_bytes = pick!(closed_buffer_bytes).unwrap_or(4 << 20);
+        if closed_buffer_bytes < 4096 || !closed_buffer_bytes.is_power_of_two() {
+            return Err(ConfigError(format!(
+                "closed_buffer_bytes: {closed_buffer_bytes} must be a power of two of at least 4096"
+            )));
+        }
+        let collector = match pick!(collector) {
+            None => None,
+            Some(s) => {
+                let url = reqwest::Url::parse(&s)
+                    .map_err(|e| ConfigError(format!("collector: `{s}` is not a URL ({e})")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError(format!(
+                        "collector: `{s}` must be an http:// or https:// URL"
+                    )));
+                }
+                Some(url)
+            }
+        };
+        let token_file = pick!(token_file);
+        if let Some(t) = &token_file
+            && !t.is_file()
+        {
+            return Err(ConfigError(format!(
+                "token_file: {} is not a readable file",
+                t.display()
+            )));
+        }
+        let ca_file = pick!(ca_file);
+        if let Some(ca) = &ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| ConfigError(format!("ca_file: {}: {e}", ca.display())))?;
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ConfigError(format!(
+                    "ca_file: {} has no usable PEM certificate ({e})",
+                    ca.display()
+                ))
+            })?;
+        }
+        let spool_max_bytes = pick!(spool_max_bytes).unwrap_or(256 << 20);
+        if spool_max_bytes < 64 << 10 {
+            return Err(ConfigError(format!(
+                "spool_max_bytes: {spool_max_bytes} is too small (at least 65536)"
+            )));
+        }
+        let listen = match pick!(listen).unwrap_or_else(|| DEFAULT_LISTEN.into()) {
+            s if s == "off" => None,
+            s => Some(s.parse::<SocketAddr>().map_err(|_| {
+                ConfigError(format!("listen: `{s}` is not an address:port (or `off`)"))
+            })?),
+        };
+        let metrics_top_k = pick!(metrics_top_k).unwrap_or(100);
+        if metrics_top_k > 10_000 {
+            return Err(ConfigError(format!(
+                "metrics_top_k: {metrics_top_k} is too many series (at most 10000)"
+            )));
+        }
+        let metrics_idle_expiry = duration(
+            "metrics_idle_expiry",
+            &pick!(metrics_idle_expiry).unwrap_or_else(|| "10m".into()),
+        )?;
+        let imds = match pick!(imds).as_deref().unwrap_or("auto") {
+            "on" => Imds::On,
+            "off" => Imds::Off,
+            "auto" => Imds::Auto,
+            other => {
+                return Err(ConfigError(format!(
+                    "imds: `{other}` must be on, off or auto"
+                )));
+            }
+        };
+        let log_level = pick!(log_level).unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| ConfigError(format!("log_level: `{log_level}`: {e}")))?;
+        Ok(Config {
+            interval,
+            attach,
+            netns,
+            max_connections,
+            closed_buffer_bytes,
+            collector,
+            token_file,
+            ca_file,
+            spool_dir: pick!(spool_dir).unwrap_or_else(|| DEFAULT_SPOOL_DIR.into()),
+            spool_max_bytes,
+            output: pick!(output),
+            output_keep_days: pick!(output_keep_days).unwrap_or(7),
+            listen,
+            metrics_top_k,
+            metrics_idle_expiry,
+            host_name: pick!(host_name),
+            host_id: pick!(host_id),
+            imds,
+            imds_endpoint: pick!(imds_endpoint).unwrap_or_else(|| "http://169.254.169.254".into()),
+            log_level,
+            config_file: cli.config.clone(),
+        })
+    }
+
+    /// The collector's bearer token: the token file, else `$TRAFFICMAP_TOKEN`.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.token_file {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("token_file: {}: {e}", path.display())))?;
+            let t = t.trim().to_owned();
+            if t.is_empty() {
+                return Err(ConfigError(format!(
+                    "token_file: {} is empty",
+                    path.display()
+                )));
+            }
+            return Ok(Some(t));
+        }
+        Ok(std::env::var("TRAFFICMAP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/agent.example.toml");
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("trafficmap-agent").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::merge(&Cli::default(), &FileConfig::default()).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(60));
+        assert_eq!(c.attach, AttachMode::Auto);
+        assert_eq!(c.netns, NetnsScope::All);
+        assert_eq!(c.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert_eq!(c.metrics_top_k, 100);
+        assert_eq!(c.imds, Imds::Auto);
+        assert!(c.collector.is_none());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file: FileConfig = toml::from_str("interval = \"30s\"\nmetrics_top_k = 5\n").unwrap();
+        let c = Config::merge(&cli(&["--interval", "2s"]), &file).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.metrics_top_k, 5);
+    }
+
+    #[test]
+    fn example_file_lists_every_setting_and_parses() {
+        let file: FileConfig = toml::from_str(EXAMPLE).expect("example config parses");
+        // Every field is present (uncommented) in the example, so it documents all of them.
+        let table: toml::Table = toml::from_str(EXAMPLE).unwrap();
+        let all = toml::Table::try_from(FileConfig {
+            interval: Some(String::new()),
+            attach: Some(String::new()),
+            netns: Some(String::new()),
+            max_connections: Some(0),
+            closed_buffer_bytes: Some(0),
+            collector: Some(String::new()),
+            token_file: Some(PathBuf::new()),
+            ca_file: Some(PathBuf::new()),
+            spool_dir: Some(PathBuf::new()),
+            spool_max_bytes: Some(0),
+            output: Some(PathBuf::new()),
+            output_keep_days: Some(0),
+            listen: Some(String::new()),
+            metrics_top_k: Some(0),
+            metrics_idle_expiry: Some(String::new()),
+            host_name: Some(String::new()),
+            host_id: Some(String::new()),
+            imds: Some(String::new()),
+            imds_endpoint: Some(String::new()),
+            log_level: Some(String::new()),
+        })
+        .unwrap();
+        let missing: Vec<&String> = all.keys().filter(|k| !table.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "example config lacks {missing:?}");
+        // And its values validate (paths that must exist are not checked against this machine).
+        let mut f = file;
+        f.token_file = None;
+        f.ca_file = None;
+        f.netns = Some("all".into());
+        Config::merge(&Cli::default(), &f).unwrap();
+    }
+
+    #[test]
+    fn one_clear_line_per_error() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--interval", "soon"],
+                "interval: `soon` is not a duration",
+            ),
+            (&["--interval", "1ms"], "interval: 1ms is out of range"),
+            (&["--attach", "xdp"], "attach: unknown attach mode `xdp`"),
+            (
+                &["--netns", "/nonexistent/ns"],
+                "netns: /nonexistent/ns does not exist",
+            ),
+            (
+                &["--collector", "ftp://x"],
+                "collector: `ftp://x` must be an http",
+            ),
+            (&["--collector", "::"], "collector: `::` is not a URL"),
+            (
+                &["--listen", "localhost"],
+                "listen: `localhost` is not an address:port",
+            ),
+            (
+                &["--closed-buffer-bytes", "5000"],
+                "closed_buffer_bytes: 5000 must be a power of two",
+            ),
+            (
+                &["--token-file", "/nonexistent"],
+                "token_file: /nonexistent is not a readable file",
+            ),
+            (
+                &["--imds", "maybe"],
+                "imds: `maybe` must be on, off or auto",
+            ),
+            (
+                &["--max-connections", "1"],
+                "max_connections: 1 is out of range",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = Config::merge(&cli(args), &FileConfig::default()).unwrap_err();
+            assert!(err.0.starts_with(want), "{args:?}: got `{}`", err.0);
+            assert!(!err.0.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn bad_file() {
+        let dir = std::env::temp_dir().join(format!("tm-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, "intervall = \"1s\"\n").unwrap();
+        let mut c = Cli {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let err = Config::load(&c).unwrap_err().0;
+        assert!(
+            err.starts_with(&format!("config file {}:", p.display())),
+            "{err}"
+        );
+        assert!(err.contains("unknown field `intervall`"), "{err}");
+        assert!(!err.contains('\n'));
+        std::fs::write(&p, "interval = 5\n").unwrap();
+        assert!(Config::load(&c).unwrap_err().0.contains("invalid type"));
+        c.config = Some(dir.join("missing.toml"));
+        assert!(Config::load(&c).unwrap_err().0.contains("No such file"));
+    }
+}

@@ -1,0 +1,460 @@
+//! Prometheus metrics of the agent (OpenMetrics through prometheus-client): per-pair byte
+//! counters, bounded to the top K pairs plus one `other` series with idle series expiring, and
+//! the agent's own health.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+use trafficmap_model::report::Pair;
+
+/// Labels of the per-pair series: no ephemeral ports, no PIDs (bounded by construction).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PairLabels {
+    pub peer: String,
+    pub server_port: String,
+    pub role: String,
+    pub process: String,
+}
+
+impl PairLabels {
+    pub fn of(p: &Pair) -> PairLabels {
+        PairLabels {
+            peer: p.peer_ip.to_string(),
+            server_port: p.server_port.to_string(),
+            role: match p.role {
+                trafficmap_model::report::Role::Client => "client",
+                trafficmap_model::report::Role::Server => "server",
+                trafficmap_model::report::Role::Unknown => "unknown",
+            }
+            .into(),
+            process: p.process.clone(),
+        }
+    }
+
+    /// The series that sums every pair outside the top K.
+    pub fn other() -> PairLabels {
+        PairLabels {
+            peer: "other".into(),
+            server_port: "other".into(),
+            role: "other".into(),
+            process: "other".into(),
+        }
+    }
+}
+
+/// Which pairs get a series of their own. A pair keeps its slot while it moves bytes; a slot
+/// idle for `expiry` is freed. Free slots go to the pairs that moved the most bytes in the drain
+/// that finds them. Every other pair's bytes go to `other` from then on, so each series only
+/// ever grows and the sum over all series is the agent's total.
+#[derive(Debug)]
+pub struct TopK {
+    k: usize,
+    expiry: Duration,
+    /// Tracked label sets and when they last moved bytes.
+    tracked: HashMap<PairLabels, Duration>,
+}
+
+impl TopK {
+    pub fn new(k: usize, expiry: Duration) -> Self {
+        TopK {
+            k,
+            expiry,
+            tracked: HashMap::new(),
+        }
+    }
+
+    pub fn set_limits(&mut self, k: usize, expiry: Duration) {
+        self.k = k;
+        self.expiry = expiry;
+    }
+
+    /// `now` is time since start. Returns the label sets that get their own series now, and
+    /// the ones that expired (to remove from the registry).
+    pub fn assign(
+        &mut self,
+        now: Duration,
+        bytes: &HashMap<PairLabels, u64>,
+    ) -> (HashSet<PairLabels>, Vec<PairLabels>) {
+        let expiry = self.expiry;
+        let mut expired = Vec::new();
+        self.tracked.retain(|l, last| {
+            let keep = now.saturating_sub(*last) < expiry || bytes.get(l).is_some_and(|&b| b > 0);
+            if !keep {
+                expired.push(l.clone());
+            }
+            keep
+        });
+        for (l, &b) in bytes {
+            if b > 0
+                && let Some(last) = self.tracked.get_mut(l)
+            {
+                *last = now;
+            }
+        }
+        let mut candidates: Vec<(&PairLabels, u64)> = bytes
+            .iter()
+            .filter(|(l, b)| **b > 0 && !self.tracked.contains_key(*l))
+            .map(|(l, b)| (l, *b))
+            .collect();
+        // Most bytes first; ties broken by label for determinism.
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        for (l, _) in candidates {
+            if self.tracked.len() >= self.k {
+                break;
+            }
+            self.tracked.insert(l.clone(), now);
+        }
+        expired.sort();
+        (self.tracked.keys().cloned().collect(), expired)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    pub version: String,
+    pub backend: String,
+    pub kernel: String,
+}
+
+/// Everything the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    pub sent: Family<PairLabels, Counter>,
+    pub received: Family<PairLabels, Counter>,
+    top_k: Mutex<TopK>,
+    pub probe_drops: Family<ReasonLabels, Counter>,
+    pub drains: Counter,
+    pub drain_duration: Histogram,
+    pub last_drain_duration: Gauge<f64, AtomicU64>,
+    pub map_entries: Gauge,
+    pub map_capacity: Gauge,
+    pub tracked_connections: Gauge,
+    pub vanished_connections: Counter,
+    pub pair_series: Gauge,
+    pub spool_reports: Gauge,
+    pub spool_bytes: Gauge,
+    pub spool_dropped: Counter,
+    pub reports_shipped: Counter,
+    pub reports_failed: Family<ReasonLabels, Counter>,
+    /// Last cumulative probe counters seen, to turn them into counter increments.
+    last_drops: Mutex<HashMap<String, u64>>,
+    last_spool_dropped: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(top_k: usize, expiry: Duration) -> Metrics {
+        let mut registry = Registry::with_prefix("trafficmap");
+        let sent = Family::<PairLabels, Counter>::default();
+        let received = Family::<PairLabels, Counter>::default();
+        registry.register_with_unit(
+            "tcp_sent",
+            "TCP payload bytes the local process sent to the peer (top pairs; the rest under peer=\"other\")",
+            Unit::Bytes,
+            sent.clone(),
+        );
+        registry.register_with_unit(
+            "tcp_received",
+            "TCP payload bytes the local process received from the peer (top pairs; the rest under peer=\"other\")",
+            Unit::Bytes,
+            received.clone(),
+        );
+        let probe_drops = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "probe_errors",
+            "Events the eBPF probe could not record, by reason (should stay 0)",
+            probe_drops.clone(),
+        );
+        let drains = Counter::default();
+        registry.register("drains", "Reads of the probe's maps", drains.clone());
+        let drain_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register_with_unit(
+            "drain_duration",
+            "Time to read the probe and build a report",
+            Unit::Seconds,
+            drain_duration.clone(),
+        );
+        let last_drain_duration = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "last_drain_duration",
+            "Time the most recent drain took",
+            Unit::Seconds,
+            last_drain_duration.clone(),
+        );
+        let map_entries = Gauge::default();
+        registry.register(
+            "probe_map_entries",
+            "Entries in the probe's live connection table",
+            map_entries.clone(),
+        );
+        let map_capacity = Gauge::default();
+        registry.register(
+            "probe_map_capacity",
+            "Capacity of the probe's live connection table",
+            map_capacity.clone(),
+        );
+        let tracked_connections = Gauge::default();
+        registry.register(
+            "tracked_connections",
+            "Connections whose counters the agent follows",
+            tracked_connections.clone(),
+        );
+        let vanished_connections = Counter::default();
+        registry.register(
+            "vanished_connections",
+            "Connections that disappeared without a final record (should stay 0)",
+            vanished_connections.clone(),
+        );
+        let pair_series = Gauge::default();
+        registry.register(
+            "pair_series",
+            "Pairs exported with series of their own (at most metrics_top_k)",
+            pair_series.clone(),
+        );
+        let spool_reports = Gauge::default();
+        registry.register(
+            "spool_reports",
+            "Reports waiting in the spool for the collector",
+            spool_reports.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register_with_unit(
+            "spool",
+            "Size of the reports waiting in the spool",
+            Unit::Bytes,
+            spool_bytes.clone(),
+        );
+        let spool_dropped = Counter::default();
+        registry.register(
+            "spool_dropped_reports",
+            "Reports dropped because the spool was full (oldest first)",
+            spool_dropped.clone(),
+        );
+        let reports_shipped = Counter::default();
+        registry.register(
+            "reports_shipped",
+            "Reports the collector accepted",
+            reports_shipped.clone(),
+        );
+        let reports_failed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "report_send_failures",
+            "Failed attempts to send a report, by reason",
+            reports_failed.clone(),
+        );
+        Metrics {
+            registry,
+            sent,
+            received,
+            top_k: Mutex::new(TopK::new(top_k, expiry)),
+            probe_drops,
+            drains,
+            drain_duration,
+            last_drain_duration,
+            map_entries,
+            map_capacity,
+            tracked_connections,
+            vanished_connections,
+            pair_series,
+            spool_reports,
+            spool_bytes,
+            spool_dropped,
+            reports_shipped,
+            reports_failed,
+            last_drops: Mutex::new(HashMap::new()),
+            last_spool_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// `trafficmap_agent_info{version,backend,kernel} 1`, once the probe is loaded.
+    pub fn set_info(&mut self, labels: InfoLabels) {
+        self.registry.register(
+            "agent",
+            "Agent version, probe backend and kernel",
+            prometheus_client::metrics::info::Info::new(labels),
+        );
+    }
+
+    pub fn set_limits(&self, k: usize, expiry: Duration) {
+        self.top_k.lock().unwrap().set_limits(k, expiry);
+    }
+
+    /// Adds one drain's pairs to the per-pair counters.
+    pub fn record_pairs(&self, now: Duration, pairs: &[Pair]) {
+        let mut by_labels: HashMap<PairLabels, (u64, u64)> = HashMap::new();
+        for p in pairs {
+            let e = by_labels.entry(PairLabels::of(p)).or_default();
+            e.0 += p.bytes_sent;
+            e.1 += p.bytes_received;
+        }
+        let totals: HashMap<PairLabels, u64> = by_labels
+            .iter()
+            .map(|(l, (s, r))| (l.clone(), s + r))
+            .collect();
+        let (tracked, expired) = self.top_k.lock().unwrap().assign(now, &totals);
+        for l in &expired {
+            self.sent.remove(l);
+            self.received.remove(l);
+        }
+        let (mut other_s, mut other_r) = (0, 0);
+        for (l, (s, r)) in by_labels {
+            if tracked.contains(&l) {
+                self.sent.get_or_create(&l).inc_by(s);
+                self.received.get_or_create(&l).inc_by(r);
+            } else {
+                other_s += s;
+                other_r += r;
+            }
+        }
+        if other_s + other_r > 0 {
+            self.sent
+                .get_or_create(&PairLabels::other())
+                .inc_by(other_s);
+            self.received
+                .get_or_create(&PairLabels::other())
+                .inc_by(other_r);
+        }
+        self.pair_series.set(tracked.len() as i64);
+    }
+
+    /// Turns the probe's cumulative drop counters into counter increments.
+    pub fn record_drops(&self, cumulative: &std::collections::BTreeMap<&'static str, u64>) {
+        let mut last = self.last_drops.lock().unwrap();
+        for (&reason, &n) in cumulative {
+            let prev = last.insert(reason.to_owned(), n).unwrap_or(0);
+            let c = self.probe_drops.get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            });
+            c.inc_by(n.saturating_sub(prev));
+        }
+    }
+
+    pub fn record_spool(&self, reports: usize, bytes: u64, dropped_total: u64) {
+        self.spool_reports.set(reports as i64);
+        self.spool_bytes.set(bytes as i64);
+        let prev = self
+            .last_spool_dropped
+            .swap(dropped_total, Ordering::Relaxed);
+        self.spool_dropped
+            .inc_by(dropped_total.saturating_sub(prev));
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        out
+    }
+}
+
+/// Content type of OpenMetrics text; with `text/plain` Prometheus would use its classic parser.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(peer: &str) -> PairLabels {
+        PairLabels {
+            peer: peer.into(),
+            server_port: "443".into(),
+            role: "client".into(),
+            process: "curl".into(),
+        }
+    }
+
+    fn bytes(v: &[(&str, u64)]) -> HashMap<PairLabels, u64> {
+        v.iter().map(|(p, b)| (l(p), *b)).collect()
+    }
+
+    #[test]
+    fn top_k_keeps_slots_and_expires_idle() {
+        let mut t = TopK::new(2, Duration::from_secs(60));
+        let (tracked, expired) =
+            t.assign(Duration::ZERO, &bytes(&[("a", 10), ("b", 30), ("c", 20)]));
+        assert_eq!(tracked, [l("b"), l("c")].into_iter().collect());
+        assert!(expired.is_empty());
+        // `a` now moves the most, but slots are kept by pairs still moving bytes.
+        let (tracked, _) = t.assign(Duration::from_secs(30), &bytes(&[("a", 1000), ("b", 1)]));
+        assert_eq!(tracked, [l("b"), l("c")].into_iter().collect());
+        // `c` idle for 60 s: expires, and `a` takes its slot.
+        let (tracked, expired) = t.assign(Duration::from_secs(60), &bytes(&[("a", 5), ("b", 1)]));
+        assert_eq!(expired, vec![l("c")]);
+        assert_eq!(tracked, [l("a"), l("b")].into_iter().collect());
+    }
+
+    fn pair(peer: &str, sent: u64, recv: u64) -> Pair {
+        let t = "2026-11-23T10:00:00Z".parse().unwrap();
+        Pair {
+            local_ip: "10.0.0.1".parse().unwrap(),
+            peer_ip: peer.parse().unwrap(),
+            server_port: 443,
+            role: trafficmap_model::report::Role::Client,
+            role_source: trafficmap_model::report::RoleSource::Observed,
+            process: "curl".into(),
+            bytes_sent: sent,
+            bytes_received: recv,
+            connections_opened: 1,
+            connections_closed: 0,
+            connections_active: 1,
+            first_seen: t,
+            last_seen: t,
+        }
+    }
+
+    #[test]
+    fn other_series_sums_the_rest_and_totals_match() {
+        let m = Metrics::new(1, Duration::from_secs(600));
+        m.record_pairs(
+            Duration::ZERO,
+            &[
+                pair("10.0.0.2", 100, 1),
+                pair("10.0.0.3", 10, 2),
+                pair("10.0.0.4", 5, 3),
+            ],
+        );
+        let text = m.encode();
+        assert!(text.contains(
+            "trafficmap_tcp_sent_bytes_total{peer=\"10.0.0.2\",server_port=\"443\",role=\"client\",process=\"curl\"} 100\n"
+        ), "{text}");
+        assert!(text.contains(
+            "trafficmap_tcp_sent_bytes_total{peer=\"other\",server_port=\"other\",role=\"other\",process=\"other\"} 15\n"
+        ), "{text}");
+        assert!(text.contains(
+            "trafficmap_tcp_received_bytes_total{peer=\"other\",server_port=\"other\",role=\"other\",process=\"other\"} 5\n"
+        ), "{text}");
+        assert!(text.contains("# TYPE trafficmap_tcp_sent_bytes counter\n"));
+        assert!(text.contains("# UNIT trafficmap_tcp_sent_bytes bytes\n"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn cumulative_drops_become_increments() {
+        let m = Metrics::new(10, Duration::from_secs(600));
+        m.record_drops(&[("conns_full", 3)].into_iter().collect());
+        m.record_drops(&[("conns_full", 5)].into_iter().collect());
+        assert!(
+            m.encode()
+                .contains("trafficmap_probe_errors_total{reason=\"conns_full\"} 5\n")
+        );
+    }
+}
