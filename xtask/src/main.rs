@@ -158,6 +158,5 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Viewer { cmd } => viewer::command(cmd),
-
     }
 }
