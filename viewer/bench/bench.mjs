@@ -198,7 +198,7 @@ const row = (name, r) => `| ${name} | ${r.settled ? `${s(r.settledS)}${range(r, 
 const md = `## Viewer
 
 Synthetic map: ${doc.nodes.length.toLocaleString("en-US")} nodes and ${doc.links.length.toLocaleString("en-US")} links in 40 archdomain × env clusters
-(\`viewer/bench/synth.mjs\`, seeded), grouped by env, in headless ${machine.browser ?? "Chromium"} (Debian's build;
+(\`viewer/bench/synth.mjs\`, seeded), grouped by env, in headless Chromium ${machine.browser ?? ""} (Debian's build;
 software WebGL through SwiftShader, no GPU), viewport 1400×860. Each page is loaded fresh; "settled" is
 the time from navigation to the last layout position drawn (the viewer: ForceAtlas2 in a web worker,
 then the overlap pass; the forces stop after 7 s of layout if they have not converged by then, so
