@@ -45,8 +45,9 @@ const RING = Array.from({ length: 10 }, (_, i) => [Math.cos((i / 10) * 2 * Math.
 /**
  * Draws the hulls through a paint target (canvas or SVG) with a view transform. The padding is
  * in pixels (a Minkowski sum with a small disc), so regions stay readable at every zoom.
+ * Outlines go under the links and names over everything, hence the two switches.
  */
-export function drawGroups(target, hulls, toViewport, scaleSize, pal) {
+export function drawGroups(target, hulls, toViewport, scaleSize, pal, { outlines = true, names = true } = {}) {
   const labels = [];
   for (const h of hulls) {
     const pad = scaleSize(h.maxSize) + 10;
@@ -57,7 +58,7 @@ export function drawGroups(target, hulls, toViewport, scaleSize, pal) {
     }
     const poly = convexHull(ring);
     const color = groupColor(groupEnv(h.key), pal);
-    target.polygon(poly, withAlpha(color, 0.07), withAlpha(color, 0.45), 1.2, [5, 4]);
+    if (outlines) target.polygon(poly, withAlpha(color, 0.07), withAlpha(color, 0.45), 1.2, [5, 4]);
     let top = Infinity, sx = 0;
     for (const [x, y] of poly) {
       top = Math.min(top, y);
@@ -67,6 +68,7 @@ export function drawGroups(target, hulls, toViewport, scaleSize, pal) {
   }
   // Biggest groups name themselves first; a label that would overlap a placed one is left out
   // (zooming in makes room for it).
+  if (!names) return;
   labels.sort((a, b) => b[4] - a[4]);
   const placed = [];
   for (const [x, y, text, color] of labels) {

@@ -216,7 +216,8 @@ class App {
     const opts = {
       nodeReducer: this.reducers.nodeReducer,
       edgeReducer: this.reducers.edgeReducer,
-      drawOverlay: (ctx, r) => this.hulls.length && drawGroups(new CanvasTarget(ctx), this.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.data.pal),
+      drawOverlay: (ctx, r, phase) =>
+        this.hulls.length && drawGroups(new CanvasTarget(ctx), this.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.data.pal, { outlines: phase === "under", names: phase === "over" }),
     };
     const gl = webglAvailable();
     // Software WebGL (SwiftShader, llvmpipe) draws slower than Canvas 2D: use WebGL only on a
@@ -1040,7 +1041,8 @@ class App {
   /** Paints the current view (as on screen) into a target: groups, links, nodes, labels, title. */
   paintExport(target, width, height) {
     const r = this.renderer;
-    if (this.hulls.length) drawGroups(target, this.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.data.pal);
+    const groups = (phase) => this.hulls.length && drawGroups(target, this.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.data.pal, { outlines: phase === "under", names: phase === "over" });
+    groups("under");
     const drawn = paintGraph(target, this.scene.graph, {
       toViewport: (p) => r.graphToViewport(p),
       scaleSize: (x) => r.scaleSize(x),
@@ -1049,6 +1051,7 @@ class App {
       nodeReducer: this.reducers.nodeReducer,
       edgeReducer: this.reducers.edgeReducer,
     });
+    groups("over");
     const s = this.state;
     const title = `trafficmap · ${VIEW_NAMES[s.view]} · ${s.mode === "diff" ? `${s.base} → ${s.day}` : s.mode === "range" ? `${s.from} – ${s.to} UTC` : s.day}`;
     target.text(12, 16, title, { size: 14, weight: "650", halo: "#ffffffe0" });

@@ -136,7 +136,7 @@ export class CanvasRenderer {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.fillStyle = BACKGROUND;
     ctx.fillRect(0, 0, width, height);
-    this.drawOverlay?.(ctx, this);
+    this.drawOverlay?.(ctx, this, "under");
     this.lastDrawn = paintGraph(new CanvasTarget(ctx), this.graph, {
       toViewport: (p) => this.graphToViewport(p),
       scaleSize: (s) => this.scaleSize(s),
@@ -145,6 +145,7 @@ export class CanvasRenderer {
       nodeReducer: this.nodeReducer,
       edgeReducer: this.edgeReducer,
     });
+    this.drawOverlay?.(ctx, this, "over");
     this.frames++;
     this.emit("afterRender", {});
   }

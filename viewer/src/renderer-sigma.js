@@ -60,8 +60,11 @@ export class SigmaRenderer {
       enableCameraZooming: false,
       stagePadding: 64, // room for group outlines and names around the outermost nodes
     });
+    // Group outlines under the links, group names above the node labels.
     this.overlay = this.sigma.createCanvas("groups", { beforeLayer: "edges" });
     this.overlayCtx = this.overlay.getContext("2d");
+    this.overlayTop = this.sigma.createCanvas("groupNames", { afterLayer: "labels" });
+    this.overlayTopCtx = this.overlayTop.getContext("2d");
     this.drawOverlay = drawOverlay;
     this.frames = 0;
     this.sigma.on("afterRender", () => {
@@ -74,17 +77,17 @@ export class SigmaRenderer {
   paintOverlay() {
     const { width, height } = this.sigma.getDimensions();
     const dpr = window.devicePixelRatio || 1;
-    const c = this.overlay;
-    if (c.width !== Math.round(width * dpr) || c.height !== Math.round(height * dpr)) {
-      c.width = Math.round(width * dpr);
-      c.height = Math.round(height * dpr);
-      c.style.width = `${width}px`;
-      c.style.height = `${height}px`;
+    for (const [c, ctx, phase] of [[this.overlay, this.overlayCtx, "under"], [this.overlayTop, this.overlayTopCtx, "over"]]) {
+      if (c.width !== Math.round(width * dpr) || c.height !== Math.round(height * dpr)) {
+        c.width = Math.round(width * dpr);
+        c.height = Math.round(height * dpr);
+        c.style.width = `${width}px`;
+        c.style.height = `${height}px`;
+      }
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, width, height);
+      this.drawOverlay?.(ctx, this, phase);
     }
-    const ctx = this.overlayCtx;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, width, height);
-    this.drawOverlay?.(ctx, this);
   }
 
   on(event, fn) {
