@@ -11,6 +11,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod viewer;
 mod vm;
 
 use anyhow::Result;
@@ -78,6 +79,11 @@ enum Cmd {
         /// Kernel labels to run (default: all of 5.10, 6.1, 6.12).
         kernels: Vec<String>,
     },
+    /// The web viewer: rebuild its bundle, check it, run its browser test.
+    Viewer {
+        #[command(subcommand)]
+        cmd: viewer::Cmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +99,9 @@ enum BenchCmd {
     },
     /// Agent CPU and memory idle and at 1k/10k new connections/s; drain time at 100k connections.
     Agent,
+    /// The viewer against a d3-force + SVG baseline at 5,000 nodes / 50,000 links, in headless
+    /// Chromium; also replaces BENCHMARKS.md § Viewer.
+    Viewer,
     #[command(flatten)]
     Other(bench::Bench),
 }
@@ -138,6 +147,7 @@ fn main() -> Result<()> {
                     stream_bytes: stream_mib << 20,
                 })?,
                 BenchCmd::Agent => bench_agent::bench()?,
+                BenchCmd::Viewer => viewer::bench()?,
                 BenchCmd::Other(b) => return bench::bench(b),
             };
             let path = util::root().join("target/bench-last.md");
@@ -167,5 +177,6 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Viewer { cmd } => viewer::command(cmd),
     }
 }

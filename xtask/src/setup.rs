@@ -218,7 +218,7 @@ fn python_tools() -> Result<()> {
 }
 
 /// npm packages of the viewer (bundler, playwright-core for the browser tests).
-fn npm_tools() -> Result<()> {
+pub fn npm_tools() -> Result<()> {
     let viewer = root().join("viewer");
     let lock = viewer.join("package-lock.json");
     if !lock.exists() {

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     util::{artifacts_dir, cargo, cmd, is_root, note, output, run, secs, step},
-    vm,
+    viewer, vm,
 };
 
 /// One stage of the test run.
@@ -63,6 +63,21 @@ pub fn stages() -> Vec<Stage> {
             name: "vm",
             about: "probe suite per backend on Debian kernels 5.10, 6.1, 6.12 in qemu",
             run: vm_matrix,
+        },
+        Stage {
+            name: "viewer-bundle",
+            about: "viewer/dist is a fresh build of viewer/src and references nothing outside itself",
+            run: viewer::check,
+        },
+        Stage {
+            name: "viewer-unit",
+            about: "the viewer's logic under node --test",
+            run: viewer::unit,
+        },
+        Stage {
+            name: "viewer-browser",
+            about: "the viewer in Debian's Chromium against the collector serving golden/maps",
+            run: viewer::browser,
         },
     ]
 }

@@ -1,0 +1,436 @@
+// Pure logic over map documents (trafficmap-model/src/map.rs, schema trafficmap.map/v1): indexing,
+// filters, grouping keys, search, the diff of two maps, scales and formatting. No DOM here, so
+// `node --test` covers it.
+
+export const MAP_SCHEMA = "trafficmap.map/v1";
+export const VIEWS = ["instances", "clusters", "security-groups"];
+export const GROUPINGS = ["none", "env", "archdomain"];
+
+/** Envs in the order users expect them on the map (production first); others follow by name. */
+const ENV_ORDER = ["prod", "production", "prd", "live", "stage", "staging", "stg", "preprod", "uat", "qa", "test", "testing", "dev", "development", "sandbox"];
+
+export function envRank(env) {
+  if (env === null || env === undefined) return [ENV_ORDER.length + 1, ""];
+  const i = ENV_ORDER.indexOf(env.toLowerCase());
+  return [i < 0 ? ENV_ORDER.length : i, env];
+}
+
+export function compareEnvs(a, b) {
+  const [ra, na] = envRank(a);
+  const [rb, nb] = envRank(b);
+  return ra - rb || (na < nb ? -1 : na > nb ? 1 : 0);
+}
+
+/** Total bytes of a link, both directions. */
+export const linkBytes = (l) => l.bytes_to_target + l.bytes_to_source;
+export const nodeBytes = (n) => n.bytes_in + n.bytes_out;
+
+/**
+ * Checks the parts of a map the viewer relies on. Returns a list of problems (empty when fine);
+ * links whose ends are missing are dropped by `indexMap` and reported here.
+ */
+export function checkMap(doc) {
+  if (!doc || typeof doc !== "object") return ["not a JSON object"];
+  if (doc.schema !== MAP_SCHEMA) return [`unsupported schema ${JSON.stringify(doc.schema)}; this viewer reads ${MAP_SCHEMA}`];
+  if (!Array.isArray(doc.nodes) || !Array.isArray(doc.links)) return ["nodes or links missing"];
+  const ids = new Set(doc.nodes.map((n) => n.id));
+  const problems = [];
+  doc.links.forEach((l, i) => {
+    if (!ids.has(l.source) || !ids.has(l.target)) problems.push(`links[${i}] references a missing node`);
+  });
+  return problems;
+}
+
+/**
+ * Index of one map: nodes by id, links with their index, and per node the links it takes part
+ * in. Self-links (traffic inside one cluster or security group) are kept apart: they are shown
+ * in the details, not drawn.
+ */
+export function indexMap(doc) {
+  const byId = new Map();
+  for (const n of doc.nodes) byId.set(n.id, n);
+  const links = [];
+  const selfLinks = [];
+  const adjacency = new Map(doc.nodes.map((n) => [n.id, []]));
+  for (const l of doc.links) {
+    if (!byId.has(l.source) || !byId.has(l.target)) continue;
+    if (l.source === l.target) {
+      selfLinks.push(l);
+      continue;
+    }
+    const i = links.length;
+    links.push(l);
+    adjacency.get(l.source).push(i);
+    adjacency.get(l.target).push(i);
+  }
+  return { doc, nodes: doc.nodes, byId, links, selfLinks, adjacency };
+}
+
+/** `online/midtier/search` at level 2 is `online/midtier`; level 0 or less keeps it whole. */
+export function archPrefix(arch, level) {
+  if (!arch) return null;
+  if (!level || level <= 0) return arch;
+  return arch.split("/").slice(0, level).join("/");
+}
+
+/** Every prefix of every archdomain (`online`, `online/midtier`, ...) with its node count. */
+export function archTree(nodes) {
+  const counts = new Map();
+  for (const n of nodes) {
+    if (!n.archdomain) continue;
+    const parts = n.archdomain.split("/");
+    for (let i = 1; i <= parts.length; i++) {
+      const p = parts.slice(0, i).join("/");
+      counts.set(p, (counts.get(p) ?? 0) + 1);
+    }
+  }
+  return [...counts.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([prefix, count]) => ({ prefix, count, depth: prefix.split("/").length - 1 }));
+}
+
+export function envList(nodes) {
+  const counts = new Map();
+  for (const n of nodes) if (n.env) counts.set(n.env, (counts.get(n.env) ?? 0) + 1);
+  return [...counts.keys()].sort(compareEnvs).map((env) => ({ env, count: counts.get(env) }));
+}
+
+export function maxArchDepth(nodes) {
+  let d = 1;
+  for (const n of nodes) if (n.archdomain) d = Math.max(d, n.archdomain.split("/").length);
+  return d;
+}
+
+/** Compiles a user regular expression; returns `{re}` or `{error}` (never throws). */
+export function compileRegex(src) {
+  if (!src) return { re: null };
+  try {
+    return { re: new RegExp(src, "i") };
+  } catch (e) {
+    return { error: e.message };
+  }
+}
+
+function underPrefix(arch, prefixes) {
+  if (!arch) return false;
+  for (const p of prefixes) if (arch === p || arch.startsWith(p + "/")) return true;
+  return false;
+}
+
+/**
+ * Applies the suppression and minimum-bytes filters.
+ *
+ * A suppressed node (its env or archdomain is unticked, or matches a suppression regex) is
+ * hidden with all its traffic: that is how monitoring or backup hosts that talk to everyone are
+ * kept from tying the whole map together. Links under `minBytes` are hidden; a node that loses
+ * every link to the filters is hidden too, while nodes that had no link in the map stay. In a
+ * diff, `onlyChanges` hides links that did not change.
+ */
+export function applyFilters(index, f) {
+  const hideEnvs = new Set(f.hideEnvs ?? []);
+  const hideArchs = f.hideArchs ?? [];
+  const envRe = compileRegex(f.envRe).re;
+  const archRe = compileRegex(f.archRe).re;
+  const minBytes = f.minBytes ?? 0;
+  const onlyChanges = !!f.onlyChanges;
+  const suppressed = new Set();
+  for (const n of index.nodes) {
+    const env = n.env ?? "";
+    const arch = n.archdomain ?? "";
+    if (
+      (n.env && hideEnvs.has(n.env)) ||
+      underPrefix(n.archdomain, hideArchs) ||
+      (envRe && n.env && envRe.test(env)) ||
+      (archRe && n.archdomain && archRe.test(arch))
+    ) {
+      suppressed.add(n.id);
+    }
+  }
+  const links = [];
+  let belowMin = 0;
+  const linked = new Set();
+  for (let i = 0; i < index.links.length; i++) {
+    const l = index.links[i];
+    if (suppressed.has(l.source) || suppressed.has(l.target)) continue;
+    if (onlyChanges && l.diff === "same") continue;
+    if (linkBytes(l) < minBytes) {
+      belowMin++;
+      continue;
+    }
+    links.push(i);
+    linked.add(l.source);
+    linked.add(l.target);
+  }
+  const nodes = [];
+  for (const n of index.nodes) {
+    if (suppressed.has(n.id)) continue;
+    const hadLinks = index.adjacency.get(n.id).length > 0;
+    if (hadLinks && !linked.has(n.id)) continue;
+    nodes.push(n.id);
+  }
+  return { nodes, links, suppressed: suppressed.size, belowMin };
+}
+
+/** The key of the group a node is pulled towards, or null when ungrouped. */
+export function groupKey(node, grouping) {
+  if (!grouping || grouping.mode === "none") return null;
+  if (node.kind === "external") return "external";
+  if (grouping.mode === "env") return `env:${node.env ?? "(no env)"}`;
+  const arch = archPrefix(node.archdomain, grouping.level) ?? "(no archdomain)";
+  return grouping.splitEnv ? `arch:${arch}|${node.env ?? "(no env)"}` : `arch:${arch}`;
+}
+
+/** Human label of a group key. */
+export function groupLabel(key) {
+  if (key === "external") return "external";
+  if (key.startsWith("env:")) return key.slice(4);
+  const [arch, env] = key.slice(5).split("|");
+  return env === undefined ? arch : `${arch} · ${env}`;
+}
+
+/** The env a group stands for (to colour it), if any. */
+export function groupEnv(key) {
+  if (key.startsWith("env:")) return key.slice(4);
+  if (key.startsWith("arch:") && key.includes("|")) return key.split("|")[1];
+  return null;
+}
+
+/** Sort order of groups: by env (production first), then archdomain, external last. */
+export function compareGroups(a, b) {
+  if (a === b) return 0;
+  if (a === "external") return 1;
+  if (b === "external") return -1;
+  const ea = groupEnv(a);
+  const eb = groupEnv(b);
+  const c = compareEnvs(ea, eb);
+  if (c !== 0 && (ea !== null || eb !== null)) return c;
+  return a < b ? -1 : 1;
+}
+
+function ipToInt(s) {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(s);
+  if (!m) return null;
+  const p = m.slice(1).map(Number);
+  if (p.some((x) => x > 255)) return null;
+  return ((p[0] << 24) >>> 0) + (p[1] << 16) + (p[2] << 8) + p[3];
+}
+
+/**
+ * Parses a search query into terms. Each whitespace-separated term must match (AND):
+ * `10.1.0.0/16` (IPv4 CIDR), `:9200` or `port:9200` (server port), `env:prod`, `arch:online/midtier`,
+ * `proc:nginx`, `type:m5.large`; anything else matches as a case-insensitive substring of the
+ * label, id, addresses, processes, archdomain, env, instance type or security groups.
+ */
+export function parseQuery(q) {
+  const terms = [];
+  for (const raw of (q ?? "").trim().split(/\s+/)) {
+    if (!raw) continue;
+    let m;
+    if ((m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(raw))) {
+      const base = ipToInt(m[1]);
+      const bits = Number(m[2]);
+      if (base !== null && bits <= 32) {
+        const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+        terms.push({ kind: "cidr", net: (base & mask) >>> 0, mask });
+        continue;
+      }
+    }
+    if ((m = /^(?:port)?:(\d{1,5})$/i.exec(raw))) {
+      terms.push({ kind: "port", port: Number(m[1]) });
+      continue;
+    }
+    if ((m = /^(env|arch|proc|type|sg):(.+)$/i.exec(raw))) {
+      terms.push({ kind: m[1].toLowerCase(), text: m[2].toLowerCase() });
+      continue;
+    }
+    terms.push({ kind: "text", text: raw.toLowerCase() });
+  }
+  return terms;
+}
+
+function termMatches(n, t) {
+  const lc = (s) => (s ?? "").toLowerCase();
+  switch (t.kind) {
+    case "cidr":
+      return n.addresses.some((a) => {
+        const v = ipToInt(a);
+        return v !== null && ((v & t.mask) >>> 0) === t.net;
+      });
+    case "port":
+      return n.server_ports.includes(t.port);
+    case "env":
+      return lc(n.env) === t.text;
+    case "arch":
+      return lc(n.archdomain) === t.text || lc(n.archdomain).startsWith(t.text + "/");
+    case "proc":
+      return n.processes.some((p) => lc(p).includes(t.text));
+    case "type":
+      return lc(n.instance_type) === t.text;
+    case "sg":
+      return n.security_groups.some((g) => lc(g).includes(t.text));
+    default:
+      return (
+        lc(n.label).includes(t.text) ||
+        lc(n.id).includes(t.text) ||
+        lc(n.archdomain).includes(t.text) ||
+        lc(n.env) === t.text ||
+        lc(n.instance_type) === t.text ||
+        n.addresses.some((a) => lc(a).includes(t.text)) ||
+        n.processes.some((p) => lc(p).includes(t.text)) ||
+        n.security_groups.some((g) => lc(g).includes(t.text))
+      );
+  }
+}
+
+/** Ids of the nodes (among `candidates`) that match every term of the query. */
+export function searchNodes(index, query, candidates) {
+  const terms = parseQuery(query);
+  if (terms.length === 0) return [];
+  const out = [];
+  for (const id of candidates) {
+    const n = index.byId.get(id);
+    if (n && terms.every((t) => termMatches(n, t))) out.push(id);
+  }
+  return out;
+}
+
+/** The given nodes and their neighbours over the given (visible) links. */
+export function withNeighbours(index, ids, visibleLinks) {
+  const set = new Set(ids);
+  const out = new Set(ids);
+  for (const i of visibleLinks) {
+    const l = index.links[i];
+    if (set.has(l.source)) out.add(l.target);
+    if (set.has(l.target)) out.add(l.source);
+  }
+  return out;
+}
+
+/**
+ * Per-peer traffic of one node over the visible links, heaviest first: what it sent to and
+ * received from each peer, on which server ports, in which role, at what transfer cost.
+ */
+export function peersOf(index, id, visibleLinks) {
+  const rows = [];
+  const visible = visibleLinks ? new Set(visibleLinks) : null;
+  for (const i of index.adjacency.get(id) ?? []) {
+    if (visible && !visible.has(i)) continue;
+    const l = index.links[i];
+    const asClient = l.source === id;
+    const peer = index.byId.get(asClient ? l.target : l.source);
+    rows.push({
+      peer,
+      role: asClient ? "client" : "server",
+      sent: asClient ? l.bytes_to_target : l.bytes_to_source,
+      received: asClient ? l.bytes_to_source : l.bytes_to_target,
+      ports: l.server_ports,
+      connections: l.connections,
+      cost: l.cost_usd,
+      link: l,
+    });
+  }
+  rows.sort((a, b) => b.sent + b.received - (a.sent + a.received) || (a.peer.label < b.peer.label ? -1 : 1));
+  return rows;
+}
+
+export const linkKey = (l) => `${l.source}\u2192${l.target}`;
+
+/**
+ * Diff of two maps of the same view: a map document with every node and link of either, each
+ * tagged `diff`: `new` (only in `after`), `gone` (only in `before`), `changed` (bytes moved by
+ * at least `ratio` times either way) or `same`. Values are those of `after` where the item
+ * exists there, else of `before`; `before_bytes` keeps the old link total.
+ */
+export function diffMaps(before, after, ratio = 2) {
+  const beforeNodes = new Map(before.nodes.map((n) => [n.id, n]));
+  const afterNodes = new Map(after.nodes.map((n) => [n.id, n]));
+  const nodes = [];
+  for (const n of after.nodes) nodes.push({ ...n, diff: beforeNodes.has(n.id) ? "same" : "new" });
+  for (const n of before.nodes) if (!afterNodes.has(n.id)) nodes.push({ ...n, diff: "gone" });
+  const beforeLinks = new Map(before.links.map((l) => [linkKey(l), l]));
+  const afterLinks = new Set(after.links.map(linkKey));
+  const links = [];
+  const counts = { new: 0, gone: 0, changed: 0, same: 0 };
+  for (const l of after.links) {
+    const old = beforeLinks.get(linkKey(l));
+    let diff = "new";
+    if (old) {
+      const a = Math.max(linkBytes(old), 1);
+      const b = Math.max(linkBytes(l), 1);
+      diff = b / a >= ratio || a / b >= ratio ? "changed" : "same";
+    }
+    counts[diff]++;
+    links.push({ ...l, diff, before_bytes: old ? linkBytes(old) : 0 });
+  }
+  for (const l of before.links) {
+    if (afterLinks.has(linkKey(l))) continue;
+    counts.gone++;
+    links.push({ ...l, diff: "gone", before_bytes: linkBytes(l) });
+  }
+  return {
+    ...after,
+    nodes,
+    links,
+    diff: { before: { from: before.from, to: before.to }, after: { from: after.from, to: after.to }, counts },
+  };
+}
+
+/** Log scale from [lo, hi] (values > 0) onto [a, b]; values outside are clamped. */
+export function logScale(lo, hi, a, b) {
+  const l0 = Math.log10(Math.max(lo, 1));
+  const l1 = Math.log10(Math.max(hi, lo + 1, 2));
+  const span = l1 - l0 || 1;
+  return (v) => {
+    const t = (Math.log10(Math.max(v, 1)) - l0) / span;
+    return a + (b - a) * Math.min(1, Math.max(0, t));
+  };
+}
+
+const UNITS = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+
+/** Bytes in SI units with three significant digits: `38.5 GB`, `512 B`. */
+export function fmtBytes(b) {
+  if (!Number.isFinite(b)) return "–";
+  let v = Math.abs(b);
+  let u = 0;
+  while (v >= 999.5 && u < UNITS.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  const s = u === 0 ? String(Math.round(v)) : v >= 99.95 ? v.toFixed(0) : v >= 9.995 ? v.toFixed(1) : v.toFixed(2);
+  return `${b < 0 ? "-" : ""}${s} ${UNITS[u]}`;
+}
+
+/** Parses `500MB`, `1.5 GB`, `2e9`, `10k` into bytes (SI); null when unreadable. */
+export function parseBytes(s) {
+  const m = /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgtp]?)b?\s*$/i.exec(s ?? "");
+  if (!m) return null;
+  const mult = { "": 1, k: 1e3, m: 1e6, g: 1e9, t: 1e12, p: 1e15 }[m[2].toLowerCase()];
+  return Math.round(Number(m[1]) * mult);
+}
+
+/** USD with cents, or more digits for small amounts: `$12.34`, `$0.0416`. */
+export function fmtUsd(x) {
+  if (x === null || x === undefined || !Number.isFinite(x)) return "–";
+  if (x !== 0 && Math.abs(x) < 1) return `$${Number(x.toPrecision(3))}`;
+  return `$${x.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
+}
+
+export function fmtCount(x) {
+  return Math.round(x).toLocaleString("en-US");
+}
+
+/** When a link was seen: `2026-11-23 10:00:00 – 10:00:59 UTC` (the date once if the same). */
+export function fmtSeen(first, last) {
+  if (!first || !last) return null;
+  const t = (s) => s.replace("T", " ").replace(/(\.\d+)?Z$/, "");
+  const a = t(first);
+  const b = t(last);
+  return `${a} – ${a.slice(0, 10) === b.slice(0, 10) ? b.slice(11) : b} UTC`;
+}
+
+/** `2026-11-23` plus `n` days. */
+export function addDays(day, n) {
+  const t = Date.parse(`${day}T00:00:00Z`) + n * 86400e3;
+  return new Date(t).toISOString().slice(0, 10);
+}

@@ -1,0 +1,114 @@
+// The view state, and its round trip through the page URL (query string), so that a view can be
+// shared by copying the address. Defaults are left out of the URL to keep links short.
+
+import { GROUPINGS, VIEWS } from "./model.js";
+
+export const DEFAULTS = Object.freeze({
+  view: "instances",
+  mode: "day", // day | range | diff
+  day: null, // YYYY-MM-DD; null = newest day
+  from: null, // range start, `YYYY-MM-DDTHH:MM` (UTC)
+  to: null, // range end (exclusive)
+  base: null, // diff: the earlier day compared with `day`
+  group: "env",
+  level: 1,
+  split: false,
+  influence: 1,
+  minBytes: 0,
+  hideEnv: [],
+  hideArch: [],
+  envRe: "",
+  archRe: "",
+  q: "",
+  sel: null,
+  color: "env", // env | archdomain | kind
+  edges: "traffic", // traffic | crossenv | cost
+  changes: false, // diff: hide unchanged links
+  renderer: "auto", // auto (WebGL on a GPU, else canvas) | webgl | canvas
+});
+
+const DAY_RE = /^\d{4}-\d{2}-\d{2}$/;
+const TIME_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}$/;
+
+const num = (s, lo, hi, dflt) => {
+  if (s === null || s.trim() === "") return dflt;
+  const v = Number(s);
+  return Number.isFinite(v) && v >= lo && v <= hi ? v : dflt;
+};
+const list = (s) => (s ? s.split(",").filter(Boolean) : []);
+const oneOf = (s, xs, dflt) => (xs.includes(s) ? s : dflt);
+
+/** Reads the state from a query string; anything malformed falls back to its default. */
+export function parseState(search) {
+  const p = new URLSearchParams(search);
+  const get = (k) => p.get(k);
+  return {
+    view: oneOf(get("view"), VIEWS, DEFAULTS.view),
+    mode: oneOf(get("mode"), ["day", "range", "diff"], DEFAULTS.mode),
+    day: DAY_RE.test(get("day") ?? "") ? get("day") : null,
+    from: TIME_RE.test(get("from") ?? "") ? get("from") : null,
+    to: TIME_RE.test(get("to") ?? "") ? get("to") : null,
+    base: DAY_RE.test(get("base") ?? "") ? get("base") : null,
+    group: oneOf(get("group"), GROUPINGS, DEFAULTS.group),
+    level: Math.round(num(get("level"), 1, 32, DEFAULTS.level)),
+    split: get("split") === "1",
+    influence: num(get("influence"), 0, 3, DEFAULTS.influence),
+    minBytes: num(get("min"), 0, Number.MAX_SAFE_INTEGER, 0),
+    hideEnv: list(get("hideEnv")),
+    hideArch: list(get("hideArch")),
+    envRe: get("envRe") ?? "",
+    archRe: get("archRe") ?? "",
+    q: get("q") ?? "",
+    sel: get("sel") || null,
+    color: oneOf(get("color"), ["env", "archdomain", "kind"], DEFAULTS.color),
+    edges: oneOf(get("edges"), ["traffic", "crossenv", "cost"], DEFAULTS.edges),
+    changes: get("changes") === "1",
+    renderer: oneOf(get("renderer"), ["auto", "webgl", "canvas"], DEFAULTS.renderer),
+  };
+}
+
+/** Writes the state as a query string (without the `?`), defaults omitted, in a stable order. */
+export function serializeState(s) {
+  const p = new URLSearchParams();
+  const put = (k, v, dflt) => {
+    if (v !== dflt && v !== null && v !== "" && !(Array.isArray(v) && v.length === 0)) p.set(k, Array.isArray(v) ? v.join(",") : String(v));
+  };
+  put("view", s.view, DEFAULTS.view);
+  put("mode", s.mode, DEFAULTS.mode);
+  put("day", s.day, null);
+  if (s.mode === "range") {
+    put("from", s.from, null);
+    put("to", s.to, null);
+  }
+  if (s.mode === "diff") put("base", s.base, null);
+  put("group", s.group, DEFAULTS.group);
+  if (s.group === "archdomain") {
+    put("level", s.level, DEFAULTS.level);
+    put("split", s.split ? "1" : "", "");
+  }
+  put("influence", s.influence, DEFAULTS.influence);
+  put("min", s.minBytes, 0);
+  put("hideEnv", s.hideEnv, null);
+  put("hideArch", s.hideArch, null);
+  put("envRe", s.envRe, "");
+  put("archRe", s.archRe, "");
+  put("q", s.q, "");
+  put("sel", s.sel, null);
+  put("color", s.color, DEFAULTS.color);
+  put("edges", s.edges, DEFAULTS.edges);
+  if (s.mode === "diff") put("changes", s.changes ? "1" : "", "");
+  put("renderer", s.renderer, DEFAULTS.renderer);
+  return p.toString();
+}
+
+/** The `view=…&day=…` (or `from`/`to`) part of an API request for the state's time selection. */
+export function mapQuery(s, day) {
+  const p = new URLSearchParams({ view: s.view });
+  if (s.mode === "range" && s.from && s.to) {
+    p.set("from", `${s.from}:00Z`);
+    p.set("to", `${s.to}:00Z`);
+  } else {
+    p.set("day", day);
+  }
+  return p.toString();
+}

@@ -1,0 +1,700 @@
+// Browser test of the viewer: Debian's Chromium driven by playwright-core, against a server of
+// daily map files: the real collector (`--collector BIN`, seeded by copying the map files into a
+// fresh --output-dir) or the mock API (`--mock`, for developing the viewer alone).
+//
+//   node test/e2e.mjs --collector target/debug/trafficmap-collector --maps ../golden/maps
+//   node test/e2e.mjs --mock --maps test/fixtures/maps
+//   options: --artifacts DIR (screenshots, downloads; default ../target/test-artifacts/viewer)
+//            --chromium PATH (default /usr/bin/chromium)
+//
+// Every step loads a state through the URL, acts as a user would (clicks, keys), and asserts
+// what is drawn (node and link counts from the page's hooks, pixels at node positions in a
+// screenshot) and what the panels say, against values computed here from the map files. Any
+// console error, page error or request to another host fails the run. Ends with
+// "N passed, M failed"; exits non-zero on any failure; stops itself after a time limit.
+
+import { spawn } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { PNG } from "pngjs";
+import { expectationsFor } from "./expectations.mjs";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const argv = process.argv.slice(2);
+const opt = (k, d) => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : d);
+const mapsDir = resolve(opt("--maps", join(here, "fixtures/maps")));
+const artifacts = resolve(opt("--artifacts", join(here, "../../target/test-artifacts/viewer")));
+const chromiumPath = opt("--chromium", "/usr/bin/chromium");
+const collectorBin = opt("--collector", null);
+const TOTAL_LIMIT_MS = 8 * 60 * 1000;
+const STEP_LIMIT_MS = 60 * 1000;
+
+const killer = setTimeout(() => {
+  console.error(`e2e: still running after ${TOTAL_LIMIT_MS / 1000} s, giving up`);
+  process.exit(2);
+}, TOTAL_LIMIT_MS);
+killer.unref();
+
+rmSync(artifacts, { recursive: true, force: true });
+mkdirSync(artifacts, { recursive: true });
+
+// ------------------------------------------------------------------ the data, read here
+
+const files = readdirSync(mapsDir).filter((f) => /^(instances|clusters|security-groups)-\d{8}\.json$/.test(f));
+const maps = {};
+for (const f of files) maps[f.slice(0, -5)] = JSON.parse(readFileSync(join(mapsDir, f), "utf8"));
+const days = [...new Set(files.map((f) => f.match(/(\d{4})(\d{2})(\d{2})/).slice(1).join("-")))].sort().reverse();
+const mapOf = (view, day) => maps[`${view}-${day.replaceAll("-", "")}`];
+const addDay = (day) => new Date(Date.parse(`${day}T00:00:00Z`) + 864e5).toISOString().slice(0, 10);
+if (days.length < 2) throw new Error(`need at least two days of maps in ${mapsDir}`);
+const newest = days[0];
+const previous = days[1];
+const expect = expectationsFor(maps, newest);
+
+/** Links drawn for a map: self-links are not drawn, and a pair's first link stands for both. */
+function drawnLinks(doc, keep = () => true) {
+  const seen = new Set();
+  let n = 0;
+  for (const l of doc.links) {
+    if (l.source === l.target || !keep(l)) continue;
+    const k = `${l.source}>${l.target}`;
+    if (seen.has(k)) continue;
+    seen.add(k);
+    n++;
+  }
+  return n;
+}
+
+/**
+ * The filter rules of docs/viewer.md, written out again independently of the viewer's code:
+ * suppressed nodes go with their links, links under minBytes go, and nodes that lose every link
+ * go too (nodes that never had one stay).
+ */
+function expectedAfterFilters(doc, { hideEnv = [], archRe = null, minBytes = 0 }) {
+  const re = archRe ? new RegExp(archRe, "i") : null;
+  const suppressed = new Set(doc.nodes.filter((n) => (n.env && hideEnv.includes(n.env)) || (re && n.archdomain && re.test(n.archdomain))).map((n) => n.id));
+  const keep = (l) => !suppressed.has(l.source) && !suppressed.has(l.target) && l.bytes_to_target + l.bytes_to_source >= minBytes;
+  const linked = new Set();
+  const hadLinks = new Set();
+  for (const l of doc.links) {
+    if (l.source === l.target) continue;
+    hadLinks.add(l.source);
+    hadLinks.add(l.target);
+    if (keep(l)) {
+      linked.add(l.source);
+      linked.add(l.target);
+    }
+  }
+  const nodes = doc.nodes.filter((n) => !suppressed.has(n.id) && (!hadLinks.has(n.id) || linked.has(n.id)));
+  return { nodes: nodes.length, links: drawnLinks(doc, keep), suppressed: suppressed.size };
+}
+
+/** new / gone / changed (>= 2x either way) / same links between two maps. */
+function expectedDiff(before, after) {
+  const key = (l) => `${l.source}>${l.target}`;
+  const b = new Map(before.links.map((l) => [key(l), l]));
+  const a = new Set(after.links.map(key));
+  const c = { new: 0, gone: 0, changed: 0, same: 0 };
+  for (const l of after.links) {
+    const o = b.get(key(l));
+    if (!o) c.new++;
+    else {
+      const x = Math.max(o.bytes_to_target + o.bytes_to_source, 1);
+      const y = Math.max(l.bytes_to_target + l.bytes_to_source, 1);
+      c[y / x >= 2 || x / y >= 2 ? "changed" : "same"]++;
+    }
+  }
+  for (const l of before.links) if (!a.has(key(l))) c.gone++;
+  return c;
+}
+
+/** Links drawn in a diff with "only changes": changed, new or gone, not to itself, one per pair. */
+function expectedChangedDrawn(before, after) {
+  const key = (l) => `${l.source}>${l.target}`;
+  const bytes = (l) => Math.max(l.bytes_to_target + l.bytes_to_source, 1);
+  const b = new Map(before.links.map((l) => [key(l), l]));
+  const a = new Set(after.links.map(key));
+  const drawn = new Set();
+  for (const l of after.links) {
+    const o = b.get(key(l));
+    if (l.source !== l.target && (!o || bytes(l) / bytes(o) >= 2 || bytes(o) / bytes(l) >= 2)) drawn.add(key(l));
+  }
+  for (const l of before.links) if (!a.has(key(l)) && l.source !== l.target) drawn.add(key(l));
+  return drawn.size;
+}
+
+// ------------------------------------------------------------------ the server
+
+async function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+    s.on("error", rej);
+  });
+}
+
+async function startBackend() {
+  if (collectorBin) {
+    const port = await freePort();
+    const out = mkdtempSync(join(tmpdir(), "trafficmap-e2e-"));
+    for (const f of files) cpSync(join(mapsDir, f), join(out, f));
+    const log = [];
+    const data = mkdtempSync(join(tmpdir(), "trafficmap-e2e-data-"));
+    // Its own empty store and no reverse DNS: everything it serves comes from the map files.
+    const child = spawn(resolve(collectorBin), ["serve", "--listen", `127.0.0.1:${port}`, "--output-dir", out, "--data-dir", data, "--no-dns"], { stdio: ["ignore", "pipe", "pipe"] });
+    // Never leave a collector behind, whatever way this process ends.
+    process.on("exit", () => child.kill("SIGKILL"));
+    child.stdout.on("data", (d) => log.push(d.toString()));
+    child.stderr.on("data", (d) => log.push(d.toString()));
+    const url = `http://127.0.0.1:${port}`;
+    const deadline = Date.now() + 30000;
+    for (;;) {
+      try {
+        const r = await fetch(`${url}/healthz`);
+        if (r.ok) break;
+      } catch {
+        // not listening yet
+      }
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the collector did not come up:\n${log.join("")}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return {
+      url,
+      stop: () => {
+        child.kill("SIGTERM");
+        writeFileSync(join(artifacts, "collector.log"), log.join(""));
+        rmSync(out, { recursive: true, force: true });
+        rmSync(data, { recursive: true, force: true });
+      },
+    };
+  }
+  const { startServer } = await import("./server.mjs");
+  const { server, url } = await startServer({ mapsDir });
+  return { url, stop: () => server.close() };
+}
+
+// ------------------------------------------------------------------ the browser
+
+const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader"];
+
+async function openBrowser(extraFlags = []) {
+  const profile = mkdtempSync(join(tmpdir(), "trafficmap-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: chromiumPath,
+    headless: true,
+    args: [...FLAGS, ...extraFlags],
+    viewport: { width: 1400, height: 860 },
+    acceptDownloads: true,
+    timeout: 30000,
+  });
+  return { context, close: async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); } };
+}
+
+const problems = [];
+
+/** Fails the run on console errors, page errors and any request that leaves the test server. */
+function watch(page, base) {
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.push(`console error: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("request", (r) => {
+    const u = r.url();
+    if (!u.startsWith(base) && !u.startsWith("blob:") && !u.startsWith("data:")) problems.push(`request outside the test server: ${u}`);
+  });
+  page.setDefaultTimeout(30000);
+}
+
+async function ready(page) {
+  await page.waitForFunction(() => window.__trafficmap?.ready === true, null, { timeout: 45000 });
+  return page.evaluate(() => window.__trafficmap.stats());
+}
+
+/**
+ * Loads a state. Headless Chromium's WebGL is software (SwiftShader), where the viewer picks
+ * its canvas renderer; `renderer=webgl` makes it use sigma, which is what GPUs get.
+ */
+async function open(page, base, query = "") {
+  const q = query.includes("renderer=") ? query : [query, "renderer=webgl"].filter(Boolean).join("&");
+  await page.goto(`${base}/?${q}`);
+  return ready(page);
+}
+
+function eq(actual, expected, what) {
+  const a = JSON.stringify(actual);
+  const e = JSON.stringify(expected);
+  if (a !== e) throw new Error(`${what}: expected ${e}, got ${a}`);
+}
+
+function ok(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+/** Screenshot of the map, kept as an artifact; returns the decoded image. */
+async function shot(page, name) {
+  const buf = await page.screenshot({ path: join(artifacts, `${name}.png`) });
+  return PNG.sync.read(buf);
+}
+
+const hex = (c) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16));
+
+/**
+ * Checks that nodes are really drawn: at each node's centre (from the page's hooks) the
+ * screenshot has the node's fill colour, not the background.
+ */
+async function assertNodesDrawn(page, img, ids) {
+  const box = await page.locator("#map").boundingBox();
+  for (const id of ids) {
+    const n = await page.evaluate((i) => window.__trafficmap.node(i), id);
+    ok(n, `node ${id} is not in the drawn graph`);
+    const x = Math.round(box.x + n.x);
+    const y = Math.round(box.y + n.y);
+    ok(x >= 0 && y >= 0 && x < img.width && y < img.height, `node ${id} is outside the screenshot`);
+    // Search a few pixels around the centre: labels or a neighbour's edge may cross the centre.
+    const want = hex(n.color);
+    let best = Infinity;
+    for (let dy = -2; dy <= 2; dy++) {
+      for (let dx = -2; dx <= 2; dx++) {
+        const o = ((y + dy) * img.width + (x + dx)) * 4;
+        const d = Math.abs(img.data[o] - want[0]) + Math.abs(img.data[o + 1] - want[1]) + Math.abs(img.data[o + 2] - want[2]);
+        best = Math.min(best, d);
+      }
+    }
+    ok(best <= 40, `node ${id} at (${x}, ${y}) is not drawn in ${n.color} (closest colour distance ${best})`);
+  }
+}
+
+/** Waits for two animation frames: whatever was scheduled has been drawn. */
+function frames(page) {
+  return page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+}
+
+/** Clicks a link where no node covers it, and checks the link panel. */
+async function clickLink(page, l) {
+  await frames(page);
+  const nodes = await page.evaluate(() => window.__trafficmap.nodeIds().map((id) => window.__trafficmap.node(id)));
+  const a = await page.evaluate((id) => window.__trafficmap.node(id), l.source);
+  const b = await page.evaluate((id) => window.__trafficmap.node(id), l.target);
+  let best = null;
+  for (let t = 0.2; t <= 0.8; t += 0.02) {
+    const p = { x: a.x + t * (b.x - a.x), y: a.y + t * (b.y - a.y) };
+    const clear = Math.min(...nodes.map((n) => Math.hypot(n.x - p.x, n.y - p.y) - n.r));
+    if (!best || clear > best.clear) best = { ...p, clear };
+  }
+  ok(best.clear > 6, `every point of the link is under a node (best clearance ${best.clear.toFixed(1)} px)`);
+  const box = await page.locator("#map").boundingBox();
+  await page.mouse.click(box.x + best.x, box.y + best.y);
+  await page.waitForFunction(() => document.querySelector("#details .kind")?.textContent === "link");
+  eq((await page.locator("#details h2").textContent()).trim(), l.title, "link panel title");
+  const fields = await page.$$eval("#details dd[data-field]", (dds) => Object.fromEntries(dds.map((x) => [x.dataset.field, x.textContent.trim()])));
+  eq(fields, l.fields, "link panel fields");
+}
+
+// ------------------------------------------------------------------ the steps
+
+const results = [];
+
+async function step(name, fn) {
+  const before = problems.length;
+  const t = Date.now();
+  try {
+    await Promise.race([fn(), new Promise((_, rej) => setTimeout(() => rej(new Error(`step timed out after ${STEP_LIMIT_MS / 1000} s`)), STEP_LIMIT_MS))]);
+    if (problems.length > before) throw new Error(problems.slice(before).join("; "));
+    results.push([name, true]);
+    console.log(`ok      ${name} (${Date.now() - t} ms)`);
+  } catch (e) {
+    results.push([name, false]);
+    console.log(`FAILED  ${name}: ${e.message}`);
+  }
+}
+
+const backend = await startBackend();
+const base = backend.url;
+console.log(`e2e: ${collectorBin ? `collector ${collectorBin}` : "mock API"} at ${base}, maps from ${mapsDir}, days ${days.join(", ")}`);
+
+const browser = await openBrowser();
+const page = await browser.context.newPage();
+watch(page, base);
+
+try {
+  await step("picks the canvas renderer where WebGL is software only", async () => {
+    await page.goto(`${base}/`);
+    const st = await ready(page);
+    eq(st.renderer, "canvas", "renderer on SwiftShader");
+    eq((await page.locator("#renderer-kind").textContent()).trim(), "Canvas 2D (WebGL is software-only here)", "renderer in the status line");
+    const doc = mapOf("instances", newest);
+    eq([st.canvasDrawn.nodes, st.canvasDrawn.edges], [doc.nodes.length, drawnLinks(doc)], "nodes and links painted");
+    await assertNodesDrawn(page, await shot(page, "00-auto-canvas"), expect.pixelNodes);
+  });
+
+  await step("loads the newest day, every node and link of the instances map drawn", async () => {
+    const st = await open(page, base);
+    const state = await page.evaluate(() => window.__trafficmap.state());
+    eq(state.day, newest, "day");
+    eq(await page.evaluate(() => window.__trafficmap.days()), days, "day picker days (from /api/v1/days)");
+    const doc = mapOf("instances", newest);
+    eq(st.nodes, doc.nodes.length, "nodes drawn");
+    eq(st.edges, drawnLinks(doc), "links drawn");
+    eq(st.renderer, "webgl", "renderer");
+    eq(st.nodesInView, doc.nodes.length, "nodes inside the viewport");
+    const img = await shot(page, "01-instances-by-env");
+    await assertNodesDrawn(page, img, expect.pixelNodes);
+    eq(await page.locator("#day option").allTextContents(), days, "day picker options");
+    eq((await page.locator("#count-nodes").textContent()).trim(), `${doc.nodes.length} of ${doc.nodes.length} nodes`, "status line");
+  });
+
+  await step("grouping: none, env, archdomain at levels 1 and 2, split by env", async () => {
+    await open(page, base);
+    await page.getByRole("radio", { name: "None" }).check({ force: true });
+    let st = await ready(page);
+    eq(st.groups, [], "groups when ungrouped");
+    await shot(page, "02-ungrouped");
+    await page.locator('input[name="group"][value="env"]').check({ force: true });
+    st = await ready(page);
+    eq(st.groups, expect.envGroups, "env groups");
+    await page.locator('input[name="group"][value="archdomain"]').check({ force: true });
+    st = await ready(page);
+    eq(st.groups, expect.archGroups[1], "archdomain groups at level 1");
+    await page.selectOption("#level", "2");
+    st = await ready(page);
+    eq(st.groups, expect.archGroups[2], "archdomain groups at level 2");
+    await page.locator("#split").check();
+    st = await ready(page);
+    eq(st.groups, expect.archSplitGroups[2], "archdomain groups at level 2 split by env");
+    const img = await shot(page, "03-archdomain-level2-split");
+    await assertNodesDrawn(page, img, expect.pixelNodes);
+    ok(page.url().includes("group=archdomain") && page.url().includes("level=2") && page.url().includes("split=1"), `grouping not in the URL: ${page.url()}`);
+    eq(st.renderer, "webgl", "renderer asked for in the URL");
+  });
+
+  await step("traffic influence changes the layout", async () => {
+    await open(page, base, "group=none");
+    const before = await page.evaluate(() => window.__trafficmap.nodeIds().map((id) => window.__trafficmap.node(id)));
+    await page.locator("#influence").fill("3");
+    await page.locator("#influence").dispatchEvent("change");
+    await ready(page);
+    eq((await page.evaluate(() => window.__trafficmap.state())).influence, 3, "influence in the state");
+    const after = await page.evaluate(() => window.__trafficmap.nodeIds().map((id) => window.__trafficmap.node(id)));
+    const moved = after.filter((p, i) => Math.hypot(p.x - before[i].x, p.y - before[i].y) > 2).length;
+    ok(moved > after.length / 2, `only ${moved} of ${after.length} nodes moved when traffic influence went from 1 to 3`);
+  });
+
+  for (const [view, label] of [["clusters", "Clusters"], ["security-groups", "Security groups"], ["instances", "Instances"]]) {
+    await step(`view ${view}`, async () => {
+      if (view === "clusters") await open(page, base);
+      await page.getByRole("radio", { name: label, exact: true }).click();
+      const st = await ready(page);
+      const doc = mapOf(view, newest);
+      eq(st.nodes, doc.nodes.length, `${view} nodes drawn`);
+      eq(st.edges, drawnLinks(doc), `${view} links drawn`);
+      eq((await page.evaluate(() => window.__trafficmap.state())).view, view, "view in the state");
+      const img = await shot(page, `04-view-${view}`);
+      await assertNodesDrawn(page, img, doc.nodes.slice(0, 4).map((n) => n.id));
+    });
+  }
+
+  await step("filters: env checkbox, archdomain regex, min bytes", async () => {
+    await open(page, base);
+    const doc = mapOf("instances", newest);
+    const env = expect.envToHide;
+    await page.locator(`#env-list input[data-env="${env}"]`).uncheck();
+    let st = await ready(page);
+    let want = expectedAfterFilters(doc, { hideEnv: [env] });
+    eq([st.nodes, st.edges, st.suppressed], [want.nodes, want.links, want.suppressed], `nodes, links, suppressed without env ${env}`);
+    await page.locator(`#env-list input[data-env="${env}"]`).check();
+    await ready(page);
+    await page.locator("#arch-re").fill(expect.archRegex);
+    await page.locator("#arch-re").press("Enter");
+    await page.locator("#arch-re").blur();
+    st = await ready(page);
+    want = expectedAfterFilters(doc, { archRe: expect.archRegex });
+    eq([st.nodes, st.edges, st.suppressed], [want.nodes, want.links, want.suppressed], `nodes, links, suppressed with archdomain regex ${expect.archRegex}`);
+    await shot(page, "05-filter-archdomain-regex");
+    await page.locator("#arch-re").fill("");
+    await page.locator("#arch-re").blur();
+    await ready(page);
+    await page.locator("#min-bytes").fill("1 GB");
+    await page.locator("#min-bytes").blur();
+    st = await ready(page);
+    want = expectedAfterFilters(doc, { minBytes: 1e9 });
+    eq([st.nodes, st.edges], [want.nodes, want.links], "nodes and links with min bytes 1 GB");
+    ok(page.url().includes("min=1000000000"), `min bytes not in the URL: ${page.url()}`);
+    await page.locator("#arch-re").fill("([");
+    await page.locator("#arch-re").blur();
+    eq(await page.locator("#arch-re").getAttribute("aria-invalid"), "true", "an invalid regular expression is flagged");
+    // Suppressing a prefix in the archdomain tree hides everything under it.
+    await open(page, base);
+    await page.locator(`#arch-list input[data-arch="${expect.archPrefixToHide}"]`).uncheck();
+    st = await ready(page);
+    want = expectedAfterFilters(doc, { archRe: `^${expect.archPrefixToHide}(/|$)` });
+    eq([st.nodes, st.edges], [want.nodes, want.links], `nodes and links without archdomain ${expect.archPrefixToHide}`);
+  });
+
+  await step("search: host, service, address; highlight with neighbours; keyboard", async () => {
+    await open(page, base);
+    await page.locator("#map").focus();
+    await page.keyboard.press("/");
+    ok(await page.evaluate(() => document.activeElement.id === "search"), "/ focuses the search box");
+    for (const [q, ids, neighbourhood] of expect.searches) {
+      await page.locator("#search").fill(q);
+      await page.waitForFunction((want) => window.__trafficmap.state().q === want, q);
+      const st = await page.evaluate(() => window.__trafficmap.stats());
+      eq(st.searchHits, [...ids].sort(), `hits for "${q}"`);
+      eq(st.highlighted, neighbourhood, `highlighted nodes (hits and neighbours) for "${q}"`);
+      eq(await page.locator("#search-results li[role=option]").count(), ids.length, `result list for "${q}"`);
+    }
+    await shot(page, "06-search");
+    // A dimmed node is drawn grey, a hit keeps its colour.
+    const [q, ids] = expect.searches[0];
+    await page.locator("#search").fill(q);
+    await page.waitForFunction((want) => window.__trafficmap.state().q === want, q);
+    const far = expect.notNeighbourOf[q];
+    const dim = await page.evaluate((id) => window.__trafficmap.node(id).color, far);
+    eq(dim, "#dde1e7", `colour of ${far}, not a neighbour of the hits`);
+    await page.keyboard.press("ArrowDown");
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => !document.querySelector("#details").hidden);
+    eq((await page.evaluate(() => window.__trafficmap.state())).sel, ids[0], "Enter on the first result selects it");
+    await page.keyboard.press("Escape");
+    await page.locator("#map").focus();
+    await page.keyboard.press("Escape");
+    await page.waitForFunction(() => document.querySelector("#details").hidden);
+    await page.keyboard.press("Escape");
+    await page.waitForFunction(() => window.__trafficmap.state().q === "");
+  });
+
+  await step("details: hover tooltip, click a node, exact panel contents, peers", async () => {
+    await open(page, base);
+    const d = expect.details;
+    const n = await page.evaluate((id) => window.__trafficmap.node(id), d.id);
+    const box = await page.locator("#map").boundingBox();
+    await page.mouse.move(box.x + n.x, box.y + n.y);
+    await page.waitForSelector("#tooltip:not([hidden])");
+    eq((await page.locator("#tooltip .t").textContent()).trim(), d.label, "tooltip title");
+    await page.mouse.click(box.x + n.x, box.y + n.y);
+    await page.waitForSelector("#details:not([hidden])");
+    eq((await page.locator("#details h2").textContent()).trim(), d.label, "panel title");
+    const fields = await page.$$eval("#details dd[data-field]", (dds) => Object.fromEntries(dds.map((x) => [x.dataset.field, x.textContent.trim()])));
+    eq(fields, d.fields, "panel fields");
+    const rows = await page.$$eval("#details table.peers tbody tr", (trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent.trim())));
+    eq(rows, d.peers, "peers table");
+    for (const sel of ["#details", "#status", "#legend", "#tooltip"]) {
+      const text = await page.locator(sel).textContent();
+      ok(!/\b(null|undefined|NaN)\b/.test(text), `${sel} shows a missing value: ${text}`);
+    }
+    const st = await page.evaluate(() => window.__trafficmap.stats());
+    eq(st.marked, [d.id], "selection marked on the map");
+    ok(page.url().includes(`sel=${encodeURIComponent(d.id)}`), `selection not in the URL: ${page.url()}`);
+    await shot(page, "07-details");
+    await page.keyboard.press("Escape");
+    await clickLink(page, expect.link);
+    await shot(page, "07b-link-details");
+    await page.keyboard.press("Escape");
+    await page.waitForFunction(() => document.querySelector("#details").hidden);
+    // The map is wider again without the panel: let it redraw, then find the node anew.
+    await frames(page);
+    const n2 = await page.evaluate((id) => window.__trafficmap.node(id), d.id);
+    await page.mouse.click(box.x + n2.x, box.y + n2.y);
+    await page.waitForSelector("#details:not([hidden])");
+    // A peer in the table selects that peer.
+    await page.locator("#details table.peers button.peer").first().click();
+    await page.waitForFunction((id) => window.__trafficmap.state().sel !== id, d.id);
+    eq((await page.locator("#details h2").textContent()).trim(), d.peers[0][0], "clicking a peer opens it");
+  });
+
+  await step("day picker: previous day, next day, keyboard [ and ]", async () => {
+    await open(page, base);
+    await page.selectOption("#day", previous);
+    let st = await ready(page);
+    eq(st.nodes, mapOf("instances", previous).nodes.length, `nodes on ${previous}`);
+    ok(page.url().includes(`day=${previous}`), `day not in the URL: ${page.url()}`);
+    await shot(page, "08-previous-day");
+    await page.locator("#map").focus();
+    await page.keyboard.press("]");
+    await page.waitForFunction((d) => window.__trafficmap.state().day === d, newest);
+    st = await ready(page);
+    eq(st.nodes, mapOf("instances", newest).nodes.length, `nodes on ${newest}`);
+    await page.locator("#prev-day").click();
+    await page.waitForFunction((d) => window.__trafficmap.state().day === d, previous);
+    await ready(page);
+    await page.goBack();
+    await page.waitForFunction((d) => window.__trafficmap.state().day === d, newest);
+    await ready(page);
+  });
+
+  await step("diff of two days: new, gone, changed links", async () => {
+    await open(page, base);
+    await page.selectOption("#mode", "diff");
+    await ready(page);
+    await page.selectOption("#base", previous);
+    const st = await ready(page);
+    const want = expectedDiff(mapOf("instances", previous), mapOf("instances", newest));
+    eq(st.diff, want, "diff counts");
+    eq((await page.locator("#diff-counts").textContent()).trim(), `links: ${want.new} new · ${want.gone} gone · ${want.changed} changed`, "diff counts in the status line");
+    await shot(page, "09-diff");
+    await page.locator("#changes").check();
+    const st2 = await ready(page);
+    eq(st2.edges, expectedChangedDrawn(mapOf("instances", previous), mapOf("instances", newest)), "links drawn with only changes");
+    await shot(page, "10-diff-only-changes");
+  });
+
+  await step("time range", async () => {
+    await open(page, base, `mode=range&from=${previous}T00:00&to=${newest}T00:00`);
+    const st = await ready(page);
+    eq(st.nodes, mapOf("instances", previous).nodes.length, "nodes over the range covering the previous day");
+    // Two days: the union of both days' nodes.
+    await page.locator("#to").fill(`${addDay(newest)}T00:00`);
+    await page.locator("#apply-range").click();
+    await page.waitForFunction((t) => window.__trafficmap.state().to === t, `${addDay(newest)}T00:00`);
+    const two = await ready(page);
+    const union = new Set([...mapOf("instances", previous).nodes, ...mapOf("instances", newest).nodes].map((n) => n.id));
+    eq(two.nodes, union.size, "nodes over two days (both days' nodes)");
+    await shot(page, "11a-range-two-days");
+    await page.locator("#to").fill(`${newest}T00:00`);
+    await page.locator("#from").fill(`${newest}T00:00`);
+    await page.locator("#apply-range").click();
+    await page.waitForSelector("#banner:not([hidden])");
+    await shot(page, "11-range");
+  });
+
+  await step("export: PNG and SVG downloads, CSV and DOT links", async () => {
+    await open(page, base, "view=clusters");
+    const [png] = await Promise.all([page.waitForEvent("download"), page.locator("#export-png").click()]);
+    const pngPath = join(artifacts, png.suggestedFilename());
+    await png.saveAs(pngPath);
+    eq(png.suggestedFilename(), `trafficmap-clusters-${newest}.png`, "PNG file name");
+    const img = PNG.sync.read(readFileSync(pngPath));
+    const dims = await page.locator("#map").boundingBox();
+    eq([img.width, img.height], [Math.round(dims.width) * 2, Math.round(dims.height) * 2], "PNG size (2x the map)");
+    const doc = mapOf("clusters", newest);
+    let st = await page.evaluate(() => window.__trafficmap.stats());
+    eq(st.lastExport.nodes, doc.nodes.length, "nodes painted into the PNG");
+    const [svg] = await Promise.all([page.waitForEvent("download"), page.locator("#export-svg").click()]);
+    const svgPath = join(artifacts, svg.suggestedFilename());
+    await svg.saveAs(svgPath);
+    const text = readFileSync(svgPath, "utf8");
+    ok(text.startsWith("<?xml") && text.includes("<svg"), "SVG document");
+    eq((text.match(/<circle /g) ?? []).length, doc.nodes.length, "circles in the SVG");
+    st = await page.evaluate(() => window.__trafficmap.stats());
+    eq(st.lastExport.edges, drawnLinks(doc), "links painted into the SVG");
+    for (const fmt of ["csv", "dot"]) {
+      const href = await page.locator(`#export-${fmt}`).getAttribute("href");
+      eq(href, `/api/v1/maps/export?view=clusters&day=${newest}&format=${fmt}`, `${fmt} link`);
+      const r = await page.request.get(`${base}${href}`);
+      eq(r.status(), 200, `${fmt} export status`);
+      const body = await r.text();
+      ok(body.length > 0, `${fmt} export is empty`);
+      writeFileSync(join(artifacts, `export.${fmt}`), body);
+      if (fmt === "dot") ok(body.includes("digraph"), "DOT export is a digraph");
+    }
+  });
+
+  await step("the URL restores the whole view", async () => {
+    const d = expect.details;
+    const q = `view=instances&mode=diff&day=${newest}&base=${previous}&group=archdomain&level=2&split=1&influence=2&hideEnv=${expect.envToHide}&q=${encodeURIComponent(expect.searches[0][0])}&sel=${encodeURIComponent(d.id)}&color=archdomain&edges=cost`;
+    const st = await open(page, base, q);
+    const s = await page.evaluate(() => window.__trafficmap.state());
+    eq([s.view, s.mode, s.day, s.base, s.group, s.level, s.split, s.influence, s.hideEnv, s.sel, s.color, s.edges], ["instances", "diff", newest, previous, "archdomain", 2, true, 2, [expect.envToHide], d.id, "archdomain", "cost"], "state from the URL");
+    eq([await page.locator("#mode").inputValue(), await page.locator("#day").inputValue(), await page.locator("#base").inputValue()], ["diff", newest, previous], "time controls");
+    eq(await page.locator('input[name="group"]:checked').getAttribute("value"), "archdomain", "grouping control");
+    eq(await page.locator("#color").inputValue(), "archdomain", "colour control");
+    eq(await page.locator(`#env-list input[data-env="${expect.envToHide}"]`).isChecked(), false, "env checkbox");
+    eq((await page.locator("#details h2").textContent()).trim(), d.label, "selected node's panel");
+    eq(st.marked, [d.id], "selection marked");
+    await shot(page, "12-from-url");
+  });
+
+  await step("mouse: drag pans, wheel zooms, a drag keeps the selection", async () => {
+    const d = expect.details;
+    await open(page, base, `sel=${encodeURIComponent(d.id)}`);
+    const box = await page.locator("#map").boundingBox();
+    const c0 = await page.evaluate(() => window.__trafficmap.camera());
+    await page.mouse.move(box.x + 40, box.y + box.height - 40);
+    await page.mouse.down();
+    for (let i = 1; i <= 10; i++) await page.mouse.move(box.x + 40 + 20 * i, box.y + box.height - 40 - 10 * i);
+    await page.mouse.up();
+    await page.waitForFunction(() => !window.__trafficmap.camera().moving);
+    const c1 = await page.evaluate(() => window.__trafficmap.camera());
+    ok(c1.x < c0.x && c1.y < c0.y && c1.ratio === c0.ratio, `dragging right and up moves the camera left and down: ${JSON.stringify([c0, c1])}`);
+    eq((await page.evaluate(() => window.__trafficmap.state())).sel, d.id, "selection after a drag");
+    eq(await page.locator("#map-view").evaluate((el) => el.style.transform), "", "no bitmap transform left after the motion");
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    for (let i = 0; i < 5; i++) await page.mouse.wheel(0, -100);
+    await page.waitForFunction(() => !window.__trafficmap.camera().moving);
+    const c2 = await page.evaluate(() => window.__trafficmap.camera());
+    ok(c2.ratio < c1.ratio * 0.5, `wheel zooms in: ratio ${c1.ratio} -> ${c2.ratio}`);
+    await shot(page, "12b-after-drag-and-wheel");
+  });
+
+  await step("keyboard: views, zoom, grouping, help, focusable controls", async () => {
+    await open(page, base);
+    await page.locator("#map").focus();
+    await page.keyboard.press("2");
+    await page.waitForFunction(() => window.__trafficmap.state().view === "clusters");
+    await ready(page);
+    const r0 = await page.evaluate(() => window.__trafficmap.stats().nodesInView);
+    await page.keyboard.press("+");
+    await page.keyboard.press("+");
+    await page.keyboard.press("+");
+    await page.waitForTimeout(700);
+    const r1 = await page.evaluate(() => window.__trafficmap.stats().nodesInView);
+    ok(r1 < r0, `zooming in with + keeps ${r1} of ${r0} nodes in view`);
+    await page.keyboard.press("0");
+    await page.waitForTimeout(500);
+    eq(await page.evaluate(() => window.__trafficmap.stats().nodesInView), r0, "0 shows the whole map again");
+    await page.keyboard.press("g");
+    await page.waitForFunction(() => window.__trafficmap.state().group === "archdomain");
+    await page.keyboard.press("?");
+    await page.waitForSelector("#help:not([hidden])");
+    await page.keyboard.press("Escape");
+    await page.waitForSelector("#help", { state: "hidden" });
+    // Tab reaches the controls in order, each showing where the focus is.
+    const seen = [];
+    await page.locator("#help-button").focus();
+    for (let i = 0; i < 6; i++) {
+      await page.keyboard.press("Tab");
+      seen.push(await page.evaluate(() => document.activeElement.id || document.activeElement.name || document.activeElement.textContent.trim()));
+    }
+    ok(seen.includes("group"), `Tab did not reach the grouping control: ${seen.join(", ")}`);
+  });
+} finally {
+  await browser.close();
+}
+
+await step("canvas fallback where WebGL is missing", async () => {
+  const b = await openBrowser(["--disable-webgl", "--disable-webgl2", "--disable-3d-apis"]);
+  try {
+    const p = await b.context.newPage();
+    watch(p, base);
+    const st = await open(p, base);
+    const doc = mapOf("instances", newest);
+    eq(st.renderer, "canvas", "renderer without WebGL");
+    eq([st.nodes, st.edges], [doc.nodes.length, drawnLinks(doc)], "nodes and links in the graph");
+    eq([st.canvasDrawn.nodes, st.canvasDrawn.edges], [doc.nodes.length, drawnLinks(doc)], "nodes and links painted on the canvas");
+    const img = await shot(p, "13-canvas-fallback");
+    await assertNodesDrawn(p, img, expect.pixelNodes);
+    const d = expect.details;
+    const n = await p.evaluate((id) => window.__trafficmap.node(id), d.id);
+    const box = await p.locator("#map").boundingBox();
+    await p.mouse.click(box.x + n.x, box.y + n.y);
+    await p.waitForSelector("#details:not([hidden])");
+    eq((await p.locator("#details h2").textContent()).trim(), d.label, "click selects on the canvas too");
+    await p.keyboard.press("Escape");
+    await clickLink(p, expect.link);
+  } finally {
+    await b.close();
+  }
+});
+
+backend.stop();
+const failed = results.filter(([, good]) => !good).length;
+console.log(`\nscreenshots and downloads in ${artifacts}`);
+console.log(`${results.length - failed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,124 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Layout, linkWeights, packGroups, seededPoint } from "../../src/layout.js";
+
+/** Two groups of `k` nodes, each a ring, one link between them. */
+function twoGroups(k) {
+  const ids = [];
+  const group = [];
+  for (let g = 0; g < 2; g++) for (let i = 0; i < k; i++) {
+    ids.push(`g${g}-n${i}`);
+    group.push(g);
+  }
+  const src = [], dst = [], bytes = [];
+  for (let g = 0; g < 2; g++) for (let i = 0; i < k; i++) {
+    src.push(g * k + i);
+    dst.push(g * k + ((i + 1) % k));
+    bytes.push(1e6 * (i + 1));
+  }
+  src.push(0);
+  dst.push(k);
+  bytes.push(1e3);
+  const n = ids.length;
+  return { ids, x: new Float32Array(n).fill(NaN), y: new Float32Array(n).fill(NaN), group: Int32Array.from(group), groupCount: 2, breakBefore: new Uint8Array(2), src: Uint32Array.from(src), dst: Uint32Array.from(dst), bytes: Float64Array.from(bytes), influence: 1, sizes: new Float32Array(n).fill(6), viewport: { width: 800, height: 600 } };
+}
+
+function run(input) {
+  const l = new Layout(input);
+  let guard = 0;
+  while (!l.step(20).settled && guard++ < 1000);
+  return l;
+}
+
+test("layout is deterministic and settles", () => {
+  const a = run(twoGroups(20));
+  const b = run(twoGroups(20));
+  assert.ok(a.settled());
+  assert.ok(a.iterations < a.maxIterations, `settled by convergence, not the cap (${a.iterations} iterations)`);
+  assert.deepEqual(a.positions(), b.positions());
+  assert.ok(a.positions().every(Number.isFinite));
+});
+
+test("grouped layouts keep groups apart", () => {
+  const l = run(twoGroups(25));
+  const p = l.positions();
+  const centre = (g) => {
+    let x = 0, y = 0;
+    for (let i = g * 25; i < (g + 1) * 25; i++) {
+      x += p[2 * i];
+      y += p[2 * i + 1];
+    }
+    return [x / 25, y / 25];
+  };
+  const radius = (g, c) => {
+    let r = 0;
+    for (let i = g * 25; i < (g + 1) * 25; i++) r = Math.max(r, Math.hypot(p[2 * i] - c[0], p[2 * i + 1] - c[1]));
+    return r;
+  };
+  const c0 = centre(0), c1 = centre(1);
+  const gap = Math.hypot(c0[0] - c1[0], c0[1] - c1[1]);
+  assert.ok(gap > radius(0, c0) + radius(1, c1), `groups overlap: centres ${gap.toFixed(1)} apart, radii ${radius(0, c0).toFixed(1)} and ${radius(1, c1).toFixed(1)}`);
+});
+
+test("the overlap pass leaves no two nodes overlapping at the whole-map zoom", () => {
+  const input = twoGroups(15);
+  input.sizes.fill(14);
+  const l = run(input);
+  const p = l.positions();
+  let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
+  for (let i = 0; i < p.length; i += 2) {
+    minX = Math.min(minX, p[i]); maxX = Math.max(maxX, p[i]);
+    minY = Math.min(minY, p[i + 1]); maxY = Math.max(maxY, p[i + 1]);
+  }
+  const perPx = Math.max(maxX - minX, maxY - minY) / (600 - 80);
+  let overlaps = 0;
+  for (let i = 0; i < p.length / 2; i++) for (let j = i + 1; j < p.length / 2; j++) {
+    if (Math.hypot(p[2 * i] - p[2 * j], p[2 * i + 1] - p[2 * j + 1]) < 2 * 14 * perPx * 0.9) overlaps++;
+  }
+  assert.equal(overlaps, 0);
+});
+
+test("known positions are kept as the starting point", () => {
+  const input = twoGroups(10);
+  input.x[3] = 123;
+  input.y[3] = -45;
+  const l = new Layout(input);
+  const p = l.positions();
+  assert.deepEqual([p[6], p[7]], [123, -45]);
+});
+
+test("traffic influence: 0 weighs every link alike, more spreads weights, mean stays 1", () => {
+  const bytes = [1e3, 1e6, 1e6, 1e9];
+  assert.deepEqual([...linkWeights(bytes, 0)], [1, 1, 1, 1]);
+  const w1 = linkWeights(bytes, 1);
+  const w2 = linkWeights(bytes, 2);
+  const mean = (w) => w.reduce((a, b) => a + b, 0) / w.length;
+  assert.ok(Math.abs(mean(w1) - 1) < 1e-6 && Math.abs(mean(w2) - 1) < 1e-6);
+  assert.ok(w2[3] / w2[0] > w1[3] / w1[0] && w1[3] / w1[0] > 1);
+});
+
+test("group packing: rows in order, no overlaps, env bands", () => {
+  const radii = [10, 10, 10, 10, 10, 10];
+  const out = packGroups(radii, new Uint8Array([0, 0, 0, 1, 0, 0]), 4);
+  for (let i = 0; i < 6; i++) for (let j = i + 1; j < 6; j++) {
+    assert.ok(Math.hypot(out[2 * i] - out[2 * j], out[2 * i + 1] - out[2 * j + 1]) >= 20, `groups ${i} and ${j} overlap`);
+  }
+  assert.ok(out[2 * 3 + 1] < out[1], "a band break starts a new row below (graph y points up)");
+  assert.equal(out[2 * 3 + 1], out[2 * 4 + 1], "groups after the break share their row");
+  const [x, y] = seededPoint("host-1", 5, 5, 2);
+  assert.ok(Math.hypot(x - 5, y - 5) <= 2);
+  assert.deepEqual(seededPoint("host-1", 5, 5, 2), [x, y]);
+});
+
+test("a spent time budget ends the forces; the overlap pass still runs", () => {
+  const l = new Layout(twoGroups(20));
+  l.step(5);
+  assert.ok(!l.settled());
+  l.stopForces();
+  assert.ok(l.converged());
+  let guard = 0;
+  while (!l.step(10).settled && guard++ < 100);
+  assert.ok(l.settled());
+  assert.equal(l.iterations, 5, "no force iteration after the stop");
+  assert.equal(l.spreadDone, 30);
+});
