@@ -1,8 +1,10 @@
 //! `cargo xtask bench probe`: the probe's overhead on real TCP, against peers measured in the
 //! same run: no probe (baseline), trafficmap's agent, `tcpdump -i lo -w /dev/null`, and a
 //! bpftrace script counting the same tracepoints. Two workloads over loopback: request/response
-//! (64-byte messages, fixed count) and a bulk stream. Conditions are interleaved within each
-//! repetition so drift on a shared machine hits them alike; medians are reported.
+//! (64-byte messages, fixed count) and a bulk stream, both ends pinned to one CPU. Every peer run
+//! sits between two baseline runs and is compared with their mean, so the slow drift of a
+//! shared VM cancels; medians of those ratios are reported. A last run per eBPF peer reads the
+//! kernel's own per-program statistics: time inside the programs, per event.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -31,6 +33,28 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Pins the calling thread (and threads it spawns afterwards) to the last CPU, so both ends of
+/// the workload share one core: round trips become context switches instead of cross-CPU
+/// wake-ups, whose latency varies far more on a shared VM. Peers keep the other CPUs.
+/// Returns the previous mask.
+fn pin_to_last_cpu() -> libc::cpu_set_t {
+    // SAFETY: plain affinity calls on the current thread with valid cpu_set_t values.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old);
+        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(n - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        old
+    }
+}
+
+fn restore_affinity(old: libc::cpu_set_t) {
+    // SAFETY: restoring a mask obtained from sched_getaffinity.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old) };
+}
+
 fn measure(f: impl FnOnce() -> Result<()>) -> Result<Cost> {
     let (c0, t0) = (cpu_time(), Instant::now());
     f()?;
@@ -42,6 +66,13 @@ fn measure(f: impl FnOnce() -> Result<()>) -> Result<Cost> {
 
 /// `count` round trips of `size`-byte messages on one loopback connection.
 pub fn request_response(count: usize, size: usize) -> Result<Cost> {
+    let old = pin_to_last_cpu();
+    let r = request_response_pinned(count, size);
+    restore_affinity(old);
+    r
+}
+
+fn request_response_pinned(count: usize, size: usize) -> Result<Cost> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
@@ -73,6 +104,13 @@ pub fn request_response(count: usize, size: usize) -> Result<Cost> {
 
 /// `total` bytes in `chunk`-byte writes on one loopback connection.
 pub fn stream(total: usize, chunk: usize) -> Result<Cost> {
+    let old = pin_to_last_cpu();
+    let r = stream_pinned(total, chunk);
+    restore_affinity(old);
+    r
+}
+
+fn stream_pinned(total: usize, chunk: usize) -> Result<Cost> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
     let reader = std::thread::spawn(move || -> std::io::Result<usize> {
@@ -118,13 +156,6 @@ pub enum Condition {
 }
 
 impl Condition {
-    pub const ALL: [Condition; 4] = [
-        Condition::Baseline,
-        Condition::Trafficmap,
-        Condition::Tcpdump,
-        Condition::Bpftrace,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Condition::Baseline => "no probe",
@@ -228,15 +259,82 @@ fn start(cond: Condition, agent: &PathBuf) -> Result<Peer> {
     Ok(Peer { child })
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Run time and run count summed over the eBPF programs a process holds (from fdinfo; counted
+/// only while `kernel.bpf_stats_enabled` is 1).
+fn prog_stats(pid: u32) -> Result<(u64, u64)> {
+    let (mut ns, mut cnt) = (0u64, 0u64);
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let fd = fd?;
+        let is_prog = std::fs::read_link(fd.path())
+            .map(|t| t.to_string_lossy().contains("bpf-prog"))
+            .unwrap_or(false);
+        if !is_prog {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))?;
+        for line in info.lines() {
+            let mut kv = line.split(':');
+            match (kv.next(), kv.next().map(str::trim)) {
+                (Some("run_time_ns"), Some(v)) => ns += v.parse::<u64>().unwrap_or(0),
+                (Some("run_cnt"), Some(v)) => cnt += v.parse::<u64>().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    Ok((ns, cnt))
+}
+
+/// Turns on the kernel's per-program run-time statistics; restores the old value on drop.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<BpfStats> {
+        let old = std::fs::read_to_string(BPF_STATS)
+            .context("reading kernel.bpf_stats_enabled")?
+            .trim()
+            .to_owned();
+        std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats(old))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.0);
+    }
 }
 
 pub struct Options {
     pub reps: usize,
     pub rr_count: usize,
     pub stream_bytes: usize,
+}
+
+/// One peer's results for one workload.
+#[derive(Default)]
+struct PeerResult {
+    walls: Vec<f64>,
+    cpus: Vec<f64>,
+    /// Ratio to the mean of the baseline runs just before and just after.
+    wall_ratios: Vec<f64>,
+    cpu_ratios: Vec<f64>,
+    /// In-kernel program time (ns), runs, and the workload's CPU time (ns) of the accounting run.
+    kernel: Option<(u64, u64, u64)>,
 }
 
 pub fn bench(opts: &Options) -> Result<String> {
@@ -261,56 +359,121 @@ pub fn bench(opts: &Options) -> Result<String> {
         ),
         ("stream", Box::new(|| stream(opts.stream_bytes, 64 << 10))),
     ];
+    const PEERS: [Condition; 3] = [
+        Condition::Trafficmap,
+        Condition::Tcpdump,
+        Condition::Bpftrace,
+    ];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut out = String::new();
     for (wname, work) in &workloads {
-        step(format!("bench probe: {wname}, {} repetitions", opts.reps));
+        step(format!(
+            "bench probe: {wname}, {} repetitions of: baseline, then each peer followed by a baseline",
+            opts.reps
+        ));
         // Warm-up, not recorded.
         work()?;
-        let mut walls: Vec<Vec<Duration>> = vec![Vec::new(); Condition::ALL.len()];
-        let mut cpus: Vec<Vec<Duration>> = vec![Vec::new(); Condition::ALL.len()];
+        let mut base: Vec<f64> = Vec::new();
+        let mut base_cpu: Vec<f64> = Vec::new();
+        let mut res: Vec<PeerResult> = PEERS.iter().map(|_| PeerResult::default()).collect();
         for rep in 0..opts.reps {
-            for (i, &cond) in Condition::ALL.iter().enumerate() {
+            let mut before = work()?;
+            base.push(ms(before.wall));
+            base_cpu.push(ms(before.cpu));
+            for (i, &cond) in PEERS.iter().enumerate() {
                 let peer = start(cond, &agent)?;
-                let cost = work()?;
+                let x = work()?;
                 drop(peer);
+                let after = work()?;
+                base.push(ms(after.wall));
+                base_cpu.push(ms(after.cpu));
+                let r = &mut res[i];
+                r.walls.push(ms(x.wall));
+                r.cpus.push(ms(x.cpu));
+                r.wall_ratios
+                    .push(ms(x.wall) / ((ms(before.wall) + ms(after.wall)) / 2.0));
+                r.cpu_ratios
+                    .push(ms(x.cpu) / ((ms(before.cpu) + ms(after.cpu)) / 2.0));
                 note(format!(
-                    "rep {}: {:<30} wall {:>9.3} ms  cpu {:>9.3} ms",
+                    "rep {}: {:<30} wall {:>9.1} ms (baselines {:.1} / {:.1})  cpu {:>9.1} ms",
                     rep + 1,
                     cond.name(),
-                    cost.wall.as_secs_f64() * 1e3,
-                    cost.cpu.as_secs_f64() * 1e3
+                    ms(x.wall),
+                    ms(before.wall),
+                    ms(after.wall),
+                    ms(x.cpu),
                 ));
-                walls[i].push(cost.wall);
-                cpus[i].push(cost.cpu);
+                before = after;
             }
         }
-        let med_w: Vec<Duration> = walls.into_iter().map(median).collect();
-        let med_c: Vec<Duration> = cpus.into_iter().map(median).collect();
+        // One more run per eBPF peer with the kernel's program statistics on: the time spent
+        // inside the programs themselves, exact where wall clocks on a shared VM are not.
+        // (Not during the timed runs: the statistics cost two clock reads per event.)
+        {
+            let _stats = BpfStats::enable()?;
+            for (i, &cond) in PEERS.iter().enumerate() {
+                if cond == Condition::Tcpdump {
+                    continue;
+                }
+                let peer = start(cond, &agent)?;
+                let pid = peer.child.as_ref().map(|c| c.id()).context("peer pid")?;
+                let (ns0, n0) = prog_stats(pid)?;
+                let x = work()?;
+                let (ns1, n1) = prog_stats(pid)?;
+                drop(peer);
+                res[i].kernel = Some((ns1 - ns0, n1 - n0, x.cpu.as_nanos() as u64));
+            }
+        }
         let unit = match *wname {
             "request/response" => format!("{} round trips of 64 B", opts.rr_count),
             _ => format!("{} MiB in 64 KiB writes", opts.stream_bytes >> 20),
         };
+        let pct = |r: f64| (r - 1.0) * 100.0;
+        let spread = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{:+.1} … {:+.1}", pct(lo), pct(hi))
+        };
         out.push_str(&format!(
-            "\n### {wname} ({unit}, median of {} runs)\n\n| condition | wall | CPU | wall overhead | CPU overhead |\n| --- | ---: | ---: | ---: | ---: |\n",
+            "\n### {wname} ({unit}; {} repetitions, medians)\n\n\
+             | condition | wall | CPU | wall overhead (range) | CPU overhead | in-kernel program time |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: |\n",
             opts.reps
         ));
-        let ov = |x: Duration, base: Duration| (x.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0;
-        for (i, cond) in Condition::ALL.iter().enumerate() {
+        out.push_str(&format!(
+            "| {} | {:.1} ms | {:.1} ms | | | |\n",
+            Condition::Baseline.name(),
+            median(base.clone()),
+            median(base_cpu.clone()),
+        ));
+        let mut wall_ov = Vec::new();
+        for (cond, r) in PEERS.iter().zip(&res) {
+            let kernel = match r.kernel {
+                Some((ns, n, cpu)) if n > 0 => format!(
+                    "{:.0} ns × {n} runs = {:.2} % of the workload's CPU",
+                    ns as f64 / n as f64,
+                    ns as f64 / cpu.max(1) as f64 * 100.0
+                ),
+                Some(_) => "no runs".into(),
+                None => "n/a (not eBPF)".into(),
+            };
+            let w = pct(median(r.wall_ratios.clone()));
+            wall_ov.push(w);
             out.push_str(&format!(
-                "| {} | {:.1} ms | {:.1} ms | {:+.1} % | {:+.1} % |\n",
+                "| {} | {:.1} ms | {:.1} ms | {:+.1} % ({}) | {:+.1} % | {} |\n",
                 cond.name(),
-                med_w[i].as_secs_f64() * 1e3,
-                med_c[i].as_secs_f64() * 1e3,
-                ov(med_w[i], med_w[0]),
-                ov(med_c[i], med_c[0]),
+                median(r.walls.clone()),
+                median(r.cpus.clone()),
+                w,
+                spread(&r.wall_ratios),
+                pct(median(r.cpu_ratios.clone())),
+                kernel,
             ));
         }
-        let ours = ov(med_w[1], med_w[0]);
-        let tcpdump = ov(med_w[2], med_w[0]);
         out.push_str(&format!(
             "\ntrafficmap wall overhead / tcpdump wall overhead = {}\n",
-            if tcpdump > 0.0 {
-                format!("{:.2}", ours / tcpdump)
+            if wall_ov[1] > 0.0 {
+                format!("{:.2}", wall_ov[0] / wall_ov[1])
             } else {
                 "n/a (tcpdump showed no overhead)".into()
             }

@@ -94,7 +94,7 @@ enum BenchCmd {
         reps: usize,
         #[arg(long, default_value_t = 100_000)]
         rr_count: usize,
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = 8192)]
         stream_mib: usize,
     },
     /// Agent CPU and memory idle and at 1k/10k new connections/s; drain time at 100k connections.
