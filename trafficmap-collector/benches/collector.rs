@@ -390,6 +390,7 @@ fn bench_map(hosts: usize, host_pairs: usize) {
 }
 
 fn main() {
+    trafficmap_collector::tune_allocator();
     // `cargo bench` passes --bench; anything else selects the part.
     let only_ingest = has("--ingest");
     let only_map = has("--map");

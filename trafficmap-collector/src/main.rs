@@ -40,6 +40,7 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
 }
 
 fn main() {
+    trafficmap_collector::tune_allocator();
     let cli = Cli::parse();
     // Every command needs a valid configuration; check it before anything binds or opens.
     let cfg = match cli.settings.config() {

@@ -10,6 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    hash::BuildHasher as _,
     net::IpAddr,
 };
 
@@ -308,13 +309,17 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         nodes[g as usize].as_mut().expect("member node")
     }
 
-    let mut links: HashMap<(u32, u32), LinkAcc> = HashMap::default();
-    // Instances have about one link per conversation; groups far fewer.
-    links.reserve(if view == View::Instances {
+    // Instances have about one link per conversation; groups far fewer. Links accumulate in a
+    // vector found through a table of positions (4 bytes per slot): a map holding the
+    // accumulators themselves was hundreds of megabytes of fresh memory at 10,000 hosts.
+    let cap = if view == View::Instances {
         p.conversations.len()
     } else {
         p.conversations.len().min(1 << 16)
-    });
+    };
+    let hasher = rustc_hash::FxBuildHasher;
+    let mut link_index: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(cap);
+    let mut links: Vec<((u32, u32), LinkAcc)> = Vec::with_capacity(cap);
     for c in &p.conversations {
         let conv = &c.conv;
         let (to_server, to_client) = (conv.bytes_to_server(), conv.bytes_to_client());
@@ -325,7 +330,20 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
                 node(&mut nodes, gs).processes.extend(side.processes.iter());
             }
             for &gt in &member_groups[c.server] {
-                let l = links.entry((gs, gt)).or_default();
+                let key = (gs, gt);
+                let hash = hasher.hash_one(key);
+                let at = match link_index.find(hash, |&i| links[i as usize].0 == key) {
+                    Some(&i) => i as usize,
+                    None => {
+                        links.push((key, LinkAcc::default()));
+                        let i = links.len() - 1;
+                        link_index.insert_unique(hash, i as u32, |&j| {
+                            hasher.hash_one(links[j as usize].0)
+                        });
+                        i
+                    }
+                };
+                let l = &mut links[at].1;
                 l.to_target += to_server;
                 l.to_source += to_client;
                 l.connections += conv.connections();
@@ -352,7 +370,8 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
             }
         }
     }
-    for (&(s, t), l) in &links {
+    drop(link_index);
+    for &((s, t), ref l) in &links {
         let (conns, cost) = (l.connections, l.cost_nanos);
         if s == t {
             let n = node(&mut nodes, s);
@@ -417,7 +436,6 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
             }
         })
         .collect();
-    let mut links: Vec<((u32, u32), LinkAcc)> = links.into_iter().collect();
     links.sort_unstable_by_key(|((s, t), _)| (rank[*s as usize], rank[*t as usize]));
     let mut totals = Totals {
         nodes: out_nodes.len() as u64,
