@@ -70,12 +70,16 @@ fn rust_src() -> Result<()> {
     let installed =
         output(cmd("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
             .context("the nightly toolchain is needed to build the eBPF probe")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        note("nightly rust-src: installed");
-        return Ok(());
+    // rust-src builds the probe (-Z build-std); clippy lints it for its own target.
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            note(format!("nightly {component}: installed"));
+            continue;
+        }
+        note(format!("nightly {component}: installing"));
+        run(cmd("rustup").args(["component", "add", component, "--toolchain", "nightly"]))?;
     }
-    note("nightly rust-src: installing");
-    run(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

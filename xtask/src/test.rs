@@ -154,9 +154,14 @@ fn lint() -> Result<String> {
         "warnings",
     ]))?;
     // The eBPF crate, for its own target (its panic handler cannot coexist with std).
-    run(cargo()
+    // Through rustup: `cargo +nightly` needs the rustup proxy, and under `cargo xtask` CARGO
+    // is the stable toolchain's own binary.
+    run(crate::util::cmd("rustup")
+        .current_dir(crate::util::root())
         .args([
-            "+nightly",
+            "run",
+            "nightly",
+            "cargo",
             "clippy",
             "-p",
             "trafficmap-ebpf",
