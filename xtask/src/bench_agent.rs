@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{cargo, note, root, run, step};
+use crate::util::{note, step};
 
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -259,16 +259,7 @@ pub fn bench() -> Result<String> {
     if !crate::util::is_root() {
         bail!("the agent benchmark loads eBPF: run it as root");
     }
-    step("bench agent: building trafficmap-agent (release)");
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "trafficmap-daemon",
-        "--bin",
-        "trafficmap-agent",
-    ]))?;
-    let bin = root().join("target/release/trafficmap-agent");
+    let bin = crate::util::release_agent("bench agent")?;
     let mut out = String::from(
         "\n| load | agent CPU (% of one core) | RSS | peak RSS | connections/s achieved |\n| --- | ---: | ---: | ---: | ---: |\n",
     );

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{cargo, note, root, run, step};
+use crate::util::{note, step};
 
 /// Wall and CPU (user + system, all threads of this process) time of one run.
 #[derive(Clone, Copy, Debug)]
@@ -341,16 +341,7 @@ pub fn bench(opts: &Options) -> Result<String> {
     if !crate::util::is_root() {
         bail!("the probe benchmark loads eBPF and captures packets: run it as root");
     }
-    step("bench probe: building trafficmap-agent (release)");
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "trafficmap-daemon",
-        "--bin",
-        "trafficmap-agent",
-    ]))?;
-    let agent = root().join("target/release/trafficmap-agent");
+    let agent = crate::util::release_agent("bench probe")?;
     type Workload<'a> = Box<dyn Fn() -> Result<Cost> + 'a>;
     let workloads: [(&str, Workload); 2] = [
         (

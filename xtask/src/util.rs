@@ -157,3 +157,17 @@ pub fn build_test_binaries(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
 pub fn secs(start: Instant) -> String {
     format!("{:.1}s", start.elapsed().as_secs_f64())
 }
+
+/// Builds the release `trafficmap-agent` (benchmarks measure what users run) and returns its path.
+pub fn release_agent(what: &str) -> Result<PathBuf> {
+    step(format!("{what}: building trafficmap-agent (release)"));
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "trafficmap-daemon",
+        "--bin",
+        "trafficmap-agent",
+    ]))?;
+    Ok(root().join("target/release/trafficmap-agent"))
+}
