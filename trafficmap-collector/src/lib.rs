@@ -19,6 +19,7 @@ pub mod obs;
 pub mod query;
 pub mod run;
 pub mod server;
+pub mod slots;
 pub mod store;
 pub mod viewer;
 

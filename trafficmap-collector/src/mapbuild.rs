@@ -10,7 +10,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    hash::BuildHasher as _,
     net::IpAddr,
 };
 
@@ -27,6 +26,7 @@ use crate::{
     few::Few,
     merge::{Conversation, Endpoint, Merged, merge},
     obs::{RangeData, from_ms},
+    slots::{Keyed, Slots},
 };
 
 /// A conversation with its endpoints resolved and priced.
@@ -209,6 +209,19 @@ struct NodeAcc {
     cost_nanos: u64,
 }
 
+/// A link's accumulator with its ends (group numbers), as [`Slots`] keeps it.
+struct LinkSlot {
+    ends: (u32, u32),
+    acc: LinkAcc,
+}
+
+impl Keyed for LinkSlot {
+    type Key = (u32, u32);
+    fn key(&self) -> &(u32, u32) {
+        &self.ends
+    }
+}
+
 #[derive(Default)]
 struct LinkAcc {
     to_target: u64,
@@ -309,17 +322,13 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         nodes[g as usize].as_mut().expect("member node")
     }
 
-    // Instances have about one link per conversation; groups far fewer. Links accumulate in a
-    // vector found through a table of positions (4 bytes per slot): a map holding the
-    // accumulators themselves was hundreds of megabytes of fresh memory at 10,000 hosts.
+    // Instances have about one link per conversation; groups far fewer.
     let cap = if view == View::Instances {
         p.conversations.len()
     } else {
         p.conversations.len().min(1 << 16)
     };
-    let hasher = rustc_hash::FxBuildHasher;
-    let mut link_index: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(cap);
-    let mut links: Vec<((u32, u32), LinkAcc)> = Vec::with_capacity(cap);
+    let mut links: Slots<LinkSlot> = Slots::with_capacity(cap);
     for c in &p.conversations {
         let conv = &c.conv;
         let (to_server, to_client) = (conv.bytes_to_server(), conv.bytes_to_client());
@@ -330,20 +339,12 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
                 node(&mut nodes, gs).processes.extend(side.processes.iter());
             }
             for &gt in &member_groups[c.server] {
-                let key = (gs, gt);
-                let hash = hasher.hash_one(key);
-                let at = match link_index.find(hash, |&i| links[i as usize].0 == key) {
-                    Some(&i) => i as usize,
-                    None => {
-                        links.push((key, LinkAcc::default()));
-                        let i = links.len() - 1;
-                        link_index.insert_unique(hash, i as u32, |&j| {
-                            hasher.hash_one(links[j as usize].0)
-                        });
-                        i
-                    }
-                };
-                let l = &mut links[at].1;
+                let l = &mut links
+                    .get_or_insert_with((gs, gt), |ends| LinkSlot {
+                        ends,
+                        acc: LinkAcc::default(),
+                    })
+                    .acc;
                 l.to_target += to_server;
                 l.to_source += to_client;
                 l.connections += conv.connections();
@@ -370,8 +371,12 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
             }
         }
     }
-    drop(link_index);
-    for &((s, t), ref l) in &links {
+    for LinkSlot {
+        ends: (s, t),
+        acc: l,
+    } in links.iter()
+    {
+        let (s, t) = (*s, *t);
         let (conns, cost) = (l.connections, l.cost_nanos);
         if s == t {
             let n = node(&mut nodes, s);
@@ -436,7 +441,8 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
             }
         })
         .collect();
-    links.sort_unstable_by_key(|((s, t), _)| (rank[*s as usize], rank[*t as usize]));
+    let mut links = links.into_vec();
+    links.sort_unstable_by_key(|l| (rank[l.ends.0 as usize], rank[l.ends.1 as usize]));
     let mut totals = Totals {
         nodes: out_nodes.len() as u64,
         ..Totals::default()
@@ -444,32 +450,37 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
     let mut total_cost = 0u64;
     let out_links: Vec<Link> = links
         .into_iter()
-        .map(|((s, t), l)| {
-            totals.links += 1;
-            totals.bytes += l.to_target + l.to_source;
-            totals.connections += l.connections;
-            totals.disagreement_bytes += l.disagreement;
-            total_cost += l.cost_nanos;
-            Link {
-                source: names[s as usize].clone(),
-                target: names[t as usize].clone(),
-                bytes_to_target: l.to_target,
-                bytes_to_source: l.to_source,
-                connections: l.connections,
-                server_ports: l.ports.iter().collect(),
-                client_processes: process_names(&mut l.client_processes.iter()),
-                server_processes: process_names(&mut l.server_processes.iter()),
-                observed_by: match l.observed {
-                    Same::One(o) => o,
-                    _ => ObservedBy::Mixed,
-                },
-                disagreement_bytes: l.disagreement,
-                cost_usd: usd(l.cost_nanos),
-                cost_kind: l.cost_kind.get().unwrap_or(CostKind::Unknown),
-                first_seen: l.first_ms.map(from_ms),
-                last_seen: l.last_ms.map(from_ms),
-            }
-        })
+        .map(
+            |LinkSlot {
+                 ends: (s, t),
+                 acc: l,
+             }| {
+                totals.links += 1;
+                totals.bytes += l.to_target + l.to_source;
+                totals.connections += l.connections;
+                totals.disagreement_bytes += l.disagreement;
+                total_cost += l.cost_nanos;
+                Link {
+                    source: names[s as usize].clone(),
+                    target: names[t as usize].clone(),
+                    bytes_to_target: l.to_target,
+                    bytes_to_source: l.to_source,
+                    connections: l.connections,
+                    server_ports: l.ports.iter().collect(),
+                    client_processes: process_names(&mut l.client_processes.iter()),
+                    server_processes: process_names(&mut l.server_processes.iter()),
+                    observed_by: match l.observed {
+                        Same::One(o) => o,
+                        _ => ObservedBy::Mixed,
+                    },
+                    disagreement_bytes: l.disagreement,
+                    cost_usd: usd(l.cost_nanos),
+                    cost_kind: l.cost_kind.get().unwrap_or(CostKind::Unknown),
+                    first_seen: l.first_ms.map(from_ms),
+                    last_seen: l.last_ms.map(from_ms),
+                }
+            },
+        )
         .collect();
     totals.cost_usd = usd(total_cost);
     Map {

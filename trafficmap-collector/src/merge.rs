@@ -25,7 +25,7 @@
 //!
 //! Loopback traffic never leaves a host and is left out of maps (it stays in the store).
 
-use std::{collections::BTreeSet, hash::BuildHasher as _, net::IpAddr};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -35,6 +35,7 @@ use crate::{
     enrich::{Directory, Target},
     few::Few,
     obs::{Obs, RangeData},
+    slots::{Keyed, Slots},
 };
 
 /// One end of a conversation.
@@ -95,6 +96,13 @@ pub struct Conversation {
     pub key: ConvKey,
     pub client_side: Option<Side>,
     pub server_side: Option<Side>,
+}
+
+impl Keyed for Conversation {
+    type Key = ConvKey;
+    fn key(&self) -> &ConvKey {
+        &self.key
+    }
 }
 
 impl Conversation {
@@ -234,6 +242,20 @@ impl<'a> Resolver<'a> {
 }
 
 /// Merges a range's observations into conversations.
+/// The client's or the server's side of the conversation `key`, created if new.
+fn side(convs: &mut Slots<Conversation>, key: ConvKey, client: bool) -> &mut Side {
+    let c = convs.get_or_insert_with(key, |key| Conversation {
+        key,
+        client_side: None,
+        server_side: None,
+    });
+    if client {
+        c.client_side.get_or_insert_default()
+    } else {
+        c.server_side.get_or_insert_default()
+    }
+}
+
 pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
     let mut r = Resolver::new(data, dir);
     let empty_process = data
@@ -241,50 +263,9 @@ pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
         .iter()
         .position(String::is_empty)
         .map(|i| i as u32);
-    // Conversations are built in place in the output, found through a table of positions
-    // hashed by key (4 bytes per slot instead of a copy of the key and both sides): fresh
-    // memory (page faults, zeroing) was the largest cost of a 10,000-host day. Most
-    // conversations are seen by both ends, hence half the observations as the first guess.
-    let hasher = rustc_hash::FxBuildHasher;
-    let mut index: hashbrown::HashTable<u32> =
-        hashbrown::HashTable::with_capacity(data.obs.len() / 2 + 1);
-    let mut convs: Vec<Conversation> = Vec::with_capacity(data.obs.len() / 2 + 1);
-    let side = |index: &mut hashbrown::HashTable<u32>,
-                convs: &mut Vec<Conversation>,
-                key: ConvKey,
-                client: bool|
-     -> usize {
-        let hash = hasher.hash_one(&key);
-        let at = match index.find(hash, |&i| convs[i as usize].key == key) {
-            Some(&i) => i as usize,
-            None => {
-                convs.push(Conversation {
-                    key,
-                    client_side: None,
-                    server_side: None,
-                });
-                let i = convs.len() - 1;
-                index.insert_unique(hash, i as u32, |&j| hasher.hash_one(&convs[j as usize].key));
-                i
-            }
-        };
-        let c = &mut convs[at];
-        if client {
-            c.client_side.get_or_insert_default();
-        } else {
-            c.server_side.get_or_insert_default();
-        }
-        at
-    };
-    let add = |convs: &mut Vec<Conversation>, at: usize, client: bool, o: &Obs| {
-        let c = &mut convs[at];
-        let s = if client {
-            c.client_side.as_mut()
-        } else {
-            c.server_side.as_mut()
-        };
-        s.expect("side created").add(o, empty_process);
-    };
+    // Conversations are built in place in the output ([`Slots`]). Most are seen by both ends,
+    // hence half the observations as the first guess.
+    let mut convs: Slots<Conversation> = Slots::with_capacity(data.obs.len() / 2 + 1);
     let mut loopback_bytes = 0u64;
     let mut unknown = Vec::new();
     for o in &data.obs {
@@ -303,8 +284,7 @@ pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
                     server_ip: o.peer_ip,
                     port: o.server_port,
                 };
-                let at = side(&mut index, &mut convs, key, true);
-                add(&mut convs, at, true, o);
+                side(&mut convs, key, true).add(o, empty_process);
             }
             Role::Server => {
                 let key = ConvKey {
@@ -314,8 +294,7 @@ pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
                     server_ip: o.local_ip,
                     port: o.server_port,
                 };
-                let at = side(&mut index, &mut convs, key, false);
-                add(&mut convs, at, false, o);
+                side(&mut convs, key, false).add(o, empty_process);
             }
             Role::Unknown => unknown.push((o, local, peer)),
         }
@@ -336,12 +315,9 @@ pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
             port: o.server_port,
         };
         let sides = |k: &ConvKey| {
-            index
-                .find(hasher.hash_one(k), |&i| convs[i as usize].key == *k)
-                .map(|&at| {
-                    let c = &convs[at as usize];
-                    (c.client_side.is_some(), c.server_side.is_some())
-                })
+            convs
+                .get(k)
+                .map(|c| (c.client_side.is_some(), c.server_side.is_some()))
         };
         let client = match (sides(&as_client), sides(&as_server)) {
             (Some((false, true)), _) => true,
@@ -349,14 +325,11 @@ pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
             _ => (o.local_ip, local) < (o.peer_ip, peer),
         };
         if client {
-            let at = side(&mut index, &mut convs, as_client, true);
-            add(&mut convs, at, true, o);
+            side(&mut convs, as_client, true).add(o, empty_process);
         } else {
-            let at = side(&mut index, &mut convs, as_server, false);
-            add(&mut convs, at, false, o);
+            side(&mut convs, as_server, false).add(o, empty_process);
         }
     }
-    drop(index);
     let mut warnings = Vec::new();
     if !r.ambiguous.is_empty() {
         let list: Vec<String> = r
@@ -373,7 +346,7 @@ pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
         ));
     }
     Merged {
-        conversations: convs,
+        conversations: convs.into_vec(),
         warnings,
         loopback_bytes,
     }
