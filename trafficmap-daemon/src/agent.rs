@@ -56,7 +56,6 @@ pub struct Drained {
     pub health: Health,
     pub tracked: usize,
     pub vanished_new: u64,
-    pub cumulative_drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Drainer {
@@ -65,8 +64,7 @@ impl Drainer {
         let (role, role_source) = match self.roles.get(&id) {
             Some(&r) => r,
             None if d.conn.role() == Role::Unknown => {
-                let l = self.listeners.for_conn(&d.conn).cloned();
-                let r = roles::resolve(&d.conn, l.as_ref());
+                let r = roles::resolve(&d.conn, self.listeners.for_conn(&d.conn));
                 self.roles.insert(id, r);
                 r
             }
@@ -150,7 +148,7 @@ impl Drainer {
                 (k.to_owned(), v.saturating_sub(prev))
             })
             .collect();
-        self.last_drops = cumulative.clone();
+        self.last_drops = cumulative;
         let stats = self.tracker.stats();
         let vanished_new = stats.vanished_total - self.vanished_seen;
         self.vanished_seen = stats.vanished_total;
@@ -164,7 +162,6 @@ impl Drainer {
             },
             tracked: stats.tracked,
             vanished_new,
-            cumulative_drops: cumulative,
         })
     }
 }
@@ -432,7 +429,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         let mut health = drained.health;
         health.spool_dropped = sinks.spool_dropped();
         metrics.record_pairs(started.elapsed(), &drained.pairs);
-        metrics.record_drops(&drained.cumulative_drops);
+        metrics.record_drops(&health.drops);
         metrics.map_entries.set(health.map_entries as i64);
         metrics.tracked_connections.set(drained.tracked as i64);
         metrics.vanished_connections.inc_by(drained.vanished_new);

@@ -142,12 +142,19 @@ impl TracefsKretprobe {
         Ok(probe)
     }
 
-    /// Returns the kernel missed (maxactive exhausted), from `kprobe_profile`.
-    pub fn misses(&self) -> u64 {
-        std::fs::read_to_string(self.tracefs.join("kprobe_profile"))
-            .ok()
-            .and_then(|p| parse_misses(&p, &self.name))
-            .unwrap_or(0)
+    /// Returns the kernel missed (maxactive exhausted), summed over `probes`: one read of
+    /// `kprobe_profile`, which lists every kprobe event of the system.
+    pub fn misses(probes: &[TracefsKretprobe]) -> u64 {
+        let Some(first) = probes.first() else {
+            return 0;
+        };
+        let Ok(profile) = std::fs::read_to_string(first.tracefs.join("kprobe_profile")) else {
+            return 0;
+        };
+        probes
+            .iter()
+            .filter_map(|k| parse_misses(&profile, &k.name))
+            .sum()
     }
 }
 

@@ -157,8 +157,6 @@ pub struct Metrics {
     pub spool_dropped: Counter,
     pub reports_shipped: Counter,
     pub reports_failed: Family<ReasonLabels, Counter>,
-    /// Last cumulative probe counters seen, to turn them into counter increments.
-    last_drops: Mutex<HashMap<String, u64>>,
     last_spool_dropped: AtomicU64,
 }
 
@@ -281,7 +279,6 @@ impl Metrics {
             spool_dropped,
             reports_shipped,
             reports_failed,
-            last_drops: Mutex::new(HashMap::new()),
             last_spool_dropped: AtomicU64::new(0),
         }
     }
@@ -337,15 +334,13 @@ impl Metrics {
         self.pair_series.set(tracked.len() as i64);
     }
 
-    /// Turns the probe's cumulative drop counters into counter increments.
-    pub fn record_drops(&self, cumulative: &std::collections::BTreeMap<&'static str, u64>) {
-        let mut last = self.last_drops.lock().unwrap();
-        for (&reason, &n) in cumulative {
-            let prev = last.insert(reason.to_owned(), n).unwrap_or(0);
+    /// Adds one drain's drops (the report's `health.drops`) to the counters.
+    pub fn record_drops(&self, drops: &std::collections::BTreeMap<String, u64>) {
+        for (reason, &n) in drops {
             let c = self.probe_drops.get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
+                reason: reason.clone(),
             });
-            c.inc_by(n.saturating_sub(prev));
+            c.inc_by(n);
         }
     }
 
@@ -448,10 +443,10 @@ mod tests {
     }
 
     #[test]
-    fn cumulative_drops_become_increments() {
+    fn drops_of_each_drain_add_up() {
         let m = Metrics::new(10, Duration::from_secs(600));
-        m.record_drops(&[("conns_full", 3)].into_iter().collect());
-        m.record_drops(&[("conns_full", 5)].into_iter().collect());
+        m.record_drops(&[("conns_full".to_owned(), 3)].into_iter().collect());
+        m.record_drops(&[("conns_full".to_owned(), 2)].into_iter().collect());
         assert!(
             m.encode()
                 .contains("trafficmap_probe_errors_total{reason=\"conns_full\"} 5\n")

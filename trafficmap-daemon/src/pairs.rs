@@ -170,13 +170,13 @@ impl Accumulator {
     /// The pairs of the window `[start, end)`, sorted by key; the accumulator starts afresh.
     pub fn finish(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<Pair> {
         let clamp = |t: DateTime<Utc>| t.clamp(start, end);
-        let mut out: Vec<(PairKey, Pair)> = self
+        let mut out: Vec<Pair> = self
             .pairs
             .drain()
             .map(|(key, a)| {
                 let first = a.first.map_or(start, clamp);
                 let last = a.last.map_or(first, clamp).max(first);
-                let pair = Pair {
+                Pair {
                     local_ip: key.local_ip,
                     peer_ip: key.peer_ip,
                     server_port: key.server_port,
@@ -190,12 +190,11 @@ impl Accumulator {
                     connections_active: a.active,
                     first_seen: first,
                     last_seen: last,
-                };
-                (key, pair)
+                }
             })
             .collect();
-        out.sort_by(|a, b| a.1.key().cmp(&b.1.key()));
-        out.into_iter().map(|(_, p)| p).collect()
+        out.sort_by(|a, b| a.key().cmp(&b.key()));
+        out
     }
 }
 

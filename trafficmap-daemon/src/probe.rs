@@ -524,7 +524,7 @@ impl Probe {
         if self.selection.chosen == Backend::Kprobe {
             out.insert(
                 "kretprobe_missed",
-                self.kretprobes.iter().map(TracefsKretprobe::misses).sum(),
+                TracefsKretprobe::misses(&self.kretprobes),
             );
         }
         Ok(out)

@@ -119,7 +119,7 @@ impl ListenerCache {
     /// Listeners of `conn`'s namespace, read through the process that last used it, or through
     /// this process if it lives in the same namespace.
     pub fn for_conn(&mut self, conn: &Conn) -> Option<&Listeners> {
-        let root = self.proc_root.clone();
+        let root = &self.proc_root;
         self.by_netns
             .entry(conn.netns)
             .or_insert_with(|| {

@@ -166,22 +166,26 @@ struct SchemaOnly {
 impl Report {
     /// Parses and validates a report.
     pub fn from_json(bytes: &[u8]) -> Result<Report, ReportError> {
-        if let Ok(SchemaOnly {
-            schema: Some(schema),
-        }) = serde_json::from_slice::<SchemaOnly>(bytes)
-            && schema != REPORT_SCHEMA
-        {
-            let found = schema
-                .as_str()
-                .map_or_else(|| schema.to_string(), str::to_owned);
-            return Err(ReportError::UnsupportedSchema(found));
-        }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let report: Report =
-            serde_path_to_error::deserialize(de).map_err(|e| ReportError::Json {
+        let report: Report = serde_path_to_error::deserialize(de).map_err(|e| {
+            // Only a document that does not parse is looked at again, for its `schema`: a
+            // report of another version is told apart from a malformed one. (One that parses
+            // has its schema checked by `validate`.)
+            if let Ok(SchemaOnly {
+                schema: Some(schema),
+            }) = serde_json::from_slice::<SchemaOnly>(bytes)
+                && schema != REPORT_SCHEMA
+            {
+                let found = schema
+                    .as_str()
+                    .map_or_else(|| schema.to_string(), str::to_owned);
+                return ReportError::UnsupportedSchema(found);
+            }
+            ReportError::Json {
                 path: e.path().to_string(),
                 message: e.inner().to_string(),
-            })?;
+            }
+        })?;
         report.validate()?;
         Ok(report)
     }

@@ -254,10 +254,10 @@ impl Directory<'_> {
         }
     }
 
-    fn inventory_for<'s>(
-        &'s self,
-        addrs: impl IntoIterator<Item = &'s IpAddr>,
-    ) -> Option<(&'s files::InventoryEntry, bool)> {
+    fn inventory_for<'a>(
+        &self,
+        addrs: impl IntoIterator<Item = &'a IpAddr>,
+    ) -> Option<(&files::InventoryEntry, bool)> {
         addrs
             .into_iter()
             .filter_map(|ip| self.sources.inventory.lookup(*ip))
@@ -306,6 +306,23 @@ impl Directory<'_> {
     /// Inventory values override what is already there. The entry's name becomes the label
     /// when it names exactly this host; a block's name is given to bare addresses only, with the
     /// address appended (one block, many nodes), never to a host that has a name of its own.
+    /// The inventory entry of `addrs`, if any, applied to `id`: its name only when the entry is
+    /// for one of those exact addresses (a CIDR names many hosts).
+    fn apply_inventory_for<'a>(
+        &self,
+        id: &mut Identity,
+        addrs: impl IntoIterator<Item = &'a IpAddr>,
+    ) {
+        if let Some((e, exact)) = self.inventory_for(addrs) {
+            let name = if exact {
+                NameUse::Exact
+            } else {
+                NameUse::Ignore
+            };
+            self.apply_inventory(id, e, name);
+        }
+    }
+
     fn apply_inventory(&self, id: &mut Identity, e: &files::InventoryEntry, name: NameUse) {
         let r = self.rules;
         if let Some(n) = e.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
@@ -360,18 +377,7 @@ impl Directory<'_> {
             let inst = self.sources.cloud.instance(i).clone();
             self.apply_instance(&mut id, &inst);
         }
-        if let Some((e, exact)) = self.inventory_for(agent.addresses.iter()) {
-            let e = e.clone();
-            self.apply_inventory(
-                &mut id,
-                &e,
-                if exact {
-                    NameUse::Exact
-                } else {
-                    NameUse::Ignore
-                },
-            );
-        }
+        self.apply_inventory_for(&mut id, agent.addresses.iter());
         id
     }
 
@@ -385,18 +391,7 @@ impl Directory<'_> {
             ..Identity::default()
         };
         self.apply_instance(&mut id, inst);
-        if let Some((e, exact)) = self.inventory_for(inst.private_ips.iter()) {
-            let e = e.clone();
-            self.apply_inventory(
-                &mut id,
-                &e,
-                if exact {
-                    NameUse::Exact
-                } else {
-                    NameUse::Ignore
-                },
-            );
-        }
+        self.apply_inventory_for(&mut id, inst.private_ips.iter());
         id
     }
 

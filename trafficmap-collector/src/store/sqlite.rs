@@ -319,6 +319,14 @@ impl SqliteStore {
         Ok(c)
     }
 
+    /// Runs `f` on a pooled read connection, which goes back to the pool whatever `f` returns.
+    fn with_reader<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut c = self.reader()?;
+        let out = f(&mut c);
+        self.give_back(c);
+        out
+    }
+
     fn give_back(&self, c: Connection) {
         let mut pool = self.readers.lock().expect("reader pool");
         if pool.len() < 4 {
@@ -327,14 +335,14 @@ impl SqliteStore {
     }
 
     pub fn ping(&self) -> Result<()> {
-        let c = self.reader()?;
-        c.query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )?;
-        self.give_back(c);
-        Ok(())
+        self.with_reader(|c| {
+            c.query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?;
+            Ok(())
+        })
     }
 
     pub fn ingest(
@@ -441,32 +449,28 @@ impl SqliteStore {
     }
 
     pub fn range(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<RangeData> {
-        let mut conn = self.reader()?;
-        let result = read_range(&mut conn, from, to);
-        self.give_back(conn);
-        result
+        self.with_reader(|c| read_range(c, from, to))
     }
 
     pub fn days(&self) -> Result<Vec<NaiveDate>> {
-        let c = self.reader()?;
-        let days = {
+        self.with_reader(|c| {
             let mut st = c.prepare("SELECT DISTINCT day FROM agents_day ORDER BY day DESC")?;
-            st.query_map([], |r| r.get::<_, i64>(0))?
+            let days = st
+                .query_map([], |r| r.get::<_, i64>(0))?
                 .map(|d| d.map(super::day_of))
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        self.give_back(c);
-        Ok(days)
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(days)
+        })
     }
 
     pub fn day_changed_at(&self, day: NaiveDate) -> Result<Option<DateTime<Utc>>> {
-        let c = self.reader()?;
-        let v: Option<i64> = c.query_row(
-            "SELECT MAX(last_received_ms) FROM agents_day WHERE day = ?1",
-            [day_start(day)],
-            |r| r.get(0),
-        )?;
-        self.give_back(c);
+        let v: Option<i64> = self.with_reader(|c| {
+            Ok(c.query_row(
+                "SELECT MAX(last_received_ms) FROM agents_day WHERE day = ?1",
+                [day_start(day)],
+                |r| r.get(0),
+            )?)
+        })?;
         Ok(v.map(crate::obs::from_ms))
     }
 
@@ -482,15 +486,14 @@ impl SqliteStore {
     }
 
     pub fn cloud(&self, day: NaiveDate) -> Result<Option<Vec<u8>>> {
-        let c = self.reader()?;
-        let body: Option<Vec<u8>> = c
-            .query_row(
+        let body: Option<Vec<u8>> = self.with_reader(|c| {
+            Ok(c.query_row(
                 "SELECT body FROM cloud_snapshots WHERE day <= ?1 ORDER BY day DESC LIMIT 1",
                 [day_start(day)],
                 |r| r.get(0),
             )
-            .optional()?;
-        self.give_back(c);
+            .optional()?)
+        })?;
         body.map(|b| decompress(&b)).transpose()
     }
 
