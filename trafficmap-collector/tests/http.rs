@@ -202,6 +202,11 @@ fn bad_input_is_refused_and_nothing_is_stored() {
         t.elapsed() < Duration::from_secs(10),
         "stalled headers were not cut off"
     );
+    assert_eq!(
+        String::from_utf8_lossy(&buf),
+        "",
+        "no answer to stalled headers"
+    );
 
     stored_nothing(&c);
     let rejected = |reason: &str| {

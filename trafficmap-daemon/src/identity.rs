@@ -224,7 +224,12 @@ mod tests {
     #[test]
     fn own_addresses_exclude_loopback() {
         assert!(local_addresses().iter().all(|a| !a.is_loopback()));
-        assert!(!hostname().is_empty());
+        assert_eq!(
+            hostname(),
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap()
+                .trim()
+        );
     }
 
     #[tokio::test]
