@@ -271,6 +271,29 @@ async function assertNodesDrawn(page, img, ids) {
   }
 }
 
+/**
+ * Points at a node once the map holds still (a resize or the end of the layout moves it: a
+ * position read a frame too early misses) and asserts that the tooltip names it. Returns the
+ * page coordinates, to click there.
+ */
+async function pointAtNode(page, id, label) {
+  let prev = null;
+  for (let i = 0; i < 100; i++) {
+    await frames(page);
+    const box = await page.locator("#map").boundingBox();
+    const n = await page.evaluate((i) => window.__trafficmap.node(i), id);
+    const at = { x: box.x + n.x, y: box.y + n.y };
+    if (prev && at.x === prev.x && at.y === prev.y) {
+      await page.mouse.move(at.x, at.y);
+      await page.waitForSelector("#tooltip:not([hidden])");
+      eq((await page.locator("#tooltip .t").textContent()).trim(), label, "tooltip title");
+      return at;
+    }
+    prev = at;
+  }
+  throw new Error(`node ${id} never held still`);
+}
+
 /** Waits for two animation frames: whatever was scheduled has been drawn. */
 function frames(page) {
   return page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
@@ -473,12 +496,8 @@ try {
   await step("details: hover tooltip, click a node, exact panel contents, peers", async () => {
     await open(page, base);
     const d = expect.details;
-    const n = await page.evaluate((id) => window.__trafficmap.node(id), d.id);
-    const box = await page.locator("#map").boundingBox();
-    await page.mouse.move(box.x + n.x, box.y + n.y);
-    await page.waitForSelector("#tooltip:not([hidden])");
-    eq((await page.locator("#tooltip .t").textContent()).trim(), d.label, "tooltip title");
-    await page.mouse.click(box.x + n.x, box.y + n.y);
+    const at = await pointAtNode(page, d.id, d.label);
+    await page.mouse.click(at.x, at.y);
     await page.waitForSelector("#details:not([hidden])");
     eq((await page.locator("#details h2").textContent()).trim(), d.label, "panel title");
     const fields = await page.$$eval("#details dd[data-field]", (dds) => Object.fromEntries(dds.map((x) => [x.dataset.field, x.textContent.trim()])));
@@ -498,10 +517,9 @@ try {
     await shot(page, "07b-link-details");
     await page.keyboard.press("Escape");
     await page.waitForFunction(() => document.querySelector("#details").hidden);
-    // The map is wider again without the panel: let it redraw, then find the node anew.
-    await frames(page);
-    const n2 = await page.evaluate((id) => window.__trafficmap.node(id), d.id);
-    await page.mouse.click(box.x + n2.x, box.y + n2.y);
+    // The map is wider again without the panel: find the node anew once it is redrawn.
+    const at2 = await pointAtNode(page, d.id, d.label);
+    await page.mouse.click(at2.x, at2.y);
     await page.waitForSelector("#details:not([hidden])");
     // A peer in the table selects that peer.
     await page.locator("#details table.peers button.peer").first().click();
@@ -590,9 +608,15 @@ try {
       const r = await page.request.get(`${base}${href}`);
       eq(r.status(), 200, `${fmt} export status`);
       const body = await r.text();
-      ok(body.length > 0, `${fmt} export is empty`);
       writeFileSync(join(artifacts, `export.${fmt}`), body);
-      if (fmt === "dot") ok(body.includes("digraph"), "DOT export is a digraph");
+      if (fmt === "csv") {
+        // LucidChart rows: a shape per node, then a line per link.
+        eq((body.match(/^\d+,[^,\n]*,Flowchart Shapes,/gm) ?? []).length, doc.nodes.length, "CSV shape rows");
+        eq((body.match(/^\d+,Line,/gm) ?? []).length, doc.links.length, "CSV line rows");
+      } else {
+        ok(body.startsWith("digraph"), "DOT export is a digraph");
+        eq((body.match(/ -> .*penwidth=/g) ?? []).length, doc.links.length, "DOT edges");
+      }
     }
   });
 
