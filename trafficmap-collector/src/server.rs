@@ -7,6 +7,7 @@
 //! and retries); a retry of a stored report answers 200 `duplicate` and adds nothing.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
     path::PathBuf,
@@ -139,266 +140,339 @@ pub async fn batch_writer(
                 _ = &mut stop => { stopping = true; continue; }
             }
         };
-        let mut pairs = first.ing.rows.len();
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while pairs < max_pairs {
-            let next = if linger.is_zero() || stopping {
-                rx.try_recv().ok()
-            } else {
-                tokio::select! {
-                    p = rx.recv() => p,
-                    _ = tokio::time::sleep_until(deadline) => None,
-                }
-            };
-            let Some(p) = next else { break };
-            pairs += p.ing.rows.len();
-            batch.push(p);
-        }
-        let ings: Vec<Arc<Ingest>> = batch.iter().map(|p| p.ing.clone()).collect();
-        match store.ingest(ings, Utc::now()).await {
-            Ok(outcomes) => {
-                for (p, o) in batch.into_iter().zip(outcomes) {
-                    match o {
-                        Outcome::Stored => {
-                            metrics.reports_accepted.inc();
-                            metrics.pairs_ingested.inc_by(p.ing.rows.len() as u64);
-                        }
-                        Outcome::Duplicate => {
-                            metrics.reports_duplicate.inc();
-                        }
-                    }
-                    let _ = p.reply.send(Ok(o));
-                }
+        let batch = fill_batch(&mut rx, first, max_pairs, linger, stopping).await;
+        write_batch(&store, batch, &metrics).await;
+    }
+}
+
+/// `first` and the reports queued behind it, up to `max_pairs` pairs; waits up to `linger`
+/// for more unless stopping (then only what is already queued).
+async fn fill_batch(
+    rx: &mut mpsc::Receiver<Pending>,
+    first: Pending,
+    max_pairs: usize,
+    linger: Duration,
+    stopping: bool,
+) -> Vec<Pending> {
+    let mut pairs = first.ing.rows.len();
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + linger;
+    while pairs < max_pairs {
+        let next = if linger.is_zero() || stopping {
+            rx.try_recv().ok()
+        } else {
+            tokio::select! {
+                p = rx.recv() => p,
+                _ = tokio::time::sleep_until(deadline) => None,
             }
-            Err(e) => {
-                metrics.store_error("ingest");
-                tracing::error!(error = %e, reports = batch.len(), "storing a batch failed; the agents will retry");
-                let msg = e.to_string();
-                for p in batch {
-                    let _ = p.reply.send(Err(msg.clone()));
+        };
+        let Some(p) = next else { break };
+        pairs += p.ing.rows.len();
+        batch.push(p);
+    }
+    batch
+}
+
+/// Stores a batch in one call and answers each of its reports.
+async fn write_batch(store: &Store, batch: Vec<Pending>, metrics: &Metrics) {
+    let ings: Vec<Arc<Ingest>> = batch.iter().map(|p| p.ing.clone()).collect();
+    match store.ingest(ings, Utc::now()).await {
+        Ok(outcomes) => {
+            for (p, o) in batch.into_iter().zip(outcomes) {
+                match o {
+                    Outcome::Stored => {
+                        metrics.reports_accepted.inc();
+                        metrics.pairs_ingested.inc_by(p.ing.rows.len() as u64);
+                    }
+                    Outcome::Duplicate => {
+                        metrics.reports_duplicate.inc();
+                    }
                 }
+                let _ = p.reply.send(Ok(o));
+            }
+        }
+        Err(e) => {
+            metrics.store_error("ingest");
+            tracing::error!(error = %e, reports = batch.len(), "storing a batch failed; the agents will retry");
+            let msg = e.to_string();
+            for p in batch {
+                let _ = p.reply.send(Err(msg.clone()));
             }
         }
     }
 }
 
-fn unauthorized(d: Denied) -> Response {
-    let msg = match d {
+/// Why a report was refused. Each variant renders its own answer (status, `{"error": ...}`
+/// body, headers) and names its `reason` label in `reports_rejected_total`, so a refusal is one
+/// `?` in `post_report`.
+#[derive(Debug, thiserror::Error)]
+enum IngestError {
+    #[error("{}", denied_message(.0))]
+    Unauthorized(Denied),
+    /// Refused by the declared `Content-Length`, before reading anything.
+    #[error("body of {declared} bytes over the limit of {max} bytes")]
+    DeclaredTooLarge { declared: u64, max: u64 },
+    #[error("collector busy: too many reports in flight; retry later")]
+    Busy,
+    #[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// A body without `Content-Length` (chunked) that grew over the limit.
+    #[error("body over the limit of {max} bytes")]
+    BodyTooLarge { max: u64 },
+    #[error("reading the body: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("body is not valid gzip: {0}")]
+    NotGzip(std::io::Error),
+    /// A gzip body that inflates over the limit (a gzip bomb).
+    #[error("decompressed body over the limit of {max} bytes")]
+    InflatedTooLarge { max: u64 },
+    #[error("Content-Encoding `{0}`: send gzip or nothing")]
+    Encoding(String),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error(
+        "report window starts at {start}, before the minute retention ({} ago): it can no longer be stored exactly",
+        humantime::format_duration(*.retention)
+    )]
+    TooOld {
+        start: DateTime<Utc>,
+        retention: Duration,
+    },
+    #[error(
+        "report window starts at {start}, more than {} ahead of the collector's clock ({now}): check the agent's clock",
+        humantime::format_duration(*.skew)
+    )]
+    ClockSkew {
+        start: DateTime<Utc>,
+        skew: Duration,
+        now: DateTime<Utc>,
+    },
+    #[error("collector shutting down; retry later")]
+    ShuttingDown,
+    /// The batch writer's store call failed: the agent keeps the report and retries.
+    #[error("store unavailable: {0}")]
+    Store(String),
+}
+
+fn denied_message(d: &Denied) -> &'static str {
+    match d {
         Denied::NoTokens => {
             "this collector has no token file and accepts no reports (start it with --token-file)"
         }
         Denied::Missing => "missing `Authorization: Bearer <token>` header",
         Denied::Malformed => "the Authorization header must be `Bearer <token>`",
         Denied::Unknown => "unknown token",
-    };
-    let mut r = json_error(StatusCode::UNAUTHORIZED, msg);
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"trafficmap\""),
-    );
-    r
+    }
 }
 
-fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, Box<Response>> {
+impl IngestError {
+    fn status(&self) -> StatusCode {
+        use IngestError::*;
+        match self {
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            DeclaredTooLarge { .. } | BodyTooLarge { .. } | InflatedTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Busy | ShuttingDown | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Body(_) | NotGzip(_) | Report(_) => StatusCode::BAD_REQUEST,
+            Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            TooOld { .. } | ClockSkew { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    /// The `reason` label of `trafficmap_collector_reports_rejected_total`.
+    fn reason(&self) -> &'static str {
+        use IngestError::*;
+        match self {
+            Unauthorized(_) => "unauthorized",
+            DeclaredTooLarge { .. } | BodyTooLarge { .. } | InflatedTooLarge { .. } => "too_large",
+            Busy | ShuttingDown | Store(_) => "store_unavailable",
+            Timeout(_) => "timeout",
+            Body(_) | NotGzip(_) | Encoding(_) => "malformed",
+            Report(ReportError::Json { .. }) => "malformed",
+            Report(ReportError::UnsupportedSchema(_)) => "schema",
+            Report(ReportError::Invalid(_)) => "invalid",
+            TooOld { .. } => "too_old",
+            ClockSkew { .. } => "clock_skew",
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let mut r = json_error(self.status(), self.to_string());
+        let extra = match self {
+            IngestError::Unauthorized(_) => Some((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"trafficmap\""),
+            )),
+            // The rest of a slow body is not worth reading: drop the connection.
+            IngestError::Timeout(_) => {
+                Some((header::CONNECTION, HeaderValue::from_static("close")))
+            }
+            IngestError::Store(_) => Some((header::RETRY_AFTER, HeaderValue::from_static("10"))),
+            _ => None,
+        };
+        if let Some((name, value)) = extra {
+            r.headers_mut().insert(name, value);
+        }
+        r
+    }
+}
+
+async fn post_report(State(app): State<Arc<App>>, req: Request) -> Response {
+    match ingest(&app, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            app.metrics.reject(e.reason());
+            e.into_response()
+        }
+    }
+}
+
+/// The steps of ingestion, in order; the first refusal answers.
+async fn ingest(app: &App, req: Request) -> Result<Response, IngestError> {
+    let start = Instant::now();
+    let limits = &app.cfg.ingest;
+    let (parts, body) = req.into_parts();
+    let agent = app
+        .auth
+        .check(
+            parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+        .map_err(IngestError::Unauthorized)?;
+    check_declared_length(&parts.headers, limits.max_body_bytes)?;
+    let deadline = start + limits.request_timeout;
+    let _permit = acquire_permit(app, deadline).await?;
+    let bytes = read_body(
+        body,
+        limits.max_body_bytes,
+        deadline,
+        limits.request_timeout,
+    )
+    .await?;
+    let json = decode(&parts.headers, &bytes, limits.max_body_bytes)?;
+    let report = Report::from_json(&json)?;
+    check_window(&report, &app.cfg, Utc::now())?;
+    let ing = Arc::new(Ingest::from_report(&report));
+    drop(report);
+    hint_dns(app, &ing);
+    let pairs = ing.rows.len();
+    let id = ing.report_id.clone();
+    Ok(match submit(app, ing, start).await? {
+        Outcome::Stored => {
+            tracing::debug!(report_id = %id, pairs, agent = %agent, "report stored");
+            json_ok(serde_json::json!({ "status": "stored", "report_id": id, "pairs": pairs }))
+        }
+        Outcome::Duplicate => {
+            json_ok(serde_json::json!({ "status": "duplicate", "report_id": id, "pairs": 0 }))
+        }
+    })
+}
+
+/// Refuses a body whose declared length is over the limit, before reading any of it.
+fn check_declared_length(headers: &HeaderMap, max: u64) -> Result<(), IngestError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(declared) if declared > max => Err(IngestError::DeclaredTooLarge { declared, max }),
+        _ => Ok(()),
+    }
+}
+
+/// One of `max_concurrent` slots for reading and parsing a body (bounds memory), waiting at
+/// most until `deadline`.
+async fn acquire_permit(
+    app: &App,
+    deadline: Instant,
+) -> Result<tokio::sync::OwnedSemaphorePermit, IngestError> {
+    app.metrics.ingest_waiting.inc();
+    let permit =
+        tokio::time::timeout_at(deadline.into(), app.permits.clone().acquire_owned()).await;
+    app.metrics.ingest_waiting.dec();
+    match permit {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(IngestError::Busy),
+    }
+}
+
+/// The whole body, within `max` bytes and by `deadline`.
+async fn read_body(
+    body: axum::body::Body,
+    max: u64,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Bytes, IngestError> {
+    let limited = http_body_util::Limited::new(body, max as usize);
+    match tokio::time::timeout_at(deadline.into(), limited.collect()).await {
+        Err(_) => Err(IngestError::Timeout(timeout)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(IngestError::BodyTooLarge { max })
+        }
+        Ok(Err(e)) => Err(IngestError::Body(e)),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// The report's JSON: the body as sent, or inflated when it is gzip.
+fn decode<'a>(headers: &HeaderMap, body: &'a [u8], max: u64) -> Result<Cow<'a, [u8]>, IngestError> {
+    match headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()) {
+        None | Some(b"identity") => Ok(Cow::Borrowed(body)),
+        Some(b"gzip") => gunzip(body, max).map(Cow::Owned),
+        Some(other) => Err(IngestError::Encoding(
+            String::from_utf8_lossy(other).into_owned(),
+        )),
+    }
+}
+
+fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, IngestError> {
     use std::io::Read as _;
     let mut out = Vec::new();
+    // One byte over the limit is enough to know it is over.
     let mut dec = flate2::read::GzDecoder::new(body).take(max + 1);
-    dec.read_to_end(&mut out).map_err(|e| {
-        json_error(
-            StatusCode::BAD_REQUEST,
-            format!("body is not valid gzip: {e}"),
-        )
-    })?;
+    dec.read_to_end(&mut out).map_err(IngestError::NotGzip)?;
     if out.len() as u64 > max {
-        return Err(Box::new(json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("decompressed body over the limit of {max} bytes"),
-        )));
+        return Err(IngestError::InflatedTooLarge { max });
     }
     Ok(out)
 }
 
-async fn post_report(State(app): State<Arc<App>>, req: Request) -> Response {
-    let start = Instant::now();
-    let (parts, body) = req.into_parts();
-    let m = &app.metrics;
-    let agent = match app.auth.check(
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-    ) {
-        Ok(label) => label,
-        Err(d) => {
-            m.reject("unauthorized");
-            return unauthorized(d);
-        }
-    };
-    let max = app.cfg.ingest.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        m.reject("too_large");
-        return json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "body of {} bytes over the limit of {max} bytes",
-                declared.unwrap_or_default()
-            ),
-        );
+/// Refuses windows the store can no longer keep exactly (older than the minute retention) and
+/// windows from a clock too far ahead.
+fn check_window(report: &Report, cfg: &Config, now: DateTime<Utc>) -> Result<(), IngestError> {
+    let start = report.window.start;
+    let retention = cfg.retention.minutes;
+    if start < now - chrono::Duration::from_std(retention).unwrap_or_default() {
+        return Err(IngestError::TooOld { start, retention });
     }
-    let deadline = start + app.cfg.ingest.request_timeout;
-    m.ingest_waiting.inc();
-    let permit =
-        tokio::time::timeout_at(deadline.into(), app.permits.clone().acquire_owned()).await;
-    m.ingest_waiting.dec();
-    let Ok(Ok(_permit)) = permit else {
-        m.reject("store_unavailable");
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "collector busy: too many reports in flight; retry later",
-        );
-    };
-    let limited = http_body_util::Limited::new(body, max as usize);
-    let bytes: Bytes = match tokio::time::timeout_at(deadline.into(), limited.collect()).await {
-        Err(_) => {
-            m.reject("timeout");
-            let mut r = json_error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {}",
-                    humantime::format_duration(app.cfg.ingest.request_timeout)
-                ),
-            );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
-        }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            m.reject("too_large");
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body over the limit of {max} bytes"),
-            );
-        }
-        Ok(Err(e)) => {
-            m.reject("malformed");
-            return json_error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
-        }
-        Ok(Ok(c)) => c.to_bytes(),
-    };
-    let decoded;
-    let json: &[u8] = match parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.as_bytes())
-    {
-        None | Some(b"identity") => &bytes,
-        Some(b"gzip") => match gunzip(&bytes, max) {
-            Ok(v) => {
-                decoded = v;
-                &decoded
-            }
-            Err(r) => {
-                m.reject(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    "too_large"
-                } else {
-                    "malformed"
-                });
-                return *r;
-            }
-        },
-        Some(other) => {
-            m.reject("malformed");
-            return json_error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "Content-Encoding `{}`: send gzip or nothing",
-                    String::from_utf8_lossy(other)
-                ),
-            );
-        }
-    };
-    let report = match Report::from_json(json) {
-        Ok(r) => r,
-        Err(e) => {
-            m.reject(match e {
-                ReportError::Json { .. } => "malformed",
-                ReportError::UnsupportedSchema(_) => "schema",
-                ReportError::Invalid(_) => "invalid",
-            });
-            return json_error(StatusCode::BAD_REQUEST, e.to_string());
-        }
-    };
-    let now = Utc::now();
-    let oldest = now - chrono::Duration::from_std(app.cfg.retention.minutes).unwrap_or_default();
-    if report.window.start < oldest {
-        m.reject("too_old");
-        return json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "report window starts at {}, before the minute retention ({} ago): it can no longer be stored exactly",
-                report.window.start,
-                humantime::format_duration(app.cfg.retention.minutes)
-            ),
-        );
+    let skew = cfg.ingest.max_clock_skew;
+    if start > now + chrono::Duration::from_std(skew).unwrap_or_default() {
+        return Err(IngestError::ClockSkew { start, skew, now });
     }
-    let skew = chrono::Duration::from_std(app.cfg.ingest.max_clock_skew).unwrap_or_default();
-    if report.window.start > now + skew {
-        m.reject("clock_skew");
-        return json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "report window starts at {}, more than {} ahead of the collector's clock ({now}): check the agent's clock",
-                report.window.start,
-                humantime::format_duration(app.cfg.ingest.max_clock_skew)
-            ),
-        );
-    }
-    let ing = Arc::new(Ingest::from_report(&report));
-    drop(report);
-    hint_dns(&app, &ing);
+    Ok(())
+}
+
+/// Hands the report to the batch writer and waits for the store's commit.
+async fn submit(app: &App, ing: Arc<Ingest>, start: Instant) -> Result<Outcome, IngestError> {
     let (reply, answer) = oneshot::channel();
-    let pairs = ing.rows.len();
-    let id = ing.report_id.clone();
     if app.ingest_tx.send(Pending { ing, reply }).await.is_err() {
-        m.reject("store_unavailable");
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "collector shutting down; retry later",
-        );
+        return Err(IngestError::ShuttingDown);
     }
     let result = answer.await;
-    m.ingest_seconds.observe(start.elapsed().as_secs_f64());
+    app.metrics
+        .ingest_seconds
+        .observe(start.elapsed().as_secs_f64());
     match result {
-        Ok(Ok(Outcome::Stored)) => {
-            tracing::debug!(report_id = %id, pairs, agent = %agent, "report stored");
-            json_ok(serde_json::json!({ "status": "stored", "report_id": id, "pairs": pairs }))
-        }
-        Ok(Ok(Outcome::Duplicate)) => {
-            json_ok(serde_json::json!({ "status": "duplicate", "report_id": id, "pairs": 0 }))
-        }
-        Ok(Err(e)) => {
-            m.reject("store_unavailable");
-            let mut r = json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("store unavailable: {e}"),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-            r
-        }
-        Err(_) => {
-            m.reject("store_unavailable");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "collector shutting down; retry later",
-            )
-        }
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(IngestError::Store(e)),
+        // The writer stopped without answering.
+        Err(_) => Err(IngestError::ShuttingDown),
     }
 }
 
