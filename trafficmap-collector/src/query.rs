@@ -26,7 +26,6 @@ use crate::{
     export::{export, grouped},
     mapbuild::{Priced, unnamed_addresses},
     maps::{self, Built},
-    run::open_store,
     store::Store,
 };
 
@@ -83,7 +82,7 @@ impl Loaded {
 
 pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Result<Loaded> {
     let cfg = settings.config().map_err(anyhow::Error::msg)?;
-    let store = open_store(&cfg).await?;
+    let store = Store::open(&cfg).await?;
     let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
     let now = Utc::now();
     if let Some(path) = &cfg.enrich.ec2.snapshot_file {

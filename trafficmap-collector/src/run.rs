@@ -5,13 +5,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     auth::{Auth, Reload, TokenFile},
-    config::{Backend, Config},
+    config::Config,
     enrich::{
         dns::{ReverseLookup, SystemResolver},
         refresh::{CloudSource, Enricher, SnapshotFile},
@@ -19,27 +19,8 @@ use crate::{
     maps,
     metrics::Metrics,
     server::{self, App},
-    store::{Store, clickhouse::ClickHouseStore, sqlite::SqliteStore},
+    store::Store,
 };
-
-/// Opens the configured store.
-pub async fn open_store(cfg: &Config) -> Result<Store> {
-    Ok(match cfg.storage.backend {
-        Backend::Sqlite => {
-            let dir = cfg.data_dir.clone();
-            let sync = cfg.storage.sqlite_sync;
-            let s = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, sync))
-                .await?
-                .with_context(|| format!("opening the database in {}", cfg.data_dir.display()))?;
-            Store::Sqlite(Arc::new(s))
-        }
-        Backend::Clickhouse => Store::ClickHouse(Arc::new(
-            ClickHouseStore::open(&cfg.storage.clickhouse)
-                .await
-                .with_context(|| format!("opening ClickHouse at {}", cfg.storage.clickhouse.url))?,
-        )),
-    })
-}
 
 /// Where EC2 data comes from, if anywhere.
 pub async fn cloud_source(cfg: &Config) -> Option<Box<dyn CloudSource>> {
@@ -67,7 +48,7 @@ async fn signal() -> &'static str {
 /// else starts).
 pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(&cfg).await?;
+    let store = Store::open(&cfg).await?;
     let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
     if let Some(d) = &enricher.dns {
         metrics.watch_dns(d.clone());

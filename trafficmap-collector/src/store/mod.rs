@@ -1,17 +1,20 @@
 //! Storage: an embedded SQLite database by default, ClickHouse for fleets. Both keep the same
 //! data (observation rows per minute with hour and day roll-ups, agents per day, EC2 snapshots
-//! per day, report ids) and answer the same questions; `tests/store_conformance.rs` runs one
-//! suite against both.
+//! per day, report ids) and answer the same questions: `tests/clickhouse.rs` checks that
+//! ClickHouse answers what SQLite answers (the golden maps, roll-ups, retention, late reports).
 
 pub mod clickhouse;
 pub mod sqlite;
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use trafficmap_model::cloud::CloudSnapshot;
 
-use crate::obs::{DAY, HOUR, Ingest, MINUTE, RangeData, floor};
+use crate::{
+    config::{Backend, Config},
+    obs::{DAY, HOUR, Ingest, MINUTE, RangeData, floor},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,6 +27,23 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The configured store could not be opened: which one, where, and why (the source).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("opening the database in {}", .dir.display())]
+    Sqlite {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("opening ClickHouse at {url}")]
+    ClickHouse {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+}
 
 /// What became of one report of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +170,31 @@ pub enum Store {
 }
 
 impl Store {
+    /// Opens the backend `cfg` names (the service and the command line share this).
+    pub async fn open(cfg: &Config) -> std::result::Result<Store, OpenError> {
+        match cfg.storage.backend {
+            Backend::Sqlite => {
+                let dir = cfg.data_dir.clone();
+                let sync = cfg.storage.sqlite_sync;
+                // Opening may create and migrate the database: file I/O, off the runtime.
+                let opened = blocking(move || sqlite::SqliteStore::open(&dir, sync)).await;
+                opened
+                    .map(|s| Store::Sqlite(Arc::new(s)))
+                    .map_err(|source| OpenError::Sqlite {
+                        dir: cfg.data_dir.clone(),
+                        source,
+                    })
+            }
+            Backend::Clickhouse => clickhouse::ClickHouseStore::open(&cfg.storage.clickhouse)
+                .await
+                .map(|c| Store::ClickHouse(Arc::new(c)))
+                .map_err(|source| OpenError::ClickHouse {
+                    url: cfg.storage.clickhouse.url.clone(),
+                    source,
+                }),
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
