@@ -89,12 +89,24 @@ pub fn grouped(n: u64) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
+/// Writes CSV rows through the `csv` crate into memory, after `head` (lines written as they
+/// are, such as draw.io's `#` directives). Fields are quoted only where they need it, and
+/// lines end in `\n` as these exports always have (the crate's default is `\r\n`).
+fn csv_text(
+    head: &str,
+    rows: impl FnOnce(&mut csv::Writer<&mut Vec<u8>>) -> csv::Result<()>,
+) -> String {
+    let mut buf = head.as_bytes().to_vec();
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(&mut buf);
+    // Into memory, with rows of one length per export: the crate has no way to fail here.
+    rows(&mut w)
+        .and_then(|()| Ok(w.flush()?))
+        .expect("CSV written to memory");
+    drop(w);
+    // Every field is a `&str`, so the bytes are UTF-8.
+    String::from_utf8(buf).expect("CSV of UTF-8 fields")
 }
 
 fn ports(l: &Link) -> String {
@@ -142,94 +154,127 @@ fn lucid_shape(kind: NodeKind) -> &'static str {
 }
 
 fn lucid_csv(map: &Map) -> String {
-    let mut out = String::from(
-        "Id,Name,Shape Library,Page ID,Contained By,Line Source,Line Destination,Source Arrow,Destination Arrow,Text Area 1,Text Area 2,Text Area 3\n",
-    );
     let title = format!(
         "trafficmap {} {} to {}",
         map.view.as_str(),
         map.from.format("%Y-%m-%d %H:%M"),
         map.to.format("%Y-%m-%d %H:%M")
     );
-    let _ = writeln!(out, "1,Page,,,,,,,,{},,", csv_field(&title));
-    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut next = 2;
-    for n in &map.nodes {
-        ids.insert(&n.id, next);
-        let _ = writeln!(
-            out,
-            "{next},{},Flowchart Shapes,1,,,,,,{},{},{}",
-            lucid_shape(n.kind),
-            csv_field(&n.label),
-            csv_field(&node_details(n)),
-            csv_field(&n.id)
-        );
-        next += 1;
-    }
-    for l in &map.links {
-        let _ = writeln!(
-            out,
-            "{next},Line,,1,,{},{},None,Arrow,{},{},{}",
-            ids[l.source.as_str()],
-            ids[l.target.as_str()],
-            csv_field(&link_text(l)),
-            csv_field(&format!(
+    csv_text("", |w| {
+        w.write_record([
+            "Id",
+            "Name",
+            "Shape Library",
+            "Page ID",
+            "Contained By",
+            "Line Source",
+            "Line Destination",
+            "Source Arrow",
+            "Destination Arrow",
+            "Text Area 1",
+            "Text Area 2",
+            "Text Area 3",
+        ])?;
+        w.write_record(["1", "Page", "", "", "", "", "", "", "", &title, "", ""])?;
+        let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut next = 2;
+        for n in &map.nodes {
+            ids.insert(&n.id, next);
+            w.write_record([
+                &next.to_string(),
+                lucid_shape(n.kind),
+                "Flowchart Shapes",
+                "1",
+                "",
+                "",
+                "",
+                "",
+                "",
+                &n.label,
+                &node_details(n),
+                &n.id,
+            ])?;
+            next += 1;
+        }
+        for l in &map.links {
+            let bytes = format!(
                 "{} bytes to server, {} bytes back",
                 grouped(l.bytes_to_target),
                 grouped(l.bytes_to_source)
-            )),
-            csv_field(&format!("observed by {:?}", l.observed_by).to_lowercase())
-        );
-        next += 1;
-    }
-    out
+            );
+            w.write_record([
+                &next.to_string(),
+                "Line",
+                "",
+                "1",
+                "",
+                &ids[l.source.as_str()].to_string(),
+                &ids[l.target.as_str()].to_string(),
+                "None",
+                "Arrow",
+                &link_text(l),
+                &bytes,
+                &format!("observed by {:?}", l.observed_by).to_lowercase(),
+            ])?;
+            next += 1;
+        }
+        Ok(())
+    })
 }
 
+/// draw.io's CSV import directives: labels, styles, how rows connect, the layout.
+const DRAWIO_HEAD: &str = concat!(
+    "# label: <b>%name%</b><br><i style=\"color:gray;\">%details%</i>\n",
+    "# style: whiteSpace=wrap;html=1;rounded=1;fillColor=%fill%;strokeColor=#666666;\n",
+    "# namespace: trafficmap-\n",
+    "# connect: {\"from\": \"targets\", \"to\": \"id\", \"invert\": false, \"style\": \"curved=1;endArrow=blockThin;endFill=1;fontSize=11;\"}\n",
+    "# width: auto\n# height: auto\n# padding: 12\n",
+    "# ignore: id,targets,fill\n",
+    "# nodespacing: 40\n# levelspacing: 120\n# edgespacing: 40\n",
+    "# layout: horizontalflow\n",
+);
+
 fn drawio_csv(map: &Map) -> String {
-    let mut out = String::new();
-    out.push_str("# label: <b>%name%</b><br><i style=\"color:gray;\">%details%</i>\n");
-    out.push_str(
-        "# style: whiteSpace=wrap;html=1;rounded=1;fillColor=%fill%;strokeColor=#666666;\n",
-    );
-    out.push_str("# namespace: trafficmap-\n");
-    out.push_str(
-        "# connect: {\"from\": \"targets\", \"to\": \"id\", \"invert\": false, \"style\": \"curved=1;endArrow=blockThin;endFill=1;fontSize=11;\"}\n",
-    );
-    out.push_str("# width: auto\n# height: auto\n# padding: 12\n");
-    out.push_str("# ignore: id,targets,fill\n");
-    out.push_str("# nodespacing: 40\n# levelspacing: 120\n# edgespacing: 40\n");
-    out.push_str("# layout: horizontalflow\n");
-    out.push_str("id,name,details,fill,bytes_in,bytes_out,targets\n");
     let mut targets: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for l in &map.links {
         if l.source != l.target {
             targets.entry(&l.source).or_default().push(&l.target);
         }
     }
-    for n in &map.nodes {
-        let fill = match n.kind {
-            NodeKind::Host => "#dae8fc",
-            NodeKind::Unmonitored => "#f5f5f5",
-            NodeKind::External => "#fff2cc",
-            NodeKind::Cluster => "#d5e8d4",
-            NodeKind::SecurityGroup => "#e1d5e7",
-        };
-        let t = targets
-            .get(n.id.as_str())
-            .map(|v| v.join(","))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{},{},{},{fill},{},{},{}",
-            csv_field(&n.id),
-            csv_field(&n.label),
-            csv_field(&node_details(n)),
-            n.bytes_in,
-            n.bytes_out,
-            csv_field(&t)
-        );
-    }
-    out
+    csv_text(DRAWIO_HEAD, |w| {
+        w.write_record([
+            "id",
+            "name",
+            "details",
+            "fill",
+            "bytes_in",
+            "bytes_out",
+            "targets",
+        ])?;
+        for n in &map.nodes {
+            let fill = match n.kind {
+                NodeKind::Host => "#dae8fc",
+                NodeKind::Unmonitored => "#f5f5f5",
+                NodeKind::External => "#fff2cc",
+                NodeKind::Cluster => "#d5e8d4",
+                NodeKind::SecurityGroup => "#e1d5e7",
+            };
+            let t = targets
+                .get(n.id.as_str())
+                .map(|v| v.join(","))
+                .unwrap_or_default();
+            w.write_record([
+                &n.id,
+                &n.label,
+                &node_details(n),
+                fill,
+                &n.bytes_in.to_string(),
+                &n.bytes_out.to_string(),
+                &t,
+            ])?;
+        }
+        Ok(())
+    })
 }
 
 fn dot_id(s: &str) -> String {
@@ -380,6 +425,16 @@ mod tests {
             row,
             "host:batch-1,batch-1,offline/batch (stage) | 10.9.0.5,#dae8fc,2000000,130000,\"i-0d1b2c3d4e5f60721,ip:10.9.0.40\""
         );
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_only_where_needed() {
+        let mut m = map();
+        m.nodes[0].label = "db, \"primary\"\nsecond line".into();
+        let text = drawio_csv(&m);
+        let row = format!("{},\"db, \"\"primary\"\"\nsecond line\",", m.nodes[0].id);
+        assert!(text.contains(&row), "{text}");
+        assert!(!text.contains('\r'), "{text}");
     }
 
     #[test]

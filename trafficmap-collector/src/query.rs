@@ -206,71 +206,86 @@ pub struct FlowRow {
     pub cost_usd: f64,
 }
 
+/// A cell of a printed table: counts are grouped for people (`4,200,512`) and plain in CSV
+/// (`4200512`), so a spreadsheet reads them as numbers.
+enum Cell {
+    Text(String),
+    Count(u64),
+}
+
+impl Cell {
+    fn for_people(&self) -> String {
+        match self {
+            Cell::Text(s) => s.clone(),
+            Cell::Count(n) => grouped(*n),
+        }
+    }
+
+    fn for_csv(&self) -> String {
+        match self {
+            Cell::Text(s) => s.clone(),
+            Cell::Count(n) => n.to_string(),
+        }
+    }
+}
+
+impl From<String> for Cell {
+    fn from(s: String) -> Cell {
+        Cell::Text(s)
+    }
+}
+
+impl From<u64> for Cell {
+    fn from(n: u64) -> Cell {
+        Cell::Count(n)
+    }
+}
+
 /// A table printed as aligned text, CSV or JSON.
 struct Table {
     headers: Vec<&'static str>,
-    rows: Vec<Vec<String>>,
+    rows: Vec<Vec<Cell>>,
     /// Columns aligned right (numbers).
     right: Vec<bool>,
 }
 
 impl Table {
+    /// Columns two spaces apart, no borders, no trailing blanks.
     fn print(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let widths: Vec<usize> = (0..self.headers.len())
-            .map(|i| {
-                self.rows
-                    .iter()
-                    .map(|r| r[i].chars().count())
-                    .chain([self.headers[i].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: &[String]| -> String {
-            cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    if self.right[i] {
-                        format!("{c:>w$}", w = widths[i])
-                    } else {
-                        format!("{c:<w$}", w = widths[i])
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_owned()
-        };
-        let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
-        writeln!(out, "{}", line(&headers))?;
+        use comfy_table::{CellAlignment, presets::NOTHING};
+        let mut t = comfy_table::Table::new();
+        t.load_preset(NOTHING).set_header(self.headers.clone());
         for r in &self.rows {
-            writeln!(out, "{}", line(r))?;
+            t.add_row(r.iter().map(Cell::for_people));
+        }
+        for (i, col) in t.column_iter_mut().enumerate() {
+            col.set_padding((if i == 0 { 0 } else { 2 }, 0));
+            if self.right[i] {
+                col.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        for line in t.lines() {
+            writeln!(out, "{}", line.trim_end())?;
         }
         Ok(())
     }
 
-    fn csv(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let field = |s: &str| {
-            if s.contains([',', '"', '\n']) {
-                format!("\"{}\"", s.replace('"', "\"\""))
-            } else {
-                s.to_owned()
-            }
-        };
-        writeln!(out, "{}", self.headers.join(","))?;
+    fn csv(&self, out: impl std::io::Write) -> csv::Result<()> {
+        let mut w = csv_writer(out);
+        w.write_record(&self.headers)?;
         for r in &self.rows {
-            writeln!(
-                out,
-                "{}",
-                r.iter()
-                    .map(|c| field(&c.replace(',', "")))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )?;
+            w.write_record(r.iter().map(Cell::for_csv))?;
         }
+        w.flush()?;
         Ok(())
     }
+}
+
+/// CSV with `\n` line ends, like the rest of the output (the crate's default is `\r\n`).
+fn csv_writer<W: std::io::Write>(out: W) -> csv::Writer<W> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(out)
 }
 
 fn emit<T: Serialize>(output: Output, table: Table, json: &T) -> Result<()> {
@@ -409,38 +424,45 @@ pub async fn top(settings: &Settings, a: &TopArgs) -> Result<()> {
     let l = load(settings, &a.range, &p).await?;
     if a.by_port {
         let rows = port_rows(&l.built, &a.filters, a.by, a.limit);
-        let table = Table {
-            headers: vec![
-                "PORT",
-                "FLOWS",
-                "SERVERS",
-                "TO SERVER",
-                "TO CLIENT",
-                "BYTES",
-                "CONNS",
-                "COST USD",
-            ],
-            right: vec![true; 8],
-            rows: rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.port.to_string(),
-                        grouped(r.flows),
-                        grouped(r.servers),
-                        grouped(r.bytes_to_server),
-                        grouped(r.bytes_to_client),
-                        grouped(r.bytes),
-                        grouped(r.connections),
-                        format!("{:.6}", r.cost_usd),
-                    ]
-                })
-                .collect(),
-        };
-        return emit(a.output, table, &rows);
+        return emit(a.output, port_table(&rows), &rows);
     }
     let rows = top_rows(&l.built, &a.filters, a.by, a.limit);
-    let table = Table {
+    emit(a.output, flow_table(&rows), &rows)
+}
+
+fn port_table(rows: &[PortRow]) -> Table {
+    Table {
+        headers: vec![
+            "PORT",
+            "FLOWS",
+            "SERVERS",
+            "TO SERVER",
+            "TO CLIENT",
+            "BYTES",
+            "CONNS",
+            "COST USD",
+        ],
+        right: vec![true; 8],
+        rows: rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.port.to_string().into(),
+                    r.flows.into(),
+                    r.servers.into(),
+                    r.bytes_to_server.into(),
+                    r.bytes_to_client.into(),
+                    r.bytes.into(),
+                    r.connections.into(),
+                    format!("{:.6}", r.cost_usd).into(),
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn flow_table(rows: &[FlowRow]) -> Table {
+    Table {
         headers: vec![
             "CLIENT",
             "CLIENT IP",
@@ -461,22 +483,21 @@ pub async fn top(settings: &Settings, a: &TopArgs) -> Result<()> {
             .iter()
             .map(|r| {
                 vec![
-                    r.client.clone(),
-                    r.client_ip.clone(),
-                    r.server.clone(),
-                    r.server_ip.clone(),
-                    r.port.to_string(),
-                    grouped(r.bytes_to_server),
-                    grouped(r.bytes_to_client),
-                    grouped(r.bytes),
-                    grouped(r.connections),
-                    r.observed_by.clone(),
-                    format!("{:.6}", r.cost_usd),
+                    r.client.clone().into(),
+                    r.client_ip.clone().into(),
+                    r.server.clone().into(),
+                    r.server_ip.clone().into(),
+                    r.port.to_string().into(),
+                    r.bytes_to_server.into(),
+                    r.bytes_to_client.into(),
+                    r.bytes.into(),
+                    r.connections.into(),
+                    r.observed_by.clone().into(),
+                    format!("{:.6}", r.cost_usd).into(),
                 ]
             })
             .collect(),
-    };
-    emit(a.output, table, &rows)
+    }
 }
 
 #[derive(Serialize)]
@@ -618,19 +639,20 @@ pub async fn who_calls(settings: &Settings, a: &WhoCallsArgs) -> Result<()> {
             .iter()
             .map(|r| {
                 vec![
-                    r.client.clone(),
-                    r.client_id.clone(),
-                    r.env.clone().unwrap_or_else(|| "-".into()),
-                    r.archdomain.clone().unwrap_or_else(|| "-".into()),
+                    r.client.clone().into(),
+                    r.client_id.clone().into(),
+                    r.env.clone().unwrap_or_else(|| "-".into()).into(),
+                    r.archdomain.clone().unwrap_or_else(|| "-".into()).into(),
                     r.ports
                         .iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
-                        .join(" "),
-                    r.processes.join(" "),
-                    grouped(r.bytes_to_server),
-                    grouped(r.bytes_to_client),
-                    grouped(r.connections),
+                        .join(" ")
+                        .into(),
+                    r.processes.join(" ").into(),
+                    r.bytes_to_server.into(),
+                    r.bytes_to_client.into(),
+                    r.connections.into(),
                 ]
             })
             .collect(),
@@ -725,16 +747,17 @@ pub async fn cross_env(settings: &Settings, a: &CrossEnvArgs) -> Result<()> {
     for e in &pairs {
         for c in &e.top {
             rows.push(vec![
-                format!("{} -> {}", e.client_env, e.server_env),
-                grouped(e.bytes),
-                c.client.clone(),
-                c.server.clone(),
+                format!("{} -> {}", e.client_env, e.server_env).into(),
+                e.bytes.into(),
+                c.client.clone().into(),
+                c.server.clone().into(),
                 c.ports
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join(" "),
-                grouped(c.bytes),
+                    .join(" ")
+                    .into(),
+                c.bytes.into(),
             ]);
         }
     }
@@ -851,43 +874,8 @@ pub async fn archdomains(settings: &Settings, a: &ArchdomainArgs) -> Result<i32>
             serde_json::to_writer_pretty(std::io::stdout().lock(), &c)?;
             println!();
         }
-        Output::Csv => {
-            println!("status,archdomain,host");
-            for (status, map) in [("allowed", &c.allowed), ("not_allowed", &c.not_allowed)] {
-                for (arch, hosts) in map {
-                    for h in hosts {
-                        println!("{status},{arch},{}", h.replace(',', ""));
-                    }
-                }
-            }
-            for u in &c.unused {
-                println!("unused,{u},");
-            }
-            for h in &c.untagged {
-                println!("untagged,,{}", h.replace(',', ""));
-            }
-        }
-        Output::Table => {
-            let (from, to) = (l.built.prepared.from, l.built.prepared.to);
-            println!("archdomain compliance, {from} .. {to}");
-            println!();
-            println!("not allowed ({}):", c.not_allowed.len());
-            for (arch, hosts) in &c.not_allowed {
-                println!("  {arch}: {}", hosts.join(", "));
-            }
-            println!("untagged hosts ({}):", c.untagged.len());
-            for h in &c.untagged {
-                println!("  {h}");
-            }
-            println!("allowed and seen ({}):", c.allowed.len());
-            for (arch, hosts) in &c.allowed {
-                println!("  {arch}: {} host(s)", hosts.len());
-            }
-            println!("allowed, not seen ({}):", c.unused.len());
-            for u in &c.unused {
-                println!("  {u}");
-            }
-        }
+        Output::Csv => compliance_csv(&c, std::io::stdout().lock())?,
+        Output::Table => print_compliance(&c, l.built.prepared.from, l.built.prepared.to),
     }
     Ok(
         if a.fail_on_violation && (!c.not_allowed.is_empty() || !c.untagged.is_empty()) {
@@ -896,6 +884,48 @@ pub async fn archdomains(settings: &Settings, a: &ArchdomainArgs) -> Result<i32>
             0
         },
     )
+}
+
+/// `status,archdomain,host` rows: hosts allowed and not, archdomains unused, hosts untagged.
+fn compliance_csv(c: &Compliance, out: impl std::io::Write) -> csv::Result<()> {
+    let mut w = csv_writer(out);
+    w.write_record(["status", "archdomain", "host"])?;
+    for (status, map) in [("allowed", &c.allowed), ("not_allowed", &c.not_allowed)] {
+        for (arch, hosts) in map {
+            for h in hosts {
+                w.write_record([status, arch, h])?;
+            }
+        }
+    }
+    for u in &c.unused {
+        w.write_record(["unused", u, ""])?;
+    }
+    for h in &c.untagged {
+        w.write_record(["untagged", "", h])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn print_compliance(c: &Compliance, from: DateTime<Utc>, to: DateTime<Utc>) {
+    println!("archdomain compliance, {from} .. {to}");
+    println!();
+    println!("not allowed ({}):", c.not_allowed.len());
+    for (arch, hosts) in &c.not_allowed {
+        println!("  {arch}: {}", hosts.join(", "));
+    }
+    println!("untagged hosts ({}):", c.untagged.len());
+    for h in &c.untagged {
+        println!("  {h}");
+    }
+    println!("allowed and seen ({}):", c.allowed.len());
+    for (arch, hosts) in &c.allowed {
+        println!("  {arch}: {} host(s)", hosts.len());
+    }
+    println!("allowed, not seen ({}):", c.unused.len());
+    for u in &c.unused {
+        println!("  {u}");
+    }
 }
 
 pub async fn export_map(settings: &Settings, a: &ExportArgs) -> Result<()> {
@@ -937,6 +967,39 @@ mod tests {
         assert_eq!(
             split_target("cluster:online/api|prod:443"),
             ("cluster:online/api|prod".into(), Some(443))
+        );
+    }
+
+    fn sample_table() -> Table {
+        Table {
+            headers: vec!["NAME", "BYTES"],
+            right: vec![false, true],
+            rows: vec![
+                vec!["db, \"primary\"".to_owned().into(), 4_200_512.into()],
+                vec!["api".to_owned().into(), 7.into()],
+            ],
+        }
+    }
+
+    #[test]
+    fn text_tables_align_columns_two_spaces_apart() {
+        let mut out = Vec::new();
+        sample_table().print(&mut out).unwrap();
+        let want = [
+            format!("{:<13}  {:>9}", "NAME", "BYTES"),
+            format!("{:<13}  {:>9}", "db, \"primary\"", "4,200,512"),
+            format!("{:<13}  {:>9}", "api", "7"),
+        ];
+        assert_eq!(String::from_utf8(out).unwrap(), want.join("\n") + "\n");
+    }
+
+    #[test]
+    fn csv_quotes_text_and_keeps_counts_plain() {
+        let mut out = Vec::new();
+        sample_table().csv(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME,BYTES\n\"db, \"\"primary\"\"\",4200512\napi,7\n"
         );
     }
 
