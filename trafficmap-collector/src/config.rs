@@ -359,12 +359,32 @@ impl Config {
     /// Checks what types cannot; the first problem, in one line.
     pub fn validate(&self) -> Result<(), String> {
         self.cost.validate()?;
+        self.validate_auth()?;
+        self.validate_ingest()?;
+        self.validate_periods()?;
+        self.validate_enrich()?;
+        if self.storage.backend == Backend::Clickhouse {
+            let u = &self.storage.clickhouse.url;
+            if !u.starts_with("http://") {
+                return Err(format!(
+                    "storage.clickhouse.url `{u}`: an http:// URL of ClickHouse's HTTP interface"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), String> {
         if self.token_file.is_some() && self.allow_unauthenticated {
             return Err("token_file and allow_unauthenticated exclude each other".into());
         }
         if let Some(t) = &self.token_file {
             crate::auth::Tokens::load(t)?;
         }
+        Ok(())
+    }
+
+    fn validate_ingest(&self) -> Result<(), String> {
         if self.ingest.max_body_bytes < 1024 {
             return Err(format!(
                 "ingest.max_body_bytes = {}: at least 1024",
@@ -379,6 +399,11 @@ impl Config {
         if self.ingest.request_timeout.is_zero() {
             return Err("ingest.request_timeout must be more than 0".into());
         }
+        Ok(())
+    }
+
+    /// Retention and the intervals of periodic work.
+    fn validate_periods(&self) -> Result<(), String> {
         let r = &self.retention;
         if r.minutes < Duration::from_secs(3600) {
             return Err("retention.minutes must be at least 1h".into());
@@ -397,49 +422,50 @@ impl Config {
         {
             return Err("intervals (retention.interval, daily.interval, enrich.files_interval) must be more than 0".into());
         }
-        if self.enrich.ec2.refresh < Duration::from_secs(10) {
+        Ok(())
+    }
+
+    /// Enrichment settings, and the files they name (read now: a bad file fails at start).
+    fn validate_enrich(&self) -> Result<(), String> {
+        let en = &self.enrich;
+        if en.ec2.refresh < Duration::from_secs(10) {
             return Err("enrich.ec2.refresh must be at least 10s".into());
         }
-        if self.enrich.dns.concurrency == 0 {
+        if en.dns.concurrency == 0 {
             return Err("enrich.dns.concurrency must be at least 1".into());
         }
-        for (what, p) in [
-            ("enrich.inventory_file", &self.enrich.inventory_file),
-            ("enrich.foreign_file", &self.enrich.foreign_file),
-            ("enrich.price_file", &self.enrich.price_file),
-        ] {
-            if let Some(p) = p {
-                let r = match what {
-                    "enrich.inventory_file" => crate::enrich::Inventory::load(p).map(drop),
-                    "enrich.foreign_file" => crate::enrich::ForeignList::load(p).map(drop),
-                    _ => crate::enrich::PriceTable::load(p).map(drop),
-                };
-                r.map_err(|e| format!("{what}: {e}"))?;
+        type Load = fn(&Path) -> Result<(), String>;
+        let files: [(&str, &Option<PathBuf>, Load); 3] = [
+            ("enrich.inventory_file", &en.inventory_file, |p| {
+                crate::enrich::Inventory::load(p).map(drop)
+            }),
+            ("enrich.foreign_file", &en.foreign_file, |p| {
+                crate::enrich::ForeignList::load(p).map(drop)
+            }),
+            ("enrich.price_file", &en.price_file, |p| {
+                crate::enrich::PriceTable::load(p).map(drop)
+            }),
+        ];
+        for (what, path, load) in files {
+            if let Some(p) = path {
+                load(p).map_err(|e| format!("{what}: {e}"))?;
             }
         }
-        if let Some(p) = &self.enrich.ec2.snapshot_file {
+        if let Some(p) = &en.ec2.snapshot_file {
             let bytes = std::fs::read(p)
                 .map_err(|e| format!("enrich.ec2.snapshot_file: {}: {e}", p.display()))?;
             trafficmap_model::cloud::CloudSnapshot::from_json(&bytes)
                 .map_err(|e| format!("enrich.ec2.snapshot_file: {}: {e}", p.display()))?;
         }
-        if self.enrich.ec2.enabled && self.enrich.ec2.snapshot_file.is_some() {
+        if en.ec2.enabled && en.ec2.snapshot_file.is_some() {
             return Err(
                 "enrich.ec2: enabled (the API) and snapshot_file exclude each other".into(),
             );
         }
-        if self.enrich.ec2.enabled && !cfg!(feature = "ec2") {
+        if en.ec2.enabled && !cfg!(feature = "ec2") {
             return Err(
                 "enrich.ec2.enabled: this collector was built without the `ec2` feature".into(),
             );
-        }
-        if self.storage.backend == Backend::Clickhouse {
-            let u = &self.storage.clickhouse.url;
-            if !u.starts_with("http://") {
-                return Err(format!(
-                    "storage.clickhouse.url `{u}`: an http:// URL of ClickHouse's HTTP interface"
-                ));
-            }
         }
         Ok(())
     }

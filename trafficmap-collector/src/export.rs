@@ -294,62 +294,11 @@ fn dot(map: &Map) -> String {
             map.to.format("%Y-%m-%d %H:%M")
         ))
     );
-    let node_line = |n: &Node| -> String {
-        let (shape, style) = match n.kind {
-            NodeKind::Host => ("box", "rounded,filled\", fillcolor=\"#dae8fc"),
-            NodeKind::Unmonitored => ("box", "rounded,dashed"),
-            NodeKind::External => ("ellipse", "filled\", fillcolor=\"#fff2cc"),
-            NodeKind::Cluster => ("box3d", "filled\", fillcolor=\"#d5e8d4"),
-            NodeKind::SecurityGroup => ("component", "filled\", fillcolor=\"#e1d5e7"),
-        };
-        let details = node_details(n);
-        let label = if details.is_empty() {
-            n.label.clone()
-        } else {
-            format!("{}\n{}", n.label, details)
-        };
-        format!(
-            "{} [label={}, shape={shape}, style=\"{style}\"];",
-            dot_id(&n.id),
-            dot_id(&label)
-        )
-    };
     if map.view == View::Instances {
-        // Subgraphs per archdomain x env: the seed tool's grouping, in Graphviz.
-        let mut groups: BTreeMap<(String, String), Vec<&Node>> = BTreeMap::new();
-        let mut loose = Vec::new();
-        for n in &map.nodes {
-            match (&n.archdomain, &n.env) {
-                (None, None) => loose.push(n),
-                (a, e) => groups
-                    .entry((a.clone().unwrap_or_default(), e.clone().unwrap_or_default()))
-                    .or_default()
-                    .push(n),
-            }
-        }
-        for (i, ((a, e), nodes)) in groups.iter().enumerate() {
-            let _ = writeln!(out, "  subgraph cluster_{i} {{");
-            let label = match (a.is_empty(), e.is_empty()) {
-                (false, false) => format!("{a} ({e})"),
-                (false, true) => a.clone(),
-                _ => e.clone(),
-            };
-            let _ = writeln!(
-                out,
-                "    label={};\n    style=\"rounded\";\n    color=\"#999999\";",
-                dot_id(&label)
-            );
-            for n in nodes {
-                let _ = writeln!(out, "    {}", node_line(n));
-            }
-            let _ = writeln!(out, "  }}");
-        }
-        for n in loose {
-            let _ = writeln!(out, "  {}", node_line(n));
-        }
+        dot_clustered_nodes(&mut out, map);
     } else {
         for n in &map.nodes {
-            let _ = writeln!(out, "  {}", node_line(n));
+            let _ = writeln!(out, "  {}", dot_node(n));
         }
     }
     for l in &map.links {
@@ -370,6 +319,63 @@ fn dot(map: &Map) -> String {
     }
     out.push_str("}\n");
     out
+}
+
+fn dot_node(n: &Node) -> String {
+    let (shape, style) = match n.kind {
+        NodeKind::Host => ("box", "rounded,filled\", fillcolor=\"#dae8fc"),
+        NodeKind::Unmonitored => ("box", "rounded,dashed"),
+        NodeKind::External => ("ellipse", "filled\", fillcolor=\"#fff2cc"),
+        NodeKind::Cluster => ("box3d", "filled\", fillcolor=\"#d5e8d4"),
+        NodeKind::SecurityGroup => ("component", "filled\", fillcolor=\"#e1d5e7"),
+    };
+    let details = node_details(n);
+    let label = if details.is_empty() {
+        n.label.clone()
+    } else {
+        format!("{}\n{}", n.label, details)
+    };
+    format!(
+        "{} [label={}, shape={shape}, style=\"{style}\"];",
+        dot_id(&n.id),
+        dot_id(&label)
+    )
+}
+
+/// Subgraphs per archdomain x env: the seed tool's grouping, in Graphviz. Nodes with neither
+/// stay outside.
+fn dot_clustered_nodes(out: &mut String, map: &Map) {
+    let mut groups: BTreeMap<(String, String), Vec<&Node>> = BTreeMap::new();
+    let mut loose = Vec::new();
+    for n in &map.nodes {
+        match (&n.archdomain, &n.env) {
+            (None, None) => loose.push(n),
+            (a, e) => groups
+                .entry((a.clone().unwrap_or_default(), e.clone().unwrap_or_default()))
+                .or_default()
+                .push(n),
+        }
+    }
+    for (i, ((a, e), nodes)) in groups.iter().enumerate() {
+        let _ = writeln!(out, "  subgraph cluster_{i} {{");
+        let label = match (a.is_empty(), e.is_empty()) {
+            (false, false) => format!("{a} ({e})"),
+            (false, true) => a.clone(),
+            _ => e.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "    label={};\n    style=\"rounded\";\n    color=\"#999999\";",
+            dot_id(&label)
+        );
+        for n in nodes {
+            let _ = writeln!(out, "    {}", dot_node(n));
+        }
+        let _ = writeln!(out, "  }}");
+    }
+    for n in loose {
+        let _ = writeln!(out, "  {}", dot_node(n));
+    }
 }
 
 #[cfg(test)]

@@ -59,18 +59,7 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
     {
         enricher.set_cloud(snap);
     }
-    let auth = match &cfg.token_file {
-        Some(p) => {
-            let f = Arc::new(TokenFile::open(p).map_err(anyhow::Error::msg)?);
-            metrics.tokens_loaded.set(f.current().len() as i64);
-            Auth::File(f)
-        }
-        None if cfg.allow_unauthenticated => Auth::Open,
-        None => {
-            tracing::warn!("no token file: reports are refused (401); only maps are served");
-            Auth::Closed
-        }
-    };
+    let auth = auth(&cfg, &metrics)?;
     let token_file = match &auth {
         Auth::File(f) => Some(f.clone()),
         _ => None,
@@ -133,15 +122,36 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
     let _ = writer.await;
     let _ = periodic.await;
     let _ = enrich_task.await;
+    final_rollup(&store, &cfg).await;
+    drop(app);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Rolls up what the last minutes added, so the store is complete at rest.
+async fn final_rollup(store: &Store, cfg: &Config) {
     match store.maintain(Utc::now(), cfg.retention.retention()).await {
         Ok(m) => tracing::info!(rolled_up = m.rolled_up, "final roll-up done"),
         Err(e) => {
             tracing::error!(error = %e, "final roll-up failed (it runs again at the next start)")
         }
     }
-    drop(app);
-    tracing::info!("stopped");
-    Ok(())
+}
+
+/// Who may send reports: the token file's holders, anyone, or nobody.
+fn auth(cfg: &Config, metrics: &Metrics) -> Result<Auth> {
+    Ok(match &cfg.token_file {
+        Some(p) => {
+            let f = Arc::new(TokenFile::open(p).map_err(anyhow::Error::msg)?);
+            metrics.tokens_loaded.set(f.current().len() as i64);
+            Auth::File(f)
+        }
+        None if cfg.allow_unauthenticated => Auth::Open,
+        None => {
+            tracing::warn!("no token file: reports are refused (401); only maps are served");
+            Auth::Closed
+        }
+    })
 }
 
 /// Roll-ups and retention, daily files, token reloads (poll and SIGHUP).
