@@ -27,6 +27,52 @@ export const DEFAULTS = Object.freeze({
   renderer: "auto", // auto (WebGL on a GPU, else canvas) | webgl | canvas
 });
 
+/**
+ * What a change of each state key re-does, so that one function (`App.set`) applies any change:
+ * `reload` fetches the map(s) again from the API, `rebuild` rebuilds the drawn graph from the
+ * loaded map, `relayout` (with `rebuild`) re-runs the layout, `refocus` only recomputes the
+ * highlight. A reload is also a new history entry (Back returns to the previous map); other
+ * changes replace the current one. Every key of DEFAULTS has an entry (a unit test checks).
+ */
+export const EFFECTS = Object.freeze({
+  view: { reload: true },
+  mode: { reload: true },
+  day: { reload: true },
+  from: { reload: true },
+  to: { reload: true },
+  base: { reload: true },
+  group: { rebuild: true, relayout: true },
+  level: { rebuild: true, relayout: true },
+  split: { rebuild: true, relayout: true },
+  influence: { rebuild: true, relayout: true },
+  minBytes: { rebuild: true, relayout: true },
+  hideEnv: { rebuild: true, relayout: true },
+  hideArch: { rebuild: true, relayout: true },
+  envRe: { rebuild: true, relayout: true },
+  archRe: { rebuild: true, relayout: true },
+  changes: { rebuild: true, relayout: true },
+  // Colours only: the positions stay.
+  color: { rebuild: true },
+  edges: { rebuild: true },
+  q: { refocus: true },
+  // Selecting refocuses by itself (it may also frame the selection) and shows the details.
+  sel: {},
+  // Read once, when the renderer is created.
+  renderer: {},
+});
+
+/** What a partial state change re-does: the union of the EFFECTS of its keys. */
+export function effectsOf(patch) {
+  const how = { reload: false, rebuild: false, relayout: false, refocus: false };
+  for (const key of Object.keys(patch)) {
+    // A key without an entry is a bug in the caller, not bad input: fail loudly.
+    const e = EFFECTS[key];
+    if (!e) throw new Error(`state key without an EFFECTS entry: ${key}`);
+    for (const k of Object.keys(how)) how[k] ||= e[k] === true;
+  }
+  return how;
+}
+
 const DAY_RE = /^\d{4}-\d{2}-\d{2}$/;
 const TIME_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}$/;
 

@@ -1,0 +1,92 @@
+// Exports of the current view: PNG and SVG images painted as on screen (paint.js), and the link
+// to this view. The CSV and DOT exports are links to the collector API (`syncLinks`).
+
+import { exportUrl } from "./api.js";
+import { BACKGROUND } from "./colors.js";
+import { $, h } from "./dom.js";
+import { drawGroups } from "./groups.js";
+import { CanvasTarget, SvgTarget, paintGraph } from "./paint.js";
+import { VIEW_NAMES } from "./panels.js";
+
+export class Exports {
+  constructor(app) {
+    this.app = app;
+    /** What the last image export drew (for the browser tests). */
+    this.lastExport = null;
+  }
+
+  /** Points the CSV and DOT links at the collector's export of the loaded map. */
+  syncLinks() {
+    if (this.app.data) {
+      const q = this.app.data.query;
+      $("#export-csv").href = exportUrl(q, "csv");
+      $("#export-dot").href = exportUrl(q, "dot");
+    }
+  }
+
+  fileStem() {
+    const s = this.app.state;
+    const when = s.mode === "range" ? `${s.from}_${s.to}`.replaceAll(":", "") : s.mode === "diff" ? `${s.base}_vs_${s.day}` : s.day;
+    return `trafficmap-${s.view}-${when}`;
+  }
+
+  /** Paints the current view (as on screen) into a target: groups, links, nodes, labels, title. */
+  paintExport(target, width, height) {
+    const r = this.app.renderer;
+    const groups = (phase) => this.app.hulls.length && drawGroups(target, this.app.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.app.data.pal, { outlines: phase === "under", names: phase === "over" });
+    groups("under");
+    const drawn = paintGraph(target, this.app.scene.graph, {
+      toViewport: (p) => r.graphToViewport(p),
+      scaleSize: (x) => r.scaleSize(x),
+      width,
+      height,
+      nodeReducer: this.app.reducers.nodeReducer,
+      edgeReducer: this.app.reducers.edgeReducer,
+    });
+    groups("over");
+    const s = this.app.state;
+    const title = `trafficmap · ${VIEW_NAMES[s.view]} · ${s.mode === "diff" ? `${s.base} → ${s.day}` : s.mode === "range" ? `${s.from} – ${s.to} UTC` : s.day}`;
+    target.text(12, 16, title, { size: 14, weight: "650", halo: "#ffffffe0" });
+    return drawn;
+  }
+
+  async exportImage(format) {
+    if (!this.app.renderer || !this.app.scene) return;
+    const { width, height } = this.app.renderer.getDimensions();
+    let blob;
+    if (format === "png") {
+      const scale = 2;
+      const canvas = document.createElement("canvas");
+      canvas.width = width * scale;
+      canvas.height = height * scale;
+      const ctx = canvas.getContext("2d");
+      ctx.scale(scale, scale);
+      ctx.fillStyle = BACKGROUND;
+      ctx.fillRect(0, 0, width, height);
+      this.lastExport = this.paintExport(new CanvasTarget(ctx), width, height);
+      blob = await new Promise((res) => canvas.toBlob(res, "image/png"));
+    } else {
+      const target = new SvgTarget(width, height, BACKGROUND);
+      this.lastExport = this.paintExport(target, width, height);
+      blob = new Blob([target.toString()], { type: "image/svg+xml" });
+    }
+    const url = URL.createObjectURL(blob);
+    const a = h("a", { href: url, download: `${this.fileStem()}.${format}` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
+  async copyLink() {
+    const btn = $("#copy-link");
+    try {
+      await navigator.clipboard.writeText(location.href);
+      btn.textContent = "Copied";
+    } catch {
+      // No clipboard access (plain http, or denied): show the link to copy by hand.
+      window.prompt("Copy this link:", location.href);
+    }
+    setTimeout(() => (btn.textContent = "Copy link"), 1500);
+  }
+}

@@ -1,0 +1,70 @@
+// `window.__trafficmap`: what the app draws, for the browser tests and the benchmark. Read-only
+// views of the app's state, plus camera moves and a selection the tests drive.
+
+import { DEFAULTS } from "./state.js";
+
+export function exposeHooks(app) {
+  window.__trafficmap = {
+    get ready() {
+      return app.ready && app.layout.state === "settled";
+    },
+    get layout() {
+      return { ...app.layout };
+    },
+    state: () => JSON.parse(JSON.stringify(app.state)),
+    days: () => app.days.slice(),
+    /** What is drawn: nodes and links in the graph, and those inside the viewport. */
+    stats() {
+      if (!app.scene || !app.renderer) return null;
+      const r = app.renderer;
+      const { width, height } = r.getDimensions();
+      let inView = 0;
+      app.scene.graph.forEachNode((_, a) => {
+        const p = r.graphToViewport(a);
+        if (p.x >= 0 && p.y >= 0 && p.x <= width && p.y <= height) inView++;
+      });
+      return {
+        renderer: r.kind,
+        nodes: app.scene.graph.order,
+        edges: app.scene.graph.size,
+        nodesInView: inView,
+        frames: r.frames,
+        groups: app.hulls.map((g) => g.key).sort(),
+        highlighted: app.focus.focus ? app.focus.focus.size : 0,
+        marked: app.focus.marked ? [...app.focus.marked].sort() : [],
+        searchHits: app.searchHits.slice().sort(),
+        suppressed: app.filtered.suppressed,
+        diff: app.data.doc.diff?.counts ?? null,
+        canvasDrawn: r.kind === "canvas" ? { ...r.lastDrawn } : null,
+        lastExport: app.exports.lastExport ?? null,
+      };
+    },
+    /** Where a node is drawn (CSS pixels inside #map) and its colour after highlighting. */
+    node(id) {
+      if (!app.scene?.graph.hasNode(id)) return null;
+      const a = app.scene.graph.getNodeAttributes(id);
+      const d = app.reducers.nodeReducer(id, a);
+      const p = app.renderer.graphToViewport(a);
+      return { x: p.x, y: p.y, r: app.renderer.scaleSize(d.size), color: d.color, borderColor: d.borderColor, label: d.label };
+    },
+    nodeIds: () => (app.scene ? app.scene.graph.nodes() : []),
+    edgeEnds: () => (app.scene ? app.scene.graph.mapEdges((_, __, s, t) => [s, t]) : []),
+    /** Camera moves for the benchmark and the tests. */
+    zoom: (f, ms) => app.camera.zoom(f, ms),
+    pan: (dx, dy, ms) => app.camera.panBy(dx, dy, ms),
+    reset: (ms) => app.camera.reset(ms),
+    camera: () => ({ ...app.camera.state(), moving: app.camera.moving, frameMs: app.camera.frameMs }),
+    /** Milliseconds of one full refresh (data processing and drawing), for diagnostics. */
+    timeRefresh() {
+      const t = performance.now();
+      if (app.renderer.kind === "webgl") app.renderer.sigma.refresh();
+      else app.renderer.render();
+      return performance.now() - t;
+    },
+    select: (id) => app.select(id, false),
+    defaults: DEFAULTS,
+    get nodeSizeShrink() {
+      return app.scene?.scales.shrink ?? 1;
+    },
+  };
+}
