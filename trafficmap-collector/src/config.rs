@@ -130,7 +130,48 @@ pub struct Storage {
     pub backend: Backend,
     /// SQLite durability: `full` (survives power loss) or `normal` (survives crashes).
     pub sqlite_sync: Sync,
-    pub clickhouse: ClickHouseOptions,
+    pub clickhouse: ClickhouseConfig,
+}
+
+/// `[storage.clickhouse]`: the file's side of the store's [`ClickHouseOptions`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickhouseConfig {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    /// File holding the password (first line); none for no password.
+    pub password_file: Option<PathBuf>,
+    /// Time limit of one HTTP request.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ClickhouseConfig {
+    fn default() -> Self {
+        let o = ClickHouseOptions::default();
+        ClickhouseConfig {
+            url: o.url,
+            database: o.database,
+            user: o.user,
+            password_file: o.password_file,
+            timeout: o.timeout,
+        }
+    }
+}
+
+impl ClickhouseConfig {
+    /// The store's settings.
+    pub fn options(&self) -> ClickHouseOptions {
+        ClickHouseOptions {
+            url: self.url.clone(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password_file: self.password_file.clone(),
+            timeout: self.timeout,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -531,6 +572,30 @@ mod tests {
         assert!(
             err.starts_with("c.toml:2: `soon` is not a duration"),
             "{err}"
+        );
+    }
+
+    /// The file's defaults are the store's, and every field reaches the store.
+    #[test]
+    fn clickhouse_section_maps_into_the_store_options() {
+        assert_eq!(
+            ClickhouseConfig::default().options(),
+            ClickHouseOptions::default()
+        );
+        let c = Config::from_toml(
+            "[storage.clickhouse]\nurl = \"http://ch:8123\"\ndatabase = \"d\"\nuser = \"u\"\npassword_file = \"/pw\"\ntimeout = \"5s\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage.clickhouse.options(),
+            ClickHouseOptions {
+                url: "http://ch:8123".into(),
+                database: "d".into(),
+                user: "u".into(),
+                password_file: Some("/pw".into()),
+                timeout: Duration::from_secs(5),
+            }
         );
     }
 

@@ -34,7 +34,7 @@ pub async fn open_store(cfg: &Config) -> Result<Store> {
             Store::Sqlite(Arc::new(s))
         }
         Backend::Clickhouse => Store::ClickHouse(Arc::new(
-            ClickHouseStore::open(&cfg.storage.clickhouse)
+            ClickHouseStore::open(&cfg.storage.clickhouse.options())
                 .await
                 .with_context(|| format!("opening ClickHouse at {}", cfg.storage.clickhouse.url))?,
         )),

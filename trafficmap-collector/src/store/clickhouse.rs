@@ -38,9 +38,10 @@ const BUCKET: i64 = 30 * DAY;
 /// Recompute a closed period only after this long, so most late minute rows are in already.
 const ROLLUP_GRACE: i64 = 120;
 
-/// Where the database is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Where the database is: the store's own settings (the collector's configuration maps its
+/// `[storage.clickhouse]` section into them, so the store does not depend on the server's
+/// configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClickHouseOptions {
     /// HTTP interface, e.g. `http://127.0.0.1:8123`.
     pub url: String,
@@ -49,7 +50,6 @@ pub struct ClickHouseOptions {
     /// File holding the password (first line); none for no password.
     pub password_file: Option<PathBuf>,
     /// Time limit of one HTTP request, its answer included.
-    #[serde(with = "crate::config::duration")]
     pub timeout: Duration,
 }
 
