@@ -137,7 +137,7 @@ pub struct Storage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickhouseConfig {
-    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    /// HTTP interface, `http://` or `https://`, e.g. `http://127.0.0.1:8123`.
     pub url: String,
     pub database: String,
     pub user: String,
@@ -475,10 +475,12 @@ impl Config {
             );
         }
         if self.storage.backend == Backend::Clickhouse {
+            // Parsed as the store's client will parse it; TLS comes with reqwest (rustls).
             let u = &self.storage.clickhouse.url;
-            if !u.starts_with("http://") {
+            let scheme = reqwest::Url::parse(u).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
                 return Err(format!(
-                    "storage.clickhouse.url `{u}`: an http:// URL of ClickHouse's HTTP interface"
+                    "storage.clickhouse.url `{u}`: an http:// or https:// URL of ClickHouse's HTTP interface"
                 ));
             }
         }
@@ -597,6 +599,34 @@ mod tests {
                 timeout: Duration::from_secs(5),
             }
         );
+    }
+
+    #[test]
+    fn clickhouse_url_http_or_https() {
+        let with_url = |url: &str| {
+            let mut c = Config {
+                allow_unauthenticated: true,
+                ..Config::default()
+            };
+            c.storage.backend = Backend::Clickhouse;
+            c.storage.clickhouse.url = url.into();
+            c.validate()
+        };
+        assert_eq!(with_url("http://127.0.0.1:8123"), Ok(()));
+        assert_eq!(with_url("https://clickhouse.example:8443/"), Ok(()));
+        for bad in [
+            "tcp://clickhouse:9000",
+            "clickhouse:8123",
+            "127.0.0.1:8123",
+            "http://",
+        ] {
+            assert_eq!(
+                with_url(bad),
+                Err(format!(
+                    "storage.clickhouse.url `{bad}`: an http:// or https:// URL of ClickHouse's HTTP interface"
+                )),
+            );
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ const ROLLUP_GRACE: i64 = 120;
 /// configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClickHouseOptions {
-    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    /// HTTP interface, `http://` or `https://`, e.g. `http://127.0.0.1:8123`.
     pub url: String,
     pub database: String,
     pub user: String,
