@@ -130,7 +130,63 @@ pub struct Storage {
     pub backend: Backend,
     /// SQLite durability: `full` (survives power loss) or `normal` (survives crashes).
     pub sqlite_sync: Sync,
-    pub clickhouse: ClickHouseOptions,
+    pub clickhouse: ClickhouseConfig,
+}
+
+/// `[storage.clickhouse]`: the file's side of the store's [`ClickHouseOptions`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickhouseConfig {
+    /// HTTP interface, `http://` or `https://`, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    /// File holding the password (first line); none for no password.
+    pub password_file: Option<PathBuf>,
+    /// Time limit of one HTTP request.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ClickhouseConfig {
+    fn default() -> Self {
+        let o = ClickHouseOptions::default();
+        ClickhouseConfig {
+            url: o.url,
+            database: o.database,
+            user: o.user,
+            password_file: o.password_file,
+            timeout: o.timeout,
+        }
+    }
+}
+
+impl Config {
+    /// The store this configuration names, in the store's own terms.
+    pub fn store_options(&self) -> crate::store::Options {
+        match self.storage.backend {
+            Backend::Sqlite => crate::store::Options::Sqlite {
+                dir: self.data_dir.clone(),
+                sync: self.storage.sqlite_sync,
+            },
+            Backend::Clickhouse => {
+                crate::store::Options::ClickHouse(self.storage.clickhouse.options())
+            }
+        }
+    }
+}
+
+impl ClickhouseConfig {
+    /// The store's settings.
+    pub fn options(&self) -> ClickHouseOptions {
+        ClickHouseOptions {
+            url: self.url.clone(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password_file: self.password_file.clone(),
+            timeout: self.timeout,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,10 +420,12 @@ impl Config {
         self.validate_periods()?;
         self.validate_enrich()?;
         if self.storage.backend == Backend::Clickhouse {
+            // Parsed as the store's client will parse it; TLS comes with reqwest (rustls).
             let u = &self.storage.clickhouse.url;
-            if !u.starts_with("http://") {
+            let scheme = reqwest::Url::parse(u).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
                 return Err(format!(
-                    "storage.clickhouse.url `{u}`: an http:// URL of ClickHouse's HTTP interface"
+                    "storage.clickhouse.url `{u}`: an http:// or https:// URL of ClickHouse's HTTP interface"
                 ));
             }
         }
@@ -558,6 +616,58 @@ mod tests {
             err.starts_with("c.toml:2: `soon` is not a duration"),
             "{err}"
         );
+    }
+
+    /// The file's defaults are the store's, and every field reaches the store.
+    #[test]
+    fn clickhouse_section_maps_into_the_store_options() {
+        assert_eq!(
+            ClickhouseConfig::default().options(),
+            ClickHouseOptions::default()
+        );
+        let c = Config::from_toml(
+            "[storage.clickhouse]\nurl = \"http://ch:8123\"\ndatabase = \"d\"\nuser = \"u\"\npassword_file = \"/pw\"\ntimeout = \"5s\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage.clickhouse.options(),
+            ClickHouseOptions {
+                url: "http://ch:8123".into(),
+                database: "d".into(),
+                user: "u".into(),
+                password_file: Some("/pw".into()),
+                timeout: Duration::from_secs(5),
+            }
+        );
+    }
+
+    #[test]
+    fn clickhouse_url_http_or_https() {
+        let with_url = |url: &str| {
+            let mut c = Config {
+                allow_unauthenticated: true,
+                ..Config::default()
+            };
+            c.storage.backend = Backend::Clickhouse;
+            c.storage.clickhouse.url = url.into();
+            c.validate()
+        };
+        assert_eq!(with_url("http://127.0.0.1:8123"), Ok(()));
+        assert_eq!(with_url("https://clickhouse.example:8443/"), Ok(()));
+        for bad in [
+            "tcp://clickhouse:9000",
+            "clickhouse:8123",
+            "127.0.0.1:8123",
+            "http://",
+        ] {
+            assert_eq!(
+                with_url(bad),
+                Err(format!(
+                    "storage.clickhouse.url `{bad}`: an http:// or https:// URL of ClickHouse's HTTP interface"
+                )),
+            );
+        }
     }
 
     #[test]

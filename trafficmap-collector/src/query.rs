@@ -82,7 +82,7 @@ impl Loaded {
 
 pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Result<Loaded> {
     let cfg = settings.config().map_err(anyhow::Error::msg)?;
-    let store = Store::open(&cfg).await?;
+    let store = Store::open(cfg.store_options()).await?;
     let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
     let now = Utc::now();
     if let Some(path) = &cfg.enrich.ec2.snapshot_file {

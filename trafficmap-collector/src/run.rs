@@ -48,7 +48,7 @@ async fn signal() -> &'static str {
 /// else starts).
 pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(&cfg).await?;
+    let store = Store::open(cfg.store_options()).await?;
     let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
     if let Some(d) = &enricher.dns {
         metrics.watch_dns(d.clone());

@@ -21,13 +21,11 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    path::PathBuf,
     time::Duration,
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
@@ -40,18 +38,18 @@ const BUCKET: i64 = 30 * DAY;
 /// Recompute a closed period only after this long, so most late minute rows are in already.
 const ROLLUP_GRACE: i64 = 120;
 
-/// Where the database is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Where the database is: the store's own settings (the collector's configuration maps its
+/// `[storage.clickhouse]` section into them, so the store does not depend on the server's
+/// configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClickHouseOptions {
-    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    /// HTTP interface, `http://` or `https://`, e.g. `http://127.0.0.1:8123`.
     pub url: String,
     pub database: String,
     pub user: String,
     /// File holding the password (first line); none for no password.
-    pub password_file: Option<std::path::PathBuf>,
-    /// Time limit of one HTTP request.
-    #[serde(with = "crate::config::duration")]
+    pub password_file: Option<PathBuf>,
+    /// Time limit of one HTTP request, its answer included.
     pub timeout: Duration,
 }
 
@@ -68,15 +66,31 @@ impl Default for ClickHouseOptions {
 }
 
 pub struct ClickHouseStore {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: reqwest::Client,
+    /// `<url>/`, where every statement is posted.
+    endpoint: reqwest::Url,
+    /// The configured URL without a trailing `/`: how errors name the server.
     base: String,
     db: String,
-    auth: Option<String>,
+    /// Sent with every request (HTTP basic): ClickHouse has no anonymous access, and no
+    /// password file means the empty password (its `default` user's).
+    user: String,
+    password: String,
     timeout: Duration,
 }
 
 fn ch(msg: impl std::fmt::Display) -> StoreError {
     StoreError::ClickHouse(msg.to_string())
+}
+
+/// An error and its causes on one line, `outer: inner: ...`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    for cause in std::iter::successors(e.source(), |c| c.source()) {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+    }
+    s
 }
 
 /// ClickHouse prints 64-bit integers as JSON strings by default; accept both.
@@ -98,39 +112,6 @@ fn num<'de, D: Deserializer<'de>, T: std::str::FromStr + TryFrom<i64> + TryFrom<
         serde_json::Value::String(s) => s.parse().map_err(|_| bad(&s)),
         other => Err(bad(&other)),
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A string literal for a query (identifiers and values we build ourselves).
@@ -292,16 +273,21 @@ fn grain_of(s: &str) -> Option<Grain> {
 impl ClickHouseStore {
     /// Connects and creates the database and tables if they are missing.
     pub async fn open(opts: &ClickHouseOptions) -> Result<ClickHouseStore> {
+        let store = ClickHouseStore::new(opts)?;
+        store.create().await?;
+        Ok(store)
+    }
+
+    /// The store without a word to the server yet: settings read and checked.
+    fn new(opts: &ClickHouseOptions) -> Result<ClickHouseStore> {
         let password = match &opts.password_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| ch(format!("{}: {e}", p.display())))?
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
-            None => None,
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ch(format!("{}: {e}", p.display())))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            None => String::new(),
         };
         if !opts
             .database
@@ -314,65 +300,81 @@ impl ClickHouseStore {
                 opts.database
             )));
         }
-        let auth = Some(format!(
-            "Basic {}",
-            base64(format!("{}:{}", opts.user, password.unwrap_or_default()).as_bytes())
-        ));
-        let store = ClickHouseStore {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            base: opts.url.trim_end_matches('/').to_owned(),
+        let base = opts.url.trim_end_matches('/').to_owned();
+        let endpoint = reqwest::Url::parse(&format!("{base}/"))
+            .map_err(|e| ch(format!("request to {base}/: {e}")))?;
+        // reqwest's total timeout runs until the answer's body is read, as the limit did when
+        // it wrapped request and body. No proxy from the environment: the server is named by
+        // the configuration alone. No compression (reqwest's gzip feature is off), HTTP/1.
+        let client = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .no_proxy()
+            .build()
+            .map_err(|e| ch(format!("{base}: {}", chain(&e))))?;
+        Ok(ClickHouseStore {
+            client,
+            endpoint,
+            base,
             db: opts.database.clone(),
-            auth,
+            user: opts.user.clone(),
+            password,
             timeout: opts.timeout,
-        };
-        store.create().await?;
-        Ok(store)
+        })
     }
 
-    async fn exec(&self, query_in_url: Option<&str>, body: Vec<u8>) -> Result<Bytes> {
-        let mut uri = format!("{}/?", self.base);
-        if let Some(q) = query_in_url {
-            uri.push_str("query=");
-            uri.push_str(&percent_encode(q));
+    /// A POST of `body` to the server: the statement itself, or its data when the statement
+    /// goes in the URL (`query_in_url`, for `INSERT ... FORMAT`).
+    fn request(&self, query_in_url: Option<&str>, body: Vec<u8>) -> reqwest::RequestBuilder {
+        let req = self
+            .client
+            .post(self.endpoint.clone())
+            .basic_auth(&self.user, Some(&self.password))
+            .body(body);
+        match query_in_url {
+            Some(q) => req.query(&[("query", q)]),
+            None => req,
         }
-        let mut req = hyper::Request::post(&uri);
-        if let Some(a) = &self.auth {
-            req = req.header(hyper::header::AUTHORIZATION, a);
+    }
+
+    /// Sends a request; the answer's body, or an error naming the server (with ClickHouse's
+    /// own message when it answered with an error status).
+    async fn exec(&self, query_in_url: Option<&str>, body: Vec<u8>) -> Result<Vec<u8>> {
+        let resp = self
+            .request(query_in_url, body)
+            .send()
+            .await
+            .map_err(|e| self.http_error(e, ""))?;
+        let status = resp.status();
+        let body: Vec<u8> = resp
+            .bytes()
+            .await
+            .map_err(|e| self.http_error(e, "reading the answer: "))?
+            .into();
+        if !status.is_success() {
+            return Err(ch(format!(
+                "{}: HTTP {status}: {}",
+                self.base,
+                String::from_utf8_lossy(&body).trim()
+            )));
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ch(format!("request to {uri}: {e}")))?;
-        let fut = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| ch(format!("{}: {e}", self.base)))?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ch(format!("{}: reading the answer: {e}", self.base)))?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(ch(format!(
-                    "{}: HTTP {status}: {}",
-                    self.base,
-                    String::from_utf8_lossy(&body).trim()
-                )));
-            }
-            Ok(body)
-        };
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
+        Ok(body)
+    }
+
+    fn http_error(&self, e: reqwest::Error, doing: &str) -> StoreError {
+        if e.is_timeout() {
             ch(format!(
                 "{}: no answer within {:?}",
                 self.base, self.timeout
             ))
-        })?
+        } else {
+            // reqwest's own message is generic ("error sending request"); the cause (refused,
+            // reset, TLS) is further down the chain.
+            // The URL is left out: the server is named first, the rest is the statement.
+            ch(format!("{}: {doing}{}", self.base, chain(&e.without_url())))
+        }
     }
 
-    async fn query(&self, sql: &str) -> Result<Bytes> {
+    async fn query(&self, sql: &str) -> Result<Vec<u8>> {
         self.exec(None, sql.as_bytes().to_vec()).await
     }
 
@@ -946,13 +948,129 @@ impl ClickHouseStore {
 mod tests {
     use super::*;
 
+    /// Credentials and the statement in the URL as the server receives them.
     #[test]
     fn encodings() {
-        assert_eq!(base64(b"default:"), "ZGVmYXVsdDo=");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"abc"), "YWJj");
-        assert_eq!(percent_encode("SELECT 1 -- a'b"), "SELECT%201%20--%20a%27b");
+        let store = ClickHouseStore::new(&ClickHouseOptions::default()).unwrap();
+        let req = store.request(None, b"SELECT 1".to_vec()).build().unwrap();
+        assert_eq!(req.headers()["authorization"], "Basic ZGVmYXVsdDo=");
+        assert_eq!(req.url().as_str(), "http://127.0.0.1:8123/");
+        let req = store
+            .request(Some("SELECT 1 -- a'b"), Vec::new())
+            .build()
+            .unwrap();
+        // Form encoding (`+` for a space), which ClickHouse's URL parameters accept.
+        assert_eq!(
+            req.url().as_str(),
+            "http://127.0.0.1:8123/?query=SELECT+1+--+a%27b"
+        );
         assert_eq!(lit("it's\\"), "'it\\'s\\\\'");
+    }
+
+    #[test]
+    fn password_from_the_first_line_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\nsecond line\n").unwrap();
+        let store = ClickHouseStore::new(&ClickHouseOptions {
+            url: "https://ch.example:8443/".into(),
+            password_file: Some(file),
+            ..ClickHouseOptions::default()
+        })
+        .unwrap();
+        let req = store.request(None, Vec::new()).build().unwrap();
+        assert_eq!(req.headers()["authorization"], "Basic ZGVmYXVsdDpzM2NyZXQ=");
+        assert_eq!(req.url().as_str(), "https://ch.example:8443/");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_any_request() {
+        let err = |opts: ClickHouseOptions| ClickHouseStore::new(&opts).err().unwrap().to_string();
+        assert_eq!(
+            err(ClickHouseOptions {
+                database: "a-b".into(),
+                ..ClickHouseOptions::default()
+            }),
+            "clickhouse: database name `a-b`: use letters, digits and _"
+        );
+        assert!(
+            err(ClickHouseOptions {
+                password_file: Some("/nonexistent/pw".into()),
+                ..ClickHouseOptions::default()
+            })
+            .starts_with("clickhouse: /nonexistent/pw: No such file")
+        );
+    }
+
+    /// A local server that answers every request with `answer` (or never, for `None`).
+    async fn fake_server(answer: Option<&'static [u8]>) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                match answer {
+                    Some(a) => conn.write_all(a).await.unwrap(),
+                    None => held.push(conn),
+                }
+            }
+        });
+        url
+    }
+
+    fn store_at(url: &str, timeout: Duration) -> ClickHouseStore {
+        ClickHouseStore::new(&ClickHouseOptions {
+            url: url.into(),
+            timeout,
+            ..ClickHouseOptions::default()
+        })
+        .unwrap()
+    }
+
+    /// Errors name the server first; ClickHouse's own message comes through whole.
+    #[tokio::test]
+    async fn errors_name_the_server() {
+        let url = fake_server(Some(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 42\r\nConnection: close\r\n\r\nCode: 60, e.displayText() = DB::Exception\n",
+        ))
+        .await;
+        let err = store_at(&url, Duration::from_secs(5))
+            .ping()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "clickhouse: {url}: HTTP 500 Internal Server Error: Code: 60, e.displayText() = DB::Exception"
+            )
+        );
+        let url = fake_server(None).await;
+        let err = store_at(&url, Duration::from_millis(300))
+            .ping()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("clickhouse: {url}: no answer within 300ms")
+        );
+        // Nobody listening: the cause is in the message, not only "error sending request".
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = store_at(&url, Duration::from_secs(5))
+            .ping()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&format!("clickhouse: {url}: ")), "{err}");
+        assert!(err.contains("onnection refused"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use trafficmap_model::cloud::CloudSnapshot;
 
 use crate::{
-    config::{Backend, Config},
     obs::{DAY, HOUR, Ingest, MINUTE, RangeData, floor},
 };
 
@@ -161,6 +160,13 @@ pub fn plan(from: i64, to: i64, usable: &dyn Fn(Grain, i64) -> bool) -> Vec<(Gra
     out
 }
 
+/// Which store to open, and its settings.
+#[derive(Clone, Debug)]
+pub enum Options {
+    Sqlite { dir: PathBuf, sync: sqlite::Sync },
+    ClickHouse(clickhouse::ClickHouseOptions),
+}
+
 /// Either backend. An enum rather than a trait object: there are two, and async methods stay
 /// simple.
 #[derive(Clone)]
@@ -170,28 +176,22 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the backend `cfg` names (the service and the command line share this).
-    pub async fn open(cfg: &Config) -> std::result::Result<Store, OpenError> {
-        match cfg.storage.backend {
-            Backend::Sqlite => {
-                let dir = cfg.data_dir.clone();
-                let sync = cfg.storage.sqlite_sync;
+    /// Opens the backend `opts` names (the service and the command line share this; the
+    /// configuration maps itself into [`Options`], so the store never reads the server's config).
+    pub async fn open(opts: Options) -> std::result::Result<Store, OpenError> {
+        match opts {
+            Options::Sqlite { dir, sync } => {
                 // Opening may create and migrate the database: file I/O, off the runtime.
-                let opened = blocking(move || sqlite::SqliteStore::open(&dir, sync)).await;
+                let at = dir.clone();
+                let opened = blocking(move || sqlite::SqliteStore::open(&at, sync)).await;
                 opened
                     .map(|s| Store::Sqlite(Arc::new(s)))
-                    .map_err(|source| OpenError::Sqlite {
-                        dir: cfg.data_dir.clone(),
-                        source,
-                    })
+                    .map_err(|source| OpenError::Sqlite { dir, source })
             }
-            Backend::Clickhouse => clickhouse::ClickHouseStore::open(&cfg.storage.clickhouse)
+            Options::ClickHouse(o) => clickhouse::ClickHouseStore::open(&o)
                 .await
                 .map(|c| Store::ClickHouse(Arc::new(c)))
-                .map_err(|source| OpenError::ClickHouse {
-                    url: cfg.storage.clickhouse.url.clone(),
-                    source,
-                }),
+                .map_err(|source| OpenError::ClickHouse { url: o.url, source }),
         }
     }
 
