@@ -257,6 +257,104 @@ impl Sinks {
 /// Runs the agent until SIGTERM/SIGINT. `log_reload` changes the log filter on SIGHUP.
 pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<()> {
     let started = Instant::now();
+    let Setup {
+        spool,
+        collector,
+        output,
+        metrics,
+        listener,
+        probe,
+        agent,
+        host,
+    } = setup(&config).await?;
+
+    let probe = Arc::new(Mutex::new(probe));
+    let drainer: Arc<Mutex<Drainer>> = Arc::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ring_task = spawn_ring_reader(&probe, &drainer, stop_rx.clone())?;
+    let metrics_task = listener.map(|l| spawn_metrics_server(l, metrics.clone(), stop_rx.clone()));
+    let wake = Arc::new(Notify::new());
+    let ship_task = match (&collector, &spool) {
+        (Some(c), Some(s)) => Some(tokio::spawn(ship::run(
+            c.clone(),
+            s.clone(),
+            metrics.clone(),
+            wake.clone(),
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
+    let mut sinks = Sinks {
+        spool: spool.clone(),
+        output,
+        wake: wake.clone(),
+        local_seq: 0,
+    };
+
+    let window = WindowDrain {
+        probe: &probe,
+        drainer: &drainer,
+        metrics: &metrics,
+        agent: &agent,
+        host: &host,
+        started,
+    };
+    let window_start = drain_loop(
+        &cli,
+        &mut config,
+        &collector,
+        &mut sinks,
+        &log_reload,
+        &window,
+    )
+    .await?;
+
+    // Shutdown: last window, flush, detach.
+    let end = Utc::now();
+    if let Err(e) = window.drain(window_start, end, &mut sinks) {
+        error!(error = %format!("{e:#}"), "final drain failed");
+    }
+    if let Some(out) = &mut sinks.output {
+        let _ = out.sync();
+    }
+    let _ = stop_tx.send(true);
+    if let Some(t) = ship_task {
+        let _ = t.await;
+    }
+    if let (Some(c), Some(s)) = (&collector, &spool) {
+        ship::flush(c, s, &metrics, FLUSH_DEADLINE).await;
+        let left = s.lock().unwrap().len();
+        if left > 0 {
+            info!(
+                reports = left,
+                "reports stay in the spool for the next start"
+            );
+        }
+    }
+    let _ = ring_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    drop(probe);
+    info!("probe detached; stopped");
+    Ok(())
+}
+
+/// What the agent sets up before its first window.
+struct Setup {
+    spool: Option<Arc<Mutex<Spool>>>,
+    collector: Option<Collector>,
+    output: Option<JsonLines>,
+    metrics: Arc<Metrics>,
+    /// The `/metrics` socket, bound before the probe loads so a taken port fails fast.
+    listener: Option<tokio::net::TcpListener>,
+    probe: Probe,
+    agent: Agent,
+    host: Host,
+}
+
+/// Opens the sinks, binds the metrics endpoint, loads the probe and resolves the host identity.
+async fn setup(config: &Config) -> Result<Setup> {
     let spool = match &config.collector {
         Some(_) => Some(Arc::new(Mutex::new(
             Spool::open(&config.spool_dir, config.spool_max_bytes)
@@ -264,7 +362,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         ))),
         None => None,
     };
-    let collector = Collector::new(&config)?;
+    let collector = Collector::new(config)?;
     let output = match &config.output {
         Some(p) => Some(JsonLines::open(p, config.output_keep_days, Utc::now())?),
         None => None,
@@ -308,7 +406,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     });
     let metrics = Arc::new(metrics);
     metrics.map_capacity.set(i64::from(probe.max_connections()));
-    let host = identity::host(&config, probe.netns_inum()).await?;
+    let host = identity::host(config, probe.netns_inum()).await?;
     info!(
         hostname = %host.hostname,
         host_id = %host.machine_id,
@@ -316,93 +414,158 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         ec2 = ?host.ec2.as_ref().map(|e| &e.instance_id),
         "host identity"
     );
+    Ok(Setup {
+        spool,
+        collector,
+        output,
+        metrics,
+        listener,
+        probe,
+        agent,
+        host,
+    })
+}
 
-    let probe = Arc::new(Mutex::new(probe));
-    let drainer: Arc<Mutex<Drainer>> = Arc::default();
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    // Final records of closed connections: read about once a second, or as soon as the probe
-    // says the ring is filling, and folded into the window's pairs right away.
+/// Final records of closed connections: read about once a second, or as soon as the probe
+/// says the ring is filling, and folded into the window's pairs right away.
+fn spawn_ring_reader(
+    probe: &Arc<Mutex<Probe>>,
+    drainer: &Arc<Mutex<Drainer>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
     let ring_fd = probe
         .lock()
         .unwrap()
         .closed_fd()
         .try_clone_to_owned()
         .context("duplicating the ring buffer fd")?;
-    let ring_task = {
-        let probe = probe.clone();
-        let drainer = drainer.clone();
-        let mut stop = stop_rx.clone();
-        // SAFETY: `ring_fd` is an OwnedFd moved into the AsyncFd, which owns it from now on; no
-        // other handle closes it.
-        let afd = unsafe { AsyncFd::register(ring_fd) }
-            .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    guard = afd.readable() => {
-                        let Ok(mut guard) = guard else { break };
-                        guard.clear_ready();
+    let probe = probe.clone();
+    let drainer = drainer.clone();
+    // SAFETY: `ring_fd` is an OwnedFd moved into the AsyncFd, which owns it from now on; no
+    // other handle closes it.
+    let afd = unsafe { AsyncFd::register(ring_fd) }
+        .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                guard = afd.readable() => {
+                    let Ok(mut guard) = guard else { break };
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let mut got = Vec::new();
+            probe.lock().unwrap().read_closed(&mut got);
+            if !got.is_empty() {
+                tokio::task::block_in_place(|| drainer.lock().unwrap().fold_closed(got));
+            }
+        }
+    }))
+}
+
+/// Serves `/metrics` and `/healthz` until `stop` changes.
+fn spawn_metrics_server(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = metrics.clone();
+                    async move {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                            m.encode(),
+                        )
                     }
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => break,
-                }
-                let mut got = Vec::new();
-                probe.lock().unwrap().read_closed(&mut got);
-                if !got.is_empty() {
-                    tokio::task::block_in_place(|| drainer.lock().unwrap().fold_closed(got));
-                }
-            }
-        })
-    };
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            error!(error = %e, "metrics endpoint failed");
+        }
+    })
+}
 
-    let metrics_task = listener.map(|l| {
-        let metrics = metrics.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let app = axum::Router::new()
-                .route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let m = metrics.clone();
-                        async move {
-                            (
-                                [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-                                m.encode(),
-                            )
-                        }
-                    }),
-                )
-                .route("/healthz", axum::routing::get(|| async { "ok\n" }));
-            let shutdown = async move {
-                let _ = stop.changed().await;
-            };
-            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(shutdown).await {
-                error!(error = %e, "metrics endpoint failed");
-            }
-        })
-    });
+/// Drains one window of the probe into reports and hands them to the sinks.
+struct WindowDrain<'a> {
+    probe: &'a Mutex<Probe>,
+    drainer: &'a Mutex<Drainer>,
+    metrics: &'a Metrics,
+    agent: &'a Agent,
+    host: &'a Host,
+    started: Instant,
+}
 
-    let wake = Arc::new(Notify::new());
-    let ship_task = match (&collector, &spool) {
-        (Some(c), Some(s)) => Some(tokio::spawn(ship::run(
-            c.clone(),
-            s.clone(),
-            metrics.clone(),
-            wake.clone(),
-            stop_rx.clone(),
-        ))),
-        _ => None,
-    };
-    let mut sinks = Sinks {
-        spool: spool.clone(),
-        output,
-        wake: wake.clone(),
-        local_seq: 0,
-    };
+impl WindowDrain<'_> {
+    fn drain(
+        &self,
+        window_start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        sinks: &mut Sinks,
+    ) -> Result<()> {
+        if end <= window_start {
+            return Ok(());
+        }
+        let metrics = self.metrics;
+        let t0 = Instant::now();
+        let drained = tokio::task::block_in_place(|| {
+            let mut p = self.probe.lock().unwrap();
+            self.drainer
+                .lock()
+                .unwrap()
+                .drain(&mut p, window_start, end)
+        })?;
+        let mut health = drained.health;
+        health.spool_dropped = sinks.spool_dropped();
+        metrics.record_pairs(self.started.elapsed(), &drained.pairs);
+        metrics.record_drops(&health.drops);
+        metrics.map_entries.set(health.map_entries as i64);
+        metrics.tracked_connections.set(drained.tracked as i64);
+        metrics.vanished_connections.inc_by(drained.vanished_new);
+        let npairs = drained.pairs.len();
+        let reports = build_reports(
+            drained.pairs,
+            self.agent,
+            self.host,
+            Window {
+                start: window_start,
+                end,
+            },
+            &health,
+            || sinks.next_seq(),
+        )?;
+        sinks.emit(&reports, metrics)?;
+        metrics.drains.inc();
+        metrics.drain_duration.observe(t0.elapsed().as_secs_f64());
+        metrics.last_drain_duration.set(t0.elapsed().as_secs_f64());
+        tracing::debug!(pairs = npairs, reports = reports.len(), took = ?t0.elapsed(), "drained");
+        Ok(())
+    }
+}
 
+/// Drains at every interval boundary until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+/// Returns the start of the window still open.
+async fn drain_loop(
+    cli: &Cli,
+    config: &mut Config,
+    collector: &Option<Collector>,
+    sinks: &mut Sinks,
+    log_reload: &LogReload,
+    window: &WindowDrain<'_>,
+) -> Result<DateTime<Utc>> {
     let mut window_start = Utc::now();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -413,46 +576,6 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         collector = config.collector.as_ref().map(|u| u.as_str()),
         "agent running"
     );
-
-    let drain_window = |end: DateTime<Utc>,
-                        window_start: DateTime<Utc>,
-                        sinks: &mut Sinks|
-     -> Result<()> {
-        if end <= window_start {
-            return Ok(());
-        }
-        let t0 = Instant::now();
-        let drained = tokio::task::block_in_place(|| {
-            let mut p = probe.lock().unwrap();
-            drainer.lock().unwrap().drain(&mut p, window_start, end)
-        })?;
-        let mut health = drained.health;
-        health.spool_dropped = sinks.spool_dropped();
-        metrics.record_pairs(started.elapsed(), &drained.pairs);
-        metrics.record_drops(&health.drops);
-        metrics.map_entries.set(health.map_entries as i64);
-        metrics.tracked_connections.set(drained.tracked as i64);
-        metrics.vanished_connections.inc_by(drained.vanished_new);
-        let npairs = drained.pairs.len();
-        let reports = build_reports(
-            drained.pairs,
-            &agent,
-            &host,
-            Window {
-                start: window_start,
-                end,
-            },
-            &health,
-            || sinks.next_seq(),
-        )?;
-        sinks.emit(&reports, &metrics)?;
-        metrics.drains.inc();
-        metrics.drain_duration.observe(t0.elapsed().as_secs_f64());
-        metrics.last_drain_duration.set(t0.elapsed().as_secs_f64());
-        tracing::debug!(pairs = npairs, reports = reports.len(), took = ?t0.elapsed(), "drained");
-        Ok(())
-    };
-
     loop {
         let next = next_boundary(Utc::now(), config.interval);
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
@@ -461,7 +584,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
                 // Label the window with the boundary even if the timer fired a little late, so
                 // windows of all hosts line up; the few late bytes count in this window.
                 let end = next;
-                if let Err(e) = drain_window(end, window_start, &mut sinks) {
+                if let Err(e) = window.drain(window_start, end, sinks) {
                     error!(error = %format!("{e:#}"), "drain failed; retrying at the next interval");
                     continue;
                 }
@@ -470,40 +593,11 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
             _ = sigterm.recv() => { info!("SIGTERM: draining once more and stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: draining once more and stopping"); break; }
             _ = sighup.recv() => {
-                reload(&cli, &mut config, &collector, &metrics, &mut sinks, &log_reload);
+                reload(cli, config, collector, window.metrics, sinks, log_reload);
             }
         }
     }
-
-    // Shutdown: last window, flush, detach.
-    let end = Utc::now();
-    if let Err(e) = drain_window(end, window_start, &mut sinks) {
-        error!(error = %format!("{e:#}"), "final drain failed");
-    }
-    if let Some(out) = &mut sinks.output {
-        let _ = out.sync();
-    }
-    let _ = stop_tx.send(true);
-    if let Some(t) = ship_task {
-        let _ = t.await;
-    }
-    if let (Some(c), Some(s)) = (&collector, &spool) {
-        ship::flush(c, s, &metrics, FLUSH_DEADLINE).await;
-        let left = s.lock().unwrap().len();
-        if left > 0 {
-            info!(
-                reports = left,
-                "reports stay in the spool for the next start"
-            );
-        }
-    }
-    let _ = ring_task.await;
-    if let Some(t) = metrics_task {
-        let _ = t.await;
-    }
-    drop(probe);
-    info!("probe detached; stopped");
-    Ok(())
+    Ok(window_start)
 }
 
 fn reload(

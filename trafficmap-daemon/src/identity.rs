@@ -203,8 +203,9 @@ pub async fn host(config: &Config, netns_inum: u32) -> Result<Host> {
 /// Whether `p` names a network namespace file (as opposed to any file).
 pub fn is_netns_file(p: &Path) -> bool {
     std::fs::File::open(p).is_ok_and(|f| {
-        // SAFETY: NS_GET_NSTYPE on a namespace fd returns its CLONE_NEW* type.
         const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd `f` owns; on any other
+        // file it fails with an error, not undefined behaviour.
         unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) == libc::CLONE_NEWNET }
     })
 }

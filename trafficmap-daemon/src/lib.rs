@@ -3,6 +3,7 @@
 //! Pure logic (backend decision, BTF and tracefs parsing, address decoding, deltas) lives in
 //! modules that touch neither the kernel nor the network, so `cargo test` covers it without root;
 //! [`probe`] is the only module that talks to the kernel's BPF subsystem.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod backend;
@@ -10,6 +11,7 @@ pub mod btf;
 pub mod config;
 pub mod conn;
 pub mod delta;
+pub mod error;
 pub mod identity;
 pub mod kretprobe;
 pub mod metrics;

@@ -3,15 +3,15 @@
 //! everything (aya closes the links and program file descriptors).
 
 use std::{
-    error::Error as StdError,
+    fmt,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{FExit, KProbe, RawTracePoint, TracePoint},
+    programs::{FExit, KProbe, KProbeError, ProgramError, RawTracePoint, TracePoint},
 };
 use tracing::{debug, info, warn};
 use trafficmap_common::{
@@ -22,9 +22,18 @@ use trafficmap_common::{
 use crate::{
     backend::{AttachMode, Backend, SelectError, Selection, select},
     btf::{Btf, BtfError},
+    error::{chain, has_errno},
     kretprobe::{self, TracefsKretprobe},
     tracefs,
 };
+
+/// The kernel-internal `ENOTSUPP` (include/linux/errno.h), not userspace's `ENOTSUP` (95): BPF
+/// syscalls return it for operations a map or kernel lacks. libc does not define it.
+const ENOTSUPP: i32 = 524;
+
+/// The kprobe PMU's type number; aya reads it before attaching a kprobe, so failing to read it
+/// means the kernel has no kprobe PMU.
+const KPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 /// The probe object, built by build.rs from `trafficmap-ebpf`.
 static PROBE_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trafficmap"));
@@ -95,6 +104,9 @@ impl Default for ProbeOptions {
 }
 
 /// Why the probe could not be loaded. Each message says what is missing and what to do.
+///
+/// Variants that embed their cause's chain in the message do not also mark it `#[source]`:
+/// `{:#}` (anyhow, in the agent's last line) would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
@@ -112,7 +124,7 @@ pub enum ProbeError {
     #[error(
         "permission denied loading eBPF ({0}); run as root, or with CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH (Linux >= 5.8), see README \"Privileges\""
     )]
-    Permission(String),
+    Permission(Denied),
     #[error(
         "cannot open network namespace {path}: {source}; pass a path such as /proc/<pid>/ns/net or /run/netns/<name>, or `all`"
     )]
@@ -122,47 +134,137 @@ pub enum ProbeError {
     },
     #[error("invalid --closed-buffer-bytes {0}: must be a power of two of at least 4096")]
     BadRingSize(u32),
-    #[error("loading the probe failed: {0}")]
-    Load(String),
+    #[error("loading the probe failed: {}", chain(.0))]
+    AyaBtf(aya::BtfError),
+    #[error("loading the probe failed: {}", chain(.0))]
+    Load(Box<EbpfError>),
+    #[error("loading the probe failed: no {0} map")]
+    MissingMap(&'static str),
+    #[error("loading the probe failed: {0} is not a hash map")]
+    NotHashMap(&'static str),
+    #[error(
+        "loading the probe failed: {map} layout mismatch: key {key} value {value} bytes, userspace expects 8 and {expected}"
+    )]
+    MapLayout {
+        map: &'static str,
+        key: u32,
+        value: u32,
+        expected: usize,
+    },
     #[error("attaching the lifecycle tracepoint {event} failed: {reason}")]
-    Lifecycle { event: &'static str, reason: String },
+    Lifecycle {
+        event: &'static str,
+        reason: AttachError,
+    },
     #[error(transparent)]
     Backend(#[from] SelectError),
     #[error("reading probe map {map}: {source}")]
     Map { map: &'static str, source: MapError },
 }
 
-/// An error and its sources on one line.
-fn chain(e: &dyn StdError) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let t = src.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = src.source();
-    }
-    let s = s.replace('\n', " ");
-    // aya appends "Verifier output:" even when the log is empty.
-    s.trim()
-        .trim_end_matches("Verifier output:")
-        .trim()
-        .to_owned()
+/// What the kernel refused to let the agent do (the cause in [`ProbeError::Permission`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    #[error("reading tracefs at {}", .0.display())]
+    Tracefs(PathBuf),
+    #[error("{}", chain(.0))]
+    Load(Box<EbpfError>),
+    #[error("{0}")]
+    Attach(AttachError),
 }
 
-fn is_eperm(e: &(dyn StdError + 'static)) -> bool {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.raw_os_error() == Some(libc::EPERM)
-        {
-            return true;
+/// One step of loading or attaching a program, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Load {
+        prog: &'static str,
+    },
+    AttachTracepoint {
+        category: &'static str,
+        event: &'static str,
+    },
+    AttachRawTracepoint {
+        event: &'static str,
+    },
+    LoadFexit {
+        target: &'static str,
+    },
+    AttachFexit {
+        target: &'static str,
+    },
+    AttachKprobe {
+        prog: &'static str,
+        target: &'static str,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Load { prog } => write!(f, "loading {prog}"),
+            Step::AttachTracepoint { category, event } => {
+                write!(f, "attaching {category}:{event}")
+            }
+            Step::AttachRawTracepoint { event } => write!(f, "attaching raw tracepoint {event}"),
+            Step::LoadFexit { target } => write!(f, "loading fexit on {target}"),
+            Step::AttachFexit { target } => write!(f, "attaching fexit on {target}"),
+            Step::AttachKprobe { prog, target } => write!(f, "attaching {prog} to {target}"),
         }
-        cur = err.source();
     }
-    false
+}
+
+/// Why one program of the probe could not be loaded or attached. Its text is the skip reason
+/// a backend's [`crate::backend::Attempt`] keeps.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("program {0} missing from the probe object")]
+    MissingProgram(&'static str),
+    /// The program has another type than the step needs, or has no descriptor.
+    #[error("{}", chain(.0))]
+    Program(#[source] Box<ProgramError>),
+    #[error("{step}: {}", chain(.source))]
+    Step {
+        step: Step,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error(
+        "kprobes are not available (no kprobe PMU: kernel built without CONFIG_KPROBES?): {}",
+        chain(.0)
+    )]
+    NoKprobePmu(#[source] Box<ProgramError>),
+    #[error("tracepoint {0} does not exist (added in Linux 6.3)")]
+    NoSocketTracepoint(&'static str),
+    #[error("{0}")]
+    Tracepoints(Box<ProbeError>),
+}
+
+// aya's errors are boxed: they are large, and these travel through every `Result` of the loader.
+impl AttachError {
+    fn at(step: Step) -> impl FnOnce(ProgramError) -> AttachError {
+        move |source| AttachError::Step {
+            step,
+            source: Box::new(source),
+        }
+    }
+
+    fn program(e: ProgramError) -> AttachError {
+        AttachError::Program(Box::new(e))
+    }
+
+    /// The kernel said EPERM somewhere along the way (lockdown, missing capabilities).
+    fn is_permission(&self) -> bool {
+        has_errno(self, libc::EPERM)
+    }
+}
+
+/// aya could not read the kprobe PMU's files: the kernel has no kprobe PMU.
+fn is_missing_kprobe_pmu(e: &ProgramError) -> bool {
+    matches!(
+        e,
+        ProgramError::KProbeError(KProbeError::FileError { filename, .. })
+            if filename == Path::new(KPROBE_PMU_TYPE)
+    )
 }
 
 /// Entries of each kprobe in-flight map for a connection table of `max_connections`.
@@ -283,9 +385,7 @@ impl Probe {
         let facts = kernel_facts(&Btf::parse(&raw_btf)?)?;
         let tracefs = tracefs::mount_point().map_err(|e| match e {
             tracefs::Unavailable::NotMounted => ProbeError::NoTracefs,
-            tracefs::Unavailable::PermissionDenied(p) => {
-                ProbeError::Permission(format!("reading tracefs at {}", p.display()))
-            }
+            tracefs::Unavailable::PermissionDenied(p) => ProbeError::Permission(Denied::Tracefs(p)),
         })?;
         check_tracepoints(
             &tracefs,
@@ -299,8 +399,8 @@ impl Probe {
             ring_wakeup_bytes: opts.closed_buffer_bytes / 4,
             _pad: 0,
         };
-        let aya_btf = aya::Btf::parse(&raw_btf, aya::Endianness::default())
-            .map_err(|e| ProbeError::Load(chain(&e)))?;
+        let aya_btf =
+            aya::Btf::parse(&raw_btf, aya::Endianness::default()).map_err(ProbeError::AyaBtf)?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("CONFIG", &config, true)
@@ -312,10 +412,10 @@ impl Probe {
             .map_max_entries(CLOSED, opts.closed_buffer_bytes)
             .load(PROBE_ELF)
             .map_err(|e| {
-                if is_eperm(&e) {
-                    ProbeError::Permission(chain(&e))
+                if has_errno(&e, libc::EPERM) {
+                    ProbeError::Permission(Denied::Load(Box::new(e)))
                 } else {
-                    ProbeError::Load(chain(&e))
+                    ProbeError::Load(Box::new(e))
                 }
             })?;
 
@@ -324,8 +424,8 @@ impl Probe {
         for (raw, classic, category, event) in LIFECYCLE {
             tracepoints =
                 attach_tp(&mut ebpf, raw, classic, category, event, try_raw).map_err(|reason| {
-                    if reason.contains("Operation not permitted") {
-                        ProbeError::Permission(reason)
+                    if reason.is_permission() {
+                        ProbeError::Permission(Denied::Attach(reason))
                     } else {
                         ProbeError::Lifecycle { event, reason }
                     }
@@ -343,10 +443,11 @@ impl Probe {
                 &mut kretprobes,
                 try_raw,
             );
-            if let Err(reason) = &result {
+            // The reason is kept as text: it is what logs, tests and `--attach` errors show.
+            result.map_err(|reason| {
                 debug!(%backend, %reason, "backend unavailable");
-            }
-            result
+                reason.to_string()
+            })
         })?;
         for (backend, reason) in selection.skipped() {
             info!(%backend, %reason, "byte-counting backend unavailable on this kernel");
@@ -359,12 +460,10 @@ impl Probe {
             "probe attached"
         );
 
-        let conns = ebpf
-            .take_map(CONNS)
-            .ok_or(ProbeError::Load("no CONNS map".into()))?;
+        let conns = ebpf.take_map(CONNS).ok_or(ProbeError::MissingMap(CONNS))?;
         let closed = RingBuf::try_from(
             ebpf.take_map(CLOSED)
-                .ok_or(ProbeError::Load("no CLOSED map".into()))?,
+                .ok_or(ProbeError::MissingMap(CLOSED))?,
         )
         .map_err(|source| ProbeError::Map {
             map: CLOSED,
@@ -372,7 +471,7 @@ impl Probe {
         })?;
         let errors = PerCpuArray::try_from(
             ebpf.take_map(ERRORS)
-                .ok_or(ProbeError::Load("no ERRORS map".into()))?,
+                .ok_or(ProbeError::MissingMap(ERRORS))?,
         )
         .map_err(|source| ProbeError::Map {
             map: ERRORS,
@@ -450,7 +549,12 @@ impl Probe {
         if self.batch_supported {
             match lookup_batch(self.conns_fd(), out) {
                 Ok(()) => return Ok(()),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOTSUP | ENOTSUPP)
+                    ) =>
+                {
                     // Batch ops arrived in 5.6; fall back to key-by-key iteration.
                     warn!(error = %e, "BPF_MAP_LOOKUP_BATCH unsupported, iterating keys");
                     self.batch_supported = false;
@@ -551,17 +655,18 @@ impl Probe {
 
 fn check_value_size(map: &Map, expected: usize) -> Result<(), ProbeError> {
     let Map::HashMap(data) = map else {
-        return Err(ProbeError::Load("CONNS is not a hash map".into()));
+        return Err(ProbeError::NotHashMap(CONNS));
     };
     let info = data
         .info()
         .map_err(|source| ProbeError::Map { map: CONNS, source })?;
     if info.value_size() as usize != expected || info.key_size() as usize != size_of::<u64>() {
-        return Err(ProbeError::Load(format!(
-            "CONNS layout mismatch: key {} value {} bytes, userspace expects 8 and {expected}",
-            info.key_size(),
-            info.value_size()
-        )));
+        return Err(ProbeError::MapLayout {
+            map: CONNS,
+            key: info.key_size(),
+            value: info.value_size(),
+            expected,
+        });
     }
     Ok(())
 }
@@ -585,41 +690,44 @@ fn check_tracepoints(tracefs: &Path, events: &[&'static str]) -> Result<(), Prob
     }
 }
 
-fn attach_classic(ebpf: &mut Ebpf, prog: &str, category: &str, event: &str) -> Result<(), String> {
+fn attach_classic(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    category: &'static str,
+    event: &'static str,
+) -> Result<(), AttachError> {
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing from the probe object"))?
+        .ok_or(AttachError::MissingProgram(prog))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-    p.load()
-        .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+        .map_err(AttachError::program)?;
+    p.load().map_err(AttachError::at(Step::Load { prog }))?;
     p.attach(category, event)
-        .map_err(|e| format!("attaching {category}:{event}: {}", chain(&e)))?;
+        .map_err(AttachError::at(Step::AttachTracepoint { category, event }))?;
     Ok(())
 }
 
-fn attach_raw(ebpf: &mut Ebpf, prog: &str, event: &str) -> Result<(), String> {
+fn attach_raw(ebpf: &mut Ebpf, prog: &'static str, event: &'static str) -> Result<(), AttachError> {
     let p: &mut RawTracePoint = ebpf
         .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing from the probe object"))?
+        .ok_or(AttachError::MissingProgram(prog))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-    p.load()
-        .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+        .map_err(AttachError::program)?;
+    p.load().map_err(AttachError::at(Step::Load { prog }))?;
     p.attach(event)
-        .map_err(|e| format!("attaching raw tracepoint {event}: {}", chain(&e)))?;
+        .map_err(AttachError::at(Step::AttachRawTracepoint { event }))?;
     Ok(())
 }
 
 /// Attaches one tracepoint, raw if allowed and possible, else classic.
 fn attach_tp(
     ebpf: &mut Ebpf,
-    raw: &str,
-    classic: &str,
-    category: &str,
-    event: &str,
+    raw: &'static str,
+    classic: &'static str,
+    category: &'static str,
+    event: &'static str,
     try_raw: bool,
-) -> Result<TracepointKind, String> {
+) -> Result<TracepointKind, AttachError> {
     if try_raw {
         match attach_raw(ebpf, raw, event) {
             Ok(()) => return Ok(TracepointKind::Raw),
@@ -694,43 +802,40 @@ fn attach_backend(
     tracefs: &Path,
     kretprobes: &mut Vec<TracefsKretprobe>,
     try_raw: bool,
-) -> Result<(), String> {
+) -> Result<(), AttachError> {
     let mut progs = backend_programs(backend, facts);
     if backend == Backend::Tracepoint {
         check_tracepoints(tracefs, &["sock/sock_send_length", "sock/sock_recv_length"]).map_err(
             |e| match e {
-                ProbeError::TracepointMissing(ev) => {
-                    format!("tracepoint {ev} does not exist (added in Linux 6.3)")
-                }
-                other => other.to_string(),
+                ProbeError::TracepointMissing(ev) => AttachError::NoSocketTracepoint(ev),
+                other => AttachError::Tracepoints(Box::new(other)),
             },
         )?;
     }
     if backend == Backend::Kprobe {
         kretprobe::remove_stale(tracefs);
     }
-    let result = (|| -> Result<(), String> {
+    let result = (|| -> Result<(), AttachError> {
         for &(prog, target) in &progs {
             let program = ebpf
                 .program_mut(prog)
-                .ok_or_else(|| format!("program {prog} missing from the probe object"))?;
+                .ok_or(AttachError::MissingProgram(prog))?;
             match backend {
                 Backend::Fexit => {
-                    let p: &mut FExit = program.try_into().map_err(|e| chain(&e))?;
+                    let p: &mut FExit = program.try_into().map_err(AttachError::program)?;
                     p.load(target, btf)
-                        .map_err(|e| format!("loading fexit on {target}: {}", chain(&e)))?;
+                        .map_err(AttachError::at(Step::LoadFexit { target }))?;
                     p.attach()
-                        .map_err(|e| format!("attaching fexit on {target}: {}", chain(&e)))?;
+                        .map_err(AttachError::at(Step::AttachFexit { target }))?;
                 }
                 Backend::Kprobe => {
-                    let p: &mut KProbe = program.try_into().map_err(|e| chain(&e))?;
+                    let p: &mut KProbe = program.try_into().map_err(AttachError::program)?;
                     // The kretprobe program serves two functions; load it once.
                     if p.fd().is_err() {
-                        p.load()
-                            .map_err(|e| format!("loading {prog}: {}", chain(&e)))?;
+                        p.load().map_err(AttachError::at(Step::Load { prog }))?;
                     }
                     if matches!(p.kind(), aya::programs::ProbeKind::Return) {
-                        let fd = p.fd().map_err(|e| chain(&e))?.as_fd();
+                        let fd = p.fd().map_err(AttachError::program)?.as_fd();
                         match TracefsKretprobe::attach(tracefs, fd, target, kretprobe::MAX_ACTIVE) {
                             Ok(k) => {
                                 kretprobes.push(k);
@@ -746,11 +851,13 @@ fn attach_backend(
                         }
                     }
                     p.attach(target, 0).map_err(|e| {
-                        let why = chain(&e);
-                        if why.contains("devices/kprobe/type") {
-                            format!("kprobes are not available (no kprobe PMU: kernel built without CONFIG_KPROBES?): {why}")
+                        if is_missing_kprobe_pmu(&e) {
+                            AttachError::NoKprobePmu(Box::new(e))
                         } else {
-                            format!("attaching {prog} to {target}: {why}")
+                            AttachError::Step {
+                                step: Step::AttachKprobe { prog, target },
+                                source: Box::new(e),
+                            }
                         }
                     })?;
                 }
@@ -850,5 +957,60 @@ fn lookup_batch(fd: BorrowedFd<'_>, out: &mut Vec<Conn>) -> std::io::Result<()> 
         }
         first = false;
         token_in = token_out;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(errno: i32) -> std::io::Error {
+        std::io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn missing_kprobe_pmu_is_told_by_the_file_aya_could_not_read() {
+        let e = ProgramError::KProbeError(KProbeError::FileError {
+            filename: KPROBE_PMU_TYPE.into(),
+            io_error: os(libc::ENOENT),
+        });
+        assert!(is_missing_kprobe_pmu(&e));
+        assert!(
+            AttachError::NoKprobePmu(Box::new(e))
+                .to_string()
+                .starts_with("kprobes are not available (no kprobe PMU")
+        );
+        let other = ProgramError::KProbeError(KProbeError::FileError {
+            filename: "/sys/kernel/tracing/kprobe_events".into(),
+            io_error: os(libc::ENOENT),
+        });
+        assert!(!is_missing_kprobe_pmu(&other));
+    }
+
+    #[test]
+    fn eperm_in_the_chain_is_a_permission_error_and_the_text_names_the_step() {
+        let e = AttachError::Step {
+            step: Step::AttachTracepoint {
+                category: "sock",
+                event: "inet_sock_set_state",
+            },
+            source: Box::new(ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "perf_event_open",
+                io_error: os(libc::EPERM),
+            })),
+        };
+        assert!(e.is_permission());
+        assert_eq!(
+            e.to_string(),
+            "attaching sock:inet_sock_set_state: `perf_event_open` failed: Operation not permitted (os error 1)"
+        );
+        let not = AttachError::Step {
+            step: Step::Load { prog: "x" },
+            source: Box::new(ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_load",
+                io_error: os(libc::EINVAL),
+            })),
+        };
+        assert!(!not.is_permission());
     }
 }

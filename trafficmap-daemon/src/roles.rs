@@ -36,6 +36,10 @@ impl Listeners {
 }
 
 /// Parses `/proc/net/tcp` or `/proc/net/tcp6` and keeps the sockets in state LISTEN (0A).
+///
+/// Not `procfs`: it decodes every column of every socket into an owned entry (a `Vec` as long
+/// as the table) before one could filter, and this runs at every drain on hosts with tens of
+/// thousands of connections; here two columns are split and only listeners are decoded.
 pub fn parse_proc_net_tcp(text: &str) -> Vec<(IpAddr, u16)> {
     text.lines()
         .skip(1)

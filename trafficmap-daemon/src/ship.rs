@@ -3,6 +3,7 @@
 //! collector ignores a report id it stored before, so a retry after a lost reply is harmless.
 
 use std::{
+    fmt,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -11,16 +12,65 @@ use anyhow::{Context as _, Result};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::{config::Config, metrics::Metrics, spool::Spool};
+use crate::{config::Config, error::chain, metrics::Metrics, spool::Spool};
 
 /// What the collector said.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
     /// Retry later (network error, 5xx, 429, 401 until the token is fixed).
-    Retry(String),
-    /// The collector refused this report for good (400, 413): set it aside.
-    Refused(String),
+    Retry(Failure),
+    /// The collector refused this report for good (400, 413, 422): set it aside.
+    Refused(Failure),
+}
+
+/// Why a send did not succeed: its kind as data (the metric label), and a detail for logs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The HTTP status and response body, or the transport error's chain.
+    pub detail: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The collector answered with this status.
+    Status(reqwest::StatusCode),
+    /// No connection (refused, unreachable, DNS, TLS handshake).
+    Connect,
+    /// The request or the connection attempt took too long.
+    Timeout,
+    /// Any other transport error.
+    Io,
+}
+
+impl FailureKind {
+    fn of(e: &reqwest::Error) -> FailureKind {
+        // A connect timeout is both; it counts as a connection failure.
+        if e.is_connect() {
+            FailureKind::Connect
+        } else if e.is_timeout() {
+            FailureKind::Timeout
+        } else {
+            FailureKind::Io
+        }
+    }
+
+    /// Bounded label value for `reports_failed`: the status code or the error kind.
+    pub fn label(self) -> String {
+        match self {
+            FailureKind::Status(s) => s.as_u16().to_string(),
+            FailureKind::Connect => "connect".into(),
+            FailureKind::Timeout => "timeout".into(),
+            FailureKind::Io => "io".into(),
+        }
+    }
 }
 
 /// HTTP client for `POST /api/v1/reports`.
@@ -70,61 +120,32 @@ impl Collector {
             req = req.bearer_auth(t);
         }
         match req.send().await {
-            Err(e) => Outcome::Retry(error_chain(&e)),
+            Err(e) => Outcome::Retry(Failure {
+                kind: FailureKind::of(&e),
+                detail: chain(&e),
+            }),
             Ok(resp) => {
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
-                let detail = || format!("{status}: {}", text.trim());
+                let failure = || Failure {
+                    kind: FailureKind::Status(status),
+                    detail: format!("{status}: {}", text.trim()),
+                };
                 match status.as_u16() {
                     200..=299 => Outcome::Accepted,
-                    400 | 413 | 422 => Outcome::Refused(detail()),
-                    _ => Outcome::Retry(detail()),
+                    400 | 413 | 422 => Outcome::Refused(failure()),
+                    _ => Outcome::Retry(failure()),
                 }
             }
         }
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Backoff after `failures` consecutive failures: 1 s doubling to 60 s, with jitter so a fleet
-/// does not retry in lockstep after a collector outage.
+/// Backoff after `failures` consecutive failures: 1 s doubling to 60 s, plus up to a quarter
+/// more at random so a fleet does not retry in lockstep after a collector outage.
 pub fn backoff(failures: u32) -> Duration {
     let base = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
-    let jitter = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos()
-        % 1000) as u64;
-    base + Duration::from_millis(jitter * base.as_millis() as u64 / 4000)
-}
-
-fn reason(o: &str) -> String {
-    // Bounded label values: the status code or the error kind.
-    if o.starts_with(char::is_numeric) {
-        o.split(':')
-            .next()
-            .unwrap_or("http")
-            .split_whitespace()
-            .next()
-            .unwrap_or("http")
-            .to_owned()
-    } else if o.contains("onnect") {
-        "connect".into()
-    } else if o.contains("timed out") || o.contains("timeout") {
-        "timeout".into()
-    } else {
-        "io".into()
-    }
+    base + base.mul_f64(fastrand::f64() / 4.0)
 }
 
 /// Sends spooled reports until `stop` turns true and, if `drain_until_empty`, the spool is empty.
@@ -176,7 +197,7 @@ pub async fn run(
                 metrics
                     .reports_failed
                     .get_or_create(&crate::metrics::ReasonLabels {
-                        reason: reason(&why),
+                        reason: why.kind.label(),
                     })
                     .inc();
                 match spool.lock().unwrap().reject(seq) {
@@ -192,7 +213,7 @@ pub async fn run(
                 metrics
                     .reports_failed
                     .get_or_create(&crate::metrics::ReasonLabels {
-                        reason: reason(&why),
+                        reason: why.kind.label(),
                     })
                     .inc();
                 let wait = backoff(failures);
@@ -260,11 +281,34 @@ mod tests {
 
     #[test]
     fn bounded_reasons() {
-        assert_eq!(reason("503 Service Unavailable: busy"), "503");
         assert_eq!(
-            reason("error sending request: client error (Connect): Connection refused"),
-            "connect"
+            FailureKind::Status(reqwest::StatusCode::SERVICE_UNAVAILABLE).label(),
+            "503"
         );
-        assert_eq!(reason("operation timed out"), "timeout");
+        assert_eq!(FailureKind::Connect.label(), "connect");
+        assert_eq!(FailureKind::Timeout.label(), "timeout");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_a_connect_retry() {
+        // A port nobody listens on: bind one, then free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = Config {
+            collector: Some(format!("http://127.0.0.1:{port}/").parse().unwrap()),
+            ..crate::config::Config::merge(
+                &crate::config::Cli::default(),
+                &crate::config::FileConfig::default(),
+            )
+            .unwrap()
+        };
+        let collector = Collector::new(&config).unwrap().unwrap();
+        match collector.send(b"{}".to_vec()).await {
+            Outcome::Retry(f) => assert_eq!(f.kind, FailureKind::Connect, "{f}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

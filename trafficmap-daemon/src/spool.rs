@@ -3,16 +3,17 @@
 //! reports are replayed in order. Bounded: when full, the oldest report is dropped and counted.
 //!
 //! Layout: `<seq, 20 digits>.json` per report, `state.json` with the next sequence number and
-//! the drop count. Writes go to a temporary file, are fsynced, then renamed.
+//! the drop count. Writes go through `atomic-write-file`: a hidden temporary file (`.<name>.*`),
+//! fsynced, renamed over the name, then the directory fsynced so the rename survives a crash.
 
 use std::{
     collections::BTreeMap,
-    fs::File,
     io::Write as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
+use atomic_write_file::AtomicWriteFile;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,19 +32,17 @@ pub struct Spool {
     state: State,
 }
 
-fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f =
+        AtomicWriteFile::open(path).with_context(|| format!("creating {}", path.display()))?;
     f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    // The rename itself must survive a crash.
-    File::open(dir)?.sync_all()?;
-    Ok(())
+    f.commit()
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 impl Spool {
-    /// Opens (creating) the spool; leftovers of an interrupted write are removed.
+    /// Opens (creating) the spool; leftovers of an interrupted write (hidden temporary files)
+    /// are removed.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating spool directory {}", dir.display()))?;
@@ -58,7 +57,7 @@ impl Spool {
         for e in std::fs::read_dir(dir)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.ends_with(".tmp") {
+            if name.starts_with('.') && e.file_type()?.is_file() {
                 std::fs::remove_file(e.path())?;
                 continue;
             }
@@ -89,7 +88,10 @@ impl Spool {
     }
 
     fn save_state(&self) -> Result<()> {
-        write_atomic(&self.dir, "state.json", &serde_json::to_vec(&self.state)?)
+        write_atomic(
+            &self.dir.join("state.json"),
+            &serde_json::to_vec(&self.state)?,
+        )
     }
 
     /// Allocates the next sequence number (persisted before use, so it never repeats).
@@ -107,7 +109,7 @@ impl Spool {
     /// Stores a report; drops the oldest ones while over the limit (never the one just added).
     /// Returns how many were dropped.
     pub fn push(&mut self, seq: u64, data: &[u8]) -> Result<u64> {
-        write_atomic(&self.dir, &format!("{seq:020}.json"), data)?;
+        write_atomic(&self.path(seq), data)?;
         self.entries.insert(seq, data.len() as u64);
         self.bytes += data.len() as u64;
         let mut dropped = 0;

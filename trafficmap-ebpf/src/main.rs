@@ -18,11 +18,15 @@
 // BPF's atomic add (as aya's own integration probes do).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
+// Every `unsafe` here says why it holds; the workspace lints do not enable this one because the
+// integration tests and xtask do not document their libc calls.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -66,11 +70,7 @@ const SCRATCH_LIFECYCLE: u32 = 1;
 #[map(name = "ERRORS")]
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ErrorReason::COUNT, 0);
 
-const BPF_ANY: u64 = 0;
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-const BPF_NOEXIST: u64 = 1;
+// errno values (include/uapi/asm-generic/errno-base.h): aya_ebpf::bindings has no errno.
 const EEXIST: i32 = 17;
 const E2BIG: i32 = 7;
 const ENOMEM: i32 = 12;
@@ -79,6 +79,8 @@ const ENOMEM: i32 = 12;
 /// initialiser into the code; the loader overwrites it in `.rodata`.
 macro_rules! conf {
     ($($field:tt)+) => {
+        // SAFETY: CONFIG is a static, so the pointer is valid and aligned for the whole run;
+        // the loader writes it before load and nothing writes it afterwards.
         unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field)+) }
     };
 }
@@ -88,6 +90,8 @@ fn count_error(reason: ErrorReason) {
     if let Some(slot) = ERRORS.get_ptr_mut(reason as u32) {
         // Per-CPU slot: no other CPU writes it, and BPF programs do not preempt each other on
         // one CPU for these hooks, so a plain add is exact.
+        // SAFETY: `get_ptr_mut` returned a non-null pointer to this CPU's u64 in the map, valid
+        // while the program runs.
         unsafe { *slot += 1 };
     }
 }
@@ -106,6 +110,8 @@ fn count_update_error(err: i32) {
 /// generates around `Option<T>` temporaries, which reads stack slots a failed read left unset.
 #[inline(always)]
 fn read_raw(addr: u64, dst: *mut u8, len: u32) -> bool {
+    // SAFETY: callers pass a `dst` writable for `len` bytes (a `&mut T` of that size, or four
+    // bytes inside a 16-byte address); a bad kernel `addr` makes the helper fail, not fault.
     let ret = unsafe { generated::bpf_probe_read_kernel(dst.cast(), len, addr as *const _) };
     if ret != 0 {
         count_error(ErrorReason::ReadFailed);
@@ -157,10 +163,12 @@ fn fill_from_sock(sk: u64, c: &mut Conn) {
         c.daddr = V4_MAPPED_PREFIX;
         read_raw(
             sk + conf!(offsets.skc_rcv_saddr) as u64,
+            // SAFETY: offset 12 of a 16-byte array leaves the 4 bytes read in bounds.
             unsafe { c.saddr.as_mut_ptr().add(12) },
             4,
         ) && read_raw(
             sk + conf!(offsets.skc_daddr) as u64,
+            // SAFETY: as above.
             unsafe { c.daddr.as_mut_ptr().add(12) },
             4,
         )
@@ -206,6 +214,7 @@ fn record(sk: u64, bytes: i64, dir: Dir, check_tcp: bool) {
     if ignore != 0 && tgid == ignore {
         return;
     }
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let conn = match CONNS.get_ptr_mut(sk) {
         Some(c) => c,
@@ -218,6 +227,9 @@ fn record(sk: u64, bytes: i64, dir: Dir, check_tcp: bool) {
     // Atomic adds: several CPUs may move bytes on one socket at once (a sender and a receiver
     // thread); a plain `+=` would lose updates. The fetched value is unused, so this compiles to
     // the BPF_XADD form every supported kernel accepts.
+    // SAFETY: `conn` points at a CONNS value (a lookup or `first_sight`), which the kernel keeps
+    // allocated while the program runs even if another CPU deletes the entry; its u64 fields are
+    // 8-byte aligned, as the atomic add needs.
     unsafe {
         let (b, n) = match dir {
             Dir::Send => (&raw mut (*conn).bytes_sent, &raw mut (*conn).send_calls),
@@ -245,6 +257,8 @@ fn first_sight(sk: u64, now: u64) -> Option<*mut Conn> {
     if out_of_scope(netns) {
         return None;
     }
+    // SAFETY: this CPU's scratch slot for the hot path: only the send/receive programs use it,
+    // and they do not interrupt each other on one CPU, so this is the only reference.
     let c = unsafe { &mut *SCRATCH.get_ptr_mut(SCRATCH_HOT)? };
     *c = Conn::ZERO;
     c.sk = sk;
@@ -256,7 +270,7 @@ fn first_sight(sk: u64, now: u64) -> Option<*mut Conn> {
         clippy::needless_borrows_for_generic_args,
         reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
     )]
-    let inserted = CONNS.insert(sk, &*c, BPF_NOEXIST);
+    let inserted = CONNS.insert(sk, &*c, BPF_NOEXIST.into());
     if let Err(err) = inserted {
         // EEXIST: another CPU created it first; use theirs.
         if err != -EEXIST {
@@ -272,15 +286,17 @@ fn first_sight(sk: u64, now: u64) -> Option<*mut Conn> {
 fn hand_over(conn: *const Conn) -> bool {
     match CLOSED.reserve::<Conn>(0) {
         Some(mut slot) => {
+            // SAFETY: callers pass a pointer to a CONNS value, valid while the program runs.
             slot.write(unsafe { *conn });
             // Batch wakeups: userspace polls the ring on a timer and is woken early only when
             // it fills up.
-            let flags = if CLOSED.query(BPF_RB_AVAIL_DATA) >= conf!(ring_wakeup_bytes) as u64 {
+            let flags = if CLOSED.query(BPF_RB_AVAIL_DATA.into()) >= conf!(ring_wakeup_bytes) as u64
+            {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP
             };
-            slot.submit(flags);
+            slot.submit(flags.into());
             true
         }
         None => {
@@ -306,11 +322,15 @@ fn birth(sk: u64, conn_role: u8, state: u8, check_tcp: bool) {
     if out_of_scope(netns) {
         return;
     }
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(old) = CONNS.get_ptr_mut(sk) {
         // Same socket memory, new conversation: either a destroyed socket whose final record is
         // still here (the ring buffer was full at destroy time), or a socket reconnected after a
         // failed connect. Hand the old record over first; never merge two connections.
+        // SAFETY: `old` is a CONNS value from the lookup, valid while the program runs; lifecycle
+        // events of one socket are serialised by the socket lock, so no other writer of these
+        // fields runs at once.
         unsafe {
             (*old).flags |= flags::DESTROYED;
             if (*old).closed_ns == 0 {
@@ -324,6 +344,8 @@ fn birth(sk: u64, conn_role: u8, state: u8, check_tcp: bool) {
     let Some(c) = SCRATCH.get_ptr_mut(SCRATCH_LIFECYCLE) else {
         return;
     };
+    // SAFETY: this CPU's lifecycle scratch slot, used only by lifecycle programs, which do not
+    // interrupt each other on one CPU: the only reference.
     let c = unsafe { &mut *c };
     *c = Conn::ZERO;
     c.sk = sk;
@@ -337,7 +359,7 @@ fn birth(sk: u64, conn_role: u8, state: u8, check_tcp: bool) {
         clippy::needless_borrows_for_generic_args,
         reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
     )]
-    let inserted = CONNS.insert(sk, &*c, BPF_ANY);
+    let inserted = CONNS.insert(sk, &*c, BPF_ANY.into());
     if let Err(err) = inserted {
         count_update_error(err);
     }
@@ -355,6 +377,8 @@ fn on_state(sk: u64, old: u8, new: u8, check_tcp: bool) {
         // The child socket of a passive open, cloned from the listener.
         birth(sk, role::SERVER, new, check_tcp);
     } else if let Some(c) = CONNS.get_ptr_mut(sk) {
+        // SAFETY: a CONNS value, valid while the program runs. The hot path only adds to the
+        // byte counters atomically and sets pid/comm/last_ns, none of which this touches.
         let c = unsafe { &mut *c };
         // Ports and addresses are final once the handshake is done (the client's source port is
         // bound after SYN_SENT, the child's peer address after SYN_RECV), so re-read them until
@@ -366,6 +390,7 @@ fn on_state(sk: u64, old: u8, new: u8, check_tcp: bool) {
         if new == tcp_state::ESTABLISHED {
             c.flags |= flags::ESTABLISHED;
         } else if new == tcp_state::CLOSE && c.closed_ns == 0 {
+            // SAFETY: a helper without arguments or preconditions.
             c.closed_ns = unsafe { bpf_ktime_get_ns() };
         }
     }
@@ -378,6 +403,8 @@ fn on_destroy(sk: u64) {
     let Some(c) = CONNS.get_ptr_mut(sk) else {
         return;
     };
+    // SAFETY: a CONNS value from the lookup, valid while the program runs; the socket is being
+    // freed, so no send, receive or state change of it runs at once.
     unsafe {
         (*c).flags |= flags::DESTROYED;
         if (*c).closed_ns == 0 {
@@ -413,6 +440,8 @@ pub fn raw_tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
 /// match-proto:v4.16..latest:include/trace/events/sock.h:TRACE_EVENT(inet_sock_set_state, TP_PROTO(const struct sock *sk, const int oldstate, const int newstate))
 #[tracepoint]
 pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: the context of a classic tracepoint program is its trace record, whose layout the
+    // loader checked against the event's format file before attaching (TRACEPOINT_FIELDS).
     let args = unsafe { &*(ctx.as_ptr() as *const TpInetSockSetState) };
     if args.protocol == IPPROTO_TCP {
         on_state(args.skaddr, args.oldstate as u8, args.newstate as u8, false);
@@ -423,6 +452,7 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// match-proto:v4.16..latest:include/trace/events/tcp.h:DEFINE_EVENT(tcp_event_sk, tcp_destroy_sock, TP_PROTO(struct sock *sk))
 #[tracepoint]
 pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    // SAFETY: the trace record of tcp_destroy_sock, layout checked by the loader (see above).
     let args = unsafe { &*(ctx.as_ptr() as *const TpTcpDestroySock) };
     on_destroy(args.skaddr);
     0
@@ -482,7 +512,10 @@ pub fn fexit_tcp_recvmsg_nonblock(ctx: FExitContext) -> i32 {
 #[inline(always)]
 fn save(map: &HashMap<u64, Inflight>, sk: u64, flags: u32) {
     let v = Inflight { sk, flags, _pad: 0 };
-    if map.insert(bpf_get_current_pid_tgid(), v, BPF_ANY).is_err() {
+    if map
+        .insert(bpf_get_current_pid_tgid(), v, BPF_ANY.into())
+        .is_err()
+    {
         count_error(ErrorReason::InflightFull);
     }
 }
@@ -490,6 +523,8 @@ fn save(map: &HashMap<u64, Inflight>, sk: u64, flags: u32) {
 #[inline(always)]
 fn take(map: &HashMap<u64, Inflight>) -> Option<Inflight> {
     let key = bpf_get_current_pid_tgid();
+    // SAFETY: the entry is keyed by this thread's pid_tgid, so only this thread writes it, and
+    // it is copied out at once.
     let v = unsafe { map.get(key) }.copied();
     if v.is_some() {
         let _ = map.remove(key);
@@ -582,6 +617,7 @@ pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
 /// match-proto:v6.3..latest:include/trace/events/sock.h:DEFINE_EVENT(sock_msg_length, sock_send_length, TP_PROTO(struct sock *sk, int ret, int flags))
 #[tracepoint]
 pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
+    // SAFETY: the trace record of sock_send_length, layout checked by the loader (see above).
     let args = unsafe { &*(ctx.as_ptr() as *const TpSockLength) };
     if args.protocol == IPPROTO_TCP {
         record(args.sk, args.ret as i64, Dir::Send, false);
@@ -592,6 +628,7 @@ pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
 /// match-proto:v6.3..latest:include/trace/events/sock.h:DEFINE_EVENT(sock_msg_length, sock_recv_length, TP_PROTO(struct sock *sk, int ret, int flags))
 #[tracepoint]
 pub fn tp_sock_recv_length(ctx: TracePointContext) -> u32 {
+    // SAFETY: the trace record of sock_recv_length, layout checked by the loader (see above).
     let args = unsafe { &*(ctx.as_ptr() as *const TpSockLength) };
     if args.protocol == IPPROTO_TCP && args.flags as u32 & MSG_PEEK == 0 {
         record(args.sk, args.ret as i64, Dir::Recv, false);

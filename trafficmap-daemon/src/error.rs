@@ -1,0 +1,59 @@
+//! The crate's one error-chain formatter: the loader's skip reasons, the shipper's retry details
+//! and log lines all render an error and its sources the same way.
+
+use std::error::Error as StdError;
+
+/// An error and its sources on one line. A source whose text the line already holds is left out
+/// (many errors repeat their source in their own message), newlines become spaces, and the empty
+/// "Verifier output:" trailer aya appends to every load error is dropped.
+pub fn chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    let s = s.replace('\n', " ");
+    s.trim()
+        .trim_end_matches("Verifier output:")
+        .trim()
+        .to_owned()
+}
+
+/// Whether `e` or one of its sources is an OS error with this errno.
+pub fn has_errno(e: &(dyn StdError + 'static), errno: i32) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(errno)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("attaching x")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn one_line_with_sources_and_errno() {
+        let e = Outer(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            chain(&e),
+            "attaching x: Operation not permitted (os error 1)"
+        );
+        assert!(has_errno(&e, libc::EPERM));
+        assert!(!has_errno(&e, libc::ENOENT));
+    }
+}
