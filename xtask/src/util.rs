@@ -42,11 +42,18 @@ pub fn artifacts_dir() -> PathBuf {
 
 /// Prints a step header, in the style of the rest of the output.
 pub fn step(msg: impl std::fmt::Display) {
-    eprintln!("\x1b[1m==> {msg}\x1b[0m");
+    say(format_args!("\x1b[1m==> {msg}\x1b[0m"));
 }
 
 pub fn note(msg: impl std::fmt::Display) {
-    eprintln!("    {msg}");
+    say(format_args!("    {msg}"));
+}
+
+/// A line on stderr, ignoring errors: after the terminal hangs up, writing to it fails, and
+/// `cargo xtask run` must still stop its daemons in order (`eprintln!` would panic).
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn render(cmd: &Command) -> String {

@@ -239,7 +239,7 @@ pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
     let list = output(cmd("apt-cache").args(apt_args(&apt)).args([
         "search",
         "--names-only",
-        &format!("^{}", regex_escape(spec.prefix)),
+        &format!("^{}", regex::escape(spec.prefix)),
     ]))?;
     let mut names: Vec<&str> = list
         .lines()
@@ -298,18 +298,6 @@ pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
     std::fs::write(dir.join("package"), &pkg)?;
     std::fs::remove_dir_all(&work)?;
     Ok(vmlinuz)
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if ".+*?()[]{}^$|\\".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 /// Builds the initramfs: busybox, the test binary, its shared libraries, /init.
