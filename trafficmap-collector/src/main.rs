@@ -87,7 +87,8 @@ fn main() {
             Some(Command::Export(a)) => query::export_map(&cli.settings, a).await.map(|()| 0),
             Some(Command::Rollup) => {
                 async {
-                    let store = trafficmap_collector::store::Store::open(cfg.store_options()).await?;
+                    let store =
+                        trafficmap_collector::store::Store::open(cfg.store_options()).await?;
                     let m = store
                         .maintain(chrono::Utc::now(), cfg.retention.retention())
                         .await?;

@@ -11,9 +11,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use chrono::{DateTime, NaiveDate, Utc};
 use trafficmap_model::cloud::CloudSnapshot;
 
-use crate::{
-    obs::{DAY, HOUR, Ingest, MINUTE, RangeData, floor},
-};
+use crate::obs::{DAY, HOUR, Ingest, MINUTE, RangeData, floor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
