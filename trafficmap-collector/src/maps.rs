@@ -1,7 +1,20 @@
-//! Building maps from the store: the one path used by the HTTP API, the daily files, the CLI and
+//! Maps of a view for a range: the one path used by the HTTP API, the daily files, the CLI and
 //! the golden tests.
+//!
+//! Every map is built the same way: the store's data of the range ([`RangeData`], observation
+//! keys summed over the range; for several days, the sum of the days' data, see
+//! [`RangeData::merge`]), resolved with the enrichment sources of the range's last day, then
+//! rendered. A multi-day map is never made by adding up rendered daily maps: per-direction
+//! maxima and carried-in connections do not add up across days.
+//!
+//! One shortcut: a single whole day whose daily file exists is served from that file. The file
+//! was written by [`write_day`] through this same path, so it holds the map that building the
+//! day would give (its `generated_at` is when it was written); a test checks that they agree.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use trafficmap_model::map::{Map, View};
@@ -10,8 +23,112 @@ use crate::{
     cost::CostRates,
     enrich::{Directory, Sources, refresh::Enricher},
     mapbuild::{Prepared, prepare, render, unnamed_addresses},
-    store::{Result, Store, day_start},
+    obs::RangeData,
+    store::{Result, Store, StoreError, day_start},
 };
+
+/// The range a map is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Span {
+    /// One UTC day (may be served from its daily file).
+    Day(NaiveDate),
+    /// `[from, to)`.
+    Range(DateTime<Utc>, DateTime<Utc>),
+}
+
+impl Span {
+    pub fn range(self) -> (DateTime<Utc>, DateTime<Utc>) {
+        match self {
+            Span::Day(d) => day_range(d),
+            Span::Range(f, t) => (f, t),
+        }
+    }
+}
+
+/// A map as answered: a daily file's bytes as stored, or a map built from the store.
+pub enum Served {
+    File(Vec<u8>),
+    Built(Box<Map>),
+}
+
+/// Why a map could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// A single day was asked for and nothing reported in it.
+    #[error("no data for {0}")]
+    NoData(NaiveDate),
+    #[error("store unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("{}: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where maps come from: the store, the enricher and the daily files' directory.
+pub struct MapSource<'a> {
+    pub store: &'a Store,
+    pub enricher: &'a Enricher,
+    pub rates: &'a CostRates,
+    pub dir: &'a Path,
+}
+
+impl MapSource<'_> {
+    /// The map of `view` for `span`: a single day from its daily file if there is one, else
+    /// built from the store (see the module doc).
+    pub async fn map(
+        &self,
+        view: View,
+        span: Span,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<Served, MapError> {
+        if let Span::Day(day) = span {
+            let path = self.dir.join(view.file_name(day));
+            if path.is_file() {
+                return std::fs::read(&path)
+                    .map(Served::File)
+                    .map_err(|source| MapError::File { path, source });
+            }
+        }
+        let (from, to) = span.range();
+        let built = build(self.store, self.enricher, self.rates, from, to, now).await?;
+        if let Span::Day(d) = span
+            && built.prepared.identities.is_empty()
+        {
+            return Err(MapError::NoData(d));
+        }
+        Ok(Served::Built(Box::new(built.render(
+            self.enricher,
+            view,
+            now,
+        ))))
+    }
+
+    /// Days with data: those with a daily file or with reports in the store.
+    pub async fn days(&self) -> Result<BTreeSet<NaiveDate>> {
+        let mut days = file_days(self.dir);
+        days.extend(self.store.days().await?);
+        Ok(days)
+    }
+}
+
+/// Days with a daily file in `dir`.
+pub fn file_days(dir: &Path) -> BTreeSet<NaiveDate> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(std::result::Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".json")?;
+            let (view, day) = stem.rsplit_once('-')?;
+            view.parse::<View>().ok()?;
+            NaiveDate::parse_from_str(day, "%Y%m%d").ok()
+        })
+        .collect()
+}
 
 /// A range's conversations, resolved with the sources of its time.
 pub struct Built {
@@ -19,8 +136,7 @@ pub struct Built {
     pub sources: Sources,
 }
 
-/// Reads `[from, to)` from the store and resolves it. A range in the past is enriched with the
-/// EC2 snapshot of its last day. Addresses nothing names are queued for reverse DNS.
+/// Reads `[from, to)` from the store and resolves it (see [`resolve`]).
 pub async fn build(
     store: &Store,
     enricher: &Enricher,
@@ -30,7 +146,20 @@ pub async fn build(
     now: DateTime<Utc>,
 ) -> Result<Built> {
     let data = store.range(from, to).await?;
-    let last_day = (to - Duration::seconds(1)).date_naive();
+    Ok(resolve(store, enricher, rates, &data, now).await)
+}
+
+/// Resolves a range's data, whether read at once or merged from pieces: a range in the past is
+/// enriched with the EC2 snapshot of its last day. Addresses nothing names are queued for
+/// reverse DNS.
+pub async fn resolve(
+    store: &Store,
+    enricher: &Enricher,
+    rates: &CostRates,
+    data: &RangeData,
+    now: DateTime<Utc>,
+) -> Built {
+    let last_day = (data.to - Duration::seconds(1)).date_naive();
     let sources = enricher
         .sources_for_day(store, last_day, now.date_naive())
         .await;
@@ -39,10 +168,10 @@ pub async fn build(
             sources: &sources,
             rules: &enricher.rules,
         };
-        prepare(&data, &dir, rates)
+        prepare(data, &dir, rates)
     };
     enricher.request_dns(unnamed_addresses(&prepared));
-    Ok(Built { prepared, sources })
+    Built { prepared, sources }
 }
 
 impl Built {

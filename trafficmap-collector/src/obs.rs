@@ -226,6 +226,75 @@ pub struct RangeData {
     pub obs: Vec<Obs>,
 }
 
+/// Why pieces of a range cannot be added up into one range.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RangeMergeError {
+    #[error("no pieces to merge")]
+    Empty,
+    #[error("pieces are not consecutive: one ends at {end}, the next starts at {start}")]
+    NotConsecutive {
+        end: DateTime<Utc>,
+        start: DateTime<Utc>,
+    },
+}
+
+impl RangeData {
+    /// Adds up consecutive pieces of a range (in time order, e.g. its days) into the data of
+    /// the whole range, as a store reading the whole range at once returns it: counters summed
+    /// by key through [`Counters::add`] (so carried-in connections come from the earliest
+    /// piece), agents' reports and probe drops summed, spool drops the largest (a count since
+    /// the agent started), identity (hostname, EC2) from the latest piece and addresses from
+    /// all. This is the sum a multi-day map is made of; `tests/range_split.rs` checks that
+    /// every split of a range, merged, gives the map of the whole range.
+    pub fn merge(pieces: Vec<RangeData>) -> Result<RangeData, RangeMergeError> {
+        let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
+            return Err(RangeMergeError::Empty);
+        };
+        let (from, to) = (first.from, last.to);
+        for w in pieces.windows(2) {
+            if w[0].to != w[1].from {
+                return Err(RangeMergeError::NotConsecutive {
+                    end: w[0].to,
+                    start: w[1].from,
+                });
+            }
+        }
+        let mut b = RangeBuilder::default();
+        for piece in pieces {
+            let agents: Vec<u32> = piece
+                .agents
+                .into_iter()
+                .map(|a| {
+                    let i = b.agent(&a.machine_id);
+                    let acc = &mut b.agents[i as usize];
+                    acc.hostname = a.hostname;
+                    acc.ec2 = a.ec2;
+                    acc.addresses.extend(a.addresses);
+                    acc.reports += a.reports;
+                    acc.probe_drops += a.probe_drops;
+                    acc.spool_dropped = acc.spool_dropped.max(a.spool_dropped);
+                    i
+                })
+                .collect();
+            let processes: Vec<u32> = piece.processes.iter().map(|p| b.process(p)).collect();
+            // Keys are unique within a piece; a second piece with rows makes the builder sum.
+            b.begin_read(true);
+            for o in &piece.obs {
+                b.add(
+                    agents[o.agent as usize],
+                    o.local_ip,
+                    o.peer_ip,
+                    o.server_port,
+                    o.role,
+                    processes[o.process as usize],
+                    &o.c,
+                );
+            }
+        }
+        Ok(b.finish(from, to))
+    }
+}
+
 /// Builds a [`RangeData`], interning agents, processes and addresses, and summing rows of the
 /// same key (stores read several granularities for one range). Fast hashing: keys come from
 /// authenticated agents, and a day of a large fleet is millions of rows.

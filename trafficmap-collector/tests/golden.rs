@@ -137,6 +137,50 @@ fn check_golden(map: &Map, day: NaiveDate, update: bool) {
     );
 }
 
+/// A day served from its daily file is the map building the day gives (same `generated_at`):
+/// the one shortcut of the map path answers what the path itself would.
+#[tokio::test]
+async fn a_daily_file_is_the_map_built_for_its_day() {
+    let (store, _dir) = golden_store(true).await;
+    let (e, cfg) = enricher();
+    let files = tempfile::tempdir().unwrap();
+    maps::write_day(
+        &store,
+        &e,
+        &cfg.cost,
+        files.path(),
+        day(),
+        generated_at(),
+        None,
+    )
+    .await
+    .unwrap();
+    let source = maps::MapSource {
+        store: &store,
+        enricher: &e,
+        rates: &cfg.cost,
+        dir: files.path(),
+    };
+    let (from, to) = maps::day_range(day());
+    for view in View::ALL {
+        let file = match source
+            .map(view, maps::Span::Day(day()), generated_at())
+            .await
+        {
+            Ok(maps::Served::File(bytes)) => bytes,
+            _ => panic!("{view:?}: the daily file is served"),
+        };
+        let built = match source
+            .map(view, maps::Span::Range(from, to), generated_at())
+            .await
+        {
+            Ok(maps::Served::Built(m)) => m.to_json_pretty(),
+            _ => panic!("{view:?}: a range is built"),
+        };
+        assert!(file == built, "{view:?}: daily file and built map differ");
+    }
+}
+
 /// The same maps whether the day is read from roll-ups or from minute rows.
 #[tokio::test]
 async fn rollups_do_not_change_the_answer() {
