@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use trafficmap_collector::{
     config::Config,
     enrich::refresh::Enricher,
-    maps,
-    obs::Ingest,
+    ingest::Ingest,
+    mapservice,
     store::{Retention, Store, sqlite::SqliteStore},
 };
 use trafficmap_model::{map::View, report::Report};
@@ -309,7 +309,7 @@ fn bench_map(hosts: usize, host_pairs: usize) {
         .unwrap();
     // A fixed day: a kept store stays valid.
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).expect("a date");
-    let (from, to) = maps::day_range(day);
+    let (from, to) = mapservice::day_range(day);
     rt.block_on(async {
         let store = Store::Sqlite(Arc::new(
             SqliteStore::open(&dir_path, Default::default()).unwrap(),
@@ -348,7 +348,7 @@ fn bench_map(hosts: usize, host_pairs: usize) {
         let (enricher, _) = Enricher::new(&cfg.enrich).unwrap();
         let before = vm_hwm_kib(std::process::id());
         let t = Instant::now();
-        let built = maps::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
+        let built = mapservice::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
             .await
             .unwrap();
         let read = t.elapsed();
@@ -378,7 +378,7 @@ fn bench_map(hosts: usize, host_pairs: usize) {
         // Again, with SQLite's cache and the allocator's memory warm.
         drop((built, rendered));
         let t = Instant::now();
-        let built = maps::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
+        let built = mapservice::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
             .await
             .unwrap();
         let _ = built.render_all(&enricher, Utc::now());

@@ -35,9 +35,9 @@ use crate::{
     config::Config,
     enrich::refresh::Enricher,
     export::{self, Format},
-    maps::{MapError, MapSource, Served, Span},
+    ingest::Ingest,
+    mapservice::{MapError, MapSource, Served, Span},
     metrics::{MapBuild, Metrics},
-    obs::Ingest,
     store::{Outcome, Store},
 };
 
@@ -472,7 +472,7 @@ impl App {
     }
 }
 
-/// The map for a request (see [`crate::maps`] for where it comes from), counted in the metrics; errors
+/// The map for a request (see [`crate::mapservice`] for where it comes from), counted in the metrics; errors
 /// as the response to send.
 pub async fn find_map(app: &App, view: View, span: Span) -> Result<Served, Response> {
     let t = Instant::now();

@@ -16,8 +16,9 @@ use trafficmap_collector::{
     config::Config,
     cost::CostRates,
     enrich::refresh::Enricher,
-    maps::{self, MapSource, Served, Span},
-    obs::{Ingest, RangeData},
+    ingest::Ingest,
+    mapservice::{self, MapSource, Served, Span},
+    range::RangeData,
     store::{Retention, Store, sqlite::SqliteStore},
 };
 use trafficmap_model::{cloud::CloudSnapshot, map::View, report::Report};
@@ -70,7 +71,7 @@ fn first_day() -> NaiveDate {
 }
 
 fn now() -> DateTime<Utc> {
-    maps::day_range(first_day()).0 + TimeDelta::days(DAYS) + TimeDelta::minutes(10)
+    mapservice::day_range(first_day()).0 + TimeDelta::days(DAYS) + TimeDelta::minutes(10)
 }
 
 #[derive(Clone, Debug)]
@@ -170,7 +171,7 @@ fn case() -> impl Strategy<Value = Case> {
 
 fn to_report(i: usize, r: &ReportSpec) -> Report {
     let (host, machine, addr) = AGENTS[r.agent];
-    let start = maps::day_range(first_day()).0
+    let start = mapservice::day_range(first_day()).0
         + TimeDelta::days(r.day)
         + TimeDelta::minutes(MINUTES[r.minute]);
     let t = |d: DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -231,7 +232,7 @@ async fn check(case: &Case, e: &Enricher, rates: &CostRates) -> (bool, bool) {
     if case.rollup {
         store.maintain(now(), Retention::default()).await.unwrap();
     }
-    let day0 = maps::day_range(first_day()).0;
+    let day0 = mapservice::day_range(first_day()).0;
     let day = |d: i64| day0 + TimeDelta::days(d);
     let (from, to) = (day(case.start), day(case.start + case.len));
 
@@ -261,7 +262,7 @@ async fn check(case: &Case, e: &Enricher, rates: &CostRates) -> (bool, bool) {
         pieces.push(store.range(day(w[0]), day(w[1])).await.unwrap());
     }
     let merged = RangeData::merge(pieces).unwrap();
-    let built = maps::resolve(&store, e, rates, &merged, now()).await;
+    let built = mapservice::resolve(&store, e, rates, &merged, now()).await;
     for (view, want) in View::ALL.into_iter().zip(&whole) {
         let got = String::from_utf8(built.render(e, view, now()).to_json_pretty()).unwrap();
         assert_eq!(&got, want, "{view:?}, pieces {bounds:?}");
@@ -307,7 +308,7 @@ fn any_split_into_days_merges_to_the_map_of_the_whole_range() {
 
 #[test]
 fn pieces_must_be_consecutive() {
-    let day0 = maps::day_range(first_day()).0;
+    let day0 = mapservice::day_range(first_day()).0;
     let piece = |a: i64, b: i64| RangeData {
         from: day0 + TimeDelta::days(a),
         to: day0 + TimeDelta::days(b),

@@ -27,7 +27,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
-use crate::obs::{Counters, DAY, HOUR, Ingest, RangeBuilder, RangeData, floor};
+use crate::{
+    ingest::Ingest,
+    period::{DAY, HOUR, floor},
+    range::{Counters, RangeBuilder, RangeData},
+};
 
 const SCHEMA_VERSION: i64 = 1;
 /// Minute rows folded per roll-up transaction (bounds memory and how long ingest waits).
@@ -471,7 +475,7 @@ impl SqliteStore {
                 |r| r.get(0),
             )?)
         })?;
-        Ok(v.map(crate::obs::from_ms))
+        Ok(v.map(crate::period::from_ms))
     }
 
     pub fn save_cloud(&self, day: NaiveDate, taken: DateTime<Utc>, body: &[u8]) -> Result<()> {

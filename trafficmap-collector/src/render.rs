@@ -25,7 +25,8 @@ use crate::{
     enrich::{Directory, Identity},
     few::Few,
     merge::{Conversation, Endpoint, Merged, merge},
-    obs::{RangeData, from_ms},
+    period::from_ms,
+    range::RangeData,
     slots::{Keyed, Slots},
 };
 

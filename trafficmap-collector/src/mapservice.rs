@@ -22,8 +22,8 @@ use trafficmap_model::map::{Map, View};
 use crate::{
     cost::CostRates,
     enrich::{Directory, Sources, refresh::Enricher},
-    mapbuild::{Prepared, prepare, render, unnamed_addresses},
-    obs::RangeData,
+    range::RangeData,
+    render::{Prepared, prepare, render, unnamed_addresses},
     store::{Result, Store, StoreError, day_start},
 };
 
@@ -201,8 +201,8 @@ impl Built {
 pub fn day_range(day: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
     let s = day_start(day);
     (
-        crate::obs::from_secs(s),
-        crate::obs::from_secs(s + crate::obs::DAY),
+        crate::period::from_secs(s),
+        crate::period::from_secs(s + crate::period::DAY),
     )
 }
 
