@@ -31,8 +31,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use trafficmap_collector::{
     config::Config,
     enrich::refresh::Enricher,
-    maps,
-    obs::Ingest,
+    ingest::Ingest,
+    mapservice,
     store::{
         Retention, Store,
         sqlite::{SqliteStore, Sync},
@@ -473,7 +473,7 @@ fn bench_map(hosts: usize, host_pairs: usize) {
         .unwrap();
     // A fixed day: a kept store stays valid.
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).expect("a date");
-    let (from, to) = maps::day_range(day);
+    let (from, to) = mapservice::day_range(day);
     rt.block_on(async {
         let sqlite = Arc::new(SqliteStore::open(&dir_path, Default::default()).unwrap());
         let db = sqlite.path().to_owned();
@@ -512,7 +512,7 @@ fn bench_map(hosts: usize, host_pairs: usize) {
         let (enricher, _) = Enricher::new(&cfg.enrich).unwrap();
         let before = vm_hwm_kib(std::process::id());
         let t = Instant::now();
-        let built = maps::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
+        let built = mapservice::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
             .await
             .unwrap();
         let read = t.elapsed();
@@ -549,7 +549,7 @@ fn bench_map(hosts: usize, host_pairs: usize) {
         map_profile(&store, &enricher, &cfg, day).await;
         // Again, with SQLite's cache and the allocator's memory warm.
         let t = Instant::now();
-        let built = maps::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
+        let built = mapservice::build(&store, &enricher, &cfg.cost, from, to, Utc::now())
             .await
             .unwrap();
         let _ = built.render_all(&enricher, Utc::now());
@@ -607,10 +607,10 @@ fn sql_aggregation(db: &Path, from: i64, to: i64) -> (f64, usize) {
 }
 
 /// Where a day's map spends its time, phase by phase on the caller's threads: the store read,
-/// the enrichment sources, the rest of `maps::build` (merge both ends, resolve every endpoint,
+/// the enrichment sources, the rest of `mapservice::build` (merge both ends, resolve every endpoint,
 /// price), each view rendered, and each serialized as the daily files are.
 async fn map_profile(store: &Store, enricher: &Enricher, cfg: &Config, day: chrono::NaiveDate) {
-    let (from, to) = maps::day_range(day);
+    let (from, to) = mapservice::day_range(day);
     let now = Utc::now();
     let t = Instant::now();
     drop(store.range(from, to).await.unwrap());
@@ -619,7 +619,7 @@ async fn map_profile(store: &Store, enricher: &Enricher, cfg: &Config, day: chro
     drop(enricher.sources_for_day(store, day, now.date_naive()).await);
     let enrich = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let built = maps::build(store, enricher, &cfg.cost, from, to, now)
+    let built = mapservice::build(store, enricher, &cfg.cost, from, to, now)
         .await
         .unwrap();
     let prepare = (t.elapsed().as_secs_f64() - read - enrich).max(0.0);

@@ -34,7 +34,7 @@ use trafficmap_model::{map::ObservedBy, report::Role};
 use crate::{
     enrich::{Directory, Target},
     few::Few,
-    obs::{Obs, RangeData},
+    range::{Obs, RangeData},
     slots::{Keyed, Slots},
 };
 
@@ -361,7 +361,7 @@ mod tests {
     use super::*;
     use crate::{
         enrich::{CloudIndex, Rules, Sources},
-        obs::{Counters, RangeBuilder},
+        range::{Counters, RangeBuilder},
     };
 
     fn ip(s: &str) -> IpAddr {

@@ -24,8 +24,8 @@ use crate::{
     cost::usd,
     enrich::{Identity, dns::ReverseLookup, dns::SystemResolver, refresh::Enricher},
     export::{export, grouped},
-    mapbuild::{Priced, unnamed_addresses},
-    maps::{self, Built},
+    mapservice::{self, Built},
+    render::{Priced, unnamed_addresses},
     store::Store,
 };
 
@@ -52,7 +52,7 @@ impl Progress {
 
 pub fn resolve_range(r: &RangeArgs, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
     if let Some(d) = r.day {
-        return Ok(maps::day_range(d));
+        return Ok(mapservice::day_range(d));
     }
     if let (Some(f), Some(t)) = (r.from, r.to) {
         let (f, t) = (f.with_timezone(&Utc), t.with_timezone(&Utc));
@@ -62,7 +62,7 @@ pub fn resolve_range(r: &RangeArgs, now: DateTime<Utc>) -> Result<(DateTime<Utc>
         return Ok((f, t));
     }
     let last = r.last.unwrap_or(std::time::Duration::from_secs(86_400));
-    let to = crate::obs::minute_floor(now) + Duration::minutes(1);
+    let to = crate::period::minute_floor(now) + Duration::minutes(1);
     Ok((to - Duration::from_std(last)?, to))
 }
 
@@ -100,7 +100,7 @@ pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Resul
     }
     let (from, to) = resolve_range(range, now)?;
     p.step(format!("reading {from} .. {to} from {}", store.backend()));
-    let mut built = maps::build(&store, &enricher, &cfg.cost, from, to, now).await?;
+    let mut built = mapservice::build(&store, &enricher, &cfg.cost, from, to, now).await?;
     p.step(format!(
         "{} conversations, {} endpoints",
         grouped(built.prepared.conversations.len() as u64),
@@ -110,7 +110,7 @@ pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Resul
         let unnamed = unnamed_addresses(&built.prepared);
         if !unnamed.is_empty() {
             resolve_names(&enricher, rx, &unnamed, p).await;
-            built = maps::build(&store, &enricher, &cfg.cost, from, to, now).await?;
+            built = mapservice::build(&store, &enricher, &cfg.cost, from, to, now).await?;
         }
     }
     Ok(Loaded {
@@ -936,7 +936,7 @@ pub async fn export_map(settings: &Settings, a: &ExportArgs) -> Result<()> {
     let bytes = export(&map, a.format);
     match &a.output {
         Some(path) => {
-            maps::write_atomic(path, &bytes).with_context(|| path.display().to_string())?;
+            mapservice::write_atomic(path, &bytes).with_context(|| path.display().to_string())?;
             p.step(format!(
                 "wrote {} ({} bytes)",
                 path.display(),

@@ -16,7 +16,7 @@ use crate::{
         dns::{ReverseLookup, SystemResolver},
         refresh::{CloudSource, Enricher, SnapshotFile},
     },
-    maps,
+    mapservice,
     metrics::Metrics,
     server::{self, App},
     store::Store,
@@ -214,7 +214,7 @@ async fn write_daily(app: &App) {
     let today = now.date_naive();
     for back in 1..=i64::from(cfg.daily.lookback_days.max(1)) {
         let day = today - chrono::Duration::days(back);
-        let (_, end) = maps::day_range(day);
+        let (_, end) = mapservice::day_range(day);
         if now < end + chrono::Duration::from_std(cfg.daily.delay).unwrap_or_default() {
             continue;
         }
@@ -239,7 +239,7 @@ async fn write_daily(app: &App) {
         if oldest_file.is_some_and(|t| chrono::DateTime::<Utc>::from(t) > changed) {
             continue;
         }
-        match maps::write_day(
+        match mapservice::write_day(
             &app.store,
             &app.enricher,
             &cfg.cost,

@@ -36,9 +36,9 @@ use crate::{
     config::Config,
     enrich::refresh::Enricher,
     export::{self, Format},
-    maps,
+    ingest::Ingest,
+    mapservice::{MapError, MapSource, Served, Span},
     metrics::{MapBuild, Metrics},
-    obs::Ingest,
     store::{Outcome, Store},
 };
 
@@ -504,46 +504,14 @@ fn hint_dns(app: &App, ing: &Ingest) {
     app.enricher.request_dns(unknown);
 }
 
-/// What a map request asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Want {
-    Day(NaiveDate),
-    Range(DateTime<Utc>, DateTime<Utc>),
-}
-
-impl Want {
-    pub fn range(self) -> (DateTime<Utc>, DateTime<Utc>) {
-        match self {
-            Want::Day(d) => maps::day_range(d),
-            Want::Range(f, t) => (f, t),
-        }
-    }
-
-    /// The whole UTC days the range consists of, if it is day-aligned.
-    fn whole_days(self) -> Option<Vec<NaiveDate>> {
-        let (f, t) = self.range();
-        let aligned = |x: DateTime<Utc>| x.timestamp() % crate::obs::DAY == 0;
-        if !aligned(f) || !aligned(t) {
-            return None;
-        }
-        let mut days = Vec::new();
-        let mut d = f.date_naive();
-        while maps::day_range(d).0 < t {
-            days.push(d);
-            d = d.succ_opt()?;
-        }
-        Some(days)
-    }
-}
-
-fn parse_want(q: &HashMap<String, String>) -> Result<(View, Want), String> {
+fn parse_want(q: &HashMap<String, String>) -> Result<(View, Span), String> {
     let view: View = q
         .get("view")
         .ok_or("view: required (instances, clusters or security-groups)")?
         .parse()
         .map_err(|e| format!("view: {e}"))?;
     let want = match (q.get("day"), q.get("from"), q.get("to")) {
-        (Some(d), None, None) => Want::Day(
+        (Some(d), None, None) => Span::Day(
             NaiveDate::parse_from_str(d, "%Y-%m-%d")
                 .map_err(|_| format!("day `{d}`: expected YYYY-MM-DD"))?,
         ),
@@ -560,105 +528,60 @@ fn parse_want(q: &HashMap<String, String>) -> Result<(View, Want), String> {
             if t - f > chrono::Duration::days(400) {
                 return Err("from/to: at most 400 days at once".into());
             }
-            Want::Range(f, t)
+            Span::Range(f, t)
         }
         _ => return Err("give either day=YYYY-MM-DD or both from= and to= (RFC 3339)".into()),
     };
     Ok((view, want))
 }
 
-/// Where a served map came from.
-pub enum Served {
-    /// A daily file, as stored.
-    File(Vec<u8>),
-    Built(Box<Map>),
-}
-
-/// The map for a request: daily files when they cover it, else computed from the store.
-pub async fn find_map(app: &App, view: View, want: Want) -> Result<Served, Response> {
-    if let Some(days) = want.whole_days() {
-        let files: Vec<PathBuf> = days
-            .iter()
-            .map(|d| app.output_dir.join(view.file_name(*d)))
-            .collect();
-        if !files.is_empty() && files.iter().all(|f| f.is_file()) {
-            let m = &app.metrics;
-            m.maps_built
-                .get_or_create(&MapBuild {
-                    view: view.as_str(),
-                    from: "file",
-                })
-                .inc();
-            if files.len() == 1 {
-                return std::fs::read(&files[0]).map(Served::File).map_err(|e| {
-                    json_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("{}: {e}", files[0].display()),
-                    )
-                });
-            }
-            let mut docs = Vec::new();
-            for f in &files {
-                let bytes = std::fs::read(f).map_err(|e| {
-                    json_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("{}: {e}", f.display()),
-                    )
-                })?;
-                docs.push(Map::from_json(&bytes).map_err(|e| {
-                    json_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("{}: {e}", f.display()),
-                    )
-                })?);
-            }
-            let (from, to) = want.range();
-            return Ok(Served::Built(Box::new(crate::mapbuild::merge_maps(
-                docs,
-                from,
-                to,
-                Utc::now(),
-            ))));
+impl App {
+    fn map_source(&self) -> MapSource<'_> {
+        MapSource {
+            store: &self.store,
+            enricher: &self.enricher,
+            rates: &self.cfg.cost,
+            dir: &self.output_dir,
         }
     }
-    let (from, to) = want.range();
+}
+
+/// The map for a request (see [`crate::mapservice`] for where it comes from), counted in the metrics; errors
+/// as the response to send.
+pub async fn find_map(app: &App, view: View, span: Span) -> Result<Served, Response> {
     let t = Instant::now();
-    let built = maps::build(
-        &app.store,
-        &app.enricher,
-        &app.cfg.cost,
-        from,
-        to,
-        Utc::now(),
-    )
-    .await
-    .map_err(|e| {
-        app.metrics.store_error("read");
-        json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {e}"),
-        )
-    })?;
-    if let Want::Day(d) = want
-        && built.prepared.identities.is_empty()
-    {
-        return Err(json_error(
-            StatusCode::NOT_FOUND,
-            format!("no data for {d}"),
-        ));
-    }
-    let map = built.render(&app.enricher, view, Utc::now());
-    app.metrics
-        .map_build_seconds
-        .observe(t.elapsed().as_secs_f64());
+    let served = app
+        .map_source()
+        .map(view, span, Utc::now())
+        .await
+        .map_err(|e| {
+            let status = match &e {
+                MapError::NoData(_) => StatusCode::NOT_FOUND,
+                MapError::Store(_) => {
+                    app.metrics.store_error("read");
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                MapError::File { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            json_error(status, e.to_string())
+        })?;
+    let from = match &served {
+        Served::File(_) => "file",
+        Served::Built(_) => {
+            app.metrics
+                .map_build_seconds
+                .observe(t.elapsed().as_secs_f64());
+            "store"
+        }
+    };
     app.metrics
         .maps_built
         .get_or_create(&MapBuild {
             view: view.as_str(),
-            from: "store",
+            from,
         })
         .inc();
-    Ok(Served::Built(Box::new(map)))
+    Ok(served)
 }
 
 async fn get_map(
@@ -713,13 +636,13 @@ async fn get_export(
         Err(r) => return r,
     };
     let name = match want {
-        Want::Day(d) => format!(
+        Span::Day(d) => format!(
             "{}-{}.{}",
             view.as_str(),
             d.format("%Y%m%d"),
             format.extension()
         ),
-        Want::Range(f, t) => format!(
+        Span::Range(f, t) => format!(
             "{}-{}-{}.{}",
             view.as_str(),
             f.format("%Y%m%dT%H%M"),
@@ -738,27 +661,9 @@ async fn get_export(
     (StatusCode::OK, headers, export::export(&map, format)).into_response()
 }
 
-/// Days with a daily file in `dir`.
-pub fn file_days(dir: &std::path::Path) -> BTreeSet<NaiveDate> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return BTreeSet::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stem = name.strip_suffix(".json")?;
-            let (view, day) = stem.rsplit_once('-')?;
-            view.parse::<View>().ok()?;
-            NaiveDate::parse_from_str(day, "%Y%m%d").ok()
-        })
-        .collect()
-}
-
 async fn get_days(State(app): State<Arc<App>>) -> Response {
-    let mut days = file_days(&app.output_dir);
-    match app.store.days().await {
-        Ok(d) => days.extend(d),
+    let days = match app.map_source().days().await {
+        Ok(d) => d,
         Err(e) => {
             app.metrics.store_error("read");
             return json_error(
@@ -766,7 +671,7 @@ async fn get_days(State(app): State<Arc<App>>) -> Response {
                 format!("store unavailable: {e}"),
             );
         }
-    }
+    };
     let list: Vec<String> = days
         .iter()
         .rev()

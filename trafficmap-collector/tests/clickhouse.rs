@@ -14,8 +14,8 @@ use support::{clickhouse::ClickHouse, *};
 use trafficmap_collector::{
     config::Config,
     enrich::refresh::Enricher,
-    maps,
-    obs::Ingest,
+    ingest::Ingest,
+    mapservice,
     store::{
         Outcome, Retention, Store,
         clickhouse::{ClickHouseOptions, ClickHouseStore},
@@ -70,7 +70,7 @@ async fn clickhouse_store(ch: &ClickHouse, db: &str) -> Store {
 
 async fn views(store: &Store, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Map> {
     let (e, cfg) = enricher();
-    let built = maps::build(store, &e, &cfg.cost, from, to, generated_at())
+    let built = mapservice::build(store, &e, &cfg.cost, from, to, generated_at())
         .await
         .unwrap();
     View::ALL
@@ -84,7 +84,7 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 fn ranges() -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
-    let day = |d| maps::day_range(NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap());
+    let day = |d| mapservice::day_range(NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap());
     vec![
         day("2026-11-22"),
         day("2026-11-23"),
@@ -168,7 +168,7 @@ async fn clickhouse_answers_like_sqlite() {
     // The golden files themselves.
     for d in ["2026-11-22", "2026-11-23"] {
         let day = NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap();
-        let (from, to) = maps::day_range(day);
+        let (from, to) = mapservice::day_range(day);
         for m in views(&clickhouse, from, to).await {
             let golden =
                 std::fs::read(root().join("golden/maps").join(m.view.file_name(day))).unwrap();
@@ -213,7 +213,7 @@ async fn late_reports_and_retention() {
     };
     let store = clickhouse_store(&ch, "late").await;
     let day = (Utc::now() - TimeDelta::days(1)).date_naive();
-    let ten = maps::day_range(day).0 + TimeDelta::hours(10);
+    let ten = mapservice::day_range(day).0 + TimeDelta::hours(10);
     let mk = |id: &str, sent: u64| {
         let v = report(
             id,
@@ -226,7 +226,7 @@ async fn late_reports_and_retention() {
             &Report::from_json(&serde_json::to_vec(&v).unwrap()).unwrap(),
         ))
     };
-    let (from, to) = maps::day_range(day);
+    let (from, to) = mapservice::day_range(day);
     let total = |s: Store| async move { views(&s, from, to).await[0].totals.bytes };
     store
         .ingest(vec![mk("late-000000000000001", 1000)], Utc::now())
@@ -270,7 +270,7 @@ async fn late_reports_and_retention() {
     assert_eq!(total(store.clone()).await, 1502);
     let (h0, h1) = (ten, ten + TimeDelta::hours(1));
     let (e, cfg) = enricher();
-    let hour = maps::build(&store, &e, &cfg.cost, h0, h1, Utc::now())
+    let hour = mapservice::build(&store, &e, &cfg.cost, h0, h1, Utc::now())
         .await
         .unwrap();
     assert_eq!(

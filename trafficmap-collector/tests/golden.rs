@@ -12,8 +12,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use trafficmap_collector::{
     config::Config,
     enrich::refresh::Enricher,
-    maps,
-    obs::Ingest,
+    ingest::Ingest,
+    mapservice,
     store::{Retention, Store, sqlite::SqliteStore},
 };
 use trafficmap_model::{
@@ -85,8 +85,8 @@ async fn build(rollup: bool) -> Vec<Map> {
 async fn build_day(rollup: bool, day: NaiveDate) -> Vec<Map> {
     let (store, _dir) = golden_store(rollup).await;
     let (e, cfg) = enricher();
-    let (from, to) = maps::day_range(day);
-    let built = maps::build(&store, &e, &cfg.cost, from, to, generated_at())
+    let (from, to) = mapservice::day_range(day);
+    let built = mapservice::build(&store, &e, &cfg.cost, from, to, generated_at())
         .await
         .unwrap();
     View::ALL
@@ -135,6 +135,50 @@ fn check_golden(map: &Map, day: NaiveDate, update: bool) {
         "{} differs from what the code builds now; review with UPDATE_GOLDEN=1 and git diff",
         path.display()
     );
+}
+
+/// A day served from its daily file is the map building the day gives (same `generated_at`):
+/// the one shortcut of the map path answers what the path itself would.
+#[tokio::test]
+async fn a_daily_file_is_the_map_built_for_its_day() {
+    let (store, _dir) = golden_store(true).await;
+    let (e, cfg) = enricher();
+    let files = tempfile::tempdir().unwrap();
+    mapservice::write_day(
+        &store,
+        &e,
+        &cfg.cost,
+        files.path(),
+        day(),
+        generated_at(),
+        None,
+    )
+    .await
+    .unwrap();
+    let source = mapservice::MapSource {
+        store: &store,
+        enricher: &e,
+        rates: &cfg.cost,
+        dir: files.path(),
+    };
+    let (from, to) = mapservice::day_range(day());
+    for view in View::ALL {
+        let file = match source
+            .map(view, mapservice::Span::Day(day()), generated_at())
+            .await
+        {
+            Ok(mapservice::Served::File(bytes)) => bytes,
+            _ => panic!("{view:?}: the daily file is served"),
+        };
+        let built = match source
+            .map(view, mapservice::Span::Range(from, to), generated_at())
+            .await
+        {
+            Ok(mapservice::Served::Built(m)) => m.to_json_pretty(),
+            _ => panic!("{view:?}: a range is built"),
+        };
+        assert!(file == built, "{view:?}: daily file and built map differ");
+    }
 }
 
 /// The same maps whether the day is read from roll-ups or from minute rows.

@@ -96,6 +96,29 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Client, Role::Server, Role::Unknown];
+
+    /// The name in reports (the serde name), which stores keep too.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role `{s}`: expected client, server or unknown"))
+    }
+}
+
 /// How the local role was established.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -251,6 +274,18 @@ mod tests {
 
     const EXAMPLE: &str = include_str!("../../schema/report-v1.example.json");
     const SCHEMA: &str = include_str!("../../schema/report-v1.schema.json");
+
+    #[test]
+    fn role_names_are_the_serde_names() {
+        for r in Role::ALL {
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+        }
+        assert!("observer".parse::<Role>().is_err());
+    }
 
     fn example() -> serde_json::Value {
         serde_json::from_str(EXAMPLE).unwrap()

@@ -32,7 +32,7 @@ use trafficmap_model::{
     map::{NodeHealth, NodeKind},
 };
 
-use crate::obs::AgentInfo;
+use crate::range::AgentInfo;
 pub use files::{ForeignList, Inventory, PriceTable};
 pub use rules::TagRules;
 

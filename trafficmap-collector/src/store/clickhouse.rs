@@ -29,8 +29,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
-use crate::obs::{
-    Counters, DAY, HOUR, Ingest, RangeBuilder, RangeData, floor, parse_role, role_str,
+use crate::{
+    ingest::Ingest,
+    period::{DAY, HOUR, floor},
+    range::{Counters, RangeBuilder, RangeData},
 };
 
 /// Partitions of the roll-up and report tables span this many seconds (30 days).
@@ -535,7 +537,7 @@ impl ClickHouseStore {
                 local_ip: r.local_ip.to_string(),
                 peer_ip: r.peer_ip.to_string(),
                 server_port: r.server_port,
-                role: role_str(r.role),
+                role: r.role.as_str(),
                 process: &r.process,
                 bytes_sent: r.c.bytes_sent,
                 bytes_received: r.c.bytes_received,
@@ -671,8 +673,10 @@ impl ClickHouseStore {
                 };
                 let agent = b.agent(&r.observer);
                 let process = b.process(&r.process);
-                let role =
-                    parse_role(&r.role).ok_or_else(|| ch(format!("corrupt role `{}`", r.role)))?;
+                let role: trafficmap_model::report::Role = r
+                    .role
+                    .parse()
+                    .map_err(|_| ch(format!("corrupt role `{}`", r.role)))?;
                 b.add(
                     agent,
                     ip(r.local_ip)?,
@@ -811,7 +815,7 @@ impl ClickHouseStore {
         Ok(rows
             .first()
             .filter(|m| m.n > 0)
-            .map(|m| crate::obs::from_ms(m.at)))
+            .map(|m| crate::period::from_ms(m.at)))
     }
 
     pub async fn save_cloud(

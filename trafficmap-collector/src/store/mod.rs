@@ -11,7 +11,11 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use chrono::{DateTime, NaiveDate, Utc};
 use trafficmap_model::cloud::CloudSnapshot;
 
-use crate::obs::{DAY, HOUR, Ingest, MINUTE, RangeData, floor};
+use crate::{
+    ingest::Ingest,
+    period::{DAY, HOUR, MINUTE, floor},
+    range::RangeData,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -313,7 +317,7 @@ pub fn day_start(day: NaiveDate) -> i64 {
 }
 
 pub fn day_of(secs: i64) -> NaiveDate {
-    crate::obs::from_secs(floor(secs, DAY)).date_naive()
+    crate::period::from_secs(floor(secs, DAY)).date_naive()
 }
 
 #[cfg(test)]

@@ -27,7 +27,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
-use crate::obs::{Counters, DAY, HOUR, Ingest, RangeBuilder, RangeData, floor};
+use crate::{
+    ingest::Ingest,
+    period::{DAY, HOUR, floor},
+    range::{Counters, RangeBuilder, RangeData},
+};
 
 const SCHEMA_VERSION: i64 = 1;
 /// Minute rows folded per roll-up transaction (bounds memory and how long ingest waits).
@@ -471,7 +475,7 @@ impl SqliteStore {
                 |r| r.get(0),
             )?)
         })?;
-        Ok(v.map(crate::obs::from_ms))
+        Ok(v.map(crate::period::from_ms))
     }
 
     pub fn save_cloud(&self, day: NaiveDate, taken: DateTime<Utc>, body: &[u8]) -> Result<()> {
@@ -697,9 +701,12 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
             }
         }))
     };
-    let mut read = |sql: &str, args: &[i64], b: &mut RangeBuilder| -> Result<()> {
-        // Roll-up tables have one row per key and period; minute rows repeat keys.
-        b.begin_read(!sql.contains("pair_minute"));
+    // `unique`: whether keys are unique within the read. Roll-up tables have one row per key
+    // and period, so a read of one period has unique keys; a read of several periods, or of
+    // minute rows, repeats them and the builder must sum them (else each period's carried-in
+    // connections would count again).
+    let mut read = |sql: &str, args: &[i64], unique: bool, b: &mut RangeBuilder| -> Result<()> {
+        b.begin_read(unique);
         let mut st = tx.prepare_cached(sql)?;
         let mut rows = st.query(rusqlite::params_from_iter(args))?;
         while let Some(r) = rows.next()? {
@@ -736,6 +743,7 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
                         "SELECT {COLUMNS} FROM pair_minute WHERE minute >= ?1 AND minute < ?2"
                     ),
                     &[*s, *e],
+                    false,
                     &mut b,
                 )?;
                 health_ranges.push((*s, *e));
@@ -747,6 +755,7 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
                         grain.table()
                     ),
                     &[*s, *e],
+                    e - s == grain.secs(),
                     &mut b,
                 )?;
                 // Rows that arrived after the last roll-up.
@@ -755,6 +764,7 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
                         "SELECT {COLUMNS} FROM pair_minute WHERE minute >= ?1 AND minute < ?2 AND rowid > ?3"
                     ),
                     &[*s, *e, watermark],
+                    false,
                     &mut b,
                 )?;
                 if *grain == Grain::Day {

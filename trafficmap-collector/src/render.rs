@@ -25,7 +25,8 @@ use crate::{
     enrich::{Directory, Identity},
     few::Few,
     merge::{Conversation, Endpoint, Merged, merge},
-    obs::{RangeData, from_ms},
+    period::from_ms,
+    range::RangeData,
     slots::{Keyed, Slots},
 };
 
@@ -278,28 +279,74 @@ fn groups(view: View, id: &Identity) -> Vec<String> {
     }
 }
 
-/// Builds the map of one view. Groups (the view's nodes) are numbered while building, and
-/// named and sorted once at the end: a day of a large fleet is a million conversations.
+/// Builds the map of one view, in steps: number the view's nodes ([`Groups`]), gather their
+/// members, sum the links, add the links to their nodes, then name and sort both. Groups are
+/// numbered while building, and named and sorted once at the end: a day of a large fleet is a
+/// million conversations.
 pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateTime<Utc>) -> Map {
-    let mut names: Vec<String> = Vec::new();
-    let mut index: HashMap<String, u32> = HashMap::default();
-    let member_groups: Vec<Vec<u32>> = p
-        .identities
-        .iter()
-        .map(|i| {
-            groups(view, i)
-                .into_iter()
-                .map(|g| {
-                    *index.entry(g).or_insert_with_key(|g| {
-                        names.push(g.clone());
-                        (names.len() - 1) as u32
+    let groups = Groups::number(p, view);
+    let mut nodes = member_nodes(p, view, &groups, dir);
+    let links = sum_links(p, view, &groups, &mut nodes);
+    add_links_to_nodes(&links, &mut nodes);
+    let (order, rank) = node_order(&groups.names, &nodes);
+    let nodes = output_nodes(p, &groups.names, nodes, &order);
+    let (links, totals) = output_links(p, &groups.names, links, &rank, nodes.len());
+    Map {
+        schema: MAP_SCHEMA.to_owned(),
+        view,
+        from: p.from,
+        to: p.to,
+        generated_at,
+        nodes,
+        links,
+        totals,
+        warnings: p.warnings.clone(),
+    }
+}
+
+/// The nodes of a view, numbered in the order identities first name them.
+struct Groups {
+    /// Node id of each group number.
+    names: Vec<String>,
+    /// The groups each identity (by index into [`Prepared::identities`]) belongs to.
+    of_identity: Vec<Vec<u32>>,
+}
+
+impl Groups {
+    fn number(p: &Prepared, view: View) -> Groups {
+        let mut names: Vec<String> = Vec::new();
+        let mut index: HashMap<String, u32> = HashMap::default();
+        let of_identity = p
+            .identities
+            .iter()
+            .map(|i| {
+                groups(view, i)
+                    .into_iter()
+                    .map(|g| {
+                        *index.entry(g).or_insert_with_key(|g| {
+                            names.push(g.clone());
+                            (names.len() - 1) as u32
+                        })
                     })
-                })
-                .collect()
-        })
-        .collect();
-    let mut nodes: Vec<Option<NodeAcc>> = (0..names.len()).map(|_| None).collect();
-    // Members: agents always, other identities only if some conversation uses them.
+                    .collect()
+            })
+            .collect();
+        Groups { names, of_identity }
+    }
+}
+
+/// A node's accumulator by group number; `None` for a group without members.
+type NodeAccs = Vec<Option<NodeAcc>>;
+
+/// The accumulator of group `g`, which has members by the time links are summed.
+fn node(nodes: &mut [Option<NodeAcc>], g: u32) -> &mut NodeAcc {
+    nodes[g as usize].as_mut().expect("member node")
+}
+
+/// The nodes with their members: agents always, other identities only if some conversation
+/// uses them.
+fn member_nodes(p: &Prepared, view: View, groups: &Groups, dir: &Directory<'_>) -> NodeAccs {
+    let mut nodes: NodeAccs = (0..groups.names.len()).map(|_| None).collect();
     let mut used: Vec<bool> = p
         .identities
         .iter()
@@ -313,15 +360,22 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         if !used[i] {
             continue;
         }
-        for &g in &member_groups[i] {
+        for &g in &groups.of_identity[i] {
             let n = nodes[g as usize].get_or_insert_default();
-            add_member(n, view, &names[g as usize], i, id, dir);
+            add_member(n, view, &groups.names[g as usize], i, id, dir);
         }
     }
-    fn node(nodes: &mut [Option<NodeAcc>], g: u32) -> &mut NodeAcc {
-        nodes[g as usize].as_mut().expect("member node")
-    }
+    nodes
+}
 
+/// Sums the conversations into links per (client group, server group), and notes the
+/// processes and server ports of their nodes on the way.
+fn sum_links(
+    p: &Prepared,
+    view: View,
+    groups: &Groups,
+    nodes: &mut [Option<NodeAcc>],
+) -> Slots<LinkSlot> {
     // Instances have about one link per conversation; groups far fewer.
     let cap = if view == View::Instances {
         p.conversations.len()
@@ -334,11 +388,11 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         let (to_server, to_client) = (conv.bytes_to_server(), conv.bytes_to_client());
         let observed = conv.observed_by();
         let (first, last) = (conv.first_seen_ms(), conv.last_seen_ms());
-        for &gs in &member_groups[c.client] {
+        for &gs in &groups.of_identity[c.client] {
             if let Some(side) = &conv.client_side {
-                node(&mut nodes, gs).processes.extend(side.processes.iter());
+                node(nodes, gs).processes.extend(side.processes.iter());
             }
-            for &gt in &member_groups[c.server] {
+            for &gt in &groups.of_identity[c.server] {
                 let l = &mut links
                     .get_or_insert_with((gs, gt), |ends| LinkSlot {
                         ends,
@@ -363,14 +417,20 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
                 l.last_ms = Some(l.last_ms.map_or(last, |x| x.max(last)));
             }
         }
-        for &gt in &member_groups[c.server] {
-            let n = node(&mut nodes, gt);
+        for &gt in &groups.of_identity[c.server] {
+            let n = node(nodes, gt);
             n.server_ports.insert(conv.key.port);
             if let Some(side) = &conv.server_side {
                 n.processes.extend(side.processes.iter());
             }
         }
     }
+    links
+}
+
+/// Adds every link's bytes, connections and cost to its two nodes; a link within one node adds
+/// its connections and cost once, and no bytes in or out.
+fn add_links_to_nodes(links: &Slots<LinkSlot>, nodes: &mut [Option<NodeAcc>]) {
     for LinkSlot {
         ends: (s, t),
         acc: l,
@@ -379,24 +439,26 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         let (s, t) = (*s, *t);
         let (conns, cost) = (l.connections, l.cost_nanos);
         if s == t {
-            let n = node(&mut nodes, s);
+            let n = node(nodes, s);
             n.connections += conns;
             n.cost_nanos += cost;
             continue;
         }
-        let src = node(&mut nodes, s);
+        let src = node(nodes, s);
         src.bytes_out += l.to_target;
         src.bytes_in += l.to_source;
         src.connections += conns;
         src.cost_nanos += cost;
-        let dst = node(&mut nodes, t);
+        let dst = node(nodes, t);
         dst.bytes_in += l.to_target;
         dst.bytes_out += l.to_source;
         dst.connections += conns;
         dst.cost_nanos += cost;
     }
+}
 
-    // Output order: by node id.
+/// Output order: the groups with members, by node id; and each group's rank in it.
+fn node_order(names: &[String], nodes: &[Option<NodeAcc>]) -> (Vec<u32>, Vec<u32>) {
     let mut order: Vec<u32> = (0..names.len() as u32)
         .filter(|g| nodes[*g as usize].is_some())
         .collect();
@@ -405,13 +467,20 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
     for (r, g) in order.iter().enumerate() {
         rank[*g as usize] = r as u32;
     }
-    let process_names = |set: &mut dyn Iterator<Item = u32>| -> Vec<String> {
-        let mut v: Vec<String> = set.map(|i| p.processes[i as usize].clone()).collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
-    let out_nodes: Vec<Node> = order
+    (order, rank)
+}
+
+/// Process names of a set of process indexes, sorted, each once.
+fn process_names(p: &Prepared, set: impl Iterator<Item = u32>) -> Vec<String> {
+    let mut v: Vec<String> = set.map(|i| p.processes[i as usize].clone()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The map's nodes, in output order.
+fn output_nodes(p: &Prepared, names: &[String], mut nodes: NodeAccs, order: &[u32]) -> Vec<Node> {
+    order
         .iter()
         .map(|&g| {
             let n = nodes[g as usize].take().expect("ordered nodes exist");
@@ -429,7 +498,7 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
                 lifecycle: n.lifecycle.get(),
                 price_per_hour: n.price.map(|v| (v * 1e6).round() / 1e6),
                 security_groups: n.security_groups.into_iter().collect(),
-                processes: process_names(&mut n.processes.iter().copied()),
+                processes: process_names(p, n.processes.iter().copied()),
                 server_ports: n.server_ports.into_iter().collect(),
                 members: n.members.len() as u32,
                 bytes_in: n.bytes_in,
@@ -440,15 +509,25 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
                 health: n.health,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The map's links, ordered by the ranks of their (source, target) nodes, and the map's totals.
+fn output_links(
+    p: &Prepared,
+    names: &[String],
+    links: Slots<LinkSlot>,
+    rank: &[u32],
+    node_count: usize,
+) -> (Vec<Link>, Totals) {
     let mut links = links.into_vec();
     links.sort_unstable_by_key(|l| (rank[l.ends.0 as usize], rank[l.ends.1 as usize]));
     let mut totals = Totals {
-        nodes: out_nodes.len() as u64,
+        nodes: node_count as u64,
         ..Totals::default()
     };
     let mut total_cost = 0u64;
-    let out_links: Vec<Link> = links
+    let out: Vec<Link> = links
         .into_iter()
         .map(
             |LinkSlot {
@@ -467,8 +546,8 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
                     bytes_to_source: l.to_source,
                     connections: l.connections,
                     server_ports: l.ports.iter().collect(),
-                    client_processes: process_names(&mut l.client_processes.iter()),
-                    server_processes: process_names(&mut l.server_processes.iter()),
+                    client_processes: process_names(p, l.client_processes.iter()),
+                    server_processes: process_names(p, l.server_processes.iter()),
                     observed_by: match l.observed {
                         Same::One(o) => o,
                         _ => ObservedBy::Mixed,
@@ -483,17 +562,7 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         )
         .collect();
     totals.cost_usd = usd(total_cost);
-    Map {
-        schema: MAP_SCHEMA.to_owned(),
-        view,
-        from: p.from,
-        to: p.to,
-        generated_at,
-        nodes: out_nodes,
-        links: out_links,
-        totals,
-        warnings: p.warnings.clone(),
-    }
+    (out, totals)
 }
 
 fn add_member(
@@ -549,155 +618,5 @@ fn add_member(
                 };
             }
         }
-    }
-}
-
-/// Sums maps of consecutive ranges of one view (daily files making up a longer range): nodes
-/// by id (attributes of the latest map that has them, health summed), links by (source,
-/// target) with bytes, connections, disagreement and cost summed; node totals recomputed from
-/// the links.
-pub fn merge_maps(
-    docs: Vec<Map>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    generated_at: DateTime<Utc>,
-) -> Map {
-    let view = docs.first().map_or(View::Instances, |d| d.view);
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let mut links: BTreeMap<(String, String), (Link, u64)> = BTreeMap::new();
-    let mut warnings: Vec<String> = Vec::new();
-    let to_nanos = |usd: f64| (usd * 1e9).round() as u64;
-    for d in docs {
-        for w in d.warnings {
-            if !warnings.contains(&w) {
-                warnings.push(w);
-            }
-        }
-        for n in d.nodes {
-            match nodes.get_mut(&n.id) {
-                Some(old) => {
-                    let health = match (&old.health, &n.health) {
-                        (Some(a), Some(b)) => Some(NodeHealth {
-                            reports: a.reports + b.reports,
-                            probe_drops: a.probe_drops + b.probe_drops,
-                            spool_dropped: a.spool_dropped.max(b.spool_dropped),
-                        }),
-                        (a, b) => a.clone().or(b.clone()),
-                    };
-                    let mut processes: BTreeSet<String> = old.processes.drain(..).collect();
-                    processes.extend(n.processes.iter().cloned());
-                    let mut ports: BTreeSet<u16> = old.server_ports.drain(..).collect();
-                    ports.extend(n.server_ports.iter().copied());
-                    let mut addrs: BTreeSet<String> = old.addresses.drain(..).collect();
-                    addrs.extend(n.addresses.iter().cloned());
-                    let members = old.members.max(n.members);
-                    *old = Node {
-                        processes: processes.into_iter().collect(),
-                        server_ports: ports.into_iter().collect(),
-                        addresses: addrs.into_iter().collect(),
-                        members,
-                        health,
-                        ..n
-                    };
-                }
-                None => {
-                    nodes.insert(n.id.clone(), n);
-                }
-            }
-        }
-        for l in d.links {
-            let nanos = to_nanos(l.cost_usd);
-            match links.get_mut(&(l.source.clone(), l.target.clone())) {
-                Some((acc, acc_nanos)) => {
-                    acc.bytes_to_target += l.bytes_to_target;
-                    acc.bytes_to_source += l.bytes_to_source;
-                    acc.connections += l.connections;
-                    acc.disagreement_bytes += l.disagreement_bytes;
-                    *acc_nanos += nanos;
-                    let mut ports: BTreeSet<u16> = acc.server_ports.drain(..).collect();
-                    ports.extend(l.server_ports.iter().copied());
-                    acc.server_ports = ports.into_iter().collect();
-                    for (mine, theirs) in [
-                        (&mut acc.client_processes, &l.client_processes),
-                        (&mut acc.server_processes, &l.server_processes),
-                    ] {
-                        let mut set: BTreeSet<String> = mine.drain(..).collect();
-                        set.extend(theirs.iter().cloned());
-                        *mine = set.into_iter().collect();
-                    }
-                    if acc.observed_by != l.observed_by {
-                        acc.observed_by = ObservedBy::Mixed;
-                    }
-                    if acc.cost_kind != l.cost_kind {
-                        acc.cost_kind = CostKind::Unknown;
-                    }
-                    acc.first_seen = acc
-                        .first_seen
-                        .min(l.first_seen)
-                        .or(acc.first_seen.or(l.first_seen));
-                    acc.last_seen = acc.last_seen.max(l.last_seen);
-                }
-                None => {
-                    links.insert((l.source.clone(), l.target.clone()), (l, nanos));
-                }
-            }
-        }
-    }
-    for n in nodes.values_mut() {
-        n.bytes_in = 0;
-        n.bytes_out = 0;
-        n.connections = 0;
-        n.cost_usd = 0.0;
-    }
-    let mut node_nanos: BTreeMap<String, u64> = BTreeMap::new();
-    let mut totals = Totals {
-        nodes: nodes.len() as u64,
-        ..Totals::default()
-    };
-    let mut total_nanos = 0u64;
-    let out_links: Vec<Link> = links
-        .into_values()
-        .map(|(mut l, nanos)| {
-            l.cost_usd = usd(nanos);
-            totals.links += 1;
-            totals.bytes += l.bytes_to_target + l.bytes_to_source;
-            totals.connections += l.connections;
-            totals.disagreement_bytes += l.disagreement_bytes;
-            total_nanos += nanos;
-            if let Some(s) = nodes.get_mut(&l.source) {
-                s.connections += l.connections;
-                *node_nanos.entry(l.source.clone()).or_default() += nanos;
-                if l.source != l.target {
-                    s.bytes_out += l.bytes_to_target;
-                    s.bytes_in += l.bytes_to_source;
-                }
-            }
-            if l.source != l.target
-                && let Some(t) = nodes.get_mut(&l.target)
-            {
-                t.connections += l.connections;
-                t.bytes_in += l.bytes_to_target;
-                t.bytes_out += l.bytes_to_source;
-                *node_nanos.entry(l.target.clone()).or_default() += nanos;
-            }
-            l
-        })
-        .collect();
-    for (id, nanos) in node_nanos {
-        if let Some(n) = nodes.get_mut(&id) {
-            n.cost_usd = usd(nanos);
-        }
-    }
-    totals.cost_usd = usd(total_nanos);
-    Map {
-        schema: MAP_SCHEMA.to_owned(),
-        view,
-        from,
-        to,
-        generated_at,
-        nodes: nodes.into_values().collect(),
-        links: out_links,
-        totals,
-        warnings,
     }
 }

@@ -1,15 +1,11 @@
-//! Observations: what the collector keeps of a report, and what the stores hand back for a
-//! time range.
-//!
-//! One observation row is one report pair: (observer, local address, peer address, server port,
-//! role, process) with its counters. Rows are stored as they were observed, one side at a time;
-//! the two sides of a conversation are merged only when a map or query is built
-//! ([`crate::merge`]), because the other side's report may arrive later, or at another collector.
+//! Observations over a range: what the stores hand back for `[from, to)` ([`RangeData`]: every
+//! observation key summed over the range, and the agents that reported in it), how stores build
+//! it ([`RangeBuilder`]) and how pieces of a range add up ([`RangeData::merge`]).
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use chrono::{DateTime, DurationRound as _, TimeDelta, Utc};
-use trafficmap_model::report::{Ec2Identity, Report, Role};
+use chrono::{DateTime, Utc};
+use trafficmap_model::report::{Ec2Identity, Role};
 
 /// Counters of one observation key over some period.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,147 +44,6 @@ impl Counters {
     }
 }
 
-pub fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::Client => "client",
-        Role::Server => "server",
-        Role::Unknown => "unknown",
-    }
-}
-
-pub fn parse_role(s: &str) -> Option<Role> {
-    match s {
-        "client" => Some(Role::Client),
-        "server" => Some(Role::Server),
-        "unknown" => Some(Role::Unknown),
-        _ => None,
-    }
-}
-
-/// A report pair as stored: the observer is the agent's `machine_id`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    pub minute: i64,
-    pub local_ip: IpAddr,
-    pub peer_ip: IpAddr,
-    pub server_port: u16,
-    pub role: Role,
-    pub process: String,
-    pub c: Counters,
-}
-
-/// Everything a store keeps from one accepted report.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Ingest {
-    pub report_id: String,
-    pub seq: u64,
-    pub machine_id: String,
-    pub hostname: String,
-    pub window_start: DateTime<Utc>,
-    pub window_end: DateTime<Utc>,
-    /// UTC day (seconds since the epoch at midnight) the window starts in.
-    pub day: i64,
-    /// The host's addresses: reported interface addresses plus the local side of every pair
-    /// (loopback excluded).
-    pub addresses: BTreeSet<IpAddr>,
-    pub ec2: Option<Ec2Identity>,
-    pub agent_version: String,
-    pub backend: String,
-    pub kernel: String,
-    pub probe_drops: u64,
-    pub spool_dropped: u64,
-    pub rows: Vec<Row>,
-}
-
-pub const MINUTE: i64 = 60;
-pub const HOUR: i64 = 3600;
-pub const DAY: i64 = 86_400;
-
-/// Start of the period of `len` seconds containing `t` (seconds since the epoch).
-pub fn floor(t: i64, len: i64) -> i64 {
-    t.div_euclid(len) * len
-}
-
-pub fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-pub fn from_secs(s: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(s, 0).unwrap_or_default()
-}
-
-pub fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(v).unwrap_or_default()
-}
-
-/// Truncates to the minute (ranges are minute-granular: the whole window of a report is
-/// attributed to the minute its window starts in).
-pub fn minute_floor(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
-}
-
-impl Ingest {
-    /// Turns a validated report into what is stored.
-    pub fn from_report(r: &Report) -> Ingest {
-        let start = r.window.start;
-        let minute = floor(start.timestamp(), MINUTE);
-        let mut addresses: BTreeSet<IpAddr> = r
-            .host
-            .addresses
-            .iter()
-            .copied()
-            .filter(|a| !a.is_loopback())
-            .collect();
-        let rows = r
-            .pairs
-            .iter()
-            .map(|p| {
-                if !p.local_ip.is_loopback() {
-                    addresses.insert(p.local_ip);
-                }
-                // Open at the window's start = open at its end + closed - opened, as counted by
-                // the agent for this window.
-                let carried = (p.connections_active + p.connections_closed)
-                    .saturating_sub(p.connections_opened);
-                Row {
-                    minute,
-                    local_ip: p.local_ip,
-                    peer_ip: p.peer_ip,
-                    server_port: p.server_port,
-                    role: p.role,
-                    process: p.process.clone(),
-                    c: Counters {
-                        bytes_sent: p.bytes_sent,
-                        bytes_received: p.bytes_received,
-                        conns_opened: p.connections_opened,
-                        conns_carried: carried,
-                        first_window_ms: ms(start),
-                        first_seen_ms: ms(p.first_seen),
-                        last_seen_ms: ms(p.last_seen),
-                    },
-                }
-            })
-            .collect();
-        Ingest {
-            report_id: r.report_id.clone(),
-            seq: r.seq,
-            machine_id: r.host.machine_id.clone(),
-            hostname: r.host.hostname.clone(),
-            window_start: start,
-            window_end: r.window.end,
-            day: floor(start.timestamp(), DAY),
-            addresses,
-            ec2: r.host.ec2.clone(),
-            agent_version: r.agent.version.clone(),
-            backend: r.agent.backend.clone(),
-            kernel: r.agent.kernel.clone(),
-            probe_drops: r.health.drops.values().sum(),
-            spool_dropped: r.health.spool_dropped,
-            rows,
-        }
-    }
-}
-
 /// An agent as seen over a range: identity and health summed over its reports.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AgentInfo {
@@ -224,6 +79,75 @@ pub struct RangeData {
     pub agents: Vec<AgentInfo>,
     pub processes: Vec<String>,
     pub obs: Vec<Obs>,
+}
+
+/// Why pieces of a range cannot be added up into one range.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RangeMergeError {
+    #[error("no pieces to merge")]
+    Empty,
+    #[error("pieces are not consecutive: one ends at {end}, the next starts at {start}")]
+    NotConsecutive {
+        end: DateTime<Utc>,
+        start: DateTime<Utc>,
+    },
+}
+
+impl RangeData {
+    /// Adds up consecutive pieces of a range (in time order, e.g. its days) into the data of
+    /// the whole range, as a store reading the whole range at once returns it: counters summed
+    /// by key through [`Counters::add`] (so carried-in connections come from the earliest
+    /// piece), agents' reports and probe drops summed, spool drops the largest (a count since
+    /// the agent started), identity (hostname, EC2) from the latest piece and addresses from
+    /// all. This is the sum a multi-day map is made of; `tests/range_split.rs` checks that
+    /// every split of a range, merged, gives the map of the whole range.
+    pub fn merge(pieces: Vec<RangeData>) -> Result<RangeData, RangeMergeError> {
+        let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
+            return Err(RangeMergeError::Empty);
+        };
+        let (from, to) = (first.from, last.to);
+        for w in pieces.windows(2) {
+            if w[0].to != w[1].from {
+                return Err(RangeMergeError::NotConsecutive {
+                    end: w[0].to,
+                    start: w[1].from,
+                });
+            }
+        }
+        let mut b = RangeBuilder::default();
+        for piece in pieces {
+            let agents: Vec<u32> = piece
+                .agents
+                .into_iter()
+                .map(|a| {
+                    let i = b.agent(&a.machine_id);
+                    let acc = &mut b.agents[i as usize];
+                    acc.hostname = a.hostname;
+                    acc.ec2 = a.ec2;
+                    acc.addresses.extend(a.addresses);
+                    acc.reports += a.reports;
+                    acc.probe_drops += a.probe_drops;
+                    acc.spool_dropped = acc.spool_dropped.max(a.spool_dropped);
+                    i
+                })
+                .collect();
+            let processes: Vec<u32> = piece.processes.iter().map(|p| b.process(p)).collect();
+            // Keys are unique within a piece; a second piece with rows makes the builder sum.
+            b.begin_read(true);
+            for o in &piece.obs {
+                b.add(
+                    agents[o.agent as usize],
+                    o.local_ip,
+                    o.peer_ip,
+                    o.server_port,
+                    o.role,
+                    processes[o.process as usize],
+                    &o.c,
+                );
+            }
+        }
+        Ok(b.finish(from, to))
+    }
 }
 
 /// Builds a [`RangeData`], interning agents, processes and addresses, and summing rows of the
@@ -437,25 +361,5 @@ mod tests {
             }
         );
         assert_eq!(a.connections(), 7);
-    }
-
-    #[test]
-    fn report_becomes_rows_and_addresses() {
-        let r = Report::from_json(include_bytes!("../../schema/report-v1.example.json")).unwrap();
-        let i = Ingest::from_report(&r);
-        assert_eq!(i.rows.len(), 3);
-        let ten: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().unwrap();
-        assert_eq!(i.rows[0].minute, ten.timestamp());
-        assert_eq!(i.day, floor(i.window_start.timestamp(), DAY));
-        // 8 active at the end + 2 closed - 3 opened = 7 open when the window began.
-        assert_eq!(i.rows[0].c.conns_carried, 7);
-        assert_eq!(i.rows[0].c.connections(), 10);
-        assert_eq!(
-            i.addresses
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
-            ["10.0.1.11", "fd00:1::11"]
-        );
     }
 }

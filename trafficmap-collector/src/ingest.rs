@@ -1,0 +1,136 @@
+//! What the collector keeps of a report: one [`Row`] per report pair, stored as observed, one
+//! side at a time; the two sides of a conversation are merged only when a map or query is built
+//! ([`crate::merge`]), because the other side's report may arrive later, or at another
+//! collector.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use chrono::{DateTime, Utc};
+use trafficmap_model::report::{Ec2Identity, Report, Role};
+
+use crate::{
+    period::{DAY, MINUTE, floor, ms},
+    range::Counters,
+};
+
+/// A report pair as stored: the observer is the agent's `machine_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub minute: i64,
+    pub local_ip: IpAddr,
+    pub peer_ip: IpAddr,
+    pub server_port: u16,
+    pub role: Role,
+    pub process: String,
+    pub c: Counters,
+}
+
+/// Everything a store keeps from one accepted report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ingest {
+    pub report_id: String,
+    pub seq: u64,
+    pub machine_id: String,
+    pub hostname: String,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    /// UTC day (seconds since the epoch at midnight) the window starts in.
+    pub day: i64,
+    /// The host's addresses: reported interface addresses plus the local side of every pair
+    /// (loopback excluded).
+    pub addresses: BTreeSet<IpAddr>,
+    pub ec2: Option<Ec2Identity>,
+    pub agent_version: String,
+    pub backend: String,
+    pub kernel: String,
+    pub probe_drops: u64,
+    pub spool_dropped: u64,
+    pub rows: Vec<Row>,
+}
+
+impl Ingest {
+    /// Turns a validated report into what is stored.
+    pub fn from_report(r: &Report) -> Ingest {
+        let start = r.window.start;
+        let minute = floor(start.timestamp(), MINUTE);
+        let mut addresses: BTreeSet<IpAddr> = r
+            .host
+            .addresses
+            .iter()
+            .copied()
+            .filter(|a| !a.is_loopback())
+            .collect();
+        let rows = r
+            .pairs
+            .iter()
+            .map(|p| {
+                if !p.local_ip.is_loopback() {
+                    addresses.insert(p.local_ip);
+                }
+                // Open at the window's start = open at its end + closed - opened, as counted by
+                // the agent for this window.
+                let carried = (p.connections_active + p.connections_closed)
+                    .saturating_sub(p.connections_opened);
+                Row {
+                    minute,
+                    local_ip: p.local_ip,
+                    peer_ip: p.peer_ip,
+                    server_port: p.server_port,
+                    role: p.role,
+                    process: p.process.clone(),
+                    c: Counters {
+                        bytes_sent: p.bytes_sent,
+                        bytes_received: p.bytes_received,
+                        conns_opened: p.connections_opened,
+                        conns_carried: carried,
+                        first_window_ms: ms(start),
+                        first_seen_ms: ms(p.first_seen),
+                        last_seen_ms: ms(p.last_seen),
+                    },
+                }
+            })
+            .collect();
+        Ingest {
+            report_id: r.report_id.clone(),
+            seq: r.seq,
+            machine_id: r.host.machine_id.clone(),
+            hostname: r.host.hostname.clone(),
+            window_start: start,
+            window_end: r.window.end,
+            day: floor(start.timestamp(), DAY),
+            addresses,
+            ec2: r.host.ec2.clone(),
+            agent_version: r.agent.version.clone(),
+            backend: r.agent.backend.clone(),
+            kernel: r.agent.kernel.clone(),
+            probe_drops: r.health.drops.values().sum(),
+            spool_dropped: r.health.spool_dropped,
+            rows,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_becomes_rows_and_addresses() {
+        let r = Report::from_json(include_bytes!("../../schema/report-v1.example.json")).unwrap();
+        let i = Ingest::from_report(&r);
+        assert_eq!(i.rows.len(), 3);
+        let ten: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().unwrap();
+        assert_eq!(i.rows[0].minute, ten.timestamp());
+        assert_eq!(i.day, floor(i.window_start.timestamp(), DAY));
+        // 8 active at the end + 2 closed - 3 opened = 7 open when the window began.
+        assert_eq!(i.rows[0].c.conns_carried, 7);
+        assert_eq!(i.rows[0].c.connections(), 10);
+        assert_eq!(
+            i.addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.0.1.11", "fd00:1::11"]
+        );
+    }
+}
