@@ -241,13 +241,13 @@ pub async fn write_day(
     Ok(written)
 }
 
+/// Writes `bytes` to `path` so that a reader sees the old file or the new one, never half of
+/// one, and the new one survives a crash once this returns: `atomic-write-file` writes a
+/// temporary file in the same directory, syncs it, renames it over `path` and syncs the
+/// directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    let mut f = atomic_write_file::AtomicWriteFile::open(path)?;
+    f.write_all(bytes)?;
+    f.commit()
 }
