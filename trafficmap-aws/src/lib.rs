@@ -57,17 +57,10 @@ struct CallError {
 
 fn call_error(call: &'static str, region: &str, e: impl std::error::Error + 'static) -> CallError {
     // The SDK's Display is terse ("service error"); the source chain says what happened.
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
     CallError {
         call,
         region: region.to_owned(),
-        message,
+        message: trafficmap_model::error_chain(&e),
     }
 }
 

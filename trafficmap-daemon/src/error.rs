@@ -1,24 +1,12 @@
-//! The crate's one error-chain formatter: the loader's skip reasons, the shipper's retry details
+//! The crate's error-chain formatter (the workspace's one, plus aya's trailer removed): the loader's skip reasons, the shipper's retry details
 //! and log lines all render an error and its sources the same way.
 
 use std::error::Error as StdError;
 
-/// An error and its sources on one line. A source whose text the line already holds is left out
-/// (many errors repeat their source in their own message), newlines become spaces, and the empty
-/// "Verifier output:" trailer aya appends to every load error is dropped.
+/// An error and its sources on one line ([`trafficmap_model::error_chain`]), without the empty
+/// "Verifier output:" trailer aya appends to every load error.
 pub fn chain(e: &dyn StdError) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let t = src.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = src.source();
-    }
-    let s = s.replace('\n', " ");
-    s.trim()
+    trafficmap_model::error_chain(e)
         .trim_end_matches("Verifier output:")
         .trim()
         .to_owned()

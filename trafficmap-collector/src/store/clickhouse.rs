@@ -27,6 +27,7 @@ use std::{
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+use trafficmap_model::error_chain;
 
 use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
 use crate::{
@@ -83,16 +84,6 @@ pub struct ClickHouseStore {
 
 fn ch(msg: impl std::fmt::Display) -> StoreError {
     StoreError::ClickHouse(msg.to_string())
-}
-
-/// An error and its causes on one line, `outer: inner: ...`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    for cause in std::iter::successors(e.source(), |c| c.source()) {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-    }
-    s
 }
 
 /// ClickHouse prints 64-bit integers as JSON strings by default; accept both.
@@ -312,7 +303,7 @@ impl ClickHouseStore {
             .timeout(opts.timeout)
             .no_proxy()
             .build()
-            .map_err(|e| ch(format!("{base}: {}", chain(&e))))?;
+            .map_err(|e| ch(format!("{base}: {}", error_chain(&e))))?;
         Ok(ClickHouseStore {
             client,
             endpoint,
@@ -372,7 +363,11 @@ impl ClickHouseStore {
             // reqwest's own message is generic ("error sending request"); the cause (refused,
             // reset, TLS) is further down the chain.
             // The URL is left out: the server is named first, the rest is the statement.
-            ch(format!("{}: {doing}{}", self.base, chain(&e.without_url())))
+            ch(format!(
+                "{}: {doing}{}",
+                self.base,
+                error_chain(&e.without_url())
+            ))
         }
     }
 
