@@ -37,6 +37,15 @@ pub enum Span {
 }
 
 impl Span {
+    /// The UTC day this span covers exactly: a `Day`, or a range from one midnight to the
+    /// next (the same question, so the same answer, its daily file included).
+    pub fn whole_day(self) -> Option<NaiveDate> {
+        match self {
+            Span::Day(d) => Some(d),
+            Span::Range(f, t) => (day_range(f.date_naive()) == (f, t)).then(|| f.date_naive()),
+        }
+    }
+
     pub fn range(self) -> (DateTime<Utc>, DateTime<Utc>) {
         match self {
             Span::Day(d) => day_range(d),
@@ -75,7 +84,8 @@ pub struct MapSource<'a> {
 }
 
 impl MapSource<'_> {
-    /// The map of `view` for `span`: a single day from its daily file if there is one, else
+    /// The map of `view` for `span`: a single whole day (asked as a day or as the range from
+    /// its midnight to the next) from its daily file if there is one, else
     /// built from the store (see the module doc).
     pub async fn map(
         &self,
@@ -83,7 +93,7 @@ impl MapSource<'_> {
         span: Span,
         now: DateTime<Utc>,
     ) -> std::result::Result<Served, MapError> {
-        if let Span::Day(day) = span {
+        if let Some(day) = span.whole_day() {
             let path = self.dir.join(view.file_name(day));
             if path.is_file() {
                 return std::fs::read(&path)
@@ -250,4 +260,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = atomic_write_file::AtomicWriteFile::open(path)?;
     f.write_all(bytes)?;
     f.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_from_midnight_to_midnight_is_that_day() {
+        let d = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        let (f, t) = day_range(d);
+        assert_eq!(Span::Day(d).whole_day(), Some(d));
+        assert_eq!(Span::Range(f, t).whole_day(), Some(d));
+        let hour = chrono::TimeDelta::hours(1);
+        assert_eq!(Span::Range(f, t + hour).whole_day(), None);
+        assert_eq!(Span::Range(f + hour, t).whole_day(), None);
+        assert_eq!(Span::Range(f, t + (t - f)).whole_day(), None);
+    }
 }

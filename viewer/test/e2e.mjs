@@ -147,8 +147,33 @@ async function startBackend() {
     for (const f of files) cpSync(join(mapsDir, f), join(out, f));
     const log = [];
     const data = mkdtempSync(join(tmpdir(), "trafficmap-e2e-data-"));
-    // Its own empty store and no reverse DNS: everything it serves comes from the map files.
-    const child = spawn(resolve(collectorBin), ["serve", "--listen", `127.0.0.1:${port}`, "--output-dir", out, "--data-dir", data, "--no-dns"], { stdio: ["ignore", "pipe", "pipe"] });
+    // Days come from the map files; every other range is built from the store (one path per
+    // question: a range is never a sum of daily files), so the store gets the reports the golden
+    // maps were made from, with the golden enrichment, and keeps them as long as they are old.
+    const enrich = resolve(mapsDir, "../enrich");
+    const config = join(data, "collector.toml");
+    writeFileSync(
+      config,
+      [
+        "allow_unauthenticated = true",
+        "[retention]",
+        'minutes = "400d"',
+        'hours = "400d"',
+        'days = "400d"',
+        "[enrich]",
+        `inventory_file = ${JSON.stringify(join(enrich, "inventory.toml"))}`,
+        `foreign_file = ${JSON.stringify(join(enrich, "foreign-ips.txt"))}`,
+        `price_file = ${JSON.stringify(join(enrich, "prices.csv"))}`,
+        "[enrich.ec2]",
+        `snapshot_file = ${JSON.stringify(join(enrich, "ec2-snapshot.json"))}`,
+        "[enrich.dns]",
+        "enabled = false",
+        "[enrich.env]",
+        'aliases = { "production" = "prod" }',
+        "",
+      ].join("\n"),
+    );
+    const child = spawn(resolve(collectorBin), ["serve", "--config", config, "--listen", `127.0.0.1:${port}`, "--output-dir", out, "--data-dir", data, "--no-dns"], { stdio: ["ignore", "pipe", "pipe"] });
     // Never leave a collector behind, whatever way this process ends.
     process.on("exit", () => child.kill("SIGKILL"));
     child.stdout.on("data", (d) => log.push(d.toString()));
@@ -164,6 +189,11 @@ async function startBackend() {
       }
       if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the collector did not come up:\n${log.join("")}`);
       await new Promise((r) => setTimeout(r, 200));
+    }
+    const reports = resolve(mapsDir, "../reports");
+    for (const f of readdirSync(reports).filter((f) => f.endsWith(".json")).sort()) {
+      const r = await fetch(`${url}/api/v1/reports`, { method: "POST", headers: { "Content-Type": "application/json" }, body: readFileSync(join(reports, f)) });
+      if (r.status !== 200) throw new Error(`report ${f}: ${r.status} ${await r.text()}`);
     }
     return {
       url,
