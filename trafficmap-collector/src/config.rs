@@ -329,6 +329,9 @@ pub struct Dns {
     pub timeout: Duration,
     pub concurrency: usize,
     pub max_entries: usize,
+    /// Only peers inside these networks are looked up (agents choose peer addresses; the
+    /// default private ranges keep a report from sending the resolver to an attacker's zone).
+    pub networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for Dns {
@@ -341,6 +344,7 @@ impl Default for Dns {
             timeout: d.timeout,
             concurrency: d.concurrency,
             max_entries: d.max_entries,
+            networks: d.networks,
         }
     }
 }
@@ -353,6 +357,7 @@ impl Dns {
             timeout: self.timeout,
             concurrency: self.concurrency,
             max_entries: self.max_entries,
+            networks: self.networks.clone(),
             ..Default::default()
         }
     }

@@ -1,6 +1,12 @@
 //! Reverse DNS for addresses nobody else can name: cached with a TTL (negative answers too),
 //! resolved in the background with bounded concurrency and a time limit per lookup, so that
 //! neither ingestion nor map building ever waits on a resolver.
+//!
+//! Peer addresses come from agents' reports, so an agent (or whoever holds its token) chooses
+//! them: only addresses inside the configured networks are looked up (private ranges by default,
+//! so a report cannot make the collector query a resolver of the attacker's choosing), and a
+//! lookup keeps its concurrency slot until the blocking call really returns, so a resolver that
+//! hangs holds at most `concurrency` threads of the blocking pool the stores also use.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -140,6 +146,36 @@ pub struct DnsSettings {
     pub max_entries: usize,
     /// Addresses waiting for a lookup; requests beyond are dropped (and counted).
     pub queue: usize,
+    /// Only addresses inside these networks are looked up.
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+/// The default networks for reverse lookups: private, shared (CGNAT), link-local and unique-local
+/// ranges, where the names are the operator's own.
+pub fn private_networks() -> Vec<ipnet::IpNet> {
+    [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("constant network"))
+    .collect()
+}
+
+/// Longest name kept (RFC 1035's limit for a whole name in text form).
+const MAX_NAME: usize = 253;
+
+/// A resolver's answer as a label: at most [`MAX_NAME`] bytes of printable characters; anything
+/// else is treated as no name (a PTR record is whatever its zone's owner wrote).
+fn clean_name(name: &str) -> Option<String> {
+    let name = name.trim_end_matches('.');
+    (!name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(char::is_control))
+        .then(|| name.to_owned())
 }
 
 impl Default for DnsSettings {
@@ -151,6 +187,7 @@ impl Default for DnsSettings {
             concurrency: 16,
             max_entries: 100_000,
             queue: 10_000,
+            networks: private_networks(),
         }
     }
 }
@@ -217,6 +254,9 @@ impl DnsCache {
         let mut pending = self.pending.lock().expect("dns pending lock");
         let mut dropped = 0;
         for ip in ips {
+            if !self.settings.networks.iter().any(|n| n.contains(&ip)) {
+                continue;
+            }
             if entries.get(&ip).is_some_and(|e| e.expires > now) || pending.contains(&ip) {
                 continue;
             }
@@ -248,14 +288,14 @@ impl DnsCache {
         let s = &self.settings;
         let mut stats = self.stats.lock().expect("dns stats lock");
         let entry = match outcome {
-            Ok(Ok(Some(name))) => {
+            Ok(Ok(Some(name))) if clean_name(&name).is_some() => {
                 stats.resolved += 1;
                 Some(Entry {
-                    name: Some(name.trim_end_matches('.').to_owned()),
+                    name: clean_name(&name),
                     expires: now + s.ttl,
                 })
             }
-            Ok(Ok(None)) => {
+            Ok(Ok(_)) => {
                 stats.not_found += 1;
                 Some(Entry {
                     name: None,
@@ -318,10 +358,20 @@ impl DnsCache {
             let resolver = resolver.clone();
             let timeout = self.settings.timeout;
             tokio::spawn(async move {
-                let outcome = tokio::time::timeout(timeout, resolver.lookup(ip))
-                    .await
-                    .map_err(|_| ());
-                cache.store(ip, outcome);
+                // The lookup runs as its own task so that it goes on after a timeout: the slot is
+                // only given back when it really ends (a blocking `getnameinfo` cannot be
+                // cancelled, and giving the slot back early would let hung lookups pile up).
+                let mut lookup = tokio::spawn(resolver.lookup(ip));
+                match tokio::time::timeout(timeout, &mut lookup).await {
+                    Ok(done) => cache.store(
+                        ip,
+                        Ok(done.unwrap_or_else(|e| Err(std::io::Error::other(e)))),
+                    ),
+                    Err(_) => {
+                        cache.store(ip, Err(()));
+                        let _ = lookup.await;
+                    }
+                }
                 drop(permit);
             });
         }
@@ -453,6 +503,65 @@ mod tests {
         });
         cache.request((1..=5).map(|i| ip(&format!("10.1.0.{i}"))));
         assert_eq!(cache.stats().dropped, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_lookup_keeps_its_slot_until_it_really_ends() {
+        let (cache, rx) = DnsCache::new(DnsSettings {
+            timeout: Duration::from_secs(2),
+            concurrency: 2,
+            ..DnsSettings::default()
+        });
+        let hung = fake(60_000);
+        tokio::spawn(cache.clone().run(rx, Arc::new(hung.clone())));
+        cache.request((1..=6).map(|i| ip(&format!("10.2.0.{i}"))));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        // Two timed out after 2 s, but their lookups still run: nobody else was started.
+        assert_eq!(hung.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(hung.max_running.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.stats().timed_out, 2);
+        settle(&cache).await;
+        assert_eq!(hung.calls.load(Ordering::SeqCst), 6);
+        assert_eq!(hung.max_running.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.stats().timed_out, 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_addresses_inside_the_networks_are_looked_up() {
+        let (cache, rx) = DnsCache::new(DnsSettings::default());
+        let f = fake(10);
+        tokio::spawn(cache.clone().run(rx, Arc::new(f.clone())));
+        // Documentation and public addresses: an agent could name any; not asked by default.
+        cache.request([
+            ip("203.0.113.5"),
+            ip("8.8.8.8"),
+            ip("2001:db8::1"),
+            ip("10.0.0.1"),
+        ]);
+        settle(&cache).await;
+        assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.names().len(), 1);
+        let (cache, rx) = DnsCache::new(DnsSettings {
+            networks: vec!["203.0.113.0/24".parse().unwrap()],
+            ..DnsSettings::default()
+        });
+        tokio::spawn(cache.clone().run(rx, Arc::new(f.clone())));
+        cache.request([ip("203.0.113.5"), ip("10.0.0.1")]);
+        settle(&cache).await;
+        assert_eq!(f.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn names_with_control_characters_or_too_long_are_no_names() {
+        assert_eq!(
+            clean_name("db-1.internal.").as_deref(),
+            Some("db-1.internal")
+        );
+        assert_eq!(clean_name("evil\x1b[31m.example"), None);
+        assert_eq!(clean_name("a\nb"), None);
+        assert_eq!(clean_name(&"a".repeat(253)).map(|n| n.len()), Some(253));
+        assert_eq!(clean_name(&"a".repeat(254)), None);
+        assert_eq!(clean_name("."), None);
     }
 
     #[test]
