@@ -150,8 +150,8 @@ pub struct DnsSettings {
     pub networks: Vec<ipnet::IpNet>,
 }
 
-/// The default networks for reverse lookups: private, shared (CGNAT), link-local and unique-local
-/// ranges, where the names are the operator's own.
+/// The default networks for reverse lookups: private, shared (CGNAT), link-local, loopback and
+/// unique-local ranges, where the names are the operator's own.
 pub fn private_networks() -> Vec<ipnet::IpNet> {
     [
         "10.0.0.0/8",
@@ -159,8 +159,10 @@ pub fn private_networks() -> Vec<ipnet::IpNet> {
         "192.168.0.0/16",
         "100.64.0.0/10",
         "169.254.0.0/16",
+        "127.0.0.0/8",
         "fc00::/7",
         "fe80::/10",
+        "::1/128",
     ]
     .iter()
     .map(|n| n.parse().expect("constant network"))
