@@ -220,7 +220,7 @@ struct Sinks {
 
 /// Reports held in memory while writing them fails (disk full, I/O error): retried in order at
 /// every window, so a window survives a full disk. Bounded: past [`MAX_PENDING_REPORTS`] or
-/// [`MAX_PENDING_BYTES`] (serialized size), the oldest are dropped and counted.
+/// [`MAX_PENDING_BYTES`] (estimated size), the oldest are dropped and counted.
 #[derive(Default)]
 struct Pending {
     queue: std::collections::VecDeque<PendingReport>,
@@ -229,8 +229,12 @@ struct Pending {
 
 /// At most this many reports wait in memory (two hours of one-minute windows).
 pub const MAX_PENDING_REPORTS: usize = 120;
-/// At most this many bytes of reports (as JSON) wait in memory.
+/// At most this many bytes of reports wait in memory (estimated as below).
 pub const MAX_PENDING_BYTES: u64 = 64 << 20;
+/// A pair held in memory, with its process name, counted generously.
+const PAIR_BYTES_ESTIMATE: u64 = 400;
+/// A report's fixed part (agent, host, health).
+const REPORT_BYTES_ESTIMATE: u64 = 4096;
 
 struct PendingReport {
     report: Report,
@@ -246,7 +250,10 @@ impl Pending {
     fn push(&mut self, reports: Vec<Report>) -> u64 {
         let mut dropped = 0u64;
         for report in reports {
-            let size = serde_json::to_vec(&report).map_or(0, |v| v.len() as u64);
+            // Estimated, not serialized: a window's reports are serialized once, when written.
+            let size = (report.pairs.len() as u64)
+                .saturating_mul(PAIR_BYTES_ESTIMATE)
+                .saturating_add(REPORT_BYTES_ESTIMATE);
             self.bytes = self.bytes.saturating_add(size);
             self.queue.push_back(PendingReport {
                 report,
@@ -902,6 +909,46 @@ mod tests {
         assert_eq!(p.queue[0].report.report_id, ids[3]);
         let total: u64 = p.queue.iter().map(|r| r.size).sum();
         assert_eq!(p.bytes, total);
+    }
+
+    #[test]
+    fn reports_waiting_in_memory_are_bounded_in_bytes() {
+        let with_pairs = |n: usize| {
+            let mut r = empty_report("2026-11-23T10:00:00Z");
+            let t = r.window.start;
+            r.pairs = vec![
+                Pair {
+                    local_ip: "10.0.0.1".parse().unwrap(),
+                    peer_ip: "10.0.0.2".parse().unwrap(),
+                    server_port: 80,
+                    role: report::Role::Client,
+                    role_source: report::RoleSource::Observed,
+                    process: "p".into(),
+                    bytes_sent: 1,
+                    bytes_received: 1,
+                    connections_opened: 0,
+                    connections_closed: 0,
+                    connections_active: 1,
+                    first_seen: t,
+                    last_seen: t,
+                };
+                n
+            ];
+            r
+        };
+        let mut p = Pending::default();
+        // 150,000 pairs: 60 MB + 4 KiB, under 64 MiB; 20,000 more pairs go over: the oldest goes.
+        assert_eq!(p.push(vec![with_pairs(150_000)]), 0);
+        assert_eq!(p.bytes, 150_000 * 400 + 4096);
+        let second = with_pairs(20_000);
+        let id = second.report_id.clone();
+        assert_eq!(p.push(vec![second]), 1);
+        assert_eq!(p.queue.len(), 1);
+        assert_eq!(p.queue[0].report.report_id, id);
+        assert_eq!(p.bytes, 20_000 * 400 + 4096);
+        // A single report over the limit is still kept (the newest is never dropped).
+        assert_eq!(p.push(vec![with_pairs(200_000)]), 1);
+        assert_eq!(p.queue.len(), 1);
     }
 
     #[test]
