@@ -31,6 +31,9 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // A flood must not flood the log too: at most one line per LOG_EVERY, with a count.
+    let mut refused = RateLimitedLog::default();
+    let mut failed = RateLimitedLog::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -38,14 +41,18 @@ pub async fn serve(
                     Ok((s, _)) => s,
                     Err(e) => {
                         // Out of file descriptors and the like: wait rather than spin.
-                        warn!(error = %e, "metrics endpoint: accept failed");
+                        if let Some(n) = failed.hit() {
+                            warn!(error = %e, failures = n, "metrics endpoint: accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     // Closed at once: the socket is dropped here.
-                    warn!(max = MAX_CONNECTIONS, "metrics endpoint: connection limit reached; closing a new connection");
+                    if let Some(n) = refused.hit() {
+                        warn!(max = MAX_CONNECTIONS, closed = n, "metrics endpoint: connection limit reached; closing new connections");
+                    }
                     continue;
                 };
                 let svc = TowerToHyperService::new(router.clone());
@@ -68,5 +75,44 @@ pub async fn serve(
             }
             _ = stop.changed() => break,
         }
+    }
+}
+
+/// How often a repeated warning is logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts events; says when to log (the first, then at most once per [`LOG_EVERY`]) and how many
+/// happened since the last line.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl RateLimitedLog {
+    fn hit(&mut self) -> Option<u64> {
+        self.count = self.count.saturating_add(1);
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_warnings_are_counted_not_repeated() {
+        let mut r = RateLimitedLog::default();
+        assert_eq!(r.hit(), Some(1));
+        for _ in 0..4999 {
+            assert_eq!(r.hit(), None);
+        }
+        r.last = Some(std::time::Instant::now() - LOG_EVERY);
+        assert_eq!(r.hit(), Some(5000));
     }
 }
