@@ -524,6 +524,27 @@ mod tests {
         assert_eq!(report_id_of(b"\0\0\0"), None);
     }
 
+    #[test]
+    fn a_corrupt_spooled_report_is_quarantined_not_sent() {
+        let dir = std::env::temp_dir().join(format!("tm-ship-q-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Mutex::new(Spool::open(&dir, 1 << 20).unwrap());
+        spool
+            .lock()
+            .unwrap()
+            .push(0, b"{\"report_id\":\"r0\"}")
+            .unwrap();
+        spool.lock().unwrap().push(1, b"\0\0garbage").unwrap();
+        let body = |seq| spool.lock().unwrap().read(seq);
+        let (b, id) = readable(&spool, 0, body(0)).unwrap();
+        assert_eq!((b.len(), id.as_str()), (18, "r0"));
+        assert!(readable(&spool, 1, body(1)).is_none());
+        let s = spool.lock().unwrap();
+        assert_eq!((s.len(), s.front(), s.quarantined_total()), (1, Some(0), 1));
+        let q: Vec<_> = std::fs::read_dir(dir.join("quarantine")).unwrap().collect();
+        assert_eq!(q.len(), 1);
+    }
+
     #[tokio::test]
     async fn refused_connection_is_a_connect_retry() {
         // A port nobody listens on: bind one, then free it.
