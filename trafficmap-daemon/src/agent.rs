@@ -150,7 +150,7 @@ impl Drainer {
             .collect();
         self.last_drops = cumulative;
         let stats = self.tracker.stats();
-        let vanished_new = stats.vanished_total - self.vanished_seen;
+        let vanished_new = stats.vanished_total.saturating_sub(self.vanished_seen);
         self.vanished_seen = stats.vanished_total;
         Ok(Drained {
             pairs,
@@ -214,37 +214,138 @@ struct Sinks {
     output: Option<JsonLines>,
     wake: Arc<Notify>,
     local_seq: u64,
+    /// Reports not yet written to every sink, oldest first (see [`Pending`]).
+    pending: Pending,
+}
+
+/// Reports held in memory while writing them fails (disk full, I/O error): retried in order at
+/// every window, so a window survives a full disk. Bounded: past [`MAX_PENDING_REPORTS`] or
+/// [`MAX_PENDING_BYTES`] (estimated size), the oldest are dropped and counted.
+#[derive(Default)]
+struct Pending {
+    queue: std::collections::VecDeque<PendingReport>,
+    bytes: u64,
+}
+
+/// At most this many reports wait in memory (two hours of one-minute windows).
+pub const MAX_PENDING_REPORTS: usize = 120;
+/// At most this many bytes of reports wait in memory (estimated as below).
+pub const MAX_PENDING_BYTES: u64 = 64 << 20;
+/// A pair held in memory, with its process name, counted generously.
+const PAIR_BYTES_ESTIMATE: u64 = 400;
+/// A report's fixed part (agent, host, health).
+const REPORT_BYTES_ESTIMATE: u64 = 4096;
+
+struct PendingReport {
+    report: Report,
+    /// The sequence number is taken when the report is first written, so numbers stay in
+    /// order and none is spent on a report that is then dropped from memory.
+    seq: Option<u64>,
+    output_done: bool,
+    size: u64,
+}
+
+impl Pending {
+    /// Queues reports; returns how many old ones were dropped to stay within the bounds.
+    fn push(&mut self, reports: Vec<Report>) -> u64 {
+        let mut dropped = 0u64;
+        for report in reports {
+            // Estimated, not serialized: a window's reports are serialized once, when written.
+            let size = (report.pairs.len() as u64)
+                .saturating_mul(PAIR_BYTES_ESTIMATE)
+                .saturating_add(REPORT_BYTES_ESTIMATE);
+            self.bytes = self.bytes.saturating_add(size);
+            self.queue.push_back(PendingReport {
+                report,
+                seq: None,
+                output_done: false,
+                size,
+            });
+            while self.queue.len() > 1
+                && (self.queue.len() > MAX_PENDING_REPORTS || self.bytes > MAX_PENDING_BYTES)
+            {
+                if let Some(old) = self.queue.pop_front() {
+                    self.bytes = self.bytes.saturating_sub(old.size);
+                    dropped = dropped.saturating_add(1);
+                }
+            }
+        }
+        dropped
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(old) = self.queue.pop_front() {
+            self.bytes = self.bytes.saturating_sub(old.size);
+        }
+    }
 }
 
 impl Sinks {
-    fn emit(&mut self, reports: &[Report], metrics: &Metrics) -> Result<()> {
+    /// Queues a window's reports behind any earlier ones still in memory and writes as many as
+    /// possible, in order. A write failure keeps the rest in memory for the next window.
+    fn emit(&mut self, reports: Vec<Report>, metrics: &Metrics) {
+        let dropped = self.pending.push(reports);
+        if dropped > 0 {
+            metrics::inc_saturating(&metrics.emit_dropped, dropped);
+            error!(
+                dropped,
+                "reports waiting in memory exceeded the limit: dropped the oldest"
+            );
+        }
+        if let Err(e) = self.write_pending(metrics) {
+            metrics.emit_failures.inc();
+            error!(
+                error = %format!("{e:#}"),
+                waiting = self.pending.queue.len(),
+                "writing reports failed; they stay in memory and are retried at the next window"
+            );
+        }
+        metrics
+            .emit_pending
+            .set(metrics::gauge(self.pending.queue.len() as u64));
+        self.wake.notify_one();
+    }
+
+    fn write_pending(&mut self, metrics: &Metrics) -> Result<()> {
         let now = Utc::now();
-        for r in reports {
-            let json = r.to_json();
-            if let Some(out) = &mut self.output {
+        while let Some(p) = self.pending.queue.front_mut() {
+            let seq = match p.seq {
+                Some(s) => s,
+                None => {
+                    let s = match &self.spool {
+                        Some(spool) => spool
+                            .lock()
+                            .unwrap()
+                            .next_seq()
+                            .context("saving the spool state")?,
+                        None => {
+                            self.local_seq = self.local_seq.saturating_add(1);
+                            self.local_seq
+                        }
+                    };
+                    p.seq = Some(s);
+                    s
+                }
+            };
+            p.report.seq = seq;
+            let json = p.report.to_json();
+            if let Some(out) = &mut self.output
+                && !p.output_done
+            {
                 out.write(now, &json).context("writing the output file")?;
+                p.output_done = true;
             }
             if let Some(spool) = &self.spool {
                 let mut s = spool.lock().unwrap();
-                let dropped = s.push(r.seq, &json).context("writing the spool")?;
+                let dropped = s.push(seq, &json).context("writing the spool")?;
                 if dropped > 0 {
                     warn!(dropped, "spool full: dropped the oldest reports");
                 }
-                metrics.record_spool(s.len(), s.bytes(), s.dropped_total());
+                metrics.record_spool(&s);
             }
+            self.pending.pop_front();
         }
-        self.wake.notify_one();
         Ok(())
-    }
-
-    fn next_seq(&mut self) -> Result<u64> {
-        match &self.spool {
-            Some(s) => s.lock().unwrap().next_seq(),
-            None => {
-                self.local_seq += 1;
-                Ok(self.local_seq)
-            }
-        }
     }
 
     fn spool_dropped(&self) -> u64 {
@@ -267,6 +368,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         agent,
         host,
     } = setup(&config).await?;
+    drop_privileges(&probe);
 
     let probe = Arc::new(Mutex::new(probe));
     let drainer: Arc<Mutex<Drainer>> = Arc::default();
@@ -289,6 +391,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         output,
         wake: wake.clone(),
         local_seq: 0,
+        pending: Pending::default(),
     };
 
     let window = WindowDrain {
@@ -314,6 +417,12 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     if let Err(e) = window.drain(window_start, end, &mut sinks) {
         error!(error = %format!("{e:#}"), "final drain failed");
     }
+    if !sinks.pending.queue.is_empty() {
+        error!(
+            reports = sinks.pending.queue.len(),
+            "reports could not be written (disk full?) before stopping: they are lost"
+        );
+    }
     if let Some(out) = &mut sinks.output {
         let _ = out.sync();
     }
@@ -338,6 +447,31 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     drop(probe);
     info!("probe detached; stopped");
     Ok(())
+}
+
+/// Once the probe is attached and the identity resolved: keeps only the capabilities the
+/// drains still need (see `privileges` and docs/agent.md, "Privileges").
+fn drop_privileges(probe: &Probe) {
+    use crate::privileges;
+    let held = std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| privileges::parse_status(&s))
+        .map_or(0, |s| s.permitted);
+    let map_ops_need_cap = match privileges::map_ops_work_without_caps(|| probe.drops().is_ok()) {
+        Ok(works) => !works,
+        Err(e) => {
+            warn!(error = %e, "cannot test map reads without capabilities; keeping CAP_BPF");
+            true
+        }
+    };
+    let keep = privileges::needed(
+        held,
+        map_ops_need_cap,
+        probe.backend() == crate::backend::Backend::Kprobe,
+        // SAFETY: getuid cannot fail.
+        unsafe { libc::getuid() },
+    );
+    privileges::report(&privileges::drop_all_but(keep), keep);
 }
 
 /// What the agent sets up before its first window.
@@ -470,7 +604,7 @@ fn spawn_ring_reader(
 fn spawn_metrics_server(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let app = axum::Router::new()
@@ -487,15 +621,7 @@ fn spawn_metrics_server(
                 }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok\n" }));
-        let shutdown = async move {
-            let _ = stop.changed().await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            error!(error = %e, "metrics endpoint failed");
-        }
+        crate::metrics_server::serve(listener, app, stop).await;
     })
 }
 
@@ -545,13 +671,15 @@ impl WindowDrain<'_> {
                 end,
             },
             &health,
-            || sinks.next_seq(),
+            // Numbered when written (`Sinks::write_pending`).
+            || Ok(0),
         )?;
-        sinks.emit(&reports, metrics)?;
+        let nreports = reports.len();
+        sinks.emit(reports, metrics);
         metrics.drains.inc();
         metrics.drain_duration.observe(t0.elapsed().as_secs_f64());
         metrics.last_drain_duration.set(t0.elapsed().as_secs_f64());
-        tracing::debug!(pairs = npairs, reports = reports.len(), took = ?t0.elapsed(), "drained");
+        tracing::debug!(pairs = npairs, reports = nreports, took = ?t0.elapsed(), "drained");
         Ok(())
     }
 }
@@ -693,6 +821,134 @@ mod tests {
             next_boundary(t("2026-11-23T10:00:00.1Z"), Duration::from_millis(500)),
             t("2026-11-23T10:00:00.5Z")
         );
+    }
+
+    fn empty_report(t: &str) -> Report {
+        let start: DateTime<Utc> = t.parse().unwrap();
+        build_reports(
+            vec![],
+            &Agent {
+                version: "0".into(),
+                backend: "fexit".into(),
+                kernel: "6".into(),
+            },
+            &Host {
+                hostname: "h".into(),
+                machine_id: "m".into(),
+                addresses: vec![],
+                netns: None,
+                ec2: None,
+            },
+            Window {
+                start,
+                end: start + chrono::Duration::seconds(60),
+            },
+            &Health::default(),
+            || Ok(0),
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    #[test]
+    fn a_failed_spool_write_keeps_the_window_in_memory_and_retries_it() {
+        let dir = std::env::temp_dir().join(format!("tm-sinks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Arc::new(Mutex::new(Spool::open(&dir, 1 << 20).unwrap()));
+        // The report's file name is taken by a non-empty directory: its write fails.
+        let blocker = dir.join(format!("{:020}.json", 0));
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        let metrics = Metrics::new(10, Duration::from_secs(60));
+        let mut sinks = Sinks {
+            spool: Some(spool.clone()),
+            output: None,
+            wake: Arc::new(Notify::new()),
+            local_seq: 0,
+            pending: Pending::default(),
+        };
+        let first = empty_report("2026-11-23T10:00:00Z");
+        sinks.emit(vec![first.clone()], &metrics);
+        assert_eq!(metrics.emit_failures.get(), 1);
+        assert_eq!(metrics.emit_pending.get(), 1);
+        assert!(spool.lock().unwrap().is_empty());
+        sinks.emit(vec![empty_report("2026-11-23T10:01:00Z")], &metrics);
+        assert_eq!(metrics.emit_failures.get(), 2);
+        assert_eq!(metrics.emit_pending.get(), 2);
+        // Room again: both windows are written, in order, the first with the number it took.
+        std::fs::remove_dir_all(&blocker).unwrap();
+        sinks.emit(vec![empty_report("2026-11-23T10:02:00Z")], &metrics);
+        assert_eq!(metrics.emit_failures.get(), 2);
+        assert_eq!(metrics.emit_pending.get(), 0);
+        let s = spool.lock().unwrap();
+        assert_eq!(s.len(), 3);
+        let back: Vec<Report> = (0..3)
+            .map(|seq| Report::from_json(&s.read(seq).unwrap()).unwrap())
+            .collect();
+        assert_eq!(back[0].report_id, first.report_id);
+        assert_eq!(
+            back.iter()
+                .map(|r| (r.seq, r.window.start.to_rfc3339()))
+                .collect::<Vec<_>>(),
+            vec![
+                (0, "2026-11-23T10:00:00+00:00".to_owned()),
+                (1, "2026-11-23T10:01:00+00:00".to_owned()),
+                (2, "2026-11-23T10:02:00+00:00".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_waiting_in_memory_are_bounded_oldest_dropped() {
+        let mut p = Pending::default();
+        let reports: Vec<Report> = (0..MAX_PENDING_REPORTS + 3)
+            .map(|_| empty_report("2026-11-23T10:00:00Z"))
+            .collect();
+        let ids: Vec<String> = reports.iter().map(|r| r.report_id.clone()).collect();
+        assert_eq!(p.push(reports), 3);
+        assert_eq!(p.queue.len(), MAX_PENDING_REPORTS);
+        assert_eq!(p.queue[0].report.report_id, ids[3]);
+        let total: u64 = p.queue.iter().map(|r| r.size).sum();
+        assert_eq!(p.bytes, total);
+    }
+
+    #[test]
+    fn reports_waiting_in_memory_are_bounded_in_bytes() {
+        let with_pairs = |n: usize| {
+            let mut r = empty_report("2026-11-23T10:00:00Z");
+            let t = r.window.start;
+            r.pairs = vec![
+                Pair {
+                    local_ip: "10.0.0.1".parse().unwrap(),
+                    peer_ip: "10.0.0.2".parse().unwrap(),
+                    server_port: 80,
+                    role: report::Role::Client,
+                    role_source: report::RoleSource::Observed,
+                    process: "p".into(),
+                    bytes_sent: 1,
+                    bytes_received: 1,
+                    connections_opened: 0,
+                    connections_closed: 0,
+                    connections_active: 1,
+                    first_seen: t,
+                    last_seen: t,
+                };
+                n
+            ];
+            r
+        };
+        let mut p = Pending::default();
+        // 150,000 pairs: 60 MB + 4 KiB, under 64 MiB; 20,000 more pairs go over: the oldest goes.
+        assert_eq!(p.push(vec![with_pairs(150_000)]), 0);
+        assert_eq!(p.bytes, 150_000 * 400 + 4096);
+        let second = with_pairs(20_000);
+        let id = second.report_id.clone();
+        assert_eq!(p.push(vec![second]), 1);
+        assert_eq!(p.queue.len(), 1);
+        assert_eq!(p.queue[0].report.report_id, id);
+        assert_eq!(p.bytes, 20_000 * 400 + 4096);
+        // A single report over the limit is still kept (the newest is never dropped).
+        assert_eq!(p.push(vec![with_pairs(200_000)]), 1);
+        assert_eq!(p.queue.len(), 1);
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             offsets.push(pos as u32);
-            pos += 12 + extra_len(kind, vlen, id)?;
+            pos = pos.saturating_add(12 + extra_len(kind, vlen, id)?);
         }
         if pos != types.len() {
             return Err(BtfError::Truncated("last type"));
@@ -256,15 +256,18 @@ impl Btf {
     fn member_offset_in(&self, t: &Type, member: &str, base_bits: u32) -> Option<u32> {
         for m in &t.members {
             if m.name != 0 && self.name(m.name) == member {
-                return Some(base_bits + m.bit_offset);
+                return Some(base_bits.saturating_add(m.bit_offset));
             }
         }
         for m in &t.members {
             if m.name == 0 {
                 let inner = self.resolve(m.ty);
                 if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                    && let Some(off) =
-                        self.member_offset_in(&inner, member, base_bits + m.bit_offset)
+                    && let Some(off) = self.member_offset_in(
+                        &inner,
+                        member,
+                        base_bits.saturating_add(m.bit_offset),
+                    )
                 {
                     return Some(off);
                 }
@@ -279,7 +282,7 @@ impl Btf {
         let mut total = 0;
         let parts: Vec<&str> = path.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
-            total += self.member_offset(&current, part)?;
+            total = self.member_offset(&current, part)?.saturating_add(total);
             if i + 1 < parts.len() {
                 current = self.member_struct_name(&current, part)?;
             }

@@ -163,8 +163,10 @@ impl Tracker {
             finals
                 .entry(c.id())
                 .and_modify(|old| {
-                    if Counters::of(c).bytes_sent + Counters::of(c).bytes_received
-                        >= old.bytes_sent + old.bytes_received
+                    if Counters::of(c)
+                        .bytes_sent
+                        .saturating_add(Counters::of(c).bytes_received)
+                        >= old.bytes_sent.saturating_add(old.bytes_received)
                     {
                         *old = *c;
                     }
@@ -250,21 +252,21 @@ impl Tracker {
     /// Closes a drain: forgets finished connections after their grace period and connections
     /// no longer seen at all (counted: that should not happen).
     pub fn end_drain(&mut self) {
-        self.drain += 1;
+        self.drain = self.drain.saturating_add(1);
         let drain = self.drain;
         let (grace, stale_after) = (self.grace, self.stale_after);
-        let mut vanished = 0;
+        let mut vanished = 0u64;
         self.prev.retain(|_, p| match p.finished_at {
-            Some(at) => drain - at < grace,
+            Some(at) => drain.saturating_sub(at) < grace,
             None => {
-                let keep = drain - p.last_seen < stale_after;
+                let keep = drain.saturating_sub(p.last_seen) < stale_after;
                 if !keep {
-                    vanished += 1;
+                    vanished = vanished.saturating_add(1);
                 }
                 keep
             }
         });
-        self.vanished_total += vanished;
+        self.vanished_total = self.vanished_total.saturating_add(vanished);
     }
 
     /// `apply` and `end_drain` in one step, for a drain that reads everything at once.

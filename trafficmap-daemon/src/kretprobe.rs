@@ -154,7 +154,7 @@ impl TracefsKretprobe {
         probes
             .iter()
             .filter_map(|k| parse_misses(&profile, &k.name))
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 }
 

@@ -158,6 +158,15 @@ pub struct Metrics {
     pub reports_shipped: Counter,
     pub reports_failed: Family<ReasonLabels, Counter>,
     last_spool_dropped: AtomicU64,
+    // Issue 8 (an agent that keeps its data): rejected/, quarantine, reports held in memory.
+    pub spool_rejected_bytes: Gauge,
+    pub spool_rejected_dropped: Counter,
+    last_rejected_dropped: AtomicU64,
+    pub spool_quarantined: Counter,
+    last_quarantined: AtomicU64,
+    pub emit_failures: Counter,
+    pub emit_pending: Gauge,
+    pub emit_dropped: Counter,
 }
 
 impl Metrics {
@@ -260,7 +269,52 @@ impl Metrics {
             "Failed attempts to send a report, by reason",
             reports_failed.clone(),
         );
+        let spool_rejected_bytes = Gauge::default();
+        registry.register_with_unit(
+            "agent_spool_rejected",
+            "Size of the reports the collector refused for good (rejected/); counts against spool_max_bytes",
+            Unit::Bytes,
+            spool_rejected_bytes.clone(),
+        );
+        let spool_rejected_dropped = Counter::default();
+        registry.register(
+            "agent_spool_rejected_dropped_reports",
+            "Rejected reports deleted to make room in the spool (oldest first)",
+            spool_rejected_dropped.clone(),
+        );
+        let spool_quarantined = Counter::default();
+        registry.register(
+            "agent_spool_quarantined_files",
+            "Corrupt spool files moved to quarantine/",
+            spool_quarantined.clone(),
+        );
+        let emit_failures = Counter::default();
+        registry.register(
+            "agent_emit_failures",
+            "Failed attempts to write a report to the spool or output file (disk full, I/O error); the report stays in memory and is retried",
+            emit_failures.clone(),
+        );
+        let emit_pending = Gauge::default();
+        registry.register(
+            "agent_emit_pending_reports",
+            "Reports held in memory because writing them failed",
+            emit_pending.clone(),
+        );
+        let emit_dropped = Counter::default();
+        registry.register(
+            "agent_emit_dropped_reports",
+            "Reports held in memory that were dropped (oldest first) because too many piled up",
+            emit_dropped.clone(),
+        );
         Metrics {
+            spool_rejected_bytes,
+            spool_rejected_dropped,
+            last_rejected_dropped: AtomicU64::new(0),
+            spool_quarantined,
+            last_quarantined: AtomicU64::new(0),
+            emit_failures,
+            emit_pending,
+            emit_dropped,
             registry,
             sent,
             received,
@@ -301,35 +355,31 @@ impl Metrics {
         let mut by_labels: HashMap<PairLabels, (u64, u64)> = HashMap::new();
         for p in pairs {
             let e = by_labels.entry(PairLabels::of(p)).or_default();
-            e.0 += p.bytes_sent;
-            e.1 += p.bytes_received;
+            e.0 = e.0.saturating_add(p.bytes_sent);
+            e.1 = e.1.saturating_add(p.bytes_received);
         }
         let totals: HashMap<PairLabels, u64> = by_labels
             .iter()
-            .map(|(l, (s, r))| (l.clone(), s + r))
+            .map(|(l, (s, r))| (l.clone(), s.saturating_add(*r)))
             .collect();
         let (tracked, expired) = self.top_k.lock().unwrap().assign(now, &totals);
         for l in &expired {
             self.sent.remove(l);
             self.received.remove(l);
         }
-        let (mut other_s, mut other_r) = (0, 0);
+        let (mut other_s, mut other_r) = (0u64, 0u64);
         for (l, (s, r)) in by_labels {
             if tracked.contains(&l) {
-                self.sent.get_or_create(&l).inc_by(s);
-                self.received.get_or_create(&l).inc_by(r);
+                inc_saturating(&self.sent.get_or_create(&l), s);
+                inc_saturating(&self.received.get_or_create(&l), r);
             } else {
-                other_s += s;
-                other_r += r;
+                other_s = other_s.saturating_add(s);
+                other_r = other_r.saturating_add(r);
             }
         }
-        if other_s + other_r > 0 {
-            self.sent
-                .get_or_create(&PairLabels::other())
-                .inc_by(other_s);
-            self.received
-                .get_or_create(&PairLabels::other())
-                .inc_by(other_r);
+        if other_s > 0 || other_r > 0 {
+            inc_saturating(&self.sent.get_or_create(&PairLabels::other()), other_s);
+            inc_saturating(&self.received.get_or_create(&PairLabels::other()), other_r);
         }
         self.pair_series.set(tracked.len() as i64);
     }
@@ -340,18 +390,34 @@ impl Metrics {
             let c = self.probe_drops.get_or_create(&ReasonLabels {
                 reason: reason.clone(),
             });
-            c.inc_by(n);
+            inc_saturating(&c, n);
         }
     }
 
-    pub fn record_spool(&self, reports: usize, bytes: u64, dropped_total: u64) {
-        self.spool_reports.set(reports as i64);
-        self.spool_bytes.set(bytes as i64);
-        let prev = self
-            .last_spool_dropped
-            .swap(dropped_total, Ordering::Relaxed);
-        self.spool_dropped
-            .inc_by(dropped_total.saturating_sub(prev));
+    pub fn record_spool(&self, spool: &crate::spool::Spool) {
+        self.spool_reports.set(gauge(spool.len() as u64));
+        self.spool_bytes.set(gauge(spool.bytes()));
+        self.spool_rejected_bytes.set(gauge(spool.rejected_bytes()));
+        for (total, last, counter) in [
+            (
+                spool.dropped_total(),
+                &self.last_spool_dropped,
+                &self.spool_dropped,
+            ),
+            (
+                spool.rejected_dropped_total(),
+                &self.last_rejected_dropped,
+                &self.spool_rejected_dropped,
+            ),
+            (
+                spool.quarantined_total(),
+                &self.last_quarantined,
+                &self.spool_quarantined,
+            ),
+        ] {
+            let prev = last.swap(total, Ordering::Relaxed);
+            inc_saturating(counter, total.saturating_sub(prev));
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -359,6 +425,17 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
         out
     }
+}
+
+/// Adds `n` to a counter, stopping at u64::MAX instead of wrapping to a small value (each
+/// counter has one writer, so reading then adding does not race).
+pub fn inc_saturating(c: &Counter, n: u64) {
+    c.inc_by(n.min(u64::MAX - c.get()));
+}
+
+/// A u64 as a gauge value (gauges are i64), saturating.
+pub fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Content type of OpenMetrics text; with `text/plain` Prometheus would use its classic parser.

@@ -86,9 +86,16 @@ impl JsonLines {
     /// Appends one line (the report, which must not contain a newline).
     pub fn write(&mut self, now: DateTime<Utc>, line: &[u8]) -> Result<()> {
         self.rotate_if_needed(now)?;
-        self.file.write_all(line)?;
-        self.file.write_all(b"\n")?;
-        self.file.flush()?;
+        // One write of the whole line; if it fails half way (disk full), the partial line is
+        // cut off again so the retry of this report starts on a clean line.
+        let before = self.file.metadata()?.len();
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        if let Err(e) = self.file.write_all(&buf) {
+            let _ = self.file.set_len(before);
+            return Err(e.into());
+        }
         Ok(())
     }
 

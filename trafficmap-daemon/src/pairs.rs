@@ -43,7 +43,9 @@ pub fn monotonic_ns() -> u64 {
     };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// A connection's delta with its resolved role.
@@ -150,11 +152,12 @@ impl Accumulator {
             first,
             last,
         });
-        acc.bytes_sent += d.delta.bytes_sent;
-        acc.bytes_received += d.delta.bytes_received;
-        acc.opened += u64::from(d.opened);
-        acc.closed += u64::from(d.closed);
-        acc.active += u64::from(active);
+        // Saturating: a hostile or broken probe value must not wrap a pair's sum to a small one.
+        acc.bytes_sent = acc.bytes_sent.saturating_add(d.delta.bytes_sent);
+        acc.bytes_received = acc.bytes_received.saturating_add(d.delta.bytes_received);
+        acc.opened = acc.opened.saturating_add(u64::from(d.opened));
+        acc.closed = acc.closed.saturating_add(u64::from(d.closed));
+        acc.active = acc.active.saturating_add(u64::from(active));
         // A connection not opened in this window was there since its start.
         acc.first = match (acc.first, first) {
             (Some(x), Some(y)) => Some(x.min(y)),

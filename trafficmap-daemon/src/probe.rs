@@ -612,7 +612,8 @@ impl Probe {
                         map: ERRORS,
                         source,
                     })?;
-            out[reason as usize] = values.iter().sum();
+            // Per-CPU counts; saturating so a corrupt value cannot wrap the total.
+            out[reason as usize] = values.iter().fold(0u64, |a, &v| a.saturating_add(v));
         }
         Ok(out)
     }

@@ -147,9 +147,14 @@ fn read_listeners_of_process(proc_pid: &Path, netns: u32) -> Option<Listeners> {
 
 fn read_listeners(proc_pid: &Path, netns: u32) -> Option<Listeners> {
     use std::os::unix::fs::MetadataExt as _;
-    let ino = std::fs::metadata(proc_pid.join("ns/net")).ok()?.ino();
-    if ino != u64::from(netns) {
-        return None;
+    match std::fs::metadata(proc_pid.join("ns/net")) {
+        Ok(m) if m.ino() != u64::from(netns) => return None,
+        Ok(_) => {}
+        // Another user's (or a more privileged) process once the agent dropped its
+        // capabilities: `ns/net` needs ptrace access, `net/tcp*` does not. The process is the one
+        // the probe saw using the socket in that namespace, so its namespace is taken as is.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+        Err(_) => return None,
     }
     let mut all = Vec::new();
     for f in ["net/tcp", "net/tcp6"] {

@@ -1,6 +1,12 @@
 //! Sending spooled reports to the collector, oldest first, with exponential backoff. A report
 //! leaves the spool only when the collector accepted it (or says it already has it); the
 //! collector ignores a report id it stored before, so a retry after a lost reply is harmless.
+//!
+//! A 2xx is only believed when its body is the collector's own answer for this very report
+//! (`{"status":"stored"|"duplicate","report_id":<id sent>}`): a proxy or captive portal that
+//! answers 200 must not empty the spool. 401 and 403 keep the report (a token being rolled or an
+//! identity being fixed must lose nothing); a 422 for clock skew is retried (the clock gets
+//! fixed, the report stays good); only answers that can never change set a report aside.
 
 use std::{
     fmt,
@@ -18,10 +24,40 @@ use crate::{config::Config, error::chain, metrics::Metrics, spool::Spool};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
-    /// Retry later (network error, 5xx, 429, 401 until the token is fixed).
+    /// Retry later (network error, 5xx, 429, 401/403 until the token is fixed, clock skew, a
+    /// 2xx that is not the collector's answer).
     Retry(Failure),
-    /// The collector refused this report for good (400, 413, 422): set it aside.
+    /// The collector refused this report for good (400, 413, 422 too old): set it aside.
     Refused(Failure),
+}
+
+/// At most this much of a response body is read: the collector's answers are a few hundred
+/// bytes; anything bigger is not one of them.
+pub const MAX_REPLY_BYTES: usize = 16 * 1024;
+
+/// The collector's answer to an accepted report (extra fields are ignored).
+#[derive(serde::Deserialize)]
+struct Stored {
+    status: String,
+    report_id: String,
+}
+
+/// Only the id of a spooled report (the rest of the body is skipped while parsing).
+#[derive(serde::Deserialize)]
+struct ReportId {
+    report_id: String,
+}
+
+/// The report id of a spooled body, or `None` if the body is not a report (corrupt file).
+pub fn report_id_of(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ReportId>(body)
+        .ok()
+        .map(|r| r.report_id)
+}
+
+/// The collector's 422 for a window ahead of its clock (`server.rs`, `IngestError::ClockSkew`).
+fn is_clock_skew(body: &str) -> bool {
+    body.contains("ahead of the collector's clock")
 }
 
 /// Why a send did not succeed: its kind as data (the metric label), and a detail for logs.
@@ -48,6 +84,10 @@ pub enum FailureKind {
     Timeout,
     /// Any other transport error.
     Io,
+    /// A 2xx whose body is not `{"status":"stored"|"duplicate","report_id":<id sent>}`.
+    BadReply,
+    /// A 422 saying the report's window is ahead of the collector's clock.
+    ClockSkew,
 }
 
 impl FailureKind {
@@ -69,6 +109,8 @@ impl FailureKind {
             FailureKind::Connect => "connect".into(),
             FailureKind::Timeout => "timeout".into(),
             FailureKind::Io => "io".into(),
+            FailureKind::BadReply => "bad_reply".into(),
+            FailureKind::ClockSkew => "clock_skew".into(),
         }
     }
 }
@@ -110,7 +152,8 @@ impl Collector {
         *self.token.lock().unwrap() = token;
     }
 
-    pub async fn send(&self, body: Vec<u8>) -> Outcome {
+    /// Sends one report; `report_id` is the id inside `body`, which a 2xx must echo.
+    pub async fn send(&self, body: Vec<u8>, report_id: &str) -> Outcome {
         let mut req = self
             .client
             .post(self.url.clone())
@@ -119,25 +162,93 @@ impl Collector {
         if let Some(t) = self.token.lock().unwrap().clone() {
             req = req.bearer_auth(t);
         }
-        match req.send().await {
-            Err(e) => Outcome::Retry(Failure {
-                kind: FailureKind::of(&e),
-                detail: chain(&e),
-            }),
-            Ok(resp) => {
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                let failure = || Failure {
-                    kind: FailureKind::Status(status),
-                    detail: format!("{status}: {}", text.trim()),
-                };
-                match status.as_u16() {
-                    200..=299 => Outcome::Accepted,
-                    400 | 413 | 422 => Outcome::Refused(failure()),
-                    _ => Outcome::Retry(failure()),
-                }
+        let mut resp = match req.send().await {
+            Err(e) => {
+                return Outcome::Retry(Failure {
+                    kind: FailureKind::of(&e),
+                    detail: chain(&e),
+                });
             }
+            Ok(resp) => resp,
+        };
+        let status = resp.status();
+        let date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+            .map(|d| d.with_timezone(&chrono::Utc));
+        let text = match read_bounded(&mut resp).await {
+            Ok(t) => t,
+            Err(e) => {
+                return Outcome::Retry(Failure {
+                    kind: FailureKind::of(&e),
+                    detail: format!("{status}: reading the answer: {}", chain(&e)),
+                });
+            }
+        };
+        classify(status, &text, report_id, date, chrono::Utc::now())
+    }
+}
+
+/// Reads at most [`MAX_REPLY_BYTES`] of the body (lossy UTF-8); the rest is not read.
+async fn read_bounded(resp: &mut reqwest::Response) -> Result<String, reqwest::Error> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = MAX_REPLY_BYTES.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() >= MAX_REPLY_BYTES {
+            break;
         }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// At most 512 bytes of an answer, for logs (cut on a character boundary).
+fn excerpt(text: &str) -> &str {
+    let mut end = text.len().min(512);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// What an HTTP answer means for the report `report_id`. `date` is the answer's `Date` header
+/// (the collector's clock), used to say how far off the agent's clock (`now`) is.
+fn classify(
+    status: reqwest::StatusCode,
+    text: &str,
+    report_id: &str,
+    date: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Outcome {
+    let failure = |kind| Failure {
+        kind,
+        detail: format!("{status}: {}", excerpt(text.trim())),
+    };
+    match status.as_u16() {
+        200..=299 => match serde_json::from_str::<Stored>(text) {
+            Ok(s)
+                if (s.status == "stored" || s.status == "duplicate")
+                    && s.report_id == report_id =>
+            {
+                Outcome::Accepted
+            }
+            _ => Outcome::Retry(failure(FailureKind::BadReply)),
+        },
+        422 if is_clock_skew(text) => {
+            let mut f = failure(FailureKind::ClockSkew);
+            if let Some(d) = date {
+                // Positive: the agent's clock is ahead of the collector's.
+                let skew = now.signed_duration_since(d).num_seconds();
+                f.detail = format!("{} (agent clock - collector clock: {skew} s)", f.detail);
+            }
+            Outcome::Retry(f)
+        }
+        // 400: the report is invalid; 413: it is too large; 422 (too old): the window is past
+        // the collector's minute retention and only gets older. None of these can change.
+        400 | 413 | 422 => Outcome::Refused(failure(FailureKind::Status(status))),
+        _ => Outcome::Retry(failure(FailureKind::Status(status))),
     }
 }
 
@@ -163,7 +274,7 @@ pub async fn run(
         }
         let next = {
             let s = spool.lock().unwrap();
-            metrics.record_spool(s.len(), s.bytes(), s.dropped_total());
+            metrics.record_spool(&s);
             s.front().map(|seq| (seq, s.read(seq)))
         };
         let Some((seq, body)) = next else {
@@ -173,15 +284,10 @@ pub async fn run(
             }
             continue;
         };
-        let body = match body {
-            Ok(b) => b,
-            Err(e) => {
-                error!(seq, error = %format!("{e:#}"), "spooled report unreadable; setting it aside");
-                let _ = spool.lock().unwrap().reject(seq);
-                continue;
-            }
+        let Some((body, id)) = readable(&spool, seq, body) else {
+            continue;
         };
-        match collector.send(body).await {
+        match collector.send(body, &id).await {
             Outcome::Accepted => {
                 if let Err(e) = spool.lock().unwrap().remove(seq) {
                     error!(seq, error = %format!("{e:#}"), "removing a shipped report from the spool");
@@ -217,8 +323,12 @@ pub async fn run(
                     })
                     .inc();
                 let wait = backoff(failures);
-                failures += 1;
-                warn!(seq, %why, retry_in = ?wait, "sending report failed; it stays in the spool");
+                failures = failures.saturating_add(1);
+                if why.kind == FailureKind::ClockSkew {
+                    error!(seq, %why, retry_in = ?wait, "the collector says this host's clock is ahead: fix the clock (NTP); the report stays in the spool and is retried");
+                } else {
+                    warn!(seq, %why, retry_in = ?wait, "sending report failed; it stays in the spool");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => {}
@@ -226,6 +336,27 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A spooled report's body and id; a file that cannot be read or is not a report is moved to
+/// `quarantine/` (logged) so it does not block the reports behind it.
+fn readable(spool: &Mutex<Spool>, seq: u64, body: Result<Vec<u8>>) -> Option<(Vec<u8>, String)> {
+    let why = match body {
+        Ok(b) => match report_id_of(&b) {
+            Some(id) => return Some((b, id)),
+            None => "not a report".to_owned(),
+        },
+        Err(e) => format!("{e:#}"),
+    };
+    match spool.lock().unwrap().quarantine(seq) {
+        Ok(path) => {
+            warn!(seq, error = %why, path = %path.display(), "spooled report corrupt; quarantined")
+        }
+        Err(e) => {
+            error!(seq, error = %why, quarantine = %format!("{e:#}"), "spooled report corrupt and not quarantined")
+        }
+    }
+    None
 }
 
 /// On shutdown: tries to empty the spool within `deadline`; whatever remains is sent after the
@@ -242,9 +373,12 @@ pub async fn flush(
             let s = spool.lock().unwrap();
             s.front().map(|seq| (seq, s.read(seq)))
         };
-        let Some((seq, Ok(body))) = next else { return };
+        let Some((seq, body)) = next else { return };
+        let Some((body, id)) = readable(spool, seq, body) else {
+            continue;
+        };
         let left = until.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, collector.send(body)).await {
+        match tokio::time::timeout(left, collector.send(body, &id)).await {
             Ok(Outcome::Accepted) => {
                 let _ = spool.lock().unwrap().remove(seq);
                 metrics.reports_shipped.inc();
@@ -289,6 +423,128 @@ mod tests {
         assert_eq!(FailureKind::Timeout.label(), "timeout");
     }
 
+    fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+        s.parse().unwrap()
+    }
+
+    fn kind(o: Outcome) -> (&'static str, FailureKind) {
+        match o {
+            Outcome::Accepted => ("accepted", FailureKind::Io),
+            Outcome::Retry(f) => ("retry", f.kind),
+            Outcome::Refused(f) => ("refused", f.kind),
+        }
+    }
+
+    #[test]
+    fn a_2xx_is_stored_only_with_the_collectors_answer_for_this_id() {
+        use reqwest::StatusCode as S;
+        let now = at("2026-11-29T12:00:00Z");
+        let c = |status, text: &str| kind(classify(status, text, "abc", None, now));
+        let accepted = ("accepted", FailureKind::Io);
+        let bad = ("retry", FailureKind::BadReply);
+        assert_eq!(
+            c(S::OK, r#"{"status":"stored","report_id":"abc","pairs":3}"#),
+            accepted
+        );
+        assert_eq!(
+            c(
+                S::OK,
+                r#"{"status":"duplicate","report_id":"abc","pairs":0}"#
+            ),
+            accepted
+        );
+        assert_eq!(c(S::OK, r#"{"status":"stored","report_id":"abd"}"#), bad);
+        assert_eq!(c(S::OK, r#"{"status":"queued","report_id":"abc"}"#), bad);
+        assert_eq!(c(S::OK, ""), bad);
+        assert_eq!(c(S::OK, "<html>captive portal</html>"), bad);
+        assert_eq!(c(S::NO_CONTENT, ""), bad);
+        assert_eq!(c(S::ACCEPTED, r#"{"report_id":"abc"}"#), bad);
+        // Token roll-over and identity fixes: kept and retried.
+        assert_eq!(
+            c(S::UNAUTHORIZED, r#"{"error":"unknown token"}"#),
+            ("retry", FailureKind::Status(S::UNAUTHORIZED))
+        );
+        assert_eq!(
+            c(S::FORBIDDEN, r#"{"error":"identity: not covered"}"#),
+            ("retry", FailureKind::Status(S::FORBIDDEN))
+        );
+        assert_eq!(
+            c(
+                S::BAD_REQUEST,
+                r#"{"error":"pairs[0].bytes_sent: too big"}"#
+            ),
+            ("refused", FailureKind::Status(S::BAD_REQUEST))
+        );
+        assert_eq!(
+            c(
+                S::UNPROCESSABLE_ENTITY,
+                r#"{"error":"report window starts at 2026-11-20T00:00:00Z, before the minute retention (7days ago): it can no longer be stored exactly"}"#
+            ),
+            ("refused", FailureKind::Status(S::UNPROCESSABLE_ENTITY))
+        );
+        assert_eq!(
+            c(S::SERVICE_UNAVAILABLE, ""),
+            ("retry", FailureKind::Status(S::SERVICE_UNAVAILABLE))
+        );
+    }
+
+    #[test]
+    fn clock_skew_is_retried_and_says_by_how_much() {
+        // The collector's exact message (trafficmap-collector/src/server.rs, ClockSkew).
+        let body = r#"{"error":"report window starts at 2026-11-29T14:00:00Z, more than 5m ahead of the collector's clock (2026-11-29T12:00:00Z): check the agent's clock"}"#;
+        match classify(
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            body,
+            "abc",
+            Some(at("2026-11-29T12:00:00Z")),
+            at("2026-11-29T14:00:03Z"),
+        ) {
+            Outcome::Retry(f) => {
+                assert_eq!(f.kind, FailureKind::ClockSkew);
+                assert!(
+                    f.detail
+                        .ends_with("(agent clock - collector clock: 7203 s)"),
+                    "{}",
+                    f.detail
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(FailureKind::ClockSkew.label(), "clock_skew");
+        assert_eq!(FailureKind::BadReply.label(), "bad_reply");
+    }
+
+    #[test]
+    fn report_ids_of_spooled_bodies() {
+        assert_eq!(
+            report_id_of(br#"{"schema":"x","report_id":"r1","pairs":[{"a":1}]}"#).as_deref(),
+            Some("r1")
+        );
+        assert_eq!(report_id_of(b"{"), None);
+        assert_eq!(report_id_of(b"\0\0\0"), None);
+    }
+
+    #[test]
+    fn a_corrupt_spooled_report_is_quarantined_not_sent() {
+        let dir = std::env::temp_dir().join(format!("tm-ship-q-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Mutex::new(Spool::open(&dir, 1 << 20).unwrap());
+        spool
+            .lock()
+            .unwrap()
+            .push(0, b"{\"report_id\":\"r0\"}")
+            .unwrap();
+        spool.lock().unwrap().push(1, b"\0\0garbage").unwrap();
+        let body = |seq| spool.lock().unwrap().read(seq);
+        let (b, id) = readable(&spool, 0, body(0)).unwrap();
+        assert_eq!((b.len(), id.as_str()), (18, "r0"));
+        assert!(readable(&spool, 1, body(1)).is_none());
+        let s = spool.lock().unwrap();
+        assert_eq!((s.len(), s.front(), s.quarantined_total()), (1, Some(0), 1));
+        let q: Vec<_> = std::fs::read_dir(dir.join("quarantine")).unwrap().collect();
+        assert_eq!(q.len(), 1);
+    }
+
     #[tokio::test]
     async fn refused_connection_is_a_connect_retry() {
         // A port nobody listens on: bind one, then free it.
@@ -306,7 +562,7 @@ mod tests {
             .unwrap()
         };
         let collector = Collector::new(&config).unwrap().unwrap();
-        match collector.send(b"{}".to_vec()).await {
+        match collector.send(b"{}".to_vec(), "x").await {
             Outcome::Retry(f) => assert_eq!(f.kind, FailureKind::Connect, "{f}"),
             other => panic!("{other:?}"),
         }

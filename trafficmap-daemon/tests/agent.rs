@@ -304,6 +304,15 @@ fn prometheus_scrape_equals_bytes_sent() {
     );
 }
 
+/// The collector's answer to a stored report (the agent believes nothing else).
+fn stored(r: &Report) -> String {
+    format!(
+        r#"{{"status":"stored","report_id":"{}","pairs":{}}}"#,
+        r.report_id,
+        r.pairs.len()
+    )
+}
+
 /// A collector stand-in that records every report it accepts.
 struct RecordingCollector {
     reports: Arc<Mutex<Vec<Report>>>,
@@ -331,14 +340,15 @@ impl RecordingCollector {
                         async move {
                             let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
                             if auth != Some(&format!("Bearer {token}")) {
-                                return axum::http::StatusCode::UNAUTHORIZED;
+                                return (axum::http::StatusCode::UNAUTHORIZED, String::new());
                             }
                             match Report::from_json(&body) {
                                 Ok(report) => {
+                                    let answer = stored(&report);
                                     r.lock().unwrap().push(report);
-                                    axum::http::StatusCode::OK
+                                    (axum::http::StatusCode::OK, answer)
                                 }
-                                Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                                Err(_) => (axum::http::StatusCode::BAD_REQUEST, String::new()),
                             }
                         }
                     },
@@ -638,8 +648,14 @@ fn runs_with_capabilities_alone() {
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
     let caps = u64::from_str_radix(eff.split_whitespace().nth(1).unwrap(), 16).unwrap();
     assert_eq!(caps & (1 << 21), 0, "CAP_SYS_ADMIN must not be held");
-    assert_ne!(caps & (1 << 39), 0, "CAP_BPF");
-    assert_ne!(caps & (1 << 38), 0, "CAP_PERFMON");
+    // Started with CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH; once attached, every thread
+    // keeps only the documented set. Without CAP_SETPCAP the bounding set stays as setpriv
+    // left it; no_new_privs stops an exec from gaining anything.
+    let keep = documented_kept_caps();
+    let started_with = (1 << 39) | (1 << 38) | (1 << 2);
+    for t in thread_caps(a.pid()) {
+        assert_eq!(t, (keep, keep, started_with, 0, true), "{}", a.log_text());
+    }
 
     // Traffic in the host namespace from a thread with a unique name, to find it among the
     // host's other connections.
@@ -701,10 +717,12 @@ impl TlsCollector {
                         let want = format!("Bearer {}", t.lock().unwrap());
                         if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&want)
                         {
-                            return axum::http::StatusCode::UNAUTHORIZED;
+                            return (axum::http::StatusCode::UNAUTHORIZED, String::new());
                         }
-                        r.lock().unwrap().push(Report::from_json(&body).unwrap());
-                        axum::http::StatusCode::OK
+                        let report = Report::from_json(&body).unwrap();
+                        let answer = stored(&report);
+                        r.lock().unwrap().push(report);
+                        (axum::http::StatusCode::OK, answer)
                     }
                 },
             ),
@@ -831,4 +849,495 @@ fn https_collector_token_reload_and_own_traffic_not_counted() {
         seqs,
         (seqs[0]..seqs[0] + seqs.len() as u64).collect::<Vec<_>>()
     );
+}
+
+/// Capabilities the agent keeps after attaching, as docs/agent.md ("Privileges") says: none,
+/// except CAP_BPF where every `bpf()` call needs it (Linux before 6.5 with
+/// `kernel.unprivileged_bpf_disabled` set).
+fn documented_kept_caps() -> u64 {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap(), v.next().unwrap());
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .map(|s| s.trim() != "0")
+        .unwrap_or(true);
+    if (major, minor) < (6, 5) && disabled {
+        1 << 39
+    } else {
+        0
+    }
+}
+
+/// (CapEff, CapPrm, CapBnd, CapAmb, NoNewPrivs) of every thread of `pid`.
+fn thread_caps(pid: u32) -> Vec<(u64, u64, u64, u64, bool)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = std::fs::read_to_string(t.unwrap().path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let hex = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+        out.push((
+            hex("CapEff:"),
+            hex("CapPrm:"),
+            hex("CapBnd:"),
+            hex("CapAmb:"),
+            field("NoNewPrivs:") == "1",
+        ));
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+#[test]
+fn root_agent_drops_its_capabilities_after_attaching_and_still_counts() {
+    if !privileged() {
+        return;
+    }
+    let dir = temp_dir("dropcaps");
+    let out = dir.join("reports.jsonl");
+    let ns = NetNs::new();
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &[
+            ns_args(&ns),
+            strings(&["--interval", "1h", "--output"]),
+            vec![out.display().to_string()],
+        ]
+        .concat(),
+    );
+    let keep = documented_kept_caps();
+    // Every thread: only the documented set, empty bounding set (root holds CAP_SETPCAP),
+    // nothing ambient, no_new_privs.
+    let threads = thread_caps(a.pid());
+    assert!(threads.len() >= 3, "{threads:?}");
+    for t in &threads {
+        assert_eq!(*t, (keep, keep, keep, 0, true), "{}", a.log_text());
+    }
+    assert!(
+        a.log_text()
+            .contains("capabilities dropped after attaching")
+    );
+    // Still counting exactly, still detaching at exit.
+    let (port, server) = echo_server(2, |n| n + 3);
+    assert_eq!(client(port, 123_457), 123_460);
+    assert_eq!(client(port, 65_536), 65_539);
+    assert_eq!(server.join().unwrap(), 123_457 + 65_536);
+    assert!(!a.program_ids().is_empty());
+    assert!(a.sigterm().success(), "{}", a.log_text());
+    let reports = read_jsonl(&out);
+    assert_eq!(
+        sum_pairs(&reports, port, Role::Client),
+        (123_457 + 65_536, 123_460 + 65_539, 2, 2)
+    );
+    assert_eq!(
+        sum_pairs(&reports, port, Role::Server),
+        (123_460 + 65_539, 123_457 + 65_536, 2, 2)
+    );
+    assert!(
+        a.log_text().contains("probe detached; stopped"),
+        "{}",
+        a.log_text()
+    );
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_endpoint_survives_a_flood_of_partial_headers() {
+    if !privileged() {
+        return;
+    }
+    let dir = temp_dir("flood");
+    let ns = NetNs::new();
+    let a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &[ns_args(&ns), strings(&["--interval", "1h"])].concat(),
+    );
+    let (fds_before, rss_before) = (fd_count(a.pid()), rss_kib(a.pid()));
+    // Ten times the connection cap (32), each sending half a request header and holding on.
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..320 {
+        let mut s = TcpStream::connect(("127.0.0.1", a.metrics_port)).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The agent holds at most the cap: connections beyond it were closed at once.
+    let fds_during = fd_count(a.pid());
+    assert!(
+        fds_during <= fds_before + 32,
+        "{fds_before} fds before, {fds_during} during the flood"
+    );
+    // Closed by the agent: EOF, or a reset because the half header was never read.
+    let closed = |s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        match s.peek(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => panic!("the agent answered a request it did not fully receive"),
+        }
+    };
+    let closed_at_once = held.iter().filter(|s| closed(s)).count();
+    assert_eq!(
+        closed_at_once,
+        320 - 32,
+        "connections beyond the cap are closed at once"
+    );
+    // All slots held: a scrape now is closed too...
+    assert_eq!(a.metrics(), None);
+    // ...until the header timeout (10 s) closes the held ones; then /metrics answers again.
+    let answered = wait_for(Duration::from_secs(20), || {
+        a.metrics().filter(|m| m.contains("trafficmap_agent_info"))
+    });
+    assert!(answered.is_some(), "{}", a.log_text());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+    assert_eq!(held.iter().filter(|s| closed(s)).count(), 320);
+    // Hundreds of refused connections, one log line per 10 s.
+    let lines = a
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("connection limit reached"))
+        .count();
+    assert!((1..=2).contains(&lines), "{lines} lines: {}", a.log_text());
+    drop(held);
+    let settled = wait_for(Duration::from_secs(5), || {
+        (fd_count(a.pid()) <= fds_before).then_some(())
+    });
+    assert!(settled.is_some(), "{} fds", fd_count(a.pid()));
+    let rss_after = rss_kib(a.pid());
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS {rss_before} KiB before, {rss_after} KiB after the flood"
+    );
+}
+
+/// A collector stand-in that answers each request with the next scripted answer (status, body)
+/// and, once the script is done, stores reports like the collector. Records the report id of
+/// every attempt.
+struct ScriptedCollector {
+    reports: Arc<Mutex<Vec<Report>>>,
+    attempts: Arc<Mutex<Vec<String>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl ScriptedCollector {
+    fn start(port: u16, script: Vec<(u16, String)>) -> ScriptedCollector {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
+        let attempts: Arc<Mutex<Vec<String>>> = Arc::default();
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+        let (r, at) = (reports.clone(), attempts.clone());
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let app = axum::Router::new().route(
+                "/api/v1/reports",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let (r, at, script) = (r.clone(), at.clone(), script.clone());
+                    async move {
+                        let report = Report::from_json(&body).unwrap();
+                        at.lock().unwrap().push(report.report_id.clone());
+                        if let Some((status, text)) = script.lock().unwrap().pop_front() {
+                            return (axum::http::StatusCode::from_u16(status).unwrap(), text);
+                        }
+                        let answer = stored(&report);
+                        r.lock().unwrap().push(report);
+                        (axum::http::StatusCode::OK, answer)
+                    }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        });
+        ScriptedCollector {
+            reports,
+            attempts,
+            _runtime: runtime,
+        }
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn only_the_collectors_answer_empties_the_spool_and_clock_skew_is_retried() {
+    if !privileged() {
+        return;
+    }
+    let dir = temp_dir("answers");
+    let spool = dir.join("spool");
+    // A corrupt state file: quarantined, and the agent runs.
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("state.json"), b"{").unwrap();
+    std::fs::write(spool.join(".00000000000000000003.json.x1y2"), b"half").unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let collector_port = free_port();
+    let skew = r#"{"error":"report window starts at 2026-11-29T14:00:00Z, more than 5m ahead of the collector's clock (2026-11-29T12:00:00Z): check the agent's clock"}"#;
+    let script = vec![
+        // A proxy or portal answering 200 with something else, a megabyte of it.
+        (200, "<html>".repeat(200_000)),
+        (422, skew.to_owned()),
+        // Token roll-over, identity not (yet) covered: kept and retried.
+        (401, r#"{"error":"unknown token"}"#.to_owned()),
+        (
+            403,
+            r#"{"error":"identity: machine-id not covered"}"#.to_owned(),
+        ),
+        // Invalid for good: set aside.
+        (
+            400,
+            r#"{"error":"pairs[0].bytes_sent: too big"}"#.to_owned(),
+        ),
+    ];
+    let ns = NetNs::new();
+    let c = ScriptedCollector::start(collector_port, script);
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &[
+            ns_args(&ns),
+            strings(&["--interval", "1s", "--collector"]),
+            vec![format!("http://127.0.0.1:{collector_port}")],
+            strings(&["--spool-dir"]),
+            vec![spool.display().to_string()],
+            strings(&["--token-file"]),
+            vec![token_file.display().to_string()],
+        ]
+        .concat(),
+    );
+    let quarantined = files_in(&spool.join("quarantine"));
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert!(!spool.join(".00000000000000000003.json.x1y2").exists());
+    assert!(a.log_text().contains("spool state.json is corrupt"));
+    // Traffic after the agent started: counted in some window.
+    let (port, server) = echo_server(1, |n| n / 2);
+    assert_eq!(client(port, 123_456), 61_728);
+    assert_eq!(server.join().unwrap(), 123_456);
+    // Five answers that do not store, with backoff 1+2+4+8 s (+ up to a quarter), then stored.
+    let set_aside = wait_for(Duration::from_secs(40), || {
+        let f = files_in(&spool.join("rejected"));
+        (!f.is_empty()).then_some(f)
+    })
+    .unwrap_or_else(|| panic!("nothing set aside: {}", a.log_text()));
+    assert_eq!(set_aside.len(), 1);
+    let attempts = c.attempts.lock().unwrap().clone();
+    assert!(attempts.len() >= 5);
+    // The same report was retried through the bad 200, the skew, the 401 and the 403.
+    assert!(
+        attempts[..5].iter().all(|id| *id == attempts[0]),
+        "{attempts:?}"
+    );
+    let rejected = Report::from_json(&std::fs::read(&set_aside[0]).unwrap()).unwrap();
+    assert_eq!(rejected.report_id, attempts[0]);
+    // Let a few more windows be shipped, then stop (the last one is flushed).
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = a.metrics().unwrap();
+    assert_eq!(
+        metric(&m, "trafficmap_agent_spool_rejected_bytes"),
+        Some(std::fs::metadata(&set_aside[0]).unwrap().len())
+    );
+    for (reason, n) in [
+        ("bad_reply", 1),
+        ("clock_skew", 1),
+        ("401", 1),
+        ("403", 1),
+        ("400", 1),
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("trafficmap_report_send_failures_total{{reason=\"{reason}\"}}")
+            ),
+            Some(n),
+            "{reason}: {m}"
+        );
+    }
+    assert!(a.sigterm().success(), "{}", a.log_text());
+    let log = a.log_text();
+    let skew_line = log
+        .lines()
+        .find(|l| l.contains("host's clock is ahead"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(skew_line.contains("ERROR"), "{skew_line}");
+    assert!(
+        skew_line.contains("agent clock - collector clock: "),
+        "{skew_line}"
+    );
+    // Nothing lost: what the collector stored plus the one report set aside is every byte.
+    let mut all = c.reports.lock().unwrap().clone();
+    let ids: HashSet<&str> = all.iter().map(|r| r.report_id.as_str()).collect();
+    assert_eq!(ids.len(), all.len(), "a report was stored twice");
+    assert!(!ids.contains(rejected.report_id.as_str()));
+    all.push(rejected);
+    assert_eq!(sum_pairs(&all, port, Role::Client), (123_456, 61_728, 1, 1));
+    // Sequence numbers after the rebuilt state come from the clock: above every earlier one.
+    let min_seq = all.iter().map(|r| r.seq).min().unwrap();
+    assert!(min_seq > 1_700_000_000_000_000, "{min_seq}");
+    let left: Vec<PathBuf> = files_in(&spool)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("state.json"))
+        .collect();
+    assert_eq!(left, Vec::<PathBuf>::new());
+}
+
+/// A tmpfs mount for one test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(path: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` until a write fails; returns the filler file.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[test]
+fn a_full_disk_keeps_windows_in_memory_until_there_is_room() {
+    if !privileged() {
+        return;
+    }
+    let dir = temp_dir("diskfull");
+    let fs = Tmpfs::new(dir.join("small"), "1m");
+    let spool = fs.0.join("spool");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let collector_port = free_port();
+    let ns = NetNs::new();
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &[
+            ns_args(&ns),
+            strings(&["--interval", "1s", "--collector"]),
+            vec![format!("http://127.0.0.1:{collector_port}")],
+            strings(&["--spool-dir"]),
+            vec![spool.display().to_string()],
+            strings(&["--token-file"]),
+            vec![token_file.display().to_string()],
+        ]
+        .concat(),
+    );
+    // Collector down, disk full: windows pile up in memory.
+    let filler = fill(&fs.0);
+    let (port, server) = echo_server(3, |n| n + 1);
+    let mut sent = 0u64;
+    for n in [10_001usize, 20_002, 30_003] {
+        assert_eq!(client(port, n), n + 1);
+        sent += n as u64;
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert_eq!(server.join().unwrap(), sent);
+    let failing = wait_for(Duration::from_secs(10), || {
+        let m = a.metrics()?;
+        let failures = metric(&m, "trafficmap_agent_emit_failures_total")?;
+        let pending = metric(&m, "trafficmap_agent_emit_pending_reports")?;
+        (failures >= 3 && pending >= 3).then_some((failures, pending))
+    });
+    assert!(failing.is_some(), "{}", a.log_text());
+    // Room again: the windows held in memory are written at the next window, then shipped.
+    std::fs::remove_file(&filler).unwrap();
+    let c = RecordingCollector::start(collector_port, "s3cret");
+    let written = wait_for(Duration::from_secs(10), || {
+        let m = a.metrics()?;
+        (metric(&m, "trafficmap_agent_emit_pending_reports")? == 0).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("{}", a.log_text()));
+    assert_eq!(
+        metric(&written, "trafficmap_agent_emit_dropped_reports_total"),
+        Some(0)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(a.sigterm().success(), "{}", a.log_text());
+    let reports = c.reports.lock().unwrap().clone();
+    drop(c.runtime);
+    assert_eq!(
+        sum_pairs(&reports, port, Role::Client),
+        (sent, sent + 3, 3, 3)
+    );
+    assert_eq!(
+        sum_pairs(&reports, port, Role::Server),
+        (sent + 3, sent, 3, 3)
+    );
+    let seqs: Vec<u64> = reports.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (seqs[0]..seqs[0] + seqs.len() as u64).collect::<Vec<_>>(),
+        "in order, no gap"
+    );
+    for w in reports.windows(2) {
+        assert!(w[1].window.start >= w[0].window.end);
+    }
+    drop(fs);
 }
