@@ -488,13 +488,9 @@ impl Config {
         if let Some(p) = self.tls_paths()? {
             crate::tls::load(&p).map_err(|e| format!("tls: {e}"))?;
         }
-        if self.max_connections_per_address == 0
-            || self.max_connections_per_address > self.ingest.max_connections
-        {
-            return Err(format!(
-                "max_connections_per_address = {}: from 1 to ingest.max_connections ({})",
-                self.max_connections_per_address, self.ingest.max_connections
-            ));
+        // (Above ingest.max_connections it is simply that cap.)
+        if self.max_connections_per_address == 0 {
+            return Err("max_connections_per_address must be at least 1".into());
         }
         if self.idle_timeout.is_zero() {
             return Err("idle_timeout must be more than 0".into());

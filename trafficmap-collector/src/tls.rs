@@ -206,6 +206,44 @@ mod tests {
     }
 
     #[test]
+    fn configuration_checks() {
+        use crate::config::Config;
+        let mut c = Config {
+            allow_unauthenticated: true,
+            ..Config::default()
+        };
+        c.tls_cert_file = Some("/nonexistent/cert.pem".into());
+        assert_eq!(
+            c.validate(),
+            Err("tls_cert_file and tls_key_file go together".into())
+        );
+        c.tls_key_file = Some("/nonexistent/key.pem".into());
+        assert_eq!(
+            c.validate(),
+            Err(
+                "tls: /nonexistent/cert.pem: I/O error: No such file or directory (os error 2)"
+                    .into()
+            )
+        );
+        c.tls_cert_file = None;
+        c.tls_key_file = None;
+        c.tls_client_ca_file = Some("/x".into());
+        assert_eq!(
+            c.validate(),
+            Err("tls_client_ca_file needs tls_cert_file and tls_key_file".into())
+        );
+        c.tls_client_ca_file = None;
+        c.max_connections_per_address = 0;
+        assert_eq!(
+            c.validate(),
+            Err("max_connections_per_address must be at least 1".into())
+        );
+        c.max_connections_per_address = 1;
+        c.idle_timeout = std::time::Duration::ZERO;
+        assert_eq!(c.validate(), Err("idle_timeout must be more than 0".into()));
+    }
+
+    #[test]
     fn loads_refuses_and_keeps_the_old_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let paths = TlsPaths {
