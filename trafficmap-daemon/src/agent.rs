@@ -783,6 +783,10 @@ fn reload(
         ),
         ("collector", new.collector != config.collector),
         ("ca_file", new.ca_file != config.ca_file),
+        (
+            "client_cert_file",
+            new.client_cert_file != config.client_cert_file,
+        ),
         ("spool_dir", new.spool_dir != config.spool_dir),
         ("listen", new.listen != config.listen),
         (

@@ -46,6 +46,10 @@ pub struct Cli {
     /// PEM file of CA certificates to trust for the collector, in addition to the system's.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// PEM file holding this agent's client certificate (chain) and its private key, for a
+    /// collector that requires mutual TLS (the certificate names the host's machine id).
+    #[arg(long)]
+    pub client_cert_file: Option<PathBuf>,
     /// Directory of reports not yet accepted by the collector (survives restarts).
     #[arg(long)]
     pub spool_dir: Option<PathBuf>,
@@ -101,6 +105,7 @@ pub struct FileConfig {
     pub collector: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
     pub spool_dir: Option<PathBuf>,
     pub spool_max_bytes: Option<u64>,
     pub output: Option<PathBuf>,
@@ -133,6 +138,7 @@ pub struct Config {
     pub collector: Option<reqwest::Url>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub output: Option<PathBuf>,
@@ -259,6 +265,17 @@ impl Config {
                 ))
             })?;
         }
+        let client_cert_file = pick!(client_cert_file);
+        if let Some(f) = &client_cert_file {
+            let pem = std::fs::read(f)
+                .map_err(|e| ConfigError(format!("client_cert_file: {}: {e}", f.display())))?;
+            reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ConfigError(format!(
+                    "client_cert_file: {} needs a PEM certificate and its private key ({e})",
+                    f.display()
+                ))
+            })?;
+        }
         let spool_max_bytes = pick!(spool_max_bytes).unwrap_or(256 << 20);
         if spool_max_bytes < 64 << 10 {
             return Err(ConfigError(format!(
@@ -303,6 +320,7 @@ impl Config {
             collector,
             token_file,
             ca_file,
+            client_cert_file,
             spool_dir: pick!(spool_dir).unwrap_or_else(|| DEFAULT_SPOOL_DIR.into()),
             spool_max_bytes,
             output: pick!(output),
@@ -384,6 +402,7 @@ mod tests {
             collector: Some(String::new()),
             token_file: Some(PathBuf::new()),
             ca_file: Some(PathBuf::new()),
+            client_cert_file: Some(PathBuf::new()),
             spool_dir: Some(PathBuf::new()),
             spool_max_bytes: Some(0),
             output: Some(PathBuf::new()),
@@ -404,6 +423,7 @@ mod tests {
         let mut f = file;
         f.token_file = None;
         f.ca_file = None;
+        f.client_cert_file = None;
         f.netns = Some("all".into());
         Config::merge(&Cli::default(), &f).unwrap();
     }

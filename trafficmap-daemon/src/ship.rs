@@ -138,6 +138,11 @@ impl Collector {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        if let Some(f) = &config.client_cert_file {
+            let pem =
+                std::fs::read(f).with_context(|| format!("client_cert_file {}", f.display()))?;
+            builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
+        }
         let url = base
             .join("api/v1/reports")
             .context("collector URL cannot take a path")?;
@@ -405,6 +410,148 @@ pub async fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mutual-TLS server (rustls, client certificates verified against `ca`) answering one
+    /// request per connection with the collector's acknowledgement; sends the DER of the
+    /// client certificate each connection presented (if the handshake succeeded).
+    async fn mtls_server(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Option<Vec<u8>>>) {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let mut tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let _ = tx.send(None);
+                        continue;
+                    }
+                };
+                let presented = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.to_vec());
+                let _ = tx.send(presented);
+                // Headers, then the body by its length: enough HTTP for one request.
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = tls.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if req.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"status":"stored","report_id":"mtls-report-0001","pairs":0}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn client_certificate_is_presented_to_a_mutual_tls_collector() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let issue = |names: &[&str]| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(
+                names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), cert.der().to_vec(), key.serialize_pem())
+        };
+        let (server_pem, _, server_key) = issue(&["127.0.0.1", "localhost"]);
+        let (client_pem, client_der, client_key) = issue(&["machine-1"]);
+        let (port, mut seen) = mtls_server(&ca.pem(), &server_pem, &server_key).await;
+
+        let dir = std::env::temp_dir().join(format!("tm-mtls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let cert_file = dir.join("agent.pem");
+        std::fs::write(&cert_file, format!("{client_pem}{client_key}")).unwrap();
+        let cli = |with_cert: bool| crate::config::Cli {
+            collector: Some(format!("https://127.0.0.1:{port}/")),
+            ca_file: Some(ca_file.clone()),
+            client_cert_file: with_cert.then(|| cert_file.clone()),
+            ..Default::default()
+        };
+        let config = |with_cert| {
+            Config::merge(&cli(with_cert), &crate::config::FileConfig::default()).unwrap()
+        };
+
+        // With the certificate: the handshake succeeds, the server saw exactly ours.
+        let c = Collector::new(&config(true)).unwrap().unwrap();
+        let outcome = c.send(b"{}".to_vec(), "mtls-report-0001").await;
+        assert_eq!(kind(outcome), ("accepted", FailureKind::Io));
+        assert_eq!(seen.recv().await.unwrap(), Some(client_der));
+
+        // Without: the server refuses the handshake; the report stays to be retried.
+        let c = Collector::new(&config(false)).unwrap().unwrap();
+        let (what, _) = kind(c.send(b"{}".to_vec(), "mtls-report-0001").await);
+        assert_eq!(what, "retry");
+        assert_eq!(seen.recv().await.unwrap(), None);
+
+        // A file without the key is one clear configuration error.
+        std::fs::write(&cert_file, &client_pem).unwrap();
+        let e = Config::merge(&cli(true), &crate::config::FileConfig::default()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("client_cert_file: ")
+                && e.to_string().contains("private key"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
