@@ -16,8 +16,10 @@ use crate::{
         dns::{ReverseLookup, SystemResolver},
         refresh::{CloudSource, Enricher, SnapshotFile},
     },
+    mapbuilds::StoreVersion,
     mapservice,
     metrics::Metrics,
+    read_auth::{self, ReadAccess, ReadTokenFile},
     server::{self, App},
     store::Store,
 };
@@ -67,12 +69,14 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ingest_tx, ingest_rx) = mpsc::channel(cfg.ingest.max_concurrent.max(1));
     let (stop_writer, writer_stop) = oneshot::channel();
+    let version = StoreVersion::default();
     let writer = tokio::spawn(server::batch_writer(
         store.clone(),
         ingest_rx,
         cfg.ingest.batch_max_pairs,
         cfg.ingest.batch_linger,
         metrics.clone(),
+        version.clone(),
         writer_stop,
     ));
     let cloud = cloud_source(&cfg).await;
@@ -92,6 +96,10 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
         metrics.clone(),
         auth,
         ingest_tx,
+        server::Reads {
+            access: read_access(&cfg)?,
+            version,
+        },
     ));
     let periodic = tokio::spawn(periodic(app.clone(), token_file, shutdown_rx.clone()));
 
@@ -154,6 +162,34 @@ fn auth(cfg: &Config, metrics: &Metrics) -> Result<Auth> {
     })
 }
 
+/// Who may read (issue 8): the read token file's holders and the trusted proxies' users, or
+/// anyone when neither is configured (loopback, or `allow_anonymous_reads`).
+fn read_access(cfg: &Config) -> Result<ReadAccess> {
+    let tokens = match &cfg.read_token_file {
+        Some(p) => Some(Arc::new(
+            ReadTokenFile::open(p).map_err(|e| anyhow::anyhow!("read_token_file: {e}"))?,
+        )),
+        None => None,
+    };
+    let access = ReadAccess::new(cfg, tokens);
+    if !access.protected() {
+        tracing::warn!(listen = %cfg.listen, "reads (maps, exports, /metrics) need no credential");
+    }
+    Ok(access)
+}
+
+/// Re-reads the read token file if it changed (or always, with `force`).
+fn reload_read_tokens(app: &App, force: bool) {
+    let Some(f) = &app.reads.tokens else { return };
+    match f.reload(force) {
+        read_auth::Reload::Unchanged => {}
+        read_auth::Reload::Loaded(n) => tracing::info!(tokens = n, "read token file reloaded"),
+        read_auth::Reload::Failed(e) => {
+            tracing::error!(error = %e, "read token file unusable; the previous read tokens stay in force")
+        }
+    }
+}
+
 /// Roll-ups and retention, daily files, token reloads (poll and SIGHUP).
 async fn periodic(
     app: Arc<App>,
@@ -190,6 +226,8 @@ async fn periodic(
             _ = maintain.tick() => {
                 match app.store.maintain(Utc::now(), cfg.retention.retention()).await {
                     Ok(m) => {
+                        // Roll-ups and retention change what a map of the store shows.
+                        app.version.bump();
                         app.metrics.rolled_up.inc_by(m.rolled_up);
                         app.metrics.retention_deleted.inc_by(m.deleted_rows);
                     }
@@ -200,8 +238,8 @@ async fn periodic(
                 }
             }
             _ = daily.tick(), if cfg.daily.enabled => write_daily(&app).await,
-            _ = token_poll.tick() => reload(false),
-            _ = hup.recv() => reload(true),
+            _ = token_poll.tick() => { reload(false); reload_read_tokens(&app, false) }
+            _ = hup.recv() => { reload(true); reload_read_tokens(&app, true) }
             _ = shutdown.changed() => return,
         }
     }
