@@ -41,7 +41,7 @@ use crate::{
     mapbuilds::{BuildError, Key, MapBuilds, StoreVersion},
     mapservice::{MapError, MapSource, Served, Span},
     metrics::{MapBuild, Metrics},
-    read_auth::{ReadAccess, ReadDenied, Reader},
+    read_auth::{ReadAccess, Reader},
     store::{Outcome, Store},
 };
 
@@ -191,12 +191,10 @@ async fn require_reader(State(app): State<Arc<App>>, req: Request, next: Next) -
         }
         Err(e) => {
             let mut r = json_error(StatusCode::UNAUTHORIZED, e.to_string());
-            if !matches!(e, ReadDenied::Host(_) | ReadDenied::NoHost) {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"trafficmap reads\""),
-                );
-            }
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"trafficmap reads\""),
+            );
             r
         }
     }

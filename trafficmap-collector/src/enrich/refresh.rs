@@ -293,3 +293,43 @@ impl Enricher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The maps' warnings say that the refresh failed, never the EC2 or file error itself
+    /// (finding 17: endpoints, accounts and paths stay in the log).
+    #[tokio::test]
+    async fn failed_refresh_warns_without_details() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("secret-path/ec2-snapshot.json");
+        let mut cfg = config::Enrich::default();
+        cfg.dns.enabled = false;
+        cfg.ec2.snapshot_file = Some(missing.clone());
+        let (enricher, _) = Enricher::new(&cfg).unwrap();
+        let store = Store::open(crate::store::Options::Sqlite {
+            dir: dir.path().join("data"),
+            sync: crate::store::sqlite::Sync::Normal,
+        })
+        .await
+        .unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let err = enricher
+            .refresh_cloud(&SnapshotFile(missing.clone()), &store, now)
+            .await
+            .unwrap_err();
+        // The log gets the details.
+        assert!(err.contains("secret-path"), "{err}");
+        assert_eq!(
+            enricher.sources().warnings,
+            vec![
+                "EC2 data not loaded yet: instances are shown without tags, types and prices"
+                    .to_owned(),
+                "EC2 refresh at 2026-11-23 10:00:00Z failed; data from the last successful refresh is used (details in the collector's log)".to_owned(),
+            ]
+        );
+    }
+}
