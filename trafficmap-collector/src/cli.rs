@@ -46,6 +46,13 @@ pub struct Settings {
     /// Accept reports without a token (only on a loopback address).
     #[arg(long, global = true)]
     pub allow_unauthenticated: bool,
+    // Reads (issue 8).
+    /// Read-only bearer tokens (`<token> [label]` per line) required for every read.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// Serve reads to anyone on a non-loopback address.
+    #[arg(long, global = true)]
+    pub allow_anonymous_reads: bool,
     /// Storage backend.
     #[arg(long, global = true, value_enum)]
     pub storage: Option<Backend>,
@@ -112,6 +119,12 @@ impl Settings {
         }
         if self.allow_unauthenticated {
             c.allow_unauthenticated = true;
+        }
+        if let Some(v) = &self.read_token_file {
+            c.read_token_file = Some(v.clone());
+        }
+        if self.allow_anonymous_reads {
+            c.allow_anonymous_reads = true;
         }
         if let Some(v) = self.storage {
             c.storage.backend = v;

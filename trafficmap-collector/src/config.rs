@@ -60,6 +60,24 @@ pub struct Config {
     pub allow_unauthenticated: bool,
     /// Log filter (`info`, `debug`, `trafficmap_collector=debug,info`, ...).
     pub log: String,
+    // --- Reads (issue 8): who may read maps, exports and metrics; bounds on map builds. ---
+    /// Read-only bearer tokens, `<token> [label]` per line (reloaded when the file changes).
+    /// When set (or `trusted_proxies` is), every read (API, exports, /metrics) needs one.
+    pub read_token_file: Option<PathBuf>,
+    /// Authenticating reverse proxies (CIDRs) whose `proxy_user_header` grants a read.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header carrying the user a trusted proxy authenticated (e.g. `X-Forwarded-User`).
+    pub proxy_user_header: Option<String>,
+    /// Serve reads to anyone on a non-loopback address (otherwise a start-up error).
+    pub allow_anonymous_reads: bool,
+    /// Host names (no port) requests may address. Default on a loopback address: localhost,
+    /// 127.0.0.1, [::1]; elsewhere: no check.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Map builds from the store at once; more wait up to 10 s, then 503.
+    pub map_builds: usize,
+    /// Longest range one map request may cover, days.
+    pub max_range_days: u32,
+    // --- end of reads ---
     pub ingest: Ingest,
     pub storage: Storage,
     pub retention: RetentionConfig,
@@ -92,6 +110,14 @@ impl Default for Config {
             token_file: None,
             allow_unauthenticated: false,
             log: "info".into(),
+            // Reads (issue 8).
+            read_token_file: None,
+            trusted_proxies: Vec::new(),
+            proxy_user_header: None,
+            allow_anonymous_reads: false,
+            allowed_hosts: None,
+            map_builds: 2,
+            max_range_days: 31,
             ingest: Ingest::default(),
             storage: Storage::default(),
             retention: RetentionConfig::default(),
@@ -405,6 +431,7 @@ impl Config {
         for p in [
             &mut self.output_dir,
             &mut self.token_file,
+            &mut self.read_token_file,
             &mut self.enrich.inventory_file,
             &mut self.enrich.foreign_file,
             &mut self.enrich.price_file,
@@ -446,6 +473,7 @@ impl Config {
         self.cost.validate()?;
         self.validate_auth()?;
         self.validate_listener()?;
+        self.validate_reads()?;
         self.validate_ingest()?;
         self.validate_periods()?;
         self.validate_enrich()?;
@@ -499,6 +527,54 @@ impl Config {
         }
         if self.idle_timeout.is_zero() {
             return Err("idle_timeout must be more than 0".into());
+        }
+        Ok(())
+    }
+
+    /// Read protection (issue 8): off loopback, reads need a credential unless the operator
+    /// says otherwise; the read token file is loaded now so a bad one fails at start.
+    fn validate_reads(&self) -> Result<(), String> {
+        if let Some(t) = &self.read_token_file {
+            crate::read_auth::ReadTokens::load(t).map_err(|e| format!("read_token_file: {e}"))?;
+        }
+        match &self.proxy_user_header {
+            Some(h) if axum::http::HeaderName::try_from(h.as_str()).is_err() => {
+                return Err(format!("proxy_user_header `{h}`: not a valid header name"));
+            }
+            None if !self.trusted_proxies.is_empty() => {
+                return Err(
+                    "trusted_proxies needs proxy_user_header (e.g. \"X-Forwarded-User\")".into(),
+                );
+            }
+            Some(_) if self.trusted_proxies.is_empty() => {
+                return Err(
+                    "proxy_user_header needs trusted_proxies (the proxies' addresses)".into(),
+                );
+            }
+            _ => {}
+        }
+        if let Some(h) = &self.allowed_hosts
+            && (h.is_empty()
+                || h.iter()
+                    .any(|h| h.is_empty() || h.contains(char::is_whitespace)))
+        {
+            return Err("allowed_hosts: a non-empty list of host names (no spaces)".into());
+        }
+        if self.map_builds == 0 || self.map_builds > 64 {
+            return Err(format!("map_builds = {}: 1 to 64", self.map_builds));
+        }
+        if self.max_range_days == 0 || self.max_range_days > 400 {
+            return Err(format!(
+                "max_range_days = {}: 1 to 400",
+                self.max_range_days
+            ));
+        }
+        let protected = self.read_token_file.is_some() || !self.trusted_proxies.is_empty();
+        if !self.listen.ip().is_loopback() && !protected && !self.allow_anonymous_reads {
+            return Err(format!(
+                "listen = {}: not a loopback address, and reads (maps, exports, /metrics) would be open to anyone; set read_token_file or trusted_proxies, or allow_anonymous_reads = true",
+                self.listen
+            ));
         }
         Ok(())
     }
@@ -620,6 +696,9 @@ mod tests {
             tls_cert_file: Some("/x".into()),
             tls_key_file: Some("/x".into()),
             tls_client_ca_file: Some("/x".into()),
+            read_token_file: Some("/x".into()),
+            proxy_user_header: Some("X-Forwarded-User".into()),
+            allowed_hosts: Some(vec!["x".into()]),
             ..Config::default()
         };
         full.enrich.inventory_file = Some("/x".into());
@@ -739,6 +818,47 @@ mod tests {
                 )),
             );
         }
+    }
+
+    #[test]
+    fn reads_off_loopback_need_protection() {
+        let mut c = Config {
+            listen: "0.0.0.0:9978".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "listen = 0.0.0.0:9978: not a loopback address, and reads (maps, exports, /metrics) would be open to anyone; set read_token_file or trusted_proxies, or allow_anonymous_reads = true"
+        );
+        c.allow_anonymous_reads = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.allow_anonymous_reads = false;
+        c.trusted_proxies = vec!["10.0.0.5/32".parse().unwrap()];
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "trusted_proxies needs proxy_user_header (e.g. \"X-Forwarded-User\")"
+        );
+        c.proxy_user_header = Some("X-Forwarded-User".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.proxy_user_header = Some("bad header".into());
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "proxy_user_header `bad header`: not a valid header name"
+        );
+        let mut c = Config {
+            max_range_days: 401,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err(), "max_range_days = 401: 1 to 400");
+        c.max_range_days = 31;
+        c.map_builds = 0;
+        assert_eq!(c.validate().unwrap_err(), "map_builds = 0: 1 to 64");
+        c.map_builds = 2;
+        c.allowed_hosts = Some(vec![]);
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "allowed_hosts: a non-empty list of host names (no spaces)"
+        );
     }
 
     #[test]

@@ -89,6 +89,40 @@ pub fn grouped(n: u64) -> String {
     out
 }
 
+/// A CSV cell a spreadsheet would not evaluate (OWASP's advice on CSV injection): text starting
+/// with `=`, `+`, `-`, `@`, TAB or CR gets a leading `'`. Numbers (`-12`, `3.5`) are left alone,
+/// so a negative number stays a number. Names come from reports, EC2 tags and DNS: any of them
+/// may be hostile.
+pub fn safe_cell(cell: &str) -> std::borrow::Cow<'_, str> {
+    let risky = matches!(
+        cell.as_bytes().first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+    );
+    if risky && !is_number(cell) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+/// `-?digits(.digits)?`: what our own numeric columns hold.
+fn is_number(s: &str) -> bool {
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = s.split_once('.').unwrap_or((s, "0"));
+    !int.is_empty()
+        && !frac.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// One CSV record, every cell through [`safe_cell`].
+fn safe_record<const N: usize>(
+    w: &mut csv::Writer<&mut Vec<u8>>,
+    cells: [&str; N],
+) -> csv::Result<()> {
+    w.write_record(cells.iter().map(|c| safe_cell(c).into_owned()))
+}
+
 /// Writes CSV rows through the `csv` crate into memory, after `head` (lines written as they
 /// are, such as draw.io's `#` directives). Fields are quoted only where they need it, and
 /// lines end in `\n` as these exports always have (the crate's default is `\r\n`).
@@ -161,39 +195,45 @@ fn lucid_csv(map: &Map) -> String {
         map.to.format("%Y-%m-%d %H:%M")
     );
     csv_text("", |w| {
-        w.write_record([
-            "Id",
-            "Name",
-            "Shape Library",
-            "Page ID",
-            "Contained By",
-            "Line Source",
-            "Line Destination",
-            "Source Arrow",
-            "Destination Arrow",
-            "Text Area 1",
-            "Text Area 2",
-            "Text Area 3",
-        ])?;
-        w.write_record(["1", "Page", "", "", "", "", "", "", "", &title, "", ""])?;
+        safe_record(
+            w,
+            [
+                "Id",
+                "Name",
+                "Shape Library",
+                "Page ID",
+                "Contained By",
+                "Line Source",
+                "Line Destination",
+                "Source Arrow",
+                "Destination Arrow",
+                "Text Area 1",
+                "Text Area 2",
+                "Text Area 3",
+            ],
+        )?;
+        safe_record(w, ["1", "Page", "", "", "", "", "", "", "", &title, "", ""])?;
         let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
         let mut next = 2;
         for n in &map.nodes {
             ids.insert(&n.id, next);
-            w.write_record([
-                &next.to_string(),
-                lucid_shape(n.kind),
-                "Flowchart Shapes",
-                "1",
-                "",
-                "",
-                "",
-                "",
-                "",
-                &n.label,
-                &node_details(n),
-                &n.id,
-            ])?;
+            safe_record(
+                w,
+                [
+                    &next.to_string(),
+                    lucid_shape(n.kind),
+                    "Flowchart Shapes",
+                    "1",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    &n.label,
+                    &node_details(n),
+                    &n.id,
+                ],
+            )?;
             next += 1;
         }
         for l in &map.links {
@@ -202,20 +242,23 @@ fn lucid_csv(map: &Map) -> String {
                 grouped(l.bytes_to_target),
                 grouped(l.bytes_to_source)
             );
-            w.write_record([
-                &next.to_string(),
-                "Line",
-                "",
-                "1",
-                "",
-                &ids[l.source.as_str()].to_string(),
-                &ids[l.target.as_str()].to_string(),
-                "None",
-                "Arrow",
-                &link_text(l),
-                &bytes,
-                &format!("observed by {:?}", l.observed_by).to_lowercase(),
-            ])?;
+            safe_record(
+                w,
+                [
+                    &next.to_string(),
+                    "Line",
+                    "",
+                    "1",
+                    "",
+                    &ids[l.source.as_str()].to_string(),
+                    &ids[l.target.as_str()].to_string(),
+                    "None",
+                    "Arrow",
+                    &link_text(l),
+                    &bytes,
+                    &format!("observed by {:?}", l.observed_by).to_lowercase(),
+                ],
+            )?;
             next += 1;
         }
         Ok(())
@@ -224,8 +267,10 @@ fn lucid_csv(map: &Map) -> String {
 
 /// draw.io's CSV import directives: labels, styles, how rows connect, the layout.
 const DRAWIO_HEAD: &str = concat!(
-    "# label: <b>%name%</b><br><i style=\"color:gray;\">%details%</i>\n",
-    "# style: whiteSpace=wrap;html=1;rounded=1;fillColor=%fill%;strokeColor=#666666;\n",
+    // Plain text labels (`html=0`): a name is shown as written, never interpreted as HTML.
+    // The details stay a shape property (Edit Data).
+    "# label: %name%\n",
+    "# style: whiteSpace=wrap;html=0;rounded=1;fillColor=%fill%;strokeColor=#666666;\n",
     "# namespace: trafficmap-\n",
     "# connect: {\"from\": \"targets\", \"to\": \"id\", \"invert\": false, \"style\": \"curved=1;endArrow=blockThin;endFill=1;fontSize=11;\"}\n",
     "# width: auto\n# height: auto\n# padding: 12\n",
@@ -242,15 +287,18 @@ fn drawio_csv(map: &Map) -> String {
         }
     }
     csv_text(DRAWIO_HEAD, |w| {
-        w.write_record([
-            "id",
-            "name",
-            "details",
-            "fill",
-            "bytes_in",
-            "bytes_out",
-            "targets",
-        ])?;
+        safe_record(
+            w,
+            [
+                "id",
+                "name",
+                "details",
+                "fill",
+                "bytes_in",
+                "bytes_out",
+                "targets",
+            ],
+        )?;
         for n in &map.nodes {
             let fill = match n.kind {
                 NodeKind::Host => "#dae8fc",
@@ -263,15 +311,18 @@ fn drawio_csv(map: &Map) -> String {
                 .get(n.id.as_str())
                 .map(|v| v.join(","))
                 .unwrap_or_default();
-            w.write_record([
-                &n.id,
-                &n.label,
-                &node_details(n),
-                fill,
-                &n.bytes_in.to_string(),
-                &n.bytes_out.to_string(),
-                &t,
-            ])?;
+            safe_record(
+                w,
+                [
+                    &n.id,
+                    &n.label,
+                    &node_details(n),
+                    fill,
+                    &n.bytes_in.to_string(),
+                    &n.bytes_out.to_string(),
+                    &t,
+                ],
+            )?;
         }
         Ok(())
     })
@@ -418,6 +469,44 @@ mod tests {
             ",Line,,1,,{api},{db},None,Arrow,5432 -> 1.0 MB / <- 4.2 MB,\"1,000,003 bytes to server, 4,200,512 bytes back\",observed by both"
         );
         assert!(text.contains(&want), "{text}");
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_evaluate_are_neutralised() {
+        for (cell, want) in [
+            ("=HYPERLINK(\"http://x/\")", "'=HYPERLINK(\"http://x/\")"),
+            ("+1+1", "'+1+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("-12", "-12"),
+            ("-0.5", "-0.5"),
+            ("-", "'-"),
+            ("-.5", "'-.5"),
+            ("-inf", "'-inf"),
+            ("api-1", "api-1"),
+            ("", ""),
+        ] {
+            assert_eq!(safe_cell(cell), want, "{cell:?}");
+        }
+        let mut m = map();
+        m.nodes[0].label = "=cmd|' /C calc'!A0".into();
+        m.nodes[0].archdomain = Some("@evil".into());
+        m.nodes[0].env = None;
+        let lucid = lucid_csv(&m);
+        assert!(
+            lucid.contains(",'=cmd|' /C calc'!A0,'@evil | 10.9.0.5,host:batch-1\n"),
+            "{lucid}"
+        );
+        let drawio = drawio_csv(&m);
+        assert!(
+            drawio.contains("host:batch-1,'=cmd|' /C calc'!A0,'@evil | 10.9.0.5,"),
+            "{drawio}"
+        );
+        // draw.io shows labels as text.
+        assert!(drawio.starts_with("# label: %name%\n# style: whiteSpace=wrap;html=0;"));
+        assert!(!drawio.contains("html=1"));
     }
 
     #[test]

@@ -216,14 +216,19 @@ enum Cell {
 impl Cell {
     fn for_people(&self) -> String {
         match self {
-            Cell::Text(s) => s.clone(),
+            // Names come from reports, EC2 tags and DNS: no terminal escapes reach the screen.
+            Cell::Text(s) => s
+                .chars()
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect(),
             Cell::Count(n) => grouped(*n),
         }
     }
 
     fn for_csv(&self) -> String {
         match self {
-            Cell::Text(s) => s.clone(),
+            // Neutralised for spreadsheets (formula injection); numbers stay numbers.
+            Cell::Text(s) => crate::export::safe_cell(s).into_owned(),
             Cell::Count(n) => n.to_string(),
         }
     }

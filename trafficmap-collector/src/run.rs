@@ -16,8 +16,10 @@ use crate::{
         dns::{ReverseLookup, SystemResolver},
         refresh::{CloudSource, Enricher, SnapshotFile},
     },
+    mapbuilds::StoreVersion,
     mapservice,
     metrics::Metrics,
+    read_auth::{self, ReadAccess, ReadTokenFile},
     server::{self, App},
     store::Store,
 };
@@ -71,12 +73,14 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ingest_tx, ingest_rx) = mpsc::channel(cfg.ingest.max_concurrent.max(1));
     let (stop_writer, writer_stop) = oneshot::channel();
+    let version = StoreVersion::default();
     let writer = tokio::spawn(server::batch_writer(
         store.clone(),
         ingest_rx,
         cfg.ingest.batch_max_pairs,
         cfg.ingest.batch_linger,
         metrics.clone(),
+        version.clone(),
         writer_stop,
     ));
     let cloud = cloud_source(&cfg).await;
@@ -96,6 +100,10 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
         metrics.clone(),
         auth,
         ingest_tx,
+        server::Reads {
+            access: read_access(&cfg)?,
+            version,
+        },
     ));
     let tls = match cfg.tls_paths().map_err(anyhow::Error::msg)? {
         Some(p) => Some(Arc::new(
@@ -108,6 +116,9 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
         watched.push(t);
     }
     if let Some(t) = &tls {
+        watched.push(t.clone());
+    }
+    if let Some(t) = &app.reads.tokens {
         watched.push(t.clone());
     }
     let periodic = tokio::spawn(periodic(app.clone(), watched, shutdown_rx.clone()));
@@ -196,6 +207,20 @@ impl Watched for TokenFile {
     }
 }
 
+impl Watched for ReadTokenFile {
+    fn source(&self) -> &'static str {
+        "read_tokens"
+    }
+
+    fn reload(&self, force: bool) -> Reload {
+        match ReadTokenFile::reload(self, force) {
+            read_auth::Reload::Unchanged => Reload::Unchanged,
+            read_auth::Reload::Loaded(n) => Reload::Loaded(n),
+            read_auth::Reload::Failed(e) => Reload::Failed(e),
+        }
+    }
+}
+
 /// Re-reads each watched file that changed (every one, with `force`).
 fn reload_all(app: &App, watched: &[Arc<dyn Watched>], force: bool) {
     for w in watched {
@@ -219,6 +244,22 @@ fn reload_all(app: &App, watched: &[Arc<dyn Watched>], force: bool) {
             }
         }
     }
+}
+
+/// Who may read (issue 8): the read token file's holders and the trusted proxies' users, or
+/// anyone when neither is configured (loopback, or `allow_anonymous_reads`).
+fn read_access(cfg: &Config) -> Result<ReadAccess> {
+    let tokens = match &cfg.read_token_file {
+        Some(p) => Some(Arc::new(
+            ReadTokenFile::open(p).map_err(|e| anyhow::anyhow!("read_token_file: {e}"))?,
+        )),
+        None => None,
+    };
+    let access = ReadAccess::new(cfg, tokens);
+    if !access.protected() {
+        tracing::warn!(listen = %cfg.listen, "reads (maps, exports, /metrics) need no credential");
+    }
+    Ok(access)
 }
 
 /// Runs one tick's work in a task of its own, so that a panic in it is caught: logged loudly,
@@ -285,6 +326,8 @@ async fn maintain_once(app: Arc<App>) {
         .await
     {
         Ok(m) => {
+            // Roll-ups and retention change what a map of the store shows.
+            app.version.bump();
             app.metrics.rolled_up.inc_by(m.rolled_up);
             app.metrics.retention_deleted.inc_by(m.deleted_rows);
         }

@@ -9,7 +9,7 @@
 use std::{
     borrow::Cow,
     collections::{BTreeSet, HashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -17,8 +17,9 @@ use std::{
 
 use axum::{
     Router,
-    extract::{Query, Request, State},
+    extract::{ConnectInfo, Query, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -37,8 +38,10 @@ use crate::{
     enrich::refresh::Enricher,
     export::{self, Format},
     ingest::Ingest,
+    mapbuilds::{BuildError, Key, MapBuilds, StoreVersion},
     mapservice::{MapError, MapSource, Served, Span},
     metrics::{MapBuild, Metrics},
+    read_auth::{ReadAccess, Reader},
     store::{Outcome, Store},
 };
 
@@ -46,6 +49,13 @@ use crate::{
 pub struct Pending {
     pub ing: Arc<Ingest>,
     pub reply: oneshot::Sender<Result<Outcome, String>>,
+}
+
+/// The read side's parts made at start (issue 8).
+pub struct Reads {
+    pub access: ReadAccess,
+    /// Shared with the batch writer, which bumps it.
+    pub version: StoreVersion,
 }
 
 pub struct App {
@@ -59,6 +69,10 @@ pub struct App {
     permits: Arc<Semaphore>,
     /// Addresses agents reported as their own (not worth a reverse lookup).
     agent_addrs: Mutex<HashSet<IpAddr>>,
+    // Reads (issue 8): who may read, the store's version and the map build slots and cache.
+    pub reads: ReadAccess,
+    pub version: StoreVersion,
+    maps: MapBuilds<Served>,
 }
 
 impl App {
@@ -69,9 +83,17 @@ impl App {
         metrics: Arc<Metrics>,
         auth: Auth,
         ingest_tx: mpsc::Sender<Pending>,
+        reads: Reads,
     ) -> App {
         let permits = Arc::new(Semaphore::new(cfg.ingest.max_concurrent));
         App {
+            maps: MapBuilds::new(
+                cfg.map_builds,
+                crate::mapbuilds::SLOT_WAIT,
+                crate::mapbuilds::CACHE_ENTRIES,
+            ),
+            reads: reads.access,
+            version: reads.version,
             output_dir: cfg.output_dir(),
             cfg,
             store,
@@ -105,15 +127,77 @@ fn json_ok(value: serde_json::Value) -> Response {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/api/v1/reports", post(post_report))
+    // Reads of data need a reader (read token or trusted proxy); the viewer's files and
+    // /healthz carry none and stay open.
+    let reads = Router::new()
         .route("/api/v1/days", get(get_days))
         .route("/api/v1/maps", get(get_map))
         .route("/api/v1/maps/export", get(get_export))
-        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_reader));
+    Router::new()
+        .route("/api/v1/reports", post(post_report))
+        .merge(reads)
+        .route("/healthz", get(healthz))
         .fallback(crate::viewer::serve)
+        .layer(middleware::from_fn_with_state(app.clone(), check_host))
+        .layer(middleware::from_fn(security_headers))
         .with_state(app)
+}
+
+/// The policy sent with every response: no inline script or style, nothing from elsewhere,
+/// never framed.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// CSP, frame and sniffing protection on every response, the viewer's and the API's.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// The Host check against DNS rebinding (403 `host: ...`). Reports are exempt: agents
+/// authenticate with their token and may address the collector by any name.
+async fn check_host(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if req.uri().path() != "/api/v1/reports"
+        && let Err(e) = app.reads.check_host(req.headers())
+    {
+        return json_error(StatusCode::FORBIDDEN, e.to_string());
+    }
+    next.run(req).await
+}
+
+/// A read needs a reader: 401 (with `WWW-Authenticate`) otherwise.
+async fn require_reader(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match app.reads.check(peer, req.headers()) {
+        Ok(reader) => {
+            if let Reader::Proxy(user) | Reader::Token(user) = &reader {
+                tracing::debug!(%user, path = req.uri().path(), "read");
+            }
+            next.run(req).await
+        }
+        Err(e) => {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, e.to_string());
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"trafficmap reads\""),
+            );
+            r
+        }
+    }
 }
 
 /// The batch writer: takes every report waiting (up to `batch_max_pairs`, lingering
@@ -125,6 +209,7 @@ pub async fn batch_writer(
     max_pairs: usize,
     linger: Duration,
     metrics: Arc<Metrics>,
+    version: StoreVersion,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut stopping = false;
@@ -141,7 +226,7 @@ pub async fn batch_writer(
             }
         };
         let batch = fill_batch(&mut rx, first, max_pairs, linger, stopping).await;
-        write_batch(&store, batch, &metrics).await;
+        write_batch(&store, batch, &metrics, &version).await;
     }
 }
 
@@ -174,10 +259,18 @@ async fn fill_batch(
 }
 
 /// Stores a batch in one call and answers each of its reports.
-async fn write_batch(store: &Store, batch: Vec<Pending>, metrics: &Metrics) {
+async fn write_batch(
+    store: &Store,
+    batch: Vec<Pending>,
+    metrics: &Metrics,
+    version: &StoreVersion,
+) {
     let ings: Vec<Arc<Ingest>> = batch.iter().map(|p| p.ing.clone()).collect();
     match store.ingest(ings, Utc::now()).await {
         Ok(outcomes) => {
+            // Committed: cached maps of the old version are stale. Bumped before anyone is
+            // answered, so an agent's next read sees its own report.
+            version.bump();
             for (p, o) in batch.into_iter().zip(outcomes) {
                 match o {
                     Outcome::Stored => {
@@ -252,8 +345,9 @@ enum IngestError {
     },
     #[error("collector shutting down; retry later")]
     ShuttingDown,
-    /// The batch writer's store call failed: the agent keeps the report and retries.
-    #[error("store unavailable: {0}")]
+    /// The batch writer's store call failed: the agent keeps the report and retries. The
+    /// store's error is logged by the writer, never sent (it may carry paths and driver details).
+    #[error("store unavailable")]
     Store(String),
 }
 
@@ -562,7 +656,7 @@ fn hint_dns(app: &App, ing: &Ingest) {
     app.enricher.request_dns(unknown);
 }
 
-fn parse_want(q: &HashMap<String, String>) -> Result<(View, Span), String> {
+fn parse_want(q: &HashMap<String, String>, max_days: u32) -> Result<(View, Span), String> {
     let view: View = q
         .get("view")
         .ok_or("view: required (instances, clusters or security-groups)")?
@@ -583,8 +677,10 @@ fn parse_want(q: &HashMap<String, String>) -> Result<(View, Span), String> {
             if f >= t {
                 return Err(format!("from {f} is not before to {t}"));
             }
-            if t - f > chrono::Duration::days(400) {
-                return Err("from/to: at most 400 days at once".into());
+            if t - f > chrono::Duration::days(i64::from(max_days)) {
+                return Err(format!(
+                    "range: {f} to {t} is longer than max_range_days ({max_days} days)"
+                ));
             }
             Span::Range(f, t)
         }
@@ -604,26 +700,26 @@ impl App {
     }
 }
 
-/// The map for a request (see [`crate::mapservice`] for where it comes from), counted in the metrics; errors
-/// as the response to send.
-pub async fn find_map(app: &App, view: View, span: Span) -> Result<Served, Response> {
+/// The map for a request (see [`crate::mapservice`] for where it comes from), counted in the
+/// metrics; errors as the response to send. Built on the blocking pool, at most `map_builds` at
+/// once, cached by (view, range, store version) (see [`crate::mapbuilds`]).
+pub async fn find_map(app: &Arc<App>, view: View, span: Span) -> Result<Arc<Served>, Response> {
     let t = Instant::now();
+    let key = Key {
+        view,
+        span,
+        version: app.version.get(),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let a = app.clone();
     let served = app
-        .map_source()
-        .map(view, span, Utc::now())
+        .maps
+        .get(key, move || {
+            runtime.block_on(a.map_source().map(view, span, Utc::now()))
+        })
         .await
-        .map_err(|e| {
-            let status = match &e {
-                MapError::NoData(_) => StatusCode::NOT_FOUND,
-                MapError::Store(_) => {
-                    app.metrics.store_error("read");
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                MapError::File { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            json_error(status, e.to_string())
-        })?;
-    let from = match &served {
+        .map_err(|e| map_error_response(app, e))?;
+    let from = match &*served {
         Served::File(_) => "file",
         Served::Built(_) => {
             app.metrics
@@ -642,36 +738,78 @@ pub async fn find_map(app: &App, view: View, span: Span) -> Result<Served, Respo
     Ok(served)
 }
 
+/// The answer to a failed map request. Store and file errors are logged, not sent (finding 17).
+fn map_error_response(app: &App, e: BuildError<MapError>) -> Response {
+    match e {
+        BuildError::Busy => {
+            let mut r = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "map builds busy; retry later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            r
+        }
+        BuildError::Aborted => {
+            tracing::error!("a map build panicked or was cancelled");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "map build failed")
+        }
+        BuildError::Build(e @ MapError::NoData(_)) => {
+            json_error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        BuildError::Build(MapError::Store(e)) => {
+            app.metrics.store_error("read");
+            tracing::error!(error = %e, "map: store unavailable");
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
+        BuildError::Build(e @ MapError::File { .. }) => {
+            tracing::error!(error = %e, "map: reading the daily file failed");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reading the daily map failed",
+            )
+        }
+    }
+}
+
 async fn get_map(
     State(app): State<Arc<App>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let (view, want) = match parse_want(&q) {
+    let (view, want) = match parse_want(&q, app.cfg.max_range_days) {
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
-    match find_map(&app, view, want).await {
-        Ok(Served::File(bytes)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            bytes,
-        )
-            .into_response(),
-        Ok(Served::Built(map)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_vec(&*map).expect("a map serialises"),
-        )
-            .into_response(),
-        Err(r) => r,
-    }
+    let served = match find_map(&app, view, want).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let bytes = match &*served {
+        Served::File(bytes) => bytes.clone(),
+        Served::Built(map) => match serde_json::to_vec(&**map) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "serialising a map failed");
+                return json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "serialising the map failed",
+                );
+            }
+        },
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
 }
 
 async fn get_export(
     State(app): State<Arc<App>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let (view, want) = match parse_want(&q) {
+    let (view, want) = match parse_want(&q, app.cfg.max_range_days) {
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
@@ -685,13 +823,26 @@ async fn get_export(
             );
         }
     };
-    let map = match find_map(&app, view, want).await {
-        Ok(Served::File(bytes)) => match Map::from_json(&bytes) {
-            Ok(m) => m,
-            Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        Ok(Served::Built(m)) => *m,
+    let served = match find_map(&app, view, want).await {
+        Ok(s) => s,
         Err(r) => return r,
+    };
+    let from_file;
+    let map: &Map = match &*served {
+        Served::File(bytes) => match Map::from_json(bytes) {
+            Ok(m) => {
+                from_file = m;
+                &from_file
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a daily map file does not parse");
+                return json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "reading the daily map failed",
+                );
+            }
+        },
+        Served::Built(m) => m,
     };
     let name = match want {
         Span::Day(d) => format!(
@@ -716,7 +867,7 @@ async fn get_export(
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    (StatusCode::OK, headers, export::export(&map, format)).into_response()
+    (StatusCode::OK, headers, export::export(map, format)).into_response()
 }
 
 async fn get_days(State(app): State<Arc<App>>) -> Response {
@@ -724,10 +875,8 @@ async fn get_days(State(app): State<Arc<App>>) -> Response {
         Ok(d) => d,
         Err(e) => {
             app.metrics.store_error("read");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("store unavailable: {e}"),
-            );
+            tracing::error!(error = %e, "days: store unavailable");
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
         }
     };
     let list: Vec<String> = days
@@ -742,12 +891,10 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
     match app.store.ping().await {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
+            // The store's error goes to the log only: /healthz is open to anyone.
             app.metrics.store_error("ping");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("store unavailable: {e}\n"),
-            )
-                .into_response()
+            tracing::error!(error = %e, "health check: store unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n").into_response()
         }
     }
 }

@@ -545,7 +545,7 @@ fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
 fn healthz_on(mut s: TcpStream) -> std::io::Result<Response> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     read_response(&mut s)
 }
 
@@ -572,7 +572,7 @@ fn connections_per_address_are_capped() {
     let mut held = Vec::new();
     for _ in 0..64 {
         let mut s = connect_from("127.0.0.1", c.addr);
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).unwrap();
@@ -594,7 +594,7 @@ fn connections_per_address_are_capped() {
     let r = healthz_on(connect_from("127.0.0.2", c.addr)).unwrap();
     assert_eq!((r.status, r.text()), (200, "ok\n".into()));
     let mut s = connect_from("127.0.0.2", c.addr);
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let metrics = read_response(&mut s).unwrap().text();
     let line = "trafficmap_collector_connections_refused_total{reason=\"per_address\"} 1";
@@ -635,7 +635,7 @@ fn idle_connections_are_closed() {
     ]);
     let mut s = connect_from("127.0.0.1", c.addr);
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).unwrap();

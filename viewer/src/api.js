@@ -5,21 +5,88 @@ import { checkMap } from "./model.js";
 
 export class ApiError extends Error {}
 
-async function getJson(path) {
-  let res;
+/** The collector wants a read token (401): the viewer asks for one. */
+export class AuthRequired extends ApiError {}
+
+// The read token lives in sessionStorage: this tab only, gone when it closes, never in the URL.
+const TOKEN_KEY = "trafficmap.readToken";
+
+export function readToken() {
   try {
-    res = await fetch(path, { headers: { Accept: "application/json" } });
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null; // storage disabled: the token is asked again
+  }
+}
+
+export function setReadToken(token) {
+  cache.clear();
+  try {
+    sessionStorage.setItem(TOKEN_KEY, token);
+  } catch {
+    // Storage disabled: nothing is kept.
+  }
+}
+
+export function forgetReadToken() {
+  cache.clear();
+  try {
+    sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // nothing kept
+  }
+}
+
+/** Fetches an API path with the read token, if there is one. */
+async function apiFetch(path, accept) {
+  const token = readToken();
+  const headers = { Accept: accept };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  try {
+    return await fetch(path, { headers });
   } catch (e) {
     throw new ApiError(`cannot reach the collector (${e.message})`);
   }
+}
+
+async function failure(res, path) {
   let body = null;
   try {
     body = await res.json();
   } catch {
-    // A non-JSON body is reported below with the status.
+    // A non-JSON body is reported with the status.
   }
-  if (!res.ok) throw new ApiError(body?.error ? `${body.error} (HTTP ${res.status})` : `HTTP ${res.status} for ${path}`);
-  return body;
+  const msg = body?.error ? `${body.error} (HTTP ${res.status})` : `HTTP ${res.status} for ${path}`;
+  return res.status === 401 ? new AuthRequired(body?.error ?? "a read token is needed") : new ApiError(msg);
+}
+
+async function getJson(path) {
+  const res = await apiFetch(path, "application/json");
+  if (!res.ok) throw await failure(res, path);
+  try {
+    return await res.json();
+  } catch {
+    throw new ApiError(`HTTP ${res.status} for ${path}: not JSON`);
+  }
+}
+
+/**
+ * Downloads an export through fetch (so the read token goes with it) and saves it under the
+ * collector's file name.
+ */
+export async function downloadExport(path) {
+  const res = await apiFetch(path, "*/*");
+  if (!res.ok) throw await failure(res, path);
+  const blob = await res.blob();
+  const name = /filename="([^"]+)"/.exec(res.headers.get("Content-Disposition") ?? "")?.[1] ?? "trafficmap-export";
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
 /** Days that have data, newest first. */

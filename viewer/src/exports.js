@@ -1,7 +1,7 @@
 // Exports of the current view: PNG and SVG images painted as on screen (paint.js), and the link
 // to this view. The CSV and DOT exports are links to the collector API (`syncLinks`).
 
-import { exportUrl } from "./api.js";
+import { downloadExport, exportUrl, readToken } from "./api.js";
 import { BACKGROUND } from "./colors.js";
 import { $, h } from "./dom.js";
 import { drawGroups } from "./groups.js";
@@ -13,6 +13,21 @@ export class Exports {
     this.app = app;
     /** What the last image export drew (for the browser tests). */
     this.lastExport = null;
+  }
+
+  /**
+   * With a read token, the CSV and DOT links download through fetch (a plain link cannot send
+   * the token); without one they stay plain links.
+   */
+  bind() {
+    for (const fmt of ["csv", "dot"]) {
+      const a = $(`#export-${fmt}`);
+      a.addEventListener("click", (e) => {
+        if (!readToken() || !a.href) return;
+        e.preventDefault();
+        downloadExport(a.getAttribute("href")).catch((err) => this.app.panels.showBanner(`Export failed: ${err.message}`));
+      });
+    }
   }
 
   /** Points the CSV and DOT links at the collector's export of the loaded map. */

@@ -6,7 +6,7 @@
 // the benchmark).
 
 import "./style.css";
-import { ApiError, fetchDays, fetchMap } from "./api.js";
+import { ApiError, AuthRequired, fetchDays, fetchMap, forgetReadToken, readToken, setReadToken } from "./api.js";
 import { CameraController } from "./camera.js";
 import { Controls } from "./controls.js";
 import { $ } from "./dom.js";
@@ -56,10 +56,56 @@ class App {
 
   async start() {
     this.controls.bind();
+    this.exports.bind();
+    this.bindAuth();
     this.controls.sync();
+    await this.loadDays();
+  }
+
+  // ---------------------------------------------------------------- read token
+
+  /** The read-token form and the "forget token" control. */
+  bindAuth() {
+    $("#auth-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const token = $("#auth-token").value.trim();
+      if (!token) return;
+      setReadToken(token);
+      $("#auth").hidden = true;
+      this.syncAuth();
+      this.loadDays();
+    });
+    $("#forget-token").addEventListener("click", () => {
+      forgetReadToken();
+      this.syncAuth();
+      location.reload();
+    });
+    this.syncAuth();
+  }
+
+  syncAuth() {
+    $("#forget-token").hidden = !readToken();
+  }
+
+  /** Shows the read-token form; a token that was refused is dropped. */
+  askToken(e) {
+    const refused = readToken() !== null;
+    forgetReadToken();
+    this.syncAuth();
+    this.panels.hideBanner();
+    const msg = $("#auth-error");
+    msg.textContent = refused ? `The collector refused the token: ${e.message}` : "";
+    msg.hidden = !refused;
+    $("#auth-token").value = "";
+    $("#auth").hidden = false;
+    $("#auth-token").focus();
+  }
+
+  async loadDays() {
     try {
       this.days = await fetchDays();
     } catch (e) {
+      if (e instanceof AuthRequired) return this.askToken(e);
       this.panels.showBanner(`Cannot load the list of days: ${e.message}`);
       return;
     }
@@ -118,6 +164,10 @@ class App {
       }
     } catch (e) {
       if (seq !== this.loadSeq) return;
+      if (e instanceof AuthRequired) {
+        this.clearMap();
+        return this.askToken(e);
+      }
       this.panels.showBanner(e instanceof ApiError ? `Cannot load the map: ${e.message}` : `Cannot load the map: ${e}`);
       this.clearMap();
       return;

@@ -101,9 +101,51 @@ export function maxArchDepth(nodes) {
   return d;
 }
 
+/** Longest suppression pattern accepted (they come from shared URLs too). */
+export const MAX_REGEX_LENGTH = 200;
+
+/**
+ * Why a pattern could take exponential time, or null. The patterns come from URLs anyone can
+ * share, and JavaScript's backtracking engine can hang the tab on `(a+)+$`, so the constructs
+ * behind catastrophic backtracking are refused: backreferences, and a quantified group that
+ * itself contains a quantifier or an alternation (nested or overlapping repetition).
+ */
+export function regexHazard(src) {
+  if (src.length > MAX_REGEX_LENGTH) return `longer than ${MAX_REGEX_LENGTH} characters`;
+  // Per open group: whether it holds a quantifier or `|` so far.
+  const stack = [];
+  let inClass = false;
+  for (let i = 0; i < src.length; i++) {
+    const c = src[i];
+    if (c === "\\") {
+      const next = src[i + 1] ?? "";
+      if (!inClass && (/[1-9]/.test(next) || next === "k")) return "backreferences are not supported";
+      i++;
+      continue;
+    }
+    if (inClass) {
+      if (c === "]") inClass = false;
+      continue;
+    }
+    if (c === "[") inClass = true;
+    else if (c === "(") stack.push(false);
+    else if (c === "|" && stack.length) stack[stack.length - 1] = true;
+    else if (c === ")") {
+      const risky = stack.pop() ?? false;
+      const q = src[i + 1];
+      if (risky && (q === "*" || q === "+" || q === "{")) return "a repeated group may not contain a repetition or an alternation";
+      // The group counts as a repetition inside its enclosing group when it is quantified.
+      if ((risky || q === "*" || q === "+" || q === "{") && stack.length) stack[stack.length - 1] = true;
+    } else if ((c === "*" || c === "+" || c === "{") && stack.length) stack[stack.length - 1] = true;
+  }
+  return null;
+}
+
 /** Compiles a user regular expression; returns `{re}` or `{error}` (never throws). */
 export function compileRegex(src) {
   if (!src) return { re: null };
+  const hazard = regexHazard(src);
+  if (hazard) return { error: hazard };
   try {
     return { re: new RegExp(src, "i") };
   } catch (e) {

@@ -100,7 +100,10 @@ export class CanvasTarget {
   }
 }
 
-const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+// XML 1.0 allows no C0 control characters but TAB, LF and CR, and no lone surrogates; names
+// come from EC2 tags and DNS too, so they are replaced (U+FFFD) for the SVG to stay valid XML.
+const XML_INVALID = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+export const esc = (s) => String(s).replace(XML_INVALID, "\uFFFD").replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 const f = (x) => (Math.round(x * 10) / 10).toString();
 
 /** A paint attribute; `#rrggbbaa` becomes colour plus `-opacity`, which SVG 1.1 readers know. */

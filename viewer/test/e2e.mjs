@@ -747,6 +747,86 @@ await step("canvas fallback where WebGL is missing", async () => {
   }
 });
 
+// A collector that wants a read token: the viewer asks for one (a form), keeps it for the tab,
+// sends it with every read and export, and forgets it on request.
+if (collectorBin) {
+  await step("read token: asked for on 401, kept for the tab, sent with reads and exports", async () => {
+    const READ_TOKEN = "e2e-read-token-0123456789";
+    const port = await freePort();
+    const out = mkdtempSync(join(tmpdir(), "trafficmap-e2e-auth-"));
+    for (const f of files) cpSync(join(mapsDir, f), join(out, f));
+    const data = mkdtempSync(join(tmpdir(), "trafficmap-e2e-auth-data-"));
+    const tokenFile = join(data, "read-tokens");
+    writeFileSync(tokenFile, `${READ_TOKEN} e2e\n`);
+    const log = [];
+    const child = spawn(resolve(collectorBin), ["serve", "--listen", `127.0.0.1:${port}`, "--output-dir", out, "--data-dir", data, "--no-dns", "--read-token-file", tokenFile], { stdio: ["ignore", "pipe", "pipe"] });
+    process.on("exit", () => child.kill("SIGKILL"));
+    child.stdout.on("data", (d) => log.push(d.toString()));
+    child.stderr.on("data", (d) => log.push(d.toString()));
+    const url = `http://127.0.0.1:${port}`;
+    const deadline = Date.now() + 30000;
+    for (;;) {
+      try {
+        if ((await fetch(`${url}/healthz`)).ok) break;
+      } catch {
+        // not listening yet
+      }
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the collector did not come up:\n${log.join("")}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const b = await openBrowser();
+    try {
+      const p = await b.context.newPage();
+      // As watch(), except that the browser's own log line for each expected 401 is no error.
+      p.on("console", (m) => {
+        if (m.type() === "error" && !/status of 401/.test(m.text())) problems.push(`console error: ${m.text()}`);
+      });
+      p.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+      p.on("request", (r) => {
+        const u = r.url();
+        if (!u.startsWith(url) && !u.startsWith("blob:") && !u.startsWith("data:")) problems.push(`request outside the test server: ${u}`);
+      });
+      p.setDefaultTimeout(30000);
+      await p.goto(`${url}/?renderer=webgl`);
+      await p.waitForSelector("#auth:not([hidden])");
+      eq(await p.locator("#auth-error").isHidden(), true, "no error before a token was tried");
+      // A wrong token is refused, dropped, and the form says why.
+      await p.fill("#auth-token", "wrong-token-0123456789");
+      await p.click("#auth-submit");
+      await p.waitForSelector("#auth-error:not([hidden])");
+      eq((await p.locator("#auth-error").textContent()).trim(), "The collector refused the token: unknown read token", "refusal message");
+      eq(await p.evaluate(() => sessionStorage.getItem("trafficmap.readToken")), null, "a refused token is not kept");
+      await p.fill("#auth-token", READ_TOKEN);
+      await p.click("#auth-submit");
+      let st = await ready(p);
+      const doc = mapOf("instances", newest);
+      eq([st.nodes, st.edges], [doc.nodes.length, drawnLinks(doc)], "the map loads with the token");
+      eq(await p.evaluate(() => sessionStorage.getItem("trafficmap.readToken")), READ_TOKEN, "token kept in sessionStorage");
+      eq(await p.locator("#auth").isHidden(), true, "form closed");
+      eq(await p.locator("#forget-token").isVisible(), true, "forget control shown");
+      // The CSV export goes through fetch with the token and is saved under the collector's name.
+      const [csv] = await Promise.all([p.waitForEvent("download"), p.locator("#export-csv").click()]);
+      eq(csv.suggestedFilename(), `instances-${newest.replaceAll("-", "")}.csv`, "CSV file name");
+      const csvPath = join(artifacts, `auth-${csv.suggestedFilename()}`);
+      await csv.saveAs(csvPath);
+      eq((readFileSync(csvPath, "utf8").match(/^\d+,[^,\n]*,Flowchart Shapes,/gm) ?? []).length, doc.nodes.length, "CSV shape rows");
+      // A reload keeps the token (same tab); forgetting it asks again.
+      await p.reload();
+      st = await ready(p);
+      eq(st.nodes, doc.nodes.length, "map after a reload");
+      await p.click("#forget-token");
+      await p.waitForSelector("#auth:not([hidden])");
+      eq(await p.evaluate(() => sessionStorage.getItem("trafficmap.readToken")), null, "token forgotten");
+    } finally {
+      await b.close();
+      child.kill("SIGTERM");
+      writeFileSync(join(artifacts, "collector-auth.log"), log.join(""));
+      rmSync(out, { recursive: true, force: true });
+      rmSync(data, { recursive: true, force: true });
+    }
+  });
+}
+
 backend.stop();
 const failed = results.filter(([, good]) => !good).length;
 console.log(`\nscreenshots and downloads in ${artifacts}`);

@@ -124,8 +124,18 @@ impl Enricher {
             s.dns = Arc::new(dns.names());
         }
         let mut warnings = Vec::new();
-        for e in self.file_errors.lock().expect("lock").iter().flatten() {
-            warnings.push(format!("{e} (the previous version is still used)"));
+        // Maps are read by people who do not run the collector: the warnings name what is
+        // wrong, never paths or errors (those are in the log, where the reload logged them).
+        let names = ["inventory", "foreign-list", "price-table"];
+        for (name, e) in names
+            .iter()
+            .zip(self.file_errors.lock().expect("lock").iter())
+        {
+            if e.is_some() {
+                warnings.push(format!(
+                    "the {name} file is unusable; the previous version is still used (details in the collector's log)"
+                ));
+            }
         }
         if self.cloud_configured() && !*self.cloud_loaded.lock().expect("lock") {
             warnings.push(
@@ -210,20 +220,22 @@ impl Enricher {
         now: DateTime<Utc>,
     ) -> Result<usize, String> {
         let snap = source.fetch(now).await;
+        // The maps' warning says what happened and when; the EC2 errors themselves (accounts,
+        // endpoints, request ids) go to the log only.
         if snap.regions.is_empty() && !snap.errors.is_empty() {
-            let msg = format!(
-                "EC2 refresh at {} failed ({}); data from the last successful refresh is used",
+            *self.cloud_error.lock().expect("lock") = Some(format!(
+                "EC2 refresh at {} failed; data from the last successful refresh is used (details in the collector's log)",
                 now.format("%Y-%m-%d %H:%M:%SZ"),
-                snap.errors.join("; ")
-            );
-            *self.cloud_error.lock().expect("lock") = Some(msg.clone());
-            return Err(msg);
+            ));
+            return Err(format!("no region answered: {}", snap.errors.join("; ")));
+        }
+        if !snap.errors.is_empty() {
+            tracing::warn!(errors = %snap.errors.join("; "), "EC2 refresh incomplete");
         }
         *self.cloud_error.lock().expect("lock") = (!snap.errors.is_empty()).then(|| {
             format!(
-                "EC2 refresh at {} incomplete: {}",
+                "EC2 refresh at {} incomplete: some regions did not answer (details in the collector's log)",
                 now.format("%Y-%m-%d %H:%M:%SZ"),
-                snap.errors.join("; ")
             )
         });
         let n = snap.instances.len();
@@ -279,5 +291,45 @@ impl Enricher {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The maps' warnings say that the refresh failed, never the EC2 or file error itself
+    /// (finding 17: endpoints, accounts and paths stay in the log).
+    #[tokio::test]
+    async fn failed_refresh_warns_without_details() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("secret-path/ec2-snapshot.json");
+        let mut cfg = config::Enrich::default();
+        cfg.dns.enabled = false;
+        cfg.ec2.snapshot_file = Some(missing.clone());
+        let (enricher, _) = Enricher::new(&cfg).unwrap();
+        let store = Store::open(crate::store::Options::Sqlite {
+            dir: dir.path().join("data"),
+            sync: crate::store::sqlite::Sync::Normal,
+        })
+        .await
+        .unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let err = enricher
+            .refresh_cloud(&SnapshotFile(missing.clone()), &store, now)
+            .await
+            .unwrap_err();
+        // The log gets the details.
+        assert!(err.contains("secret-path"), "{err}");
+        assert_eq!(
+            enricher.sources().warnings,
+            vec![
+                "EC2 data not loaded yet: instances are shown without tags, types and prices"
+                    .to_owned(),
+                "EC2 refresh at 2026-11-23 10:00:00Z failed; data from the last successful refresh is used (details in the collector's log)".to_owned(),
+            ]
+        );
     }
 }

@@ -3,7 +3,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { addDays, fmtSeen, applyFilters, archPrefix, archTree, checkMap, compareEnvs, compareGroups, diffMaps, envList, fmtBytes, fmtUsd, groupKey, indexMap, logScale, parseBytes, parseQuery, peersOf, searchNodes, withNeighbours } from "../../src/model.js";
+import { addDays, fmtSeen, applyFilters, archPrefix, archTree, checkMap, compareEnvs, compareGroups, compileRegex, diffMaps, envList, fmtBytes, fmtUsd, groupKey, indexMap, logScale, parseBytes, parseQuery, peersOf, regexHazard, searchNodes, withNeighbours, MAX_REGEX_LENGTH } from "../../src/model.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const fixtures = join(here, "../fixtures/maps");
@@ -162,4 +162,23 @@ test("formatting and parsing", () => {
   assert.equal(s(1e3), 1);
   assert.equal(s(1e6), 4);
   assert.equal(s(1e12), 7, "clamped");
+});
+
+test("suppression patterns from a shared URL cannot hang the tab", () => {
+  for (const bad of ["(a+)+$", "(a*)*b", "(x+x+)+y", "(a|aa)+$", "(a|a)*", "((ab)*)+", "(.*){2,}", "(\\w+\\s?)+$", "(a)\\1", "(?<x>a)\\k<x>"]) {
+    assert.notEqual(regexHazard(bad), null, bad);
+    assert.equal(compileRegex(bad).re, undefined, bad);
+    assert.equal(typeof compileRegex(bad).error, "string", bad);
+  }
+  for (const good of ["^prod", "^infra/monitoring", "(prod|stage)", "^(prod|stage)?$", "(ab)+", "[(+]+", "a+b*c", "\\(a+\\)+", "(?:dev)+", "^x{2,3}$"]) {
+    assert.equal(regexHazard(good), null, good);
+    assert.ok(compileRegex(good).re instanceof RegExp, good);
+  }
+  assert.equal(regexHazard("a".repeat(MAX_REGEX_LENGTH)), null);
+  assert.equal(regexHazard("a".repeat(MAX_REGEX_LENGTH + 1)), `longer than ${MAX_REGEX_LENGTH} characters`);
+  // A refused pattern suppresses nothing (like an invalid one), and the check is quick.
+  const t = Date.now();
+  const idx = indexMap({ ...load("instances-20261123"), nodes: load("instances-20261123").nodes.map((n) => ({ ...n, env: "a".repeat(40) + "!" })) });
+  assert.equal(applyFilters(idx, { envRe: "(a+)+$" }).suppressed, 0);
+  assert.ok(Date.now() - t < 1000);
 });
