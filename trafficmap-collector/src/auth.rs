@@ -133,17 +133,29 @@ impl Limits {
     }
 }
 
-/// One accepted token. Only a digest of the secret is kept: comparing digests of a fixed size
-/// tells nothing about the secret's length through timing.
-#[derive(Clone, Debug)]
-struct Token {
-    digest: [u8; 32],
-    label: String,
-    scope: Arc<Scope>,
+/// A bearer secret, kept only as its SHA-256 digest: comparing digests of a fixed size, in
+/// constant time, tells nothing through timing about how much of a secret matched or how long
+/// it is. Both token files (agents', readers') compare secrets this one way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secret([u8; 32]);
+
+impl Secret {
+    pub fn new(secret: &[u8]) -> Secret {
+        Secret(Sha256::digest(secret).into())
+    }
+
+    /// Constant-time equality.
+    pub fn matches(&self, other: &Secret) -> bool {
+        bool::from(self.0[..].ct_eq(&other.0[..]))
+    }
 }
 
-fn digest(secret: &[u8]) -> [u8; 32] {
-    Sha256::digest(secret).into()
+/// One accepted token.
+#[derive(Clone, Debug)]
+struct Token {
+    digest: Secret,
+    label: String,
+    scope: Arc<Scope>,
 }
 
 /// What a good token grants: its label (for logs) and what it may report as.
@@ -244,7 +256,7 @@ impl Tokens {
                 )));
             }
             let (label, scope) = grant(words).map_err(at)?;
-            let digest = digest(secret.as_bytes());
+            let digest = Secret::new(secret.as_bytes());
             if tokens.iter().any(|t| t.digest == digest) {
                 // Two scopes for one secret: which one applies would depend on the order.
                 return Err(at(format!(
@@ -271,11 +283,10 @@ impl Tokens {
     /// The matching token's grant, if any. Every token is compared, matching or not, in
     /// constant time over fixed-size digests.
     pub fn check(&self, presented: &[u8]) -> Option<Grant> {
-        let want = digest(presented);
+        let want = Secret::new(presented);
         let mut found = None;
         for t in &self.tokens {
-            let same = bool::from(t.digest[..].ct_eq(&want[..]));
-            if same && found.is_none() {
+            if t.digest.matches(&want) && found.is_none() {
                 found = Some(Grant {
                     label: t.label.clone(),
                     scope: t.scope.clone(),
@@ -336,31 +347,46 @@ impl Auth {
 /// Modification time and size of a file, to notice changes.
 pub type Stamp = Option<(SystemTime, u64)>;
 
-/// The token file, re-read when its modification time or size changes.
-pub struct TokenFile {
-    path: PathBuf,
-    state: RwLock<(Arc<Tokens>, Stamp)>,
+/// What a [`WatchedFile`] holds: how it is loaded, and how many entries it has (for the log and
+/// the metrics). Both token files (the agents' and the readers') are watched this one way.
+pub trait FileContent: Sized + Send + Sync + 'static {
+    /// The `source` label of the refresh metrics, and the log's name for the file.
+    const SOURCE: &'static str;
+    fn load(path: &Path) -> Result<Self, String>;
+    fn entries(&self) -> usize;
 }
+
+/// A file re-read when its modification time or size changes; a broken new version keeps the
+/// previous content, so a bad edit cannot lock everyone out.
+pub struct WatchedFile<T> {
+    path: PathBuf,
+    state: RwLock<(Arc<T>, Stamp)>,
+}
+
+/// The agents' token file.
+pub type TokenFile = WatchedFile<Tokens>;
 
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
     Unchanged,
     Loaded(usize),
-    /// The file is broken: previous tokens kept.
+    /// The file is broken: the previous content is kept.
     Failed(String),
 }
 
-impl TokenFile {
-    pub fn open(path: &Path) -> Result<TokenFile, String> {
-        let tokens = Tokens::load(path)?;
-        Ok(TokenFile {
+impl<T: FileContent> WatchedFile<T> {
+    pub fn open(path: &Path) -> Result<WatchedFile<T>, String> {
+        // Stamped before reading: a change while loading is seen at the next poll.
+        let stamp = stamp(path);
+        let content = T::load(path)?;
+        Ok(WatchedFile {
             path: path.to_owned(),
-            state: RwLock::new((Arc::new(tokens), stamp(path))),
+            state: RwLock::new((Arc::new(content), stamp)),
         })
     }
 
-    pub fn current(&self) -> Arc<Tokens> {
+    pub fn current(&self) -> Arc<T> {
         // A poisoned lock still holds a whole value (it is only ever replaced whole).
         self.state
             .read()
@@ -382,9 +408,9 @@ impl TokenFile {
         {
             return Reload::Unchanged;
         }
-        match Tokens::load(&self.path) {
+        match T::load(&self.path) {
             Ok(t) => {
-                let n = t.len();
+                let n = t.entries();
                 *self
                     .state
                     .write()
@@ -400,6 +426,18 @@ impl TokenFile {
                 Reload::Failed(e)
             }
         }
+    }
+}
+
+impl FileContent for Tokens {
+    const SOURCE: &'static str = "tokens";
+
+    fn load(path: &Path) -> Result<Tokens, String> {
+        Tokens::load(path)
+    }
+
+    fn entries(&self) -> usize {
+        self.len()
     }
 }
 

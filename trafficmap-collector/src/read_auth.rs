@@ -10,15 +10,12 @@
 //! This module is separate from `auth.rs` (the agents' tokens and identities) on purpose: the two
 //! files have different line formats and different holders.
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-    sync::{Arc, RwLock},
-    time::SystemTime,
-};
+use std::{net::IpAddr, path::Path, sync::Arc};
 
 use axum::http::{HeaderMap, HeaderName, header};
 use ipnet::IpNet;
+
+use crate::auth::{FileContent, Secret, WatchedFile};
 
 /// Shortest secret accepted (the agents' file has the same floor).
 const MIN_SECRET: usize = 16;
@@ -29,7 +26,7 @@ const MAX_LABEL: usize = 128;
 
 #[derive(Clone, Debug)]
 struct ReadToken {
-    secret: Vec<u8>,
+    secret: Secret,
     label: String,
 }
 
@@ -37,16 +34,6 @@ struct ReadToken {
 #[derive(Clone, Debug, Default)]
 pub struct ReadTokens {
     tokens: Vec<ReadToken>,
-}
-
-/// Constant-time comparison whose time depends only on the length of what was presented, so it
-/// tells neither how much of a secret matched nor how long the secret is.
-fn same(secret: &[u8], presented: &[u8]) -> bool {
-    let mut diff = u8::from(secret.len() != presented.len());
-    for (i, p) in presented.iter().enumerate() {
-        diff |= p ^ secret.get(i).copied().unwrap_or(!p);
-    }
-    diff == 0
 }
 
 impl ReadTokens {
@@ -83,7 +70,7 @@ impl ReadTokens {
                 return Err(format!("{origin}: more than {MAX_TOKENS} tokens"));
             }
             tokens.push(ReadToken {
-                secret: secret.as_bytes().to_vec(),
+                secret: Secret::new(secret.as_bytes()),
                 label: label.map_or_else(|| format!("line {}", n + 1), str::to_owned),
             });
         }
@@ -100,9 +87,10 @@ impl ReadTokens {
 
     /// The label of the matching token. Every token is compared, matching or not.
     pub fn check(&self, presented: &[u8]) -> Option<&str> {
+        let want = Secret::new(presented);
         let mut found = None;
         for t in &self.tokens {
-            if same(&t.secret, presented) && found.is_none() {
+            if t.secret.matches(&want) && found.is_none() {
                 found = Some(t.label.as_str());
             }
         }
@@ -118,65 +106,18 @@ impl ReadTokens {
     }
 }
 
-type Stamp = Option<(SystemTime, u64)>;
+/// The read token file, watched like the agents' (same poll and SIGHUP).
+pub type ReadTokenFile = WatchedFile<ReadTokens>;
 
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
+impl FileContent for ReadTokens {
+    const SOURCE: &'static str = "read_tokens";
 
-/// The read token file, re-read when its modification time or size changes.
-pub struct ReadTokenFile {
-    path: PathBuf,
-    state: RwLock<(Arc<ReadTokens>, Stamp)>,
-}
-
-/// What a reload did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reload {
-    Unchanged,
-    Loaded(usize),
-    /// The file is broken: previous tokens kept.
-    Failed(String),
-}
-
-impl ReadTokenFile {
-    pub fn open(path: &Path) -> Result<ReadTokenFile, String> {
-        let tokens = ReadTokens::load(path)?;
-        Ok(ReadTokenFile {
-            path: path.to_owned(),
-            state: RwLock::new((Arc::new(tokens), stamp(path))),
-        })
+    fn load(path: &Path) -> Result<ReadTokens, String> {
+        ReadTokens::load(path)
     }
 
-    pub fn current(&self) -> Arc<ReadTokens> {
-        // A poisoned lock still holds the last good tokens: keep serving them.
-        match self.state.read() {
-            Ok(s) => s.0.clone(),
-            Err(p) => p.into_inner().0.clone(),
-        }
-    }
-
-    /// Re-reads the file if it changed (or always, with `force`).
-    pub fn reload(&self, force: bool) -> Reload {
-        let now = stamp(&self.path);
-        let mut state = match self.state.write() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        if !force && now == state.1 {
-            return Reload::Unchanged;
-        }
-        // Remember the stamp either way, so a broken file is reported once, not every poll.
-        state.1 = now;
-        match ReadTokens::load(&self.path) {
-            Ok(t) => {
-                let n = t.len();
-                state.0 = Arc::new(t);
-                Reload::Loaded(n)
-            }
-            Err(e) => Reload::Failed(e),
-        }
+    fn entries(&self) -> usize {
+        self.len()
     }
 }
 
@@ -316,6 +257,7 @@ fn host_name(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Reload;
 
     fn access(hosts: Option<&[&str]>, proxies: &[&str], tokens: Option<&Path>) -> ReadAccess {
         ReadAccess {

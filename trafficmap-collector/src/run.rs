@@ -10,7 +10,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    auth::{Auth, Reload, TokenFile},
+    auth::{Auth, FileContent, Reload, TokenFile, WatchedFile},
     config::Config,
     enrich::{
         dns::{ReverseLookup, SystemResolver},
@@ -19,7 +19,7 @@ use crate::{
     mapbuilds::StoreVersion,
     mapservice,
     metrics::Metrics,
-    read_auth::{self, ReadAccess, ReadTokenFile},
+    read_auth::{ReadAccess, ReadTokenFile},
     server::{self, App},
     store::Store,
 };
@@ -197,27 +197,13 @@ pub trait Watched: Send + Sync {
     fn reload(&self, force: bool) -> Reload;
 }
 
-impl Watched for TokenFile {
+impl<T: FileContent> Watched for WatchedFile<T> {
     fn source(&self) -> &'static str {
-        "tokens"
+        T::SOURCE
     }
 
     fn reload(&self, force: bool) -> Reload {
-        TokenFile::reload(self, force)
-    }
-}
-
-impl Watched for ReadTokenFile {
-    fn source(&self) -> &'static str {
-        "read_tokens"
-    }
-
-    fn reload(&self, force: bool) -> Reload {
-        match ReadTokenFile::reload(self, force) {
-            read_auth::Reload::Unchanged => Reload::Unchanged,
-            read_auth::Reload::Loaded(n) => Reload::Loaded(n),
-            read_auth::Reload::Failed(e) => Reload::Failed(e),
-        }
+        WatchedFile::reload(self, force)
     }
 }
 
