@@ -81,12 +81,13 @@ impl Collector {
                     .split("listening on http://")
                     .nth(1)
                     .or_else(|| line.split("listening on https://").nth(1));
+                // Logged before the address is handed over: a test may look for the line at once.
+                l3.lock().unwrap().push_str(&line);
+                l3.lock().unwrap().push('\n');
                 if let Some(rest) = rest {
                     let addr: SocketAddr = rest.split('/').next().unwrap().parse().unwrap();
                     let _ = tx.send(addr);
                 }
-                l3.lock().unwrap().push_str(&line);
-                l3.lock().unwrap().push('\n');
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
