@@ -37,6 +37,12 @@ pub struct Source {
     pub source: &'static str,
 }
 
+/// Archive outcome of a day: `uploaded`, `unchanged` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ArchiveResult {
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapBuild {
     pub view: &'static str,
@@ -61,6 +67,9 @@ pub struct Metrics {
     pub retention_deleted: Counter,
     pub ingest_waiting: Gauge,
     pub tokens_loaded: Gauge,
+    // Archive (issue 12).
+    pub archive_days: Family<ArchiveResult, Counter>,
+    pub archive_last_success: Gauge,
     dns: Arc<OnceLock<Arc<DnsCache>>>,
 }
 
@@ -127,6 +136,8 @@ impl Metrics {
             retention_deleted: Counter::default(),
             ingest_waiting: Gauge::default(),
             tokens_loaded: Gauge::default(),
+            archive_days: Family::default(),
+            archive_last_success: Gauge::default(),
             dns: Arc::default(),
             registry: Registry::default(),
         };
@@ -207,6 +218,17 @@ impl Metrics {
             "tokens_loaded",
             "Agent tokens currently accepted.",
             m.tokens_loaded.clone(),
+        );
+        registry.register(
+            "archive_days",
+            "Days checked by the archive, by result (uploaded, unchanged, failed).",
+            m.archive_days.clone(),
+        );
+        registry.register_with_unit(
+            "archive_last_success_timestamp",
+            "When an archive pass last finished without a failure (Unix time).",
+            Unit::Seconds,
+            m.archive_last_success.clone(),
         );
         registry.register_collector(Box::new(DnsCollector(m.dns.clone())));
         Metrics { registry, ..m }

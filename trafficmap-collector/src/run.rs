@@ -185,6 +185,8 @@ async fn periodic(
             }
         }
     };
+    // The archive runs beside this loop, on its own interval (crate::archive).
+    let _archive = crate::archive::spawn(app.clone(), shutdown.clone());
     loop {
         tokio::select! {
             _ = maintain.tick() => {
