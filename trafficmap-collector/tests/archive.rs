@@ -161,7 +161,16 @@ async fn scenario(cfg: config::Archive, raw: Arc<dyn ObjectStore>, prefix: &str)
         }
     }
     assert_eq!(a.days().await.unwrap(), [d22(), d23()]);
-    assert_eq!(metric(&metrics, "uploaded"), 2);
+    let text = metrics.encode();
+    for line in [
+        "trafficmap_collector_archive_days_total{result=\"uploaded\"} 2".to_owned(),
+        format!(
+            "trafficmap_collector_archive_last_success_timestamp_seconds {}",
+            pass_time().timestamp()
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
 
     // Later stamps can only differ if something was written again (1 s: S3's resolution).
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -171,6 +180,30 @@ async fn scenario(cfg: config::Archive, raw: Arc<dyn ObjectStore>, prefix: &str)
     assert_eq!((s.uploaded, s.unchanged, s.failed), (0, 2, 0));
     assert_eq!(objects(raw.as_ref()).await, first);
     assert_eq!(metric(&metrics, "unchanged"), 2);
+
+    // An upload interrupted before its manifest (files there, no manifest.json): the day is
+    // not archived, and the next pass sends it whole again.
+    let m22 = ObjPath::from(format!("{prefix}2026-11-22/manifest.json"));
+    raw.delete(&m22).await.unwrap();
+    assert_eq!(a.days().await.unwrap(), [d23()]);
+    assert_eq!(
+        a.due(&cfg, &store, pass_time()).await.unwrap(),
+        [d22(), d23()]
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let s = a.pass(&cfg, &store, &out, &metrics, pass_time()).await;
+    assert_eq!((s.uploaded, s.unchanged, s.failed), (1, 1, 0));
+    let again = objects(raw.as_ref()).await;
+    assert_eq!(
+        again.keys().collect::<Vec<_>>(),
+        first.keys().collect::<Vec<_>>()
+    );
+    for (k, (bytes, stamp)) in &again {
+        assert_eq!(bytes, &first[k].0, "{k}");
+        // The 22nd's files were written again; the 23rd's were not touched.
+        assert_eq!(stamp == &first[k].1, k.contains("2026-11-23"), "{k}");
+    }
+    let first = again;
 
     // A late report for the 23rd: its maps are rewritten, and only its changed files go.
     let mut late = Report::from_json(
@@ -439,10 +472,6 @@ fn start_moto() -> Option<Moto> {
 #[ignore = "needs moto_server: cargo xtask test --only archive"]
 async fn archive_to_s3_through_moto() {
     let Some(moto) = start_moto() else { return };
-    // The bucket, made as an operator would (moto accepts an unsigned request).
-    let addr = moto.url.trim_start_matches("http://").parse().unwrap();
-    let r = try_request(addr, "PUT", "/trafficmap-archive", &[], b"").unwrap();
-    assert_eq!(r.status, 200, "creating the bucket");
     // Credentials from a shared-credentials file, the `archive.credentials_file` way.
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("credentials");
@@ -461,6 +490,28 @@ async fn archive_to_s3_through_moto() {
         credentials_profile: "archive".into(),
         ..Default::default()
     };
+    // No bucket yet: the pass fails, counts it, stores nothing and sets no success time.
+    {
+        let data = tempfile::tempdir().unwrap();
+        let store = golden_store(data.path()).await;
+        let out = data.path().join("maps");
+        write_maps(&store, &enricher(), &out, d22()).await;
+        let metrics = Metrics::new();
+        let a = Archive::open(&cfg).unwrap();
+        let s = a.pass(&cfg, &store, &out, &metrics, pass_time()).await;
+        assert_eq!((s.uploaded, s.unchanged, s.failed), (0, 0, 1));
+        let text = metrics.encode();
+        for line in [
+            "trafficmap_collector_archive_days_total{result=\"failed\"} 1",
+            "trafficmap_collector_archive_last_success_timestamp_seconds 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
+    // The bucket, made as an operator would (moto accepts an unsigned request).
+    let addr = moto.url.trim_start_matches("http://").parse().unwrap();
+    let r = try_request(addr, "PUT", "/trafficmap-archive", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "creating the bucket");
     let raw = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name("trafficmap-archive")
         .with_endpoint(&moto.url)
