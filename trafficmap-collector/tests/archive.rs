@@ -425,6 +425,56 @@ async fn archive_commands() {
     }
 }
 
+/// The service archives on its own: the first pass runs at start, and a SIGTERM stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_archives_finished_days() {
+    let data = tempfile::tempdir().unwrap();
+    let store = golden_store(data.path()).await;
+    let e = enricher();
+    let maps = data.path().join("maps");
+    write_maps(&store, &e, &maps, d22()).await;
+    write_maps(&store, &e, &maps, d23()).await;
+    drop(store);
+    let target = data.path().join("archive");
+    let config = data.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[enrich.dns]\nenabled = false\n[archive]\nenabled = true\ntarget = \"file://{}\"\ninterval = \"10s\"\n",
+            data.path().display(),
+            target.display()
+        ),
+    )
+    .unwrap();
+    let c = support::Collector::start(&["--config", config.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.log().contains("archive pass done") {
+        assert!(Instant::now() < deadline, "no archive pass:\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = c.log();
+    assert!(
+        log.lines().any(|l| l.contains("archive pass done")
+            && l.contains("uploaded=2")
+            && l.contains("failed=0")),
+        "{log}"
+    );
+    assert!(c.terminate().success());
+    for day in ["2026-11-22", "2026-11-23"] {
+        let m: archive::Manifest =
+            serde_json::from_slice(&std::fs::read(target.join(day).join("manifest.json")).unwrap())
+                .unwrap();
+        let compact = day.replace('-', "");
+        for v in View::ALL {
+            let name = format!("{}-{compact}.json", v.as_str());
+            let local = std::fs::read(maps.join(&name)).unwrap();
+            let f = m.files.iter().find(|f| f.name == name).unwrap();
+            assert_eq!(f.sha256, archive::sha256(&local), "{name}");
+            assert_eq!(std::fs::read(target.join(day).join(&name)).unwrap(), local);
+        }
+    }
+}
+
 struct Moto {
     child: Child,
     url: String,
