@@ -22,7 +22,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read as _, Write as _},
+    io::{BufRead as _, Read as _, Write as _},
     net::IpAddr,
     sync::Arc,
 };
@@ -43,7 +43,8 @@ use crate::{
 
 pub const FORMAT: &str = "trafficmap-store-extract";
 pub const VERSION: u32 = 1;
-/// An extract that inflates beyond this is refused (a day of a large fleet is far smaller).
+/// An extract that inflates beyond this is cut there, and its last line fails to parse (a day of
+/// a large fleet is far smaller).
 const MAX_INFLATED: u64 = 8 << 30;
 /// Reports per agent and day a restore recreates at most (one a minute is 1,440).
 const MAX_REPORTS: u64 = 100_000;
@@ -225,18 +226,17 @@ pub async fn restore(
     gz: &[u8],
     now: DateTime<Utc>,
 ) -> Result<(), ExtractError> {
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(gz)
-        .take(MAX_INFLATED)
-        .read_to_string(&mut text)?;
+    // Line by line: the inflated extract is never held whole in memory.
+    let lines =
+        std::io::BufReader::new(flate2::read::GzDecoder::new(gz).take(MAX_INFLATED)).lines();
     let start = day_start(day);
     let mut agents: BTreeMap<String, AgentDay> = BTreeMap::new();
     let mut cloud = None;
     let mut header = false;
-    for (n, raw) in text.lines().enumerate() {
+    for (n, raw) in lines.enumerate() {
         let line = n + 1;
         let bad = |why: String| ExtractError::Line { line, why };
-        let l: Line = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+        let l: Line = serde_json::from_str(&raw?).map_err(|e| bad(e.to_string()))?;
         match l {
             Line::Header {
                 format,
@@ -355,4 +355,69 @@ pub async fn restore(
         store.save_cloud(day, &snap).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gz(text: &str) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A bad extract is refused whole: it is parsed to the end before anything is stored.
+    #[tokio::test]
+    async fn bad_extracts_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Sqlite(Arc::new(
+            crate::store::sqlite::SqliteStore::open(dir.path(), Default::default()).unwrap(),
+        ));
+        let day = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        let now = Utc::now();
+        let header = r#"{"kind":"header","format":"trafficmap-store-extract","version":1,"day":"2026-11-23"}"#;
+        let agent = r#"{"kind":"agent","machine_id":"m","hostname":"h","addresses":[],"ec2":null,"reports":1,"probe_drops":0,"spool_dropped":0}"#;
+        let pair = r#"{"kind":"pair","agent":"m","local_ip":"10.0.0.1","peer_ip":"10.0.0.2","server_port":80,"role":"client","process":"curl","bytes_sent":1,"bytes_received":2,"conns_opened":1,"conns_carried":0,"first_window_ms":0,"first_seen_ms":0,"last_seen_ms":0}"#;
+        let other_day = header.replace("2026-11-23", "2026-11-22");
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not gzip".to_vec(), "compression"),
+            (gz(""), "empty extract"),
+            (gz(&format!("{agent}\n")), "line 1: no header line"),
+            (gz(&format!("{other_day}\n")), "line 1: header"),
+            (
+                gz(&format!("{header}\n{pair}\n{agent}\n")),
+                "line 2: pair of agent m before",
+            ),
+            (
+                gz(&format!("{header}\n{agent}\n{pair}\n{{\"kind\":\"pair\"")),
+                "line 4:",
+            ),
+            (
+                gz(&format!(
+                    "{header}\n{}\n",
+                    agent.replace("\"reports\":1", "\"reports\":0")
+                )),
+                "line 2: 0 reports",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = restore(&store, day, &body, now)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(want), "`{err}` should start with `{want}`");
+        }
+        assert_eq!(store.days().await.unwrap(), Vec::<NaiveDate>::new());
+        // The same lines, well formed, are stored.
+        restore(
+            &store,
+            day,
+            &gz(&format!("{header}\n{agent}\n{pair}\n")),
+            now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.days().await.unwrap(), [day]);
+    }
 }
