@@ -190,6 +190,9 @@ pub enum Command {
     /// Agent tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The archive of daily maps and store extracts ([archive] in the configuration).
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -246,6 +249,29 @@ impl IssueArgs {
             .flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}")))
             .collect()
     }
+}
+
+/// `archive run|list|restore`.
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// Archive now: the finished days not archived yet and the recent ones (or one day).
+    Run {
+        /// Only this UTC day, YYYY-MM-DD (compared again even if archived).
+        #[arg(long)]
+        day: Option<chrono::NaiveDate>,
+    },
+    /// The archived days, with their file count, size and time of archiving.
+    List,
+    /// Restore a day's map files and its store extract.
+    Restore {
+        /// The UTC day, YYYY-MM-DD.
+        #[arg(long)]
+        day: chrono::NaiveDate,
+        /// Into an SQLite store in this directory (maps in DIR/maps) instead of the configured
+        /// store and output directory.
+        #[arg(long, value_name = "DATA_DIR")]
+        into: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -99,6 +99,8 @@ pub struct Config {
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     // --- end b2 ---
+    // ---- Archive (issue 12): see the `Archive` block below. ----
+    pub archive: Archive,
 }
 
 impl Default for Config {
@@ -130,7 +132,86 @@ impl Default for Config {
             tls_client_ca_file: None,
             max_connections_per_address: 64,
             idle_timeout: Duration::from_secs(60),
+            archive: Archive::default(),
         }
+    }
+}
+
+// ---- Archive (issue 12): the daily maps and the day's store extract copied to object storage
+// (S3, S3-compatible, a local directory) by `crate::archive`. docs/collector.md, "Archive". ----
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Archive {
+    /// Archive finished days from the service's periodic task.
+    pub enabled: bool,
+    /// `s3://bucket/prefix` or `file:///absolute/path`.
+    pub target: String,
+    /// An S3-compatible endpoint instead of AWS (MinIO, moto, Ceph...).
+    pub endpoint_url: Option<String>,
+    /// The bucket's region (default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`).
+    pub region: Option<String>,
+    /// Allow a plain-http `endpoint_url` (a test server, a bucket on the same host).
+    pub allow_http: bool,
+    /// AWS shared-credentials file (INI; the `credentials_profile` section) instead of the
+    /// standard chain (environment, web identity, ECS, instance profile).
+    pub credentials_file: Option<PathBuf>,
+    pub credentials_profile: String,
+    /// Time of day (UTC, `HH:MM:SS`) after which yesterday is archived.
+    pub schedule: chrono::NaiveTime,
+    /// Archived days older than this are deleted from the archive (`0s`: never).
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// How many recent archived days are compared again (late reports change a day's map).
+    pub lookback_days: u32,
+    /// How often the service checks for days to archive.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for Archive {
+    fn default() -> Self {
+        Archive {
+            enabled: false,
+            target: String::new(),
+            endpoint_url: None,
+            region: None,
+            allow_http: false,
+            credentials_file: None,
+            credentials_profile: "default".into(),
+            // After the daily maps (written 10 minutes after midnight) have settled.
+            schedule: chrono::NaiveTime::from_hms_opt(1, 0, 0).unwrap_or_default(),
+            retention: Duration::from_secs(400 * 86_400),
+            lookback_days: 3,
+            interval: Duration::from_secs(900),
+        }
+    }
+}
+
+impl Archive {
+    fn validate(&self) -> Result<(), String> {
+        if !self.enabled && self.target.is_empty() {
+            return Ok(());
+        }
+        crate::archive::Target::parse(&self.target)
+            .map_err(|e| format!("archive.target `{}`: {e}", self.target))?;
+        if self.interval < Duration::from_secs(10) {
+            return Err("archive.interval: at least 10s".into());
+        }
+        if let Some(u) = &self.endpoint_url {
+            let scheme = reqwest::Url::parse(u).map(|u| u.scheme().to_owned());
+            match scheme.as_deref() {
+                Ok("https") => {}
+                Ok("http") if self.allow_http => {}
+                Ok("http") => {
+                    return Err(format!(
+                        "archive.endpoint_url `{u}`: plain http needs archive.allow_http = true"
+                    ));
+                }
+                _ => return Err(format!("archive.endpoint_url `{u}`: an http(s) URL")),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -440,6 +521,7 @@ impl Config {
             &mut self.tls_cert_file,
             &mut self.tls_key_file,
             &mut self.tls_client_ca_file,
+            &mut self.archive.credentials_file,
         ]
         .into_iter()
         .flatten()
@@ -477,6 +559,7 @@ impl Config {
         self.validate_ingest()?;
         self.validate_periods()?;
         self.validate_enrich()?;
+        self.archive.validate()?;
         if self.storage.backend == Backend::Clickhouse {
             // Parsed as the store's client will parse it; TLS comes with reqwest (rustls).
             let u = &self.storage.clickhouse.url;
@@ -716,6 +799,9 @@ mod tests {
             });
         full.enrich.env.aliases.insert("a".into(), "b".into());
         full.cost.internet_egress_by_region.insert("r".into(), 0.1);
+        full.archive.endpoint_url = Some("http://x".into());
+        full.archive.region = Some("r".into());
+        full.archive.credentials_file = Some("/x".into());
         let mut want = Vec::new();
         keys(&toml::Value::try_from(&full).unwrap(), "", &mut want);
         let mut have = Vec::new();

@@ -2,6 +2,7 @@
 //! conversation, enriches endpoints (EC2, inventory, reverse DNS), keeps history (SQLite or
 //! ClickHouse) and builds the daily D3 maps. See `docs/architecture-collector.md`.
 
+pub mod archive;
 pub mod auth;
 #[cfg(feature = "ec2")]
 pub mod aws;

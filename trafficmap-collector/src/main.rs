@@ -112,6 +112,7 @@ fn main() {
                 .await
             }
             Some(Command::CheckConfig | Command::Token(_)) => Ok(0),
+            Some(Command::Archive(a)) => trafficmap_collector::archive::command(&cfg, a).await,
         };
         match result {
             Ok(code) => code,

@@ -37,6 +37,12 @@ pub struct Source {
     pub source: &'static str,
 }
 
+/// Archive outcome of a day: `uploaded`, `unchanged` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ArchiveResult {
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Task {
     pub task: &'static str,
@@ -72,6 +78,9 @@ pub struct Metrics {
     /// Connections closed at once, by reason (`max_connections`, `per_address`), or whose TLS
     /// handshake failed (`tls_handshake`).
     pub connections_refused: Family<Reason, Counter>,
+    // Archive (issue 12).
+    pub archive_days: Family<ArchiveResult, Counter>,
+    pub archive_last_success: Gauge,
     dns: Arc<OnceLock<Arc<DnsCache>>>,
 }
 
@@ -140,6 +149,8 @@ impl Metrics {
             tokens_loaded: Gauge::default(),
             periodic_panics: Family::default(),
             connections_refused: Family::default(),
+            archive_days: Family::default(),
+            archive_last_success: Gauge::default(),
             dns: Arc::default(),
             registry: Registry::default(),
         };
@@ -230,6 +241,17 @@ impl Metrics {
             "connections_refused",
             "Connections closed without serving them, by reason (max_connections, per_address, tls_handshake).",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "archive_days",
+            "Days checked by the archive, by result (uploaded, unchanged, failed).",
+            m.archive_days.clone(),
+        );
+        registry.register_with_unit(
+            "archive_last_success_timestamp",
+            "When an archive pass last finished without a failure (Unix time).",
+            Unit::Seconds,
+            m.archive_last_success.clone(),
         );
         registry.register_collector(Box::new(DnsCollector(m.dns.clone())));
         Metrics { registry, ..m }

@@ -290,6 +290,8 @@ async fn periodic(
         let (app, watched) = (app.clone(), watched.clone());
         async move { reload_all(&app, &watched, force) }
     };
+    // The archive runs beside this loop, on its own interval (crate::archive).
+    let _archive = crate::archive::spawn(app.clone(), shutdown.clone());
     loop {
         tokio::select! {
             _ = maintain.tick() => guarded(&app.metrics, "maintain", maintain_once(app.clone())).await,

@@ -1,4 +1,4 @@
-//! Test stages of the collector that need real parts: a real clickhouse-server, moto's EC2
+//! Test stages of the collector that need real parts: a real clickhouse-server, moto's EC2 (and S3)
 //! emulator, agents in network namespaces, and a fuzzing run of the report parser.
 
 use std::{path::PathBuf, process::Stdio};
@@ -82,6 +82,32 @@ pub fn ec2_moto() -> Result<String> {
         &[("TRAFFICMAP_MOTO_SERVER", moto.display().to_string())],
     )?;
     Ok("moto: instances, groups, spot prices, maps".into())
+}
+
+/// The archive against moto_server's S3 (the same venv as `ec2-moto`). Without the `ec2`
+/// feature: the archive does not need aws-sdk-ec2, which takes minutes to build.
+pub fn archive() -> Result<String> {
+    let moto = setup::venv().join("bin/moto_server");
+    if !moto.exists() {
+        bail!(
+            "{} is missing (cargo xtask setup installs it)",
+            moto.display()
+        );
+    }
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "trafficmap-collector",
+            "--no-default-features",
+            "--test",
+            "archive",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("TRAFFICMAP_MOTO_SERVER", &moto))?;
+    Ok("moto S3 and a local directory: names, bytes, idempotence, retention, restore".into())
 }
 
 /// Three agents, each scoped to a network namespace, one collector, real TCP of known sizes.

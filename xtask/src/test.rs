@@ -55,6 +55,11 @@ pub fn stages() -> Vec<Stage> {
             run: crate::collector::ec2_moto,
         },
         Stage {
+            name: "archive",
+            about: "collector's archive (S3) against moto_server: upload, idempotence, retention, restore",
+            run: crate::collector::archive,
+        },
+        Stage {
             name: "fuzz",
             about: "report parser under cargo-fuzz for 60 s",
             run: crate::collector::fuzz,
