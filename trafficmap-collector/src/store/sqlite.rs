@@ -20,7 +20,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -186,6 +186,9 @@ pub enum Sync {
     Normal,
 }
 
+/// The mutexes are taken back after a panic elsewhere (`PoisonError::into_inner`): the
+/// writer's open transaction rolled back when it unwound, and its name cache only learns
+/// committed ids, so the state is sound; refusing it would answer 503 until a restart.
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Writer>,
@@ -354,7 +357,12 @@ impl SqliteStore {
     }
 
     fn reader(&self) -> Result<Connection> {
-        if let Some(c) = self.readers.lock().expect("reader pool").pop() {
+        if let Some(c) = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+        {
             return Ok(c);
         }
         let c = Connection::open_with_flags(
@@ -375,7 +383,7 @@ impl SqliteStore {
     }
 
     fn give_back(&self, c: Connection) {
-        let mut pool = self.readers.lock().expect("reader pool");
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.len() < 4 {
             pool.push(c);
         }
@@ -397,7 +405,7 @@ impl SqliteStore {
         batch: &[std::sync::Arc<Ingest>],
         now: DateTime<Utc>,
     ) -> Result<Vec<Outcome>> {
-        let mut w = self.writer.lock().expect("writer");
+        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let Writer { conn, names } = &mut *w;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -541,7 +549,7 @@ impl SqliteStore {
     }
 
     pub fn save_cloud(&self, day: NaiveDate, taken: DateTime<Utc>, body: &[u8]) -> Result<()> {
-        let w = self.writer.lock().expect("writer");
+        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         w.conn.execute(
             "INSERT INTO cloud_snapshots (day, taken_ms, body) VALUES (?1, ?2, ?3)
              ON CONFLICT (day) DO UPDATE SET taken_ms = excluded.taken_ms, body = excluded.body
@@ -566,7 +574,7 @@ impl SqliteStore {
     /// Rolls up every minute row not rolled yet, then applies retention.
     pub fn maintain(&self, now: DateTime<Utc>, retention: Retention) -> Result<Maintenance> {
         let mut m = Maintenance::default();
-        let mut w = self.writer.lock().expect("writer");
+        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let Writer { conn, names } = &mut *w;
         loop {
             let n = rollup_chunk(conn)?;
