@@ -618,18 +618,20 @@ impl SqliteStore {
         ] {
             m.deleted_rows += conn.execute(sql, [cutoff])? as u64;
         }
-        // Names no row refers to any more. Every minute row is rolled up into `pair_day`,
-        // whose retention is the longest, so a name can only lose its last row when day rows
-        // go: prune then (about once a day), not on every run (it reads every row's ids).
-        // Minute and hour rows are checked too: rows not rolled up yet, or an unusual order
-        // of retentions, must never lose their names. The writer's cache forgets pruned ids.
+        // Names no row refers to any more. Every minute row is rolled up (above, under the
+        // same lock) into `pair_day`, whose retention is the longest (the configuration
+        // checks minutes <= hours <= days), so the day rows hold every name in use, and a name
+        // can only lose its last row when day rows go: prune then (about once a day), not on
+        // every run (it reads every day row's ids). Minute rows above the watermark (none
+        // after the roll-up; a cheap rowid range) are checked too, so a name is never lost.
+        // The writer's cache forgets pruned ids.
         if day_rows_deleted > 0 {
             let n = conn.execute(
                 "DELETE FROM names WHERE id NOT IN (
                     SELECT observer FROM pair_day UNION SELECT process FROM pair_day
-                    UNION SELECT observer FROM pair_hour UNION SELECT process FROM pair_hour
-                    UNION SELECT observer FROM pair_minute UNION SELECT process FROM pair_minute)",
-                [],
+                    UNION SELECT observer FROM pair_minute WHERE rowid > ?1
+                    UNION SELECT process FROM pair_minute WHERE rowid > ?1)",
+                [watermark],
             )?;
             m.deleted_rows += n as u64;
             *names = Default::default();
