@@ -121,27 +121,39 @@ pub fn e2e() -> Result<String> {
     Ok("3 agents in network namespaces, exact instances and clusters maps".into())
 }
 
-/// The report parser under libFuzzer for about a minute, seeded with the golden reports.
+/// The report parser and the bounds under libFuzzer for about a minute (30 s each).
 pub fn fuzz() -> Result<String> {
-    let corpus = cache_dir().join("fuzz-corpus/report_parser");
-    std::fs::create_dir_all(&corpus)?;
-    let seeds = root().join("golden/reports");
-    run(crate::util::cmd("cargo")
-        .args(["+nightly", "fuzz", "run", "report_parser"])
-        .arg(&corpus)
-        .arg(&seeds)
-        .arg("--target-dir")
-        .arg(cache_dir().join("fuzz-target"))
-        .args([
-            "--",
-            "-max_total_time=60",
-            "-rss_limit_mb=2048",
-            "-print_final_stats=1",
-        ])
-        .current_dir(root().join("trafficmap-collector")))?;
-    let n = std::fs::read_dir(&corpus).map(|d| d.count()).unwrap_or(0);
+    // Two targets share the stage's 60 s: the parser on arbitrary bytes (seeded with the
+    // golden reports), and reports generated near every bound run through the collector's
+    // sums (store, roll-up, range reads, merge, render).
+    let mut kept = Vec::new();
+    for (target, seeds) in [
+        ("report_parser", Some(root().join("golden/reports"))),
+        ("report_sums", None),
+    ] {
+        let corpus = cache_dir().join("fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let mut c = crate::util::cmd("cargo");
+        c.args(["+nightly", "fuzz", "run", target]).arg(&corpus);
+        if let Some(seeds) = &seeds {
+            c.arg(seeds);
+        }
+        run(c
+            .arg("--target-dir")
+            .arg(cache_dir().join("fuzz-target"))
+            .args([
+                "--",
+                "-max_total_time=30",
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ])
+            .current_dir(root().join("trafficmap-collector")))?;
+        let n = std::fs::read_dir(&corpus).map(|d| d.count()).unwrap_or(0);
+        kept.push(format!("{target}: {n} inputs"));
+    }
     Ok(format!(
-        "60 s, no crash; corpus of {n} inputs kept in {}",
-        corpus.display()
+        "2 targets x 30 s, no crash; corpora kept in {} ({})",
+        cache_dir().join("fuzz-corpus").display(),
+        kept.join(", ")
     ))
 }

@@ -61,7 +61,7 @@ pub fn stages() -> Vec<Stage> {
         },
         Stage {
             name: "fuzz",
-            about: "report parser under cargo-fuzz for 60 s",
+            about: "report parser and report bounds through the sums, under cargo-fuzz for 60 s",
             run: crate::collector::fuzz,
         },
         Stage {
