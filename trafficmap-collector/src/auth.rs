@@ -347,20 +347,24 @@ impl Auth {
 /// Modification time and size of a file, to notice changes.
 pub type Stamp = Option<(SystemTime, u64)>;
 
-/// What a [`WatchedFile`] holds: how it is loaded, and how many entries it has (for the log and
-/// the metrics). Both token files (the agents' and the readers') are watched this one way.
+/// What a [`WatchedFile`] holds: where it is read from, how it is loaded, and how many entries
+/// it has (for the log). The agents' and the readers' token files and the TLS certificate are
+/// all watched this one way.
 pub trait FileContent: Sized + Send + Sync + 'static {
     /// The `source` label of the refresh metrics, and the log's name for the file.
     const SOURCE: &'static str;
-    fn load(path: &Path) -> Result<Self, String>;
+    /// The file's path (or paths, when one content is read from several files).
+    type Paths: Send + Sync;
+    fn files(paths: &Self::Paths) -> Vec<&Path>;
+    fn load(paths: &Self::Paths) -> Result<Self, String>;
     fn entries(&self) -> usize;
 }
 
-/// A file re-read when its modification time or size changes; a broken new version keeps the
-/// previous content, so a bad edit cannot lock everyone out.
-pub struct WatchedFile<T> {
-    path: PathBuf,
-    state: RwLock<(Arc<T>, Stamp)>,
+/// A file re-read when the modification time or size of any of its files changes; a broken new
+/// version keeps the previous content, so a bad edit cannot lock everyone out.
+pub struct WatchedFile<T: FileContent> {
+    paths: T::Paths,
+    state: RwLock<(Arc<T>, Vec<Stamp>)>,
 }
 
 /// The agents' token file.
@@ -376,14 +380,18 @@ pub enum Reload {
 }
 
 impl<T: FileContent> WatchedFile<T> {
-    pub fn open(path: &Path) -> Result<WatchedFile<T>, String> {
+    pub fn open(paths: T::Paths) -> Result<WatchedFile<T>, String> {
         // Stamped before reading: a change while loading is seen at the next poll.
-        let stamp = stamp(path);
-        let content = T::load(path)?;
+        let stamps = Self::stamps(&paths);
+        let content = T::load(&paths)?;
         Ok(WatchedFile {
-            path: path.to_owned(),
-            state: RwLock::new((Arc::new(content), stamp)),
+            paths,
+            state: RwLock::new((Arc::new(content), stamps)),
         })
+    }
+
+    fn stamps(paths: &T::Paths) -> Vec<Stamp> {
+        T::files(paths).into_iter().map(stamp).collect()
     }
 
     pub fn current(&self) -> Arc<T> {
@@ -397,7 +405,7 @@ impl<T: FileContent> WatchedFile<T> {
 
     /// Re-reads the file if it changed (or always, with `force`).
     pub fn reload(&self, force: bool) -> Reload {
-        let now = stamp(&self.path);
+        let now = Self::stamps(&self.paths);
         if !force
             && now
                 == self
@@ -408,7 +416,7 @@ impl<T: FileContent> WatchedFile<T> {
         {
             return Reload::Unchanged;
         }
-        match T::load(&self.path) {
+        match T::load(&self.paths) {
             Ok(t) => {
                 let n = t.entries();
                 *self
@@ -418,7 +426,8 @@ impl<T: FileContent> WatchedFile<T> {
                 Reload::Loaded(n)
             }
             Err(e) => {
-                // Remember the broken version so it is reported once, not every poll.
+                // Remember the broken version so it is reported once, not every poll. (A
+                // certificate and key replaced one after the other load at the second write.)
                 self.state
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -431,8 +440,13 @@ impl<T: FileContent> WatchedFile<T> {
 
 impl FileContent for Tokens {
     const SOURCE: &'static str = "tokens";
+    type Paths = PathBuf;
 
-    fn load(path: &Path) -> Result<Tokens, String> {
+    fn files(path: &PathBuf) -> Vec<&Path> {
+        vec![path]
+    }
+
+    fn load(path: &PathBuf) -> Result<Tokens, String> {
         Tokens::load(path)
     }
 
@@ -723,7 +737,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         std::fs::write(&path, "0123456789abcdef agent *\n").unwrap();
-        let auth = Auth::File(Arc::new(TokenFile::open(&path).unwrap()));
+        let auth = Auth::File(Arc::new(TokenFile::open(path.clone()).unwrap()));
         assert_eq!(
             auth.check(Some(b"Bearer 0123456789abcdef"))
                 .map(|g| g.label),
@@ -753,7 +767,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         std::fs::write(&path, "aaaaaaaaaaaaaaaa a *\n").unwrap();
-        let f = TokenFile::open(&path).unwrap();
+        let f = TokenFile::open(path.clone()).unwrap();
         assert_eq!(f.reload(false), Reload::Unchanged);
         std::fs::write(&path, "aaaaaaaaaaaaaaaa a *\nbbbbbbbbbbbbbbbbbb b *\n").unwrap();
         assert_eq!(f.reload(false), Reload::Loaded(2));

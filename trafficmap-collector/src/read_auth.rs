@@ -10,7 +10,11 @@
 //! This module is separate from `auth.rs` (the agents' tokens and identities) on purpose: the two
 //! files have different line formats and different holders.
 
-use std::{net::IpAddr, path::Path, sync::Arc};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use axum::http::{HeaderMap, HeaderName, header};
 use ipnet::IpNet;
@@ -111,8 +115,13 @@ pub type ReadTokenFile = WatchedFile<ReadTokens>;
 
 impl FileContent for ReadTokens {
     const SOURCE: &'static str = "read_tokens";
+    type Paths = PathBuf;
 
-    fn load(path: &Path) -> Result<ReadTokens, String> {
+    fn files(path: &PathBuf) -> Vec<&Path> {
+        vec![path]
+    }
+
+    fn load(path: &PathBuf) -> Result<ReadTokens, String> {
         ReadTokens::load(path)
     }
 
@@ -261,7 +270,7 @@ mod tests {
 
     fn access(hosts: Option<&[&str]>, proxies: &[&str], tokens: Option<&Path>) -> ReadAccess {
         ReadAccess {
-            tokens: tokens.map(|p| Arc::new(ReadTokenFile::open(p).unwrap())),
+            tokens: tokens.map(|p| Arc::new(ReadTokenFile::open(p.to_owned()).unwrap())),
             proxies: proxies.iter().map(|p| p.parse().unwrap()).collect(),
             user_header: Some(HeaderName::from_static("x-forwarded-user")),
             hosts: hosts.map(|h| h.iter().map(|s| (*s).to_owned()).collect()),
@@ -376,7 +385,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("read");
         std::fs::write(&path, "aaaaaaaaaaaaaaaa\n").unwrap();
-        let f = ReadTokenFile::open(&path).unwrap();
+        let f = ReadTokenFile::open(path.clone()).unwrap();
         assert_eq!(f.reload(false), Reload::Unchanged);
         std::fs::write(&path, "aaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbbbb\n").unwrap();
         assert_eq!(f.reload(false), Reload::Loaded(2));

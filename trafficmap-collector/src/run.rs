@@ -177,7 +177,7 @@ async fn final_rollup(store: &Store, cfg: &Config) {
 fn auth(cfg: &Config, metrics: &Metrics) -> Result<Auth> {
     Ok(match &cfg.token_file {
         Some(p) => {
-            let f = Arc::new(TokenFile::open(p).map_err(anyhow::Error::msg)?);
+            let f = Arc::new(TokenFile::open(p.clone()).map_err(anyhow::Error::msg)?);
             metrics.tokens_loaded.set(f.current().len() as i64);
             Auth::File(f)
         }
@@ -237,7 +237,7 @@ fn reload_all(app: &App, watched: &[Arc<dyn Watched>], force: bool) {
 fn read_access(cfg: &Config) -> Result<ReadAccess> {
     let tokens = match &cfg.read_token_file {
         Some(p) => Some(Arc::new(
-            ReadTokenFile::open(p).map_err(|e| anyhow::anyhow!("read_token_file: {e}"))?,
+            ReadTokenFile::open(p.clone()).map_err(|e| anyhow::anyhow!("read_token_file: {e}"))?,
         )),
         None => None,
     };

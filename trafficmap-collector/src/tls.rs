@@ -6,7 +6,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use rustls::{
@@ -16,7 +16,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 
-use crate::auth::{Reload, Stamp, stamp};
+use crate::auth::{FileContent, WatchedFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -117,88 +117,38 @@ pub fn load(p: &TlsPaths) -> Result<ServerConfig, TlsError> {
     Ok(cfg)
 }
 
-/// The loaded configuration, replaced whole when the files change and load.
-pub struct TlsFiles {
-    paths: TlsPaths,
-    state: RwLock<(Arc<ServerConfig>, Stamps)>,
-}
+/// The loaded configuration, replaced whole when the files change and load (the same watch as
+/// the token files: poll and SIGHUP).
+pub type TlsFiles = WatchedFile<ServerConfig>;
 
-type Stamps = [Stamp; 3];
+impl FileContent for ServerConfig {
+    const SOURCE: &'static str = "tls";
+    type Paths = TlsPaths;
 
-fn stamps(p: &TlsPaths) -> Stamps {
-    [
-        stamp(&p.cert),
-        stamp(&p.key),
-        p.client_ca.as_deref().and_then(stamp),
-    ]
-}
-
-impl TlsFiles {
-    pub fn open(paths: TlsPaths) -> Result<TlsFiles, TlsError> {
-        let before = stamps(&paths);
-        let cfg = load(&paths)?;
-        Ok(TlsFiles {
-            state: RwLock::new((Arc::new(cfg), before)),
-            paths,
-        })
+    fn files(p: &TlsPaths) -> Vec<&Path> {
+        [
+            Some(p.cert.as_path()),
+            Some(p.key.as_path()),
+            p.client_ca.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
-    /// The configuration new connections use.
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
-            .clone()
+    fn load(p: &TlsPaths) -> Result<ServerConfig, String> {
+        load(p).map_err(|e| e.to_string())
     }
 
-    pub fn reload(&self, force: bool) -> Reload {
-        // Stamped before reading: a change while loading is seen at the next poll.
-        let now = stamps(&self.paths);
-        if !force
-            && now
-                == self
-                    .state
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .1
-        {
-            return Reload::Unchanged;
-        }
-        match load(&self.paths) {
-            Ok(cfg) => {
-                *self
-                    .state
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = (Arc::new(cfg), now);
-                Reload::Loaded(1)
-            }
-            Err(e) => {
-                // Reported once per broken version, not at every poll. (A certificate and key
-                // replaced one after the other load at the second write.)
-                self.state
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .1 = now;
-                Reload::Failed(e.to_string())
-            }
-        }
-    }
-}
-
-impl crate::run::Watched for TlsFiles {
-    fn source(&self) -> &'static str {
-        "tls"
-    }
-
-    fn reload(&self, force: bool) -> Reload {
-        TlsFiles::reload(self, force)
+    fn entries(&self) -> usize {
+        1
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Reload;
 
     fn self_signed(name: &str) -> (String, String) {
         let c = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
