@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use trafficmap_model::map::CostKind;
+use trafficmap_model::{
+    bounds::{COUNTER_MAX, sat_add},
+    map::CostKind,
+};
 
 use crate::enrich::Identity;
 
@@ -71,8 +74,10 @@ impl CostRates {
         to_server: u64,
         to_client: u64,
     ) -> (u64, CostKind) {
-        let nanos =
-            |bytes: u64, rate: f64| -> u64 { (bytes as f64 / GIB * rate * 1e9).round() as u64 };
+        // `as` saturates; the cap keeps sums of costs within `i64` like every counter.
+        let nanos = |bytes: u64, rate: f64| -> u64 {
+            ((bytes as f64 / GIB * rate * 1e9).round() as u64).min(COUNTER_MAX)
+        };
         if client.internet != server.internet {
             // Egress is what our side sends to the internet; ingress is free.
             let (ours, egress) = if client.internet {
@@ -88,7 +93,7 @@ impl CostRates {
                 .unwrap_or(self.internet_egress_per_gib);
             return (nanos(egress, rate), CostKind::Internet);
         }
-        let total = to_server + to_client;
+        let total = sat_add(to_server, to_client);
         let (Some(rc), Some(rs)) = (&client.region, &server.region) else {
             return (0, CostKind::Unknown);
         };

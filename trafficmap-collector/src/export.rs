@@ -302,7 +302,7 @@ fn dot(map: &Map) -> String {
         }
     }
     for l in &map.links {
-        let total = l.bytes_to_target + l.bytes_to_source;
+        let total = l.bytes_to_target.saturating_add(l.bytes_to_source);
         let width = 1.0 + (total.max(1) as f64).log10() / 2.0;
         let _ = writeln!(
             out,

@@ -6,7 +6,10 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use chrono::{DateTime, Utc};
-use trafficmap_model::report::{Ec2Identity, Report, Role};
+use trafficmap_model::{
+    bounds::{SatSum as _, sat_add},
+    report::{Ec2Identity, Report, Role},
+};
 
 use crate::{
     period::{DAY, MINUTE, floor, ms},
@@ -69,7 +72,7 @@ impl Ingest {
                 }
                 // Open at the window's start = open at its end + closed - opened, as counted by
                 // the agent for this window.
-                let carried = (p.connections_active + p.connections_closed)
+                let carried = sat_add(p.connections_active, p.connections_closed)
                     .saturating_sub(p.connections_opened);
                 Row {
                     minute,
@@ -103,7 +106,7 @@ impl Ingest {
             agent_version: r.agent.version.clone(),
             backend: r.agent.backend.clone(),
             kernel: r.agent.kernel.clone(),
-            probe_drops: r.health.drops.values().sum(),
+            probe_drops: r.health.drops.values().copied().sat_sum(),
             spool_dropped: r.health.spool_dropped,
             rows,
         }

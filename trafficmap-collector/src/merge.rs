@@ -28,8 +28,7 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-
-use trafficmap_model::{map::ObservedBy, report::Role};
+use trafficmap_model::{bounds::sat_add, map::ObservedBy, report::Role};
 
 use crate::{
     enrich::{Directory, Target},
@@ -71,9 +70,10 @@ impl Side {
             self.first_seen_ms = o.c.first_seen_ms;
             self.last_seen_ms = o.c.last_seen_ms;
         }
-        self.sent += o.c.bytes_sent;
-        self.received += o.c.bytes_received;
-        self.connections += o.c.connections();
+        // Saturating (see `trafficmap_model::bounds`): never wraps, never panics.
+        self.sent = sat_add(self.sent, o.c.bytes_sent);
+        self.received = sat_add(self.received, o.c.bytes_received);
+        self.connections = sat_add(self.connections, o.c.connections());
         if Some(o.process) != empty_process {
             self.processes.insert(o.process);
         }
@@ -130,7 +130,7 @@ impl Conversation {
 
     pub fn disagreement(&self) -> u64 {
         match (&self.client_side, &self.server_side) {
-            (Some(c), Some(s)) => c.sent.abs_diff(s.received) + c.received.abs_diff(s.sent),
+            (Some(c), Some(s)) => sat_add(c.sent.abs_diff(s.received), c.received.abs_diff(s.sent)),
             _ => 0,
         }
     }
@@ -270,7 +270,7 @@ pub fn merge(data: &RangeData, dir: &Directory<'_>) -> Merged {
     let mut unknown = Vec::new();
     for o in &data.obs {
         if o.local_ip.is_loopback() || o.peer_ip.is_loopback() {
-            loopback_bytes += o.c.bytes_sent + o.c.bytes_received;
+            loopback_bytes = sat_add(loopback_bytes, sat_add(o.c.bytes_sent, o.c.bytes_received));
             continue;
         }
         let local = Endpoint::Agent(o.agent);

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use trafficmap_model::map::NodeKind;
+use trafficmap_model::{bounds::sat_add, map::NodeKind};
 
 use crate::{
     cli::{
@@ -390,11 +390,14 @@ pub fn port_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<PortRo
             )
         });
         e.0.flows += 1;
-        e.0.bytes_to_server += c.conv.bytes_to_server();
-        e.0.bytes_to_client += c.conv.bytes_to_client();
-        e.0.bytes += c.conv.bytes_to_server() + c.conv.bytes_to_client();
-        e.0.connections += c.conv.connections();
-        e.1 += c.cost_nanos;
+        e.0.bytes_to_server = sat_add(e.0.bytes_to_server, c.conv.bytes_to_server());
+        e.0.bytes_to_client = sat_add(e.0.bytes_to_client, c.conv.bytes_to_client());
+        e.0.bytes = sat_add(
+            e.0.bytes,
+            sat_add(c.conv.bytes_to_server(), c.conv.bytes_to_client()),
+        );
+        e.0.connections = sat_add(e.0.connections, c.conv.connections());
+        e.1 = sat_add(e.1, c.cost_nanos);
         e.2.insert(c.server);
     }
     let mut rows: Vec<(PortRow, u64)> = acc
@@ -584,9 +587,9 @@ pub fn callers(b: &Built, target: &str, limit: usize) -> Vec<CallerRow> {
                 BTreeSet::new(),
             )
         });
-        e.0.bytes_to_server += c.conv.bytes_to_server();
-        e.0.bytes_to_client += c.conv.bytes_to_client();
-        e.0.connections += c.conv.connections();
+        e.0.bytes_to_server = sat_add(e.0.bytes_to_server, c.conv.bytes_to_server());
+        e.0.bytes_to_client = sat_add(e.0.bytes_to_client, c.conv.bytes_to_client());
+        e.0.connections = sat_add(e.0.connections, c.conv.connections());
         e.1.insert(c.conv.key.port);
         if let Some(s) = &c.conv.client_side {
             e.2.extend(s.processes.iter());
@@ -702,13 +705,13 @@ pub fn cross_env_pairs(b: &Built, limit: usize) -> Vec<EnvPair> {
         if ea == es {
             continue;
         }
-        let bytes = c.conv.bytes_to_server() + c.conv.bytes_to_client();
+        let bytes = sat_add(c.conv.bytes_to_server(), c.conv.bytes_to_client());
         let e = pairs.entry((ea.clone(), es.clone())).or_default();
-        e.0 += bytes;
+        e.0 = sat_add(e.0, bytes);
         e.1 += 1;
-        e.2 += c.cost_nanos;
+        e.2 = sat_add(e.2, c.cost_nanos);
         let cp = e.3.entry((cluster(a), cluster(s))).or_default();
-        cp.0 += bytes;
+        cp.0 = sat_add(cp.0, bytes);
         cp.1.insert(c.conv.key.port);
     }
     let mut out: Vec<EnvPair> = pairs

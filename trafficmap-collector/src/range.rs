@@ -5,7 +5,10 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use chrono::{DateTime, Utc};
-use trafficmap_model::report::{Ec2Identity, Role};
+use trafficmap_model::{
+    bounds::sat_add,
+    report::{Ec2Identity, Role},
+};
 
 /// Counters of one observation key over some period.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,9 +30,10 @@ pub struct Counters {
 impl Counters {
     /// Adds a later or earlier period of the same key.
     pub fn add(&mut self, o: &Counters) {
-        self.bytes_sent += o.bytes_sent;
-        self.bytes_received += o.bytes_received;
-        self.conns_opened += o.conns_opened;
+        // Saturating: a sum never wraps to a small number nor panics (see `bounds`).
+        self.bytes_sent = sat_add(self.bytes_sent, o.bytes_sent);
+        self.bytes_received = sat_add(self.bytes_received, o.bytes_received);
+        self.conns_opened = sat_add(self.conns_opened, o.conns_opened);
         if o.first_window_ms < self.first_window_ms {
             self.first_window_ms = o.first_window_ms;
             self.conns_carried = o.conns_carried;
@@ -40,7 +44,7 @@ impl Counters {
 
     /// Distinct connections over the period: those open at its start plus those opened in it.
     pub fn connections(&self) -> u64 {
-        self.conns_carried + self.conns_opened
+        sat_add(self.conns_carried, self.conns_opened)
     }
 }
 
@@ -125,8 +129,8 @@ impl RangeData {
                     acc.hostname = a.hostname;
                     acc.ec2 = a.ec2;
                     acc.addresses.extend(a.addresses);
-                    acc.reports += a.reports;
-                    acc.probe_drops += a.probe_drops;
+                    acc.reports = sat_add(acc.reports, a.reports);
+                    acc.probe_drops = sat_add(acc.probe_drops, a.probe_drops);
                     acc.spool_dropped = acc.spool_dropped.max(a.spool_dropped);
                     i
                 })
@@ -361,5 +365,23 @@ mod tests {
             }
         );
         assert_eq!(a.connections(), 7);
+    }
+
+    #[test]
+    fn sums_saturate_at_i64_max() {
+        use trafficmap_model::bounds::COUNTER_MAX;
+        let big = Counters {
+            bytes_sent: COUNTER_MAX,
+            bytes_received: u64::MAX,
+            conns_opened: COUNTER_MAX - 1,
+            conns_carried: COUNTER_MAX,
+            ..Counters::default()
+        };
+        let mut a = big;
+        a.add(&big);
+        assert_eq!(a.bytes_sent, COUNTER_MAX);
+        assert_eq!(a.bytes_received, COUNTER_MAX);
+        assert_eq!(a.conns_opened, COUNTER_MAX);
+        assert_eq!(a.connections(), COUNTER_MAX);
     }
 }

@@ -16,8 +16,9 @@ use std::{
 use rustc_hash::FxHashMap as HashMap;
 
 use chrono::{DateTime, Utc};
-use trafficmap_model::map::{
-    CostKind, Link, MAP_SCHEMA, Map, Node, NodeHealth, NodeKind, ObservedBy, Totals, View,
+use trafficmap_model::{
+    bounds::sat_add,
+    map::{CostKind, Link, MAP_SCHEMA, Map, Node, NodeHealth, NodeKind, ObservedBy, Totals, View},
 };
 
 use crate::{
@@ -399,9 +400,9 @@ fn sum_links(
                         acc: LinkAcc::default(),
                     })
                     .acc;
-                l.to_target += to_server;
-                l.to_source += to_client;
-                l.connections += conv.connections();
+                l.to_target = sat_add(l.to_target, to_server);
+                l.to_source = sat_add(l.to_source, to_client);
+                l.connections = sat_add(l.connections, conv.connections());
                 l.ports.insert(conv.key.port);
                 if let Some(s) = &conv.client_side {
                     l.client_processes.extend(&s.processes);
@@ -410,8 +411,8 @@ fn sum_links(
                     l.server_processes.extend(&s.processes);
                 }
                 l.observed.add(Some(&observed));
-                l.disagreement += conv.disagreement();
-                l.cost_nanos += c.cost_nanos;
+                l.disagreement = sat_add(l.disagreement, conv.disagreement());
+                l.cost_nanos = sat_add(l.cost_nanos, c.cost_nanos);
                 l.cost_kind.add(Some(&c.cost_kind));
                 l.first_ms = Some(l.first_ms.map_or(first, |x| x.min(first)));
                 l.last_ms = Some(l.last_ms.map_or(last, |x| x.max(last)));
@@ -440,20 +441,20 @@ fn add_links_to_nodes(links: &Slots<LinkSlot>, nodes: &mut [Option<NodeAcc>]) {
         let (conns, cost) = (l.connections, l.cost_nanos);
         if s == t {
             let n = node(nodes, s);
-            n.connections += conns;
-            n.cost_nanos += cost;
+            n.connections = sat_add(n.connections, conns);
+            n.cost_nanos = sat_add(n.cost_nanos, cost);
             continue;
         }
         let src = node(nodes, s);
-        src.bytes_out += l.to_target;
-        src.bytes_in += l.to_source;
-        src.connections += conns;
-        src.cost_nanos += cost;
+        src.bytes_out = sat_add(src.bytes_out, l.to_target);
+        src.bytes_in = sat_add(src.bytes_in, l.to_source);
+        src.connections = sat_add(src.connections, conns);
+        src.cost_nanos = sat_add(src.cost_nanos, cost);
         let dst = node(nodes, t);
-        dst.bytes_in += l.to_target;
-        dst.bytes_out += l.to_source;
-        dst.connections += conns;
-        dst.cost_nanos += cost;
+        dst.bytes_in = sat_add(dst.bytes_in, l.to_target);
+        dst.bytes_out = sat_add(dst.bytes_out, l.to_source);
+        dst.connections = sat_add(dst.connections, conns);
+        dst.cost_nanos = sat_add(dst.cost_nanos, cost);
     }
 }
 
@@ -535,10 +536,10 @@ fn output_links(
                  acc: l,
              }| {
                 totals.links += 1;
-                totals.bytes += l.to_target + l.to_source;
-                totals.connections += l.connections;
-                totals.disagreement_bytes += l.disagreement;
-                total_cost += l.cost_nanos;
+                totals.bytes = sat_add(totals.bytes, sat_add(l.to_target, l.to_source));
+                totals.connections = sat_add(totals.connections, l.connections);
+                totals.disagreement_bytes = sat_add(totals.disagreement_bytes, l.disagreement);
+                total_cost = sat_add(total_cost, l.cost_nanos);
                 Link {
                     source: names[s as usize].clone(),
                     target: names[t as usize].clone(),
@@ -588,9 +589,9 @@ fn add_member(
     n.security_groups.extend(id.security_groups.iter().cloned());
     if let Some(h) = &id.health {
         let acc = n.health.get_or_insert_default();
-        acc.reports += h.reports;
-        acc.probe_drops += h.probe_drops;
-        acc.spool_dropped += h.spool_dropped;
+        acc.reports = sat_add(acc.reports, h.reports);
+        acc.probe_drops = sat_add(acc.probe_drops, h.probe_drops);
+        acc.spool_dropped = sat_add(acc.spool_dropped, h.spool_dropped);
     }
     match view {
         View::Instances => {

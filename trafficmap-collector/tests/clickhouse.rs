@@ -340,3 +340,58 @@ fn two_collectors_share_one_clickhouse() {
     assert_eq!(a.terminate().code(), Some(0));
     assert_eq!(b.terminate().code(), Some(0));
 }
+
+/// ClickHouse's `sum` of `UInt64` wraps modulo 2^64: three counters at the top of `i64` (what
+/// the store clamps a larger one to) would add up to a small number. Sums stop at `i64::MAX`,
+/// in the range reads of minute rows, in the roll-ups and in the health of the reports.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs clickhouse-server: cargo xtask test --only clickhouse"]
+async fn huge_counters_saturate() {
+    let Some(ch) = ClickHouse::start() else {
+        return;
+    };
+    let store = clickhouse_store(&ch, "huge").await;
+    let day = (Utc::now() - TimeDelta::days(1)).date_naive();
+    let ten = mapservice::day_range(day).0 + TimeDelta::hours(10);
+    let batch: Vec<Arc<Ingest>> = (0..3)
+        .map(|n| {
+            let v = report(
+                &format!("huge-00000000000000{n}"),
+                "a",
+                "10.4.0.1",
+                ten + TimeDelta::minutes(n),
+                &[("10.4.0.1", "10.4.0.2", 443, "client", "app", 1, 1)],
+            );
+            let mut ing =
+                Ingest::from_report(&Report::from_json(&serde_json::to_vec(&v).unwrap()).unwrap());
+            // Past validation (an older collector's rows): the store's second line.
+            ing.probe_drops = u64::MAX;
+            ing.rows[0].c.bytes_sent = u64::MAX;
+            Arc::new(ing)
+        })
+        .collect();
+    store.ingest(batch, Utc::now()).await.unwrap();
+    let max = trafficmap_model::bounds::COUNTER_MAX;
+    let check = |s: Store, from: DateTime<Utc>, to: DateTime<Utc>| async move {
+        let d = s.range(from, to).await.unwrap();
+        assert_eq!(d.obs.len(), 1);
+        assert_eq!(d.obs[0].c.bytes_sent, max, "{from}");
+        assert_eq!(d.obs[0].c.bytes_received, 3, "{from}");
+        assert_eq!(d.agents[0].probe_drops, max, "{from}");
+        assert_eq!(d.agents[0].reports, 3, "{from}");
+    };
+    let (from, to) = mapservice::day_range(day);
+    check(store.clone(), from, to).await;
+    check(store.clone(), ten, ten + TimeDelta::minutes(5)).await;
+    let m = store
+        .maintain(Utc::now(), Retention::default())
+        .await
+        .unwrap();
+    assert_eq!(m.rolled_up, 2, "the 10:00 hour and the day");
+    assert_eq!(
+        ch.query("SELECT bytes_sent FROM huge.pair_day").trim(),
+        "9223372036854775807"
+    );
+    check(store.clone(), from, to).await;
+    check(store.clone(), ten, ten + TimeDelta::hours(1)).await;
+}

@@ -2,6 +2,7 @@
 //! [`report`] an agent ships, and the [`map`] the collector builds for the viewer. Pure types and
 //! validation; no I/O.
 
+pub mod bounds;
 pub mod cloud;
 pub mod map;
 pub mod report;

@@ -8,6 +8,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{self, has_control, per_window};
+
 /// Value of `schema` in every v1 report.
 pub const REPORT_SCHEMA: &str = "trafficmap.report/v1";
 /// Most pairs one report may carry; agents split larger windows over several reports.
@@ -27,6 +29,9 @@ pub struct Report {
     pub host: Host,
     pub window: Window,
     pub health: Health,
+    /// At most [`MAX_PAIRS`]; parsing keeps one more than that (so `validate` refuses the
+    /// report) and skips the rest without keeping it.
+    #[serde(deserialize_with = "capped::vec::<_, _, MAX_PAIRS>")]
     pub pairs: Vec<Pair>,
 }
 
@@ -46,7 +51,9 @@ pub struct Host {
     pub hostname: String,
     /// `/etc/machine-id`, or a stable id of the agent's own when scoped to a network namespace.
     pub machine_id: String,
-    /// Addresses of the host's interfaces (of its network namespace), loopback excluded.
+    /// Addresses of the host's interfaces (of its network namespace), loopback excluded; at
+    /// most [`bounds::MAX_ADDRESSES`] (parsing stops keeping them one above).
+    #[serde(deserialize_with = "capped::vec::<_, _, { bounds::MAX_ADDRESSES }>")]
     pub addresses: Vec<IpAddr>,
     /// Network namespace inode when the agent counts one namespace only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,7 +86,9 @@ pub struct Window {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    /// Events the probe could not record during the window, by reason (`conns_full`, ...).
+    /// Events the probe could not record during the window, by reason (`conns_full`, ...); at
+    /// most [`bounds::MAX_DROP_KEYS`] reasons (parsing stops keeping them one above).
+    #[serde(deserialize_with = "capped::map::<_, { bounds::MAX_DROP_KEYS }>")]
     pub drops: BTreeMap<String, u64>,
     /// Entries in the probe's live connection table at the end of the window.
     pub map_entries: u64,
@@ -176,7 +185,8 @@ pub enum ReportError {
     Json { path: String, message: String },
     #[error("unsupported report schema `{0}`: this collector accepts `{REPORT_SCHEMA}`")]
     UnsupportedSchema(String),
-    #[error("invalid report: {0}")]
+    /// A bound or rule the types cannot express; the message starts with the field's JSON path.
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -213,9 +223,9 @@ impl Report {
         Ok(report)
     }
 
-    /// Checks what the types alone cannot.
+    /// Checks what the types alone cannot: every bound of [`crate::bounds`]. The message of a
+    /// refusal starts with the JSON path of the offending field (`pairs[3].bytes_sent: ...`).
     pub fn validate(&self) -> Result<(), ReportError> {
-        let invalid = |m: String| Err(ReportError::Invalid(m));
         if self.schema != REPORT_SCHEMA {
             return Err(ReportError::UnsupportedSchema(self.schema.clone()));
         }
@@ -225,39 +235,40 @@ impl Report {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return invalid(format!(
-                "report_id `{}` must be 16-64 characters of A-Z a-z 0-9 - _",
-                self.report_id
-            ));
+            return invalid(
+                "report_id",
+                format!(
+                    "`{}` must be 16-64 characters of A-Z a-z 0-9 - _",
+                    self.report_id.escape_debug()
+                ),
+            );
         }
-        if self.window.end <= self.window.start {
-            return invalid(format!(
-                "window end {} is not after its start {}",
-                self.window.end, self.window.start
-            ));
-        }
-        if self.host.hostname.is_empty() {
-            return invalid("host.hostname is empty".into());
-        }
-        if self.host.machine_id.is_empty() {
-            return invalid("host.machine_id is empty".into());
-        }
+        self.agent.validate()?;
+        self.host.validate()?;
+        let window = self.window.validate()?;
+        self.health.validate(window)?;
         if self.pairs.len() > MAX_PAIRS {
-            return invalid(format!(
-                "{} pairs, at most {MAX_PAIRS} per report",
-                self.pairs.len()
-            ));
+            // Parsing keeps at most one more than the cap: the count is not known.
+            return invalid(
+                "pairs",
+                format!("more than {MAX_PAIRS} pairs in one report"),
+            );
         }
         let mut keys = std::collections::HashSet::with_capacity(self.pairs.len());
         for (i, p) in self.pairs.iter().enumerate() {
-            if p.last_seen < p.first_seen {
-                return invalid(format!("pairs[{i}]: last_seen is before first_seen"));
-            }
+            p.validate(i, &self.window, window)?;
             if !keys.insert(p.key()) {
-                return invalid(format!(
-                    "pairs[{i}]: duplicate pair {} -> {} port {} ({:?}, `{}`)",
-                    p.local_ip, p.peer_ip, p.server_port, p.role, p.process
-                ));
+                return invalid(
+                    &format!("pairs[{i}]"),
+                    format!(
+                        "duplicate pair {} -> {} port {} ({:?}, `{}`)",
+                        p.local_ip,
+                        p.peer_ip,
+                        p.server_port,
+                        p.role,
+                        p.process.escape_debug()
+                    ),
+                );
             }
         }
         Ok(())
@@ -265,6 +276,281 @@ impl Report {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a report always serialises")
+    }
+}
+
+fn invalid<T>(path: &str, what: String) -> Result<T, ReportError> {
+    Err(ReportError::Invalid(format!("{path}: {what}")))
+}
+
+/// A string of `min..=max` bytes without control characters.
+fn check_str(path: &str, s: &str, min: usize, max: usize) -> Result<(), ReportError> {
+    if s.len() < min || s.len() > max {
+        // The value is not echoed: it may be megabytes.
+        return invalid(path, format!("{} bytes, expected {min} to {max}", s.len()));
+    }
+    if has_control(s) {
+        return invalid(
+            path,
+            format!("`{}` holds a control character", s.escape_debug()),
+        );
+    }
+    Ok(())
+}
+
+/// A counter at most `max`.
+fn check_max(path: &str, v: u64, max: u64, why: &str) -> Result<(), ReportError> {
+    if v > max {
+        return invalid(path, format!("{v} exceeds {max} ({why})"));
+    }
+    Ok(())
+}
+
+impl Agent {
+    fn validate(&self) -> Result<(), ReportError> {
+        let max = bounds::MAX_AGENT_FIELD_LEN;
+        check_str("agent.version", &self.version, 1, max)?;
+        check_str("agent.backend", &self.backend, 1, max)?;
+        check_str("agent.kernel", &self.kernel, 1, max)
+    }
+}
+
+impl Host {
+    fn validate(&self) -> Result<(), ReportError> {
+        check_str("host.hostname", &self.hostname, 1, bounds::MAX_HOSTNAME_LEN)?;
+        check_str(
+            "host.machine_id",
+            &self.machine_id,
+            1,
+            bounds::MAX_MACHINE_ID_LEN,
+        )?;
+        if self.addresses.len() > bounds::MAX_ADDRESSES {
+            return invalid(
+                "host.addresses",
+                format!("more than {} addresses", bounds::MAX_ADDRESSES),
+            );
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.addresses.len());
+        for (i, a) in self.addresses.iter().enumerate() {
+            if !seen.insert(a) {
+                return invalid(&format!("host.addresses[{i}]"), format!("duplicate {a}"));
+            }
+        }
+        if let Some(ec2) = &self.ec2 {
+            let max = bounds::MAX_EC2_FIELD_LEN;
+            check_str("host.ec2.instance_id", &ec2.instance_id, 1, max)?;
+            check_str("host.ec2.region", &ec2.region, 1, max)?;
+            if let Some(az) = &ec2.availability_zone {
+                check_str("host.ec2.availability_zone", az, 1, max)?;
+            }
+            if let Some(t) = &ec2.instance_type {
+                check_str("host.ec2.instance_type", t, 1, max)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Window {
+    /// The window's length, if it is a valid window: after its start, at most
+    /// [`bounds::MAX_WINDOW`].
+    fn validate(&self) -> Result<chrono::TimeDelta, ReportError> {
+        let len = self.end - self.start;
+        if len <= chrono::TimeDelta::zero() {
+            return invalid(
+                "window.end",
+                format!(
+                    "the window end {} is not after its start {}",
+                    self.end, self.start
+                ),
+            );
+        }
+        if len > bounds::MAX_WINDOW {
+            return invalid(
+                "window.end",
+                format!(
+                    "the window {} to {} is longer than {} s",
+                    self.start,
+                    self.end,
+                    bounds::MAX_WINDOW.num_seconds()
+                ),
+            );
+        }
+        Ok(len)
+    }
+}
+
+impl Health {
+    fn validate(&self, window: chrono::TimeDelta) -> Result<(), ReportError> {
+        // Parsing keeps at most one more than the cap.
+        if self.drops.len() > bounds::MAX_DROP_KEYS {
+            return invalid(
+                "health.drops",
+                format!("more than {} reasons", bounds::MAX_DROP_KEYS),
+            );
+        }
+        let max = per_window(bounds::MAX_EVENTS_PER_SEC, window);
+        for (k, &v) in &self.drops {
+            if k.is_empty()
+                || k.len() > bounds::MAX_DROP_KEY_LEN
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return invalid(
+                    "health.drops",
+                    format!(
+                        "reason `{}` must be 1-{} characters of a-z 0-9 _",
+                        k.escape_debug(),
+                        bounds::MAX_DROP_KEY_LEN
+                    ),
+                );
+            }
+            check_max(
+                &format!("health.drops.{k}"),
+                v,
+                max,
+                "probe events in this window at 1e9 per second",
+            )?;
+        }
+        check_max(
+            "health.map_capacity",
+            self.map_capacity,
+            bounds::MAX_MAP_CAPACITY,
+            "2^32 entries",
+        )?;
+        check_max(
+            "health.map_entries",
+            self.map_entries,
+            self.map_capacity,
+            "map_capacity",
+        )?;
+        check_max(
+            "health.spool_dropped",
+            self.spool_dropped,
+            bounds::MAX_SPOOL_DROPPED,
+            "2^32 reports",
+        )
+    }
+}
+
+impl Pair {
+    fn validate(&self, i: usize, w: &Window, len: chrono::TimeDelta) -> Result<(), ReportError> {
+        let path = |field: &str| format!("pairs[{i}].{field}");
+        check_str(&path("process"), &self.process, 0, bounds::MAX_PROCESS_LEN)?;
+        let bytes = per_window(bounds::MAX_LINK_BYTES_PER_SEC, len);
+        let link = "bytes a 400 Gbit/s link moves in this window";
+        check_max(&path("bytes_sent"), self.bytes_sent, bytes, link)?;
+        check_max(&path("bytes_received"), self.bytes_received, bytes, link)?;
+        let conns = per_window(bounds::MAX_CONNS_PER_SEC, len);
+        let rate = "connections in this window at 1e7 per second";
+        check_max(
+            &path("connections_opened"),
+            self.connections_opened,
+            conns,
+            rate,
+        )?;
+        check_max(
+            &path("connections_closed"),
+            self.connections_closed,
+            conns,
+            rate,
+        )?;
+        check_max(
+            &path("connections_active"),
+            self.connections_active,
+            bounds::MAX_ACTIVE,
+            "open connections per pair",
+        )?;
+        // Agents clamp both times into the window, ends included (a connection carried in
+        // from an earlier window is first seen at the window's start).
+        for (field, t) in [
+            ("first_seen", self.first_seen),
+            ("last_seen", self.last_seen),
+        ] {
+            if t < w.start || t > w.end {
+                return invalid(
+                    &path(field),
+                    format!("{t} is outside the window {} to {}", w.start, w.end),
+                );
+            }
+        }
+        if self.last_seen < self.first_seen {
+            return invalid(
+                &path("last_seen"),
+                format!(
+                    "last_seen {} is before first_seen {}",
+                    self.last_seen, self.first_seen
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Deserialisers that keep at most one element above a cap and skip the rest without keeping
+/// it: the cap is enforced by `validate` (with the field's path in the message), and a body of
+/// a million drop reasons or addresses costs no more memory than its bytes. (serde has no
+/// such limit of its own.)
+mod capped {
+    use std::{collections::BTreeMap, fmt, marker::PhantomData};
+
+    use serde::{
+        Deserialize, Deserializer,
+        de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+    };
+
+    pub fn vec<'de, D, T, const CAP: usize>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        struct V<T, const CAP: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const CAP: usize> Visitor<'de> for V<T, CAP> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an array of at most {CAP} elements")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::new();
+                while out.len() <= CAP {
+                    match seq.next_element()? {
+                        Some(x) => out.push(x),
+                        None => return Ok(out),
+                    }
+                }
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V::<T, CAP>(PhantomData))
+    }
+
+    pub fn map<'de, D, const CAP: usize>(d: D) -> Result<BTreeMap<String, u64>, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        struct V<const CAP: usize>;
+        impl<'de, const CAP: usize> Visitor<'de> for V<CAP> {
+            type Value = BTreeMap<String, u64>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an object of at most {CAP} counters")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while out.len() <= CAP {
+                    match m.next_entry::<String, u64>()? {
+                        Some((k, v)) => {
+                            out.insert(k, v);
+                        }
+                        None => return Ok(out),
+                    }
+                }
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V::<CAP>)
     }
 }
 
@@ -346,6 +632,53 @@ mod tests {
         let mut v = example();
         v["pairs"][1]["peer_ip"] = serde_json::json!("10.0.0.300");
         out.push(v);
+        // Bounds the schema can state (its counter maxima are a 1-hour window's).
+        let edits: Vec<(&str, serde_json::Value)> = vec![
+            ("/pairs/0/bytes_sent", serde_json::json!(u64::MAX)),
+            (
+                "/pairs/0/connections_opened",
+                serde_json::json!(36_000_000_001u64),
+            ),
+            ("/pairs/0/connections_active", serde_json::json!(16_777_217)),
+            ("/pairs/0/process", serde_json::json!("p".repeat(256))),
+            ("/pairs/0/process", serde_json::json!("a\u{1b}[2Jb")),
+            ("/host/hostname", serde_json::json!("h".repeat(254))),
+            ("/host/hostname", serde_json::json!("a\nb")),
+            ("/host/machine_id", serde_json::json!("m".repeat(129))),
+            ("/host/machine_id", serde_json::json!("")),
+            (
+                "/host/addresses",
+                serde_json::json!(["10.0.0.1", "10.0.0.1"]),
+            ),
+            ("/host/ec2/region", serde_json::json!("r".repeat(65))),
+            ("/host/ec2/instance_id", serde_json::json!("i-\u{85}")),
+            ("/agent/kernel", serde_json::json!("")),
+            ("/agent/version", serde_json::json!("v\u{7f}")),
+            ("/health/drops", serde_json::json!({ "Conns": 1 })),
+            (
+                "/health/drops/conns_full",
+                serde_json::json!(3_600_000_000_001u64),
+            ),
+            ("/health/map_capacity", serde_json::json!((1u64 << 32) + 1)),
+            ("/health/spool_dropped", serde_json::json!((1u64 << 32) + 1)),
+        ];
+        for (ptr, value) in edits {
+            let mut v = example();
+            *v.pointer_mut(ptr).unwrap_or_else(|| panic!("{ptr}")) = value;
+            out.push(v);
+        }
+        let mut v = example();
+        v["host"]["addresses"] = (0..257u32)
+            .map(|i| serde_json::json!(std::net::Ipv4Addr::from(i).to_string()))
+            .collect::<Vec<_>>()
+            .into();
+        out.push(v);
+        let mut v = example();
+        v["health"]["drops"] = (0..33)
+            .map(|i| (format!("r{i}"), serde_json::json!(0)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        out.push(v);
         out
     }
 
@@ -396,5 +729,282 @@ mod tests {
         let mut v = example();
         v["host"]["hostname"] = serde_json::json!("");
         assert!(parse(&v).unwrap_err().to_string().contains("hostname"));
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    //! Each bound: accepted at the bound, refused one above with a message that starts with
+    //! the field's path. The example's window is 60 s.
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn example() -> Value {
+        serde_json::from_str(include_str!("../../schema/report-v1.example.json")).unwrap()
+    }
+
+    fn check(v: &Value) -> Result<Report, String> {
+        Report::from_json(&serde_json::to_vec(v).unwrap()).map_err(|e| e.to_string())
+    }
+
+    /// `set(v, at)` writes the bound value (ok) and `set(v, above)` a value one above it
+    /// (refused, message starting with `path: `).
+    fn bound(path: &str, set: impl Fn(&mut Value, Value), at: Value, above: Value) {
+        let mut v = example();
+        set(&mut v, at.clone());
+        if let Err(e) = check(&v) {
+            panic!("{path} = {at} refused: {e}");
+        }
+        let mut v = example();
+        set(&mut v, above.clone());
+        let e = check(&v).expect_err(&format!("{path} = {above} accepted"));
+        assert!(e.starts_with(&format!("{path}: ")), "{path}: {e}");
+    }
+
+    #[test]
+    fn pair_counters() {
+        for (field, max) in [
+            ("bytes_sent", 3_000_000_000_000u64),
+            ("bytes_received", 3_000_000_000_000),
+            ("connections_opened", 600_000_000),
+            ("connections_closed", 600_000_000),
+            ("connections_active", 16_777_216),
+        ] {
+            bound(
+                &format!("pairs[1].{field}"),
+                |v, x| v["pairs"][1][field] = x,
+                json!(max),
+                json!(max + 1),
+            );
+        }
+        // The review's value: refused, never stored.
+        let mut v = example();
+        v["pairs"][2]["bytes_sent"] = json!(u64::MAX);
+        assert_eq!(
+            check(&v).unwrap_err(),
+            "pairs[2].bytes_sent: 18446744073709551615 exceeds 3000000000000 (bytes a 400 Gbit/s link moves in this window)"
+        );
+    }
+
+    #[test]
+    fn bytes_bound_follows_the_window() {
+        // A 100 ms window moves at most 5e9 bytes.
+        let mut base = example();
+        base["window"]["end"] = json!("2026-11-23T10:00:00.100Z");
+        for p in base["pairs"].as_array_mut().unwrap() {
+            p["first_seen"] = json!("2026-11-23T10:00:00Z");
+            p["last_seen"] = json!("2026-11-23T10:00:00.100Z");
+        }
+        let mut v = base.clone();
+        v["pairs"][0]["bytes_sent"] = json!(5_000_000_000u64);
+        check(&v).unwrap();
+        v["pairs"][0]["bytes_sent"] = json!(5_000_000_001u64);
+        assert!(check(&v).unwrap_err().starts_with("pairs[0].bytes_sent: "));
+    }
+
+    #[test]
+    fn health() {
+        bound(
+            "health.drops.conns_full",
+            |v, x| v["health"]["drops"]["conns_full"] = x,
+            json!(60_000_000_000u64),
+            json!(60_000_000_001u64),
+        );
+        bound(
+            "health.map_capacity",
+            |v, x| v["health"]["map_capacity"] = x,
+            json!(1u64 << 32),
+            json!((1u64 << 32) + 1),
+        );
+        bound(
+            "health.map_entries",
+            |v, x| v["health"]["map_entries"] = x,
+            json!(65536),
+            json!(65537),
+        );
+        bound(
+            "health.spool_dropped",
+            |v, x| v["health"]["spool_dropped"] = x,
+            json!(1u64 << 32),
+            json!((1u64 << 32) + 1),
+        );
+        let keys = |n: usize| -> Value {
+            (0..n)
+                .map(|i| (format!("reason_{i}"), json!(0)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        bound(
+            "health.drops",
+            |v, x| v["health"]["drops"] = x,
+            keys(32),
+            keys(33),
+        );
+        // A hundred thousand reasons: refused the same way, without keeping them.
+        let mut v = example();
+        v["health"]["drops"] = keys(100_000);
+        assert_eq!(check(&v).unwrap_err(), "health.drops: more than 32 reasons");
+        let long = "a".repeat(32);
+        bound(
+            "health.drops",
+            |v, x| v["health"]["drops"] = json!({ x.as_str().unwrap(): 1 }),
+            json!(long),
+            json!(format!("{long}b")),
+        );
+        for bad in ["", "Conns", "a-b", "a\u{1b}"] {
+            let mut v = example();
+            v["health"]["drops"] = json!({ bad: 1 });
+            assert!(
+                check(&v).unwrap_err().starts_with("health.drops: "),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn window() {
+        bound(
+            "window.end",
+            |v, x| v["window"]["end"] = x,
+            json!("2026-11-23T11:00:00Z"),
+            json!("2026-11-23T11:00:00.001Z"),
+        );
+        let mut v = example();
+        v["window"]["end"] = json!("2026-11-23T09:59:00Z");
+        assert!(check(&v).unwrap_err().starts_with("window.end: "));
+        // Seen times: inside the window, both ends included (what the agent writes for
+        // connections carried in, and for the last moment of the window).
+        for (field, at, above) in [
+            (
+                "first_seen",
+                "2026-11-23T10:00:00Z",
+                "2026-11-23T09:59:59.999Z",
+            ),
+            (
+                "last_seen",
+                "2026-11-23T10:01:00Z",
+                "2026-11-23T10:01:00.001Z",
+            ),
+        ] {
+            bound(
+                &format!("pairs[0].{field}"),
+                |v, x| v["pairs"][0][field] = x,
+                json!(at),
+                json!(above),
+            );
+        }
+        let mut v = example();
+        v["pairs"][2]["first_seen"] = json!("2026-11-23T10:00:40Z");
+        assert!(
+            check(&v)
+                .unwrap_err()
+                .starts_with("pairs[2].last_seen: last_seen 2026-11-23 10:00:30 UTC is before")
+        );
+    }
+
+    #[test]
+    fn strings() {
+        let s = |n: usize| json!("x".repeat(n));
+        for (path, min, max) in [
+            ("host.hostname", 1, 253),
+            ("host.machine_id", 1, 128),
+            ("agent.version", 1, 128),
+            ("agent.backend", 1, 128),
+            ("agent.kernel", 1, 128),
+            ("host.ec2.instance_id", 1, 64),
+            ("host.ec2.region", 1, 64),
+            ("host.ec2.availability_zone", 1, 64),
+            ("host.ec2.instance_type", 1, 64),
+            ("pairs[1].process", 0, 255),
+        ] {
+            let set = |v: &mut Value, x: Value| *pointer(v, path) = x;
+            bound(path, set, s(max), s(max + 1));
+            if min == 1 {
+                bound(path, set, s(1), s(0));
+            } else {
+                let mut v = example();
+                set(&mut v, s(0));
+                check(&v).unwrap();
+            }
+            for c in ["\n", "\u{1b}[2J", "\u{7f}", "\u{9b}", "\0"] {
+                let mut v = example();
+                set(&mut v, json!(format!("a{c}b")));
+                let e = check(&v).unwrap_err();
+                assert!(e.starts_with(&format!("{path}: ")), "{e}");
+                assert!(e.ends_with("holds a control character"), "{e}");
+            }
+        }
+        // Bytes, not characters: 84 three-byte characters are 252 bytes, 85 are 255.
+        let mut v = example();
+        v["host"]["hostname"] = json!("€".repeat(84));
+        check(&v).unwrap();
+        v["host"]["hostname"] = json!("€".repeat(85));
+        assert_eq!(
+            check(&v).unwrap_err(),
+            "host.hostname: 255 bytes, expected 1 to 253"
+        );
+    }
+
+    /// The value at a dotted path like `host.ec2.region` or `pairs[1].process`.
+    fn pointer<'a>(v: &'a mut Value, path: &str) -> &'a mut Value {
+        let ptr = format!("/{}", path.replace(['.', '['], "/").replace(']', ""));
+        v.pointer_mut(&ptr).unwrap()
+    }
+
+    #[test]
+    fn addresses() {
+        let addrs = |n: u32| -> Value {
+            (0..n)
+                .map(|i| json!(std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string()))
+                .collect::<Vec<_>>()
+                .into()
+        };
+        bound(
+            "host.addresses",
+            |v, x| v["host"]["addresses"] = x,
+            addrs(256),
+            addrs(257),
+        );
+        let mut v = example();
+        v["host"]["addresses"] = addrs(100_000);
+        assert_eq!(
+            check(&v).unwrap_err(),
+            "host.addresses: more than 256 addresses"
+        );
+        let mut v = example();
+        v["host"]["addresses"] = json!(["10.0.0.1", "10.0.0.2", "10.0.0.1"]);
+        assert_eq!(
+            check(&v).unwrap_err(),
+            "host.addresses[2]: duplicate 10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn pairs_cap() {
+        let mut v = example();
+        let p = v["pairs"][0].clone();
+        let pairs: Vec<Value> = (0..=MAX_PAIRS as u32)
+            .map(|i| {
+                let mut p = p.clone();
+                p["peer_ip"] = json!(std::net::Ipv4Addr::from(i).to_string());
+                p
+            })
+            .collect();
+        v["pairs"] = pairs.into();
+        assert_eq!(
+            check(&v).unwrap_err(),
+            "pairs: more than 200000 pairs in one report"
+        );
+        v["pairs"].as_array_mut().unwrap().pop();
+        assert_eq!(check(&v).unwrap().pairs.len(), MAX_PAIRS);
+    }
+
+    #[test]
+    fn capped_lists_round_trip_below_the_cap() {
+        let r = check(&example()).unwrap();
+        assert_eq!(r.host.addresses.len(), 2);
+        assert_eq!(r.health.drops.len(), 6);
+        assert_eq!(r.pairs.len(), 3);
     }
 }

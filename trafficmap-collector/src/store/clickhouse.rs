@@ -27,7 +27,10 @@ use std::{
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use trafficmap_model::error_chain;
+use trafficmap_model::{
+    bounds::{COUNTER_MAX, sat_add},
+    error_chain,
+};
 
 use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
 use crate::{
@@ -197,10 +200,28 @@ struct KeyRow {
 /// The counters of a key summed over a segment, from rows already de-duplicated.
 /// (Inner queries name their columns `d_*`: ClickHouse aliases are global to a query, and an
 /// alias equal to a column that another aggregate reads would nest aggregates.)
-const SUMS: &str =
-    "sum(d_bs) AS bytes_sent, sum(d_br) AS bytes_received, sum(d_co) AS conns_opened,
-    argMin(d_cc, d_fw) AS conns_carried, min(d_fw) AS first_window_ms,
-    min(d_fs) AS first_seen_ms, max(d_ls) AS last_seen_ms";
+/// Sums saturate at `i64::MAX` (see [`sat_sum`]).
+fn sums() -> String {
+    format!(
+        "{} AS bytes_sent, {} AS bytes_received, {} AS conns_opened,
+        argMin(d_cc, d_fw) AS conns_carried, min(d_fw) AS first_window_ms,
+        min(d_fs) AS first_seen_ms, max(d_ls) AS last_seen_ms",
+        sat_sum("d_bs"),
+        sat_sum("d_br"),
+        sat_sum("d_co")
+    )
+}
+
+/// `sum(col)` of a `UInt64` column, stopping at `i64::MAX` like every counter sum: ClickHouse's
+/// `sum` wraps modulo 2^64. The high and low 32 bits are summed apart (neither half-sum can
+/// wrap below 2^31 rows) and put together only when the result fits.
+fn sat_sum(col: &str) -> String {
+    let hi = format!("sum(intDiv({col}, 4294967296))");
+    let lo = format!("sum({col} % 4294967296)");
+    format!(
+        "if({hi} >= 2147483648, toUInt64(9223372036854775807), least({hi} * 4294967296 + {lo}, toUInt64(9223372036854775807)))"
+    )
+}
 
 /// Minute rows with one row per (minute, key, report id), whatever was stored twice.
 fn dedup_minutes(db: &str, from: i64, to: i64) -> String {
@@ -534,10 +555,11 @@ impl ClickHouseStore {
                 server_port: r.server_port,
                 role: r.role.as_str(),
                 process: &r.process,
-                bytes_sent: r.c.bytes_sent,
-                bytes_received: r.c.bytes_received,
-                conns_opened: r.c.conns_opened,
-                conns_carried: r.c.conns_carried,
+                // Clamped like SQLite's `i()`: each value fits an `i64`, sums saturate.
+                bytes_sent: r.c.bytes_sent.min(COUNTER_MAX),
+                bytes_received: r.c.bytes_received.min(COUNTER_MAX),
+                conns_opened: r.c.conns_opened.min(COUNTER_MAX),
+                conns_carried: r.c.conns_carried.min(COUNTER_MAX),
                 first_window_ms: r.c.first_window_ms,
                 first_seen_ms: r.c.first_seen_ms,
                 last_seen_ms: r.c.last_seen_ms,
@@ -577,8 +599,8 @@ impl ClickHouseStore {
                 window_end_ms: ing.window_end.timestamp_millis(),
                 received_ms: received,
                 pairs: ing.rows.len() as u64,
-                probe_drops: ing.probe_drops,
-                spool_dropped: ing.spool_dropped,
+                probe_drops: ing.probe_drops.min(COUNTER_MAX),
+                spool_dropped: ing.spool_dropped.min(COUNTER_MAX),
             }
         }))?;
         self.insert("pair_minute", minutes).await?;
@@ -652,7 +674,8 @@ impl ClickHouseStore {
             b.begin_read(true);
             let rows: Vec<KeyRow> = self
                 .rows(&format!(
-                    "SELECT {KEY}, {SUMS} FROM ({inner}) GROUP BY {KEY}"
+                    "SELECT {KEY}, {sums} FROM ({inner}) GROUP BY {KEY}",
+                    sums = sums()
                 ))
                 .await?;
             for r in rows {
@@ -680,10 +703,11 @@ impl ClickHouseStore {
                     role,
                     process,
                     &Counters {
-                        bytes_sent: r.bytes_sent,
-                        bytes_received: r.bytes_received,
-                        conns_opened: r.conns_opened,
-                        conns_carried: r.conns_carried,
+                        // A value an older collector stored above `i64::MAX` reads clamped.
+                        bytes_sent: r.bytes_sent.min(COUNTER_MAX),
+                        bytes_received: r.bytes_received.min(COUNTER_MAX),
+                        conns_opened: r.conns_opened.min(COUNTER_MAX),
+                        conns_carried: r.conns_carried.min(COUNTER_MAX),
                         first_window_ms: r.first_window_ms,
                         first_seen_ms: r.first_seen_ms,
                         last_seen_ms: r.last_seen_ms,
@@ -706,15 +730,16 @@ impl ClickHouseStore {
         let dedup_reports = |where_: String| {
             format!(
                 "SELECT report_id, any(machine_id) AS machine_id, any(hostname) AS hostname, any(ec2) AS ec2,
-                    any(window_start_ms) AS window_start_ms, any(probe_drops) AS probe_drops, any(spool_dropped) AS spool_dropped
+                    any(window_start_ms) AS window_start_ms, any(probe_drops) AS d_pd, any(spool_dropped) AS spool_dropped
                  FROM {db}.reports WHERE {where_} GROUP BY report_id"
             )
         };
         let (d0, d1) = (floor(f, DAY), floor(t - 1, DAY) + DAY);
         let health: Vec<Health> = self
             .rows(&format!(
-                "SELECT machine_id, count() AS reports, sum(probe_drops) AS probe_drops, max(spool_dropped) AS spool_dropped
+                "SELECT machine_id, count() AS reports, {} AS probe_drops, max(spool_dropped) AS spool_dropped
                  FROM ({}) WHERE window_start_ms >= {} AND window_start_ms < {} GROUP BY machine_id",
+                sat_sum("d_pd"),
                 dedup_reports(format!("day >= {d0} AND day < {d1}")),
                 f * 1000,
                 t * 1000
@@ -722,8 +747,8 @@ impl ClickHouseStore {
             .await?;
         for h in health {
             let a = b.agent_mut(&h.machine_id);
-            a.reports += h.reports;
-            a.probe_drops += h.probe_drops;
+            a.reports = sat_add(a.reports, h.reports);
+            a.probe_drops = sat_add(a.probe_drops, h.probe_drops);
             a.spool_dropped = a.spool_dropped.max(h.spool_dropped);
         }
         #[derive(Deserialize)]
@@ -885,7 +910,8 @@ impl ClickHouseStore {
             };
             self.query(&format!(
                 "INSERT INTO {db}.{table} (period, {KEY}, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms, version)
-                 SELECT toUInt32({p}) AS period, {KEY}, {SUMS}, toUInt64({version}) AS version FROM ({source}) GROUP BY {KEY}",
+                 SELECT toUInt32({p}) AS period, {KEY}, {sums}, toUInt64({version}) AS version FROM ({source}) GROUP BY {KEY}",
+                sums = sums(),
                 table = g.table()
             ))
             .await?;

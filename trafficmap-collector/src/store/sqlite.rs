@@ -20,11 +20,12 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
+use trafficmap_model::bounds::sat_add;
 
 use super::{Grain, Maintenance, Outcome, Result, Retention, StoreError, day_start, plan};
 use crate::{
@@ -38,6 +39,10 @@ const SCHEMA_VERSION: i64 = 1;
 const ROLLUP_CHUNK: i64 = 100_000;
 /// Rows deleted per retention transaction.
 const DELETE_CHUNK: i64 = 50_000;
+/// Names (per kind) the writer keeps the ids of; when full it forgets them all and looks
+/// them up again as they come. (A forgetful map rather than an LRU crate: a miss costs one
+/// indexed look-up, and agents' names repeat from one minute to the next.)
+const NAME_CACHE: usize = 100_000;
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS meta (
@@ -181,6 +186,9 @@ pub enum Sync {
     Normal,
 }
 
+/// The mutexes are taken back after a panic elsewhere (`PoisonError::into_inner`): the
+/// writer's open transaction rolled back when it unwound, and its name cache only learns
+/// committed ids, so the state is sound; refusing it would answer 503 until a restart.
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Writer>,
@@ -250,6 +258,44 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// SQL for `a + b` of two non-negative integers, stopping at `i64::MAX`. SQLite turns an
+/// integer `+` that overflows into a REAL, which then breaks every read of the column (review
+/// finding 3); `MIN(a + b, ...)` would be too late. `MAX - b` cannot overflow for `b >= 0`.
+/// A REAL left by an older collector compares above the limit and is replaced by it.
+fn sat_sum(a: &str, b: &str) -> String {
+    format!("CASE WHEN {a} > 9223372036854775807 - {b} THEN 9223372036854775807 ELSE {a} + {b} END")
+}
+
+/// A counter column as a `u64`: an INTEGER as it is; a REAL (only an older collector's
+/// overflowed sum holds one) saturated, so that such a store still answers.
+fn counter(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<u64> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(at)? {
+        ValueRef::Integer(v) => Ok(u(v)),
+        // `as` saturates (NaN is 0).
+        ValueRef::Real(v) => Ok((v as u64).min(trafficmap_model::bounds::COUNTER_MAX)),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            at,
+            r.as_ref().column_name(at).unwrap_or("?").to_owned(),
+            other.data_type(),
+        )),
+    }
+}
+
+/// Two halves of a column summed by SQL (`SUM(x >> 32)`, `SUM(x & 0xFFFFFFFF)`), put back
+/// together: exact and saturating, where `SUM(x)` raises "integer overflow" and `TOTAL(x)`
+/// rounds above 2^53. Each half-sum fits an `i64` for up to 2^31 rows.
+fn halves(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<u64> {
+    let hi = u128::from(counter(r, at)?);
+    let lo = u128::from(counter(r, at + 1)?);
+    let v = (hi << 32) + lo;
+    Ok(
+        u64::try_from(v).map_or(trafficmap_model::bounds::COUNTER_MAX, |v| {
+            v.min(trafficmap_model::bounds::COUNTER_MAX)
+        }),
+    )
+}
+
 fn bad(what: &str, v: &str) -> StoreError {
     StoreError::Other(format!("corrupt row: {what} `{v}`"))
 }
@@ -311,7 +357,12 @@ impl SqliteStore {
     }
 
     fn reader(&self) -> Result<Connection> {
-        if let Some(c) = self.readers.lock().expect("reader pool").pop() {
+        if let Some(c) = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+        {
             return Ok(c);
         }
         let c = Connection::open_with_flags(
@@ -332,7 +383,7 @@ impl SqliteStore {
     }
 
     fn give_back(&self, c: Connection) {
-        let mut pool = self.readers.lock().expect("reader pool");
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.len() < 4 {
             pool.push(c);
         }
@@ -354,7 +405,7 @@ impl SqliteStore {
         batch: &[std::sync::Arc<Ingest>],
         now: DateTime<Utc>,
     ) -> Result<Vec<Outcome>> {
-        let mut w = self.writer.lock().expect("writer");
+        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let Writer { conn, names } = &mut *w;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -365,22 +416,34 @@ impl SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (report_id) DO NOTHING",
             )?;
             let mut row = tx.prepare_cached(&format!(
-                "INSERT INTO pair_minute (minute, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                "INSERT INTO pair_minute (rowid, minute, {COLUMNS}) VALUES (?15, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
             ))?;
-            let mut agent = tx.prepare_cached(
+            // Row ids must only grow: the roll-up and the readers take the rows above the
+            // watermark as the new ones. SQLite's own choice (largest + 1) would reuse ids at
+            // or below the watermark once retention has deleted every row (a quiet week), and
+            // such rows would never be rolled up nor read from hour and day ranges.
+            let mut rowid: i64 = tx.query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(rowid) FROM pair_minute), 0),
+                            (SELECT value FROM meta WHERE key = 'rollup_watermark'))",
+                [],
+                |r| r.get(0),
+            )?;
+            let mut agent = tx.prepare_cached(&format!(
                 "INSERT INTO agents_day (day, machine_id, hostname, ec2, agent_version, backend, kernel, reports, probe_drops, spool_dropped, first_window_ms, last_window_ms, last_received_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?10, ?11)
                  ON CONFLICT (day, machine_id) DO UPDATE SET
                     hostname = CASE WHEN excluded.last_window_ms >= last_window_ms THEN excluded.hostname ELSE hostname END,
                     ec2 = CASE WHEN excluded.last_window_ms >= last_window_ms OR ec2 IS NULL THEN COALESCE(excluded.ec2, ec2) ELSE ec2 END,
                     agent_version = excluded.agent_version, backend = excluded.backend, kernel = excluded.kernel,
-                    reports = reports + 1,
-                    probe_drops = probe_drops + excluded.probe_drops,
+                    reports = {reports},
+                    probe_drops = {probe_drops},
                     spool_dropped = MAX(spool_dropped, excluded.spool_dropped),
                     first_window_ms = MIN(first_window_ms, excluded.first_window_ms),
                     last_window_ms = MAX(last_window_ms, excluded.last_window_ms),
                     last_received_ms = excluded.last_received_ms",
-            )?;
+                reports = sat_sum("reports", "1"),
+                probe_drops = sat_sum("probe_drops", "excluded.probe_drops"),
+            ))?;
             let mut address = tx.prepare_cached(
                 "INSERT INTO agent_addresses (day, machine_id, address) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             )?;
@@ -405,6 +468,7 @@ impl SqliteStore {
                 let observer = name_id(&tx, names, &mut fresh, OBSERVER, &ing.machine_id)?;
                 for r in &ing.rows {
                     let process = name_id(&tx, names, &mut fresh, PROCESS, &r.process)?;
+                    rowid += 1;
                     row.execute(params![
                         r.minute,
                         observer,
@@ -420,6 +484,7 @@ impl SqliteStore {
                         r.c.first_window_ms,
                         r.c.first_seen_ms,
                         r.c.last_seen_ms,
+                        rowid,
                     ])?;
                 }
                 let ec2 = ing
@@ -447,7 +512,12 @@ impl SqliteStore {
         }
         tx.commit()?;
         for (kind, new) in fresh.into_iter().enumerate() {
-            names[kind].extend(new);
+            if names[kind].len() + new.len() > NAME_CACHE {
+                names[kind].clear();
+            }
+            if new.len() <= NAME_CACHE {
+                names[kind].extend(new);
+            }
         }
         Ok(out)
     }
@@ -479,7 +549,7 @@ impl SqliteStore {
     }
 
     pub fn save_cloud(&self, day: NaiveDate, taken: DateTime<Utc>, body: &[u8]) -> Result<()> {
-        let w = self.writer.lock().expect("writer");
+        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         w.conn.execute(
             "INSERT INTO cloud_snapshots (day, taken_ms, body) VALUES (?1, ?2, ?3)
              ON CONFLICT (day) DO UPDATE SET taken_ms = excluded.taken_ms, body = excluded.body
@@ -504,8 +574,8 @@ impl SqliteStore {
     /// Rolls up every minute row not rolled yet, then applies retention.
     pub fn maintain(&self, now: DateTime<Utc>, retention: Retention) -> Result<Maintenance> {
         let mut m = Maintenance::default();
-        let mut w = self.writer.lock().expect("writer");
-        let conn = &mut w.conn;
+        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let Writer { conn, names } = &mut *w;
         loop {
             let n = rollup_chunk(conn)?;
             if n == 0 {
@@ -530,9 +600,10 @@ impl SqliteStore {
                 break;
             }
         }
+        let day_rows_deleted = conn.execute("DELETE FROM pair_day WHERE period < ?1", [day_cut])?;
+        m.deleted_rows += day_rows_deleted as u64;
         for (sql, cutoff) in [
             ("DELETE FROM pair_hour WHERE period < ?1", hour_cut),
-            ("DELETE FROM pair_day WHERE period < ?1", day_cut),
             (
                 "DELETE FROM reports WHERE window_start_ms < ?1 * 1000",
                 hour_cut,
@@ -546,6 +617,24 @@ impl SqliteStore {
             ),
         ] {
             m.deleted_rows += conn.execute(sql, [cutoff])? as u64;
+        }
+        // Names no row refers to any more. Every minute row is rolled up (above, under the
+        // same lock) into `pair_day`, whose retention is the longest (the configuration
+        // checks minutes <= hours <= days), so the day rows hold every name in use, and a name
+        // can only lose its last row when day rows go: prune then (about once a day), not on
+        // every run (it reads every day row's ids). Minute rows above the watermark (none
+        // after the roll-up; a cheap rowid range) are checked too, so a name is never lost.
+        // The writer's cache forgets pruned ids.
+        if day_rows_deleted > 0 {
+            let n = conn.execute(
+                "DELETE FROM names WHERE id NOT IN (
+                    SELECT observer FROM pair_day UNION SELECT process FROM pair_day
+                    UNION SELECT observer FROM pair_minute WHERE rowid > ?1
+                    UNION SELECT process FROM pair_minute WHERE rowid > ?1)",
+                [watermark],
+            )?;
+            m.deleted_rows += n as u64;
+            *names = Default::default();
         }
         Ok(m)
     }
@@ -572,10 +661,10 @@ struct TextKey {
 
 fn counters(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Counters> {
     Ok(Counters {
-        bytes_sent: u(r.get(at)?),
-        bytes_received: u(r.get(at + 1)?),
-        conns_opened: u(r.get(at + 2)?),
-        conns_carried: u(r.get(at + 3)?),
+        bytes_sent: counter(r, at)?,
+        bytes_received: counter(r, at + 1)?,
+        conns_opened: counter(r, at + 2)?,
+        conns_carried: counter(r, at + 3)?,
         first_window_ms: r.get(at + 4)?,
         first_seen_ms: r.get(at + 5)?,
         last_seen_ms: r.get(at + 6)?,
@@ -623,13 +712,16 @@ fn rollup_chunk(conn: &mut Connection) -> Result<u64> {
         let mut st = tx.prepare_cached(&format!(
             "INSERT INTO {table} (period, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (period, observer, local_ip, peer_ip, server_port, role, process) DO UPDATE SET
-                bytes_sent = bytes_sent + excluded.bytes_sent,
-                bytes_received = bytes_received + excluded.bytes_received,
-                conns_opened = conns_opened + excluded.conns_opened,
+                bytes_sent = {bytes_sent},
+                bytes_received = {bytes_received},
+                conns_opened = {conns_opened},
                 conns_carried = CASE WHEN excluded.first_window_ms < first_window_ms THEN excluded.conns_carried ELSE conns_carried END,
                 first_window_ms = MIN(first_window_ms, excluded.first_window_ms),
                 first_seen_ms = MIN(first_seen_ms, excluded.first_seen_ms),
-                last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)"
+                last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+            bytes_sent = sat_sum("bytes_sent", "excluded.bytes_sent"),
+            bytes_received = sat_sum("bytes_received", "excluded.bytes_received"),
+            conns_opened = sat_sum("conns_opened", "excluded.conns_opened"),
         ))?;
         for ((period, k), c) in sums {
             st.execute(params![
@@ -674,32 +766,26 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
     let watermark = watermark(&tx)?;
     let mut b = RangeBuilder::default();
     let segments = plan(f, t, &|_, _| true);
-    // Names by id; interned into the builder when first met in the range (an agent is in the
-    // range only if it has rows or reports there).
-    let mut ids: [rustc_hash::FxHashMap<i64, (String, Option<u32>)>; 2] = Default::default();
-    {
-        let mut st = tx.prepare_cached("SELECT id, kind, name FROM names")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let (id, kind): (i64, i64) = (r.get(0)?, r.get(1)?);
-            let kind = usize::try_from(kind)
-                .ok()
-                .filter(|k| *k <= PROCESS)
-                .ok_or_else(|| bad("name kind", &kind.to_string()))?;
-            ids[kind].insert(id, (r.get(2)?, None));
-        }
-    }
+    // Names by id, looked up when first met in the range and interned into the builder (an
+    // agent is in the range only if it has rows or reports there). Only the names the range
+    // uses are read: the table holds every name of the retention.
+    let mut ids: [rustc_hash::FxHashMap<i64, u32>; 2] = Default::default();
+    let mut name_of = tx.prepare_cached("SELECT name FROM names WHERE id = ?1 AND kind = ?2")?;
     let mut intern = |b: &mut RangeBuilder, kind: usize, id: i64| -> Result<u32> {
-        let (name, index) = ids[kind]
-            .get_mut(&id)
+        if let Some(&index) = ids[kind].get(&id) {
+            return Ok(index);
+        }
+        let name: String = name_of
+            .query_row(params![id, kind as i64], |r| r.get(0))
+            .optional()?
             .ok_or_else(|| bad("name id", &id.to_string()))?;
-        Ok(*index.get_or_insert_with(|| {
-            if kind == OBSERVER {
-                b.agent(name)
-            } else {
-                b.process(name)
-            }
-        }))
+        let index = if kind == OBSERVER {
+            b.agent(&name)
+        } else {
+            b.process(&name)
+        };
+        ids[kind].insert(id, index);
+        Ok(index)
     };
     // `unique`: whether keys are unique within the read. Roll-up tables have one row per key
     // and period, so a read of one period has unique keys; a read of several periods, or of
@@ -784,23 +870,23 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
         while let Some(r) = rows.next()? {
             let m: String = r.get(0)?;
             let a = b.agent_mut(&m);
-            a.reports += u(r.get(1)?);
-            a.probe_drops += u(r.get(2)?);
-            a.spool_dropped = a.spool_dropped.max(u(r.get(3)?));
+            a.reports = sat_add(a.reports, counter(r, 1)?);
+            a.probe_drops = sat_add(a.probe_drops, counter(r, 2)?);
+            a.spool_dropped = a.spool_dropped.max(counter(r, 3)?);
         }
     }
     for (s, e) in health_ranges {
         let mut st = tx.prepare_cached(
-            "SELECT machine_id, COUNT(*), SUM(probe_drops), MAX(spool_dropped) FROM reports
+            "SELECT machine_id, COUNT(*), SUM(probe_drops >> 32), SUM(probe_drops & 4294967295), MAX(spool_dropped) FROM reports
              WHERE window_start_ms >= ?1 * 1000 AND window_start_ms < ?2 * 1000 GROUP BY machine_id",
         )?;
         let mut rows = st.query([s, e])?;
         while let Some(r) = rows.next()? {
             let m: String = r.get(0)?;
             let a = b.agent_mut(&m);
-            a.reports += u(r.get(1)?);
-            a.probe_drops += u(r.get(2)?);
-            a.spool_dropped = a.spool_dropped.max(u(r.get(3)?));
+            a.reports = sat_add(a.reports, counter(r, 1)?);
+            a.probe_drops = sat_add(a.probe_drops, halves(r, 2)?);
+            a.spool_dropped = a.spool_dropped.max(counter(r, 4)?);
         }
     }
     // Identity of every agent seen, from the days the range touches (the latest day wins).
@@ -840,6 +926,7 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
             a.addresses = addrs.remove(&m).unwrap_or_default();
         }
     }
+    drop(name_of);
     drop(tx);
     Ok(b.finish(from, to))
 }
@@ -858,4 +945,279 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>> {
         .read_to_end(&mut out)
         .map_err(|e| StoreError::Other(format!("cloud snapshot: {e}")))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use trafficmap_model::{bounds::COUNTER_MAX, report::Role};
+
+    use super::*;
+    use crate::ingest::Row;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// One report of `machine` for the minute at `start`, with one row per process.
+    fn ingest(
+        id: &str,
+        machine: &str,
+        start: &str,
+        drops: u64,
+        rows: &[(&str, u64)],
+    ) -> Arc<Ingest> {
+        let start = at(start);
+        let minute = floor(start.timestamp(), 60);
+        Arc::new(Ingest {
+            report_id: id.into(),
+            seq: 1,
+            machine_id: machine.into(),
+            hostname: machine.into(),
+            window_start: start,
+            window_end: start + chrono::TimeDelta::minutes(1),
+            day: floor(start.timestamp(), DAY),
+            addresses: ["10.0.0.1".parse().unwrap()].into(),
+            ec2: None,
+            agent_version: "0".into(),
+            backend: "tracepoint".into(),
+            kernel: "6".into(),
+            probe_drops: drops,
+            spool_dropped: 0,
+            rows: rows
+                .iter()
+                .map(|&(process, bytes)| Row {
+                    minute,
+                    local_ip: "10.0.0.1".parse().unwrap(),
+                    peer_ip: "10.0.0.2".parse().unwrap(),
+                    server_port: 80,
+                    role: Role::Client,
+                    process: process.into(),
+                    c: Counters {
+                        bytes_sent: bytes,
+                        bytes_received: 1,
+                        conns_opened: 1,
+                        conns_carried: 0,
+                        first_window_ms: start.timestamp_millis(),
+                        first_seen_ms: start.timestamp_millis(),
+                        last_seen_ms: start.timestamp_millis(),
+                    },
+                })
+                .collect(),
+        })
+    }
+
+    /// Review finding 3: two reports whose counters are at the top of `i64` (what `i()` makes
+    /// of `u64::MAX`) made SQLite's `a + b` a REAL, and every read of the day failed. Sums now
+    /// stop at `i64::MAX`, in the upserts, the roll-up and the reads of every grain.
+    #[test]
+    fn huge_counters_saturate_and_the_day_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        let now = at("2026-11-23T12:00:00Z");
+        let batch = [
+            ingest(
+                "ovf-0000000000000001",
+                "ovf",
+                "2026-11-23T10:00:00Z",
+                u64::MAX,
+                &[("p", u64::MAX)],
+            ),
+            ingest(
+                "ovf-0000000000000002",
+                "ovf",
+                "2026-11-23T10:01:00Z",
+                u64::MAX,
+                &[("p", u64::MAX)],
+            ),
+        ];
+        assert_eq!(
+            s.ingest(&batch, now).unwrap(),
+            [Outcome::Stored, Outcome::Stored]
+        );
+        let c = Connection::open(s.path()).unwrap();
+        let kind: String = c
+            .query_row("SELECT typeof(probe_drops) FROM agents_day", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kind, "integer");
+        // Read from minute rows and `reports` (before the roll-up), then from the roll-ups
+        // and `agents_day` (after it); a whole day and a part of one.
+        let check = |s: &SqliteStore, from: &str, to: &str| {
+            let d = s.range(at(from), at(to)).unwrap();
+            assert_eq!(d.agents.len(), 1, "{from}");
+            assert_eq!(d.agents[0].probe_drops, COUNTER_MAX, "{from}");
+            assert_eq!(d.agents[0].reports, 2, "{from}");
+            assert_eq!(d.obs.len(), 1, "{from}");
+            assert_eq!(d.obs[0].c.bytes_sent, COUNTER_MAX, "{from}");
+            assert_eq!(d.obs[0].c.bytes_received, 2, "{from}");
+        };
+        let day = ("2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z");
+        let part = ("2026-11-23T09:59:00Z", "2026-11-23T10:30:00Z");
+        check(&s, day.0, day.1);
+        check(&s, part.0, part.1);
+        let m = s.maintain(now, Retention::default()).unwrap();
+        assert_eq!(m.rolled_up, 2);
+        for table in ["pair_hour", "pair_day"] {
+            let (kind, v): (String, i64) = c
+                .query_row(
+                    &format!("SELECT typeof(bytes_sent), bytes_sent FROM {table}"),
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!((kind.as_str(), v), ("integer", i64::MAX), "{table}");
+        }
+        check(&s, day.0, day.1);
+        check(&s, part.0, part.1);
+        // A hour's worth of reports in `reports`, each at the top: the SUM does not overflow.
+        let more: Vec<_> = (3..40)
+            .map(|n| {
+                ingest(
+                    &format!("ovf-{n:016}"),
+                    "ovf",
+                    &format!("2026-11-23T10:{n:02}:00Z"),
+                    u64::MAX,
+                    &[],
+                )
+            })
+            .collect();
+        s.ingest(&more, now).unwrap();
+        let d = s.range(at(part.0), at(part.1)).unwrap();
+        assert_eq!(d.agents[0].probe_drops, COUNTER_MAX);
+        assert_eq!(d.agents[0].reports, 29);
+    }
+
+    /// A store an older collector left with REAL sums still answers (saturated), and the next
+    /// upsert turns the REAL back into an integer.
+    #[test]
+    fn real_left_by_an_older_collector_reads_saturated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        let now = at("2026-11-23T12:00:00Z");
+        s.ingest(
+            &[ingest(
+                "old-0000000000000001",
+                "old",
+                "2026-11-23T10:00:00Z",
+                5,
+                &[("p", 7)],
+            )],
+            now,
+        )
+        .unwrap();
+        let c = Connection::open(s.path()).unwrap();
+        c.execute_batch(
+            "UPDATE agents_day SET probe_drops = 1.8446744073709552e19;
+             UPDATE reports SET probe_drops = 1.8446744073709552e19;
+             UPDATE pair_minute SET bytes_sent = 1.8446744073709552e19;",
+        )
+        .unwrap();
+        for (from, to) in [
+            ("2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z"),
+            ("2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z"),
+        ] {
+            let d = s.range(at(from), at(to)).unwrap();
+            assert_eq!(d.agents[0].probe_drops, COUNTER_MAX, "{from}");
+            assert_eq!(d.obs[0].c.bytes_sent, COUNTER_MAX, "{from}");
+        }
+        s.ingest(
+            &[ingest(
+                "old-0000000000000002",
+                "old",
+                "2026-11-23T10:01:00Z",
+                5,
+                &[],
+            )],
+            now,
+        )
+        .unwrap();
+        let (kind, v): (String, i64) = c
+            .query_row(
+                "SELECT typeof(probe_drops), probe_drops FROM agents_day",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((kind.as_str(), v), ("integer", i64::MAX));
+    }
+
+    /// Review finding 4: names no row refers to any more go with the retention; the writer
+    /// forgets their ids (a name coming back gets a new one); a range reads only its names.
+    #[test]
+    fn names_are_pruned_with_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        let names = |s: &SqliteStore| -> Vec<String> {
+            let c = Connection::open(s.path()).unwrap();
+            let mut st = c.prepare("SELECT name FROM names ORDER BY name").unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        let day1 = "2026-01-01T10:00:00Z";
+        let day2 = "2026-03-01T10:00:00Z";
+        s.ingest(
+            &[
+                ingest(
+                    "n-00000000000000001",
+                    "m-old",
+                    day1,
+                    0,
+                    &[("gone", 1), ("kept", 1)],
+                ),
+                ingest(
+                    "n-00000000000000002",
+                    "m-new",
+                    day2,
+                    0,
+                    &[("kept", 2), ("new", 2)],
+                ),
+            ],
+            at(day2),
+        )
+        .unwrap();
+        assert_eq!(names(&s), ["gone", "kept", "m-new", "m-old", "new"]);
+        // Day 1 is older than 30 days of day retention on day 2 + 1.
+        let retention = Retention {
+            minutes: std::time::Duration::from_secs(3600),
+            hours: std::time::Duration::from_secs(86_400),
+            days: std::time::Duration::from_secs(30 * 86_400),
+        };
+        let m = s.maintain(at("2026-03-02T00:00:00Z"), retention).unwrap();
+        assert_eq!(m.rolled_up, 4);
+        assert_eq!(names(&s), ["kept", "m-new", "new"]);
+        // Nothing more to prune: the names of rows still there stay, and a pruned name that
+        // comes back is stored afresh (not with its old, deleted id).
+        s.maintain(at("2026-03-02T00:01:00Z"), retention).unwrap();
+        assert_eq!(names(&s), ["kept", "m-new", "new"]);
+        s.ingest(
+            &[ingest(
+                "n-00000000000000003",
+                "m-old",
+                "2026-03-01T11:00:00Z",
+                0,
+                &[("gone", 3)],
+            )],
+            at(day2),
+        )
+        .unwrap();
+        assert_eq!(names(&s), ["gone", "kept", "m-new", "m-old", "new"]);
+        let d = s
+            .range(at("2026-03-01T00:00:00Z"), at("2026-03-02T00:00:00Z"))
+            .unwrap();
+        let mut procs = d.processes.clone();
+        procs.sort();
+        assert_eq!(procs, ["gone", "kept", "new"]);
+        let ids: Vec<&str> = d.agents.iter().map(|a| a.machine_id.as_str()).collect();
+        assert_eq!(ids, ["m-new", "m-old"]);
+        // A range of one host's hour reads only the names it uses.
+        let d = s
+            .range(at("2026-03-01T11:00:00Z"), at("2026-03-01T12:00:00Z"))
+            .unwrap();
+        assert_eq!(d.processes, ["gone"]);
+    }
 }
