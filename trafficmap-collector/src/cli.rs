@@ -174,6 +174,65 @@ pub enum Command {
     Rollup,
     /// Check the configuration (and the files it names) and exit.
     CheckConfig,
+    /// Agent tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Print one new line for the token file (a fresh random secret, the label, the
+    /// identities) on standard output, and nothing else. Give the secret (the line's first
+    /// word) to the agent; add the line to the collector's token file.
+    Issue(IssueArgs),
+}
+
+/// What the new token may report as (see docs/collector.md, "Tokens and identities").
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    /// Name of the token in logs (one word), e.g. the host's name.
+    #[arg(long)]
+    pub label: String,
+    /// Machine id the agent reports (its /etc/machine-id or `host_id`); repeatable.
+    #[arg(
+        long = "machine-id",
+        value_name = "ID",
+        required_unless_present = "any"
+    )]
+    pub machine_ids: Vec<String>,
+    /// Hostname pattern (`*`, `?`, `[...]`), e.g. `web-*`; repeatable. Without it: any hostname.
+    #[arg(long = "hostname", value_name = "GLOB")]
+    pub hostnames: Vec<String>,
+    /// EC2 instance id the agent may claim; repeatable. Without it, reports claiming an EC2
+    /// instance are refused.
+    #[arg(long = "instance-id", value_name = "ID")]
+    pub instance_ids: Vec<String>,
+    /// Addresses (CIDR or address) the host may claim as its own; repeatable. Without it,
+    /// only loopback addresses are accepted.
+    #[arg(long = "addresses", value_name = "CIDR")]
+    pub addresses: Vec<String>,
+    /// Any identity (`*`): the token may report as any host.
+    #[arg(long, conflicts_with_all = ["machine_ids", "hostnames", "instance_ids", "addresses"])]
+    pub any: bool,
+}
+
+impl IssueArgs {
+    /// The identity words of the token line.
+    pub fn identities(&self) -> Vec<String> {
+        if self.any {
+            return vec!["*".into()];
+        }
+        let kinds: [(&str, &Vec<String>); 4] = [
+            ("machine-id", &self.machine_ids),
+            ("hostname", &self.hostnames),
+            ("instance-id", &self.instance_ids),
+            ("addresses", &self.addresses),
+        ];
+        kinds
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}")))
+            .collect()
+    }
 }
 
 #[derive(Subcommand, Debug)]

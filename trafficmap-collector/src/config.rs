@@ -66,6 +66,21 @@ pub struct Config {
     pub daily: Daily,
     pub enrich: Enrich,
     pub cost: CostRates,
+    // --- Identity, TLS and listener limits (issue 8; helper b2) ---
+    /// PEM certificate chain served over TLS (with `tls_key_file`); re-read on SIGHUP and when
+    /// it changes. Without both: plain HTTP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// CA (PEM) of agents' client certificates (mutual TLS): with it, a report needs a client
+    /// certificate from this CA naming its `host.machine_id` (a DNS name SAN), besides the token.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Open connections from one client address at most (besides `ingest.max_connections`).
+    pub max_connections_per_address: usize,
+    /// A connection with no request in flight for this long is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    // --- end b2 ---
 }
 
 impl Default for Config {
@@ -83,6 +98,12 @@ impl Default for Config {
             daily: Daily::default(),
             enrich: Enrich::default(),
             cost: CostRates::default(),
+            // --- b2 ---
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            max_connections_per_address: 64,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -384,6 +405,9 @@ impl Config {
             &mut self.enrich.price_file,
             &mut self.enrich.ec2.snapshot_file,
             &mut self.storage.clickhouse.password_file,
+            &mut self.tls_cert_file,
+            &mut self.tls_key_file,
+            &mut self.tls_client_ca_file,
         ]
         .into_iter()
         .flatten()
@@ -416,6 +440,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.cost.validate()?;
         self.validate_auth()?;
+        self.validate_listener()?;
         self.validate_ingest()?;
         self.validate_periods()?;
         self.validate_enrich()?;
@@ -438,6 +463,37 @@ impl Config {
         }
         if let Some(t) = &self.token_file {
             crate::auth::Tokens::load(t)?;
+        }
+        Ok(())
+    }
+
+    /// The TLS files, as a whole (loaded now: a bad file fails at start), and the listener's
+    /// limits.
+    pub fn tls_paths(&self) -> Result<Option<crate::tls::TlsPaths>, String> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) if self.tls_client_ca_file.is_some() => {
+                Err("tls_client_ca_file needs tls_cert_file and tls_key_file".into())
+            }
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca_file.clone(),
+            })),
+            _ => Err("tls_cert_file and tls_key_file go together".into()),
+        }
+    }
+
+    fn validate_listener(&self) -> Result<(), String> {
+        if let Some(p) = self.tls_paths()? {
+            crate::tls::load(&p).map_err(|e| format!("tls: {e}"))?;
+        }
+        // (Above ingest.max_connections it is simply that cap.)
+        if self.max_connections_per_address == 0 {
+            return Err("max_connections_per_address must be at least 1".into());
+        }
+        if self.idle_timeout.is_zero() {
+            return Err("idle_timeout must be more than 0".into());
         }
         Ok(())
     }
@@ -556,6 +612,9 @@ mod tests {
         let mut full = Config {
             output_dir: Some("/x".into()),
             token_file: Some("/x".into()),
+            tls_cert_file: Some("/x".into()),
+            tls_key_file: Some("/x".into()),
+            tls_client_ca_file: Some("/x".into()),
             ..Config::default()
         };
         full.enrich.inventory_file = Some("/x".into());
@@ -599,6 +658,13 @@ mod tests {
         assert_eq!(example.ingest, Ingest::default());
         assert_eq!(example.retention, RetentionConfig::default());
         assert_eq!(example.daily, Daily::default());
+        assert_eq!(
+            (example.max_connections_per_address, example.idle_timeout),
+            (
+                Config::default().max_connections_per_address,
+                Config::default().idle_timeout
+            )
+        );
         assert_eq!(
             example.cost.cross_az_per_gib,
             CostRates::default().cross_az_per_gib

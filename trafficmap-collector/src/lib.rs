@@ -23,6 +23,7 @@ pub mod run;
 pub mod server;
 pub mod slots;
 pub mod store;
+pub mod tls;
 pub mod viewer;
 
 /// Lets mimalloc back its memory with transparent huge pages. A 10,000-host day's map touches

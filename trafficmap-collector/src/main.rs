@@ -2,7 +2,7 @@
 
 use clap::Parser as _;
 use trafficmap_collector::{
-    cli::{Cli, Command, Query},
+    cli::{Cli, Command, Query, TokenCommand},
     query, run,
 };
 
@@ -42,6 +42,17 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
 fn main() {
     trafficmap_collector::tune_allocator();
     let cli = Cli::parse();
+    // Issuing a token needs no configuration: nothing is read, only a line printed.
+    if let Some(Command::Token(TokenCommand::Issue(a))) = &cli.command {
+        match trafficmap_collector::auth::issue(&a.label, &a.identities()) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("trafficmap-collector: token issue: {e}");
+                std::process::exit(EXIT_CONFIG);
+            }
+        }
+        return;
+    }
     // Every command needs a valid configuration; check it before anything binds or opens.
     let cfg = match cli.settings.config() {
         Ok(c) => c,
@@ -100,7 +111,7 @@ fn main() {
                 }
                 .await
             }
-            Some(Command::CheckConfig) => Ok(0),
+            Some(Command::CheckConfig | Command::Token(_)) => Ok(0),
         };
         match result {
             Ok(code) => code,

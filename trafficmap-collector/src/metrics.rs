@@ -38,6 +38,11 @@ pub struct Source {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Task {
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapBuild {
     pub view: &'static str,
     /// `file` (a daily file served as is) or `store` (computed).
@@ -61,6 +66,12 @@ pub struct Metrics {
     pub retention_deleted: Counter,
     pub ingest_waiting: Gauge,
     pub tokens_loaded: Gauge,
+    // Identity, TLS and listener limits (issue 8, b2).
+    /// Periodic work that panicked, by task (it runs again at its next tick).
+    pub periodic_panics: Family<Task, Counter>,
+    /// Connections closed at once, by reason (`max_connections`, `per_address`), or whose TLS
+    /// handshake failed (`tls_handshake`).
+    pub connections_refused: Family<Reason, Counter>,
     dns: Arc<OnceLock<Arc<DnsCache>>>,
 }
 
@@ -127,6 +138,8 @@ impl Metrics {
             retention_deleted: Counter::default(),
             ingest_waiting: Gauge::default(),
             tokens_loaded: Gauge::default(),
+            periodic_panics: Family::default(),
+            connections_refused: Family::default(),
             dns: Arc::default(),
             registry: Registry::default(),
         };
@@ -142,7 +155,7 @@ impl Metrics {
         );
         registry.register(
             "reports_rejected",
-            "Reports refused, by reason (malformed, schema, invalid, unauthorized, too_large, too_old, clock_skew, timeout, store_unavailable).",
+            "Reports refused, by reason (malformed, schema, invalid, unauthorized, identity, too_large, too_old, clock_skew, timeout, store_unavailable).",
             m.reports_rejected.clone(),
         );
         registry.register(
@@ -208,6 +221,16 @@ impl Metrics {
             "Agent tokens currently accepted.",
             m.tokens_loaded.clone(),
         );
+        registry.register(
+            "periodic_panics",
+            "Periodic work (maintain, daily, reload) that panicked; it runs again at its next tick.",
+            m.periodic_panics.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed without serving them, by reason (max_connections, per_address, tls_handshake).",
+            m.connections_refused.clone(),
+        );
         registry.register_collector(Box::new(DnsCollector(m.dns.clone())));
         Metrics { registry, ..m }
     }
@@ -218,6 +241,16 @@ impl Metrics {
 
     pub fn reject(&self, reason: &'static str) {
         self.reports_rejected
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    pub fn periodic_panic(&self, task: &'static str) {
+        self.periodic_panics.get_or_create(&Task { task }).inc();
+    }
+
+    pub fn refuse_connection(&self, reason: &'static str) {
+        self.connections_refused
             .get_or_create(&Reason { reason })
             .inc();
     }

@@ -34,6 +34,10 @@ pub async fn cloud_source(cfg: &Config) -> Option<Box<dyn CloudSource>> {
     None
 }
 
+/// Time a client has to send a request's headers (and to finish a TLS handshake); a shorter
+/// `ingest.request_timeout` shortens it too.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -93,20 +97,40 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
         auth,
         ingest_tx,
     ));
-    let periodic = tokio::spawn(periodic(app.clone(), token_file, shutdown_rx.clone()));
+    let tls = match cfg.tls_paths().map_err(anyhow::Error::msg)? {
+        Some(p) => Some(Arc::new(
+            crate::tls::TlsFiles::open(p).map_err(|e| anyhow::anyhow!("tls: {e}"))?,
+        )),
+        None => None,
+    };
+    let mut watched: Vec<Arc<dyn Watched>> = Vec::new();
+    if let Some(t) = token_file {
+        watched.push(t);
+    }
+    if let Some(t) = &tls {
+        watched.push(t.clone());
+    }
+    let periodic = tokio::spawn(periodic(app.clone(), watched, shutdown_rx.clone()));
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.backend(), output_dir = %app.output_dir.display(), "serving");
     // The one line a person starting it looks for (and tests parse).
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "trafficmap-collector listening on http://{addr}/ (viewer and API; reports: POST /api/v1/reports)"
+        "trafficmap-collector listening on {scheme}://{addr}/ (viewer and API; reports: POST /api/v1/reports)"
     );
 
     let server = tokio::spawn(server::serve(
         listener,
         server::router(app.clone()),
-        cfg.ingest.request_timeout,
-        cfg.ingest.max_connections,
+        server::Listen {
+            header_timeout: HEADER_READ_TIMEOUT.min(cfg.ingest.request_timeout),
+            idle_timeout: cfg.idle_timeout,
+            max_connections: cfg.ingest.max_connections,
+            max_per_address: cfg.max_connections_per_address,
+            tls,
+            metrics: metrics.clone(),
+        },
         shutdown_rx.clone(),
         cfg.ingest.request_timeout + Duration::from_secs(5),
     ));
@@ -154,10 +178,75 @@ fn auth(cfg: &Config, metrics: &Metrics) -> Result<Auth> {
     })
 }
 
-/// Roll-ups and retention, daily files, token reloads (poll and SIGHUP).
+/// A file re-read when it changes (polled every 2 s) and on SIGHUP: the token file, the TLS
+/// certificate and key. A reload that fails keeps what was loaded before.
+pub trait Watched: Send + Sync {
+    /// The `source` label of the refresh metrics, and the log's name for it.
+    fn source(&self) -> &'static str;
+    fn reload(&self, force: bool) -> Reload;
+}
+
+impl Watched for TokenFile {
+    fn source(&self) -> &'static str {
+        "tokens"
+    }
+
+    fn reload(&self, force: bool) -> Reload {
+        TokenFile::reload(self, force)
+    }
+}
+
+/// Re-reads each watched file that changed (every one, with `force`).
+fn reload_all(app: &App, watched: &[Arc<dyn Watched>], force: bool) {
+    for w in watched {
+        let source = w.source();
+        match w.reload(force) {
+            Reload::Unchanged => {}
+            Reload::Loaded(n) => {
+                tracing::info!(source, entries = n, "file reloaded");
+                if source == "tokens" {
+                    app.metrics.tokens_loaded.set(n as i64);
+                }
+                app.metrics.refreshed(source, true, Utc::now());
+            }
+            Reload::Failed(e) => {
+                if source == "tokens" {
+                    tracing::error!(error = %e, "token file unusable; the previous tokens stay in force");
+                } else {
+                    tracing::error!(source, error = %e, "file unusable; the previous one stays in force");
+                }
+                app.metrics.refreshed(source, false, Utc::now());
+            }
+        }
+    }
+}
+
+/// Runs one tick's work in a task of its own, so that a panic in it is caught: logged loudly,
+/// counted in `periodic_panics_total{task}`, and the work runs again at its next tick instead
+/// of silently stopping with the loop.
+async fn guarded(
+    metrics: &Metrics,
+    task: &'static str,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if let Err(e) = tokio::spawn(work).await
+        && e.is_panic()
+    {
+        let p = e.into_panic();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        metrics.periodic_panic(task);
+        tracing::error!(task, panic = %msg, "periodic work panicked; it runs again at its next tick");
+    }
+}
+
+/// Roll-ups and retention, daily files, reloads of watched files (poll and SIGHUP).
 async fn periodic(
     app: Arc<App>,
-    tokens: Option<Arc<TokenFile>>,
+    watched: Vec<Arc<dyn Watched>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -166,43 +255,42 @@ async fn periodic(
     maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut daily = tokio::time::interval(cfg.daily.interval);
     daily.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut token_poll = tokio::time::interval(Duration::from_secs(2));
-    token_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let watched: Arc<[Arc<dyn Watched>]> = watched.into();
     let reload = |force: bool| {
-        if let Some(t) = &tokens {
-            match t.reload(force) {
-                Reload::Unchanged => {}
-                Reload::Loaded(n) => {
-                    tracing::info!(tokens = n, "token file reloaded");
-                    app.metrics.tokens_loaded.set(n as i64);
-                    app.metrics.refreshed("tokens", true, Utc::now());
-                }
-                Reload::Failed(e) => {
-                    tracing::error!(error = %e, "token file unusable; the previous tokens stay in force");
-                    app.metrics.refreshed("tokens", false, Utc::now());
-                }
-            }
-        }
+        let (app, watched) = (app.clone(), watched.clone());
+        async move { reload_all(&app, &watched, force) }
     };
     loop {
         tokio::select! {
-            _ = maintain.tick() => {
-                match app.store.maintain(Utc::now(), cfg.retention.retention()).await {
-                    Ok(m) => {
-                        app.metrics.rolled_up.inc_by(m.rolled_up);
-                        app.metrics.retention_deleted.inc_by(m.deleted_rows);
-                    }
-                    Err(e) => {
-                        app.metrics.store_error("maintain");
-                        tracing::error!(error = %e, "roll-up/retention failed; retrying at the next interval");
-                    }
-                }
+            _ = maintain.tick() => guarded(&app.metrics, "maintain", maintain_once(app.clone())).await,
+            _ = daily.tick(), if cfg.daily.enabled => {
+                let a = app.clone();
+                guarded(&app.metrics, "daily", async move { write_daily(&a).await }).await;
             }
-            _ = daily.tick(), if cfg.daily.enabled => write_daily(&app).await,
-            _ = token_poll.tick() => reload(false),
-            _ = hup.recv() => reload(true),
+            _ = poll.tick() => guarded(&app.metrics, "reload", reload(false)).await,
+            _ = hup.recv() => guarded(&app.metrics, "reload", reload(true)).await,
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Roll-ups and retention, once.
+async fn maintain_once(app: Arc<App>) {
+    match app
+        .store
+        .maintain(Utc::now(), app.cfg.retention.retention())
+        .await
+    {
+        Ok(m) => {
+            app.metrics.rolled_up.inc_by(m.rolled_up);
+            app.metrics.retention_deleted.inc_by(m.deleted_rows);
+        }
+        Err(e) => {
+            app.metrics.store_error("maintain");
+            tracing::error!(error = %e, "roll-up/retention failed; retrying at the next interval");
         }
     }
 }
@@ -259,5 +347,34 @@ async fn write_daily(app: &App) {
                 tracing::error!(error = %e, %day, "writing the daily maps failed; retrying at the next interval");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panicking tick is caught, counted and logged; the next tick runs.
+    #[tokio::test]
+    async fn a_panic_in_periodic_work_is_counted_and_the_work_goes_on() {
+        let m = Metrics::new();
+        guarded(&m, "daily", async { panic!("boom") }).await;
+        guarded(&m, "daily", async {
+            panic!("{}", String::from("boom again"))
+        })
+        .await;
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = ran.clone();
+        guarded(&m, "daily", async move {
+            r.store(true, std::sync::atomic::Ordering::SeqCst)
+        })
+        .await;
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+        let text = m.encode();
+        assert!(
+            text.lines()
+                .any(|l| l == "trafficmap_collector_periodic_panics_total{task=\"daily\"} 2"),
+            "{text}"
+        );
     }
 }

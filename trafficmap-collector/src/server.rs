@@ -32,7 +32,7 @@ use trafficmap_model::{
 };
 
 use crate::{
-    auth::{Auth, Denied},
+    auth::{Auth, Denied, Grant, IdentityError},
     config::Config,
     enrich::refresh::Enricher,
     export::{self, Format},
@@ -230,6 +230,9 @@ enum IngestError {
     Encoding(String),
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// The report claims an identity its token does not cover.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error(
         "report window starts at {start}, before the minute retention ({} ago): it can no longer be stored exactly",
         humantime::format_duration(*.retention)
@@ -270,6 +273,7 @@ impl IngestError {
         use IngestError::*;
         match self {
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Identity(_) => StatusCode::FORBIDDEN,
             DeclaredTooLarge { .. } | BodyTooLarge { .. } | InflatedTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -286,6 +290,7 @@ impl IngestError {
         use IngestError::*;
         match self {
             Unauthorized(_) => "unauthorized",
+            Identity(_) => "identity",
             DeclaredTooLarge { .. } | BodyTooLarge { .. } | InflatedTooLarge { .. } => "too_large",
             Busy | ShuttingDown | Store(_) => "store_unavailable",
             Timeout(_) => "timeout",
@@ -336,7 +341,7 @@ async fn ingest(app: &App, req: Request) -> Result<Response, IngestError> {
     let start = Instant::now();
     let limits = &app.cfg.ingest;
     let (parts, body) = req.into_parts();
-    let agent = app
+    let grant = app
         .auth
         .check(
             parts
@@ -357,6 +362,8 @@ async fn ingest(app: &App, req: Request) -> Result<Response, IngestError> {
     .await?;
     let json = decode(&parts.headers, &bytes, limits.max_body_bytes)?;
     let report = Report::from_json(&json)?;
+    check_identity(&grant, &report)?;
+    check_client_cert(app, parts.extensions.get::<ClientCert>(), &report)?;
     check_window(&report, &app.cfg, Utc::now())?;
     let ing = Arc::new(Ingest::from_report(&report));
     drop(report);
@@ -365,13 +372,64 @@ async fn ingest(app: &App, req: Request) -> Result<Response, IngestError> {
     let id = ing.report_id.clone();
     Ok(match submit(app, ing, start).await? {
         Outcome::Stored => {
-            tracing::debug!(report_id = %id, pairs, agent = %agent, "report stored");
+            tracing::debug!(report_id = %id, pairs, agent = %grant.label, "report stored");
             json_ok(serde_json::json!({ "status": "stored", "report_id": id, "pairs": pairs }))
         }
         Outcome::Duplicate => {
             json_ok(serde_json::json!({ "status": "duplicate", "report_id": id, "pairs": 0 }))
         }
     })
+}
+
+/// Refuses a report claiming a host identity its token does not cover (403), before anything
+/// of it is stored or remembered.
+fn check_identity(grant: &Grant, report: &Report) -> Result<(), IdentityError> {
+    grant.scope.covers(report).inspect_err(|e| {
+        tracing::warn!(token = %grant.label, error = %e, "report refused: identity not covered by its token");
+    })
+}
+
+/// With mutual TLS (`tls_client_ca_file`), a report needs the connection's client certificate
+/// (verified against that CA at the handshake), and the certificate must name the report's
+/// `host.machine_id` as a DNS name in its subject alternative names.
+fn check_client_cert(
+    app: &App,
+    cert: Option<&ClientCert>,
+    report: &Report,
+) -> Result<(), IdentityError> {
+    if app.cfg.tls_client_ca_file.is_none() {
+        return Ok(());
+    }
+    let id = &report.host.machine_id;
+    let Some(cert) = cert else {
+        return Err(IdentityError(format!(
+            "host.machine_id {id:?}: this collector needs a client certificate naming it (mutual TLS)"
+        )));
+    };
+    if names_machine_id(&cert.0, id) {
+        Ok(())
+    } else {
+        tracing::warn!(machine_id = %id, "report refused: the client certificate does not name its machine id");
+        Err(IdentityError(format!(
+            "host.machine_id {id:?} is not named by the client certificate"
+        )))
+    }
+}
+
+/// Whether a certificate's subject alternative names hold `id` as a DNS name (ASCII case
+/// ignored, otherwise exact: no wildcards, and a machine id need not be a valid host name).
+fn names_machine_id(der: &[u8], id: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, GeneralName::DNSName(d) if d.eq_ignore_ascii_case(id)))
 }
 
 /// Refuses a body whose declared length is over the limit, before reading any of it.
@@ -706,27 +764,85 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// The listener's limits and TLS (see `run.rs`).
+pub struct Listen {
+    /// Time to send a request's headers (and to finish a TLS handshake).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_per_address: usize,
+    pub tls: Option<Arc<crate::tls::TlsFiles>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The verified client certificate of a mutual-TLS connection, on each of its requests.
+#[derive(Clone, Debug)]
+pub struct ClientCert(pub rustls::pki_types::CertificateDer<'static>);
+
+/// Connections open per client address; a slot is given back when dropped.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// A slot for `ip`, unless it already has `max` connections open. The table holds only
+    /// addresses with an open connection, so it is bounded by the global cap.
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut t = self
+            .table
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` fires, then lets open requests finish (for at most
-/// `grace`).
+/// `grace`). Each connection takes a slot of `max_connections` and one of its address's
+/// `max_per_address`; a connection over either cap is closed at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    header_timeout: Duration,
-    max_connections: usize,
+    limits: Listen,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    use hyper_util::{
-        rt::{TokioIo, TokioTimer},
-        server::graceful::GracefulShutdown,
-        service::TowerToHyperService,
-    };
-    let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(max_connections));
+    let limits = Arc::new(limits);
+    let global = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
+    let mut open = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little rather than spin.
@@ -735,34 +851,187 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tracing::warn!(max_connections, "connection limit reached; closing a new connection");
+                let Ok(permit) = global.clone().try_acquire_owned() else {
+                    limits.metrics.refuse_connection("max_connections");
+                    tracing::warn!(max_connections = limits.max_connections, "connection limit reached; closing a new connection");
+                    continue;
+                };
+                let ip = peer.ip().to_canonical();
+                let Some(slot) = per_address.take(ip, limits.max_per_address) else {
+                    limits.metrics.refuse_connection("per_address");
+                    tracing::debug!(%ip, max = limits.max_per_address, "per-address connection limit reached; closing a new connection");
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(router.clone());
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    drop(permit);
+                let conn = connection(stream, peer, router.clone(), limits.clone(), shutdown.clone());
+                open.spawn(async move {
+                    conn.await;
+                    drop((permit, slot));
                 });
             }
+            // Reap finished connections (the set would grow otherwise).
+            Some(_) = open.join_next(), if !open.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained =
+        tokio::time::timeout(grace, async { while open.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
         tracing::warn!(
             ?grace,
             "connections still open after the grace period; closing them"
         );
+        open.abort_all();
+    }
+}
+
+/// One connection: the TLS handshake (within the header timeout) when TLS is on, then HTTP/1.1.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    router: Router,
+    limits: Arc<Listen>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(tls) = &limits.tls else {
+        return serve_http(stream, peer, None, router, &limits, shutdown).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            let cert = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| ClientCert(c.clone().into_owned()));
+            serve_http(s, peer, cert, router, &limits, shutdown).await
+        }
+        Ok(Err(e)) => {
+            limits.metrics.refuse_connection("tls_handshake");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            limits.metrics.refuse_connection("tls_handshake");
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Requests in flight on a connection and when it last became idle, for the idle timeout.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: Mutex<tokio::time::Instant>,
+}
+
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// When the connection may be closed as idle: `None` while a request is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(
+            *self
+                .idle_since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                + idle,
+        )
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// HTTP/1.1 on one connection, with keep-alive, until the client closes it, it stays idle
+/// for `idle_timeout`, or the server stops (then the request in flight is finished first).
+/// Every request carries the peer's address (`ConnectInfo`) and, with mutual TLS, the
+/// client's certificate ([`ClientCert`]).
+async fn serve_http<I>(
+    io: I,
+    peer: std::net::SocketAddr,
+    cert: Option<ClientCert>,
+    router: Router,
+    limits: &Listen,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    use tower::ServiceExt as _;
+    let activity = Arc::new(Activity {
+        in_flight: 0.into(),
+        idle_since: Mutex::new(tokio::time::Instant::now()),
+    });
+    let act = activity.clone();
+    let svc = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        let busy = act.begin();
+        let router = router.clone();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
+        async move {
+            let r = router.oneshot(req).await;
+            drop(busy);
+            r
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    tokio::pin!(conn);
+    let mut closing = false;
+    if *shutdown.borrow_and_update() {
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    loop {
+        let idle_at = activity
+            .idle_deadline(limits.idle_timeout)
+            .unwrap_or_else(|| tokio::time::Instant::now() + limits.idle_timeout);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            // Stopping (or the server gone): finish the request in flight, then close.
+            _ = shutdown.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep_until(idle_at), if !closing => {
+                if activity
+                    .idle_deadline(limits.idle_timeout)
+                    .is_some_and(|d| d <= tokio::time::Instant::now())
+                {
+                    tracing::debug!(%peer, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
     }
 }

@@ -356,7 +356,7 @@ fn tokens_reload_without_restart() {
     // Both tokens during the rotation.
     std::fs::write(
         dir.path().join("tokens"),
-        format!("{TOKEN} old\n{new} new\n"),
+        format!("{TOKEN} old *\n{new} new *\n"),
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -370,7 +370,7 @@ fn tokens_reload_without_restart() {
     }
     assert_eq!(post(TOKEN, "reload-00000000000004"), 200);
     // The old one retired; an emptied file (a bad edit) keeps the tokens in force.
-    std::fs::write(dir.path().join("tokens"), format!("{new}\n")).unwrap();
+    std::fs::write(dir.path().join("tokens"), format!("{new} new *\n")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while post(TOKEN, "reload-00000000000005") != 401 {
         assert!(Instant::now() < deadline, "the old token stayed valid");

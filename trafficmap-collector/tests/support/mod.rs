@@ -76,7 +76,12 @@ impl Collector {
         let l3 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                // `http://ADDR/`, or `https://ADDR/` with TLS on.
+                let rest = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .or_else(|| line.split("listening on https://").nth(1));
+                if let Some(rest) = rest {
                     let addr: SocketAddr = rest.split('/').next().unwrap().parse().unwrap();
                     let _ = tx.send(addr);
                 }
@@ -265,7 +270,7 @@ pub fn post_report(addr: SocketAddr, body: &[u8]) -> Response {
 
 pub fn write_tokens(dir: &Path) -> PathBuf {
     let p = dir.join("tokens");
-    std::fs::write(&p, format!("{TOKEN} test-agents\n")).unwrap();
+    std::fs::write(&p, format!("{TOKEN} test-agents *\n")).unwrap();
     p
 }
 
