@@ -1106,7 +1106,7 @@ fn docs_table() -> String {
             CHECKED
         ));
     }
-    for (name, request, answer, checked) in SPECIAL {
+    for (name, request, answer, checked) in SPECIAL.iter().chain(TLS_ATTACKS) {
         t.push_str(&format!(
             "| `{name}` | {request} | {answer} | {checked} |\n"
         ));
@@ -1760,13 +1760,227 @@ fn docs_table_lists_every_attack() {
     let names: BTreeSet<&str> = ATTACKS
         .iter()
         .map(|a| a.name)
-        .chain(SPECIAL.iter().map(|s| s.0))
+        .chain(SPECIAL.iter().chain(TLS_ATTACKS).map(|s| s.0))
         .collect();
-    assert_eq!(names.len(), ATTACKS.len() + SPECIAL.len(), "names repeat");
+    assert_eq!(
+        names.len(),
+        ATTACKS.len() + SPECIAL.len() + TLS_ATTACKS.len(),
+        "names repeat"
+    );
     let docs = std::fs::read_to_string(support::root().join("docs/collector.md")).unwrap();
     let want = docs_table();
     assert!(
         docs.contains("### Attacks and answers") && docs.contains(&want),
         "docs/collector.md, \"Attacks and answers\", must hold exactly this table:\n\n{want}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over TLS (mutual): what a token alone cannot do once client certificates name the host.
+
+/// A CA of the test's own and certificates it signs.
+struct Pki {
+    ca_pem: String,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        Pki {
+            ca_pem: ca.pem(),
+            ca,
+        }
+    }
+
+    /// (certificate PEM, key PEM) naming `names`.
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// An HTTPS client like the agent's (reqwest with rustls), trusting `ca_pem`, with an optional
+/// client certificate.
+fn tls_client(ca_pem: &str, identity: Option<&(String, String)>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5));
+    for cert in reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes()).unwrap() {
+        b = b.add_root_certificate(cert);
+    }
+    if let Some((cert, key)) = identity {
+        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// The TLS attacks, for the docs table: (name, request, answer, what is checked).
+const TLS_ATTACKS: &[(&str, &str, &str, &str)] = &[
+    (
+        "tls_plain_http",
+        "plain HTTP to the TLS port",
+        "no HTTP answer",
+        "the connection carries no `HTTP/1.1` answer",
+    ),
+    (
+        "tls_no_client_cert",
+        "the legitimate token and report, no client certificate (mutual TLS on)",
+        "403 `identity:`",
+        "status, message prefix, security headers; nothing stored",
+    ),
+    (
+        "tls_other_host_cert",
+        "the legitimate token and report, the attacker's client certificate",
+        "403 `identity:`",
+        "status, message prefix, security headers; nothing stored",
+    ),
+    (
+        "tls_foreign_ca_cert",
+        "a client certificate of another CA naming the legitimate machine id",
+        "handshake refused",
+        "no HTTP answer",
+    ),
+];
+
+async fn post_tls(
+    client: &reqwest::Client,
+    port: u16,
+    token: &str,
+    body: Vec<u8>,
+) -> Result<Response, String> {
+    let r = client
+        .post(format!("https://localhost:{port}{REPORTS}"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("{e}"))?;
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let body = r.bytes().await.map_err(|e| format!("{e}"))?.to_vec();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_files(
+        dir.path(),
+        &agent_token_lines(),
+        &read_token_lines(),
+        INVENTORY,
+    );
+    let server = Pki::new("hostile server CA");
+    let (cert, key) = server.leaf(&["localhost"]);
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    let agents = Pki::new("hostile agents CA");
+    std::fs::write(dir.path().join("agents-ca.pem"), &agents.ca_pem).unwrap();
+    let mut cfg = config(Backend::Sqlite, dir.path(), &files, None);
+    cfg = format!(
+        "tls_cert_file = \"{d}/cert.pem\"\ntls_key_file = \"{d}/key.pem\"\ntls_client_ca_file = \"{d}/agents-ca.pem\"\n{cfg}",
+        d = dir.path().display()
+    );
+    let cfg_path = dir.path().join("collector.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let c =
+        tokio::task::block_in_place(|| Collector::start(&["--config", cfg_path.to_str().unwrap()]));
+    let port = c.addr.port();
+    let legit_cert = agents.leaf(&[LEGIT_MID]);
+    let attacker_cert = agents.leaf(&[ATTACKER_MID]);
+    let foreign = Pki::new("someone else's CA").leaf(&[LEGIT_MID]);
+    let mut failures = Vec::new();
+    let start = minute(2);
+    let body = |i: u64| legit_report("tls", i, start - TimeDelta::minutes(i as i64));
+
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let plain = tokio::task::block_in_place(|| send(c.addr, LOCAL, &Req::get("/healthz")));
+    if let Ok(r) = &plain {
+        failures.push(format!(
+            "tls_plain_http: answered {} over plain HTTP",
+            r.status
+        ));
+    }
+    for (name, client) in [
+        ("tls_no_client_cert", tls_client(&server.ca_pem, None)),
+        (
+            "tls_other_host_cert",
+            tls_client(&server.ca_pem, Some(&attacker_cert)),
+        ),
+    ] {
+        match post_tls(&client, port, LEGIT_TOKEN, body(1)).await {
+            Ok(r) => {
+                if let Err(e) = check_answer(Expect::Error(403, "identity:"), &r) {
+                    failures.push(format!("{name}: {e}"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    let stranger = tls_client(&server.ca_pem, Some(&foreign));
+    if let Ok(r) = post_tls(&stranger, port, LEGIT_TOKEN, body(1)).await {
+        failures.push(format!(
+            "tls_foreign_ca_cert: answered {} {}",
+            r.status,
+            r.text()
+        ));
+    }
+    // The legitimate agent, with its certificate: stored, and only its bytes are there.
+    let legit = tls_client(&server.ca_pem, Some(&legit_cert));
+    match post_tls(&legit, port, LEGIT_TOKEN, body(0)).await {
+        Ok(r) if r.status == 200 && r.json()["status"] == "stored" => {}
+        Ok(r) => failures.push(format!(
+            "legitimate report over TLS: {} {}",
+            r.status,
+            r.text()
+        )),
+        Err(e) => failures.push(format!("legitimate report over TLS: {e}")),
+    }
+    let map = legit
+        .get(format!(
+            "https://localhost:{port}/api/v1/maps?view=instances&from={}&to={}",
+            (start - TimeDelta::minutes(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            (start + TimeDelta::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let map: Value = serde_json::from_slice(&map).unwrap_or(Value::Null);
+    if map["totals"]["bytes"] != 10_410 {
+        failures.push(format!(
+            "over TLS the map holds {} bytes, want the legitimate 10410 only",
+            map["totals"]["bytes"]
+        ));
+    }
+    tokio::task::block_in_place(|| drop(c));
+    assert!(
+        failures.is_empty(),
+        "TLS: {} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
     );
 }
