@@ -68,6 +68,20 @@ pub fn clickhouse() -> Result<String> {
     Ok("clickhouse-server 18.16: conformance, roll-ups, retention, two collectors".into())
 }
 
+/// Every network attack of issue 8 against the real collector binary, on SQLite and on
+/// ClickHouse (Debian's clickhouse-server, as the `clickhouse` stage uses; `cargo xtask setup`
+/// installs it). One `cargo test` builds the binary once for both backends.
+pub fn hostile() -> Result<String> {
+    if !["/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+    {
+        bail!("clickhouse-server is missing (cargo xtask setup installs it)");
+    }
+    run(cargo().args(["test", "-p", "trafficmap-collector", "--test", "hostile"]))?;
+    Ok("attacks on SQLite and ClickHouse answered as documented; maps and exports equal the reference's".into())
+}
+
 /// EC2 enrichment against moto_server from the test venv.
 pub fn ec2_moto() -> Result<String> {
     let moto = setup::venv().join("bin/moto_server");

@@ -50,6 +50,11 @@ pub fn stages() -> Vec<Stage> {
             run: crate::collector::clickhouse,
         },
         Stage {
+            name: "hostile",
+            about: "attacks of issue 8 against the collector binary on SQLite and ClickHouse",
+            run: crate::collector::hostile,
+        },
+        Stage {
             name: "ec2-moto",
             about: "collector's EC2 enrichment against moto_server",
             run: crate::collector::ec2_moto,
