@@ -1737,11 +1737,13 @@ fn run_backend(backend: Backend) {
 }
 
 #[test]
+#[ignore = "run by the hostile stage: cargo xtask test --only hostile"]
 fn hostile_sqlite() {
     run_backend(Backend::Sqlite);
 }
 
 #[test]
+#[ignore = "run by the hostile stage: cargo xtask test --only hostile"]
 fn hostile_clickhouse() {
     run_backend(Backend::ClickHouse);
 }
@@ -1884,6 +1886,7 @@ async fn post_tls(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the hostile stage: cargo xtask test --only hostile"]
 async fn hostile_tls() {
     let dir = tempfile::tempdir().unwrap();
     let files = write_files(

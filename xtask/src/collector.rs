@@ -78,7 +78,16 @@ pub fn hostile() -> Result<String> {
     {
         bail!("clickhouse-server is missing (cargo xtask setup installs it)");
     }
-    run(cargo().args(["test", "-p", "trafficmap-collector", "--test", "hostile"]))?;
+    // The attacks are `#[ignore]`d so that the `unit` stage does not run them a second time.
+    run(cargo().args([
+        "test",
+        "-p",
+        "trafficmap-collector",
+        "--test",
+        "hostile",
+        "--",
+        "--include-ignored",
+    ]))?;
     Ok("attacks on SQLite and ClickHouse answered as documented; maps and exports equal the reference's".into())
 }
 
@@ -98,8 +107,8 @@ pub fn ec2_moto() -> Result<String> {
     Ok("moto: instances, groups, spot prices, maps".into())
 }
 
-/// The archive against moto_server's S3 (the same venv as `ec2-moto`). Without the `ec2`
-/// feature: the archive does not need aws-sdk-ec2, which takes minutes to build.
+/// The archive against moto_server's S3 (the same venv as `ec2-moto`). With the default
+/// features, like the `unit` stage: the test binary it built is reused, not built again.
 pub fn archive() -> Result<String> {
     let moto = setup::venv().join("bin/moto_server");
     if !moto.exists() {
@@ -113,7 +122,6 @@ pub fn archive() -> Result<String> {
             "test",
             "-p",
             "trafficmap-collector",
-            "--no-default-features",
             "--test",
             "archive",
             "--",
