@@ -368,6 +368,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         probe,
         agent,
         host,
+        counting_since,
     } = setup(&config).await?;
     drop_privileges(&probe);
 
@@ -404,6 +405,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         started,
     };
     let window_start = drain_loop(
+        counting_since,
         &cli,
         &mut config,
         &collector,
@@ -486,6 +488,11 @@ struct Setup {
     probe: Probe,
     agent: Agent,
     host: Host,
+    /// When the probe started counting (just before it loaded): the start of the first
+    /// window, so that the window spans every byte it carries (a window that started later,
+    /// after the identity look-up, could be far shorter than its bytes' span and have them
+    /// clamped to its per-window bound).
+    counting_since: DateTime<Utc>,
 }
 
 /// Opens the sinks, binds the metrics endpoint, loads the probe and resolves the host identity.
@@ -522,6 +529,7 @@ async fn setup(config: &Config) -> Result<Setup> {
         ignore_tgid: std::process::id(),
         classic_tracepoints: false,
     };
+    let counting_since = Utc::now();
     let probe = tokio::task::spawn_blocking(move || Probe::load(&opts))
         .await
         .context("probe loader panicked")??;
@@ -582,6 +590,7 @@ async fn setup(config: &Config) -> Result<Setup> {
         probe,
         agent,
         host,
+        counting_since,
     })
 }
 
@@ -783,6 +792,7 @@ pub fn seal(report: &mut Report, metrics: &Metrics) {
 /// Drains at every interval boundary until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 /// Returns the start of the window still open.
 async fn drain_loop(
+    mut window_start: DateTime<Utc>,
     cli: &Cli,
     config: &mut Config,
     collector: &Option<Collector>,
@@ -790,7 +800,6 @@ async fn drain_loop(
     log_reload: &LogReload,
     window: &WindowDrain<'_>,
 ) -> Result<DateTime<Utc>> {
-    let mut window_start = Utc::now();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
