@@ -29,6 +29,7 @@ use crate::{
     pairs::{Accumulator, Attributed, Clock},
     probe::{Probe, ProbeOptions},
     roles::{self, ListenerCache},
+    sanitize,
     ship::{self, Collector},
     spool::Spool,
 };
@@ -367,6 +368,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         probe,
         agent,
         host,
+        counting_since,
     } = setup(&config).await?;
     drop_privileges(&probe);
 
@@ -403,6 +405,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         started,
     };
     let window_start = drain_loop(
+        counting_since,
         &cli,
         &mut config,
         &collector,
@@ -485,6 +488,11 @@ struct Setup {
     probe: Probe,
     agent: Agent,
     host: Host,
+    /// When the probe started counting (just before it loaded): the start of the first
+    /// window, so that the window spans every byte it carries (a window that started later,
+    /// after the identity look-up, could be far shorter than its bytes' span and have them
+    /// clamped to its per-window bound).
+    counting_since: DateTime<Utc>,
 }
 
 /// Opens the sinks, binds the metrics endpoint, loads the probe and resolves the host identity.
@@ -521,6 +529,7 @@ async fn setup(config: &Config) -> Result<Setup> {
         ignore_tgid: std::process::id(),
         classic_tracepoints: false,
     };
+    let counting_since = Utc::now();
     let probe = tokio::task::spawn_blocking(move || Probe::load(&opts))
         .await
         .context("probe loader panicked")??;
@@ -540,7 +549,31 @@ async fn setup(config: &Config) -> Result<Setup> {
     });
     let metrics = Arc::new(metrics);
     metrics.map_capacity.set(i64::from(probe.max_connections()));
-    let host = identity::host(config, probe.netns_inum()).await?;
+    let mut host = identity::host(config, probe.netns_inum()).await?;
+    // The system's name, id, addresses and EC2 metadata are whatever the machine says: brought
+    // within the report bounds once, here, and said once (the configured ones were checked at
+    // load). Reports carry this host as is.
+    let fixed = sanitize::host(&mut host);
+    if fixed.strings > 0 {
+        warn!(
+            fixed = fixed.strings,
+            "host identity: names with control characters or over the report bounds were replaced or cut (see docs/agent.md, \"Report bounds\")"
+        );
+        inc_fix(&metrics, "string", fixed.strings);
+    }
+    if fixed.addresses_omitted > 0 {
+        warn!(
+            omitted = fixed.addresses_omitted,
+            kept = host.addresses.len(),
+            "host identity: more than {} interface addresses (or duplicates): reports carry the lowest {}",
+            trafficmap_model::bounds::MAX_ADDRESSES,
+            trafficmap_model::bounds::MAX_ADDRESSES,
+        );
+        inc_fix(&metrics, "address_omitted", fixed.addresses_omitted);
+    }
+    metrics
+        .host_addresses_omitted
+        .set(metrics::gauge(fixed.addresses_omitted));
     info!(
         hostname = %host.hostname,
         host_id = %host.machine_id,
@@ -557,6 +590,7 @@ async fn setup(config: &Config) -> Result<Setup> {
         probe,
         agent,
         host,
+        counting_since,
     })
 }
 
@@ -674,6 +708,10 @@ impl WindowDrain<'_> {
             // Numbered when written (`Sinks::write_pending`).
             || Ok(0),
         )?;
+        let mut reports = reports;
+        for r in &mut reports {
+            seal(r, metrics);
+        }
         let nreports = reports.len();
         sinks.emit(reports, metrics);
         metrics.drains.inc();
@@ -684,9 +722,77 @@ impl WindowDrain<'_> {
     }
 }
 
+fn inc_fix(metrics: &Metrics, reason: &str, n: u64) {
+    metrics::inc_saturating(
+        &metrics.report_fixes.get_or_create(&metrics::ReasonLabels {
+            reason: reason.to_owned(),
+        }),
+        n,
+    );
+}
+
+/// Brings a report within the model's bounds (`sanitize::report`), then checks it with
+/// `Report::validate`, the function the collector runs, so that what the agent emits is what
+/// the collector accepts. A report that still fails is a bug of the agent: logged at error and
+/// counted, and emitted anyway: the collector refuses it (400) and the agent keeps it in the
+/// spool's rejected/ directory, where an operator can read its data; dropping it here would
+/// lose the data without a trace.
+///
+/// A window that came out longer than `MAX_WINDOW` (a drain failed, the machine slept through
+/// boundaries; `interval` may be up to 1 h) keeps its end and all its bytes, and its start moves
+/// to `end - MAX_WINDOW`: bounding `interval` could not cover a run of failed drains or a long
+/// suspend, this does. See docs/agent.md, "Report bounds".
+pub fn seal(report: &mut Report, metrics: &Metrics) {
+    let original_start = report.window.start;
+    let f = sanitize::report(report);
+    if f.window_shortened {
+        warn!(
+            from = %original_start,
+            to = %report.window.start,
+            end = %report.window.end,
+            "window longer than the 1 h report bound (missed drain or suspend): its start was moved; all its bytes are kept"
+        );
+        inc_fix(metrics, "window_shortened", 1);
+    }
+    if f.strings > 0 {
+        warn!(
+            fixed = f.strings,
+            "report strings with control characters or over their bound were replaced or cut"
+        );
+        inc_fix(metrics, "string", f.strings);
+    }
+    if f.addresses_omitted > 0 {
+        inc_fix(metrics, "address_omitted", f.addresses_omitted);
+    }
+    if f.pairs_merged > 0 {
+        inc_fix(metrics, "pair_merged", f.pairs_merged);
+    }
+    if f.map_entries_clamped {
+        // Expected under churn with the key-by-key map walk (kernels before 5.6).
+        tracing::debug!("map_entries counted above map_capacity: clamped");
+        inc_fix(metrics, "map_entries_clamped", 1);
+    }
+    if f.counters > 0 {
+        error!(
+            clamped = f.counters,
+            "counters above what a real host can do in this window (a probe bug): clamped to the report bound"
+        );
+        inc_fix(metrics, "counter_clamped", f.counters);
+    }
+    if let Err(e) = report.validate() {
+        metrics.report_invalid.inc();
+        error!(
+            error = %e,
+            report_id = %report.report_id,
+            "a report breaks the report bounds after sanitising (an agent bug): spooled anyway, the collector will refuse it and it will be kept in rejected/"
+        );
+    }
+}
+
 /// Drains at every interval boundary until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 /// Returns the start of the window still open.
 async fn drain_loop(
+    mut window_start: DateTime<Utc>,
     cli: &Cli,
     config: &mut Config,
     collector: &Option<Collector>,
@@ -694,7 +800,6 @@ async fn drain_loop(
     log_reload: &LogReload,
     window: &WindowDrain<'_>,
 ) -> Result<DateTime<Utc>> {
-    let mut window_start = Utc::now();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -1011,5 +1116,144 @@ mod tests {
             build_reports(vec![], &agent, &host, window, &Health::default(), || Ok(1)).unwrap();
         assert_eq!(empty.len(), 1);
         assert!(empty[0].pairs.is_empty());
+    }
+
+    /// Hostile inputs (a process named with ESC and 300 bytes, 300 addresses, a window
+    /// stretched to 2 h, churned map_entries, impossible counters): the agent emits exactly the
+    /// sanitised values, and the collector's own check accepts them.
+    #[test]
+    fn hostile_inputs_become_a_report_the_collector_accepts() {
+        use std::net::{IpAddr, Ipv4Addr};
+        use trafficmap_model::bounds;
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let ip = |i: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+        let pair = |peer: u32, process: String, sent: u64, received: u64, opened: u64| Pair {
+            local_ip: ip(1),
+            peer_ip: ip(peer),
+            server_port: 443,
+            role: report::Role::Client,
+            role_source: report::RoleSource::Observed,
+            process,
+            bytes_sent: sent,
+            bytes_received: received,
+            connections_opened: opened,
+            connections_closed: 0,
+            connections_active: 1,
+            first_seen: t("2026-11-23T10:00:00Z"),
+            last_seen: t("2026-11-23T11:30:00Z"),
+        };
+        let long = "a".repeat(299);
+        let pairs = vec![
+            pair(0x1_0001, format!("\u{1b}{long}"), u64::MAX, 1000, u64::MAX),
+            // Another name that sanitises to the same: one pair after sanitising.
+            pair(0x1_0001, format!("\u{7}{long}"), 5, 500, 0),
+            Pair {
+                first_seen: t("2026-11-23T10:30:00Z"),
+                ..pair(0x1_0002, "nginx".into(), 42, 7, 1)
+            },
+        ];
+        let host = Host {
+            hostname: "web\u{1b}]0;pwn\u{7}".into(),
+            machine_id: "m".into(),
+            addresses: (0..300).rev().map(ip).collect(),
+            netns: None,
+            ec2: None,
+        };
+        let agent = Agent {
+            version: "0".into(),
+            backend: "fexit".into(),
+            kernel: "6.1\n".into(),
+        };
+        let health = Health {
+            drops: [("ring_full".to_owned(), u64::MAX)].into(),
+            map_entries: 70_000,
+            map_capacity: 65_536,
+            spool_dropped: 0,
+        };
+        let window = Window {
+            start: t("2026-11-23T10:00:00Z"),
+            end: t("2026-11-23T12:00:00Z"),
+        };
+        let mut reports = build_reports(pairs, &agent, &host, window, &health, || Ok(1)).unwrap();
+        assert_eq!(reports.len(), 1);
+        let metrics = Metrics::new(10, Duration::from_secs(60));
+        let r = &mut reports[0];
+        seal(r, &metrics);
+        assert_eq!(r.validate(), Ok(()));
+
+        let hour = chrono::TimeDelta::hours(1);
+        assert_eq!(
+            r.window,
+            Window {
+                start: t("2026-11-23T11:00:00Z"),
+                end: t("2026-11-23T12:00:00Z"),
+            }
+        );
+        assert_eq!(r.agent.kernel, "6.1\u{fffd}");
+        assert_eq!(r.host.hostname, "web\u{fffd}]0;pwn\u{fffd}");
+        assert_eq!(r.host.addresses, (0..256).map(ip).collect::<Vec<_>>());
+        assert_eq!(r.health.map_entries, 65_536);
+        assert_eq!(r.health.map_capacity, 65_536);
+        assert_eq!(r.health.drops["ring_full"], 3_600_000_000_000);
+        assert_eq!(r.pairs.len(), 2);
+        let name = format!("\u{fffd}{}", "a".repeat(252));
+        assert_eq!(name.len(), bounds::MAX_PROCESS_LEN);
+        let bytes = bounds::per_window(bounds::MAX_LINK_BYTES_PER_SEC, hour);
+        assert_eq!(bytes, 180_000_000_000_000);
+        assert_eq!(
+            r.pairs[0],
+            Pair {
+                process: name,
+                bytes_sent: bytes,
+                bytes_received: 1500,
+                connections_opened: 36_000_000_000,
+                connections_active: 2,
+                first_seen: t("2026-11-23T11:00:00Z"),
+                ..pair(0x1_0001, String::new(), 0, 0, 0)
+            }
+        );
+        assert_eq!(
+            r.pairs[1],
+            Pair {
+                first_seen: t("2026-11-23T11:00:00Z"),
+                ..pair(0x1_0002, "nginx".into(), 42, 7, 1)
+            }
+        );
+        let text = metrics.encode();
+        for (reason, n) in [
+            ("window_shortened", 1),
+            ("string", 4),
+            ("address_omitted", 44),
+            ("pair_merged", 1),
+            ("map_entries_clamped", 1),
+            ("counter_clamped", 3),
+        ] {
+            let line = format!("trafficmap_agent_report_fixes_total{{reason=\"{reason}\"}} {n}\n");
+            assert!(text.contains(&line), "no `{line}` in\n{text}");
+        }
+        assert!(
+            text.contains("trafficmap_agent_report_invalid_total 0\n"),
+            "{text}"
+        );
+
+        // Sealing is idempotent: a sealed report is left as it is.
+        let again = r.clone();
+        assert_eq!(sanitize::report(r), sanitize::Fixes::default());
+        assert_eq!(*r, again);
+    }
+
+    #[test]
+    fn a_report_that_still_breaks_a_bound_is_counted_and_kept() {
+        // An empty window cannot be fixed by sanitising (a bug if it ever got here).
+        let mut r = empty_report("2026-11-23T10:00:00Z");
+        r.window.end = r.window.start;
+        let metrics = Metrics::new(10, Duration::from_secs(60));
+        seal(&mut r, &metrics);
+        assert_eq!(r.window.end, r.window.start);
+        assert!(
+            metrics
+                .encode()
+                .contains("trafficmap_agent_report_invalid_total 1\n")
+        );
     }
 }

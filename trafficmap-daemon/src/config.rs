@@ -308,6 +308,32 @@ impl Config {
                 )));
             }
         };
+        // Issue 8 (reports within the model's bounds): the configured identity is the
+        // operator's, so a value the collector would refuse is a config error, not a silent fix.
+        let host_name = pick!(host_name);
+        let host_id = pick!(host_id);
+        for (field, v, max) in [
+            (
+                "host_name",
+                &host_name,
+                trafficmap_model::bounds::MAX_HOSTNAME_LEN,
+            ),
+            (
+                "host_id",
+                &host_id,
+                trafficmap_model::bounds::MAX_MACHINE_ID_LEN,
+            ),
+        ] {
+            if let Some(v) = v
+                && (v.is_empty() || v.len() > max || trafficmap_model::bounds::has_control(v))
+            {
+                return Err(ConfigError(format!(
+                    "{field}: `{}` ({} bytes) must be 1 to {max} bytes without control characters",
+                    crate::sanitize::text(v, 64),
+                    v.len()
+                )));
+            }
+        }
         let log_level = pick!(log_level).unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| ConfigError(format!("log_level: `{log_level}`: {e}")))?;
@@ -328,8 +354,8 @@ impl Config {
             listen,
             metrics_top_k,
             metrics_idle_expiry,
-            host_name: pick!(host_name),
-            host_id: pick!(host_id),
+            host_name,
+            host_id,
             imds,
             imds_endpoint: pick!(imds_endpoint).unwrap_or_else(|| "http://169.254.169.254".into()),
             log_level,
@@ -428,6 +454,25 @@ mod tests {
         Config::merge(&Cli::default(), &f).unwrap();
     }
 
+    static HOST_254: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "x".repeat(254));
+    static ID_129: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "y".repeat(129));
+
+    #[test]
+    fn host_identity_at_the_bounds_is_accepted() {
+        let c = Config::merge(
+            &cli(&[
+                "--host-name",
+                &"x".repeat(253),
+                "--host-id",
+                &"y".repeat(128),
+            ]),
+            &FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.host_name.as_deref(), Some("x".repeat(253).as_str()));
+        assert_eq!(c.host_id.as_deref(), Some("y".repeat(128).as_str()));
+    }
+
     #[test]
     fn one_clear_line_per_error() {
         let cases: &[(&[&str], &str)] = &[
@@ -465,6 +510,26 @@ mod tests {
             (
                 &["--max-connections", "1"],
                 "max_connections: 1 is out of range",
+            ),
+            (
+                &["--host-name", ""],
+                "host_name: `` (0 bytes) must be 1 to 253 bytes without control characters",
+            ),
+            (
+                &["--host-name", HOST_254.as_str()],
+                "host_name: `xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx` (254 bytes) must be 1 to 253",
+            ),
+            (
+                &["--host-name", "web\u{1b}[31m"],
+                "host_name: `web\u{fffd}[31m` (8 bytes) must be 1 to 253 bytes without control characters",
+            ),
+            (
+                &["--host-id", ID_129.as_str()],
+                "host_id: `yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy` (129 bytes) must be 1 to 128",
+            ),
+            (
+                &["--host-id", "a\nb"],
+                "host_id: `a\u{fffd}b` (3 bytes) must be 1 to 128",
             ),
         ];
         for (args, want) in cases {

@@ -71,10 +71,13 @@ pub fn decode_addr(raw: [u8; 16]) -> IpAddr {
     }
 }
 
-/// `comm` as text: NUL-terminated, lossy UTF-8.
+/// `comm` as text: NUL-terminated, lossy UTF-8, control characters replaced by U+FFFD like
+/// invalid bytes (any user names their processes: an escape must not reach a report, which the
+/// collector would refuse, nor a terminal), within the report's process-name bound.
 pub fn decode_comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    let s = String::from_utf8_lossy(&raw[..end]);
+    crate::sanitize::text(&s, trafficmap_model::bounds::MAX_PROCESS_LEN).into_owned()
 }
 
 /// Decoded view of a `Conn`.
@@ -186,5 +189,11 @@ mod tests {
         raw[0] = 0xff;
         raw[1] = b'x';
         assert_eq!(decode_comm(&raw), "\u{fffd}x");
+        // Control characters (ESC, DEL, a C1 code as UTF-8) become U+FFFD too.
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(b"\x1b[2Jx\x7f\xc2\x85");
+        assert_eq!(decode_comm(&raw), "\u{fffd}[2Jx\u{fffd}\u{fffd}");
+        // 16 control bytes: 16 replacements, 48 bytes, within the bound.
+        assert_eq!(decode_comm(&[0x07; 16]), "\u{fffd}".repeat(16));
     }
 }

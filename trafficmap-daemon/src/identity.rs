@@ -169,11 +169,14 @@ pub async fn host(config: &Config, netns_inum: u32) -> Result<Host> {
     let hostname = config.host_name.clone().unwrap_or_else(hostname);
     let machine_id = match (&config.host_id, netns_inum) {
         (Some(id), _) => id.clone(),
-        // Several agents on one machine, each counting one namespace, are several hosts.
-        (None, 0) => machine_id().unwrap_or_else(|| hostname.clone()),
-        (None, ns) => format!(
-            "{}-netns-{ns}",
-            machine_id().unwrap_or_else(|| hostname.clone())
+        // Several agents on one machine, each counting one namespace, are several hosts. The
+        // system's id (or name) is cut to the bound before the suffix, never the suffix.
+        (None, 0) => {
+            crate::sanitize::machine_id(&machine_id().unwrap_or_else(|| hostname.clone()), "")
+        }
+        (None, ns) => crate::sanitize::machine_id(
+            &machine_id().unwrap_or_else(|| hostname.clone()),
+            &format!("-netns-{ns}"),
         ),
     };
     let ec2 = match config.imds {

@@ -21,6 +21,7 @@ pub mod pairs;
 pub mod privileges;
 pub mod probe;
 pub mod roles;
+pub mod sanitize;
 pub mod ship;
 pub mod spool;
 pub mod tracefs;

@@ -167,6 +167,10 @@ pub struct Metrics {
     pub emit_failures: Counter,
     pub emit_pending: Gauge,
     pub emit_dropped: Counter,
+    // Issue 8 (reports within the model's bounds, `sanitize`): what was fixed, what still broke.
+    pub report_fixes: Family<ReasonLabels, Counter>,
+    pub report_invalid: Counter,
+    pub host_addresses_omitted: Gauge,
 }
 
 impl Metrics {
@@ -306,7 +310,28 @@ impl Metrics {
             "Reports held in memory that were dropped (oldest first) because too many piled up",
             emit_dropped.clone(),
         );
+        let report_fixes = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "agent_report_fixes",
+            "Values brought within the report bounds before emitting, by reason (window_shortened, string, address_omitted, pair_merged, map_entries_clamped, counter_clamped)",
+            report_fixes.clone(),
+        );
+        let report_invalid = Counter::default();
+        registry.register(
+            "agent_report_invalid",
+            "Reports that still broke a report bound after sanitising (a bug: logged at error, spooled anyway)",
+            report_invalid.clone(),
+        );
+        let host_addresses_omitted = Gauge::default();
+        registry.register(
+            "agent_host_addresses_omitted",
+            "Interface addresses left out of reports (duplicates, or beyond the 256 lowest)",
+            host_addresses_omitted.clone(),
+        );
         Metrics {
+            report_fixes,
+            report_invalid,
+            host_addresses_omitted,
             spool_rejected_bytes,
             spool_rejected_dropped,
             last_rejected_dropped: AtomicU64::new(0),

@@ -509,6 +509,50 @@ fn sigterm_flushes_the_last_window_and_detaches() {
     );
 }
 
+/// Any local user names their processes: one named with terminal escapes is reported with
+/// U+FFFD in their place, in a report the collector's own check accepts (`read_jsonl` parses
+/// with `Report::from_json`), with its bytes counted exactly.
+#[test]
+fn a_process_named_with_escapes_is_reported_sanitised() {
+    if !privileged() {
+        return;
+    }
+    let dir = temp_dir("escapes");
+    let out = dir.join("reports.jsonl");
+    let ns = NetNs::new();
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &[
+            ns_args(&ns),
+            strings(&["--interval", "1h", "--output"]),
+            vec![out.display().to_string()],
+        ]
+        .concat(),
+    );
+    let (port, server) = echo_server(1, |n| n + 1);
+    // A thread's name is the `comm` the probe records for the bytes it moves.
+    let got = std::thread::Builder::new()
+        .name("\u{1b}[31mevil\u{7}".into())
+        .spawn(move || client(port, 4242))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(got, 4243);
+    assert_eq!(server.join().unwrap(), 4242);
+    assert!(a.sigterm().success(), "{}", a.log_text());
+
+    let reports = read_jsonl(&out);
+    assert_eq!(reports.len(), 1, "one window, written at shutdown");
+    let clients: Vec<_> = reports[0]
+        .pairs
+        .iter()
+        .filter(|p| p.server_port == port && p.role == Role::Client)
+        .map(|p| (p.process.as_str(), p.bytes_sent, p.bytes_received))
+        .collect();
+    assert_eq!(clients, vec![("\u{fffd}[31mevil\u{fffd}", 4242, 4243)]);
+}
+
 #[test]
 fn ten_thousand_short_connections_in_one_interval() {
     if !privileged() {
@@ -580,6 +624,15 @@ fn bad_configuration_exits_64_with_one_line() {
         (
             strings(&["--config", "/no/such/file.toml"]),
             "config file /no/such/file.toml",
+        ),
+        // Control characters are not echoed: the message stays one printable line.
+        (
+            strings(&["--host-name", "web\u{1b}[2J"]),
+            "host_name: `web\u{fffd}[2J` (7 bytes) must be 1 to 253 bytes without control characters",
+        ),
+        (
+            strings(&["--host-id", "a\nb"]),
+            "host_id: `a\u{fffd}b` (3 bytes) must be 1 to 128 bytes without control characters",
         ),
     ];
     for (args, want) in cases {
