@@ -40,7 +40,7 @@ use std::{
 use chrono::{DateTime, DurationRound as _, NaiveDate, TimeDelta, Utc};
 use hostile_support::{Body, Req, send, write_files};
 use serde_json::{Value, json};
-use support::{Collector, Response, clickhouse::ClickHouse};
+use support::{Collector, Response, clickhouse::ClickHouse, pki::Pki};
 
 // ---------------------------------------------------------------------------------------------
 // Identities and files
@@ -1781,38 +1781,6 @@ fn docs_table_lists_every_attack() {
 
 // ---------------------------------------------------------------------------------------------
 // Over TLS (mutual): what a token alone cannot do once client certificates name the host.
-
-/// A CA of the test's own and certificates it signs.
-struct Pki {
-    ca_pem: String,
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            ca,
-        }
-    }
-
-    /// (certificate PEM, key PEM) naming `names`.
-    fn leaf(&self, names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// An HTTPS client like the agent's (reqwest with rustls), trusting `ca_pem`, with an optional
 /// client certificate.

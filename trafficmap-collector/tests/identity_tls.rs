@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::*;
+use support::{pki::Pki, *};
 
 /// The machine id `support::report` gives `host`.
 fn machine_id(host: &str) -> String {
@@ -233,38 +233,6 @@ fn token_issue_prints_a_line_the_collector_accepts() {
     );
     assert_eq!(post_as(c.addr, secret, &other).status, 403);
     assert_eq!(c.terminate().code(), Some(0));
-}
-
-/// A CA and certificates made for the test.
-struct Pki {
-    ca_pem: String,
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            ca,
-        }
-    }
-
-    /// A certificate for `names` (DNS names or addresses): (certificate PEM, key PEM).
-    fn leaf(&self, names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
 }
 
 /// The agent's HTTP client (trafficmap-daemon's `ship.rs`): reqwest with rustls, trusting the

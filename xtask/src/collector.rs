@@ -1,64 +1,16 @@
 //! Test stages of the collector that need real parts: a real clickhouse-server, moto's EC2 (and S3)
 //! emulator, agents in network namespaces, and a fuzzing run of the report parser.
 
-use std::{path::PathBuf, process::Stdio};
-
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{
     setup,
-    util::{cache_dir, cargo, note, root, run},
+    util::{cache_dir, cargo_test, note, root, run},
 };
 
-/// Builds one binary of a package and returns its path.
-pub fn build_bin(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
-    let mut c = cargo();
-    c.args([
-        "build",
-        "--message-format=json-render-diagnostics",
-        "-p",
-        package,
-        "--bin",
-        bin,
-    ])
-    .stdout(Stdio::piped());
-    if release {
-        c.arg("--release");
-    }
-    eprintln!(
-        "    $ cargo build -p {package} --bin {bin}{}",
-        if release { " --release" } else { "" }
-    );
-    let out = c.output().context("cargo build")?;
-    if !out.status.success() {
-        bail!("building {bin} failed");
-    }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if msg["reason"] == "compiler-artifact"
-            && msg["target"]["name"] == bin
-            && let Some(exe) = msg["executable"].as_str()
-        {
-            return Ok(PathBuf::from(exe));
-        }
-    }
-    bail!("cargo did not report the {bin} executable")
-}
-
 fn ignored_tests(test: &str, envs: &[(&str, String)]) -> Result<()> {
-    run(cargo()
-        .args([
-            "test",
-            "-p",
-            "trafficmap-collector",
-            "--test",
-            test,
-            "--",
-            "--ignored",
-            "--test-threads=1",
-        ])
+    run(cargo_test()
+        .args(["--test", test, "--", "--ignored", "--test-threads=1"])
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str()))))
 }
 
@@ -79,15 +31,7 @@ pub fn hostile() -> Result<String> {
         bail!("clickhouse-server is missing (cargo xtask setup installs it)");
     }
     // The attacks are `#[ignore]`d so that the `unit` stage does not run them a second time.
-    run(cargo().args([
-        "test",
-        "-p",
-        "trafficmap-collector",
-        "--test",
-        "hostile",
-        "--",
-        "--include-ignored",
-    ]))?;
+    run(cargo_test().args(["--test", "hostile", "--", "--include-ignored"]))?;
     Ok("attacks on SQLite and ClickHouse answered as documented; maps and exports equal the reference's".into())
 }
 
@@ -107,8 +51,7 @@ pub fn ec2_moto() -> Result<String> {
     Ok("moto: instances, groups, spot prices, maps".into())
 }
 
-/// The archive against moto_server's S3 (the same venv as `ec2-moto`). With the default
-/// features, like the `unit` stage: the test binary it built is reused, not built again.
+/// The archive against moto_server's S3 (the same venv as `ec2-moto`).
 pub fn archive() -> Result<String> {
     let moto = setup::venv().join("bin/moto_server");
     if !moto.exists() {
@@ -117,11 +60,8 @@ pub fn archive() -> Result<String> {
             moto.display()
         );
     }
-    run(cargo()
+    run(cargo_test()
         .args([
-            "test",
-            "-p",
-            "trafficmap-collector",
             "--test",
             "archive",
             "--",
@@ -134,7 +74,7 @@ pub fn archive() -> Result<String> {
 
 /// Three agents, each scoped to a network namespace, one collector, real TCP of known sizes.
 pub fn e2e() -> Result<String> {
-    let agent = build_bin("trafficmap-daemon", "trafficmap-agent", false)?;
+    let agent = crate::util::workspace_bin("trafficmap-agent")?;
     note(format!("agent: {}", agent.display()));
     ignored_tests(
         "netns_e2e",

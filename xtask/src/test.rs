@@ -192,13 +192,7 @@ fn lint() -> Result<String> {
 }
 
 fn unit() -> Result<String> {
-    run(cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "trafficmap-ebpf",
-        "--no-fail-fast",
-    ]))?;
+    run(crate::util::cargo_test().arg("--no-fail-fast"))?;
     Ok(String::new())
 }
 
@@ -334,14 +328,8 @@ fn deploy() -> Result<String> {
         .args(&manifests))?;
     // Units: full verification with ExecStart pointing at the freshly built binary, and the
     // security exposure score.
-    run(cargo().args([
-        "build",
-        "-p",
-        "trafficmap-daemon",
-        "--bin",
-        "trafficmap-agent",
-    ]))?;
-    let bin_dir = root.join("target/debug");
+    let agent = crate::util::workspace_bin("trafficmap-agent")?;
+    let bin_dir = agent.parent().context("the agent's directory")?.to_owned();
     let mut scores = Vec::new();
     let tmp = crate::util::artifacts_dir().join("units");
     std::fs::create_dir_all(&tmp)?;

@@ -120,6 +120,46 @@ pub fn cargo() -> Command {
     c
 }
 
+/// `cargo test` over the whole workspace but the eBPF crate: the `unit` stage's command. Every
+/// other stage that builds tests or binaries of the workspace goes through it too, so they all
+/// share one feature resolution and one set of artifacts: selecting one package (`-p`) or a
+/// plain `cargo build` resolves features differently and rebuilds half the tree (aws-sdk-ec2
+/// included) once per selection.
+pub fn cargo_test() -> Command {
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--exclude", "trafficmap-ebpf"]);
+    c
+}
+
+/// The debug executable of binary target `bin`, as the `unit` stage builds it (nothing to build
+/// when it ran before).
+pub fn workspace_bin(bin: &str) -> Result<PathBuf> {
+    let mut c = cargo_test();
+    c.args(["--no-run", "--message-format=json-render-diagnostics"])
+        .stdout(std::process::Stdio::piped());
+    eprintln!("    $ cargo test --workspace --exclude trafficmap-ebpf --no-run (for {bin})");
+    let out = c.output().context("cargo test --no-run")?;
+    if !out.status.success() {
+        anyhow::bail!("building the workspace's tests and binaries failed");
+    }
+    executable_of(&String::from_utf8_lossy(&out.stdout), bin)
+        .with_context(|| format!("cargo reported no executable for `{bin}`"))
+}
+
+/// The executable of binary target `name` in cargo's JSON messages (not its unit-test harness).
+pub fn executable_of(messages: &str, name: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == name
+                && m["profile"]["test"] != true
+        })
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

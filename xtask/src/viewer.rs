@@ -5,13 +5,13 @@
 //! this module finds what they need (npm packages, the collector binary, the golden maps) and
 //! says clearly what is missing.
 
-use std::{path::PathBuf, process::Stdio};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
     setup,
-    util::{artifacts_dir, cargo, cmd, note, root, run, step},
+    util::{artifacts_dir, cmd, note, root, run, step},
 };
 
 /// `cargo xtask viewer ...`
@@ -85,7 +85,7 @@ pub fn browser() -> Result<String> {
             maps.display()
         );
     }
-    let collector = collector_binary()?;
+    let collector = crate::util::workspace_bin("trafficmap-collector")?;
     run(node()
         .arg("test/e2e.mjs")
         .arg("--collector")
@@ -95,37 +95,6 @@ pub fn browser() -> Result<String> {
         .arg("--artifacts")
         .arg(artifacts()))?;
     Ok(format!("screenshots in {}", artifacts().display()))
-}
-
-/// Builds the collector and returns the path of its binary.
-fn collector_binary() -> Result<PathBuf> {
-    let mut c = cargo();
-    c.args([
-        "build",
-        "--bin",
-        COLLECTOR_BIN,
-        "--message-format=json-render-diagnostics",
-    ])
-    .stdout(Stdio::piped());
-    eprintln!("    $ cargo build --bin {COLLECTOR_BIN}");
-    let out = c.output().context("cargo build of the collector")?;
-    if !out.status.success() {
-        bail!("building `{COLLECTOR_BIN}` failed (is the collector in this workspace?)");
-    }
-    executable_of(&String::from_utf8_lossy(&out.stdout), COLLECTOR_BIN)
-        .with_context(|| format!("cargo reported no executable for `{COLLECTOR_BIN}`"))
-}
-
-const COLLECTOR_BIN: &str = "trafficmap-collector";
-
-/// The executable of binary target `name` in cargo's JSON messages.
-fn executable_of(messages: &str, name: &str) -> Option<PathBuf> {
-    messages
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
-        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .next_back()
 }
 
 /// `cargo xtask bench viewer`: the viewer against a d3-force + SVG baseline in headless
@@ -212,8 +181,10 @@ mod tests {
 
     #[test]
     fn executable_is_found_in_cargo_messages() {
+        use crate::util::executable_of;
         let msgs = r#"{"reason":"compiler-artifact","target":{"name":"other"},"executable":"/t/other"}
 {"reason":"compiler-artifact","target":{"name":"trafficmap-collector"},"executable":"/t/debug/trafficmap-collector"}
+{"reason":"compiler-artifact","target":{"name":"trafficmap-collector"},"profile":{"test":true},"executable":"/t/debug/deps/trafficmap_collector-0123"}
 {"reason":"build-finished","success":true}"#;
         assert_eq!(
             executable_of(msgs, "trafficmap-collector"),

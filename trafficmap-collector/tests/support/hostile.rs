@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use super::support::Response;
+use super::support::{Response, parse_response};
 
 /// What a request carries after its headers.
 #[derive(Clone, Debug)]
@@ -168,57 +168,6 @@ pub fn send(dst: SocketAddr, src: IpAddr, req: &Req) -> std::io::Result<Response
     })();
     let raw = read.join().expect("reader thread");
     parse_response(&raw)
-}
-
-/// An HTTP/1.1 answer from the bytes received (like `support::read_response`, which reads a
-/// socket to its end; here the bytes were gathered while the body was still being written).
-pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            std::io::Error::other(format!(
-                "no HTTP response: {:?}",
-                String::from_utf8_lossy(raw)
-            ))
-        })?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
-        if size == 0 || b.len() < pos + 2 + size {
-            break;
-        }
-        out.extend_from_slice(&b[pos + 2..pos + 2 + size]);
-        b = b.get(pos + 2 + size + 2..).unwrap_or_default();
-    }
-    out
 }
 
 /// The collector's files for one run.

@@ -14,6 +14,8 @@ use std::{
 
 use chrono::{DateTime, DurationRound as _, TimeDelta, Utc};
 
+pub mod pki;
+
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
 pub fn bin() -> PathBuf {
@@ -208,13 +210,18 @@ pub fn try_request(
 pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// A whole HTTP/1.1 response (head and body, chunked or not) as read from the socket.
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| {
             std::io::Error::other(format!(
                 "no HTTP response: {:?}",
-                String::from_utf8_lossy(&raw)
+                String::from_utf8_lossy(raw)
             ))
         })?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
@@ -247,11 +254,11 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
         let size =
             usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
-        if size == 0 {
+        if size == 0 || b.len() < pos + 2 + size {
             break;
         }
         out.extend_from_slice(&b[pos + 2..pos + 2 + size]);
-        b = &b[pos + 2 + size + 2..];
+        b = b.get(pos + 2 + size + 2..).unwrap_or_default();
     }
     out
 }
