@@ -177,8 +177,18 @@ fn bench_ingest(agents: usize, reports: usize, pairs: usize) {
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The simulated agents all connect from 127.0.0.1, where a real fleet has one address per
+    // host: the per-address connection cap is raised to their number.
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!("max_connections_per_address = {}\n", agents.max(1)),
+    )
+    .unwrap();
     let mut child = std::process::Command::new("taskset")
         .args(["-c", "0", env!("CARGO_BIN_EXE_trafficmap-collector")])
+        .arg("--config")
+        .arg(&config)
         .args([
             "--listen",
             &addr.to_string(),
