@@ -31,7 +31,7 @@ use trafficmap_collector::{
 };
 use trafficmap_model::{cloud::CloudSnapshot, map::View, report::Report};
 
-use support::{bin, free_port, require, root, try_request};
+use support::{bin, free_port, golden_reports, require, root, try_request};
 
 fn d22() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()
@@ -58,14 +58,7 @@ fn open_sqlite(dir: &Path) -> Store {
 
 async fn golden_store(dir: &Path) -> Store {
     let store = open_sqlite(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("golden/reports"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 9);
-    for f in files {
-        let r = Report::from_json(&std::fs::read(&f).unwrap()).unwrap();
+    for r in golden_reports() {
         store
             .ingest(vec![Arc::new(Ingest::from_report(&r))], generated_at())
             .await

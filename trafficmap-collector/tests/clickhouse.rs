@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use support::{clickhouse::ClickHouse, *};
@@ -28,19 +28,10 @@ use trafficmap_model::{
     report::Report,
 };
 
-fn golden_reports() -> Vec<Arc<Ingest>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("golden/reports"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
+fn golden_ingests() -> Vec<Arc<Ingest>> {
+    golden_reports()
         .iter()
-        .map(|f| {
-            Arc::new(Ingest::from_report(
-                &Report::from_json(&std::fs::read(f).unwrap()).unwrap(),
-            ))
-        })
+        .map(|r| Arc::new(Ingest::from_report(r)))
         .collect()
 }
 
@@ -106,7 +97,7 @@ async fn clickhouse_answers_like_sqlite() {
         SqliteStore::open(dir.path(), Default::default()).unwrap(),
     ));
     let clickhouse = clickhouse_store(&ch, "conformance").await;
-    let reports = golden_reports();
+    let reports = golden_ingests();
     // One report per batch into SQLite; everything in two batches into ClickHouse.
     for r in &reports {
         sqlite

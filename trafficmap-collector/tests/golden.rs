@@ -6,7 +6,7 @@
 //! The viewer's tests load the same files, so they are checked against the JSON schema too, and
 //! the numbers that matter are asserted here by hand (exact bytes, one edge per conversation).
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use trafficmap_collector::{
@@ -19,15 +19,11 @@ use trafficmap_collector::{
 use trafficmap_model::{
     cloud::CloudSnapshot,
     map::{CostKind, Map, NodeKind, ObservedBy, View},
-    report::Report,
 };
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+mod support;
+
+use support::{golden_reports, root};
 
 fn day() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()
@@ -47,14 +43,7 @@ async fn golden_store(rollup: bool) -> (Store, tempfile::TempDir) {
     let store = Store::Sqlite(Arc::new(
         SqliteStore::open(dir.path(), Default::default()).unwrap(),
     ));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("golden/reports"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 9);
-    for f in files {
-        let r = Report::from_json(&std::fs::read(&f).unwrap()).unwrap();
+    for r in golden_reports() {
         store
             .ingest(vec![Arc::new(Ingest::from_report(&r))], generated_at())
             .await

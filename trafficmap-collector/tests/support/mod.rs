@@ -18,6 +18,21 @@ pub mod pki;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
+/// The golden reports (`golden/reports`, 9 files), parsed, in file-name order: the input of
+/// every test that compares with the golden maps.
+pub fn golden_reports() -> Vec<trafficmap_model::report::Report> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("golden/reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 9, "golden/reports");
+    files
+        .iter()
+        .map(|f| trafficmap_model::report::Report::from_json(&std::fs::read(f).unwrap()).unwrap())
+        .collect()
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_trafficmap-collector"))
 }
