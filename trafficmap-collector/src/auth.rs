@@ -238,23 +238,48 @@ fn grant<'a>(mut words: impl Iterator<Item = &'a str>) -> Result<(String, Scope)
     Ok((label.to_owned(), Scope::Limited(limits)))
 }
 
+/// One line of a token file (the agents' or the readers'): its number (from 1), the secret and
+/// the words after it. Comments (`#`) and blank lines are skipped; a secret shorter than
+/// [`MIN_SECRET_LEN`] is refused, naming the line.
+pub struct TokenLine<'a> {
+    pub number: usize,
+    pub secret: &'a str,
+    pub rest: std::str::SplitWhitespace<'a>,
+}
+
+pub fn token_lines<'a>(
+    text: &'a str,
+    origin: &'a str,
+) -> impl Iterator<Item = Result<TokenLine<'a>, String>> + 'a {
+    text.lines().enumerate().filter_map(move |(n, line)| {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        let mut words = line.split_whitespace();
+        let secret = words.next()?;
+        if secret.len() < MIN_SECRET_LEN {
+            return Some(Err(format!(
+                "{origin}:{}: token too short ({} characters, at least {MIN_SECRET_LEN})",
+                n + 1,
+                secret.len()
+            )));
+        }
+        Some(Ok(TokenLine {
+            number: n + 1,
+            secret,
+            rest: words,
+        }))
+    })
+}
+
 impl Tokens {
     pub fn parse(text: &str, origin: &str) -> Result<Tokens, String> {
         let mut tokens: Vec<Token> = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let at = |e: String| format!("{origin}:{}: {e}", n + 1);
-            let mut words = line.split_whitespace();
-            let secret = words.next().unwrap_or_default();
-            if secret.len() < MIN_SECRET_LEN {
-                return Err(at(format!(
-                    "token too short ({} characters, at least {MIN_SECRET_LEN})",
-                    secret.len()
-                )));
-            }
+        for line in token_lines(text, origin) {
+            let TokenLine {
+                number,
+                secret,
+                rest: words,
+            } = line?;
+            let at = |e: String| format!("{origin}:{number}: {e}");
             let (label, scope) = grant(words).map_err(at)?;
             let digest = Secret::new(secret.as_bytes());
             if tokens.iter().any(|t| t.digest == digest) {

@@ -19,10 +19,8 @@ use std::{
 use axum::http::{HeaderMap, HeaderName, header};
 use ipnet::IpNet;
 
-use crate::auth::{FileContent, Secret, WatchedFile};
+use crate::auth::{FileContent, Secret, TokenLine, WatchedFile, token_lines};
 
-/// Shortest secret accepted (the agents' file has the same floor).
-const MIN_SECRET: usize = 16;
 /// Most tokens in a read token file (a bound on the work of one check).
 const MAX_TOKENS: usize = 4096;
 /// Longest label kept (labels go to logs).
@@ -43,31 +41,23 @@ pub struct ReadTokens {
 impl ReadTokens {
     pub fn parse(text: &str, origin: &str) -> Result<ReadTokens, String> {
         let mut tokens = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let mut parts = line.split_whitespace();
-            let secret = parts.next().unwrap_or_default();
-            if secret.len() < MIN_SECRET {
-                return Err(format!(
-                    "{origin}:{}: token too short ({} characters, at least {MIN_SECRET})",
-                    n + 1,
-                    secret.len()
-                ));
-            }
+        for line in token_lines(text, origin) {
+            let TokenLine {
+                number,
+                secret,
+                rest: mut parts,
+            } = line?;
             let label = parts.next();
             if parts.next().is_some() {
                 return Err(format!(
                     "{origin}:{}: a read token line is `<token> [label]`: identities are not allowed in a read token file",
-                    n + 1
+                    number
                 ));
             }
             if label.is_some_and(|l| l.len() > MAX_LABEL) {
                 return Err(format!(
                     "{origin}:{}: label longer than {MAX_LABEL} bytes",
-                    n + 1
+                    number
                 ));
             }
             if tokens.len() == MAX_TOKENS {
@@ -75,7 +65,7 @@ impl ReadTokens {
             }
             tokens.push(ReadToken {
                 secret: Secret::new(secret.as_bytes()),
-                label: label.map_or_else(|| format!("line {}", n + 1), str::to_owned),
+                label: label.map_or_else(|| format!("line {number}"), str::to_owned),
             });
         }
         if tokens.is_empty() {
