@@ -293,7 +293,17 @@ fn vm_matrix() -> Result<String> {
     std::fs::write(artifacts_dir().join("kernel-matrix.md"), &table)?;
     eprintln!("{table}");
     if vm::any_failed(&rows) {
-        bail!("kernel matrix has failures (see above)");
+        // Repeated here: CI shows only the tail of the output.
+        let failed: Vec<String> = rows
+            .iter()
+            .flat_map(|(label, _, cells)| {
+                cells.iter().filter_map(move |(b, c)| match c {
+                    vm::Cell::Failed(why) => Some(format!("{label} {b}: {why}")),
+                    _ => None,
+                })
+            })
+            .collect();
+        bail!("kernel matrix has failures: {}", failed.join(" | "));
     }
     Ok(format!("{} kernels", rows.len()))
 }

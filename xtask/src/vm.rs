@@ -86,7 +86,31 @@ pub fn parse_markers(log: &str, expect: Option<&[&str]>) -> BTreeMap<String, Cel
         line.find(marker)
             .map(|i| line[i + marker.len()..].trim().to_owned())
     };
-    for line in log.lines() {
+    // What failed, per backend: the suite's failing test names and the first panic messages, so
+    // the reason reaches the summary (CI shows only the tail of the output, not the VM log).
+    let mut current: Option<String> = None;
+    let mut failures: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lines = log.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(b) = after(line, "TRAFFICMAP_BEGIN ") {
+            current = Some(b);
+        }
+        if let Some(b) = &current {
+            let found = failures.entry(b.clone()).or_default();
+            let line = line.trim();
+            if found.len() < 6 {
+                if let Some(name) = line
+                    .strip_prefix("test ")
+                    .and_then(|l| l.strip_suffix(" ... FAILED"))
+                {
+                    found.push(format!("test {name} failed"));
+                } else if line.starts_with("thread '") && line.contains("panicked at") {
+                    // The message is on the next line(s) since Rust 1.73.
+                    let msg = lines.peek().map(|l| l.trim()).unwrap_or_default();
+                    found.push(format!("{line} {msg}").chars().take(300).collect());
+                }
+            }
+        }
         if let Some(rest) = after(line, "TRAFFICMAP_SUPPORT ").as_deref()
             && let Some((b, why)) = rest.split_once(" unsupported: ")
         {
@@ -100,7 +124,13 @@ pub fn parse_markers(log: &str, expect: Option<&[&str]>) -> BTreeMap<String, Cel
             let cell = match r {
                 "exact" => Cell::Exact,
                 "unsupported" => Cell::Unsupported(reasons.get(b).cloned().unwrap_or_default()),
-                other => Cell::Failed(format!("suite {other}")),
+                other => {
+                    let why = failures.get(b).filter(|f| !f.is_empty());
+                    Cell::Failed(match why {
+                        Some(f) => format!("suite {other}: {}", f.join("; ")),
+                        None => format!("suite {other}"),
+                    })
+                }
             };
             cells.insert(b.to_owned(), cell);
         }
@@ -508,6 +538,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn failed_tests_and_panics_become_the_reason() {
+        let log = "TRAFFICMAP_BEGIN fexit\nTRAFFICMAP_SUPPORT fexit supported\n\
+            test sendfile_is_exact ... ok\nTRAFFICMAP_RESULT fexit exact\n\
+            TRAFFICMAP_BEGIN kprobe\nTRAFFICMAP_SUPPORT kprobe supported\n\
+            test ipv6_is_exact ... FAILED\n\
+            thread 'ipv6_is_exact' panicked at trafficmap-daemon/tests/probe.rs:10:5:\n\
+            assertion `left == right` failed\nTRAFFICMAP_RESULT kprobe FAILED\n";
+        let cells = parse_markers(log, None);
+        assert_eq!(cells["fexit"], Cell::Exact);
+        assert_eq!(
+            cells["kprobe"],
+            Cell::Failed(
+                "suite FAILED: test ipv6_is_exact failed; thread 'ipv6_is_exact' panicked at \
+                 trafficmap-daemon/tests/probe.rs:10:5: assertion `left == right` failed"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
     fn markers_become_cells() {
         let log = "\x1b[0mTRAFFICMAP_KERNEL 6.1.0-27\n\
             TRAFFICMAP_SUPPORT fexit supported\nTRAFFICMAP_RESULT fexit exact\n\
@@ -516,7 +566,7 @@ mod tests {
             TRAFFICMAP_RESULT tracepoint unsupported\n";
         let cells = parse_markers(log, Some(&["fexit", "kprobe"]));
         assert_eq!(cells["fexit"], Cell::Exact);
-        assert!(matches!(cells["kprobe"], Cell::Failed(_)));
+        assert_eq!(cells["kprobe"], Cell::Failed("suite FAILED".into()));
         assert_eq!(
             cells["tracepoint"],
             Cell::Unsupported("tracepoint sock/sock_send_length does not exist".into())
