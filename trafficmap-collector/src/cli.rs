@@ -53,6 +53,12 @@ pub struct Settings {
     /// Serve reads to anyone on a non-loopback address.
     #[arg(long, global = true)]
     pub allow_anonymous_reads: bool,
+    /// PEM certificate chain to serve over TLS (with --tls-key-file).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the TLS certificate (a systemd credential, a Kubernetes Secret).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
     /// Storage backend.
     #[arg(long, global = true, value_enum)]
     pub storage: Option<Backend>,
@@ -125,6 +131,12 @@ impl Settings {
         }
         if self.allow_anonymous_reads {
             c.allow_anonymous_reads = true;
+        }
+        if let Some(v) = &self.tls_cert_file {
+            c.tls_cert_file = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key_file {
+            c.tls_key_file = Some(v.clone());
         }
         if let Some(v) = self.storage {
             c.storage.backend = v;
