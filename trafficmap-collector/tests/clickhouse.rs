@@ -1,4 +1,4 @@
-//! The ClickHouse backend against a real clickhouse-server (Debian's 18.16): it answers exactly
+//! The ClickHouse backend against a real ClickHouse (Debian's clickhouse-server 18.16, and the current engine: see support/clickhouse.rs): it answers exactly
 //! what SQLite answers (the golden maps), before and after roll-ups and retention, with late
 //! reports; several collectors share one database and a report retried to another collector
 //! counts once, even when both store it at the same moment.

@@ -14,10 +14,23 @@ fn ignored_tests(test: &str, envs: &[(&str, String)]) -> Result<()> {
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str()))))
 }
 
-/// The ClickHouse backend against Debian's clickhouse-server (each test starts its own).
+/// The ClickHouse backend's suite on two engines (each test starts its own): Debian's
+/// clickhouse-server 18.16, the oldest anyone is likely to run, and the current engine
+/// (chdb-core from the test venv, behind the harness's HTTP bridge).
 pub fn clickhouse() -> Result<String> {
-    ignored_tests("clickhouse", &[])?;
-    Ok("clickhouse-server 18.16: conformance, roll-ups, retention, two collectors".into())
+    ignored_tests(
+        "clickhouse",
+        &[("TRAFFICMAP_CLICKHOUSE_ENGINE", "server".into())],
+    )?;
+    let python = setup::venv().join("bin/python");
+    ignored_tests(
+        "clickhouse",
+        &[
+            ("TRAFFICMAP_CLICKHOUSE_ENGINE", "chdb".into()),
+            ("TRAFFICMAP_CHDB_PYTHON", python.display().to_string()),
+        ],
+    )?;
+    Ok("clickhouse-server 18.16 and chdb-core 26.9 (current engine): conformance, roll-ups, retention, two collectors".into())
 }
 
 /// Every network attack of issue 8 against the real collector binary, on SQLite and on

@@ -43,6 +43,8 @@ const PYTHON_TOOLS: &[&str] = &[
     "moto[server]==5.2.5",
     "kubernetes-validate==1.37.0",
     "yamllint",
+    // The current ClickHouse engine in-process (the `clickhouse` stage's second engine).
+    "chdb-core==26.9.0",
 ];
 
 pub fn setup(level: Level) -> Result<()> {
@@ -184,7 +186,7 @@ fn cargo_fuzz() -> Result<()> {
     run(cmd("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
-/// The Python virtualenv with the test tools (moto, kubernetes-validate).
+/// The Python virtualenv with the test tools (moto, kubernetes-validate, chdb-core).
 pub fn venv() -> PathBuf {
     cache_dir().join("venv")
 }

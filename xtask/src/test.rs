@@ -46,7 +46,7 @@ pub fn stages() -> Vec<Stage> {
         },
         Stage {
             name: "clickhouse",
-            about: "collector's ClickHouse backend against Debian's clickhouse-server",
+            about: "collector's ClickHouse backend against clickhouse-server 18.16 and the current engine (chdb)",
             run: crate::collector::clickhouse,
         },
         Stage {

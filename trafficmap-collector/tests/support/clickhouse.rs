@@ -1,5 +1,8 @@
-//! A private clickhouse-server (Debian's 18.16) for a test: its own directory and free ports on
-//! 127.0.0.1, a non-UTC server time zone (the store must not depend on it), stopped on drop.
+//! A private ClickHouse for a test: its own directory and free ports on 127.0.0.1, a non-UTC
+//! server time zone (the store must not depend on it), stopped on drop. The engine is Debian's
+//! clickhouse-server 18.16, or with `TRAFFICMAP_CLICKHOUSE_ENGINE=chdb` the current engine
+//! (PyPI's chdb-core, 26.x) behind `chdb_http.py`, a small HTTP bridge of this harness
+//! (`TRAFFICMAP_CHDB_PYTHON`: the Python that has chdb-core; default the xtask venv's).
 
 use std::{
     path::PathBuf,
@@ -21,8 +24,80 @@ fn binary() -> Option<PathBuf> {
 }
 
 impl ClickHouse {
-    /// `None` outside CI when the server is not installed (the caller says so).
+    /// `None` outside CI when the engine is not installed (the caller says so).
     pub fn start() -> Option<ClickHouse> {
+        let (ch, engine) = match std::env::var("TRAFFICMAP_CLICKHOUSE_ENGINE").as_deref() {
+            Ok("chdb") => (Self::start_chdb()?, "chdb"),
+            Ok("server") | Err(_) => (Self::start_server()?, "clickhouse-server"),
+            Ok(other) => panic!("TRAFFICMAP_CLICKHOUSE_ENGINE={other}: server or chdb"),
+        };
+        // Which engine a run used, in its output (the stage shows it).
+        let version = ch.query("SELECT version()");
+        eprintln!("TRAFFICMAP_CLICKHOUSE {engine} {}", version.trim());
+        Some(ch)
+    }
+
+    fn start_chdb() -> Option<ClickHouse> {
+        let python = std::env::var_os("TRAFFICMAP_CHDB_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/trafficmap/venv/bin/python")
+            });
+        let has_chdb = python.exists()
+            && Command::new(&python)
+                .args(["-c", "import chdb"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !super::require(
+            "chdb-core in the test venv (cargo xtask setup installs it)",
+            has_chdb,
+        ) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let http = super::free_port();
+        let script = super::root().join("trafficmap-collector/tests/support/chdb_http.py");
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg(http.to_string())
+            .arg(dir.path().join("data"))
+            .env("TZ", "Asia/Kolkata")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the chdb bridge");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = super::try_request(
+                format!("127.0.0.1:{http}").parse().unwrap(),
+                "GET",
+                "/ping",
+                &[],
+                b"",
+            ) && r.status == 200
+            {
+                break;
+            }
+            if let Some(s) = child.try_wait().unwrap() {
+                panic!("the chdb bridge exited ({s})");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the chdb bridge did not answer /ping within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(ClickHouse {
+            url: format!("http://127.0.0.1:{http}"),
+            child: Some(child),
+            _dir: dir,
+        })
+    }
+
+    fn start_server() -> Option<ClickHouse> {
         let bin = binary();
         if !super::require(
             "clickhouse-server (Debian package clickhouse-server)",
