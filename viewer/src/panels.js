@@ -189,7 +189,7 @@ export class Panels {
     }
     parts.push(item(dot(EXTERNAL), "external address"));
     parts.push(item(dot(tint("#4e79a7", 0.7), "#4e79a7", 5, 2.5), "ring: unmonitored (no agent)"));
-    if (this.app.pinned.size) parts.push(item(dot("#c9ced6", PINNED, 5, 2.5), `dark ring: pinned (${this.app.pinned.size}; double-click releases)`));
+    if (this.app.pinned.size) parts.push(item(dot("#c9ced6", PINNED, 5, 2.5), `violet ring: pinned (${this.app.pinned.size}; double-click releases)`));
     const sc = this.app.scene.scales;
     if (sc.sizeBy === "price") {
       // Issue 12: sized by price per hour (area ∝ price); nodes without a price are smallest.

@@ -9,7 +9,7 @@ import { linkBytes, logScale, sizeScale } from "./model.js";
 
 export const NODE_MIN = 3;
 /** The ring of a pinned node. */
-export const PINNED = "#111827";
+export const PINNED = "#6d28d9";
 export const NODE_MAX = 18;
 export const EDGE_MIN = 0.6;
 export const EDGE_MAX = 7;
@@ -123,7 +123,7 @@ export function makeReducers(getGraph, getFocus, getPins = () => null) {
     if (marked?.has(node)) return { ...data, borderColor: HIGHLIGHT, borderSize: 0.3, forceLabel: true, zIndex: 2, highlighted: false };
     return { ...data, forceLabel: focus.size <= 60, zIndex: 1 };
   };
-  // A pinned node (dragged into place) wears a thick dark ring, unless it is dimmed.
+  // A pinned node (dragged into place) wears a thick violet ring, unless it is dimmed.
   const nodeReducer = (node, data) => {
     const d = focused(node, data);
     if (!getPins()?.has(node) || d.color === DIMMED_NODE) return d;

@@ -768,7 +768,7 @@ try {
     await frames(page);
     const p = await page.evaluate((id) => window.__trafficmap.node(id), n.id);
     ok(Math.hypot(p.x - to.x, p.y - to.y) < 1.5, `the node is at (${p.x}, ${p.y}), not where it was dropped (${to.x}, ${to.y})`);
-    eq([p.pinned, p.borderColor], [true, "#111827"], "pinned and marked");
+    eq([p.pinned, p.borderColor], [true, "#6d28d9"], "pinned and marked");
     eq((await page.evaluate(() => window.__trafficmap.state())).pins, [[n.id, p.gx, p.gy]], "pins in the state");
     eq(new URL(page.url()).searchParams.getAll("pin"), [`${n.id}@${p.gx},${p.gy}`], "pin in the URL");
     eq((await page.evaluate(() => window.__trafficmap.camera())).ratio, 1, "the drag moved the node, not the camera");
@@ -789,7 +789,7 @@ try {
     await page.waitForFunction(() => window.__trafficmap.state().pins.length === 0);
     eq(new URL(page.url()).searchParams.getAll("pin"), [], "no pin in the URL after the double-click");
     const u = await page.evaluate((id) => window.__trafficmap.node(id), n.id);
-    ok(!u.pinned && u.borderColor !== "#111827", `released node still marked: ${JSON.stringify(u)}`);
+    ok(!u.pinned && u.borderColor !== "#6d28d9", `released node still marked: ${JSON.stringify(u)}`);
   });
 
   await step("suppression of external addresses by name; hide suppressed nodes too, or only their links", async () => {
