@@ -101,6 +101,8 @@ pub struct Config {
     // --- end b2 ---
     // ---- Archive (issue 12): see the `Archive` block below. ----
     pub archive: Archive,
+    // ---- Viewer (issue 12, item 6): what `GET /api/v1/viewer-config` serves. ----
+    pub viewer: Viewer,
 }
 
 impl Default for Config {
@@ -133,6 +135,7 @@ impl Default for Config {
             max_connections_per_address: 64,
             idle_timeout: Duration::from_secs(60),
             archive: Archive::default(),
+            viewer: Viewer::default(),
         }
     }
 }
@@ -214,6 +217,19 @@ impl Archive {
         Ok(())
     }
 }
+
+// ---- Viewer (issue 12, item 6): settings the viewer reads from `GET /api/v1/viewer-config`.
+// docs/collector.md, "Viewer". ----
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Viewer {
+    /// Named suppressions offered in the viewer's "Preset" select (checked as the viewer checks
+    /// its patterns: `crate::viewerapi::validate_presets`).
+    pub suppression_presets: Vec<crate::viewerapi::SuppressionPreset>,
+}
+
+// ---- end Viewer ----
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -560,6 +576,7 @@ impl Config {
         self.validate_periods()?;
         self.validate_enrich()?;
         self.archive.validate()?;
+        crate::viewerapi::validate_presets(&self.viewer.suppression_presets)?;
         if self.storage.backend == Backend::Clickhouse {
             // Parsed as the store's client will parse it; TLS comes with reqwest (rustls).
             let u = &self.storage.clickhouse.url;

@@ -28,6 +28,7 @@ pub mod slots;
 pub mod store;
 pub mod tls;
 pub mod viewer;
+pub mod viewerapi;
 
 /// Lets mimalloc back its memory with transparent huge pages. A 10,000-host day's map touches
 /// about a gigabyte of fresh memory; in 4 KiB pages the page faults (on a VM each one also a

@@ -6,7 +6,7 @@
 import { DIFF_COLORS, COST_COLORS, EDGE_CROSS_ENV, EDGE_NEUTRAL, EXTERNAL, KIND_COLORS, UNKNOWN, tint } from "./colors.js";
 import { $, fill, h } from "./dom.js";
 import { fmtSeen, fmtBytes, fmtCount, fmtUsd, linkBytes, peersOf } from "./model.js";
-import { EDGE_MAX } from "./scene.js";
+import { EDGE_MAX, PINNED } from "./scene.js";
 
 export const VIEW_NAMES = { instances: "Instances", clusters: "Clusters", "security-groups": "Security groups" };
 export const KIND_NAMES = { host: "host", unmonitored: "unmonitored host", external: "external", cluster: "cluster", security_group: "security group" };
@@ -189,11 +189,22 @@ export class Panels {
     }
     parts.push(item(dot(EXTERNAL), "external address"));
     parts.push(item(dot(tint("#4e79a7", 0.7), "#4e79a7", 5, 2.5), "ring: unmonitored (no agent)"));
+    if (this.app.pinned.size) parts.push(item(dot("#c9ced6", PINNED, 5, 2.5), `violet ring: pinned (${this.app.pinned.size}; double-click releases)`));
     const sc = this.app.scene.scales;
-    parts.push(h("h3", {}, "Size and width (log scale)"));
-    if (Number.isFinite(sc.node[0])) {
-      parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(1.5, sc.nodeSize(sc.node[0]))), `node: ${fmtBytes(sc.node[0])} in+out`));
-      parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(3, sc.nodeSize(sc.node[1]))), `node: ${fmtBytes(sc.node[1])}`));
+    if (sc.sizeBy === "price") {
+      // Issue 12: sized by price per hour (area ∝ price); nodes without a price are smallest.
+      parts.push(h("h3", { id: "legend-size" }, "Size: price per hour; width: bytes (log scale)"));
+      if (Number.isFinite(sc.node[0])) {
+        parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(1.5, sc.nodeSize(sc.node[0]))), `node: ${fmtUsd(sc.node[0])}/h`));
+        parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(3, sc.nodeSize(sc.node[1]))), `node: ${fmtUsd(sc.node[1])}/h`));
+      }
+      if (sc.unpriced) parts.push(h("div", { class: "item", id: "legend-unpriced" }, dot("#c9ced6", "#9aa3af", 1.5), h("span", {}, `no price: smallest size (${fmtCount(sc.unpriced)} node${sc.unpriced === 1 ? "" : "s"})`)));
+    } else {
+      parts.push(h("h3", { id: "legend-size" }, "Size and width (log scale)"));
+      if (Number.isFinite(sc.node[0])) {
+        parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(1.5, sc.nodeSize(sc.node[0]))), `node: ${fmtBytes(sc.node[0])} in+out`));
+        parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(3, sc.nodeSize(sc.node[1]))), `node: ${fmtBytes(sc.node[1])}`));
+      }
     }
     if (Number.isFinite(sc.edge[0])) {
       parts.push(item(line(EDGE_NEUTRAL, Math.max(1, sc.edgeSize(sc.edge[0])), true), `link: ${fmtBytes(sc.edge[0])}`));
@@ -218,7 +229,7 @@ export class Panels {
   updateFilterSummary() {
     const f = this.app.filtered;
     const bits = [];
-    if (f.suppressed) bits.push(`${fmtCount(f.suppressed)} node(s) suppressed`);
+    if (f.suppressed) bits.push(`${fmtCount(f.suppressed)} node(s) suppressed${this.app.state.hideNodes ? "" : " (links hidden, nodes shown)"}`);
     if (f.belowMin) bits.push(`${fmtCount(f.belowMin)} link(s) under ${fmtBytes(this.app.state.minBytes)}`);
     $("#filter-summary").textContent = bits.join(" · ");
   }
@@ -244,7 +255,7 @@ export class Panels {
       items.push(h("span", { id: "diff-counts" }, `links: ${c.new} new · ${c.gone} gone · ${c.changed} changed`));
     }
     const lay = this.app.layout;
-    items.push(h("span", {}, lay.state === "running" ? "layout running…" : lay.state === "settled" ? `layout settled in ${(lay.millis / 1000).toFixed(1)} s (${lay.iterations}${lay.budgetSpent ? ` of ${lay.maxIterations} iterations: time budget reached` : " iterations"})` : ""));
+    items.push(h("span", {}, lay.state === "running" ? "layout running…" : lay.state === "settled" ? `layout settled in ${(lay.millis / 1000).toFixed(1)} s (${lay.iterations}${lay.budgetSpent ? ` of ${lay.maxIterations} iterations: time budget reached` : " iterations"})` : lay.state === "paused" ? `layout paused after ${lay.iterations} iterations` : ""));
     items.push(h("span", { style: "margin-left:auto", id: "renderer-kind" }, this.app.renderer?.kind === "webgl" ? "WebGL" : this.app.rendererWhy ?? "Canvas 2D"));
     st.replaceChildren(...items);
   }
