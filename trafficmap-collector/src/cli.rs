@@ -193,7 +193,8 @@ pub enum Command {
     /// Questions about the traffic in the store.
     #[command(subcommand)]
     Query(Query),
-    /// Write a map as CSV (LucidChart), draw.io CSV, Graphviz DOT or JSON.
+    /// Write a map as CSV (LucidChart), draw.io CSV, Graphviz DOT, JSON, or the old
+    /// traffic-map tool's JSON.
     Export(ExportArgs),
     /// Run roll-ups and retention once.
     Rollup,
@@ -408,7 +409,9 @@ pub struct CrossEnvArgs {
 pub struct ArchdomainArgs {
     #[command(flatten)]
     pub range: RangeArgs,
-    /// Allowed archdomains, one per line (`#` comments); a line ending in `/` allows the subtree.
+    /// Allowed archdomains, one per line (`#` comments); a line ending in `/` allows the subtree;
+    /// `{name}` stands for one part. The old tool's archdomain.csv is read as it is (header row,
+    /// first column, its subtree rule), with a warning per construct that changed meaning.
     #[arg(long, value_name = "FILE")]
     pub allowed: PathBuf,
     /// Exit with status 1 when a host carries an archdomain that is not allowed, or none.
@@ -428,7 +431,8 @@ pub struct ExportArgs {
     pub range: RangeArgs,
     #[arg(long, value_enum, default_value = "csv")]
     pub format: Format,
-    /// Output file (default: standard output).
+    /// Output file (default: standard output); with `--format traffic-map`, a directory gets
+    /// the old name, `<view>-YYYY-MM-DD.json`.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     #[command(flatten)]

@@ -18,6 +18,10 @@ pub enum Format {
     Dot,
     /// The map itself.
     Json,
+    /// The old traffic-map tool's instances/clusters JSON, named `<view>-YYYY-MM-DD.json`
+    /// when the output is a directory (its viewer and scripts read it; see docs/migrating.md).
+    /// Command line only: it needs the instances of the range even for the clusters file.
+    TrafficMap,
 }
 
 impl Format {
@@ -37,7 +41,7 @@ impl Format {
         match self {
             Format::Csv | Format::Drawio => "text/csv; charset=utf-8",
             Format::Dot => "text/vnd.graphviz; charset=utf-8",
-            Format::Json => "application/json",
+            Format::Json | Format::TrafficMap => "application/json",
         }
     }
 
@@ -46,7 +50,7 @@ impl Format {
             Format::Csv => "csv",
             Format::Drawio => "drawio.csv",
             Format::Dot => "dot",
-            Format::Json => "json",
+            Format::Json | Format::TrafficMap => "json",
         }
     }
 }
@@ -57,6 +61,11 @@ pub fn export(map: &Map, format: Format) -> Vec<u8> {
         Format::Drawio => drawio_csv(map).into_bytes(),
         Format::Dot => dot(map).into_bytes(),
         Format::Json => map.to_json_pretty(),
+        // The instances file of the map's nodes (`query::export_map` renders the instances view
+        // for it and coalesces the clusters file); serialising these plain structs cannot fail.
+        Format::TrafficMap => {
+            serde_json::to_vec_pretty(&crate::traffic_map::instances(map)).unwrap_or_default()
+        }
     }
 }
 

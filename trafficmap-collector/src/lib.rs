@@ -27,6 +27,7 @@ pub mod server;
 pub mod slots;
 pub mod store;
 pub mod tls;
+pub mod traffic_map;
 pub mod viewer;
 pub mod viewerapi;
 

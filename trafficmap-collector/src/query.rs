@@ -13,7 +13,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use trafficmap_model::{bounds::sat_add, map::NodeKind};
+use trafficmap_model::{
+    bounds::sat_add,
+    map::{NodeKind, View},
+};
 
 use crate::{
     cli::{
@@ -22,11 +25,18 @@ use crate::{
     },
     config::Config,
     cost::usd,
-    enrich::{Identity, dns::ReverseLookup, dns::SystemResolver, refresh::Enricher},
-    export::{export, grouped},
+    enrich::{
+        Identity,
+        dns::ReverseLookup,
+        dns::SystemResolver,
+        refresh::Enricher,
+        rules::{AllowedList, AllowedPattern},
+    },
+    export::{Format, export, grouped},
     mapservice::{self, Built},
     render::{Priced, unnamed_addresses},
     store::Store,
+    traffic_map,
 };
 
 /// Progress lines on standard error (when it is a terminal, or with `--progress`).
@@ -796,30 +806,28 @@ pub struct Compliance {
     pub untagged: Vec<String>,
 }
 
-/// Allowed list: one archdomain per line; a trailing `/` allows the whole subtree.
+/// Allowed list: one archdomain per line; a trailing `/` allows the whole subtree; `{x}` stands
+/// for one part. The old tool's archdomain.csv is read too ([`AllowedList`]); its warnings are
+/// logged here.
 pub fn parse_allowed(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or_default().trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
+    parse_allowed_file(text, "allowed archdomains").unwrap_or_else(|e| {
+        // Nothing allowed: every tag is reported, which is loud, not silent.
+        tracing::error!("{e}");
+        Vec::new()
+    })
+}
+
+/// [`parse_allowed`] for a named file (`.csv` names are the old format): errors name the file.
+pub fn parse_allowed_file(text: &str, origin: &str) -> Result<Vec<String>, String> {
+    AllowedList::parse(text, origin).map(AllowedList::logged)
 }
 
 pub fn compliance(b: &Built, rules: &crate::enrich::Rules, allowed: &[String]) -> Compliance {
-    let allowed_clean: Vec<(String, bool)> = allowed
+    let allowed_clean: Vec<AllowedPattern> = allowed
         .iter()
-        .map(|a| {
-            (
-                rules.archdomain.archdomain(a).unwrap_or_default(),
-                a.ends_with('/'),
-            )
-        })
+        .filter_map(|a| AllowedPattern::new(a, &rules.archdomain))
         .collect();
-    let is_allowed = |a: &str| {
-        allowed_clean
-            .iter()
-            .any(|(x, tree)| a == x || (*tree && a.starts_with(&format!("{x}/"))))
-    };
+    let is_allowed = |a: &str| allowed_clean.iter().any(|p| p.matches(a));
     let mut c = Compliance::default();
     let mut hosts: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
     for id in &b.prepared.identities {
@@ -852,10 +860,8 @@ pub fn compliance(b: &Built, rules: &crate::enrich::Rules, allowed: &[String]) -
         match arch {
             None => c.untagged.push(who),
             Some(a) if is_allowed(&a) => {
-                for (x, tree) in &allowed_clean {
-                    if &a == x || (*tree && a.starts_with(&format!("{x}/"))) {
-                        used.insert(x.clone());
-                    }
+                for p in allowed_clean.iter().filter(|p| p.matches(&a)) {
+                    used.insert(p.name.clone());
                 }
                 c.allowed.entry(a).or_default().push(who);
             }
@@ -864,7 +870,7 @@ pub fn compliance(b: &Built, rules: &crate::enrich::Rules, allowed: &[String]) -
     }
     c.unused = allowed_clean
         .iter()
-        .map(|(x, _)| x.clone())
+        .map(|p| p.name.clone())
         .filter(|x| !used.contains(x))
         .collect();
     c
@@ -874,7 +880,8 @@ pub async fn archdomains(settings: &Settings, a: &ArchdomainArgs) -> Result<i32>
     let p = Progress::new(a.progress);
     let allowed =
         std::fs::read_to_string(&a.allowed).with_context(|| a.allowed.display().to_string())?;
-    let allowed = parse_allowed(&allowed);
+    let allowed = parse_allowed_file(&allowed, &a.allowed.display().to_string())
+        .map_err(anyhow::Error::msg)?;
     let l = load(settings, &a.range, &p).await?;
     let c = compliance(&l.built, &l.enricher.rules, &allowed);
     match a.output {
@@ -938,11 +945,32 @@ fn print_compliance(c: &Compliance, from: DateTime<Utc>, to: DateTime<Utc>) {
 
 pub async fn export_map(settings: &Settings, a: &ExportArgs) -> Result<()> {
     let p = Progress::new(a.progress);
+    if a.format == Format::TrafficMap {
+        // Refused before the store is read: the old tool had no such file.
+        traffic_map::file_name(a.view, Utc::now().date_naive()).map_err(anyhow::Error::msg)?;
+    }
     let l = load(settings, &a.range, &p).await?;
     p.step(format!("rendering the {} view", a.view.as_str()));
-    let map = l.built.render(&l.enricher, a.view, Utc::now());
-    let bytes = export(&map, a.format);
-    match &a.output {
+    let (bytes, output) = if a.format == Format::TrafficMap {
+        // The old clusters file was coalesced from the instances file: both start there.
+        let map = l.built.render(&l.enricher, View::Instances, Utc::now());
+        let bytes = traffic_map::render(a.view, &map).map_err(anyhow::Error::msg)?;
+        // A directory gets the old name (`clusters-2026-11-23.json`): the day of the range.
+        let output = match &a.output {
+            Some(dir) if dir.is_dir() => Some(
+                dir.join(
+                    traffic_map::file_name(a.view, l.built.prepared.from.date_naive())
+                        .map_err(anyhow::Error::msg)?,
+                ),
+            ),
+            o => o.clone(),
+        };
+        (bytes, output)
+    } else {
+        let map = l.built.render(&l.enricher, a.view, Utc::now());
+        (export(&map, a.format), a.output.clone())
+    };
+    match &output {
         Some(path) => {
             mapservice::write_atomic(path, &bytes).with_context(|| path.display().to_string())?;
             p.step(format!(
