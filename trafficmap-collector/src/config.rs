@@ -103,6 +103,8 @@ pub struct Config {
     pub archive: Archive,
     // ---- Viewer (issue 12, item 6): what `GET /api/v1/viewer-config` serves. ----
     pub viewer: Viewer,
+    // ---- Service names (issue 12 item 4): see the `Services` block below. ----
+    pub services: Services,
 }
 
 impl Default for Config {
@@ -136,7 +138,51 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             archive: Archive::default(),
             viewer: Viewer::default(),
+            services: Services::default(),
         }
+    }
+}
+
+// ---- Service names (issue 12 item 4): names for ports on the maps' links, in exports and in
+// the command line's tables, over IANA's registry shipped in the binary
+// (`trafficmap_model::services`). docs/collector.md, "Service names". ----
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Services {
+    /// Names by TCP port, e.g. `names = { 8080 = "http-alt", 9978 = "trafficmap" }` (TOML keys
+    /// are strings; each must be a port 1-65535). They win over `file` and over IANA's.
+    pub names: std::collections::BTreeMap<String, String>,
+    /// An `/etc/services`-format file whose TCP entries win over IANA's names.
+    pub file: Option<PathBuf>,
+}
+
+impl Services {
+    /// The merged table: `names`, then `file`, then IANA's. Reads `file`.
+    pub fn load(&self) -> Result<trafficmap_model::services::ServiceNames, String> {
+        use std::io::Read as _;
+        use trafficmap_model::services::{
+            MAX_FILE_BYTES, ServiceNames, parse_port, parse_services_file,
+        };
+        let mut merged = std::collections::BTreeMap::new();
+        if let Some(p) = &self.file {
+            let at = |e: String| format!("services.file: {}: {e}", p.display());
+            let mut text = String::new();
+            // One byte past the bound, so a larger file is refused rather than cut.
+            std::fs::File::open(p)
+                .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_string(&mut text))
+                .map_err(|e| at(e.to_string()))?;
+            merged = parse_services_file(&text).map_err(|e| at(e.to_string()))?;
+        }
+        for (port, name) in &self.names {
+            let port = parse_port(port).map_err(|e| format!("services.names: {e}"))?;
+            merged.insert(port, name.clone());
+        }
+        ServiceNames::with_overrides(merged).map_err(|e| format!("services.names: {e}"))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.load().map(drop)
     }
 }
 
@@ -538,6 +584,7 @@ impl Config {
             &mut self.tls_key_file,
             &mut self.tls_client_ca_file,
             &mut self.archive.credentials_file,
+            &mut self.services.file,
         ]
         .into_iter()
         .flatten()
@@ -577,6 +624,7 @@ impl Config {
         self.validate_enrich()?;
         self.archive.validate()?;
         crate::viewerapi::validate_presets(&self.viewer.suppression_presets)?;
+        self.services.validate()?;
         if self.storage.backend == Backend::Clickhouse {
             // Parsed as the store's client will parse it; TLS comes with reqwest (rustls).
             let u = &self.storage.clickhouse.url;
@@ -819,6 +867,8 @@ mod tests {
         full.archive.endpoint_url = Some("http://x".into());
         full.archive.region = Some("r".into());
         full.archive.credentials_file = Some("/x".into());
+        full.services.file = Some("/x".into());
+        full.services.names.insert("8080".into(), "http-alt".into());
         let mut want = Vec::new();
         keys(&toml::Value::try_from(&full).unwrap(), "", &mut want);
         let mut have = Vec::new();
@@ -832,6 +882,7 @@ mod tests {
             k.starts_with("enrich.env.aliases.")
                 || k.starts_with("enrich.archdomain.aliases.")
                 || k.starts_with("cost.internet_egress_by_region.")
+                || k.starts_with("services.names.")
         };
         let missing: Vec<&String> = want
             .iter()
@@ -855,6 +906,81 @@ mod tests {
         assert_eq!(
             example.cost.cross_az_per_gib,
             CostRates::default().cross_az_per_gib
+        );
+    }
+
+    /// `[services]` (issue 12 item 4): `names` over `file` over IANA's; bad entries stop the
+    /// start with the port or the line.
+    #[test]
+    fn service_names_merge_configuration_over_file_over_iana() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("services");
+        std::fs::write(
+            &file,
+            "kafka 9092/tcp\nfromfile 8080/tcp\nudponly 49990/udp\n",
+        )
+        .unwrap();
+        let text = format!(
+            "[services]\nnames = {{ 8080 = \"proxy\", 9978 = \"trafficmap\" }}\nfile = {:?}\n",
+            file.display().to_string()
+        );
+        let cfg = Config::from_toml(&text, "c.toml").unwrap();
+        cfg.validate().unwrap();
+        let names = cfg.services.load().unwrap();
+        assert_eq!(names.name(8080), Some("proxy"));
+        assert_eq!(names.name(9092), Some("kafka"));
+        assert_eq!(names.name(9978), Some("trafficmap"));
+        assert_eq!(names.name(5432), Some("postgresql"));
+        assert_eq!(names.name(49990), None, "udp entries name nothing");
+        for (names, want) in [
+            (
+                "{ 0 = \"x\" }",
+                "services.names: `0` is not a TCP port (1-65535)",
+            ),
+            (
+                "{ http = \"x\" }",
+                "services.names: `http` is not a TCP port (1-65535)",
+            ),
+            (
+                "{ 80 = \"\" }",
+                "services.names: port 80: empty service name",
+            ),
+            (
+                "{ 80 = \"a\\u001b[31m\" }",
+                "services.names: port 80: service name \"a\\u{1b}[31m\" holds the control character '\\u{1b}'",
+            ),
+        ] {
+            let cfg =
+                Config::from_toml(&format!("[services]\nnames = {names}\n"), "c.toml").unwrap();
+            assert_eq!(cfg.validate().unwrap_err(), want);
+        }
+        std::fs::write(&file, "ok 1/tcp\nbad\n").unwrap();
+        let cfg = Config {
+            services: Services {
+                file: Some(file.clone()),
+                ..Services::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.validate().unwrap_err(),
+            format!(
+                "services.file: {}: line 2: expected `name port/protocol`",
+                file.display()
+            )
+        );
+        std::fs::write(
+            &file,
+            "#".repeat(trafficmap_model::services::MAX_FILE_BYTES + 1),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.validate().unwrap_err(),
+            format!(
+                "services.file: {}: larger than {} bytes",
+                file.display(),
+                trafficmap_model::services::MAX_FILE_BYTES
+            )
         );
     }
 

@@ -16,6 +16,7 @@ use serde::Serialize;
 use trafficmap_model::{
     bounds::sat_add,
     map::{NodeKind, View},
+    services::{ServiceNames, port_label},
 };
 
 use crate::{
@@ -93,7 +94,11 @@ impl Loaded {
 pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Result<Loaded> {
     let cfg = settings.config().map_err(anyhow::Error::msg)?;
     let store = Store::open(cfg.store_options()).await?;
-    let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
+    let (enricher, dns_rx) = Enricher::with_services(
+        &cfg.enrich,
+        cfg.services.load().map_err(anyhow::Error::msg)?,
+    )
+    .map_err(anyhow::Error::msg)?;
     let now = Utc::now();
     if let Some(path) = &cfg.enrich.ec2.snapshot_file {
         let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
@@ -208,6 +213,9 @@ pub struct FlowRow {
     pub server: String,
     pub server_ip: String,
     pub port: u16,
+    /// The port's service name (`[services]`, else IANA's), filled by `top`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub bytes_to_server: u64,
     pub bytes_to_client: u64,
     pub bytes: u64,
@@ -337,6 +345,7 @@ pub fn top_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<FlowRow
                     server: ids[c.server].label.clone(),
                     server_ip: k.server_ip.to_string(),
                     port: k.port,
+                    service: None,
                     bytes_to_server: c.conv.bytes_to_server(),
                     bytes_to_client: c.conv.bytes_to_client(),
                     bytes: c.conv.bytes_to_server() + c.conv.bytes_to_client(),
@@ -373,6 +382,9 @@ pub fn top_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<FlowRow
 #[derive(Serialize, Clone)]
 pub struct PortRow {
     pub port: u16,
+    /// The port's service name (`[services]`, else IANA's), filled by `top`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub flows: u64,
     pub servers: u64,
     pub bytes_to_server: u64,
@@ -392,6 +404,7 @@ pub fn port_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<PortRo
             (
                 PortRow {
                     port,
+                    service: None,
                     flows: 0,
                     servers: 0,
                     bytes_to_server: 0,
@@ -440,12 +453,28 @@ pub fn port_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<PortRo
 pub async fn top(settings: &Settings, a: &TopArgs) -> Result<()> {
     let p = Progress::new(a.progress);
     let l = load(settings, &a.range, &p).await?;
+    let names = &l.enricher.services;
     if a.by_port {
-        let rows = port_rows(&l.built, &a.filters, a.by, a.limit);
+        let mut rows = port_rows(&l.built, &a.filters, a.by, a.limit);
+        for r in &mut rows {
+            r.service = names.name(r.port).map(str::to_owned);
+        }
         return emit(a.output, port_table(&rows), &rows);
     }
-    let rows = top_rows(&l.built, &a.filters, a.by, a.limit);
+    let mut rows = top_rows(&l.built, &a.filters, a.by, a.limit);
+    for r in &mut rows {
+        r.service = names.name(r.port).map(str::to_owned);
+    }
     emit(a.output, flow_table(&rows), &rows)
+}
+
+/// Ports as the tables show them (issue 12 item 4): `5432/postgresql 8080/http-alt`.
+fn port_labels(names: &ServiceNames, ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(|p| names.label(*p))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn port_table(rows: &[PortRow]) -> Table {
@@ -465,7 +494,7 @@ fn port_table(rows: &[PortRow]) -> Table {
             .iter()
             .map(|r| {
                 vec![
-                    r.port.to_string().into(),
+                    port_label(r.port, r.service.as_deref()).into(),
                     r.flows.into(),
                     r.servers.into(),
                     r.bytes_to_server.into(),
@@ -505,7 +534,7 @@ fn flow_table(rows: &[FlowRow]) -> Table {
                     r.client_ip.clone().into(),
                     r.server.clone().into(),
                     r.server_ip.clone().into(),
-                    r.port.to_string().into(),
+                    port_label(r.port, r.service.as_deref()).into(),
                     r.bytes_to_server.into(),
                     r.bytes_to_client.into(),
                     r.bytes.into(),
@@ -525,6 +554,9 @@ pub struct CallerRow {
     pub env: Option<String>,
     pub archdomain: Option<String>,
     pub ports: Vec<u16>,
+    /// Service names of `ports`, as a map link's `services` (left out when none has one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     pub processes: Vec<String>,
     pub bytes_to_server: u64,
     pub bytes_to_client: u64,
@@ -593,6 +625,7 @@ pub fn callers(b: &Built, target: &str, limit: usize) -> Vec<CallerRow> {
                     env: id.env.clone(),
                     archdomain: id.archdomain.clone(),
                     ports: vec![],
+                    services: vec![],
                     processes: vec![],
                     bytes_to_server: 0,
                     bytes_to_client: 0,
@@ -636,7 +669,10 @@ pub fn callers(b: &Built, target: &str, limit: usize) -> Vec<CallerRow> {
 pub async fn who_calls(settings: &Settings, a: &WhoCallsArgs) -> Result<()> {
     let p = Progress::new(a.progress);
     let l = load(settings, &a.range, &p).await?;
-    let rows = callers(&l.built, &a.target, a.limit);
+    let mut rows = callers(&l.built, &a.target, a.limit);
+    for r in &mut rows {
+        r.services = l.enricher.services.names_for(&r.ports);
+    }
     if rows.is_empty() && a.output == Output::Table {
         eprintln!("nobody called {} in that range", a.target);
     }
@@ -661,12 +697,7 @@ pub async fn who_calls(settings: &Settings, a: &WhoCallsArgs) -> Result<()> {
                     r.client_id.clone().into(),
                     r.env.clone().unwrap_or_else(|| "-".into()).into(),
                     r.archdomain.clone().unwrap_or_else(|| "-".into()).into(),
-                    r.ports
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        .into(),
+                    port_labels(&l.enricher.services, &r.ports).into(),
                     r.processes.join(" ").into(),
                     r.bytes_to_server.into(),
                     r.bytes_to_client.into(),
@@ -693,6 +724,9 @@ pub struct ClusterPair {
     pub client: String,
     pub server: String,
     pub ports: Vec<u16>,
+    /// Service names of `ports`, as a map link's `services` (left out when none has one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     pub bytes: u64,
 }
 
@@ -738,6 +772,7 @@ pub fn cross_env_pairs(b: &Built, limit: usize) -> Vec<EnvPair> {
                     client: c,
                     server: s,
                     ports: ports.into_iter().collect(),
+                    services: Vec::new(),
                     bytes,
                 })
                 .collect();
@@ -760,7 +795,10 @@ pub fn cross_env_pairs(b: &Built, limit: usize) -> Vec<EnvPair> {
 pub async fn cross_env(settings: &Settings, a: &CrossEnvArgs) -> Result<()> {
     let p = Progress::new(a.progress);
     let l = load(settings, &a.range, &p).await?;
-    let pairs = cross_env_pairs(&l.built, a.limit);
+    let mut pairs = cross_env_pairs(&l.built, a.limit);
+    for c in pairs.iter_mut().flat_map(|e| e.top.iter_mut()) {
+        c.services = l.enricher.services.names_for(&c.ports);
+    }
     let mut rows = Vec::new();
     for e in &pairs {
         for c in &e.top {
@@ -769,12 +807,7 @@ pub async fn cross_env(settings: &Settings, a: &CrossEnvArgs) -> Result<()> {
                 e.bytes.into(),
                 c.client.clone().into(),
                 c.server.clone().into(),
-                c.ports
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .into(),
+                port_labels(&l.enricher.services, &c.ports).into(),
                 c.bytes.into(),
             ]);
         }
@@ -1036,6 +1069,42 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "NAME,BYTES\n\"db, \"\"primary\"\"\",4200512\napi,7\n"
+        );
+    }
+
+    /// Tables show ports with their service names (issue 12 item 4); JSON keeps the number
+    /// and adds the name.
+    #[test]
+    fn ports_are_shown_with_their_service_names() {
+        let row = |port, service: Option<&str>| PortRow {
+            port,
+            service: service.map(str::to_owned),
+            flows: 1,
+            servers: 1,
+            bytes_to_server: 10,
+            bytes_to_client: 20,
+            bytes: 30,
+            connections: 1,
+            cost_usd: 0.0,
+        };
+        let rows = [row(5432, Some("postgresql")), row(49999, None)];
+        let mut out = Vec::new();
+        port_table(&rows).csv(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "PORT,FLOWS,SERVERS,TO SERVER,TO CLIENT,BYTES,CONNS,COST USD\n\
+             5432/postgresql,1,1,10,20,30,1,0.000000\n\
+             49999,1,1,10,20,30,1,0.000000\n"
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["port"], 5432);
+        assert_eq!(json[0]["service"], "postgresql");
+        assert!(json[1].get("service").is_none());
+        let names =
+            ServiceNames::with_overrides(BTreeMap::from([(9092, "kafka".to_owned())])).unwrap();
+        assert_eq!(
+            port_labels(&names, &[22, 9092, 49999]),
+            "22/ssh 9092/kafka 49999"
         );
     }
 

@@ -547,6 +547,8 @@ fn output_links(
                     bytes_to_source: l.to_source,
                     connections: l.connections,
                     server_ports: l.ports.iter().collect(),
+                    // Named by `Built::render` from the collector's service table.
+                    services: Vec::new(),
                     client_processes: process_names(p, l.client_processes.iter()),
                     server_processes: process_names(p, l.server_processes.iter()),
                     observed_by: match l.observed {

@@ -55,7 +55,11 @@ async fn signal() -> &'static str {
 pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(cfg.store_options()).await?;
-    let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
+    let (enricher, dns_rx) = Enricher::with_services(
+        &cfg.enrich,
+        cfg.services.load().map_err(anyhow::Error::msg)?,
+    )
+    .map_err(anyhow::Error::msg)?;
     if let Some(d) = &enricher.dns {
         metrics.watch_dns(d.clone());
     }

@@ -877,7 +877,10 @@ async fn export_response(
     let from_file;
     let map: &Map = match &*served {
         Served::File(bytes) => match Map::from_json(bytes) {
-            Ok(m) => {
+            Ok(mut m) => {
+                // Ports named with the current names, also in files written before service
+                // names existed (issue 12 item 4).
+                app.enricher.services.annotate(&mut m);
                 from_file = m;
                 &from_file
             }

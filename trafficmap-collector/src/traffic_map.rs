@@ -445,6 +445,7 @@ mod tests {
             bytes_to_source: to_s,
             connections: 1,
             server_ports: vec![port],
+            services: vec![],
             client_processes: vec![],
             server_processes: vec![],
             observed_by: ObservedBy::Both,

@@ -377,6 +377,8 @@ async fn clusters_sum_instances() {
         (3_000_003, 12_200_512)
     );
     assert_eq!(l.server_ports, [5432]);
+    // Named from IANA's registry shipped in the binary (issue 12 item 4).
+    assert_eq!(l.services, ["postgresql"]);
     // Cross-env: stage batch to prod database.
     let l = link(
         clusters,

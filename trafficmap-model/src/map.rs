@@ -179,6 +179,11 @@ pub struct Link {
     pub bytes_to_source: u64,
     pub connections: u64,
     pub server_ports: Vec<u16>,
+    /// Service names of `server_ports`, in the same order, `""` for a port without one
+    /// (`crate::services`: the collector's `[services]` names, then IANA's). Left out when no
+    /// port has a name, and in maps written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     pub client_processes: Vec<String>,
     pub server_processes: Vec<String>,
     pub observed_by: ObservedBy,
@@ -249,6 +254,22 @@ impl Map {
                         "links[{i}] references unknown node `{end}`"
                     )));
                 }
+            }
+            // Service names (issue 12 item 4): parallel to the ports, or absent.
+            if !l.services.is_empty() && l.services.len() != l.server_ports.len() {
+                return Err(MapError::Invalid(format!(
+                    "links[{i}]: {} services for {} server_ports",
+                    l.services.len(),
+                    l.server_ports.len()
+                )));
+            }
+            if let Some(e) = l
+                .services
+                .iter()
+                .filter(|n| !n.is_empty())
+                .find_map(|n| crate::services::check_name(n).err())
+            {
+                return Err(MapError::Invalid(format!("links[{i}].services: {e}")));
             }
             bytes += l.bytes_to_target + l.bytes_to_source;
             disagreement += l.disagreement_bytes;

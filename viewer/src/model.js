@@ -54,6 +54,7 @@ export function indexMap(doc) {
   const adjacency = new Map(doc.nodes.map((n) => [n.id, []]));
   for (const l of doc.links) {
     if (!byId.has(l.source) || !byId.has(l.target)) continue;
+    noteServices(byId, l); // issue 12 item 4
     if (l.source === l.target) {
       selfLinks.push(l);
       continue;
@@ -404,10 +405,28 @@ function termMatches(n, t) {
         lc(n.instance_type) === t.text ||
         n.addresses.some((a) => lc(a).includes(t.text)) ||
         n.processes.some((p) => lc(p).includes(t.text)) ||
-        n.security_groups.some((g) => lc(g).includes(t.text))
+        n.security_groups.some((g) => lc(g).includes(t.text)) ||
+        servesNamed(n, t.text) // issue 12 item 4
       );
   }
 }
+
+// ---- issue 12 item 4 (service names): a node matches a search for a service it serves
+// ("postgresql"), named by the links' `services` (parallel to `server_ports`, absent in older
+// maps); indexMap records them per server node.
+const servedNames = new WeakMap();
+function noteServices(byId, l) {
+  if (!Array.isArray(l.services)) return;
+  const n = byId.get(l.target);
+  let set = servedNames.get(n);
+  if (!set) servedNames.set(n, (set = new Set()));
+  for (const s of l.services) if (typeof s === "string" && s) set.add(s.toLowerCase());
+}
+function servesNamed(n, text) {
+  for (const s of servedNames.get(n) ?? []) if (s.includes(text)) return true;
+  return false;
+}
+// ---- end issue 12 item 4 ----
 
 /** Ids of the nodes (among `candidates`) that match every term of the query. */
 export function searchNodes(index, query, candidates) {

@@ -11,6 +11,22 @@ import { EDGE_MAX, PINNED } from "./scene.js";
 export const VIEW_NAMES = { instances: "Instances", clusters: "Clusters", "security-groups": "Security groups" };
 export const KIND_NAMES = { host: "host", unmonitored: "unmonitored host", external: "external", cluster: "cluster", security_group: "security group" };
 
+// ---- issue 12 item 4 (service names): ports with the names the map gives them, "5432/postgresql".
+// A link's `services` is parallel to its `server_ports` ("" for a port without a name) and absent
+// in older maps; a node's ports take the names of the links it serves.
+export function portLabels(ports, services) {
+  return ports.map((p, i) => (services?.[i] ? `${p}/${services[i]}` : String(p))).join(", ");
+}
+function nodePortLabels(index, n) {
+  const names = new Map();
+  for (const i of index.adjacency.get(n.id) ?? []) {
+    const l = index.links[i];
+    if (l.target === n.id) (l.services ?? []).forEach((s, k) => s && names.set(l.server_ports[k], s));
+  }
+  return portLabels(n.server_ports, n.server_ports.map((p) => names.get(p)));
+}
+// ---- end issue 12 item 4 ----
+
 export class Panels {
   constructor(app) {
     this.app = app;
@@ -35,7 +51,7 @@ export class Panels {
     const b = this.app.scene.graph.getNodeAttributes(t);
     const lines = [
       h("div", { class: "t" }, `${this.app.data.index.byId.get(s).label} → ${this.app.data.index.byId.get(t).label}`),
-      h("div", { class: "m" }, `port ${l.server_ports.join(", ") || "–"} · ${fmtCount(l.connections)} connections`),
+      h("div", { class: "m" }, `port ${portLabels(l.server_ports, l.services) || "–"} · ${fmtCount(l.connections)} connections`),
       h("div", {}, `→ ${fmtBytes(l.bytes_to_target)} · ← ${fmtBytes(l.bytes_to_source)}`),
     ];
     if (l.diff) lines.push(h("div", {}, diffText(l)));
@@ -98,7 +114,7 @@ export class Panels {
         row("members", "Members", n.members > 1 || n.kind === "cluster" || n.kind === "security_group" ? fmtCount(n.members) : null),
         row("security_groups", "Security groups", n.security_groups.join(", ")),
         row("processes", "Processes", n.processes.join(", ")),
-        row("server_ports", "Server ports", n.server_ports.join(", ")),
+        row("server_ports", "Server ports", nodePortLabels(index, n)),
         row("bytes_in", "Bytes in", fmtBytes(n.bytes_in)),
         row("bytes_out", "Bytes out", fmtBytes(n.bytes_out)),
         row("connections", "Connections", fmtCount(n.connections)),
@@ -115,7 +131,7 @@ export class Panels {
                 h("td", {}, h("button", { type: "button", class: "peer", onclick: () => this.app.select(p.peer.id, true) }, p.peer.label),
                   p.link.diff && p.link.diff !== "same" ? h("span", { class: "diff-tag", style: `background:${DIFF_COLORS[p.link.diff]};margin-left:4px` }, p.link.diff) : null),
                 h("td", {}, p.role),
-                h("td", {}, p.ports.join(", ")),
+                h("td", {}, portLabels(p.ports, p.link.services)),
                 h("td", { class: "num" }, fmtBytes(p.sent)),
                 h("td", { class: "num" }, fmtBytes(p.received)),
                 h("td", { class: "num" }, fmtUsd(p.cost))))))
@@ -138,7 +154,7 @@ export class Panels {
       h("dl", {},
         row("client", "Client", h("button", { type: "button", class: "peer", onclick: () => this.app.select(s.id, true) }, s.label)),
         row("server", "Server", h("button", { type: "button", class: "peer", onclick: () => this.app.select(t.id, true) }, t.label)),
-        row("server_ports", "Server ports", l.server_ports.join(", ")),
+        row("server_ports", "Server ports", portLabels(l.server_ports, l.services)),
         row("bytes_to_target", "Client → server", fmtBytes(l.bytes_to_target)),
         row("bytes_to_source", "Server → client", fmtBytes(l.bytes_to_source)),
         row("connections", "Connections", fmtCount(l.connections)),

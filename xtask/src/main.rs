@@ -8,6 +8,7 @@ mod bench_agent;
 mod bench_probe;
 mod collector;
 mod run;
+mod services;
 mod setup;
 mod test;
 mod util;
@@ -78,6 +79,12 @@ enum Cmd {
     VmTest {
         /// Kernel labels to run (default: all of 5.10, 6.1, 6.12).
         kernels: Vec<String>,
+    },
+    /// Regenerate the shipped TCP service-name table from IANA's registry XML (the committed
+    /// copy, or first replace that copy with `--xml FILE`, plain or gzipped).
+    ServicesUpdate {
+        #[arg(long)]
+        xml: Option<std::path::PathBuf>,
     },
     /// The web viewer: rebuild its bundle, check it, run its browser test.
     Viewer {
@@ -178,5 +185,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Viewer { cmd } => viewer::command(cmd),
+        Cmd::ServicesUpdate { xml } => services::update(xml.as_deref()),
     }
 }

@@ -62,6 +62,9 @@ pub struct Enricher {
     cloud_error: Mutex<Option<String>>,
     cloud_loaded: Mutex<bool>,
     pub dns: Option<Arc<DnsCache>>,
+    /// Service names for ports (issue 12 item 4): `[services]` over IANA's, for the maps'
+    /// links, the exports and the command line's tables.
+    pub services: trafficmap_model::services::ServiceNames,
 }
 
 fn stamp(p: &std::path::Path) -> Option<(SystemTime, u64)> {
@@ -70,9 +73,18 @@ fn stamp(p: &std::path::Path) -> Option<(SystemTime, u64)> {
 }
 
 impl Enricher {
-    /// Loads the files (errors are fatal here: the configuration was validated before).
+    /// Loads the files (errors are fatal here: the configuration was validated before), with
+    /// IANA's service names only.
     pub fn new(
         cfg: &config::Enrich,
+    ) -> Result<(Arc<Enricher>, Option<tokio::sync::mpsc::Receiver<IpAddr>>), String> {
+        Self::with_services(cfg, trafficmap_model::services::ServiceNames::iana())
+    }
+
+    /// [`Enricher::new`] with the configuration's service names (`config::Services::load`).
+    pub fn with_services(
+        cfg: &config::Enrich,
+        services: trafficmap_model::services::ServiceNames,
     ) -> Result<(Arc<Enricher>, Option<tokio::sync::mpsc::Receiver<IpAddr>>), String> {
         let rules = Rules {
             tags: cfg.tags.clone(),
@@ -107,6 +119,7 @@ impl Enricher {
                 cloud_error: Mutex::default(),
                 cloud_loaded: Mutex::new(false),
                 dns,
+                services,
             }),
             rx,
         ))
