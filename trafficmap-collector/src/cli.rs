@@ -206,6 +206,41 @@ pub enum Command {
     /// The archive of daily maps and store extracts ([archive] in the configuration).
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Reports on a day: costs (and, with [reports], compliance and their mail).
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+/// `report ...` (issue 12).
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// What the day's instances cost per hour and per year, by env, archdomain, cluster,
+    /// instance type and lifecycle, with the source of each price.
+    Costs(CostsArgs),
+}
+
+/// `report costs`.
+#[derive(Args, Debug)]
+pub struct CostsArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    /// Sum by (repeatable; default: all of them, in this order).
+    #[arg(long = "by", value_enum, value_name = "DIMENSION")]
+    pub by: Vec<crate::costreport::Dimension>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: CostFormat,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CostFormat {
+    #[default]
+    Text,
+    Html,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
