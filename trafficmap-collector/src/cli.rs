@@ -193,6 +193,9 @@ pub enum Command {
     /// The archive of daily maps and store extracts ([archive] in the configuration).
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// The daily reports: print them, or mail them as `[reports]` says.
+    #[command(subcommand)]
+    Report(ReportCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -272,6 +275,47 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "DATA_DIR")]
         into: Option<PathBuf>,
     },
+}
+
+/// `report compliance|send` (and `costs`, issue 12 item 3).
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// The archdomain compliance report of a day: tags seen that are not allowed, allowed tags
+    /// nobody uses, hosts without tags, cross-env edges new that day.
+    Compliance(ReportComplianceArgs),
+    /// Mail the daily report of a day as `[reports]` describes (or print the message).
+    Send(ReportSendArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    #[default]
+    Text,
+    Html,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportComplianceArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportSendArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    /// Print the message (headers, text and HTML parts) instead of sending it.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -113,6 +113,9 @@ fn main() {
             }
             Some(Command::CheckConfig | Command::Token(_)) => Ok(0),
             Some(Command::Archive(a)) => trafficmap_collector::archive::command(&cfg, a).await,
+            Some(Command::Report(r)) => {
+                trafficmap_collector::dailyreport::command(&cli.settings, r).await
+            }
         };
         match result {
             Ok(code) => code,
