@@ -45,6 +45,8 @@ const SENT_VERSION: u32 = 1;
 const SENT_KEPT: usize = 60;
 /// Lines listed per section of a mail; the rest is counted (the CLI's JSON has everything).
 pub const MAX_LINES: usize = 200;
+/// Hosts named per archdomain line of a mail; the rest is counted.
+pub const MAX_HOSTS_PER_LINE: usize = 20;
 /// An allowed-archdomains file larger than this is refused.
 const MAX_ALLOWED_FILE_BYTES: u64 = 4 << 20;
 /// How often the service looks whether a report is due.
@@ -250,8 +252,18 @@ impl ComplianceReport {
         let per_tag = |m: &BTreeMap<String, Vec<String>>| -> Vec<String> {
             m.iter()
                 .map(|(a, hosts)| {
-                    let hosts: Vec<String> = hosts.iter().map(|h| clean(h)).collect();
-                    format!("{}: {}", clean(a), hosts.join(", "))
+                    let mut named: Vec<String> = hosts
+                        .iter()
+                        .take(MAX_HOSTS_PER_LINE)
+                        .map(|h| clean(h))
+                        .collect();
+                    if hosts.len() > named.len() {
+                        named.push(format!(
+                            "and {} more",
+                            grouped((hosts.len() - named.len()) as u64)
+                        ));
+                    }
+                    format!("{}: {}", clean(a), named.join(", "))
                 })
                 .collect()
         };
@@ -332,9 +344,9 @@ impl DailyReport {
             esc(&title)
         );
         if let Some(c) = &self.compliance {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<h2>Archdomain compliance, {} .. {}</h2>\n",
+                "<h2>Archdomain compliance, {} .. {}</h2>",
                 esc(&c.from.to_string()),
                 esc(&c.to.to_string())
             );
@@ -826,5 +838,19 @@ mod tests {
         assert!(t.contains("Hosts without tags (205):\n"), "{t}");
         assert!(t.contains("  h199\n  ... and 5 more (trafficmap-collector report compliance --day 2026-11-23 --format json lists all)\n"), "{t}");
         assert!(!t.contains("h200"), "{t}");
+        if let Some(c) = r.compliance.as_mut() {
+            c.tags.not_allowed.insert(
+                "wide".into(),
+                (0..MAX_HOSTS_PER_LINE + 3)
+                    .map(|i| format!("w{i}"))
+                    .collect(),
+            );
+        }
+        let t = r.to_text();
+        let want = (0..MAX_HOSTS_PER_LINE)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(t.contains(&format!("  wide: {want}, and 3 more\n")), "{t}");
     }
 }
