@@ -193,9 +193,46 @@ pub enum Command {
     /// The archive of daily maps and store extracts ([archive] in the configuration).
     #[command(subcommand)]
     Archive(ArchiveCommand),
-    /// The daily reports: print them, or mail them as `[reports]` says.
+    /// The daily reports: costs and compliance; print them, or mail them as `[reports]` says.
     #[command(subcommand)]
     Report(ReportCommand),
+}
+
+/// `report ...` (issue 12).
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// What the day's instances cost per hour and per year, by env, archdomain, cluster,
+    /// instance type and lifecycle, with the source of each price.
+    Costs(CostsArgs),
+    /// The archdomain compliance report of a day: tags seen that are not allowed, allowed tags
+    /// nobody uses, hosts without tags, cross-env edges new that day.
+    Compliance(ReportComplianceArgs),
+    /// Mail the daily report of a day as `[reports]` describes (or print the message).
+    Send(ReportSendArgs),
+}
+
+/// `report costs`.
+#[derive(Args, Debug)]
+pub struct CostsArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    /// Sum by (repeatable; default: all of them, in this order).
+    #[arg(long = "by", value_enum, value_name = "DIMENSION")]
+    pub by: Vec<crate::costreport::Dimension>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: CostFormat,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CostFormat {
+    #[default]
+    Text,
+    Html,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,16 +312,6 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "DATA_DIR")]
         into: Option<PathBuf>,
     },
-}
-
-/// `report compliance|send` (and `costs`, issue 12 item 3).
-#[derive(Subcommand, Debug)]
-pub enum ReportCommand {
-    /// The archdomain compliance report of a day: tags seen that are not allowed, allowed tags
-    /// nobody uses, hosts without tags, cross-env edges new that day.
-    Compliance(ReportComplianceArgs),
-    /// Mail the daily report of a day as `[reports]` describes (or print the message).
-    Send(ReportSendArgs),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

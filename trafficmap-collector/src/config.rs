@@ -101,6 +101,8 @@ pub struct Config {
     // --- end b2 ---
     // ---- Archive (issue 12): see the `Archive` block below. ----
     pub archive: Archive,
+    // ---- Prices (issue 12, c1): see the `Prices` block below. ----
+    pub prices: Prices,
     // ---- Daily reports by email (issue 12, c2): see the `Reports` block below. ----
     pub reports: Reports,
 }
@@ -135,6 +137,7 @@ impl Default for Config {
             max_connections_per_address: 64,
             idle_timeout: Duration::from_secs(60),
             archive: Archive::default(),
+            prices: Prices::default(),
             reports: Reports::default(),
         }
     }
@@ -217,6 +220,69 @@ impl Archive {
         Ok(())
     }
 }
+
+// ---- Prices (issue 12, c1): on-demand prices from the AWS Price List API, cached in data_dir,
+// before the price table (`enrich.price_file`). docs/collector.md, "Cost reports". ----
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prices {
+    /// Ask the AWS Price List API (GetProducts) for the on-demand prices of the fleet's instance
+    /// types. Off by default: no outbound call unless asked.
+    pub price_list_api: bool,
+    /// Another endpoint (a proxy; a local server in tests) instead of AWS's.
+    pub price_list_endpoint: Option<String>,
+    /// The `operatingSystem` of the products priced (`Linux`, `Windows`, `RHEL`, ...).
+    pub operating_system: String,
+    /// How long an answer (a price, or "no such product") is kept in the cache file.
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices {
+            price_list_api: false,
+            price_list_endpoint: None,
+            operating_system: "Linux".into(),
+            cache_ttl: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl Prices {
+    /// The cache of the Price List API's answers.
+    pub fn cache_file(data_dir: &Path) -> PathBuf {
+        data_dir.join("price-list-cache.json")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let os = &self.operating_system;
+        if os.is_empty() || os.len() > 64 || os.chars().any(char::is_control) {
+            return Err(format!(
+                "prices.operating_system `{os}`: a Price List operatingSystem such as Linux (1-64 characters)"
+            ));
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(366 * 86_400)).contains(&self.cache_ttl)
+        {
+            return Err("prices.cache_ttl: between 1m and 366days".into());
+        }
+        if let Some(u) = &self.price_list_endpoint {
+            let scheme = reqwest::Url::parse(u).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err(format!("prices.price_list_endpoint `{u}`: an http(s) URL"));
+            }
+        }
+        if self.price_list_api && !cfg!(feature = "ec2") {
+            return Err(
+                "prices.price_list_api: this collector was built without the `ec2` feature (AWS SDK)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+// ---- end of prices ----
 
 // ---- Daily reports by email (issue 12, c2): the compliance (and cost) report of the previous
 // day mailed at `schedule` by `crate::dailyreport`, through `crate::mail`. docs/collector.md,
@@ -360,6 +426,7 @@ impl Smtp {
         Ok(())
     }
 }
+// ---- end of reports ----
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -709,6 +776,7 @@ impl Config {
         self.validate_periods()?;
         self.validate_enrich()?;
         self.archive.validate()?;
+        self.prices.validate()?;
         self.reports.validate()?;
         if self.storage.backend == Backend::Clickhouse {
             // Parsed as the store's client will parse it; TLS comes with reqwest (rustls).
@@ -952,6 +1020,7 @@ mod tests {
         full.archive.endpoint_url = Some("http://x".into());
         full.archive.region = Some("r".into());
         full.archive.credentials_file = Some("/x".into());
+        full.prices.price_list_endpoint = Some("http://x".into());
         full.reports.to = vec!["ops@example.com".into()];
         full.reports.allowed_archdomains_file = Some("/x".into());
         full.reports.smtp.username = Some("u".into());

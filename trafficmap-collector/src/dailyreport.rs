@@ -51,6 +51,8 @@ pub const MAX_HOSTS_PER_LINE: usize = 20;
 const MAX_ALLOWED_FILE_BYTES: u64 = 4 << 20;
 /// How often the service looks whether a report is due.
 const CHECK_EVERY: Duration = Duration::from_secs(60);
+/// At start, how long the first report waits for the EC2 data to load (then it goes anyway).
+const CLOUD_WAIT: Duration = Duration::from_secs(600);
 /// Retry after a failed send: doubling from the first, capped.
 const RETRY_FIRST: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
@@ -105,7 +107,9 @@ pub struct DailyReport {
     pub generated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compliance: Option<ComplianceReport>,
-    // The cost report (costreport.rs, issue 12 item 3) joins here when `[reports] costs`.
+    /// The cost report (`report costs`, costreport.rs) of the day's instances map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub costs: Option<crate::costreport::CostReport>,
 }
 
 /// Cross-env cluster pairs of `today` absent from `before`, largest first.
@@ -184,10 +188,15 @@ pub async fn complete(
     } else {
         None
     };
+    let costs = cfg.reports.costs.then(|| {
+        let map = today.render(enricher, trafficmap_model::map::View::Instances, now);
+        crate::costreport::build(&map, &crate::costreport::Dimension::ALL)
+    });
     Ok(DailyReport {
         day,
         generated_at: now,
         compliance,
+        costs,
     })
 }
 
@@ -329,6 +338,10 @@ impl DailyReport {
                 }
             }
         }
+        if let Some(c) = &self.costs {
+            out.push('\n');
+            out.push_str(&c.to_text());
+        }
         out
     }
 
@@ -365,6 +378,9 @@ impl DailyReport {
                 }
                 out.push_str("</ul>\n");
             }
+        }
+        if let Some(c) = &self.costs {
+            out.push_str(&c.to_html());
         }
         out.push_str("</body></html>\n");
         out
@@ -572,6 +588,19 @@ pub fn spawn(
         return None;
     }
     Some(tokio::spawn(async move {
+        // A report made before the EC2 data is loaded would list no instance: wait for it,
+        // for a while (a service started at the schedule mails yesterday at once).
+        let start = tokio::time::Instant::now();
+        while !app.enricher.cloud_ready() {
+            if start.elapsed() >= CLOUD_WAIT {
+                tracing::warn!("reports: EC2 data still not loaded; mailing without it");
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
         let mut sent = None;
         let mut retry: Option<Duration> = None;
         // The first look comes at once: a day missed while the service was down goes out now.
@@ -632,6 +661,7 @@ pub async fn command(
     let (day, progress) = match cmd {
         C::Compliance(a) => (a.day, a.progress),
         C::Send(a) => (a.day, a.progress),
+        C::Costs(a) => return crate::costreport::command(settings, a).await.map(|()| 0),
     };
     let day = day.unwrap_or(now.date_naive() - Days::new(1));
     let p = query::Progress::new(progress);
@@ -641,8 +671,10 @@ pub async fn command(
     };
     let mut l = query::load(settings, &range, &p).await?;
     if let C::Compliance(_) = cmd {
-        // This command prints the compliance section whatever `[reports] compliance` says.
+        // This command prints the compliance section, whatever `[reports]` says (`report
+        // costs` prints the other).
         l.cfg.reports.compliance = true;
+        l.cfg.reports.costs = false;
     }
     let report = complete(&l.cfg, &l.store, &l.enricher, &l.built, day, now).await?;
     let mut out = std::io::stdout().lock();
@@ -656,6 +688,7 @@ pub async fn command(
                 writeln!(out)?;
             }
         },
+        C::Costs(_) => {}
         C::Send(a) => {
             let msg = report.message(&l.cfg.reports)?;
             if a.dry_run {
@@ -790,6 +823,7 @@ mod tests {
                     bytes: 1_234_567,
                 }],
             }),
+            costs: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod cost;
+pub mod costreport;
 pub mod dailyreport;
 pub mod enrich;
 pub mod export;

@@ -2,7 +2,7 @@
 
 use clap::Parser as _;
 use trafficmap_collector::{
-    cli::{Cli, Command, Query, TokenCommand},
+    cli::{Cli, Command, Query, ReportCommand, TokenCommand},
     query, run,
 };
 
@@ -113,6 +113,11 @@ fn main() {
             }
             Some(Command::CheckConfig | Command::Token(_)) => Ok(0),
             Some(Command::Archive(a)) => trafficmap_collector::archive::command(&cfg, a).await,
+            Some(Command::Report(ReportCommand::Costs(a))) => {
+                trafficmap_collector::costreport::command(&cli.settings, a)
+                    .await
+                    .map(|()| 0)
+            }
             Some(Command::Report(r)) => {
                 trafficmap_collector::dailyreport::command(&cli.settings, r).await
             }

@@ -98,6 +98,18 @@ pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Resul
             enricher.set_cloud(snap);
         }
     }
+    // On-demand prices from the Price List API ([prices]): the cache, and the API for what it
+    // lacks (public prices, one question per type and region and TTL). A failure is in the
+    // maps' warnings; the price table stands in.
+    if let Some(pl) = crate::run::price_list(&cfg).await {
+        enricher.set_price_list(pl, now);
+        if let Some(r) = enricher.refresh_price_list(now).await {
+            p.step(match r {
+                Ok(n) => format!("AWS Price List API: {n} question(s)"),
+                Err(e) => format!("AWS Price List API failed: {e}"),
+            });
+        }
+    }
     let (from, to) = resolve_range(range, now)?;
     p.step(format!("reading {from} .. {to} from {}", store.backend()));
     let mut built = mapservice::build(&store, &enricher, &cfg.cost, from, to, now).await?;
@@ -208,13 +220,15 @@ pub struct FlowRow {
 
 /// A cell of a printed table: counts are grouped for people (`4,200,512`) and plain in CSV
 /// (`4200512`), so a spreadsheet reads them as numbers.
-enum Cell {
+pub(crate) enum Cell {
     Text(String),
     Count(u64),
+    /// USD shown with this many decimals (grouped), in full in CSV; `None`: `-` (no price).
+    Usd(Option<f64>, usize),
 }
 
 impl Cell {
-    fn for_people(&self) -> String {
+    pub(crate) fn for_people(&self) -> String {
         match self {
             // Names come from reports, EC2 tags and DNS: no terminal escapes reach the screen.
             Cell::Text(s) => s
@@ -222,6 +236,17 @@ impl Cell {
                 .map(|c| if c.is_control() { '\u{fffd}' } else { c })
                 .collect(),
             Cell::Count(n) => grouped(*n),
+            Cell::Usd(None, _) => "-".into(),
+            Cell::Usd(Some(v), decimals) => {
+                let s = format!("{v:.decimals$}");
+                let (int, frac) = s.split_once('.').unwrap_or((s.as_str(), ""));
+                let int = int.parse::<u64>().map_or_else(|_| int.to_owned(), grouped);
+                if frac.is_empty() {
+                    int
+                } else {
+                    format!("{int}.{frac}")
+                }
+            }
         }
     }
 
@@ -230,6 +255,7 @@ impl Cell {
             // Neutralised for spreadsheets (formula injection); numbers stay numbers.
             Cell::Text(s) => crate::export::safe_cell(s).into_owned(),
             Cell::Count(n) => n.to_string(),
+            Cell::Usd(v, _) => v.map(|v| v.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -247,16 +273,16 @@ impl From<u64> for Cell {
 }
 
 /// A table printed as aligned text, CSV or JSON.
-struct Table {
-    headers: Vec<&'static str>,
-    rows: Vec<Vec<Cell>>,
+pub(crate) struct Table {
+    pub(crate) headers: Vec<&'static str>,
+    pub(crate) rows: Vec<Vec<Cell>>,
     /// Columns aligned right (numbers).
-    right: Vec<bool>,
+    pub(crate) right: Vec<bool>,
 }
 
 impl Table {
     /// Columns two spaces apart, no borders, no trailing blanks.
-    fn print(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    pub(crate) fn print(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         use comfy_table::{CellAlignment, presets::NOTHING};
         let mut t = comfy_table::Table::new();
         t.load_preset(NOTHING).set_header(self.headers.clone());
@@ -275,7 +301,7 @@ impl Table {
         Ok(())
     }
 
-    fn csv(&self, out: impl std::io::Write) -> csv::Result<()> {
+    pub(crate) fn csv(&self, out: impl std::io::Write) -> csv::Result<()> {
         let mut w = csv_writer(out);
         w.write_record(&self.headers)?;
         for r in &self.rows {

@@ -199,6 +199,8 @@ struct NodeAcc {
     region: Same<String>,
     lifecycle: Same<String>,
     price: Option<f64>,
+    /// Instances view only: a group's price mixes sources.
+    price_source: Option<&'static str>,
     security_groups: BTreeSet<String>,
     processes: BTreeSet<u32>,
     server_ports: BTreeSet<u16>,
@@ -251,7 +253,7 @@ fn cluster_id(id: &Identity) -> String {
     )
 }
 
-fn cluster_label(arch: Option<&str>, env: Option<&str>) -> String {
+pub(crate) fn cluster_label(arch: Option<&str>, env: Option<&str>) -> String {
     match (arch, env) {
         (Some(a), Some(e)) => format!("{a} ({e})"),
         (Some(a), None) => a.to_owned(),
@@ -498,6 +500,7 @@ fn output_nodes(p: &Prepared, names: &[String], mut nodes: NodeAccs, order: &[u3
                 region: n.region.get(),
                 lifecycle: n.lifecycle.get(),
                 price_per_hour: n.price.map(|v| (v * 1e6).round() / 1e6),
+                price_source: n.price_source.map(str::to_owned),
                 security_groups: n.security_groups.into_iter().collect(),
                 processes: process_names(p, n.processes.iter().copied()),
                 server_ports: n.server_ports.into_iter().collect(),
@@ -599,6 +602,7 @@ fn add_member(
             n.kind = id.kind;
             n.instance_id = id.instance_id.clone();
             n.labels = id.labels.clone();
+            n.price_source = id.price_source;
         }
         View::Clusters | View::SecurityGroups if group == "external" => {
             n.label = "external".into();

@@ -220,6 +220,9 @@ fn config(smtpd: &Smtpd, data_dir: &Path, password: &str) -> Config {
     ];
     r.from = "trafficmap <trafficmap@example.com>".into();
     r.allowed_archdomains_file = Some(allowed);
+    // The compliance section alone: its text is compared whole (the cost section is compared
+    // with `report costs` in the service test).
+    r.costs = false;
     r.smtp.host = "127.0.0.1".into();
     r.smtp.port = smtpd.port;
     r.smtp.tls = SmtpTls::Starttls;
@@ -621,6 +624,21 @@ async fn the_service_mails_yesterday_once_across_a_restart() {
     assert!(
         subject.starts_with(&format!("[trafficmap] daily report {yesterday}: ")),
         "{subject}"
+    );
+    // The mail ends with the cost report, exactly as `report costs` prints it.
+    let day = yesterday.to_string();
+    let costs = cli(Path::new(config), &["report", "costs", "--day", &day]);
+    assert!(costs.starts_with("Instance costs, "), "{costs}");
+    let text = part(&got[0], "text/plain");
+    assert!(
+        text.ends_with(&format!("\n\n{costs}")),
+        "{text}\n---\n{costs}"
+    );
+    assert!(part(&got[0], "text/html").contains("<h2>Instance costs, "));
+    // Made once the EC2 data was loaded: the snapshot's untagged instance is there.
+    assert!(
+        text.contains("\nHosts without tags (1):\n  scratch-1 (i-0e1b2c3d4e5f60741)\n"),
+        "{text}"
     );
     let sent_line = "trafficmap_collector_report_mails_total{result=\"sent\"} 1";
     let deadline = Instant::now() + Duration::from_secs(30);

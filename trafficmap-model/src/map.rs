@@ -87,6 +87,15 @@ pub enum NodeKind {
     SecurityGroup,
 }
 
+/// Values of [`Node::price_source`]: the last spot price of the instance's type and zone
+/// (EC2 `DescribeSpotPriceHistory`), the AWS Price List API, or the operator's price table.
+pub const PRICE_SOURCES: [&str; 3] = ["spot-history", "price-list-api", "price-table"];
+
+/// Highest hourly price (USD) believed from any source: the largest EC2 instances cost a few
+/// hundred dollars an hour, so anything above is a wrong input, not a price (and every sum of
+/// prices stays finite).
+pub const MAX_PRICE_PER_HOUR: f64 = 10_000.0;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
@@ -109,6 +118,9 @@ pub struct Node {
     pub lifecycle: Option<String>,
     /// Hourly price in USD (on-demand table or last spot price); summed for clusters.
     pub price_per_hour: Option<f64>,
+    /// Where `price_per_hour` came from (instances view): [`PRICE_SOURCES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_source: Option<String>,
     pub security_groups: Vec<String>,
     /// Local processes that moved bytes on this node.
     pub processes: Vec<String>,

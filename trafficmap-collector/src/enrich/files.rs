@@ -171,7 +171,8 @@ impl ForeignList {
 }
 
 /// On-demand hourly prices: CSV `instance_type,region,usd_per_hour`; region `*` matches any
-/// region without an entry of its own. A header line and `#` comments are allowed.
+/// region without an entry of its own. A header line and `#` comments are allowed. A price is
+/// a number in `[0, MAX_PRICE_PER_HOUR]` (sums of prices stay finite).
 #[derive(Clone, Debug, Default)]
 pub struct PriceTable {
     prices: HashMap<(String, String), f64>,
@@ -195,7 +196,9 @@ impl PriceTable {
             let price: f64 = price
                 .parse()
                 .ok()
-                .filter(|p: &f64| p.is_finite() && *p >= 0.0)
+                .filter(|p: &f64| {
+                    p.is_finite() && (0.0..=trafficmap_model::map::MAX_PRICE_PER_HOUR).contains(p)
+                })
                 .ok_or_else(|| format!("{origin}:{}: `{price}` is not a price", n + 1))?;
             table
                 .prices
@@ -310,5 +313,9 @@ mod tests {
         assert_eq!(t.on_demand("c5.xlarge", Some("us-east-1")), None);
         let err = PriceTable::parse("m5.large,us-east-1,cheap\n", "prices.csv").unwrap_err();
         assert_eq!(err, "prices.csv:1: `cheap` is not a price");
+        for bad in ["NaN", "inf", "-0.1", "1e300", "10000.5"] {
+            let err = PriceTable::parse(&format!("m5.large,*,{bad}\n"), "prices.csv").unwrap_err();
+            assert_eq!(err, format!("prices.csv:1: `{bad}` is not a price"));
+        }
     }
 }
