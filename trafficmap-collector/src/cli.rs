@@ -206,7 +206,7 @@ pub enum Command {
     /// The archive of daily maps and store extracts ([archive] in the configuration).
     #[command(subcommand)]
     Archive(ArchiveCommand),
-    /// Reports on a day: costs (and, with [reports], compliance and their mail).
+    /// The daily reports: costs and compliance; print them, or mail them as `[reports]` says.
     #[command(subcommand)]
     Report(ReportCommand),
 }
@@ -217,6 +217,11 @@ pub enum ReportCommand {
     /// What the day's instances cost per hour and per year, by env, archdomain, cluster,
     /// instance type and lifecycle, with the source of each price.
     Costs(CostsArgs),
+    /// The archdomain compliance report of a day: tags seen that are not allowed, allowed tags
+    /// nobody uses, hosts without tags, cross-env edges new that day.
+    Compliance(ReportComplianceArgs),
+    /// Mail the daily report of a day as `[reports]` describes (or print the message).
+    Send(ReportSendArgs),
 }
 
 /// `report costs`.
@@ -320,6 +325,37 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "DATA_DIR")]
         into: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    #[default]
+    Text,
+    Html,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportComplianceArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportSendArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    /// Print the message (headers, text and HTML parts) instead of sending it.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 #[derive(Subcommand, Debug)]

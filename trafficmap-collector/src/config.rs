@@ -107,6 +107,8 @@ pub struct Config {
     pub services: Services,
     // ---- Prices (issue 12, c1): see the `Prices` block below. ----
     pub prices: Prices,
+    // ---- Daily reports by email (issue 12, c2): see the `Reports` block below. ----
+    pub reports: Reports,
 }
 
 impl Default for Config {
@@ -142,6 +144,7 @@ impl Default for Config {
             viewer: Viewer::default(),
             services: Services::default(),
             prices: Prices::default(),
+            reports: Reports::default(),
         }
     }
 }
@@ -341,6 +344,150 @@ impl Prices {
     }
 }
 // ---- end of prices ----
+
+// ---- Daily reports by email (issue 12, c2): the compliance (and cost) report of the previous
+// day mailed at `schedule` by `crate::dailyreport`, through `crate::mail`. docs/collector.md,
+// "Daily reports by email". ----
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reports {
+    /// Time of day (UTC, `HH:MM`) at which the previous day's report is mailed.
+    pub schedule: chrono::NaiveTime,
+    /// Recipients; empty: the service mails nothing (`report compliance` still prints).
+    pub to: Vec<String>,
+    /// The sender (`Name <addr@example.com>` or `addr@example.com`).
+    pub from: String,
+    /// Put before every subject.
+    pub subject_prefix: String,
+    /// Include the archdomain compliance report.
+    pub compliance: bool,
+    /// Include the cost report.
+    pub costs: bool,
+    /// Allowed archdomains, one per line (the `query archdomains --allowed` file).
+    pub allowed_archdomains_file: Option<PathBuf>,
+    pub smtp: Smtp,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        Reports {
+            // After the daily maps (written 10 minutes after midnight) and the archive (01:00).
+            schedule: chrono::NaiveTime::from_hms_opt(6, 0, 0).unwrap_or_default(),
+            to: Vec::new(),
+            from: String::new(),
+            subject_prefix: "[trafficmap]".into(),
+            compliance: true,
+            costs: true,
+            allowed_archdomains_file: None,
+            smtp: Smtp::default(),
+        }
+    }
+}
+
+/// How the SMTP connection is secured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: only to a loopback address (a local relay).
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// The server's host name (checked against its certificate) or address.
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// Login (AUTH PLAIN or LOGIN); without it, no authentication.
+    pub username: Option<String>,
+    /// File holding the password (its first line); never the password inline.
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificate(s) (PEM) trusted for the server, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Connecting and each SMTP command time out after this.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            host: String::new(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Reports {
+    /// Whether the service mails reports.
+    pub fn mailing(&self) -> bool {
+        !self.to.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.compliance && self.mailing() && self.allowed_archdomains_file.is_none() {
+            return Err(
+                "reports.compliance needs reports.allowed_archdomains_file (the allowed archdomains, one per line)"
+                    .into(),
+            );
+        }
+        if !self.mailing() {
+            return Ok(());
+        }
+        if self.to.len() > crate::mail::MAX_RECIPIENTS {
+            return Err(format!(
+                "reports.to: {} recipients, at most {}",
+                self.to.len(),
+                crate::mail::MAX_RECIPIENTS
+            ));
+        }
+        crate::mail::mailbox(&self.from).map_err(|e| format!("reports.from: {e}"))?;
+        for t in &self.to {
+            crate::mail::mailbox(t).map_err(|e| format!("reports.to: {e}"))?;
+        }
+        if self.subject_prefix.chars().any(char::is_control) || self.subject_prefix.len() > 200 {
+            return Err("reports.subject_prefix: one line of at most 200 bytes".into());
+        }
+        self.smtp.validate()
+    }
+}
+
+impl Smtp {
+    fn validate(&self) -> Result<(), String> {
+        if self.host.is_empty() {
+            return Err("reports.smtp.host: the SMTP server to send reports through".into());
+        }
+        if self.port == 0 {
+            return Err("reports.smtp.port: 1 to 65535".into());
+        }
+        if self.tls == SmtpTls::None && !crate::mail::is_loopback(&self.host) {
+            return Err(format!(
+                "reports.smtp.tls = \"none\" would send the login and the reports in clear to `{}`: only allowed to a loopback address (127.0.0.1, ::1, localhost); use \"starttls\" or \"tls\"",
+                self.host
+            ));
+        }
+        if self.username.is_some() != self.password_file.is_some() {
+            return Err("reports.smtp.username and reports.smtp.password_file go together".into());
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(600) {
+            return Err("reports.smtp.timeout: more than 0s, at most 10m".into());
+        }
+        Ok(())
+    }
+}
+// ---- end of reports ----
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -650,6 +797,9 @@ impl Config {
             &mut self.tls_client_ca_file,
             &mut self.archive.credentials_file,
             &mut self.services.file,
+            &mut self.reports.allowed_archdomains_file,
+            &mut self.reports.smtp.password_file,
+            &mut self.reports.smtp.ca_file,
         ]
         .into_iter()
         .flatten()
@@ -691,6 +841,7 @@ impl Config {
         crate::viewerapi::validate_presets(&self.viewer.suppression_presets)?;
         self.services.validate()?;
         self.prices.validate()?;
+        self.reports.validate()?;
         if self.storage.backend == Backend::Clickhouse {
             // Parsed as the store's client will parse it; TLS comes with reqwest (rustls).
             let u = &self.storage.clickhouse.url;
@@ -936,6 +1087,11 @@ mod tests {
         full.services.file = Some("/x".into());
         full.services.names.insert("8080".into(), "http-alt".into());
         full.prices.price_list_endpoint = Some("http://x".into());
+        full.reports.to = vec!["ops@example.com".into()];
+        full.reports.allowed_archdomains_file = Some("/x".into());
+        full.reports.smtp.username = Some("u".into());
+        full.reports.smtp.password_file = Some("/x".into());
+        full.reports.smtp.ca_file = Some("/x".into());
         let mut want = Vec::new();
         keys(&toml::Value::try_from(&full).unwrap(), "", &mut want);
         let mut have = Vec::new();

@@ -122,6 +122,9 @@ fn main() {
                     .await
                     .map(|()| 0)
             }
+            Some(Command::Report(r)) => {
+                trafficmap_collector::dailyreport::command(&cli.settings, r).await
+            }
         };
         match result {
             Ok(code) => code,

@@ -317,6 +317,9 @@ async fn periodic(
     };
     // The archive runs beside this loop, on its own interval (crate::archive).
     let _archive = crate::archive::spawn(app.clone(), shutdown.clone());
+    // So do the daily report mails (crate::dailyreport); awaited at shutdown so that a mail
+    // being sent is finished (bounded by reports.smtp.timeout), not cut.
+    let reports = crate::dailyreport::spawn(app.clone(), shutdown.clone());
     loop {
         tokio::select! {
             _ = maintain.tick() => guarded(&app.metrics, "maintain", maintain_once(app.clone())).await,
@@ -326,8 +329,11 @@ async fn periodic(
             }
             _ = poll.tick() => guarded(&app.metrics, "reload", reload(false)).await,
             _ = hup.recv() => guarded(&app.metrics, "reload", reload(true)).await,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
+    }
+    if let Some(r) = reports {
+        let _ = r.await;
     }
 }
 

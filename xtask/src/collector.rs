@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     setup,
-    util::{cache_dir, cargo_test, note, root, run},
+    util::{cache_dir, cargo_test, cmd, note, root, run, succeeds},
 };
 
 fn ignored_tests(test: &str, envs: &[(&str, String)]) -> Result<()> {
@@ -83,6 +83,27 @@ pub fn archive() -> Result<String> {
         ])
         .env("TRAFFICMAP_MOTO_SERVER", &moto))?;
     Ok("moto S3 and a local directory: names, bytes, idempotence, retention, restore".into())
+}
+
+/// The daily report mails against aiosmtpd (the same venv as `archive`).
+pub fn mail() -> Result<String> {
+    let python = setup::venv().join("bin/python");
+    if !succeeds(cmd(&python).args(["-c", "import aiosmtpd"])) {
+        bail!(
+            "aiosmtpd is missing from {} (cargo xtask setup installs it)",
+            setup::venv().display()
+        );
+    }
+    run(cargo_test()
+        .args([
+            "--test",
+            "mail",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("TRAFFICMAP_SMTPD_PYTHON", &python))?;
+    Ok("aiosmtpd with STARTTLS and AUTH: golden report contents, wrong password, schedule record, service restart".into())
 }
 
 /// Three agents, each scoped to a network namespace, one collector, real TCP of known sizes.

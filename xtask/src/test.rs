@@ -65,6 +65,11 @@ pub fn stages() -> Vec<Stage> {
             run: crate::collector::archive,
         },
         Stage {
+            name: "mail",
+            about: "collector's daily report mails against aiosmtpd (STARTTLS, AUTH): contents, wrong password, no resend",
+            run: crate::collector::mail,
+        },
+        Stage {
             name: "fuzz",
             about: "report parser and report bounds through the sums, under cargo-fuzz for 60 s",
             run: crate::collector::fuzz,

@@ -146,6 +146,12 @@ impl Enricher {
         self.cfg.ec2.enabled || self.cfg.ec2.snapshot_file.is_some()
     }
 
+    /// EC2 data is loaded, or none is configured (the daily report mail waits for it: a report
+    /// made before would list no instance; issue 12, c2).
+    pub fn cloud_ready(&self) -> bool {
+        !self.cloud_configured() || *self.cloud_loaded.lock().expect("lock")
+    }
+
     /// The sources now, with reverse DNS names and current warnings.
     pub fn sources(&self) -> Sources {
         let mut s = self.base.read().expect("sources lock").clone();
