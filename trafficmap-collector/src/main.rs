@@ -63,7 +63,7 @@ fn main() {
     };
     if matches!(cli.command, Some(Command::CheckConfig)) {
         // Old traffic-map files are read as they are; what changed meaning is said here.
-        for w in trafficmap_collector::enrich::files::old_format_warnings(&cfg.enrich) {
+        for w in trafficmap_collector::enrich::files::old_format_warnings(&cfg) {
             println!("warning: {w}");
         }
         println!("configuration ok");

@@ -248,10 +248,18 @@ impl ForeignList {
 
 /// What the configured files hold in the old tool's formats (one line per construct whose
 /// meaning changed), for `check-config`. Errors are the validation's business: none here.
-pub fn old_format_warnings(enrich: &crate::config::Enrich) -> Vec<String> {
+pub fn old_format_warnings(cfg: &crate::config::Config) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(p) = &enrich.foreign_file
+    if let Some(p) = &cfg.enrich.foreign_file
         && let Ok(list) = read(p).and_then(|t| ForeignList::parse(&t, &p.display().to_string()))
+    {
+        out.extend(list.warnings);
+    }
+    // The allowed archdomains of the daily compliance mail (an old archdomain.csv works).
+    if let Some(p) = &cfg.reports.allowed_archdomains_file
+        && let Ok(list) = read(p).and_then(|t| {
+            crate::enrich::rules::AllowedList::parse(&t, &p.display().to_string())
+        })
     {
         out.extend(list.warnings);
     }
