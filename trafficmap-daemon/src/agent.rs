@@ -947,6 +947,7 @@ mod tests {
                 addresses: vec![],
                 netns: None,
                 ec2: None,
+                stats: None,
             },
             Window {
                 start,
@@ -1089,6 +1090,7 @@ mod tests {
             addresses: vec![],
             netns: None,
             ec2: None,
+            stats: None,
         };
         let window = Window {
             start: t,
@@ -1158,6 +1160,7 @@ mod tests {
             addresses: (0..300).rev().map(ip).collect(),
             netns: None,
             ec2: None,
+            stats: None,
         };
         let agent = Agent {
             version: "0".into(),
