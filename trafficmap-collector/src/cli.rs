@@ -368,6 +368,20 @@ pub enum Query {
     CrossEnv(CrossEnvArgs),
     /// Archdomain tags seen against the allowed list (the daily compliance report).
     Archdomains(ArchdomainArgs),
+    /// Host health per agent host: uptime, load, memory, CPUs (issue 12 item 5).
+    Hosts(HostsArgs),
+}
+
+/// `query hosts` (issue 12 item 5).
+#[derive(Args, Debug)]
+pub struct HostsArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Output format (`--output` also works, as in the other queries).
+    #[arg(long = "format", visible_alias = "output", value_enum, default_value_t)]
+    pub format: Output,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 /// Which time range.

@@ -521,6 +521,7 @@ mod tests {
             cost_usd: 0.0,
             labels: BTreeMap::new(),
             health: None,
+            host: None,
         }
     }
 

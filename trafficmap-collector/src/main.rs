@@ -99,6 +99,9 @@ fn main() {
             Some(Command::Query(Query::Archdomains(a))) => {
                 query::archdomains(&cli.settings, a).await
             }
+            Some(Command::Query(Query::Hosts(a))) => {
+                query::hosts(&cli.settings, a).await.map(|()| 0)
+            }
             Some(Command::Export(a)) => query::export_map(&cli.settings, a).await.map(|()| 0),
             Some(Command::Rollup) => {
                 async {

@@ -21,8 +21,8 @@ use trafficmap_model::{
 
 use crate::{
     cli::{
-        ArchdomainArgs, CrossEnvArgs, ExportArgs, Filters, Output, ProgressArgs, RangeArgs,
-        Settings, SortBy, TopArgs, WhoCallsArgs,
+        ArchdomainArgs, CrossEnvArgs, ExportArgs, Filters, HostsArgs, Output, ProgressArgs,
+        RangeArgs, Settings, SortBy, TopArgs, WhoCallsArgs,
     },
     config::Config,
     cost::usd,
@@ -243,6 +243,8 @@ pub(crate) enum Cell {
     Count(u64),
     /// USD shown with this many decimals (grouped), in full in CSV; `None`: `-` (no price).
     Usd(Option<f64>, usize),
+    /// Seconds: `3d 04:05:06` for people, the number of seconds in CSV (issue 12 item 5).
+    Uptime(u64),
 }
 
 impl Cell {
@@ -265,6 +267,7 @@ impl Cell {
                     format!("{int}.{frac}")
                 }
             }
+            Cell::Uptime(s) => uptime_text(*s),
         }
     }
 
@@ -272,7 +275,7 @@ impl Cell {
         match self {
             // Neutralised for spreadsheets (formula injection); numbers stay numbers.
             Cell::Text(s) => crate::export::safe_cell(s).into_owned(),
-            Cell::Count(n) => n.to_string(),
+            Cell::Count(n) | Cell::Uptime(n) => n.to_string(),
             Cell::Usd(v, _) => v.map(|v| v.to_string()).unwrap_or_default(),
         }
     }
@@ -1000,6 +1003,118 @@ fn print_compliance(c: &Compliance, from: DateTime<Utc>, to: DateTime<Utc>) {
     for u in &c.unused {
         println!("  {u}");
     }
+}
+
+/// One host of `query hosts` (issue 12 item 5): the last sample of the range and the largest
+/// 1-minute load in it, from the instances map (so the names are the map's).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostRow {
+    /// The node's display name (EC2 Name tag, inventory name or the agent's hostname).
+    pub host: String,
+    pub instance_id: Option<String>,
+    pub uptime_seconds: u64,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub load1_max: f64,
+    /// (total - available) / total, in percent, one decimal.
+    pub memory_used_percent: Option<f64>,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub cpus: u32,
+    pub sampled_at: DateTime<Utc>,
+}
+
+/// The hosts of an instances map that carry host health, by name.
+pub fn host_rows(map: &trafficmap_model::map::Map) -> Vec<HostRow> {
+    let mut rows: Vec<HostRow> = map
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let h = n.host?;
+            Some(HostRow {
+                host: n.label.clone(),
+                instance_id: n.instance_id.clone(),
+                uptime_seconds: h.uptime_seconds,
+                load1: h.load1,
+                load5: h.load5,
+                load15: h.load15,
+                load1_max: h.load1_max,
+                memory_used_percent: h.memory_used_percent().map(|p| (p * 10.0).round() / 10.0),
+                memory_total_bytes: h.memory_total_bytes,
+                memory_available_bytes: h.memory_available_bytes,
+                cpus: h.cpus,
+                sampled_at: h.sampled_at,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.host, &a.instance_id).cmp(&(&b.host, &b.instance_id)));
+    rows
+}
+
+/// Uptime for people: `3d 04:05:06`, or `04:05:06` under a day.
+fn uptime_text(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
+}
+
+fn hosts_table(rows: &[HostRow]) -> Table {
+    let load = |v: f64| Cell::Text(format!("{v:.2}"));
+    Table {
+        headers: vec![
+            "HOST",
+            "INSTANCE",
+            "UPTIME",
+            "LOAD1",
+            "LOAD5",
+            "LOAD15",
+            "LOAD1 MAX",
+            "MEM USED %",
+            "CPUS",
+            "SAMPLED AT",
+        ],
+        right: vec![
+            false, false, true, true, true, true, true, true, true, false,
+        ],
+        rows: rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.host.clone().into(),
+                    r.instance_id.clone().unwrap_or_default().into(),
+                    Cell::Uptime(r.uptime_seconds),
+                    load(r.load1),
+                    load(r.load5),
+                    load(r.load15),
+                    load(r.load1_max),
+                    r.memory_used_percent
+                        .map_or_else(String::new, |p| format!("{p:.1}"))
+                        .into(),
+                    u64::from(r.cpus).into(),
+                    r.sampled_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        .into(),
+                ]
+            })
+            .collect(),
+    }
+}
+
+/// `query hosts`: host health of every agent host over the range.
+pub async fn hosts(settings: &Settings, a: &HostsArgs) -> Result<()> {
+    let p = Progress::new(a.progress);
+    let l = load(settings, &a.range, &p).await?;
+    let map = l.built.render(
+        &l.enricher,
+        trafficmap_model::map::View::Instances,
+        Utc::now(),
+    );
+    let rows = host_rows(&map);
+    emit(a.format, hosts_table(&rows), &rows)
 }
 
 pub async fn export_map(settings: &Settings, a: &ExportArgs) -> Result<()> {

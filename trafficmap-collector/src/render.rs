@@ -207,6 +207,8 @@ struct NodeAcc {
     members: BTreeSet<usize>,
     labels: BTreeMap<String, String>,
     health: Option<NodeHealth>,
+    /// Instances view only (issue 12 item 5): clusters and groups show none.
+    host: Option<trafficmap_model::map::HostStats>,
     bytes_in: u64,
     bytes_out: u64,
     connections: u64,
@@ -511,6 +513,7 @@ fn output_nodes(p: &Prepared, names: &[String], mut nodes: NodeAccs, order: &[u3
                 cost_usd: usd(n.cost_nanos),
                 labels: n.labels,
                 health: n.health,
+                host: n.host,
             }
         })
         .collect()
@@ -605,6 +608,9 @@ fn add_member(
             n.instance_id = id.instance_id.clone();
             n.labels = id.labels.clone();
             n.price_source = id.price_source;
+            if let Some(h) = id.host {
+                crate::range::fold_host(&mut n.host, h);
+            }
         }
         View::Clusters | View::SecurityGroups if group == "external" => {
             n.label = "external".into();

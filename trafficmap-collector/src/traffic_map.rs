@@ -434,6 +434,7 @@ mod tests {
             cost_usd: 0.0,
             labels: Default::default(),
             health: None,
+            host: None,
             price_source: None,
         }
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod delta;
 pub mod error;
+pub mod hoststats;
 pub mod identity;
 pub mod kretprobe;
 pub mod metrics;

@@ -140,6 +140,41 @@ pub struct Node {
     /// For nodes with agents: what their reports said about themselves over the range.
     #[serde(default)]
     pub health: Option<NodeHealth>,
+    /// For nodes with agents that send host health (issue 12 item 5): the last sample of the
+    /// range and the largest 1-minute load in it. Absent for other nodes and for clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostStats>,
+}
+
+/// A host's health over a map's range: the last sample its agent sent (as in the report's
+/// `host.stats`), when it was taken, and the largest 1-minute load of the range.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostStats {
+    /// End of the window of the report that carried the last sample.
+    pub sampled_at: DateTime<Utc>,
+    pub uptime_seconds: u64,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub cpus: u32,
+    /// The largest `load1` of the samples in the range.
+    pub load1_max: f64,
+}
+
+impl HostStats {
+    /// Memory in use (total - available) as a percentage of the total; `None` when the
+    /// total is 0.
+    pub fn memory_used_percent(&self) -> Option<f64> {
+        (self.memory_total_bytes > 0).then(|| {
+            let used = self
+                .memory_total_bytes
+                .saturating_sub(self.memory_available_bytes);
+            used as f64 * 100.0 / self.memory_total_bytes as f64
+        })
+    }
 }
 
 /// The agents' own account of a node over the map's range.

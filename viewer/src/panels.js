@@ -93,6 +93,9 @@ export class Panels {
     // Optional fields of newer collectors (labels, region, agent health) show when present.
     const labels = n.labels && Object.keys(n.labels).length ? Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", ") : null;
     const health = n.health ? `${fmtCount(n.health.reports)} reports${n.health.probe_drops ? ` · ${fmtCount(n.health.probe_drops)} probe drops (bytes may be low)` : ""}${n.health.spool_dropped ? ` · ${fmtCount(n.health.spool_dropped)} reports lost` : ""}` : null;
+    // issue 12 item 5: host health from the agent (last sample of the range, largest load1).
+    const hs = n.host;
+    const hostStats = hs ? `up ${Math.floor(hs.uptime_seconds / 86400)}d ${Math.floor((hs.uptime_seconds % 86400) / 3600)}h · load ${[hs.load1, hs.load5, hs.load15].map((v) => v.toFixed(2)).join(" / ")} (max ${hs.load1_max.toFixed(2)}) · ${hs.cpus} CPU${hs.cpus === 1 ? "" : "s"} · memory ${hs.memory_total_bytes ? Math.round((100 * (hs.memory_total_bytes - hs.memory_available_bytes)) / hs.memory_total_bytes) : 0}% used of ${fmtBytes(hs.memory_total_bytes)} · at ${hs.sampled_at.replace("T", " ").replace(/(\.\d+)?Z$/, "")} UTC` : null;
     const shown = this.app.scene.graph.hasNode(id);
     const peers = peersOf(index, id, shown ? this.app.filtered.links : null);
     const self = index.selfLinks.filter((l) => l.source === id);
@@ -120,6 +123,7 @@ export class Panels {
         row("connections", "Connections", fmtCount(n.connections)),
         row("cost", "Transfer cost", fmtUsd(n.cost_usd)),
         row("health", "Agent", health),
+        row("host", "Host health", hostStats), // issue 12 item 5
         self.length ? row("internal", "Internal traffic", `${fmtBytes(self.reduce((a, l) => a + linkBytes(l), 0))} (${n.kind === "cluster" || n.kind === "security_group" ? "between its members" : "to itself"}, not drawn)`) : null,
       ),
       h("h3", {}, `Peers (${peers.length})`),

@@ -170,6 +170,8 @@ pub struct Identity {
     /// An address on the public internet that is not ours: transfer to it is egress.
     pub internet: bool,
     pub health: Option<NodeHealth>,
+    /// Host health over the range, for hosts whose agents send it (issue 12 item 5).
+    pub host: Option<trafficmap_model::map::HostStats>,
 }
 
 /// Whether an address is routed on the public internet (not private, loopback, link-local,
@@ -389,6 +391,7 @@ impl Directory<'_> {
                 probe_drops: agent.probe_drops,
                 spool_dropped: agent.spool_dropped,
             }),
+            host: agent.host,
             ..Identity::default()
         };
         if let Some(e) = &agent.ec2 {
@@ -583,6 +586,7 @@ mod tests {
             reports: 3,
             probe_drops: 1,
             spool_dropped: 0,
+            host: None,
         };
         let id = dir.agent(&agent, "i-api".into());
         assert_eq!(id.kind, Some(NodeKind::Host));

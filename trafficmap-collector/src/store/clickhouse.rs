@@ -15,6 +15,11 @@
 //!   a period is used by readers only when its last recomputation started after its last mark,
 //!   otherwise readers fall back to finer rows.
 //!
+//! Host health (issue 12 item 5) follows the same rules: `host_minute` holds one row per report
+//! (de-duplicated by report id when read), `host_hour` and `host_day` are recomputed from it
+//! with the pair roll-ups (the last sample of the period and its largest `load1`), and periods
+//! with samples are marked dirty like those with pairs.
+//!
 //! Reports older than the minute retention are refused at ingest (the HTTP layer), so a
 //! recomputation always sees every minute row of its period.
 
@@ -247,6 +252,102 @@ fn latest_rollups(db: &str, table: &str, from: i64, to: i64) -> String {
     )
 }
 
+/// A report's host-health sample as stored (issue 12 item 5).
+#[derive(Serialize)]
+struct HostRow<'a> {
+    period: i64,
+    machine_id: &'a str,
+    report_id: &'a str,
+    sampled_ms: i64,
+    uptime_seconds: u64,
+    load1: f64,
+    load5: f64,
+    load15: f64,
+    memory_total_bytes: u64,
+    memory_available_bytes: u64,
+    cpus: u32,
+    load1_max: f64,
+}
+
+/// The host-health columns after `period, machine_id`, with their types.
+const HOST_COLS: &str =
+    "sampled_ms Int64, uptime_seconds UInt64, load1 Float64, load5 Float64, load15 Float64,
+    memory_total_bytes UInt64, memory_available_bytes UInt64, cpus UInt32, load1_max Float64";
+
+/// Host samples per (period, machine) in `d_*` columns: minute rows de-duplicated by report
+/// id, or roll-up rows of their latest version.
+fn host_periods(db: &str, grain: Grain, from: i64, to: i64) -> String {
+    let cols = |f: &dyn Fn(&str) -> String| {
+        [
+            ("sampled_ms", "d_sm"),
+            ("uptime_seconds", "d_up"),
+            ("load1", "d_l1"),
+            ("load5", "d_l5"),
+            ("load15", "d_l15"),
+            ("memory_total_bytes", "d_mt"),
+            ("memory_available_bytes", "d_ma"),
+            ("cpus", "d_cpu"),
+            ("load1_max", "d_lm"),
+        ]
+        .iter()
+        .map(|(c, d)| format!("{} AS {d}", f(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+    };
+    match grain {
+        Grain::Minute => format!(
+            "SELECT period, machine_id, report_id, {} FROM {db}.host_minute
+             WHERE period >= {from} AND period < {to} GROUP BY period, machine_id, report_id",
+            cols(&|c| format!("any({c})"))
+        ),
+        Grain::Hour | Grain::Day => format!(
+            "SELECT period, machine_id, {} FROM {db}.{} WHERE period >= {from} AND period < {to}
+             GROUP BY period, machine_id",
+            cols(&|c| format!("argMax({c}, version)")),
+            host_table(grain)
+        ),
+    }
+}
+
+/// The last sample and the largest load1 per machine over [`host_periods`] rows.
+fn host_last(source: &str) -> String {
+    format!(
+        "SELECT machine_id, max(d_sm) AS sampled_ms, argMax(d_up, d_sm) AS uptime_seconds,
+            argMax(d_l1, d_sm) AS load1, argMax(d_l5, d_sm) AS load5, argMax(d_l15, d_sm) AS load15,
+            argMax(d_mt, d_sm) AS memory_total_bytes, argMax(d_ma, d_sm) AS memory_available_bytes,
+            argMax(d_cpu, d_sm) AS cpus, max(d_lm) AS load1_max
+         FROM ({source}) GROUP BY machine_id"
+    )
+}
+
+fn host_table(g: Grain) -> &'static str {
+    match g {
+        Grain::Minute => "host_minute",
+        Grain::Hour => "host_hour",
+        Grain::Day => "host_day",
+    }
+}
+
+/// A row of [`host_last`].
+#[derive(Deserialize)]
+struct HostLast {
+    machine_id: String,
+    #[serde(deserialize_with = "num")]
+    sampled_ms: i64,
+    #[serde(deserialize_with = "num")]
+    uptime_seconds: u64,
+    load1: f64,
+    load5: f64,
+    load15: f64,
+    #[serde(deserialize_with = "num")]
+    memory_total_bytes: u64,
+    #[serde(deserialize_with = "num")]
+    memory_available_bytes: u64,
+    #[serde(deserialize_with = "num")]
+    cpus: u32,
+    load1_max: f64,
+}
+
 /// Roll-up state of periods: when each was last marked dirty and last recomputed.
 #[derive(Default)]
 struct RollupState {
@@ -462,6 +563,22 @@ impl ClickHouseStore {
                 "CREATE TABLE IF NOT EXISTS {db}.rollup_done (grain String, period UInt32, started_at UInt32, version UInt64)
                  ENGINE = ReplacingMergeTree(version) ORDER BY (grain, period)"
             ),
+            // Host health (issue 12 item 5): minute rows per report, roll-ups per version.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.host_minute (period UInt32, machine_id String, report_id String, {HOST_COLS})
+                 ENGINE = ReplacingMergeTree() PARTITION BY intDiv(period, 86400)
+                 ORDER BY (period, machine_id, report_id)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.host_hour (period UInt32, machine_id String, {HOST_COLS}, version UInt64)
+                 ENGINE = ReplacingMergeTree(version) PARTITION BY intDiv(period, {BUCKET})
+                 ORDER BY (period, machine_id)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.host_day (period UInt32, machine_id String, {HOST_COLS}, version UInt64)
+                 ENGINE = ReplacingMergeTree(version) PARTITION BY intDiv(period, {BUCKET})
+                 ORDER BY (period, machine_id)"
+            ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {db}.cloud_snapshots (day UInt32, taken_ms Int64, body String)
                  ENGINE = ReplacingMergeTree(taken_ms) ORDER BY day"
@@ -572,11 +689,34 @@ impl ClickHouseStore {
                 address: a.to_string(),
             })
         }))?;
+        let hosts = each_row(fresh.iter().filter_map(|ing| {
+            let h = ing.host.as_ref()?;
+            Some(HostRow {
+                period: floor(ing.window_start.timestamp(), 60),
+                machine_id: &ing.machine_id,
+                report_id: &ing.report_id,
+                sampled_ms: h.sampled_at.timestamp_millis(),
+                uptime_seconds: h.uptime_seconds,
+                load1: h.load1,
+                load5: h.load5,
+                load15: h.load15,
+                memory_total_bytes: h.memory_total_bytes,
+                memory_available_bytes: h.memory_available_bytes,
+                cpus: h.cpus,
+                load1_max: h.load1_max,
+            })
+        }))?;
         let mut periods: BTreeSet<(Grain, i64)> = BTreeSet::new();
         for ing in fresh {
-            for r in &ing.rows {
-                periods.insert((Grain::Hour, floor(r.minute, HOUR)));
-                periods.insert((Grain::Day, floor(r.minute, DAY)));
+            let minutes = ing.rows.iter().map(|r| r.minute);
+            // A host sample makes its periods dirty too: their host roll-ups must be redone.
+            let sample = ing
+                .host
+                .as_ref()
+                .map(|_| floor(ing.window_start.timestamp(), 60));
+            for minute in minutes.chain(sample) {
+                periods.insert((Grain::Hour, floor(minute, HOUR)));
+                periods.insert((Grain::Day, floor(minute, DAY)));
             }
         }
         let received = now.timestamp_millis();
@@ -605,6 +745,7 @@ impl ClickHouseStore {
         }))?;
         self.insert("pair_minute", minutes).await?;
         self.insert("agent_addresses", addresses).await?;
+        self.insert("host_minute", hosts).await?;
         // Dirty marks after the rows, stamped by ClickHouse's clock (see the module doc).
         if !periods.is_empty() {
             let values: Vec<String> = periods
@@ -798,6 +939,29 @@ impl ClickHouseStore {
             };
             a.addresses = by_agent.remove(&i.machine_id).unwrap_or_default();
         }
+        // Host health (issue 12 item 5), per segment from the table of its grain.
+        for (grain, s, e) in &segments {
+            let rows: Vec<HostLast> = self
+                .rows(&host_last(&host_periods(db, *grain, *s, *e)))
+                .await?;
+            for h in rows {
+                if !b.has_agent(&h.machine_id) {
+                    continue;
+                }
+                let sample = trafficmap_model::map::HostStats {
+                    sampled_at: crate::period::from_ms(h.sampled_ms),
+                    uptime_seconds: h.uptime_seconds,
+                    load1: h.load1,
+                    load5: h.load5,
+                    load15: h.load15,
+                    memory_total_bytes: h.memory_total_bytes,
+                    memory_available_bytes: h.memory_available_bytes,
+                    cpus: h.cpus,
+                    load1_max: h.load1_max,
+                };
+                crate::range::fold_host(&mut b.agent_mut(&h.machine_id).host, sample);
+            }
+        }
         Ok(b.finish(from, to))
     }
 
@@ -915,6 +1079,22 @@ impl ClickHouseStore {
                 table = g.table()
             ))
             .await?;
+            // Host health of the period: from the same finer grain as the pairs.
+            let finer = if g == Grain::Hour {
+                Grain::Minute
+            } else {
+                Grain::Hour
+            };
+            self.query(&format!(
+                "INSERT INTO {db}.{table} (period, machine_id, sampled_ms, uptime_seconds, load1, load5, load15,
+                    memory_total_bytes, memory_available_bytes, cpus, load1_max, version)
+                 SELECT toUInt32({p}) AS period, machine_id, sampled_ms, uptime_seconds, load1, load5, load15,
+                    memory_total_bytes, memory_available_bytes, cpus, load1_max, toUInt64({version}) AS version
+                 FROM ({last})",
+                table = host_table(g),
+                last = host_last(&host_periods(db, finer, p, p + g.secs())),
+            ))
+            .await?;
             self.query(&format!(
                 "INSERT INTO {db}.rollup_done (grain, period, started_at, version) VALUES ({}, {p}, {started}, {version})",
                 lit(grain_name(g))
@@ -945,15 +1125,17 @@ impl ClickHouseStore {
                 continue;
             };
             let drop = match part.table.as_str() {
-                "pair_minute" => {
+                "pair_minute" | "host_minute" => {
                     let day = id * DAY;
                     // Only days whose roll-ups are complete and clean lose their minutes.
                     day + DAY <= cut(retention.minutes)
                         && state.clean(Grain::Day, day)
                         && (0..24).all(|h| state.clean(Grain::Hour, day + h * HOUR))
                 }
-                "pair_hour" | "reports" => (id + 1) * BUCKET <= cut(retention.hours),
-                "pair_day" | "agent_addresses" => (id + 1) * BUCKET <= cut(retention.days),
+                "pair_hour" | "reports" | "host_hour" => (id + 1) * BUCKET <= cut(retention.hours),
+                "pair_day" | "agent_addresses" | "host_day" => {
+                    (id + 1) * BUCKET <= cut(retention.days)
+                }
                 _ => false,
             };
             if drop {
