@@ -546,17 +546,16 @@ pub fn vm_test(kernels: &[String]) -> Result<Vec<Row>> {
 
 /// The matrix as a Markdown table, with the reasons below it.
 pub fn render_matrix(rows: &[Row]) -> String {
-    let mut s =
-        String::from("| kernel | fexit | kprobe | tracepoint |\n| --- | --- | --- | --- |\n");
+    let mut s = format!(
+        "| kernel | {} |\n| --- |{}\n",
+        BACKENDS.join(" | "),
+        " --- |".repeat(BACKENDS.len())
+    );
     let mut notes = Vec::new();
     for (label, release, cells) in rows {
         let get = |b: &str| cells.get(b).map_or("?", Cell::short);
-        s.push_str(&format!(
-            "| {label} ({release}) | {} | {} | {} |\n",
-            get("fexit"),
-            get("kprobe"),
-            get("tracepoint")
-        ));
+        let row: Vec<&str> = BACKENDS.iter().map(|b| get(b)).collect();
+        s.push_str(&format!("| {label} ({release}) | {} |\n", row.join(" | ")));
         for (b, c) in cells {
             match c {
                 Cell::Unsupported(why) => notes.push(format!("- {label} {b}: unsupported: {why}")),
