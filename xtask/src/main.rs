@@ -95,7 +95,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Probe overhead on loopback request/response and stream, vs no probe, tcpdump, bpftrace.
+    /// Probe overhead on loopback request/response, stream and short connections, for the
+    /// per-call backend and the counters backend, vs no probe, tcpdump, bpftrace; drain cost.
     Probe {
         #[arg(long, default_value_t = 7)]
         reps: usize,
@@ -103,6 +104,12 @@ enum BenchCmd {
         rr_count: usize,
         #[arg(long, default_value_t = 8192)]
         stream_mib: usize,
+        /// Connections of the short-connection workload (counters backend: lifecycle only).
+        #[arg(long, default_value_t = 10_000)]
+        short_count: usize,
+        /// Connections held open to time one drain (each is two live sockets).
+        #[arg(long, default_value_t = 50_000)]
+        drain_connections: usize,
     },
     /// Agent CPU and memory idle and at 1k/10k new connections/s; drain time at 100k connections.
     Agent,
@@ -148,10 +155,14 @@ fn main() -> Result<()> {
                     reps,
                     rr_count,
                     stream_mib,
+                    short_count,
+                    drain_connections,
                 } => bench_probe::bench(&bench_probe::Options {
                     reps,
                     rr_count,
                     stream_bytes: stream_mib << 20,
+                    short_count,
+                    drain_connections,
                 })?,
                 BenchCmd::Agent => bench_agent::bench()?,
                 BenchCmd::Viewer => viewer::bench()?,

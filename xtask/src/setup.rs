@@ -25,6 +25,9 @@ const PACKAGES_TEST: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // The VM kernels' sock_diag modules (counters backend) come xz- or zstd-compressed.
+    "xz-utils",
+    "zstd",
     "iproute2",
     "util-linux",
     "libcap2-bin",
