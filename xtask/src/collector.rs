@@ -18,19 +18,21 @@ fn ignored_tests(test: &str, envs: &[(&str, String)]) -> Result<()> {
 /// clickhouse-server 18.16, the oldest anyone is likely to run, and the current engine
 /// (chdb-core from the test venv, behind the harness's HTTP bridge).
 pub fn clickhouse() -> Result<String> {
-    ignored_tests(
-        "clickhouse",
-        &[("TRAFFICMAP_CLICKHOUSE_ENGINE", "server".into())],
-    )?;
     let python = setup::venv().join("bin/python");
-    ignored_tests(
-        "clickhouse",
-        &[
-            ("TRAFFICMAP_CLICKHOUSE_ENGINE", "chdb".into()),
+    for envs in [
+        vec![("TRAFFICMAP_CLICKHOUSE_ENGINE", "server".to_owned())],
+        vec![
+            ("TRAFFICMAP_CLICKHOUSE_ENGINE", "chdb".to_owned()),
             ("TRAFFICMAP_CHDB_PYTHON", python.display().to_string()),
         ],
-    )?;
-    Ok("clickhouse-server 18.16 and chdb-core 26.9 (current engine): conformance, roll-ups, retention, two collectors".into())
+    ] {
+        // The store's suite, and the upgrade of a previous release's database.
+        run(cargo_test()
+            .args(["--test", "clickhouse", "--test", "migrate"])
+            .args(["--", "--ignored", "--test-threads=1"])
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str()))))?;
+    }
+    Ok("clickhouse-server 18.16 and chdb-core 26.9 (current engine): conformance, roll-ups, retention, two collectors, upgrade from schema 1".into())
 }
 
 /// Every network attack of issue 8 against the real collector binary, on SQLite and on

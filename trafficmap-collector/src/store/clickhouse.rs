@@ -46,6 +46,25 @@ use crate::{
 
 /// Partitions of the roll-up and report tables span this many seconds (30 days).
 const BUCKET: i64 = 30 * DAY;
+/// The database's schema version (table `schema_version`, one row per version applied).
+/// 1: 0.1.0 (which had no such table). 2: the host-health tables. A collector migrates an
+/// earlier database in place and refuses a newer one.
+pub const SCHEMA_VERSION: u32 = 2;
+/// What turns version N into N+1 beyond the `IF NOT EXISTS` tables of `create`: (N,
+/// statements). Several collectors may open one database at once, so every statement must be
+/// idempotent (`ADD COLUMN IF NOT EXISTS`, ...).
+const MIGRATIONS: &[(u32, &[&str])] = &[
+    // 1 -> 2: new tables only (host_minute, host_hour, host_day).
+    (1, &[]),
+];
+const _: () = {
+    let mut i = 0;
+    while i < MIGRATIONS.len() {
+        assert!(MIGRATIONS[i].0 == i as u32 + 1);
+        i += 1;
+    }
+    assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION - 1);
+};
 /// Recompute a closed period only after this long, so most late minute rows are in already.
 const ROLLUP_GRACE: i64 = 120;
 
@@ -390,7 +409,48 @@ impl ClickHouseStore {
     pub async fn open(opts: &ClickHouseOptions) -> Result<ClickHouseStore> {
         let store = ClickHouseStore::new(opts)?;
         store.create().await?;
+        store.migrate().await?;
         Ok(store)
+    }
+
+    /// The schema version the database holds (0: none recorded, a new database or one of
+    /// version 1), refusing a newer one; then the steps up to [`SCHEMA_VERSION`].
+    async fn migrate(&self) -> Result<()> {
+        let db = &self.db;
+        let found: u32 = String::from_utf8_lossy(
+            &self
+                .query(&format!(
+                    "SELECT max(version) FROM {db}.schema_version FORMAT TabSeparated"
+                ))
+                .await?,
+        )
+        .trim()
+        .parse()
+        .map_err(|_| ch(format!("{db}.schema_version: not a version")))?;
+        if found > SCHEMA_VERSION {
+            return Err(ch(format!(
+                "database {db} has schema version {found}, written by a newer collector; this one knows versions up to {SCHEMA_VERSION} (run the newer collector)"
+            )));
+        }
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        for (step_from, statements) in MIGRATIONS.iter().filter(|(v, _)| *v >= found.max(1)) {
+            for q in *statements {
+                self.query(&q.replace("{db}", db)).await?;
+            }
+            tracing::info!(
+                database = %db,
+                "store schema migrated from version {step_from} to {}",
+                step_from + 1
+            );
+        }
+        let now = chrono::Utc::now().timestamp();
+        self.query(&format!(
+            "INSERT INTO {db}.schema_version (version, applied_at) VALUES ({SCHEMA_VERSION}, {now})"
+        ))
+        .await
+        .map(drop)
     }
 
     /// The store without a word to the server yet: settings read and checked.
@@ -582,6 +642,10 @@ impl ClickHouseStore {
             format!(
                 "CREATE TABLE IF NOT EXISTS {db}.cloud_snapshots (day UInt32, taken_ms Int64, body String)
                  ENGINE = ReplacingMergeTree(taken_ms) ORDER BY day"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.schema_version (version UInt32, applied_at Int64)
+                 ENGINE = ReplacingMergeTree() ORDER BY version"
             ),
         ];
         for q in ddl {

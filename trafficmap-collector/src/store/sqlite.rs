@@ -38,7 +38,16 @@ use crate::{
     range::{Counters, RangeBuilder, RangeData},
 };
 
-const SCHEMA_VERSION: i64 = 1;
+/// The database's schema version (table `meta`). 1: 0.1.0. 2: the host-health tables.
+/// A collector opens databases of every earlier version and migrates them in place; it refuses
+/// a newer one (written by a newer collector) without writing to it.
+pub const SCHEMA_VERSION: i64 = 2;
+/// What turns version N into N+1 beyond the `IF NOT EXISTS` tables of `SCHEMA`, which appear on
+/// their own: (N, statements). Each step runs in one transaction with its version bump.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // 1 -> 2: new tables only (host_minute, host_hour, host_day).
+    (1, ""),
+];
 /// Minute rows folded per roll-up transaction (bounds memory and how long ingest waits).
 const ROLLUP_CHUNK: i64 = 100_000;
 /// Rows deleted per retention transaction.
@@ -403,13 +412,43 @@ fn bad(what: &str, v: &str) -> StoreError {
     StoreError::Other(format!("corrupt row: {what} `{v}`"))
 }
 
+/// Brings a database of an earlier schema `from` to [`SCHEMA_VERSION`], one step per
+/// transaction (a crash between steps leaves a consistent database of the step's version).
+fn migrate(conn: &mut Connection, path: &Path, from: i64) -> Result<()> {
+    for (step_from, sql) in MIGRATIONS.iter().filter(|(v, _)| *v >= from) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            [step_from + 1],
+        )?;
+        tx.commit()?;
+        tracing::info!(
+            database = %path.display(),
+            "store schema migrated from version {step_from} to {}",
+            step_from + 1
+        );
+    }
+    Ok(())
+}
+
+// Every version below the current one has its step, in order.
+const _: () = {
+    let mut i = 0;
+    while i < MIGRATIONS.len() {
+        assert!(MIGRATIONS[i].0 == i as i64 + 1);
+        i += 1;
+    }
+    assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION - 1);
+};
+
 impl SqliteStore {
-    /// Opens (creating if needed) `<dir>/trafficmap.db`.
+    /// Opens (creating if needed) `<dir>/trafficmap.db`, migrating an earlier schema in place.
     pub fn open(dir: &Path, sync: Sync) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Other(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("trafficmap.db");
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
@@ -422,14 +461,32 @@ impl SqliteStore {
         )?;
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.execute_batch(SCHEMA)?;
-        let version: Option<i64> = conn
-            .query_row(
+        // The version first: a newer collector's database is refused before anything (even
+        // an `IF NOT EXISTS` table) is written to it.
+        let has_meta: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        let version: Option<i64> = if has_meta {
+            conn.query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
                 [],
                 |r| r.get(0),
             )
-            .optional()?;
+            .optional()?
+        } else {
+            None
+        };
+        if let Some(v) = version
+            && v > SCHEMA_VERSION
+        {
+            return Err(StoreError::Other(format!(
+                "{} has schema version {v}, written by a newer collector; this one knows versions up to {SCHEMA_VERSION} (run the newer collector, or restore a backup taken before the upgrade)",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA)?;
         match version {
             None => {
                 conn.execute(
@@ -437,13 +494,7 @@ impl SqliteStore {
                     [SCHEMA_VERSION],
                 )?;
             }
-            Some(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(StoreError::Other(format!(
-                    "{} has schema version {v}; this collector knows version {SCHEMA_VERSION}",
-                    path.display()
-                )));
-            }
+            Some(v) => migrate(&mut conn, &path, v)?,
         }
         Ok(SqliteStore {
             path,
