@@ -257,9 +257,8 @@ pub fn old_format_warnings(cfg: &crate::config::Config) -> Vec<String> {
     }
     // The allowed archdomains of the daily compliance mail (an old archdomain.csv works).
     if let Some(p) = &cfg.reports.allowed_archdomains_file
-        && let Ok(list) = read(p).and_then(|t| {
-            crate::enrich::rules::AllowedList::parse(&t, &p.display().to_string())
-        })
+        && let Ok(list) = read(p)
+            .and_then(|t| crate::enrich::rules::AllowedList::parse(&t, &p.display().to_string()))
     {
         out.extend(list.warnings);
     }
