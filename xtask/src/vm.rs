@@ -243,14 +243,19 @@ fn natural_key(s: &str) -> Vec<(u64, String)> {
 
 /// Modules the VM loads before the tests (in this order), if the kernel has them as modules.
 const MODULES: [&str; 2] = ["inet_diag", "tcp_diag"];
+/// Written to `modules/done` once copied; a cache with another value is extracted again.
+const MODULES_LAYOUT: &str = "2";
 
 /// Downloads (once) the newest kernel of `spec` and returns its vmlinuz; the modules of
 /// [`MODULES`] go, uncompressed, to `modules/<release>/` beside it.
 pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
     let dir = cache_dir().join("kernels").join(spec.label);
     let vmlinuz = dir.join("vmlinuz");
-    // `modules/done`: kernels cached before the counters backend have no modules yet.
-    if vmlinuz.exists() && dir.join("modules/done").exists() {
+    // `modules/done` holds the layout version: kernels cached before the counters backend have
+    // no modules, and version 1 missed merged-/usr packages' modules (trixie's 6.12).
+    if vmlinuz.exists()
+        && std::fs::read_to_string(dir.join("modules/done")).is_ok_and(|v| v == MODULES_LAYOUT)
+    {
         note(format!(
             "kernel {}: cached ({})",
             spec.label,
@@ -349,16 +354,22 @@ pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
 fn copy_modules(extracted: &Path, to: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(to);
     std::fs::create_dir_all(to)?;
-    for rel in std::fs::read_dir(extracted.join("lib/modules"))
+    // Merged-/usr packages (Debian 13's kernels) ship usr/lib/modules, older ones lib/modules.
+    for rel in ["lib/modules", "usr/lib/modules"]
         .into_iter()
-        .flatten()
+        .flat_map(|d| std::fs::read_dir(extracted.join(d)).into_iter().flatten())
         .filter_map(Result::ok)
     {
         let release = rel.file_name();
         let src_dir = rel.path().join("kernel/net/ipv4");
         let dst_dir = to.join(&release);
         std::fs::create_dir_all(&dst_dir)?;
+        let builtin =
+            std::fs::read_to_string(rel.path().join("modules.builtin")).unwrap_or_default();
         for m in MODULES {
+            if builtin.lines().any(|l| l.ends_with(&format!("/{m}.ko"))) {
+                continue;
+            }
             let dst = dst_dir.join(format!("{m}.ko"));
             let plain = src_dir.join(format!("{m}.ko"));
             if plain.exists() {
@@ -379,9 +390,17 @@ fn copy_modules(extracted: &Path, to: &Path) -> Result<()> {
                     std::fs::write(&dst, out.stdout)?;
                 }
             }
+            // Neither built in nor a module file: the counters backend could not run there.
+            if !dst.exists() {
+                bail!(
+                    "kernel {}: {m} is neither built in nor a module in {}",
+                    release.to_string_lossy(),
+                    src_dir.display()
+                );
+            }
         }
     }
-    std::fs::write(to.join("done"), "")?;
+    std::fs::write(to.join("done"), MODULES_LAYOUT)?;
     Ok(())
 }
 
