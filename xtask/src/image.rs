@@ -359,10 +359,11 @@ pub fn stage() -> Result<String> {
     let built = build_all(Profile::Dev, &out)?;
     let build_time = start.elapsed();
     check_images(&built)?;
+    let podman = podman_run(&built[1], &out)?;
     let agent = run_agent(&built[0], &out)?;
     let collector = run_collector(&built[1], &out)?;
     Ok(format!(
-        "{}, {} (dev, stripped; built in {:.0?}); manifests name them; {agent}; {collector}",
+        "{}, {} (dev, stripped; built in {:.0?}); manifests name them; {podman}; {agent}; {collector}",
         built[0].summary(),
         built[1].summary(),
         build_time
@@ -438,6 +439,72 @@ fn check_images(built: &[Built]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `podman run` of the collector image (loaded from its archive into a private vfs store), with
+/// the limits this process holds (`--ulimit`, which it can set itself): it prints the version,
+/// or fails exactly as measured on the build machine, where the container's init may not set any
+/// rlimit even at the current values (so the stage runs the images with runc on a spec without
+/// rlimits). Any other outcome fails.
+fn podman_run(b: &Built, out: &Path) -> Result<String> {
+    step("images: podman run");
+    let store = out.join("podman");
+    if store.exists() {
+        std::fs::remove_dir_all(&store)?;
+    }
+    let podman = || {
+        let mut c = cmd("podman");
+        c.arg("--root")
+            .arg(store.join("root"))
+            .arg("--runroot")
+            .arg(store.join("run"))
+            .args(["--storage-driver", "vfs"]);
+        c
+    };
+    run(podman()
+        .args(["load", "--quiet", "--input"])
+        .arg(&b.archive))?;
+    let limit = |r| {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        unsafe { libc::getrlimit(r, &mut l) };
+        format!("{}:{}", l.rlim_cur, l.rlim_max)
+    };
+    let res = podman()
+        .args(["run", "--rm", "--network", "host", "--ulimit"])
+        .arg(format!("nofile={}", limit(libc::RLIMIT_NOFILE)))
+        .arg("--ulimit")
+        .arg(format!("nproc={}", limit(libc::RLIMIT_NPROC)))
+        .args([&b.reference, "--version"])
+        .output()
+        .context("running podman")?;
+    let _ = std::fs::remove_dir_all(&store);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    let want = format!("{} {}", b.name, version());
+    if res.status.success() && stdout.trim() == want {
+        return Ok("podman run works".into());
+    }
+    if !res.status.success()
+        && stderr.contains("error setting rlimit type")
+        && stderr.contains("operation not permitted")
+    {
+        note(format!("podman run refused here: {}", stderr.trim()));
+        return Ok(
+            "podman run refused here as measured (the runtime may not set rlimits, even the current ones)"
+                .into(),
+        );
+    }
+    bail!(
+        "podman run {} --version: {} (stdout `{}`, stderr `{}`): neither `{want}` nor the known rlimit refusal",
+        b.reference,
+        res.status,
+        stdout.trim(),
+        stderr.trim()
+    )
 }
 
 /// Unpacks `b` into a runtime bundle (`<dir>/bundle`: config.json + rootfs) with umoci.
