@@ -1,6 +1,7 @@
 //! EC2 inventory for trafficmap's collector: instances (addresses, tags, type, placement,
 //! lifecycle, security groups), security groups and the latest spot prices, over several
-//! regions, through `aws-sdk-ec2` with the standard credential chain of `aws-config`.
+//! regions, through `aws-sdk-ec2` with the standard credential chain of `aws-config`; and
+//! on-demand prices from the Price List API ([`pricing`], `aws-sdk-pricing`).
 //!
 //! This crate only fetches; what the tags mean (archdomain, env, name) is the collector's
 //! business. It lives apart because the SDK is expensive to compile, and so the collector's pure
@@ -16,6 +17,9 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 // AWS dependency of their own, and builds without EC2 compile none of it).
 pub use aws_config;
 pub use aws_sdk_ec2;
+
+pub mod pricing;
+pub use pricing::{PriceListError, PriceListFetcher, PriceListOptions};
 
 use aws_config::{BehaviorVersion, Region, timeout::TimeoutConfig};
 use aws_sdk_ec2::{

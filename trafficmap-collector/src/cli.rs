@@ -193,7 +193,8 @@ pub enum Command {
     /// Questions about the traffic in the store.
     #[command(subcommand)]
     Query(Query),
-    /// Write a map as CSV (LucidChart), draw.io CSV, Graphviz DOT or JSON.
+    /// Write a map as CSV (LucidChart), draw.io CSV, Graphviz DOT, JSON, or the old
+    /// traffic-map tool's JSON.
     Export(ExportArgs),
     /// Run roll-ups and retention once.
     Rollup,
@@ -205,6 +206,46 @@ pub enum Command {
     /// The archive of daily maps and store extracts ([archive] in the configuration).
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// The daily reports: costs and compliance; print them, or mail them as `[reports]` says.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+/// `report ...` (issue 12).
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// What the day's instances cost per hour and per year, by env, archdomain, cluster,
+    /// instance type and lifecycle, with the source of each price.
+    Costs(CostsArgs),
+    /// The archdomain compliance report of a day: tags seen that are not allowed, allowed tags
+    /// nobody uses, hosts without tags, cross-env edges new that day.
+    Compliance(ReportComplianceArgs),
+    /// Mail the daily report of a day as `[reports]` describes (or print the message).
+    Send(ReportSendArgs),
+}
+
+/// `report costs`.
+#[derive(Args, Debug)]
+pub struct CostsArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    /// Sum by (repeatable; default: all of them, in this order).
+    #[arg(long = "by", value_enum, value_name = "DIMENSION")]
+    pub by: Vec<crate::costreport::Dimension>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: CostFormat,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CostFormat {
+    #[default]
+    Text,
+    Html,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -286,6 +327,37 @@ pub enum ArchiveCommand {
     },
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    #[default]
+    Text,
+    Html,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportComplianceArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ReportFormat,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportSendArgs {
+    /// The UTC day, YYYY-MM-DD (default: yesterday, the last complete day).
+    #[arg(long)]
+    pub day: Option<chrono::NaiveDate>,
+    /// Print the message (headers, text and HTML parts) instead of sending it.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Query {
     /// The largest flows (client, server, port), like `ORDER BY bytes DESC LIMIT n`.
@@ -296,6 +368,20 @@ pub enum Query {
     CrossEnv(CrossEnvArgs),
     /// Archdomain tags seen against the allowed list (the daily compliance report).
     Archdomains(ArchdomainArgs),
+    /// Host health per agent host: uptime, load, memory, CPUs (issue 12 item 5).
+    Hosts(HostsArgs),
+}
+
+/// `query hosts` (issue 12 item 5).
+#[derive(Args, Debug)]
+pub struct HostsArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Output format (`--output` also works, as in the other queries).
+    #[arg(long = "format", visible_alias = "output", value_enum, default_value_t)]
+    pub format: Output,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 /// Which time range.
@@ -408,7 +494,9 @@ pub struct CrossEnvArgs {
 pub struct ArchdomainArgs {
     #[command(flatten)]
     pub range: RangeArgs,
-    /// Allowed archdomains, one per line (`#` comments); a line ending in `/` allows the subtree.
+    /// Allowed archdomains, one per line (`#` comments); a line ending in `/` allows the subtree;
+    /// `{name}` stands for one part. The old tool's archdomain.csv is read as it is (header row,
+    /// first column, its subtree rule), with a warning per construct that changed meaning.
     #[arg(long, value_name = "FILE")]
     pub allowed: PathBuf,
     /// Exit with status 1 when a host carries an archdomain that is not allowed, or none.
@@ -428,7 +516,8 @@ pub struct ExportArgs {
     pub range: RangeArgs,
     #[arg(long, value_enum, default_value = "csv")]
     pub format: Format,
-    /// Output file (default: standard output).
+    /// Output file (default: standard output); with `--format traffic-map`, a directory gets
+    /// the old name, `<view>-YYYY-MM-DD.json`.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     #[command(flatten)]

@@ -101,6 +101,14 @@ pub struct Config {
     // --- end b2 ---
     // ---- Archive (issue 12): see the `Archive` block below. ----
     pub archive: Archive,
+    // ---- Viewer (issue 12, item 6): what `GET /api/v1/viewer-config` serves. ----
+    pub viewer: Viewer,
+    // ---- Service names (issue 12 item 4): see the `Services` block below. ----
+    pub services: Services,
+    // ---- Prices (issue 12, c1): see the `Prices` block below. ----
+    pub prices: Prices,
+    // ---- Daily reports by email (issue 12, c2): see the `Reports` block below. ----
+    pub reports: Reports,
 }
 
 impl Default for Config {
@@ -133,7 +141,54 @@ impl Default for Config {
             max_connections_per_address: 64,
             idle_timeout: Duration::from_secs(60),
             archive: Archive::default(),
+            viewer: Viewer::default(),
+            services: Services::default(),
+            prices: Prices::default(),
+            reports: Reports::default(),
         }
+    }
+}
+
+// ---- Service names (issue 12 item 4): names for ports on the maps' links, in exports and in
+// the command line's tables, over IANA's registry shipped in the binary
+// (`trafficmap_model::services`). docs/collector.md, "Service names". ----
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Services {
+    /// Names by TCP port, e.g. `names = { 8080 = "http-alt", 9978 = "trafficmap" }` (TOML keys
+    /// are strings; each must be a port 1-65535). They win over `file` and over IANA's.
+    pub names: std::collections::BTreeMap<String, String>,
+    /// An `/etc/services`-format file whose TCP entries win over IANA's names.
+    pub file: Option<PathBuf>,
+}
+
+impl Services {
+    /// The merged table: `names`, then `file`, then IANA's. Reads `file`.
+    pub fn load(&self) -> Result<trafficmap_model::services::ServiceNames, String> {
+        use std::io::Read as _;
+        use trafficmap_model::services::{
+            MAX_FILE_BYTES, ServiceNames, parse_port, parse_services_file,
+        };
+        let mut merged = std::collections::BTreeMap::new();
+        if let Some(p) = &self.file {
+            let at = |e: String| format!("services.file: {}: {e}", p.display());
+            let mut text = String::new();
+            // One byte past the bound, so a larger file is refused rather than cut.
+            std::fs::File::open(p)
+                .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_string(&mut text))
+                .map_err(|e| at(e.to_string()))?;
+            merged = parse_services_file(&text).map_err(|e| at(e.to_string()))?;
+        }
+        for (port, name) in &self.names {
+            let port = parse_port(port).map_err(|e| format!("services.names: {e}"))?;
+            merged.insert(port, name.clone());
+        }
+        ServiceNames::with_overrides(merged).map_err(|e| format!("services.names: {e}"))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.load().map(drop)
     }
 }
 
@@ -214,6 +269,225 @@ impl Archive {
         Ok(())
     }
 }
+
+// ---- Viewer (issue 12, item 6): settings the viewer reads from `GET /api/v1/viewer-config`.
+// docs/collector.md, "Viewer". ----
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Viewer {
+    /// Named suppressions offered in the viewer's "Preset" select (checked as the viewer checks
+    /// its patterns: `crate::viewerapi::validate_presets`).
+    pub suppression_presets: Vec<crate::viewerapi::SuppressionPreset>,
+}
+
+// ---- end Viewer ----
+// ---- Prices (issue 12, c1): on-demand prices from the AWS Price List API, cached in data_dir,
+// before the price table (`enrich.price_file`). docs/collector.md, "Cost reports". ----
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prices {
+    /// Ask the AWS Price List API (GetProducts) for the on-demand prices of the fleet's instance
+    /// types. Off by default: no outbound call unless asked.
+    pub price_list_api: bool,
+    /// Another endpoint (a proxy; a local server in tests) instead of AWS's.
+    pub price_list_endpoint: Option<String>,
+    /// The `operatingSystem` of the products priced (`Linux`, `Windows`, `RHEL`, ...).
+    pub operating_system: String,
+    /// How long an answer (a price, or "no such product") is kept in the cache file.
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices {
+            price_list_api: false,
+            price_list_endpoint: None,
+            operating_system: "Linux".into(),
+            cache_ttl: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl Prices {
+    /// The cache of the Price List API's answers.
+    pub fn cache_file(data_dir: &Path) -> PathBuf {
+        data_dir.join("price-list-cache.json")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let os = &self.operating_system;
+        if os.is_empty() || os.len() > 64 || os.chars().any(char::is_control) {
+            return Err(format!(
+                "prices.operating_system `{os}`: a Price List operatingSystem such as Linux (1-64 characters)"
+            ));
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(366 * 86_400)).contains(&self.cache_ttl)
+        {
+            return Err("prices.cache_ttl: between 1m and 366days".into());
+        }
+        if let Some(u) = &self.price_list_endpoint {
+            let scheme = reqwest::Url::parse(u).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err(format!("prices.price_list_endpoint `{u}`: an http(s) URL"));
+            }
+        }
+        if self.price_list_api && !cfg!(feature = "ec2") {
+            return Err(
+                "prices.price_list_api: this collector was built without the `ec2` feature (AWS SDK)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+// ---- end of prices ----
+
+// ---- Daily reports by email (issue 12, c2): the compliance (and cost) report of the previous
+// day mailed at `schedule` by `crate::dailyreport`, through `crate::mail`. docs/collector.md,
+// "Daily reports by email". ----
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reports {
+    /// Time of day (UTC, `HH:MM`) at which the previous day's report is mailed.
+    pub schedule: chrono::NaiveTime,
+    /// Recipients; empty: the service mails nothing (`report compliance` still prints).
+    pub to: Vec<String>,
+    /// The sender (`Name <addr@example.com>` or `addr@example.com`).
+    pub from: String,
+    /// Put before every subject.
+    pub subject_prefix: String,
+    /// Include the archdomain compliance report.
+    pub compliance: bool,
+    /// Include the cost report.
+    pub costs: bool,
+    /// Allowed archdomains, one per line (the `query archdomains --allowed` file).
+    pub allowed_archdomains_file: Option<PathBuf>,
+    pub smtp: Smtp,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        Reports {
+            // After the daily maps (written 10 minutes after midnight) and the archive (01:00).
+            schedule: chrono::NaiveTime::from_hms_opt(6, 0, 0).unwrap_or_default(),
+            to: Vec::new(),
+            from: String::new(),
+            subject_prefix: "[trafficmap]".into(),
+            compliance: true,
+            costs: true,
+            allowed_archdomains_file: None,
+            smtp: Smtp::default(),
+        }
+    }
+}
+
+/// How the SMTP connection is secured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: only to a loopback address (a local relay).
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// The server's host name (checked against its certificate) or address.
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// Login (AUTH PLAIN or LOGIN); without it, no authentication.
+    pub username: Option<String>,
+    /// File holding the password (its first line); never the password inline.
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificate(s) (PEM) trusted for the server, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Connecting and each SMTP command time out after this.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            host: String::new(),
+            port: 587,
+            tls: SmtpTls::Starttls,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Reports {
+    /// Whether the service mails reports.
+    pub fn mailing(&self) -> bool {
+        !self.to.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.compliance && self.mailing() && self.allowed_archdomains_file.is_none() {
+            return Err(
+                "reports.compliance needs reports.allowed_archdomains_file (the allowed archdomains, one per line)"
+                    .into(),
+            );
+        }
+        if !self.mailing() {
+            return Ok(());
+        }
+        if self.to.len() > crate::mail::MAX_RECIPIENTS {
+            return Err(format!(
+                "reports.to: {} recipients, at most {}",
+                self.to.len(),
+                crate::mail::MAX_RECIPIENTS
+            ));
+        }
+        crate::mail::mailbox(&self.from).map_err(|e| format!("reports.from: {e}"))?;
+        for t in &self.to {
+            crate::mail::mailbox(t).map_err(|e| format!("reports.to: {e}"))?;
+        }
+        if self.subject_prefix.chars().any(char::is_control) || self.subject_prefix.len() > 200 {
+            return Err("reports.subject_prefix: one line of at most 200 bytes".into());
+        }
+        self.smtp.validate()
+    }
+}
+
+impl Smtp {
+    fn validate(&self) -> Result<(), String> {
+        if self.host.is_empty() {
+            return Err("reports.smtp.host: the SMTP server to send reports through".into());
+        }
+        if self.port == 0 {
+            return Err("reports.smtp.port: 1 to 65535".into());
+        }
+        if self.tls == SmtpTls::None && !crate::mail::is_loopback(&self.host) {
+            return Err(format!(
+                "reports.smtp.tls = \"none\" would send the login and the reports in clear to `{}`: only allowed to a loopback address (127.0.0.1, ::1, localhost); use \"starttls\" or \"tls\"",
+                self.host
+            ));
+        }
+        if self.username.is_some() != self.password_file.is_some() {
+            return Err("reports.smtp.username and reports.smtp.password_file go together".into());
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(600) {
+            return Err("reports.smtp.timeout: more than 0s, at most 10m".into());
+        }
+        Ok(())
+    }
+}
+// ---- end of reports ----
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -522,6 +796,10 @@ impl Config {
             &mut self.tls_key_file,
             &mut self.tls_client_ca_file,
             &mut self.archive.credentials_file,
+            &mut self.services.file,
+            &mut self.reports.allowed_archdomains_file,
+            &mut self.reports.smtp.password_file,
+            &mut self.reports.smtp.ca_file,
         ]
         .into_iter()
         .flatten()
@@ -560,6 +838,10 @@ impl Config {
         self.validate_periods()?;
         self.validate_enrich()?;
         self.archive.validate()?;
+        crate::viewerapi::validate_presets(&self.viewer.suppression_presets)?;
+        self.services.validate()?;
+        self.prices.validate()?;
+        self.reports.validate()?;
         if self.storage.backend == Backend::Clickhouse {
             // Parsed as the store's client will parse it; TLS comes with reqwest (rustls).
             let u = &self.storage.clickhouse.url;
@@ -802,6 +1084,14 @@ mod tests {
         full.archive.endpoint_url = Some("http://x".into());
         full.archive.region = Some("r".into());
         full.archive.credentials_file = Some("/x".into());
+        full.services.file = Some("/x".into());
+        full.services.names.insert("8080".into(), "http-alt".into());
+        full.prices.price_list_endpoint = Some("http://x".into());
+        full.reports.to = vec!["ops@example.com".into()];
+        full.reports.allowed_archdomains_file = Some("/x".into());
+        full.reports.smtp.username = Some("u".into());
+        full.reports.smtp.password_file = Some("/x".into());
+        full.reports.smtp.ca_file = Some("/x".into());
         let mut want = Vec::new();
         keys(&toml::Value::try_from(&full).unwrap(), "", &mut want);
         let mut have = Vec::new();
@@ -815,6 +1105,7 @@ mod tests {
             k.starts_with("enrich.env.aliases.")
                 || k.starts_with("enrich.archdomain.aliases.")
                 || k.starts_with("cost.internet_egress_by_region.")
+                || k.starts_with("services.names.")
         };
         let missing: Vec<&String> = want
             .iter()
@@ -838,6 +1129,81 @@ mod tests {
         assert_eq!(
             example.cost.cross_az_per_gib,
             CostRates::default().cross_az_per_gib
+        );
+    }
+
+    /// `[services]` (issue 12 item 4): `names` over `file` over IANA's; bad entries stop the
+    /// start with the port or the line.
+    #[test]
+    fn service_names_merge_configuration_over_file_over_iana() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("services");
+        std::fs::write(
+            &file,
+            "kafka 9092/tcp\nfromfile 8080/tcp\nudponly 49990/udp\n",
+        )
+        .unwrap();
+        let text = format!(
+            "[services]\nnames = {{ 8080 = \"proxy\", 9978 = \"trafficmap\" }}\nfile = {:?}\n",
+            file.display().to_string()
+        );
+        let cfg = Config::from_toml(&text, "c.toml").unwrap();
+        cfg.validate().unwrap();
+        let names = cfg.services.load().unwrap();
+        assert_eq!(names.name(8080), Some("proxy"));
+        assert_eq!(names.name(9092), Some("kafka"));
+        assert_eq!(names.name(9978), Some("trafficmap"));
+        assert_eq!(names.name(5432), Some("postgresql"));
+        assert_eq!(names.name(49990), None, "udp entries name nothing");
+        for (names, want) in [
+            (
+                "{ 0 = \"x\" }",
+                "services.names: `0` is not a TCP port (1-65535)",
+            ),
+            (
+                "{ http = \"x\" }",
+                "services.names: `http` is not a TCP port (1-65535)",
+            ),
+            (
+                "{ 80 = \"\" }",
+                "services.names: port 80: empty service name",
+            ),
+            (
+                "{ 80 = \"a\\u001b[31m\" }",
+                "services.names: port 80: service name \"a\\u{1b}[31m\" holds the control character '\\u{1b}'",
+            ),
+        ] {
+            let cfg =
+                Config::from_toml(&format!("[services]\nnames = {names}\n"), "c.toml").unwrap();
+            assert_eq!(cfg.validate().unwrap_err(), want);
+        }
+        std::fs::write(&file, "ok 1/tcp\nbad\n").unwrap();
+        let cfg = Config {
+            services: Services {
+                file: Some(file.clone()),
+                ..Services::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.validate().unwrap_err(),
+            format!(
+                "services.file: {}: line 2: expected `name port/protocol`",
+                file.display()
+            )
+        );
+        std::fs::write(
+            &file,
+            "#".repeat(trafficmap_model::services::MAX_FILE_BYTES + 1),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.validate().unwrap_err(),
+            format!(
+                "services.file: {}: larger than {} bytes",
+                file.display(),
+                trafficmap_model::services::MAX_FILE_BYTES
+            )
         );
     }
 

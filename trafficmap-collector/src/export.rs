@@ -5,7 +5,10 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use trafficmap_model::map::{Link, Map, Node, NodeKind, View};
+use trafficmap_model::{
+    map::{Link, Map, Node, NodeKind, View},
+    services::port_label,
+};
 
 /// Export formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -18,6 +21,10 @@ pub enum Format {
     Dot,
     /// The map itself.
     Json,
+    /// The old traffic-map tool's instances/clusters JSON, named `<view>-YYYY-MM-DD.json`
+    /// when the output is a directory (its viewer and scripts read it; see docs/migrating.md).
+    /// Command line only: it needs the instances of the range even for the clusters file.
+    TrafficMap,
 }
 
 impl Format {
@@ -37,7 +44,7 @@ impl Format {
         match self {
             Format::Csv | Format::Drawio => "text/csv; charset=utf-8",
             Format::Dot => "text/vnd.graphviz; charset=utf-8",
-            Format::Json => "application/json",
+            Format::Json | Format::TrafficMap => "application/json",
         }
     }
 
@@ -46,7 +53,7 @@ impl Format {
             Format::Csv => "csv",
             Format::Drawio => "drawio.csv",
             Format::Dot => "dot",
-            Format::Json => "json",
+            Format::Json | Format::TrafficMap => "json",
         }
     }
 }
@@ -57,6 +64,11 @@ pub fn export(map: &Map, format: Format) -> Vec<u8> {
         Format::Drawio => drawio_csv(map).into_bytes(),
         Format::Dot => dot(map).into_bytes(),
         Format::Json => map.to_json_pretty(),
+        // The instances file of the map's nodes (`query::export_map` renders the instances view
+        // for it and coalesces the clusters file); serialising these plain structs cannot fail.
+        Format::TrafficMap => {
+            serde_json::to_vec_pretty(&crate::traffic_map::instances(map)).unwrap_or_default()
+        }
     }
 }
 
@@ -143,12 +155,40 @@ fn csv_text(
     String::from_utf8(buf).expect("CSV of UTF-8 fields")
 }
 
+/// The link's ports with the names the map gives them (issue 12 item 4): `5432/postgresql`,
+/// a bare number for a port without one.
 fn ports(l: &Link) -> String {
     l.server_ports
         .iter()
-        .map(ToString::to_string)
+        .enumerate()
+        .map(|(i, p)| port_label(*p, l.services.get(i).map(String::as_str)))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The ports each node served, named as the map's links name them: draw.io's rows have no
+/// link labels, so the node carries them (issue 12 item 4).
+fn served_ports(map: &Map) -> BTreeMap<&str, String> {
+    let mut names: BTreeMap<u16, &str> = BTreeMap::new();
+    for l in &map.links {
+        for (p, n) in l.server_ports.iter().zip(&l.services) {
+            if !n.is_empty() {
+                names.entry(*p).or_insert(n);
+            }
+        }
+    }
+    map.nodes
+        .iter()
+        .map(|n| {
+            let ports = n
+                .server_ports
+                .iter()
+                .map(|p| port_label(*p, names.get(p).copied()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            (n.id.as_str(), ports)
+        })
+        .collect()
 }
 
 fn node_details(n: &Node) -> String {
@@ -296,9 +336,11 @@ fn drawio_csv(map: &Map) -> String {
                 "fill",
                 "bytes_in",
                 "bytes_out",
+                "serves",
                 "targets",
             ],
         )?;
+        let serves = served_ports(map);
         for n in &map.nodes {
             let fill = match n.kind {
                 NodeKind::Host => "#dae8fc",
@@ -320,6 +362,7 @@ fn drawio_csv(map: &Map) -> String {
                     fill,
                     &n.bytes_in.to_string(),
                     &n.bytes_out.to_string(),
+                    serves.get(n.id.as_str()).map_or("", String::as_str),
                     &t,
                 ],
             )?;
@@ -466,7 +509,7 @@ mod tests {
             .position(|l| l.ends_with(",i-0d1b2c3d4e5f60721"))
             .unwrap();
         let want = format!(
-            ",Line,,1,,{api},{db},None,Arrow,5432 -> 1.0 MB / <- 4.2 MB,\"1,000,003 bytes to server, 4,200,512 bytes back\",observed by both"
+            ",Line,,1,,{api},{db},None,Arrow,5432/postgresql -> 1.0 MB / <- 4.2 MB,\"1,000,003 bytes to server, 4,200,512 bytes back\",observed by both"
         );
         assert!(text.contains(&want), "{text}");
     }
@@ -518,8 +561,51 @@ mod tests {
             .unwrap();
         assert_eq!(
             row,
-            "host:batch-1,batch-1,offline/batch (stage) | 10.9.0.5,#dae8fc,2000000,130000,\"i-0d1b2c3d4e5f60721,ip:10.9.0.40\""
+            "host:batch-1,batch-1,offline/batch (stage) | 10.9.0.5,#dae8fc,2000000,130000,,\"i-0d1b2c3d4e5f60721,ip:10.9.0.40\""
         );
+    }
+
+    /// Ports carry the names the map gives them (issue 12 item 4); a map without names (an
+    /// older file) shows bare numbers.
+    #[test]
+    fn exports_show_ports_with_service_names() {
+        let m = map();
+        let drawio = drawio_csv(&m);
+        assert!(
+            drawio.contains("\nid,name,details,fill,bytes_in,bytes_out,serves,targets\n"),
+            "{drawio}"
+        );
+        let api = drawio
+            .lines()
+            .find(|l| l.starts_with("i-0a1b2c3d4e5f60718,"))
+            .unwrap();
+        assert!(api.contains(",443/https 9100/hp-pdl-datastr,"), "{api}");
+        let db = drawio
+            .lines()
+            .find(|l| l.starts_with("i-0d1b2c3d4e5f60721,"))
+            .unwrap();
+        assert!(db.contains(",5432/postgresql,"), "{db}");
+        assert!(dot(&m).contains("[label=\"5432/postgresql -> 1.0 MB / <- 4.2 MB\""));
+        let mut old = m.clone();
+        for l in &mut old.links {
+            l.services.clear();
+        }
+        assert!(lucid_csv(&old).contains(",Arrow,5432 -> 1.0 MB / <- 4.2 MB,"));
+        assert!(
+            drawio_csv(&old)
+                .lines()
+                .any(|l| l.starts_with("i-0d1b2c3d4e5f60721,") && l.contains(",5432,"))
+        );
+        // A port without a name next to one with a name.
+        let mut mixed = m.clone();
+        let l = mixed
+            .links
+            .iter_mut()
+            .find(|l| l.server_ports == [5432])
+            .unwrap();
+        l.server_ports = vec![5432, 49999];
+        l.services = vec!["postgresql".into(), String::new()];
+        assert!(lucid_csv(&mixed).contains(",Arrow,5432/postgresql 49999 -> "));
     }
 
     #[test]
@@ -537,7 +623,7 @@ mod tests {
         let text = dot(&map());
         assert!(text.contains("subgraph cluster_"), "{text}");
         assert!(text.contains("label=\"online/api (prod)\""), "{text}");
-        assert!(text.contains("\"ip:203.0.113.50\" -> \"i-0a1b2c3d4e5f60718\" [label=\"443 -> 250.0 kB / <- 3.0 MB\""), "{text}");
+        assert!(text.contains("\"ip:203.0.113.50\" -> \"i-0a1b2c3d4e5f60718\" [label=\"443/https -> 250.0 kB / <- 3.0 MB\""), "{text}");
         assert_eq!(text.matches('{').count(), text.matches('}').count());
     }
 }

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use chrono::{DateTime, Utc};
 use trafficmap_model::{
     bounds::{SatSum as _, sat_add},
-    report::{Ec2Identity, Report, Role},
+    report::{Ec2Identity, HostStats, Report, Role},
 };
 
 use crate::{
@@ -48,6 +48,10 @@ pub struct Ingest {
     pub kernel: String,
     pub probe_drops: u64,
     pub spool_dropped: u64,
+    /// Host health the report carried (issue 12 item 5) as one sample taken at `window_end`
+    /// (its own `load1` the largest). Stores keep it in the period `window_start` falls in; an
+    /// archive restore puts a whole day's summary here (last sample, the day's `load1_max`).
+    pub host: Option<trafficmap_model::map::HostStats>,
     pub rows: Vec<Row>,
 }
 
@@ -108,9 +112,51 @@ impl Ingest {
             kernel: r.agent.kernel.clone(),
             probe_drops: r.health.drops.values().copied().sat_sum(),
             spool_dropped: r.health.spool_dropped,
+            host: r.host.stats.map(|s| host_sample(&s, r.window.end)),
             rows,
         }
     }
+}
+
+/// One sample of a report's `host.stats`, as maps and stores keep it.
+pub fn host_sample(s: &HostStats, at: DateTime<Utc>) -> trafficmap_model::map::HostStats {
+    trafficmap_model::map::HostStats {
+        sampled_at: at,
+        uptime_seconds: s.uptime_seconds,
+        load1: s.load1,
+        load5: s.load5,
+        load15: s.load15,
+        memory_total_bytes: s.memory_total_bytes,
+        memory_available_bytes: s.memory_available_bytes,
+        cpus: s.cpus,
+        load1_max: s.load1,
+    }
+}
+
+/// The bounds of a report's `host.stats` for a stored sample (an archive extract is read as
+/// hostile as a report), and `load1 <= load1_max <= MAX_LOAD`.
+pub fn check_host_sample(
+    h: &trafficmap_model::map::HostStats,
+) -> Result<(), trafficmap_model::report::ReportError> {
+    HostStats {
+        uptime_seconds: h.uptime_seconds,
+        load1: h.load1,
+        load5: h.load5,
+        load15: h.load15,
+        memory_total_bytes: h.memory_total_bytes,
+        memory_available_bytes: h.memory_available_bytes,
+        cpus: h.cpus,
+    }
+    .validate()?;
+    if !(h.load1..=trafficmap_model::bounds::MAX_LOAD).contains(&h.load1_max) {
+        return Err(trafficmap_model::report::ReportError::Invalid(format!(
+            "host.load1_max: {} is not within load1 {} to {}",
+            h.load1_max,
+            h.load1,
+            trafficmap_model::bounds::MAX_LOAD
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod cost;
+pub mod costreport;
+pub mod dailyreport;
 pub mod enrich;
 pub mod export;
 pub mod few;
 pub mod ingest;
+pub mod mail;
 pub mod mapbuilds;
 pub mod mapservice;
 pub mod merge;
@@ -27,7 +30,9 @@ pub mod server;
 pub mod slots;
 pub mod store;
 pub mod tls;
+pub mod traffic_map;
 pub mod viewer;
+pub mod viewerapi;
 
 /// Lets mimalloc back its memory with transparent huge pages. A 10,000-host day's map touches
 /// about a gigabyte of fresh memory; in 4 KiB pages the page faults (on a VM each one also a

@@ -2,7 +2,7 @@
 
 use clap::Parser as _;
 use trafficmap_collector::{
-    cli::{Cli, Command, Query, TokenCommand},
+    cli::{Cli, Command, Query, ReportCommand, TokenCommand},
     query, run,
 };
 
@@ -62,6 +62,10 @@ fn main() {
         }
     };
     if matches!(cli.command, Some(Command::CheckConfig)) {
+        // Old traffic-map files are read as they are; what changed meaning is said here.
+        for w in trafficmap_collector::enrich::files::old_format_warnings(&cfg) {
+            println!("warning: {w}");
+        }
         println!("configuration ok");
         return;
     }
@@ -95,6 +99,9 @@ fn main() {
             Some(Command::Query(Query::Archdomains(a))) => {
                 query::archdomains(&cli.settings, a).await
             }
+            Some(Command::Query(Query::Hosts(a))) => {
+                query::hosts(&cli.settings, a).await.map(|()| 0)
+            }
             Some(Command::Export(a)) => query::export_map(&cli.settings, a).await.map(|()| 0),
             Some(Command::Rollup) => {
                 async {
@@ -113,6 +120,14 @@ fn main() {
             }
             Some(Command::CheckConfig | Command::Token(_)) => Ok(0),
             Some(Command::Archive(a)) => trafficmap_collector::archive::command(&cfg, a).await,
+            Some(Command::Report(ReportCommand::Costs(a))) => {
+                trafficmap_collector::costreport::command(&cli.settings, a)
+                    .await
+                    .map(|()| 0)
+            }
+            Some(Command::Report(r)) => {
+                trafficmap_collector::dailyreport::command(&cli.settings, r).await
+            }
         };
         match result {
             Ok(code) => code,

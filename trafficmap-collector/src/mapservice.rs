@@ -204,7 +204,10 @@ impl Built {
             sources: &self.sources,
             rules: &enricher.rules,
         };
-        render(&self.prepared, view, &dir, generated_at)
+        let mut map = render(&self.prepared, view, &dir, generated_at);
+        // Names for the links' ports (issue 12 item 4), from the collector's merged table.
+        enricher.services.annotate(&mut map);
+        map
     }
 }
 

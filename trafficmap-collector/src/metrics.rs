@@ -43,6 +43,12 @@ pub struct ArchiveResult {
     pub result: &'static str,
 }
 
+/// Daily report mails (issue 12, c2): `sent` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MailResult {
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Task {
     pub task: &'static str,
@@ -81,6 +87,9 @@ pub struct Metrics {
     // Archive (issue 12).
     pub archive_days: Family<ArchiveResult, Counter>,
     pub archive_last_success: Gauge,
+    // Daily reports by email (issue 12, c2).
+    pub report_mails: Family<MailResult, Counter>,
+    pub report_last_sent: Gauge,
     dns: Arc<OnceLock<Arc<DnsCache>>>,
 }
 
@@ -151,6 +160,8 @@ impl Metrics {
             connections_refused: Family::default(),
             archive_days: Family::default(),
             archive_last_success: Gauge::default(),
+            report_mails: Family::default(),
+            report_last_sent: Gauge::default(),
             dns: Arc::default(),
             registry: Registry::default(),
         };
@@ -252,6 +263,17 @@ impl Metrics {
             "When an archive pass last finished without a failure (Unix time).",
             Unit::Seconds,
             m.archive_last_success.clone(),
+        );
+        registry.register(
+            "report_mails",
+            "Daily report mails, by result (sent, failed).",
+            m.report_mails.clone(),
+        );
+        registry.register_with_unit(
+            "report_last_sent_timestamp",
+            "When a daily report mail was last accepted by the SMTP server (Unix time).",
+            Unit::Seconds,
+            m.report_last_sent.clone(),
         );
         registry.register_collector(Box::new(DnsCollector(m.dns.clone())));
         Metrics { registry, ..m }

@@ -13,20 +13,31 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use trafficmap_model::{bounds::sat_add, map::NodeKind};
+use trafficmap_model::{
+    bounds::sat_add,
+    map::{NodeKind, View},
+    services::{ServiceNames, port_label},
+};
 
 use crate::{
     cli::{
-        ArchdomainArgs, CrossEnvArgs, ExportArgs, Filters, Output, ProgressArgs, RangeArgs,
-        Settings, SortBy, TopArgs, WhoCallsArgs,
+        ArchdomainArgs, CrossEnvArgs, ExportArgs, Filters, HostsArgs, Output, ProgressArgs,
+        RangeArgs, Settings, SortBy, TopArgs, WhoCallsArgs,
     },
     config::Config,
     cost::usd,
-    enrich::{Identity, dns::ReverseLookup, dns::SystemResolver, refresh::Enricher},
-    export::{export, grouped},
+    enrich::{
+        Identity,
+        dns::ReverseLookup,
+        dns::SystemResolver,
+        refresh::Enricher,
+        rules::{AllowedList, AllowedPattern},
+    },
+    export::{Format, export, grouped},
     mapservice::{self, Built},
     render::{Priced, unnamed_addresses},
     store::Store,
+    traffic_map,
 };
 
 /// Progress lines on standard error (when it is a terminal, or with `--progress`).
@@ -83,7 +94,11 @@ impl Loaded {
 pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Result<Loaded> {
     let cfg = settings.config().map_err(anyhow::Error::msg)?;
     let store = Store::open(cfg.store_options()).await?;
-    let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
+    let (enricher, dns_rx) = Enricher::with_services(
+        &cfg.enrich,
+        cfg.services.load().map_err(anyhow::Error::msg)?,
+    )
+    .map_err(anyhow::Error::msg)?;
     let now = Utc::now();
     if let Some(path) = &cfg.enrich.ec2.snapshot_file {
         let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
@@ -96,6 +111,18 @@ pub async fn load(settings: &Settings, range: &RangeArgs, p: &Progress) -> Resul
         if let Some(snap) = store.cloud(now.date_naive()).await? {
             p.step(format!("EC2 data as of {}", snap.fetched_at));
             enricher.set_cloud(snap);
+        }
+    }
+    // On-demand prices from the Price List API ([prices]): the cache, and the API for what it
+    // lacks (public prices, one question per type and region and TTL). A failure is in the
+    // maps' warnings; the price table stands in.
+    if let Some(pl) = crate::run::price_list(&cfg).await {
+        enricher.set_price_list(pl, now);
+        if let Some(r) = enricher.refresh_price_list(now).await {
+            p.step(match r {
+                Ok(n) => format!("AWS Price List API: {n} question(s)"),
+                Err(e) => format!("AWS Price List API failed: {e}"),
+            });
         }
     }
     let (from, to) = resolve_range(range, now)?;
@@ -198,6 +225,9 @@ pub struct FlowRow {
     pub server: String,
     pub server_ip: String,
     pub port: u16,
+    /// The port's service name (`[services]`, else IANA's), filled by `top`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub bytes_to_server: u64,
     pub bytes_to_client: u64,
     pub bytes: u64,
@@ -208,13 +238,17 @@ pub struct FlowRow {
 
 /// A cell of a printed table: counts are grouped for people (`4,200,512`) and plain in CSV
 /// (`4200512`), so a spreadsheet reads them as numbers.
-enum Cell {
+pub(crate) enum Cell {
     Text(String),
     Count(u64),
+    /// USD shown with this many decimals (grouped), in full in CSV; `None`: `-` (no price).
+    Usd(Option<f64>, usize),
+    /// Seconds: `3d 04:05:06` for people, the number of seconds in CSV (issue 12 item 5).
+    Uptime(u64),
 }
 
 impl Cell {
-    fn for_people(&self) -> String {
+    pub(crate) fn for_people(&self) -> String {
         match self {
             // Names come from reports, EC2 tags and DNS: no terminal escapes reach the screen.
             Cell::Text(s) => s
@@ -222,6 +256,18 @@ impl Cell {
                 .map(|c| if c.is_control() { '\u{fffd}' } else { c })
                 .collect(),
             Cell::Count(n) => grouped(*n),
+            Cell::Usd(None, _) => "-".into(),
+            Cell::Usd(Some(v), decimals) => {
+                let s = format!("{v:.decimals$}");
+                let (int, frac) = s.split_once('.').unwrap_or((s.as_str(), ""));
+                let int = int.parse::<u64>().map_or_else(|_| int.to_owned(), grouped);
+                if frac.is_empty() {
+                    int
+                } else {
+                    format!("{int}.{frac}")
+                }
+            }
+            Cell::Uptime(s) => uptime_text(*s),
         }
     }
 
@@ -229,7 +275,8 @@ impl Cell {
         match self {
             // Neutralised for spreadsheets (formula injection); numbers stay numbers.
             Cell::Text(s) => crate::export::safe_cell(s).into_owned(),
-            Cell::Count(n) => n.to_string(),
+            Cell::Count(n) | Cell::Uptime(n) => n.to_string(),
+            Cell::Usd(v, _) => v.map(|v| v.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -247,16 +294,16 @@ impl From<u64> for Cell {
 }
 
 /// A table printed as aligned text, CSV or JSON.
-struct Table {
-    headers: Vec<&'static str>,
-    rows: Vec<Vec<Cell>>,
+pub(crate) struct Table {
+    pub(crate) headers: Vec<&'static str>,
+    pub(crate) rows: Vec<Vec<Cell>>,
     /// Columns aligned right (numbers).
-    right: Vec<bool>,
+    pub(crate) right: Vec<bool>,
 }
 
 impl Table {
     /// Columns two spaces apart, no borders, no trailing blanks.
-    fn print(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    pub(crate) fn print(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         use comfy_table::{CellAlignment, presets::NOTHING};
         let mut t = comfy_table::Table::new();
         t.load_preset(NOTHING).set_header(self.headers.clone());
@@ -275,7 +322,7 @@ impl Table {
         Ok(())
     }
 
-    fn csv(&self, out: impl std::io::Write) -> csv::Result<()> {
+    pub(crate) fn csv(&self, out: impl std::io::Write) -> csv::Result<()> {
         let mut w = csv_writer(out);
         w.write_record(&self.headers)?;
         for r in &self.rows {
@@ -327,6 +374,7 @@ pub fn top_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<FlowRow
                     server: ids[c.server].label.clone(),
                     server_ip: k.server_ip.to_string(),
                     port: k.port,
+                    service: None,
                     bytes_to_server: c.conv.bytes_to_server(),
                     bytes_to_client: c.conv.bytes_to_client(),
                     bytes: c.conv.bytes_to_server() + c.conv.bytes_to_client(),
@@ -363,6 +411,9 @@ pub fn top_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<FlowRow
 #[derive(Serialize, Clone)]
 pub struct PortRow {
     pub port: u16,
+    /// The port's service name (`[services]`, else IANA's), filled by `top`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub flows: u64,
     pub servers: u64,
     pub bytes_to_server: u64,
@@ -382,6 +433,7 @@ pub fn port_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<PortRo
             (
                 PortRow {
                     port,
+                    service: None,
                     flows: 0,
                     servers: 0,
                     bytes_to_server: 0,
@@ -430,12 +482,28 @@ pub fn port_rows(b: &Built, f: &Filters, by: SortBy, limit: usize) -> Vec<PortRo
 pub async fn top(settings: &Settings, a: &TopArgs) -> Result<()> {
     let p = Progress::new(a.progress);
     let l = load(settings, &a.range, &p).await?;
+    let names = &l.enricher.services;
     if a.by_port {
-        let rows = port_rows(&l.built, &a.filters, a.by, a.limit);
+        let mut rows = port_rows(&l.built, &a.filters, a.by, a.limit);
+        for r in &mut rows {
+            r.service = names.name(r.port).map(str::to_owned);
+        }
         return emit(a.output, port_table(&rows), &rows);
     }
-    let rows = top_rows(&l.built, &a.filters, a.by, a.limit);
+    let mut rows = top_rows(&l.built, &a.filters, a.by, a.limit);
+    for r in &mut rows {
+        r.service = names.name(r.port).map(str::to_owned);
+    }
     emit(a.output, flow_table(&rows), &rows)
+}
+
+/// Ports as the tables show them (issue 12 item 4): `5432/postgresql 8080/http-alt`.
+fn port_labels(names: &ServiceNames, ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(|p| names.label(*p))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn port_table(rows: &[PortRow]) -> Table {
@@ -455,7 +523,7 @@ fn port_table(rows: &[PortRow]) -> Table {
             .iter()
             .map(|r| {
                 vec![
-                    r.port.to_string().into(),
+                    port_label(r.port, r.service.as_deref()).into(),
                     r.flows.into(),
                     r.servers.into(),
                     r.bytes_to_server.into(),
@@ -495,7 +563,7 @@ fn flow_table(rows: &[FlowRow]) -> Table {
                     r.client_ip.clone().into(),
                     r.server.clone().into(),
                     r.server_ip.clone().into(),
-                    r.port.to_string().into(),
+                    port_label(r.port, r.service.as_deref()).into(),
                     r.bytes_to_server.into(),
                     r.bytes_to_client.into(),
                     r.bytes.into(),
@@ -515,6 +583,9 @@ pub struct CallerRow {
     pub env: Option<String>,
     pub archdomain: Option<String>,
     pub ports: Vec<u16>,
+    /// Service names of `ports`, as a map link's `services` (left out when none has one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     pub processes: Vec<String>,
     pub bytes_to_server: u64,
     pub bytes_to_client: u64,
@@ -583,6 +654,7 @@ pub fn callers(b: &Built, target: &str, limit: usize) -> Vec<CallerRow> {
                     env: id.env.clone(),
                     archdomain: id.archdomain.clone(),
                     ports: vec![],
+                    services: vec![],
                     processes: vec![],
                     bytes_to_server: 0,
                     bytes_to_client: 0,
@@ -626,7 +698,10 @@ pub fn callers(b: &Built, target: &str, limit: usize) -> Vec<CallerRow> {
 pub async fn who_calls(settings: &Settings, a: &WhoCallsArgs) -> Result<()> {
     let p = Progress::new(a.progress);
     let l = load(settings, &a.range, &p).await?;
-    let rows = callers(&l.built, &a.target, a.limit);
+    let mut rows = callers(&l.built, &a.target, a.limit);
+    for r in &mut rows {
+        r.services = l.enricher.services.names_for(&r.ports);
+    }
     if rows.is_empty() && a.output == Output::Table {
         eprintln!("nobody called {} in that range", a.target);
     }
@@ -651,12 +726,7 @@ pub async fn who_calls(settings: &Settings, a: &WhoCallsArgs) -> Result<()> {
                     r.client_id.clone().into(),
                     r.env.clone().unwrap_or_else(|| "-".into()).into(),
                     r.archdomain.clone().unwrap_or_else(|| "-".into()).into(),
-                    r.ports
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        .into(),
+                    port_labels(&l.enricher.services, &r.ports).into(),
                     r.processes.join(" ").into(),
                     r.bytes_to_server.into(),
                     r.bytes_to_client.into(),
@@ -683,6 +753,9 @@ pub struct ClusterPair {
     pub client: String,
     pub server: String,
     pub ports: Vec<u16>,
+    /// Service names of `ports`, as a map link's `services` (left out when none has one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     pub bytes: u64,
 }
 
@@ -728,6 +801,7 @@ pub fn cross_env_pairs(b: &Built, limit: usize) -> Vec<EnvPair> {
                     client: c,
                     server: s,
                     ports: ports.into_iter().collect(),
+                    services: Vec::new(),
                     bytes,
                 })
                 .collect();
@@ -750,7 +824,10 @@ pub fn cross_env_pairs(b: &Built, limit: usize) -> Vec<EnvPair> {
 pub async fn cross_env(settings: &Settings, a: &CrossEnvArgs) -> Result<()> {
     let p = Progress::new(a.progress);
     let l = load(settings, &a.range, &p).await?;
-    let pairs = cross_env_pairs(&l.built, a.limit);
+    let mut pairs = cross_env_pairs(&l.built, a.limit);
+    for c in pairs.iter_mut().flat_map(|e| e.top.iter_mut()) {
+        c.services = l.enricher.services.names_for(&c.ports);
+    }
     let mut rows = Vec::new();
     for e in &pairs {
         for c in &e.top {
@@ -759,12 +836,7 @@ pub async fn cross_env(settings: &Settings, a: &CrossEnvArgs) -> Result<()> {
                 e.bytes.into(),
                 c.client.clone().into(),
                 c.server.clone().into(),
-                c.ports
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .into(),
+                port_labels(&l.enricher.services, &c.ports).into(),
                 c.bytes.into(),
             ]);
         }
@@ -796,30 +868,28 @@ pub struct Compliance {
     pub untagged: Vec<String>,
 }
 
-/// Allowed list: one archdomain per line; a trailing `/` allows the whole subtree.
+/// Allowed list: one archdomain per line; a trailing `/` allows the whole subtree; `{x}` stands
+/// for one part. The old tool's archdomain.csv is read too ([`AllowedList`]); its warnings are
+/// logged here.
 pub fn parse_allowed(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or_default().trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
+    parse_allowed_file(text, "allowed archdomains").unwrap_or_else(|e| {
+        // Nothing allowed: every tag is reported, which is loud, not silent.
+        tracing::error!("{e}");
+        Vec::new()
+    })
+}
+
+/// [`parse_allowed`] for a named file (`.csv` names are the old format): errors name the file.
+pub fn parse_allowed_file(text: &str, origin: &str) -> Result<Vec<String>, String> {
+    AllowedList::parse(text, origin).map(AllowedList::logged)
 }
 
 pub fn compliance(b: &Built, rules: &crate::enrich::Rules, allowed: &[String]) -> Compliance {
-    let allowed_clean: Vec<(String, bool)> = allowed
+    let allowed_clean: Vec<AllowedPattern> = allowed
         .iter()
-        .map(|a| {
-            (
-                rules.archdomain.archdomain(a).unwrap_or_default(),
-                a.ends_with('/'),
-            )
-        })
+        .filter_map(|a| AllowedPattern::new(a, &rules.archdomain))
         .collect();
-    let is_allowed = |a: &str| {
-        allowed_clean
-            .iter()
-            .any(|(x, tree)| a == x || (*tree && a.starts_with(&format!("{x}/"))))
-    };
+    let is_allowed = |a: &str| allowed_clean.iter().any(|p| p.matches(a));
     let mut c = Compliance::default();
     let mut hosts: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
     for id in &b.prepared.identities {
@@ -852,10 +922,8 @@ pub fn compliance(b: &Built, rules: &crate::enrich::Rules, allowed: &[String]) -
         match arch {
             None => c.untagged.push(who),
             Some(a) if is_allowed(&a) => {
-                for (x, tree) in &allowed_clean {
-                    if &a == x || (*tree && a.starts_with(&format!("{x}/"))) {
-                        used.insert(x.clone());
-                    }
+                for p in allowed_clean.iter().filter(|p| p.matches(&a)) {
+                    used.insert(p.name.clone());
                 }
                 c.allowed.entry(a).or_default().push(who);
             }
@@ -864,7 +932,7 @@ pub fn compliance(b: &Built, rules: &crate::enrich::Rules, allowed: &[String]) -
     }
     c.unused = allowed_clean
         .iter()
-        .map(|(x, _)| x.clone())
+        .map(|p| p.name.clone())
         .filter(|x| !used.contains(x))
         .collect();
     c
@@ -874,7 +942,8 @@ pub async fn archdomains(settings: &Settings, a: &ArchdomainArgs) -> Result<i32>
     let p = Progress::new(a.progress);
     let allowed =
         std::fs::read_to_string(&a.allowed).with_context(|| a.allowed.display().to_string())?;
-    let allowed = parse_allowed(&allowed);
+    let allowed = parse_allowed_file(&allowed, &a.allowed.display().to_string())
+        .map_err(anyhow::Error::msg)?;
     let l = load(settings, &a.range, &p).await?;
     let c = compliance(&l.built, &l.enricher.rules, &allowed);
     match a.output {
@@ -936,13 +1005,146 @@ fn print_compliance(c: &Compliance, from: DateTime<Utc>, to: DateTime<Utc>) {
     }
 }
 
-pub async fn export_map(settings: &Settings, a: &ExportArgs) -> Result<()> {
+/// One host of `query hosts` (issue 12 item 5): the last sample of the range and the largest
+/// 1-minute load in it, from the instances map (so the names are the map's).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostRow {
+    /// The node's display name (EC2 Name tag, inventory name or the agent's hostname).
+    pub host: String,
+    pub instance_id: Option<String>,
+    pub uptime_seconds: u64,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub load1_max: f64,
+    /// (total - available) / total, in percent, one decimal.
+    pub memory_used_percent: Option<f64>,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub cpus: u32,
+    pub sampled_at: DateTime<Utc>,
+}
+
+/// The hosts of an instances map that carry host health, by name.
+pub fn host_rows(map: &trafficmap_model::map::Map) -> Vec<HostRow> {
+    let mut rows: Vec<HostRow> = map
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let h = n.host?;
+            Some(HostRow {
+                host: n.label.clone(),
+                instance_id: n.instance_id.clone(),
+                uptime_seconds: h.uptime_seconds,
+                load1: h.load1,
+                load5: h.load5,
+                load15: h.load15,
+                load1_max: h.load1_max,
+                memory_used_percent: h.memory_used_percent().map(|p| (p * 10.0).round() / 10.0),
+                memory_total_bytes: h.memory_total_bytes,
+                memory_available_bytes: h.memory_available_bytes,
+                cpus: h.cpus,
+                sampled_at: h.sampled_at,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.host, &a.instance_id).cmp(&(&b.host, &b.instance_id)));
+    rows
+}
+
+/// Uptime for people: `3d 04:05:06`, or `04:05:06` under a day.
+fn uptime_text(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
+}
+
+fn hosts_table(rows: &[HostRow]) -> Table {
+    let load = |v: f64| Cell::Text(format!("{v:.2}"));
+    Table {
+        headers: vec![
+            "HOST",
+            "INSTANCE",
+            "UPTIME",
+            "LOAD1",
+            "LOAD5",
+            "LOAD15",
+            "LOAD1 MAX",
+            "MEM USED %",
+            "CPUS",
+            "SAMPLED AT",
+        ],
+        right: vec![
+            false, false, true, true, true, true, true, true, true, false,
+        ],
+        rows: rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.host.clone().into(),
+                    r.instance_id.clone().unwrap_or_default().into(),
+                    Cell::Uptime(r.uptime_seconds),
+                    load(r.load1),
+                    load(r.load5),
+                    load(r.load15),
+                    load(r.load1_max),
+                    r.memory_used_percent
+                        .map_or_else(String::new, |p| format!("{p:.1}"))
+                        .into(),
+                    u64::from(r.cpus).into(),
+                    r.sampled_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        .into(),
+                ]
+            })
+            .collect(),
+    }
+}
+
+/// `query hosts`: host health of every agent host over the range.
+pub async fn hosts(settings: &Settings, a: &HostsArgs) -> Result<()> {
     let p = Progress::new(a.progress);
     let l = load(settings, &a.range, &p).await?;
+    let map = l.built.render(
+        &l.enricher,
+        trafficmap_model::map::View::Instances,
+        Utc::now(),
+    );
+    let rows = host_rows(&map);
+    emit(a.format, hosts_table(&rows), &rows)
+}
+
+pub async fn export_map(settings: &Settings, a: &ExportArgs) -> Result<()> {
+    let p = Progress::new(a.progress);
+    if a.format == Format::TrafficMap {
+        // Refused before the store is read: the old tool had no such file.
+        traffic_map::file_name(a.view, Utc::now().date_naive()).map_err(anyhow::Error::msg)?;
+    }
+    let l = load(settings, &a.range, &p).await?;
     p.step(format!("rendering the {} view", a.view.as_str()));
-    let map = l.built.render(&l.enricher, a.view, Utc::now());
-    let bytes = export(&map, a.format);
-    match &a.output {
+    let (bytes, output) = if a.format == Format::TrafficMap {
+        // The old clusters file was coalesced from the instances file: both start there.
+        let map = l.built.render(&l.enricher, View::Instances, Utc::now());
+        let bytes = traffic_map::render(a.view, &map).map_err(anyhow::Error::msg)?;
+        // A directory gets the old name (`clusters-2026-11-23.json`): the day of the range.
+        let output = match &a.output {
+            Some(dir) if dir.is_dir() => Some(
+                dir.join(
+                    traffic_map::file_name(a.view, l.built.prepared.from.date_naive())
+                        .map_err(anyhow::Error::msg)?,
+                ),
+            ),
+            o => o.clone(),
+        };
+        (bytes, output)
+    } else {
+        let map = l.built.render(&l.enricher, a.view, Utc::now());
+        (export(&map, a.format), a.output.clone())
+    };
+    match &output {
         Some(path) => {
             mapservice::write_atomic(path, &bytes).with_context(|| path.display().to_string())?;
             p.step(format!(
@@ -1008,6 +1210,42 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "NAME,BYTES\n\"db, \"\"primary\"\"\",4200512\napi,7\n"
+        );
+    }
+
+    /// Tables show ports with their service names (issue 12 item 4); JSON keeps the number
+    /// and adds the name.
+    #[test]
+    fn ports_are_shown_with_their_service_names() {
+        let row = |port, service: Option<&str>| PortRow {
+            port,
+            service: service.map(str::to_owned),
+            flows: 1,
+            servers: 1,
+            bytes_to_server: 10,
+            bytes_to_client: 20,
+            bytes: 30,
+            connections: 1,
+            cost_usd: 0.0,
+        };
+        let rows = [row(5432, Some("postgresql")), row(49999, None)];
+        let mut out = Vec::new();
+        port_table(&rows).csv(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "PORT,FLOWS,SERVERS,TO SERVER,TO CLIENT,BYTES,CONNS,COST USD\n\
+             5432/postgresql,1,1,10,20,30,1,0.000000\n\
+             49999,1,1,10,20,30,1,0.000000\n"
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["port"], 5432);
+        assert_eq!(json[0]["service"], "postgresql");
+        assert!(json[1].get("service").is_none());
+        let names =
+            ServiceNames::with_overrides(BTreeMap::from([(9092, "kafka".to_owned())])).unwrap();
+        assert_eq!(
+            port_labels(&names, &[22, 9092, 49999]),
+            "22/ssh 9092/kafka 49999"
         );
     }
 

@@ -7,6 +7,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use chrono::{DateTime, Utc};
 use trafficmap_model::{
     bounds::sat_add,
+    map::HostStats,
     report::{Ec2Identity, Role},
 };
 
@@ -58,6 +59,23 @@ pub struct AgentInfo {
     pub reports: u64,
     pub probe_drops: u64,
     pub spool_dropped: u64,
+    /// Host health over the range (issue 12 item 5): the last sample and the largest load1.
+    pub host: Option<HostStats>,
+}
+
+/// Adds a host-health sample (or a period's summary) to what a range holds: the later sample
+/// wins (on a tie, the one added last), `load1_max` is the largest of both. Order-independent
+/// but for ties, so pieces of a range add up to the whole range.
+pub fn fold_host(acc: &mut Option<HostStats>, s: HostStats) {
+    *acc = Some(match *acc {
+        None => s,
+        Some(a) => {
+            let load1_max = a.load1_max.max(s.load1_max);
+            let mut last = if s.sampled_at >= a.sampled_at { s } else { a };
+            last.load1_max = load1_max;
+            last
+        }
+    });
 }
 
 /// One observation key summed over a range, with interned observer and process.
@@ -132,6 +150,9 @@ impl RangeData {
                     acc.reports = sat_add(acc.reports, a.reports);
                     acc.probe_drops = sat_add(acc.probe_drops, a.probe_drops);
                     acc.spool_dropped = acc.spool_dropped.max(a.spool_dropped);
+                    if let Some(h) = a.host {
+                        fold_host(&mut acc.host, h);
+                    }
                     i
                 })
                 .collect();

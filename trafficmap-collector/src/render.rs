@@ -199,12 +199,16 @@ struct NodeAcc {
     region: Same<String>,
     lifecycle: Same<String>,
     price: Option<f64>,
+    /// Instances view only: a group's price mixes sources.
+    price_source: Option<&'static str>,
     security_groups: BTreeSet<String>,
     processes: BTreeSet<u32>,
     server_ports: BTreeSet<u16>,
     members: BTreeSet<usize>,
     labels: BTreeMap<String, String>,
     health: Option<NodeHealth>,
+    /// Instances view only (issue 12 item 5): clusters and groups show none.
+    host: Option<trafficmap_model::map::HostStats>,
     bytes_in: u64,
     bytes_out: u64,
     connections: u64,
@@ -251,7 +255,7 @@ fn cluster_id(id: &Identity) -> String {
     )
 }
 
-fn cluster_label(arch: Option<&str>, env: Option<&str>) -> String {
+pub(crate) fn cluster_label(arch: Option<&str>, env: Option<&str>) -> String {
     match (arch, env) {
         (Some(a), Some(e)) => format!("{a} ({e})"),
         (Some(a), None) => a.to_owned(),
@@ -498,6 +502,7 @@ fn output_nodes(p: &Prepared, names: &[String], mut nodes: NodeAccs, order: &[u3
                 region: n.region.get(),
                 lifecycle: n.lifecycle.get(),
                 price_per_hour: n.price.map(|v| (v * 1e6).round() / 1e6),
+                price_source: n.price_source.map(str::to_owned),
                 security_groups: n.security_groups.into_iter().collect(),
                 processes: process_names(p, n.processes.iter().copied()),
                 server_ports: n.server_ports.into_iter().collect(),
@@ -508,6 +513,7 @@ fn output_nodes(p: &Prepared, names: &[String], mut nodes: NodeAccs, order: &[u3
                 cost_usd: usd(n.cost_nanos),
                 labels: n.labels,
                 health: n.health,
+                host: n.host,
             }
         })
         .collect()
@@ -547,6 +553,8 @@ fn output_links(
                     bytes_to_source: l.to_source,
                     connections: l.connections,
                     server_ports: l.ports.iter().collect(),
+                    // Named by `Built::render` from the collector's service table.
+                    services: Vec::new(),
                     client_processes: process_names(p, l.client_processes.iter()),
                     server_processes: process_names(p, l.server_processes.iter()),
                     observed_by: match l.observed {
@@ -599,6 +607,10 @@ fn add_member(
             n.kind = id.kind;
             n.instance_id = id.instance_id.clone();
             n.labels = id.labels.clone();
+            n.price_source = id.price_source;
+            if let Some(h) = id.host {
+                crate::range::fold_host(&mut n.host, h);
+            }
         }
         View::Clusters | View::SecurityGroups if group == "external" => {
             n.label = "external".into();

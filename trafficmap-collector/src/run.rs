@@ -36,6 +36,23 @@ pub async fn cloud_source(cfg: &Config) -> Option<Box<dyn CloudSource>> {
     None
 }
 
+/// The AWS Price List API and its cache, when `[prices] price_list_api` is on (validation
+/// refuses it in a build without the `ec2` feature).
+pub async fn price_list(cfg: &Config) -> Option<crate::enrich::refresh::PriceList> {
+    if !cfg.prices.price_list_api {
+        return None;
+    }
+    #[cfg(feature = "ec2")]
+    return Some(crate::enrich::refresh::PriceList {
+        source: Arc::new(crate::aws::PriceListApi::new(&cfg.prices, cfg.enrich.ec2.timeout).await),
+        cache_file: crate::config::Prices::cache_file(&cfg.data_dir),
+        operating_system: cfg.prices.operating_system.clone(),
+        ttl: cfg.prices.cache_ttl,
+    });
+    #[cfg(not(feature = "ec2"))]
+    None
+}
+
 /// Time a client has to send a request's headers (and to finish a TLS handshake); a shorter
 /// `ingest.request_timeout` shortens it too.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +72,11 @@ async fn signal() -> &'static str {
 pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(cfg.store_options()).await?;
-    let (enricher, dns_rx) = Enricher::new(&cfg.enrich).map_err(anyhow::Error::msg)?;
+    let (enricher, dns_rx) = Enricher::with_services(
+        &cfg.enrich,
+        cfg.services.load().map_err(anyhow::Error::msg)?,
+    )
+    .map_err(anyhow::Error::msg)?;
     if let Some(d) = &enricher.dns {
         metrics.watch_dns(d.clone());
     }
@@ -64,6 +85,10 @@ pub async fn serve(cfg: Config, listener: tokio::net::TcpListener) -> Result<()>
         && let Ok(Some(snap)) = store.cloud(Utc::now().date_naive()).await
     {
         enricher.set_cloud(snap);
+    }
+    if let Some(pl) = price_list(&cfg).await {
+        enricher.set_price_list(pl, Utc::now());
+        // The first EC2 refresh asks for what the cache lacks.
     }
     let auth = auth(&cfg, &metrics)?;
     let token_file = match &auth {
@@ -292,6 +317,9 @@ async fn periodic(
     };
     // The archive runs beside this loop, on its own interval (crate::archive).
     let _archive = crate::archive::spawn(app.clone(), shutdown.clone());
+    // So do the daily report mails (crate::dailyreport); awaited at shutdown so that a mail
+    // being sent is finished (bounded by reports.smtp.timeout), not cut.
+    let reports = crate::dailyreport::spawn(app.clone(), shutdown.clone());
     loop {
         tokio::select! {
             _ = maintain.tick() => guarded(&app.metrics, "maintain", maintain_once(app.clone())).await,
@@ -301,8 +329,11 @@ async fn periodic(
             }
             _ = poll.tick() => guarded(&app.metrics, "reload", reload(false)).await,
             _ = hup.recv() => guarded(&app.metrics, "reload", reload(true)).await,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
+    }
+    if let Some(r) = reports {
+        let _ = r.await;
     }
 }
 

@@ -132,7 +132,8 @@ pub fn router(app: Arc<App>) -> Router {
     let reads = Router::new()
         .route("/api/v1/days", get(get_days))
         .route("/api/v1/maps", get(get_map))
-        .route("/api/v1/maps/export", get(get_export))
+        .route("/api/v1/maps/export", get(get_export).post(post_export))
+        .route("/api/v1/viewer-config", get(get_viewer_config))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_reader));
     Router::new()
@@ -809,7 +810,53 @@ async fn get_export(
     State(app): State<Arc<App>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let (view, want) = match parse_want(&q, app.cfg.max_range_days) {
+    export_response(&app, &q, None).await
+}
+
+/// The export of a part of the map (issue 12, item 6): what the viewer shows, as
+/// `{"nodes": [...], "links": [[source, target], ...]}` ([`crate::viewerapi::Subset`]), in the
+/// same formats and by the same code as the whole map. Nothing is stored.
+async fn post_export(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    use crate::viewerapi::{MAX_SUBSET_BODY, Subset};
+    let (parts, body) = req.into_parts();
+    // JSON only: a cross-site form cannot send it without a CORS preflight.
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim() == "application/json");
+    if !json {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type: application/json expected",
+        );
+    }
+    if let Err(e) = check_declared_length(&parts.headers, MAX_SUBSET_BODY) {
+        return e.into_response();
+    }
+    let timeout = app.cfg.ingest.request_timeout;
+    let bytes = match read_body(body, MAX_SUBSET_BODY, Instant::now() + timeout, timeout).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let subset = match Subset::from_json(&bytes) {
+        Ok(s) => s,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    export_response(&app, &q, Some(subset)).await
+}
+
+/// An export of the map a query names, whole or limited to `subset`.
+async fn export_response(
+    app: &Arc<App>,
+    q: &HashMap<String, String>,
+    subset: Option<crate::viewerapi::Subset>,
+) -> Response {
+    let (view, want) = match parse_want(q, app.cfg.max_range_days) {
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
@@ -823,14 +870,17 @@ async fn get_export(
             );
         }
     };
-    let served = match find_map(&app, view, want).await {
+    let served = match find_map(app, view, want).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     let from_file;
     let map: &Map = match &*served {
         Served::File(bytes) => match Map::from_json(bytes) {
-            Ok(m) => {
+            Ok(mut m) => {
+                // Ports named with the current names, also in files written before service
+                // names existed (issue 12 item 4).
+                app.enricher.services.annotate(&mut m);
                 from_file = m;
                 &from_file
             }
@@ -843,6 +893,14 @@ async fn get_export(
             }
         },
         Served::Built(m) => m,
+    };
+    let part;
+    let map = match &subset {
+        Some(s) => {
+            part = s.apply(map);
+            &part
+        }
+        None => map,
     };
     let name = match want {
         Span::Day(d) => format!(
@@ -868,6 +926,13 @@ async fn get_export(
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     (StatusCode::OK, headers, export::export(map, format)).into_response()
+}
+
+/// The viewer's settings from `[viewer]` (validated at start).
+async fn get_viewer_config(State(app): State<Arc<App>>) -> Response {
+    json_ok(crate::viewerapi::viewer_config_json(
+        &app.cfg.viewer.suppression_presets,
+    ))
 }
 
 async fn get_days(State(app): State<Arc<App>>) -> Response {

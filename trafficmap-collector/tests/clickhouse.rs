@@ -139,7 +139,8 @@ async fn clickhouse_answers_like_sqlite() {
     assert_eq!((x.unwrap().len(), y.unwrap().len()), (1, 1));
     if let Store::ClickHouse(c) = &other {
         // Force the duplicate rows the race can produce, whatever the timing was.
-        c.ingest_unchecked(&[reports[2].clone()], generated_at())
+        // (And of a report with host health, issue 12 item 5: db-1 at 10:00 on the 23rd.)
+        c.ingest_unchecked(&[reports[2].clone(), reports[7].clone()], generated_at())
             .await
             .unwrap();
     }
@@ -192,6 +193,18 @@ async fn clickhouse_answers_like_sqlite() {
             "{from} .. {to} after roll-ups"
         );
     }
+    // Host health rolled up with them (issue 12 item 5): db-1 at 10:00 and 14:00, api-1 at
+    // 14:00 on the 23rd; one row per host and period in the answer.
+    assert_eq!(
+        ch.query("SELECT uniqExact(period, machine_id) FROM conformance.host_hour")
+            .trim(),
+        "3"
+    );
+    assert_eq!(
+        ch.query("SELECT uniqExact(period, machine_id) FROM conformance.host_day")
+            .trim(),
+        "2"
+    );
     // A second pass has nothing left to do.
     assert_eq!(clickhouse.maintain(later, keep).await.unwrap().rolled_up, 0);
 }

@@ -377,6 +377,8 @@ async fn clusters_sum_instances() {
         (3_000_003, 12_200_512)
     );
     assert_eq!(l.server_ports, [5432]);
+    // Named from IANA's registry shipped in the binary (issue 12 item 4).
+    assert_eq!(l.services, ["postgresql"]);
     // Cross-env: stage batch to prod database.
     let l = link(
         clusters,
@@ -395,4 +397,141 @@ async fn clusters_sum_instances() {
         7_000 + 21_000 + 1_200 + 48_000
     );
     assert_eq!(node(clusters, "external").members, 3);
+}
+
+/// Issue 12 item 5: host health. db-1 sent two samples on the 23rd (10:00 with load1 3.5, 14:00
+/// with 1.25), api-1 one (14:00); the other agents none, and older reports stay accepted. An
+/// instance node carries the last sample of the range and the largest load1; clusters and
+/// security groups carry none.
+#[tokio::test]
+async fn host_health_by_hand() {
+    use trafficmap_model::map::HostStats;
+    let at = |s: &str| -> DateTime<Utc> { s.parse().unwrap() };
+    let db_last = HostStats {
+        sampled_at: at("2026-11-23T14:01:00Z"),
+        uptime_seconds: 878_400,
+        load1: 1.25,
+        load5: 1.5,
+        load15: 1.6,
+        memory_total_bytes: 33_286_156_288,
+        memory_available_bytes: 24_964_617_216,
+        cpus: 4,
+        load1_max: 3.5,
+    };
+    let api = HostStats {
+        sampled_at: at("2026-11-23T14:01:00Z"),
+        uptime_seconds: 4_000_000,
+        load1: 0.52,
+        load5: 0.41,
+        load15: 0.3,
+        memory_total_bytes: 8_000_000_000,
+        memory_available_bytes: 6_200_000_000,
+        cpus: 2,
+        load1_max: 0.52,
+    };
+    let maps = build(true).await;
+    let m = &maps[0];
+    assert_eq!(node(m, "i-0d1b2c3d4e5f60721").host, Some(db_last));
+    assert_eq!(node(m, "i-0a1b2c3d4e5f60718").host, Some(api));
+    assert_eq!(m.nodes.iter().filter(|n| n.host.is_some()).count(), 2);
+    for other in &maps[1..] {
+        assert!(
+            other.nodes.iter().all(|n| n.host.is_none()),
+            "{:?}",
+            other.view
+        );
+    }
+    assert_eq!(db_last.memory_used_percent(), Some(25.0));
+    // The day before: no report carried stats.
+    let before = build_day(true, previous_day()).await;
+    assert!(before[0].nodes.iter().all(|n| n.host.is_none()));
+    // A range that ends before 14:00: db-1's 10:00 sample is the last, api-1 has none. Read
+    // once from hour roll-ups, once from minutes (10:00 to 10:30), the same answer.
+    let (store, _dir) = golden_store(true).await;
+    let (e, cfg) = enricher();
+    let db_ten = HostStats {
+        sampled_at: at("2026-11-23T10:01:00Z"),
+        uptime_seconds: 864_000,
+        load1: 3.5,
+        load5: 2.25,
+        load15: 1.75,
+        memory_available_bytes: 16_643_078_144,
+        ..db_last
+    };
+    for (from, to) in [
+        ("2026-11-23T09:00:00Z", "2026-11-23T12:00:00Z"),
+        ("2026-11-23T10:00:00Z", "2026-11-23T10:30:00Z"),
+    ] {
+        let m = mapservice::build(&store, &e, &cfg.cost, at(from), at(to), generated_at())
+            .await
+            .unwrap()
+            .render(&e, View::Instances, generated_at());
+        assert_eq!(node(&m, "i-0d1b2c3d4e5f60721").host, Some(db_ten), "{from}");
+        assert_eq!(node(&m, "i-0a1b2c3d4e5f60718").host, None, "{from}");
+    }
+}
+
+/// `trafficmap-collector query hosts` on the golden store, in its three formats, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_hosts_command() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let store = Store::Sqlite(Arc::new(
+            SqliteStore::open(data.path(), Default::default()).unwrap(),
+        ));
+        for r in golden_reports() {
+            store
+                .ingest(vec![Arc::new(Ingest::from_report(&r))], generated_at())
+                .await
+                .unwrap();
+        }
+    }
+    let run = |format: &str| {
+        let out = std::process::Command::new(support::bin())
+            .arg("--config")
+            .arg(root().join("golden/enrich/collector.toml"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["query", "hosts", "--day", "2026-11-23", "--format", format])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        run("csv"),
+        "HOST,INSTANCE,UPTIME,LOAD1,LOAD5,LOAD15,LOAD1 MAX,MEM USED %,CPUS,SAMPLED AT\n\
+         api-1,i-0a1b2c3d4e5f60718,4000000,0.52,0.41,0.30,0.52,22.5,2,2026-11-23T14:01:00Z\n\
+         db-1,i-0d1b2c3d4e5f60721,878400,1.25,1.50,1.60,3.50,25.0,4,2026-11-23T14:01:00Z\n"
+    );
+    assert_eq!(
+        run("table"),
+        "HOST   INSTANCE                   UPTIME  LOAD1  LOAD5  LOAD15  LOAD1 MAX  MEM USED %  CPUS  SAMPLED AT\n\
+         api-1  i-0a1b2c3d4e5f60718  46d 07:06:40   0.52   0.41    0.30       0.52        22.5     2  2026-11-23T14:01:00Z\n\
+         db-1   i-0d1b2c3d4e5f60721  10d 04:00:00   1.25   1.50    1.60       3.50        25.0     4  2026-11-23T14:01:00Z\n"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run("json")).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {
+                "host": "api-1", "instance_id": "i-0a1b2c3d4e5f60718", "uptime_seconds": 4_000_000,
+                "load1": 0.52, "load5": 0.41, "load15": 0.3, "load1_max": 0.52,
+                "memory_used_percent": 22.5, "memory_total_bytes": 8_000_000_000u64,
+                "memory_available_bytes": 6_200_000_000u64, "cpus": 2,
+                "sampled_at": "2026-11-23T14:01:00Z"
+            },
+            {
+                "host": "db-1", "instance_id": "i-0d1b2c3d4e5f60721", "uptime_seconds": 878_400,
+                "load1": 1.25, "load5": 1.5, "load15": 1.6, "load1_max": 3.5,
+                "memory_used_percent": 25.0, "memory_total_bytes": 33_286_156_288u64,
+                "memory_available_bytes": 24_964_617_216u64, "cpus": 4,
+                "sampled_at": "2026-11-23T14:01:00Z"
+            }
+        ])
+    );
 }

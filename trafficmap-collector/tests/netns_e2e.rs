@@ -29,7 +29,7 @@ const HOSTS: [(&str, &str, bool); 5] = [
     ("y", "10.77.0.10", false),
 ];
 
-/// Conversations: (client, server, port, bytes to server, bytes back, client thread, server thread).
+/// Conversations: (client, server, port, bytes to server, bytes back, client process, server process).
 const TRAFFIC: [(&str, &str, u16, usize, usize, &str, &str); 6] = [
     (
         "a",
@@ -132,30 +132,77 @@ impl Drop for Lab {
     }
 }
 
-/// Runs `f` on a new thread named `name` inside the namespace at `ns` (the thread's name is
-/// what the probe reports as the process).
-fn in_ns<T: Send + 'static>(
+/// Runs `f` in a child process named `name` inside the namespace at `ns`: the agent names
+/// connections after the process (its thread-group leader's `comm`), so each conversation end
+/// needs a process of its own. A thread enters the namespace and forks; the child renames itself
+/// (as the only thread it is the leader), runs `f` and sends back `f`'s result as JSON through a
+/// pipe. `f` gets a `ready` function that signals the parent early (sent to `ready_tx`).
+fn in_ns<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>(
     ns: &Path,
     name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
+    ready_tx: Option<std::sync::mpsc::Sender<()>>,
+    f: impl FnOnce(&dyn Fn()) -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
     let ns = ns.to_owned();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let f_ns = std::fs::File::open(&ns).unwrap();
-            // SAFETY: setns on this thread only, with a valid namespace descriptor.
-            let rc = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns {}: {}",
-                ns.display(),
-                std::io::Error::last_os_error()
-            );
-            f()
-        })
-        .unwrap()
+    let name = std::ffi::CString::new(name).unwrap();
+    std::thread::spawn(move || {
+        let f_ns = std::fs::File::open(&ns).unwrap();
+        // SAFETY: setns on this thread only, with a valid namespace descriptor.
+        let rc = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns {}: {}",
+            ns.display(),
+            std::io::Error::last_os_error()
+        );
+        let mut fds = [0; 2];
+        // SAFETY: a valid two-element array for pipe2.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: the child renames itself, runs `f` (allocation is fork-safe in glibc), writes
+        // to its end of the pipe and leaves with `_exit`, never returning into the harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: the write end is this child's own descriptor.
+            let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+            let ok = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } == 0
+                && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let out2 = out.try_clone().unwrap();
+                    let ready = move || (&out2).write_all(b"R").unwrap();
+                    let v = f(&ready);
+                    out.write_all(b"J").unwrap();
+                    out.write_all(&serde_json::to_vec(&v).unwrap()).unwrap();
+                }))
+                .is_ok();
+            unsafe { libc::_exit(if ok { 0 } else { 101 }) };
+        }
+        // SAFETY: closing the parent's copy of the write end, a descriptor it owns.
+        unsafe { libc::close(fds[1]) };
+        // SAFETY: the read end is the parent's own descriptor.
+        let mut input = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+        let mut all = Vec::new();
+        let mut byte = [0u8; 1];
+        while input.read(&mut byte).unwrap() == 1 {
+            if byte[0] == b'R' && all.is_empty() {
+                if let Some(tx) = &ready_tx {
+                    tx.send(()).unwrap();
+                }
+                continue;
+            }
+            all.push(byte[0]);
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "process {name:?} in {} failed: status {status}",
+            ns.display()
+        );
+        assert_eq!(all.first(), Some(&b'J'), "no result from {name:?}");
+        serde_json::from_slice(&all[1..]).unwrap()
+    })
 }
 
 fn read_all(s: &mut TcpStream) -> usize {
@@ -331,9 +378,9 @@ archdomain = "offline/legacy"
             .filter(|t| (t.1, t.2) == key)
             .map(|t| t.4)
             .collect();
-        servers.push(in_ns(&lab.path(server), sname, move || {
+        servers.push(in_ns(&lab.path(server), sname, Some(tx), move |ready| {
             let l = TcpListener::bind(addr).unwrap();
-            tx.send(()).unwrap();
+            ready();
             let mut got = Vec::new();
             for _ in 0..count {
                 let (mut s, peer) = l.accept().unwrap();
@@ -363,7 +410,7 @@ archdomain = "offline/legacy"
     let mut clients = Vec::new();
     for (client, server, port, to_server, back, cname, _) in TRAFFIC {
         let addr: SocketAddr = format!("{}:{port}", addr_of(server)).parse().unwrap();
-        clients.push(in_ns(&lab.path(client), cname, move || {
+        clients.push(in_ns(&lab.path(client), cname, None, move |_| {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
             s.write_all(&vec![b'q'; to_server]).unwrap();
             s.shutdown(Shutdown::Write).unwrap();

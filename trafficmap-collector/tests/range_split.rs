@@ -2,8 +2,9 @@
 //! then merged ([`RangeData::merge`]), gives the map of the whole range as the API builds it,
 //! byte for byte, in every view. Generated reports cover both ends of a conversation that
 //! disagree, one-sided and `unknown` roles, connections carried in from before the range,
-//! several reports per agent and day, hostnames that change from one day to the next, and data
-//! outside the range; the store is read from roll-ups or from minute rows.
+//! several reports per agent and day, hostnames that change from one day to the next, host
+//! health (last sample, largest load), and data outside the range; the store is read from
+//! roll-ups or from minute rows.
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
@@ -196,6 +197,17 @@ fn to_report(i: usize, r: &ReportSpec) -> Report {
         "machine_id": machine,
         "addresses": [addr],
     });
+    // Host health (issue 12 item 5) on most reports, derived from the report (the generated
+    // cases stay those of before): the last sample and the largest load must merge too.
+    if r.spool_dropped != 3 {
+        host["stats"] = serde_json::json!({
+            "uptime_seconds": r.day * 86_400 + MINUTES[r.minute] * 60,
+            "load1": ((i * 7) % 13) as f64 * 0.25, "load5": 1.5, "load15": 0.75,
+            "memory_total_bytes": 8_000_000_000u64,
+            "memory_available_bytes": 1_000_000_000u64 * (i as u64 % 5),
+            "cpus": 2 + r.agent,
+        });
+    }
     if r.agent == 0 {
         host["ec2"] = serde_json::json!({
             "instance_id": "i-0a1b2c3d4e5f60718", "region": "us-east-1",

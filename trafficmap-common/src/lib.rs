@@ -18,6 +18,11 @@ pub mod names {
     pub const INFLIGHT_RECV: &str = "INFLIGHT_RECV";
     /// Error counters: `PerCpuArray<u64>` indexed by [`crate::ErrorReason`].
     pub const ERRORS: &str = "ERRORS";
+    /// Owners of listening sockets: `HashMap<u64 /* netns << 32 | port */, Owner>`; a server
+    /// connection is named after the process that listens on its port.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// Settings userspace may change after load: `Array<u32>` indexed by [`crate::setting`].
+    pub const SETTINGS: &str = "SETTINGS";
 
     pub const FEXIT_TCP_SENDMSG: &str = "fexit_tcp_sendmsg";
     pub const FEXIT_TCP_SENDPAGE: &str = "fexit_tcp_sendpage";
@@ -37,6 +42,15 @@ pub mod names {
     pub const RAW_SOCK_RECV_LENGTH: &str = "raw_sock_recv_length";
     pub const RAW_INET_SOCK_SET_STATE: &str = "raw_inet_sock_set_state";
     pub const RAW_TCP_DESTROY_SOCK: &str = "raw_tcp_destroy_sock";
+}
+
+/// Indexes of the `SETTINGS` array.
+pub mod setting {
+    /// 1 when the counters backend runs (no send/receive hook): the lifecycle programs then
+    /// read the kernel's own byte counters at close, and create entries for older connections
+    /// at their first state change. A map, not `.rodata`: backend selection runs after load.
+    pub const COUNTERS: u32 = 0;
+    pub const COUNT: u32 = 1;
 }
 
 /// Role of the local end of a connection, stored as `u8` in [`Conn::role`].
@@ -59,6 +73,12 @@ pub mod flags {
     pub const DESTROYED: u32 = 1 << 2;
     /// Addresses were read from the socket itself (not from a state-change event).
     pub const ADDR_FROM_SOCK: u32 = 1 << 3;
+    /// The local side queued its FIN (`FIN_WAIT1` or `LAST_ACK` seen): once acknowledged, it
+    /// counts one in the kernel's `bytes_acked`, and the counters backend takes it off.
+    pub const FIN_SENT: u32 = 1 << 4;
+    /// Counters backend: `bytes_sent`/`bytes_received` hold the socket's final counters, read
+    /// from `struct tcp_sock` when it moved to `TCP_CLOSE`.
+    pub const COUNTERS_FINAL: u32 = 1 << 5;
 }
 
 /// `AF_INET` / `AF_INET6` as stored in [`Conn::family`].
@@ -127,11 +147,15 @@ pub struct Conn {
     pub netns: u32,
     /// Thread-group id (userspace PID) of the last process that sent or received.
     pub pid: u32,
-    /// `comm` of that process, NUL-padded.
+    /// `comm` of that process's thread-group leader (the process name, not the thread's),
+    /// NUL-padded.
     pub comm: [u8; 16],
     /// Bits of [`flags`].
     pub flags: u32,
     pub _pad: u32,
+    /// Counters backend: the socket's cookie (`sk->sk_cookie`, what sock_diag reports as
+    /// `idiag_cookie`) when its final counters were read; 0 if none was ever assigned.
+    pub cookie: u64,
 }
 
 impl Conn {
@@ -157,8 +181,25 @@ impl Conn {
         comm: [0; 16],
         flags: 0,
         _pad: 0,
+        cookie: 0,
     };
 }
+
+/// The process that owns a listening socket: value of `LISTENERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Thread-group id.
+    pub pid: u32,
+    pub _pad: u32,
+    /// The thread-group leader's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// `SOCK_DONE` in `enum sock_flags` (include/net/sock.h, unchanged since 2.6): set on a TCP
+/// socket only by `tcp_fin`, i.e. when the peer's FIN arrived (and counted one in
+/// `bytes_received`).
+pub const SOCK_DONE_BIT: u32 = 1;
 
 /// Arguments a kprobe saves at function entry for its kretprobe: value of `INFLIGHT_SEND` and `INFLIGHT_RECV`.
 #[repr(C)]
@@ -239,6 +280,19 @@ pub struct Offsets {
     /// `struct sock.sk_protocol` (a `u16` since 5.6): raw tracepoints fire for every socket
     /// and carry no protocol, so births and unknown sockets are checked with it.
     pub sk_protocol: u32,
+    /// `struct task_struct.group_leader` and `.comm`: the process is named after its
+    /// thread-group leader, not after the thread that happened to move the bytes.
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    /// Counters backend: `struct tcp_sock` fields (from the start of the socket) read at close,
+    /// `struct sock.sk_flags` (bit `SOCK_DONE`: a FIN was received) and
+    /// `sock_common.skc_cookie`.
+    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_received: u32,
+    pub tcp_snd_una: u32,
+    pub tcp_write_seq: u32,
+    pub sk_flags: u32,
+    pub skc_cookie: u32,
 }
 
 impl Offsets {
@@ -254,6 +308,14 @@ impl Offsets {
         skc_net: 0,
         net_ns_inum: 0,
         sk_protocol: 0,
+        task_group_leader: 0,
+        task_comm: 0,
+        tcp_bytes_acked: 0,
+        tcp_bytes_received: 0,
+        tcp_snd_una: 0,
+        tcp_write_seq: 0,
+        sk_flags: 0,
+        skc_cookie: 0,
     };
 }
 
@@ -357,7 +419,9 @@ pub const IPPROTO_TCP: u16 = 6;
 // Layout checks: a change here must be a deliberate change on both sides.
 const _: () = {
     use core::mem::{offset_of, size_of};
-    assert!(size_of::<Conn>() == 144);
+    assert!(size_of::<Conn>() == 152);
+    assert!(offset_of!(Conn, cookie) == 144);
+    assert!(size_of::<Owner>() == 24);
     assert!(offset_of!(Conn, sk) == 64);
     assert!(offset_of!(Conn, saddr) == 72);
     assert!(offset_of!(Conn, sport) == 104);
@@ -366,8 +430,8 @@ const _: () = {
     assert!(offset_of!(Conn, comm) == 120);
     assert!(offset_of!(Conn, flags) == 136);
     assert!(size_of::<Inflight>() == 16);
-    assert!(size_of::<Offsets>() == 44);
-    assert!(size_of::<ProbeConfig>() == 60);
+    assert!(size_of::<Offsets>() == 76);
+    assert!(size_of::<ProbeConfig>() == 92);
     assert!(offset_of!(TpSockLength, sk) == 8);
     assert!(offset_of!(TpSockLength, flags) == 24);
     assert!(offset_of!(TpInetSockSetState, protocol) == 30);
@@ -376,9 +440,10 @@ const _: () = {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all three are `repr(C)`, made of integers and byte arrays with explicit padding,
+    // SAFETY: all four are `repr(C)`, made of integers and byte arrays with explicit padding,
     // so every bit pattern is a valid value and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::Conn {}
     unsafe impl aya::Pod for super::Inflight {}
     unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::Owner {}
 }

@@ -402,6 +402,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         metrics: &metrics,
         agent: &agent,
         host: &host,
+        host_stats: &Mutex::new(crate::hoststats::HostStatsReader::default()),
         started,
     };
     let window_start = drain_loop(
@@ -666,6 +667,8 @@ struct WindowDrain<'a> {
     metrics: &'a Metrics,
     agent: &'a Agent,
     host: &'a Host,
+    /// Host health, sampled once per window (issue 12 item 5).
+    host_stats: &'a Mutex<crate::hoststats::HostStatsReader>,
     started: Instant,
 }
 
@@ -696,10 +699,21 @@ impl WindowDrain<'_> {
         metrics.tracked_connections.set(drained.tracked as i64);
         metrics.vanished_connections.inc_by(drained.vanished_new);
         let npairs = drained.pairs.len();
+        // Host health once per window, every report of the window carries it; a failure only
+        // leaves the field out (issue 12 item 5).
+        let mut host = self.host.clone();
+        host.stats = self
+            .host_stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sample();
+        if host.stats.is_none() {
+            inc_fix(metrics, "host_stats_omitted", 1);
+        }
         let reports = build_reports(
             drained.pairs,
             self.agent,
-            self.host,
+            &host,
             Window {
                 start: window_start,
                 end,
@@ -947,6 +961,7 @@ mod tests {
                 addresses: vec![],
                 netns: None,
                 ec2: None,
+                stats: None,
             },
             Window {
                 start,
@@ -1089,6 +1104,7 @@ mod tests {
             addresses: vec![],
             netns: None,
             ec2: None,
+            stats: None,
         };
         let window = Window {
             start: t,
@@ -1158,6 +1174,7 @@ mod tests {
             addresses: (0..300).rev().map(ip).collect(),
             netns: None,
             ec2: None,
+            stats: None,
         };
         let agent = Agent {
             version: "0".into(),

@@ -11,17 +11,33 @@ pub enum Backend {
     Kprobe,
     /// `sock:sock_send_length` / `sock:sock_recv_length` tracepoints (Linux >= 6.3).
     Tracepoint,
+    /// Nothing on the send/receive path: the lifecycle tracepoints read the kernel's own
+    /// counters (`tcp_sock.bytes_acked`/`bytes_received`) at close, netlink `sock_diag` reads
+    /// them for live connections at every drain. Counts what TCP delivered, not what the
+    /// application wrote and read (docs/agent.md).
+    Counters,
 }
 
 impl Backend {
     /// The order `--attach auto` tries them in.
-    pub const AUTO_ORDER: [Backend; 3] = [Backend::Fexit, Backend::Kprobe, Backend::Tracepoint];
+    ///
+    /// The per-call backends first: they count what applications wrote and read, the semantics
+    /// every earlier release had. `counters` costs nothing per call but counts acknowledged and
+    /// arrived bytes; where none of the others loads it is what a kernel with only the
+    /// lifecycle tracepoints (Linux 4.16 to 6.2 without kprobes) can count with.
+    pub const AUTO_ORDER: [Backend; 4] = [
+        Backend::Fexit,
+        Backend::Kprobe,
+        Backend::Tracepoint,
+        Backend::Counters,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Backend::Fexit => "fexit",
             Backend::Kprobe => "kprobe",
             Backend::Tracepoint => "tracepoint",
+            Backend::Counters => "counters",
         }
     }
 
@@ -35,6 +51,9 @@ impl Backend {
             Backend::Tracepoint => {
                 "the sock:sock_send_length and sock:sock_recv_length tracepoints (Linux >= 6.3)"
             }
+            Backend::Counters => {
+                "struct tcp_sock's bytes_acked and bytes_received in kernel BTF (Linux >= 4.16) and netlink sock_diag"
+            }
         }
     }
 }
@@ -45,7 +64,7 @@ impl fmt::Display for Backend {
     }
 }
 
-/// `--attach auto|fexit|kprobe|tracepoint`.
+/// `--attach auto|fexit|kprobe|tracepoint|counters`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttachMode {
     #[default]
@@ -61,8 +80,9 @@ impl FromStr for AttachMode {
             "fexit" => Ok(AttachMode::Force(Backend::Fexit)),
             "kprobe" => Ok(AttachMode::Force(Backend::Kprobe)),
             "tracepoint" => Ok(AttachMode::Force(Backend::Tracepoint)),
+            "counters" => Ok(AttachMode::Force(Backend::Counters)),
             other => Err(format!(
-                "unknown attach mode `{other}`: expected one of auto, fexit, kprobe, tracepoint"
+                "unknown attach mode `{other}`: expected one of auto, fexit, kprobe, tracepoint, counters"
             )),
         }
     }
@@ -174,8 +194,9 @@ mod tests {
         assert_eq!("kprobe".parse(), Ok(AttachMode::Force(Backend::Kprobe)));
         assert_eq!(
             "xdp".parse::<AttachMode>().unwrap_err(),
-            "unknown attach mode `xdp`: expected one of auto, fexit, kprobe, tracepoint"
+            "unknown attach mode `xdp`: expected one of auto, fexit, kprobe, tracepoint, counters"
         );
+        assert_eq!("counters".parse(), Ok(AttachMode::Force(Backend::Counters)));
     }
 
     #[test]
@@ -187,10 +208,11 @@ mod tests {
                 Backend::Fexit => Err("EPERM".into()),
                 Backend::Kprobe => Err("no kprobe PMU".into()),
                 Backend::Tracepoint => Ok(()),
+                Backend::Counters => unreachable!("tracepoint comes first and works"),
             }
         })
         .unwrap();
-        assert_eq!(tried, Backend::AUTO_ORDER);
+        assert_eq!(tried, Backend::AUTO_ORDER[..3]);
         assert_eq!(sel.chosen, Backend::Tracepoint);
         assert_eq!(
             sel.skipped().collect::<Vec<_>>(),
@@ -236,7 +258,7 @@ mod tests {
         let err = select(AttachMode::Auto, |_| Err("no".into())).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "no byte-counting backend works on this kernel: fexit: no; kprobe: no; tracepoint: no"
+            "no byte-counting backend works on this kernel: fexit: no; kprobe: no; tracepoint: no; counters: no"
         );
     }
 }

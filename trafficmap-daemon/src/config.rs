@@ -23,7 +23,8 @@ pub struct Cli {
     /// How often to drain the probe and write a report (e.g. `60s`, `1m`, `500ms`).
     #[arg(long)]
     pub interval: Option<String>,
-    /// Byte-counting backend: auto, fexit, kprobe or tracepoint.
+    /// Byte-counting backend: auto, fexit, kprobe, tracepoint or counters (no per-call hook;
+    /// counts acknowledged and arrived bytes, see docs/agent.md).
     #[arg(long)]
     pub attach: Option<String>,
     /// Count only this network namespace (`/proc/<pid>/ns/net`, `/run/netns/<name>`) or `all`.

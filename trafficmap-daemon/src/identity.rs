@@ -200,6 +200,7 @@ pub async fn host(config: &Config, netns_inum: u32) -> Result<Host> {
         addresses: addresses(&config.netns)?,
         netns: (netns_inum != 0).then_some(netns_inum),
         ec2,
+        stats: None,
     })
 }
 

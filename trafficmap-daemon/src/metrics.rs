@@ -313,7 +313,7 @@ impl Metrics {
         let report_fixes = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "agent_report_fixes",
-            "Values brought within the report bounds before emitting, by reason (window_shortened, string, address_omitted, pair_merged, map_entries_clamped, counter_clamped)",
+            "Values brought within the report bounds before emitting, by reason (window_shortened, string, address_omitted, pair_merged, map_entries_clamped, counter_clamped; host_stats_omitted: the report went without host health, /proc unreadable)",
             report_fixes.clone(),
         );
         let report_invalid = Counter::default();

@@ -15,13 +15,15 @@ use aya::{
 };
 use tracing::{debug, info, warn};
 use trafficmap_common::{
-    Conn, ErrorReason, Offsets, ProbeConfig, TRACEPOINT_FIELDS,
+    Conn, ErrorReason, Offsets, Owner, ProbeConfig, TRACEPOINT_FIELDS, flags,
     names::{self, CLOSED, CONNS, ERRORS},
+    setting,
 };
 
 use crate::{
     backend::{AttachMode, Backend, SelectError, Selection, select},
     btf::{Btf, BtfError},
+    diag::{self, Counting, DiagEntry, DiagError, DiagSocket},
     error::{chain, has_errno},
     kretprobe::{self, TracefsKretprobe},
     tracefs,
@@ -160,6 +162,8 @@ pub enum ProbeError {
     Backend(#[from] SelectError),
     #[error("reading probe map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error("counters backend: reading live connections: {0}")]
+    Diag(#[from] DiagError),
 }
 
 /// What the kernel refused to let the agent do (the cause in [`ProbeError::Permission`]).
@@ -283,6 +287,8 @@ pub struct KernelFacts {
     pub has_sendpage: bool,
     /// Every raw tracepoint the probe uses has the prototype it expects.
     pub raw_tracepoints: bool,
+    /// BTF has the `tcp_sock` counters the counters backend reads at close.
+    pub counters_offsets: bool,
 }
 
 /// Reads struct offsets and prototypes from kernel BTF.
@@ -302,6 +308,51 @@ pub fn kernel_facts(btf: &Btf) -> Result<KernelFacts, ProbeError> {
         skc_net: base + sc("skc_net")?,
         net_ns_inum: btf.path_offset("net", "ns.inum")?,
         sk_protocol: btf.member_offset("sock", "sk_protocol")?,
+        task_group_leader: btf.member_offset("task_struct", "group_leader")?,
+        task_comm: btf.member_offset("task_struct", "comm")?,
+        tcp_bytes_acked: 0,
+        tcp_bytes_received: 0,
+        tcp_snd_una: 0,
+        tcp_write_seq: 0,
+        sk_flags: 0,
+        skc_cookie: 0,
+    };
+    // The counters backend's fields: optional, a kernel without them runs the other backends.
+    // `struct tcp_sock` starts with `struct sock` (through inet_connection_sock and inet_sock),
+    // so its offsets are offsets from the socket pointer too.
+    let counters = (|| -> Result<_, BtfError> {
+        if btf.member_offset("tcp_sock", "inet_conn")? != 0
+            || btf.member_offset("inet_connection_sock", "icsk_inet")? != 0
+            || btf.member_offset("inet_sock", "sk")? != 0
+        {
+            return Ok(None);
+        }
+        Ok(Some((
+            btf.member_offset("tcp_sock", "bytes_acked")?,
+            btf.member_offset("tcp_sock", "bytes_received")?,
+            btf.member_offset("tcp_sock", "snd_una")?,
+            btf.member_offset("tcp_sock", "write_seq")?,
+            // `sk_flags` is `#define`d to `__sk_common.skc_flags`.
+            base + sc("skc_flags")?,
+            base + sc("skc_cookie")?,
+        )))
+    })();
+    let mut offsets = offsets;
+    let counters_offsets = match counters {
+        Ok(Some((acked, received, una, write_seq, sk_flags, cookie))) => {
+            offsets.tcp_bytes_acked = acked;
+            offsets.tcp_bytes_received = received;
+            offsets.tcp_snd_una = una;
+            offsets.tcp_write_seq = write_seq;
+            offsets.sk_flags = sk_flags;
+            offsets.skc_cookie = cookie;
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            debug!(error = %e, "no tcp_sock counters in BTF: the counters backend cannot run");
+            false
+        }
     };
     let recv_params = btf.function_params("tcp_recvmsg")?;
     btf.function_params("tcp_sendmsg")?;
@@ -310,6 +361,7 @@ pub fn kernel_facts(btf: &Btf) -> Result<KernelFacts, ProbeError> {
         offsets,
         recvmsg_nonblock: recv_params >= 6,
         has_sendpage: btf.has_function("tcp_sendpage"),
+        counters_offsets,
         raw_tracepoints: trafficmap_common::RAW_TRACEPOINT_ARITY
             .iter()
             .filter(|(tp, _)| !tp.starts_with("sock_") || btf.raw_tracepoint_arity(tp).is_some())
@@ -338,6 +390,111 @@ pub struct Probe {
     netns_inum: u32,
     max_connections: u32,
     batch_supported: bool,
+    /// The counters backend's live read.
+    counters: Option<LiveCounters>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// The counters backend's `sock_diag` sockets and baselines.
+struct LiveCounters {
+    sockets: Vec<DiagSocket>,
+    counting: Counting,
+    /// Reused between drains.
+    entries: Vec<DiagEntry>,
+}
+
+impl LiveCounters {
+    /// Dumps the connections of every namespace read live into `self.entries`.
+    fn dump(&mut self, cap: usize) -> Result<(), DiagError> {
+        self.entries.clear();
+        for s in &mut self.sockets {
+            s.dump(diag::conversation_states(), &mut self.entries, cap)?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the counters backend once the lifecycle programs run: opens the `sock_diag` sockets,
+/// switches the programs to counters mode, takes the baselines of the connections open now
+/// and names the owners of the listeners open now.
+fn start_counters(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    scope: Option<(&Path, u32)>,
+    cap: usize,
+) -> Result<LiveCounters, String> {
+    if !facts.counters_offsets {
+        return Err(
+            "kernel BTF lacks a field the counters backend reads (tcp_sock bytes_acked, \
+             bytes_received, snd_una, write_seq; sock_common skc_flags, skc_cookie)"
+                .into(),
+        );
+    }
+    let sockets = diag::open_sockets(scope).map_err(|e| format!("netlink sock_diag: {e}"))?;
+    let mut settings = aya::maps::Array::<&mut MapData, u32>::try_from(
+        ebpf.map_mut(names::SETTINGS)
+            .ok_or_else(|| "no SETTINGS map".to_owned())?,
+    )
+    .map_err(|e| e.to_string())?;
+    settings
+        .set(setting::COUNTERS, 1, 0)
+        .map_err(|e| format!("switching the probe to counters mode: {e}"))?;
+    let mut live = LiveCounters {
+        sockets,
+        counting: Counting::default(),
+        entries: Vec::new(),
+    };
+    // Baselines after the switch: a connection that closes from now on has its final counters
+    // read, and one open now counts from here.
+    live.dump(cap).map_err(|e| e.to_string())?;
+    let mut listeners = Vec::new();
+    for s in &mut live.sockets {
+        s.dump(
+            netlink_packet_sock_diag::inet::StateFlags::LISTEN,
+            &mut listeners,
+            cap,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let inodes = live
+        .entries
+        .iter()
+        .chain(&listeners)
+        .map(|e| e.inode)
+        .filter(|&i| i != 0)
+        .collect();
+    let owners = diag::socket_owners(&inodes);
+    live.counting.set_baselines(&live.entries, &owners, cap);
+    let mut map = aya::maps::HashMap::<&mut MapData, u64, Owner>::try_from(
+        ebpf.map_mut(names::LISTENERS)
+            .ok_or_else(|| "no LISTENERS map".to_owned())?,
+    )
+    .map_err(|e| e.to_string())?;
+    for l in &listeners {
+        if let Some(&(pid, comm)) = owners.get(&l.inode) {
+            let key = (u64::from(l.netns) << 32) | u64::from(l.sport);
+            // BPF_NOEXIST: an owner the probe saw call `listen` since it loaded is fresher.
+            let _ = map.insert(key, Owner { pid, _pad: 0, comm }, 2);
+        }
+    }
+    info!(
+        namespaces = live.sockets.len(),
+        older_connections = live.counting.baselines(),
+        "counters backend: live connections read through sock_diag"
+    );
+    Ok(live)
 }
 
 /// (raw tracepoint program, classic tracepoint program, category, event).
@@ -433,7 +590,17 @@ impl Probe {
         }
 
         let mut kretprobes = Vec::new();
+        let mut counters = None;
+        let scope = match &opts.netns {
+            NetnsScope::All => None,
+            NetnsScope::Path(p) => Some((p.as_path(), netns_inum)),
+        };
+        let cap = (opts.max_connections as usize).saturating_mul(2);
         let selection = select(opts.attach, |backend| {
+            if backend == Backend::Counters {
+                counters = Some(start_counters(&mut ebpf, &facts, scope, cap)?);
+                return Ok(());
+            }
             let result = attach_backend(
                 &mut ebpf,
                 backend,
@@ -491,6 +658,7 @@ impl Probe {
             netns_inum,
             max_connections: opts.max_connections,
             batch_supported: true,
+            counters,
         })
     }
 
@@ -544,8 +712,30 @@ impl Probe {
         }
     }
 
-    /// Appends every live connection to `out`.
+    /// Appends every live connection to `out`. With the counters backend, each gets its
+    /// counters from `sock_diag`, and connections older than the probe are added.
     pub fn read_live(&mut self, out: &mut Vec<Conn>) -> Result<(), ProbeError> {
+        let cap = (self.max_connections as usize).saturating_mul(2);
+        if self.counters.is_some() {
+            // The dump first: a connection born after it is simply read at the next drain,
+            // while one read from the table but missing from the dump would be taken for a
+            // connection older than the probe.
+            if let Some(live) = &mut self.counters {
+                live.dump(cap)?;
+            }
+            let mut conns = Vec::new();
+            self.read_table(&mut conns)?;
+            if let Some(live) = &self.counters {
+                live.counting
+                    .merge(&mut conns, &live.entries, monotonic_ns());
+            }
+            out.extend(conns);
+            return Ok(());
+        }
+        self.read_table(out)
+    }
+
+    fn read_table(&mut self, out: &mut Vec<Conn>) -> Result<(), ProbeError> {
         if self.batch_supported {
             match lookup_batch(self.conns_fd(), out) {
                 Ok(()) => return Ok(()),
@@ -589,7 +779,15 @@ impl Probe {
         while let Some(item) = self.closed.next() {
             if item.len() >= size_of::<Conn>() {
                 // SAFETY: the probe writes whole `Conn`s; read_unaligned copes with any alignment.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Conn>()) });
+                let mut c = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Conn>()) };
+                if let Some(live) = &mut self.counters
+                    && c.flags & flags::PREEXISTING != 0
+                {
+                    let cookie = c.cookie;
+                    live.counting.finish(&mut c);
+                    live.counting.forget(cookie);
+                }
+                out.push(c);
                 n += 1;
             }
         }
@@ -791,6 +989,8 @@ fn backend_programs(backend: Backend, facts: &KernelFacts) -> Vec<(&'static str,
             (names::TP_SOCK_SEND_LENGTH, "sock_send_length"),
             (names::TP_SOCK_RECV_LENGTH, "sock_recv_length"),
         ],
+        // The lifecycle programs only (attached for every backend).
+        Backend::Counters => vec![],
     }
 }
 
@@ -862,6 +1062,7 @@ fn attach_backend(
                         }
                     })?;
                 }
+                Backend::Counters => {}
                 Backend::Tracepoint => {
                     let raw = raw_twin(prog);
                     attach_tp(ebpf, raw, prog, "sock", target, try_raw)?;

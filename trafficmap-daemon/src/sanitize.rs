@@ -279,6 +279,7 @@ mod tests {
             addresses,
             netns: None,
             ec2: None,
+            stats: None,
         }
     }
 

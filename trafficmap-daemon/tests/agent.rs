@@ -168,6 +168,28 @@ fn client(port: u16, n: usize) -> usize {
     back.len()
 }
 
+/// [`client`] in a child process named `name` (a forked copy of this thread, renamed with
+/// `PR_SET_NAME`: as the child's only thread it is its thread-group leader, so `name` is the
+/// process name the probe records). Asserts the child read `expect_back` bytes.
+fn client_in_process(name: &str, port: u16, n: usize, expect_back: usize) {
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: the child only renames itself, runs the client (allocation is fork-safe in glibc)
+    // and leaves with `_exit`, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let ok = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } == 0
+            && client(port, n) == expect_back;
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "client process {name:?}: status {status}"
+    );
+}
+
 fn ns_args(ns: &NetNs) -> Vec<String> {
     vec!["--netns".into(), ns.path().display().to_string()]
 }
@@ -531,14 +553,8 @@ fn a_process_named_with_escapes_is_reported_sanitised() {
         .concat(),
     );
     let (port, server) = echo_server(1, |n| n + 1);
-    // A thread's name is the `comm` the probe records for the bytes it moves.
-    let got = std::thread::Builder::new()
-        .name("\u{1b}[31mevil\u{7}".into())
-        .spawn(move || client(port, 4242))
-        .unwrap()
-        .join()
-        .unwrap();
-    assert_eq!(got, 4243);
+    // A process's name is the `comm` the probe records for the bytes it moves.
+    client_in_process("\u{1b}[31mevil\u{7}", port, 4242, 4243);
     assert_eq!(server.join().unwrap(), 4242);
     assert!(a.sigterm().success(), "{}", a.log_text());
 
@@ -710,14 +726,10 @@ fn runs_with_capabilities_alone() {
         assert_eq!(t, (keep, keep, started_with, 0, true), "{}", a.log_text());
     }
 
-    // Traffic in the host namespace from a thread with a unique name, to find it among the
+    // Traffic in the host namespace from a process with a unique name, to find it among the
     // host's other connections.
     let (port, server) = echo_server(1, |_| 11);
-    let h = std::thread::Builder::new()
-        .name("tm-caps-client".into())
-        .spawn(move || client(port, 31_337))
-        .unwrap();
-    assert_eq!(h.join().unwrap(), 11);
+    client_in_process("tm-caps-client", port, 31_337, 11);
     server.join().unwrap();
     assert!(a.sigterm().success(), "{}", a.log_text());
     let reports = read_jsonl(&report_file);

@@ -29,14 +29,15 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::{fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
         FExitContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext,
     },
 };
 use trafficmap_common::{
-    AF_INET, AF_INET6, Conn, ErrorReason, IPPROTO_TCP, Inflight, MSG_PEEK, ProbeConfig,
-    TpInetSockSetState, TpSockLength, TpTcpDestroySock, flags, role, tcp_state,
+    AF_INET, AF_INET6, Conn, ErrorReason, IPPROTO_TCP, Inflight, MSG_PEEK, Owner, ProbeConfig,
+    SOCK_DONE_BIT, TpInetSockSetState, TpSockLength, TpTcpDestroySock, flags, role, setting,
+    tcp_state,
 };
 
 /// Written by the loader before load; read-only afterwards, so the verifier sees constants.
@@ -57,6 +58,17 @@ static CLOSED: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 static INFLIGHT_SEND: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
 #[map(name = "INFLIGHT_RECV")]
 static INFLIGHT_RECV: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// Owners of listening sockets by `netns << 32 | port`, written when a socket starts listening
+/// (`listen` runs in its owner's context) and by the loader for listeners older than the probe.
+/// A server connection is named after its listener's owner: its birth runs in softirq context,
+/// where the current task is whoever the packet interrupted.
+#[map(name = "LISTENERS")]
+static LISTENERS: HashMap<u64, Owner> = HashMap::with_max_entries(16384, 0);
+
+/// Settings written by userspace after load, indexed by `setting`.
+#[map(name = "SETTINGS")]
+static SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
 
 /// Per-CPU scratch space to build a `Conn` (too large for the 512-byte BPF stack together with
 /// the helpers' frames). Slot 0 for the send/receive path, slot 1 for lifecycle events, which can
@@ -124,6 +136,28 @@ fn read_into<T>(addr: u64, dst: &mut T) -> bool {
     read_raw(addr, (dst as *mut T).cast(), size_of::<T>() as u32)
 }
 
+/// The name of the current process: the `comm` of the thread-group leader
+/// (`current->group_leader->comm`), which is what `ps` and `/proc/<pid>/comm` show. Worker
+/// threads of tokio, Java or nginx carry their own names; the calling thread's `comm` would
+/// name the thread. Falls back to the thread's `comm` if the task cannot be read.
+#[inline(always)]
+fn process_comm(dst: &mut [u8; 16]) {
+    // SAFETY: a helper without arguments or preconditions; the result is only read through
+    // `bpf_probe_read_kernel`, which fails instead of faulting on a bad address.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let mut leader: u64 = 0;
+    if task != 0
+        && read_into(task + conf!(offsets.task_group_leader) as u64, &mut leader)
+        && leader != 0
+        && read_into(leader + conf!(offsets.task_comm) as u64, dst)
+    {
+        return;
+    }
+    if let Ok(comm) = bpf_get_current_comm() {
+        *dst = comm;
+    }
+}
+
 /// Network namespace inode of a socket: `sk->__sk_common.skc_net.net->ns.inum`.
 #[inline(always)]
 fn netns_of(sk: u64) -> Option<u32> {
@@ -184,6 +218,61 @@ fn fill_from_sock(sk: u64, c: &mut Conn) {
     }
 }
 
+/// Key of `LISTENERS`.
+#[inline(always)]
+fn listener_key(netns: u32, port: u16) -> u64 {
+    ((netns as u64) << 32) | port as u64
+}
+
+/// Whether the counters backend runs.
+#[inline(always)]
+fn counters_mode() -> bool {
+    SETTINGS.get(setting::COUNTERS).is_some_and(|v| *v != 0)
+}
+
+/// Counters backend: reads the kernel's own counters of `sk` into `c` as payload bytes.
+/// `bytes_acked` counts the SYN of an active open and an acknowledged FIN (one sequence
+/// number each); `bytes_received` counts a received FIN. They are taken off so that the result
+/// is the payload the peer acknowledged, and the payload that arrived.
+#[inline(always)]
+fn read_final_counters(sk: u64, c: &mut Conn) {
+    let mut acked: u64 = 0;
+    let mut received: u64 = 0;
+    let mut snd_una: u32 = 0;
+    let mut write_seq: u32 = 0;
+    let mut sk_flags: u64 = 0;
+    let mut cookie: u64 = 0;
+    if !(read_into(sk + conf!(offsets.tcp_bytes_acked) as u64, &mut acked)
+        && read_into(sk + conf!(offsets.tcp_bytes_received) as u64, &mut received)
+        && read_into(sk + conf!(offsets.tcp_snd_una) as u64, &mut snd_una)
+        && read_into(sk + conf!(offsets.tcp_write_seq) as u64, &mut write_seq)
+        && read_into(sk + conf!(offsets.sk_flags) as u64, &mut sk_flags))
+    {
+        return;
+    }
+    // 0 when no one (sock_diag, a BPF helper) ever asked for it.
+    read_into(sk + conf!(offsets.skc_cookie) as u64, &mut cookie);
+    if c.role == role::CLIENT && c.flags & flags::ESTABLISHED != 0 {
+        acked = acked.saturating_sub(1);
+    }
+    // The FIN is the last sequence number queued: acknowledged once snd_una reached write_seq.
+    if c.flags & flags::FIN_SENT != 0 && snd_una == write_seq {
+        acked = acked.saturating_sub(1);
+    }
+    if sk_flags & (1 << SOCK_DONE_BIT) != 0 {
+        received = received.saturating_sub(1);
+    }
+    c.bytes_sent = acked;
+    c.bytes_received = received;
+    if (acked != 0 || received != 0) && c.last_ns == 0 {
+        // No per-call hook records when data last moved; the close is the last activity seen.
+        // SAFETY: a helper without arguments or preconditions.
+        c.last_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    c.cookie = cookie;
+    c.flags |= flags::COUNTERS_FINAL;
+}
+
 /// `::ffff:0.0.0.0`: IPv4 addresses are stored IPv4-mapped.
 const V4_MAPPED_PREFIX: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
 
@@ -242,9 +331,7 @@ fn record(sk: u64, bytes: i64, dir: Dir, check_tcp: bool) {
         // or passed). Comparing the pid first keeps the comm copy off the common path.
         if (*conn).pid != tgid {
             (*conn).pid = tgid;
-            if let Ok(comm) = bpf_get_current_comm() {
-                (*conn).comm = comm;
-            }
+            process_comm(&mut (*conn).comm);
         }
     }
 }
@@ -355,6 +442,17 @@ fn birth(sk: u64, conn_role: u8, state: u8, check_tcp: bool) {
     c.role = conn_role;
     fill_from_sock(sk, c);
     c.state = state;
+    if conn_role == role::CLIENT {
+        // `connect` runs in the context of the process that opens the connection.
+        c.pid = tgid;
+        process_comm(&mut c.comm);
+    } else {
+        // SAFETY: a LISTENERS value, copied out at once.
+        if let Some(owner) = unsafe { LISTENERS.get(listener_key(netns, c.sport)) } {
+            c.pid = owner.pid;
+            c.comm = owner.comm;
+        }
+    }
     #[expect(
         clippy::needless_borrows_for_generic_args,
         reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
@@ -376,7 +474,9 @@ fn on_state(sk: u64, old: u8, new: u8, check_tcp: bool) {
     } else if new == tcp_state::SYN_RECV && old == tcp_state::LISTEN {
         // The child socket of a passive open, cloned from the listener.
         birth(sk, role::SERVER, new, check_tcp);
-    } else if let Some(c) = CONNS.get_ptr_mut(sk) {
+    } else if new == tcp_state::LISTEN || old == tcp_state::LISTEN {
+        listener_change(sk, new == tcp_state::LISTEN, check_tcp);
+    } else if let Some(c) = conn_for_state_change(sk, old, check_tcp) {
         // SAFETY: a CONNS value, valid while the program runs. The hot path only adds to the
         // byte counters atomically and sets pid/comm/last_ns, none of which this touches.
         let c = unsafe { &mut *c };
@@ -387,13 +487,112 @@ fn on_state(sk: u64, old: u8, new: u8, check_tcp: bool) {
             fill_from_sock(sk, c);
         }
         c.state = new;
+        if matches!(new, tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK)
+            || matches!(
+                old,
+                tcp_state::FIN_WAIT1
+                    | tcp_state::FIN_WAIT2
+                    | tcp_state::CLOSING
+                    | tcp_state::LAST_ACK
+            )
+        {
+            c.flags |= flags::FIN_SENT;
+        }
         if new == tcp_state::ESTABLISHED {
             c.flags |= flags::ESTABLISHED;
-        } else if new == tcp_state::CLOSE && c.closed_ns == 0 {
-            // SAFETY: a helper without arguments or preconditions.
-            c.closed_ns = unsafe { bpf_ktime_get_ns() };
+        } else if new == tcp_state::CLOSE {
+            if c.closed_ns == 0 {
+                // SAFETY: a helper without arguments or preconditions.
+                c.closed_ns = unsafe { bpf_ktime_get_ns() };
+            }
+            // No byte moves after CLOSE, and `tcp_disconnect` resets the counters right after
+            // this event: read them now.
+            if counters_mode() && c.flags & flags::COUNTERS_FINAL == 0 {
+                read_final_counters(sk, c);
+            }
         }
     }
+}
+
+/// A socket starts (`listen`) or stops listening: remember or forget its owner.
+#[inline(always)]
+fn listener_change(sk: u64, listening: bool, check_tcp: bool) {
+    if check_tcp && !is_tcp(sk) {
+        return;
+    }
+    let Some(netns) = netns_of(sk) else { return };
+    if out_of_scope(netns) {
+        return;
+    }
+    let mut port: u16 = 0;
+    if !read_into(sk + conf!(offsets.skc_num) as u64, &mut port) {
+        return;
+    }
+    let key = listener_key(netns, port);
+    if listening {
+        let mut owner = Owner {
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            _pad: 0,
+            comm: [0; 16],
+        };
+        process_comm(&mut owner.comm);
+        if LISTENERS.insert(key, owner, BPF_ANY.into()).is_err() {
+            count_error(ErrorReason::UpdateFailed);
+        }
+    } else {
+        let _ = LISTENERS.remove(key);
+    }
+}
+
+/// The entry of a socket whose state changes. The counters backend has no send/receive hook to
+/// notice connections older than the probe, so it creates their entry at their first state
+/// change (every connection changes state before it is destroyed): their final counters must
+/// reach userspace, which subtracts what they held when it first saw them.
+#[inline(always)]
+fn conn_for_state_change(sk: u64, old: u8, check_tcp: bool) -> Option<*mut Conn> {
+    if let Some(c) = CONNS.get_ptr_mut(sk) {
+        return Some(c);
+    }
+    if !counters_mode()
+        || !matches!(
+            old,
+            tcp_state::ESTABLISHED
+                | tcp_state::FIN_WAIT1
+                | tcp_state::FIN_WAIT2
+                | tcp_state::CLOSE_WAIT
+                | tcp_state::LAST_ACK
+                | tcp_state::CLOSING
+        )
+        || (check_tcp && !is_tcp(sk))
+    {
+        return None;
+    }
+    let netns = netns_of(sk)?;
+    if out_of_scope(netns) {
+        return None;
+    }
+    // SAFETY: this CPU's lifecycle scratch slot, used only by lifecycle programs, which do not
+    // interrupt each other on one CPU: the only reference.
+    let c = unsafe { &mut *SCRATCH.get_ptr_mut(SCRATCH_LIFECYCLE)? };
+    *c = Conn::ZERO;
+    c.sk = sk;
+    // SAFETY: a helper without arguments or preconditions.
+    c.born_ns = unsafe { bpf_ktime_get_ns() };
+    c.netns = netns;
+    c.flags = flags::PREEXISTING | flags::ESTABLISHED;
+    fill_from_sock(sk, c);
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy the Conn onto the 512-byte BPF stack"
+    )]
+    let inserted = CONNS.insert(sk, &*c, BPF_NOEXIST.into());
+    if let Err(err) = inserted
+        && err != -EEXIST
+    {
+        count_update_error(err);
+        return None;
+    }
+    CONNS.get_ptr_mut(sk)
 }
 
 /// Socket `sk` is being freed: no send or receive can follow. Hand the final record over and
@@ -411,6 +610,9 @@ fn on_destroy(sk: u64) {
             (*c).closed_ns = bpf_ktime_get_ns();
         }
         (*c).state = tcp_state::CLOSE;
+        if counters_mode() && (*c).flags & flags::COUNTERS_FINAL == 0 {
+            read_final_counters(sk, &mut *c);
+        }
     }
     if hand_over(c) {
         let _ = CONNS.remove(sk);

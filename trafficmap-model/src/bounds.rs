@@ -35,6 +35,18 @@ pub const MAX_PROCESS_LEN: usize = 255;
 pub const MAX_AGENT_FIELD_LEN: usize = 128;
 pub const MAX_EC2_FIELD_LEN: usize = 64;
 
+// Host health (issue 12 item 5): `host.stats`, sampled by the agent from `/proc` once per
+// report. Physical bounds far above any real host, so a hostile value cannot skew the fleet's
+// tables.
+/// Largest load average accepted (1, 5 or 15 minutes): a million runnable tasks.
+pub const MAX_LOAD: f64 = 1e6;
+/// Most CPUs a host may report.
+pub const MAX_CPUS: u32 = 65_536;
+/// Largest memory a host may report: 2^50 bytes (1 PiB).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Longest uptime accepted: 100 years of 365.25 days, in seconds.
+pub const MAX_UPTIME_SECONDS: u64 = 3_155_760_000;
+
 /// Where every counter sum stops: the largest value SQLite (and any `i64` column) holds.
 pub const COUNTER_MAX: u64 = i64::MAX as u64;
 

@@ -6,6 +6,7 @@ pub mod bounds;
 pub mod cloud;
 pub mod map;
 pub mod report;
+pub mod services;
 
 /// An error and its sources on one line, `outer: inner: ...`: the one formatter every crate
 /// uses for log lines and error texts. A source whose text the line already holds is left out

@@ -87,6 +87,15 @@ pub enum NodeKind {
     SecurityGroup,
 }
 
+/// Values of [`Node::price_source`]: the last spot price of the instance's type and zone
+/// (EC2 `DescribeSpotPriceHistory`), the AWS Price List API, or the operator's price table.
+pub const PRICE_SOURCES: [&str; 3] = ["spot-history", "price-list-api", "price-table"];
+
+/// Highest hourly price (USD) believed from any source: the largest EC2 instances cost a few
+/// hundred dollars an hour, so anything above is a wrong input, not a price (and every sum of
+/// prices stays finite).
+pub const MAX_PRICE_PER_HOUR: f64 = 10_000.0;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
@@ -109,6 +118,9 @@ pub struct Node {
     pub lifecycle: Option<String>,
     /// Hourly price in USD (on-demand table or last spot price); summed for clusters.
     pub price_per_hour: Option<f64>,
+    /// Where `price_per_hour` came from (instances view): [`PRICE_SOURCES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_source: Option<String>,
     pub security_groups: Vec<String>,
     /// Local processes that moved bytes on this node.
     pub processes: Vec<String>,
@@ -128,6 +140,41 @@ pub struct Node {
     /// For nodes with agents: what their reports said about themselves over the range.
     #[serde(default)]
     pub health: Option<NodeHealth>,
+    /// For nodes with agents that send host health (issue 12 item 5): the last sample of the
+    /// range and the largest 1-minute load in it. Absent for other nodes and for clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostStats>,
+}
+
+/// A host's health over a map's range: the last sample its agent sent (as in the report's
+/// `host.stats`), when it was taken, and the largest 1-minute load of the range.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostStats {
+    /// End of the window of the report that carried the last sample.
+    pub sampled_at: DateTime<Utc>,
+    pub uptime_seconds: u64,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub cpus: u32,
+    /// The largest `load1` of the samples in the range.
+    pub load1_max: f64,
+}
+
+impl HostStats {
+    /// Memory in use (total - available) as a percentage of the total; `None` when the
+    /// total is 0.
+    pub fn memory_used_percent(&self) -> Option<f64> {
+        (self.memory_total_bytes > 0).then(|| {
+            let used = self
+                .memory_total_bytes
+                .saturating_sub(self.memory_available_bytes);
+            used as f64 * 100.0 / self.memory_total_bytes as f64
+        })
+    }
 }
 
 /// The agents' own account of a node over the map's range.
@@ -179,6 +226,11 @@ pub struct Link {
     pub bytes_to_source: u64,
     pub connections: u64,
     pub server_ports: Vec<u16>,
+    /// Service names of `server_ports`, in the same order, `""` for a port without one
+    /// (`crate::services`: the collector's `[services]` names, then IANA's). Left out when no
+    /// port has a name, and in maps written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     pub client_processes: Vec<String>,
     pub server_processes: Vec<String>,
     pub observed_by: ObservedBy,
@@ -249,6 +301,22 @@ impl Map {
                         "links[{i}] references unknown node `{end}`"
                     )));
                 }
+            }
+            // Service names (issue 12 item 4): parallel to the ports, or absent.
+            if !l.services.is_empty() && l.services.len() != l.server_ports.len() {
+                return Err(MapError::Invalid(format!(
+                    "links[{i}]: {} services for {} server_ports",
+                    l.services.len(),
+                    l.server_ports.len()
+                )));
+            }
+            if let Some(e) = l
+                .services
+                .iter()
+                .filter(|n| !n.is_empty())
+                .find_map(|n| crate::services::check_name(n).err())
+            {
+                return Err(MapError::Invalid(format!("links[{i}].services: {e}")));
             }
             bytes += l.bytes_to_target + l.bytes_to_source;
             disagreement += l.disagreement_bytes;

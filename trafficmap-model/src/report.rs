@@ -45,7 +45,7 @@ pub struct Agent {
     pub kernel: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     pub hostname: String,
@@ -61,6 +61,29 @@ pub struct Host {
     /// Identity from EC2 instance metadata (IMDSv2), when enabled and available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2: Option<Ec2Identity>,
+    /// Host health sampled once per report (issue 12 item 5); absent from older agents, and
+    /// when the agent could not read `/proc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<HostStats>,
+}
+
+/// Uptime, load and memory of the host, read from `/proc` once per report window, and its
+/// online CPUs. Bounds: [`bounds::MAX_LOAD`], [`bounds::MAX_CPUS`],
+/// [`bounds::MAX_MEMORY_BYTES`], [`bounds::MAX_UPTIME_SECONDS`]; available <= total.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostStats {
+    /// Seconds since boot (`/proc/uptime`, rounded down).
+    pub uptime_seconds: u64,
+    /// Load averages over 1, 5 and 15 minutes (`/proc/loadavg`).
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    /// `MemTotal` and `MemAvailable` of `/proc/meminfo`, in bytes.
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    /// Online CPUs (`/sys/devices/system/cpu/online`).
+    pub cpus: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,6 +410,57 @@ impl Host {
                 check_str("host.ec2.instance_type", t, 1, max)?;
             }
         }
+        if let Some(stats) = &self.stats {
+            stats.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl HostStats {
+    /// Every bound of the host's health (issue 12 item 5); the message starts with the path.
+    pub fn validate(&self) -> Result<(), ReportError> {
+        check_max(
+            "host.stats.uptime_seconds",
+            self.uptime_seconds,
+            bounds::MAX_UPTIME_SECONDS,
+            "100 years",
+        )?;
+        for (path, v) in [
+            ("host.stats.load1", self.load1),
+            ("host.stats.load5", self.load5),
+            ("host.stats.load15", self.load15),
+        ] {
+            // JSON has no NaN, but a caller of `validate` (the agent) may hold one: `contains`
+            // is false for NaN.
+            if !(0.0..=bounds::MAX_LOAD).contains(&v) {
+                // As JSON writes it (`1e300`, not 300 digits); NaN has no JSON form.
+                let shown = serde_json::Number::from_f64(v)
+                    .map_or_else(|| v.to_string(), |n| n.to_string());
+                return invalid(
+                    path,
+                    format!("{shown} is not within 0 to {}", bounds::MAX_LOAD),
+                );
+            }
+        }
+        check_max(
+            "host.stats.memory_total_bytes",
+            self.memory_total_bytes,
+            bounds::MAX_MEMORY_BYTES,
+            "2^50 bytes",
+        )?;
+        check_max(
+            "host.stats.memory_available_bytes",
+            self.memory_available_bytes,
+            self.memory_total_bytes,
+            "memory_total_bytes",
+        )?;
+        if !(1..=bounds::MAX_CPUS).contains(&self.cpus) {
+            return invalid(
+                "host.stats.cpus",
+                format!("{} is not within 1 to {}", self.cpus, bounds::MAX_CPUS),
+            );
+        }
         Ok(())
     }
 }
@@ -626,6 +700,18 @@ mod tests {
         let r = Report::from_json(EXAMPLE.as_bytes()).unwrap();
         assert_eq!(r.pairs.len(), 3);
         assert_eq!(r.pairs[0].bytes_sent, 1_000_003);
+        assert_eq!(
+            r.host.stats,
+            Some(HostStats {
+                uptime_seconds: 1_234_567,
+                load1: 0.52,
+                load5: 0.41,
+                load15: 0.3,
+                memory_total_bytes: 8_226_271_232,
+                memory_available_bytes: 6_442_450_944,
+                cpus: 2,
+            })
+        );
         let again: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
         assert_eq!(again, example());
     }
@@ -990,6 +1076,110 @@ mod bound_tests {
     fn pointer<'a>(v: &'a mut Value, path: &str) -> &'a mut Value {
         let ptr = format!("/{}", path.replace(['.', '['], "/").replace(']', ""));
         v.pointer_mut(&ptr).unwrap()
+    }
+
+    /// Issue 12 item 5: every bound of `host.stats`, and reports without it still accepted.
+    #[test]
+    fn host_stats() {
+        fn stats(v: &mut Value) -> &mut Value {
+            &mut v["host"]["stats"]
+        }
+        bound(
+            "host.stats.uptime_seconds",
+            |v, x| stats(v)["uptime_seconds"] = x,
+            json!(3_155_760_000u64),
+            json!(3_155_760_001u64),
+        );
+        for field in ["load1", "load5", "load15"] {
+            bound(
+                &format!("host.stats.{field}"),
+                |v, x| stats(v)[field] = x,
+                json!(1e6),
+                json!(1_000_000.01),
+            );
+            bound(
+                &format!("host.stats.{field}"),
+                |v, x| stats(v)[field] = x,
+                json!(0.0),
+                json!(-0.01),
+            );
+            // Larger than any f64: a parse error at the field, not a panic.
+            let mut v = example();
+            stats(&mut v)[field] = json!(1e308);
+            let text = serde_json::to_string(&v)
+                .unwrap()
+                .replace("1e+308", "1e400");
+            let e = Report::from_json(text.as_bytes()).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("malformed report at `host.stats.{field}`")),
+                "{e}"
+            );
+        }
+        bound(
+            "host.stats.memory_total_bytes",
+            |v, x| {
+                stats(v)["memory_total_bytes"] = x;
+                stats(v)["memory_available_bytes"] = json!(0);
+            },
+            json!(1u64 << 50),
+            json!((1u64 << 50) + 1),
+        );
+        bound(
+            "host.stats.memory_available_bytes",
+            |v, x| stats(v)["memory_available_bytes"] = x,
+            json!(8_226_271_232u64),
+            json!(8_226_271_233u64),
+        );
+        bound(
+            "host.stats.cpus",
+            |v, x| stats(v)["cpus"] = x,
+            json!(65_536),
+            json!(65_537),
+        );
+        bound(
+            "host.stats.cpus",
+            |v, x| stats(v)["cpus"] = x,
+            json!(1),
+            json!(0),
+        );
+        let mut v = example();
+        stats(&mut v)["memory_available_bytes"] = json!(8_226_271_233u64);
+        assert_eq!(
+            check(&v).unwrap_err(),
+            "host.stats.memory_available_bytes: 8226271233 exceeds 8226271232 (memory_total_bytes)"
+        );
+        // A NaN cannot come from JSON; the agent validates what it read before spooling.
+        let mut r = Report::from_json(&serde_json::to_vec(&example()).unwrap()).unwrap();
+        r.host.stats.as_mut().unwrap().load5 = f64::NAN;
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "host.stats.load5: NaN is not within 0 to 1000000"
+        );
+        // Unknown fields refused; a missing field is a parse error with its path.
+        let mut v = example();
+        stats(&mut v)["swap"] = json!(1);
+        let e = check(&v).unwrap_err();
+        assert!(
+            e.starts_with("malformed report at `host.stats.swap`: unknown field `swap`"),
+            "{e}"
+        );
+        let mut v = example();
+        stats(&mut v).as_object_mut().unwrap().remove("cpus");
+        let e = check(&v).unwrap_err();
+        assert!(
+            e.starts_with("malformed report at `host.stats`: missing field `cpus`"),
+            "{e}"
+        );
+        // Older agents: no `stats` at all, accepted and round-tripped without it.
+        let mut v = example();
+        v["host"].as_object_mut().unwrap().remove("stats");
+        let r = check(&v).unwrap();
+        assert_eq!(r.host.stats, None);
+        assert!(
+            !String::from_utf8(r.to_json())
+                .unwrap()
+                .contains("\"stats\"")
+        );
     }
 
     #[test]

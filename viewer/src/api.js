@@ -37,13 +37,19 @@ export function forgetReadToken() {
   }
 }
 
-/** Fetches an API path with the read token, if there is one. */
-async function apiFetch(path, accept) {
+/** Fetches an API path with the read token, if there is one (`body`: a JSON POST). */
+async function apiFetch(path, accept, body = undefined) {
   const token = readToken();
   const headers = { Accept: accept };
   if (token) headers.Authorization = `Bearer ${token}`;
+  const init = { headers };
+  if (body !== undefined) {
+    init.method = "POST";
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
   try {
-    return await fetch(path, { headers });
+    return await fetch(path, init);
   } catch (e) {
     throw new ApiError(`cannot reach the collector (${e.message})`);
   }
@@ -72,10 +78,11 @@ async function getJson(path) {
 
 /**
  * Downloads an export through fetch (so the read token goes with it) and saves it under the
- * collector's file name.
+ * collector's file name. With `subset` (`{nodes, links}`, see model.js `visibleSubset`), the
+ * export covers only that part of the map (POST to the same path).
  */
-export async function downloadExport(path) {
-  const res = await apiFetch(path, "*/*");
+export async function downloadExport(path, subset = undefined) {
+  const res = await apiFetch(path, "*/*", subset);
   if (!res.ok) throw await failure(res, path);
   const blob = await res.blob();
   const name = /filename="([^"]+)"/.exec(res.headers.get("Content-Disposition") ?? "")?.[1] ?? "trafficmap-export";
@@ -87,6 +94,16 @@ export async function downloadExport(path) {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+/**
+ * The collector's viewer settings (`[viewer]`: suppression presets), as
+ * `{suppression_presets: [{name, env, archdomain, hide_nodes}]}`.
+ */
+export async function fetchViewerConfig() {
+  const body = await getJson("/api/v1/viewer-config");
+  if (!body || !Array.isArray(body.suppression_presets)) throw new ApiError("malformed /api/v1/viewer-config answer");
+  return body;
 }
 
 /** Days that have data, newest first. */

@@ -9,6 +9,7 @@
 const IDLE_COMMIT_MS = 140; // a pause this long after the last wheel step ends the motion
 const LIVE_FRAME_MS = 14; // redraw live when a full frame takes less than this
 const DRAG_TOLERANCE = 4;
+const DOUBLE_CLICK_MS = 500;
 const MIN_RATIO = 0.02;
 const MAX_RATIO = 8;
 
@@ -26,6 +27,8 @@ export class CameraController {
     this.timer = 0;
     this.anim = 0;
     this.dragEndedAt = 0;
+    this.swallowClicksUntil = 0;
+    this.lastDown = null;
     this.listeners = [];
     this.bind();
   }
@@ -136,9 +139,13 @@ export class CameraController {
     this.move({ x: next.x + before.x - after.x, y: next.y + before.y - after.y, ratio: next.ratio });
   }
 
-  /** Whether a click now is the end of a drag (and must not select or deselect). */
+  /**
+   * Whether a click now is the end of a drag, or the second click of a double-click on a node
+   * (and must not select or deselect).
+   */
   justDragged() {
-    return performance.now() - this.dragEndedAt < 80;
+    const now = performance.now();
+    return now - this.dragEndedAt < 80 || now < this.swallowClicksUntil;
   }
 
   on(target, type, fn, opts) {
@@ -162,13 +169,38 @@ export class CameraController {
     this.on(this.frame, "mousedown", (e) => {
       if (e.button !== 0) return;
       cancelAnimationFrame(this.anim);
-      this.drag = { start: local(e), last: local(e), moved: false };
+      const p = local(e);
+      const now = performance.now();
+      // A second press on the same spot soon after one on a node double-clicks that node, even
+      // if the first click moved the map under the pointer (the details panel opens and the map
+      // narrows), which the renderers' own double-click would miss.
+      const first = this.lastDown;
+      this.lastDown = null;
+      if (first?.node && now - first.t < DOUBLE_CLICK_MS && Math.hypot(p.x - first.p.x, p.y - first.p.y) <= DRAG_TOLERANCE) {
+        this.swallowClicksUntil = now + DOUBLE_CLICK_MS;
+        this.onNodeDoubleClick?.(first.node);
+        this.drag = { start: p, last: p, moved: false, node: null };
+        return;
+      }
+      // On a node, a drag moves that node (the app pins it); elsewhere it pans.
+      const node = this.nodeAt?.(p) ?? null;
+      this.lastDown = { t: now, p, node };
+      this.drag = { start: p, last: p, moved: false, node };
     }, { capture: true });
     this.on(window, "mousemove", (e) => {
       const d = this.drag;
       if (!d) return;
       const p = local(e);
       if (!d.moved && Math.hypot(p.x - d.start.x, p.y - d.start.y) <= DRAG_TOLERANCE) return;
+      // A press that became a drag is not the first half of a double-click.
+      this.lastDown = null;
+      if (d.node) {
+        if (!d.moved) this.onNodeDrag?.(d.node, p, "start");
+        d.moved = true;
+        d.last = p;
+        this.onNodeDrag?.(d.node, p, "move");
+        return;
+      }
       d.moved = true;
       const s = this.state();
       const a = this.renderer.viewportToFramed(d.last, s);
@@ -177,12 +209,13 @@ export class CameraController {
       this.move({ x: s.x - (b.x - a.x), y: s.y - (b.y - a.y), ratio: s.ratio });
       // Capture phase: sigma stops the propagation of the mouse events on its canvases.
     }, { capture: true });
-    this.on(window, "mouseup", () => {
+    this.on(window, "mouseup", (e) => {
       const d = this.drag;
       this.drag = null;
       if (d?.moved) {
         this.dragEndedAt = performance.now();
-        this.commit();
+        if (d.node) this.onNodeDrag?.(d.node, local(e), "end");
+        else this.commit();
       }
     }, { capture: true });
   }

@@ -24,6 +24,8 @@ const FIELDS = [
   { el: "#color", key: "color" },
   { el: "#edges", key: "edges" },
   { el: "#changes", key: "changes", prop: "checked" },
+  { el: "#size-by", key: "sizeBy" },
+  { el: "#hide-nodes", key: "hideNodes", prop: "checked" },
 ];
 
 export class Controls {
@@ -94,6 +96,8 @@ export class Controls {
     $("#zoom-in").addEventListener("click", () => this.app.camera?.zoom(1.5));
     $("#zoom-out").addEventListener("click", () => this.app.camera?.zoom(1 / 1.5));
     $("#zoom-reset").addEventListener("click", () => this.app.camera?.reset());
+    $("#pause-layout").addEventListener("click", () => this.app.toggleLayout());
+    $("#preset").addEventListener("change", (e) => this.applyPreset(e.target.value));
     $("#export-png").addEventListener("click", () => this.app.exports.exportImage("png"));
     $("#export-svg").addEventListener("click", () => this.app.exports.exportImage("svg"));
     $("#copy-link").addEventListener("click", () => this.app.exports.copyLink());
@@ -134,7 +138,49 @@ export class Controls {
     $("#arch-re").value = s.archRe;
     const search = $("#search");
     if (document.activeElement !== search) search.value = s.q;
+    $("#preset").value = String(this.presetIndex());
     this.app.exports.syncLinks();
+    this.syncLayoutButton();
+  }
+
+  /** Pause while the layout runs; Resume when paused or settled (runs it again from there). */
+  syncLayoutButton() {
+    const b = $("#pause-layout");
+    b.disabled = !this.app.scene;
+    b.textContent = this.app.layout.state === "running" ? "Pause layout" : "Resume layout";
+  }
+
+  presets() {
+    return this.app.viewerConfig?.suppression_presets ?? [];
+  }
+
+  /** The preset the current suppressions are (its index), or "" for none of them. */
+  presetIndex() {
+    const s = this.app.state;
+    const i = this.presets().findIndex((p) => p.env === s.envRe && p.archdomain === s.archRe && p.hide_nodes === s.hideNodes);
+    return i < 0 ? "" : i;
+  }
+
+  /** The collector's suppression presets in the Preset select (hidden when it has none). */
+  fillPresets() {
+    const presets = this.presets();
+    $("#preset").replaceChildren(
+      h("option", { value: "" }, "—"),
+      ...presets.map((p, i) => {
+        // A preset the viewer would refuse is shown, but cannot be picked.
+        const bad = compileRegex(p.env).error ?? compileRegex(p.archdomain).error;
+        return h("option", { value: String(i), disabled: !!bad, title: bad ? `Invalid: ${bad}` : [p.env && `env ~ ${p.env}`, p.archdomain && `archdomain ~ ${p.archdomain}`, p.hide_nodes ? "nodes hidden" : "links hidden"].filter(Boolean).join(" · ") }, p.name);
+      }),
+    );
+    $("#preset-row").hidden = presets.length === 0;
+    $("#preset").value = String(this.presetIndex());
+  }
+
+  /** Applies a preset's suppressions (envs, archdomains, hide nodes); "" clears them. */
+  applyPreset(value) {
+    const p = value === "" ? { env: "", archdomain: "", hide_nodes: true } : this.presets()[Number(value)];
+    if (!p) return;
+    this.app.set({ envRe: p.env, archRe: p.archdomain, hideNodes: p.hide_nodes });
   }
 
   setView(view) {
@@ -312,6 +358,9 @@ export class Controls {
       }
       case "?":
         this.toggleHelp(true);
+        break;
+      case "p":
+        this.app.toggleLayout();
         break;
       case "ArrowLeft":
       case "ArrowRight":

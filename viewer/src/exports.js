@@ -1,12 +1,19 @@
 // Exports of the current view: PNG and SVG images painted as on screen (paint.js), and the link
-// to this view. The CSV and DOT exports are links to the collector API (`syncLinks`).
+// to this view. The CSV (LucidChart, draw.io) and DOT exports come from the collector, which
+// writes every export format (one code path with its CLI): the links point at the whole map's
+// export (`syncLinks`); with "what is on screen" (the default) a click posts the nodes and links
+// shown (model.js `visibleSubset`) to the same URL and saves what comes back.
 
 import { downloadExport, exportUrl, readToken } from "./api.js";
 import { BACKGROUND } from "./colors.js";
 import { $, h } from "./dom.js";
 import { drawGroups } from "./groups.js";
 import { CanvasTarget, SvgTarget, paintGraph } from "./paint.js";
+import { visibleSubset } from "./model.js";
 import { VIEW_NAMES } from "./panels.js";
+
+/** The collector-side exports: link id and API format. */
+const COLLECTOR_FORMATS = [["csv", "csv"], ["drawio", "drawio"], ["dot", "dot"]];
 
 export class Exports {
   constructor(app) {
@@ -20,22 +27,31 @@ export class Exports {
    * the token); without one they stay plain links.
    */
   bind() {
-    for (const fmt of ["csv", "dot"]) {
-      const a = $(`#export-${fmt}`);
+    for (const [id] of COLLECTOR_FORMATS) {
+      const a = $(`#export-${id}`);
       a.addEventListener("click", (e) => {
-        if (!readToken() || !a.href) return;
+        if (!a.href) return;
+        const whole = $("#export-scope").value === "all";
+        // The whole map without a token: the plain link does it.
+        if (whole && !readToken()) return;
         e.preventDefault();
-        downloadExport(a.getAttribute("href")).catch((err) => this.app.panels.showBanner(`Export failed: ${err.message}`));
+        if (!whole && !this.app.filtered) return;
+        const subset = whole ? undefined : this.subset();
+        downloadExport(a.getAttribute("href"), subset).catch((err) => this.app.panels.showBanner(`Export failed: ${err.message}`));
       });
     }
   }
 
-  /** Points the CSV and DOT links at the collector's export of the loaded map. */
+  /** What is on screen, as the collector's subset export takes it. */
+  subset() {
+    return visibleSubset(this.app.data.index, this.app.filtered);
+  }
+
+  /** Points the export links at the collector's export of the loaded (whole) map. */
   syncLinks() {
     if (this.app.data) {
       const q = this.app.data.query;
-      $("#export-csv").href = exportUrl(q, "csv");
-      $("#export-dot").href = exportUrl(q, "dot");
+      for (const [id, fmt] of COLLECTOR_FORMATS) $(`#export-${id}`).href = exportUrl(q, fmt);
     }
   }
 

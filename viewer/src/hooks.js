@@ -45,9 +45,11 @@ export function exposeHooks(app) {
       const a = app.scene.graph.getNodeAttributes(id);
       const d = app.reducers.nodeReducer(id, a);
       const p = app.renderer.graphToViewport(a);
-      return { x: p.x, y: p.y, r: app.renderer.scaleSize(d.size), color: d.color, borderColor: d.borderColor, label: d.label };
+      return { x: p.x, y: p.y, r: app.renderer.scaleSize(d.size), color: d.color, borderColor: d.borderColor, label: d.label, gx: a.x, gy: a.y, size: a.size, pinned: app.pinned.has(id) };
     },
     nodeIds: () => (app.scene ? app.scene.graph.nodes() : []),
+    /** What the CSV and DOT exports of the screen send the collector. */
+    subset: () => (app.filtered ? app.exports.subset() : null),
     edgeEnds: () => (app.scene ? app.scene.graph.mapEdges((_, __, s, t) => [s, t]) : []),
     /** Camera moves for the benchmark and the tests. */
     zoom: (f, ms) => app.camera.zoom(f, ms),

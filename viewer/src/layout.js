@@ -116,11 +116,14 @@ const SPREAD_ITERATIONS = 30;
  * - `group`: group index per node, -1 when ungrouped; `groupCount`; `breakBefore` per group;
  * - `src`, `dst`, `bytes`: links; `influence`: traffic influence on the layout (0..3);
  * - `sizes` (drawn node sizes in pixels) and `viewport` ({width, height}): optional, for the
- *   overlap removal that ends the run.
+ *   overlap removal that ends the run;
+ * - `fixed`: optional, 1 for nodes pinned where they are (dragged there): no force, re-pack or
+ *   overlap push moves them; they still pull and push the others.
  */
 export class Layout {
   constructor(input) {
-    const { ids, x, y, group, groupCount, breakBefore, src, dst, bytes, influence, sizes, viewport } = input;
+    const { ids, x, y, group, groupCount, breakBefore, src, dst, bytes, influence, sizes, viewport, fixed } = input;
+    this.fixed = fixed ?? null;
     this.sizes = sizes ?? null;
     this.viewport = viewport ?? null;
     this.spreadDone = 0;
@@ -163,6 +166,7 @@ export class Layout {
       nodes[o + MASS] = 1 + degree[i];
       nodes[o + CONVERGENCE] = 1;
       nodes[o + SIZE] = 1;
+      if (this.fixed?.[i]) nodes[o + FIXED] = 1;
     }
     for (let g = 0; g < groupCount; g++) {
       const o = (n + g) * PPN;
@@ -319,7 +323,7 @@ export class Layout {
     // Move members with their anchor so the re-pack does not tear groups apart.
     for (let i = 0; i < n; i++) {
       const g = group[i];
-      if (g < 0) continue;
+      if (g < 0 || this.fixed?.[i]) continue;
       nodes[i * PPN + X] += next[2 * g] - this.anchors[2 * g];
       nodes[i * PPN + Y] += next[2 * g + 1] - this.anchors[2 * g + 1];
     }
@@ -383,12 +387,20 @@ export class Layout {
               dy = Math.sin(i * 2.399 + j);
               d = 1;
             }
-            const push = ((need - d) / 2) * 0.8;
+            // A pinned node stays: the other one moves the whole way (both pinned: neither).
+            const fi = this.fixed?.[i] ? 1 : 0;
+            const fj = this.fixed?.[j] ? 1 : 0;
+            if (fi && fj) continue;
+            const push = ((need - d) / (fi || fj ? 1 : 2)) * 0.8;
             const ux = dx / d, uy = dy / d;
-            nodes[i * PPN + X] -= ux * push;
-            nodes[i * PPN + Y] -= uy * push;
-            nodes[j * PPN + X] += ux * push;
-            nodes[j * PPN + Y] += uy * push;
+            if (!fi) {
+              nodes[i * PPN + X] -= ux * push;
+              nodes[i * PPN + Y] -= uy * push;
+            }
+            if (!fj) {
+              nodes[j * PPN + X] += ux * push;
+              nodes[j * PPN + Y] += uy * push;
+            }
           }
         }
       }

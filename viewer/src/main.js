@@ -6,7 +6,7 @@
 // the benchmark).
 
 import "./style.css";
-import { ApiError, AuthRequired, fetchDays, fetchMap, forgetReadToken, readToken, setReadToken } from "./api.js";
+import { ApiError, AuthRequired, fetchDays, fetchMap, fetchViewerConfig, forgetReadToken, readToken, setReadToken } from "./api.js";
 import { CameraController } from "./camera.js";
 import { Controls } from "./controls.js";
 import { $ } from "./dom.js";
@@ -20,7 +20,7 @@ import { Panels } from "./panels.js";
 import { CanvasRenderer } from "./renderer-canvas.js";
 import { SigmaRenderer, webglAvailable } from "./renderer-sigma.js";
 import { buildGraph, makeReducers, palettes } from "./scene.js";
-import { effectsOf, mapQuery, parseState, serializeState } from "./state.js";
+import { effectsOf, mapQuery, parseState, serializeState, withPin, withoutPin } from "./state.js";
 
 /* global __WORKER_URL__ */
 
@@ -47,7 +47,17 @@ class App {
     this.searchHits = [];
     // While a big map is laid out, its links are not drawn: the moving nodes show the progress,
     // and drawing 50,000 links per update would take the CPU from the layout.
-    this.reducers = makeReducers(() => this.scene.graph, () => (this.layout.state === "running" && this.scene.graph.size > BIG_MAP_LINKS ? { ...this.focus, edgesHidden: true } : this.focus));
+    this.reducers = makeReducers(
+      () => this.scene.graph,
+      () => (this.layout.state === "running" && this.scene.graph.size > BIG_MAP_LINKS ? { ...this.focus, edgesHidden: true } : this.focus),
+      () => this.pinned,
+    );
+    /** Ids of the pinned nodes (state.pins), for the reducers. */
+    this.pinned = new Set(this.state.pins.map((p) => p[0]));
+    /** The node being dragged, if any: layout progress leaves it where the pointer is. */
+    this.dragging = null;
+    /** `[viewer]` of the collector (suppression presets); null until loaded or when absent. */
+    this.viewerConfig = null;
     this.controls = new Controls(this);
     this.panels = new Panels(this);
     this.exports = new Exports(this);
@@ -114,7 +124,19 @@ class App {
       return;
     }
     this.controls.fillDayPickers();
-    await this.load();
+    await Promise.all([this.load(), this.loadViewerConfig()]);
+  }
+
+  /** The collector's viewer settings; an older collector without them leaves the presets off. */
+  async loadViewerConfig() {
+    try {
+      this.viewerConfig = await fetchViewerConfig();
+    } catch (e) {
+      this.viewerConfig = null;
+      if (!(e instanceof ApiError)) throw e;
+      console.warn("no viewer settings from the collector:", e.message);
+    }
+    this.controls.fillPresets();
   }
 
   // ---------------------------------------------------------------- state and URL
@@ -203,11 +225,15 @@ class App {
       archRe: s.archRe,
       minBytes: s.minBytes,
       onlyChanges: s.mode === "diff" && s.changes,
+      hideNodes: s.hideNodes,
     });
     if (!this.positions.has(s.view)) this.positions.set(s.view, new Map());
     const known = this.positions.get(s.view);
     // While a layout runs, the graph holds fresher positions than the cache.
     if (this.scene && this.layout.state === "running") this.scene.graph.forEachNode((id, a) => known.set(id, [a.x, a.y]));
+    // A pinned node is where its pin says (pins of other views' ids are simply not drawn).
+    this.pinned = new Set(s.pins.map((p) => p[0]));
+    for (const [id, x, y] of s.pins) known.set(id, [x, y]);
     const frame = $("#map");
     this.scene = buildGraph(index, this.filtered, s, pal, known, { width: frame.clientWidth, height: frame.clientHeight });
     const grouping = { mode: s.group, level: s.level, splitEnv: s.split };
@@ -289,6 +315,79 @@ class App {
     r.on("enterEdge", ({ edge }) => this.camera.moving || this.panels.showEdgeTooltip(edge));
     r.on("leaveEdge", () => this.panels.hideTooltip());
     r.on("clickEdge", ({ edge }) => this.camera.justDragged() || this.selectLink(edge));
+    // Drag a node to pin it there; double-click it to release it (the old tool's gestures).
+    this.camera.nodeAt = (p) => this.nodeAtPoint(p);
+    this.camera.onNodeDrag = (id, p, phase) => this.dragNode(id, p, phase);
+    this.camera.onNodeDoubleClick = (id) => this.unpin(id);
+  }
+
+  /** The node drawn under a viewport point (the closest whose disc holds it), or null. */
+  nodeAtPoint(p) {
+    const r = this.renderer;
+    let best = null;
+    let bestD = Infinity;
+    this.scene.graph.forEachNode((id, a) => {
+      const v = r.graphToViewport(a);
+      const d = Math.hypot(v.x - p.x, v.y - p.y);
+      if (d <= Math.max(r.scaleSize(a.size), 4) && d < bestD) {
+        best = id;
+        bestD = d;
+      }
+    });
+    return best;
+  }
+
+  /** A node dragged to viewport point `p` (`phase`: start, move, end): it follows, then is pinned. */
+  dragNode(id, p, phase) {
+    if (!this.scene?.graph.hasNode(id)) return;
+    const r = this.renderer;
+    if (phase === "start") {
+      this.dragging = id;
+      // Hold the framing still while a node moves, or the whole map would shift under it.
+      r.freezeFraming(true);
+      this.panels.hideTooltip();
+      return;
+    }
+    const g = r.viewportToGraph(p);
+    this.scene.graph.mergeNodeAttributes(id, { x: g.x, y: g.y });
+    r.refreshPositions();
+    if (phase === "end") {
+      this.dragging = null;
+      this.pin(id, g.x, g.y);
+      r.freezeFraming(false);
+      this.hulls = groupHulls(this.scene.graph, this.groupOf);
+      r.refresh();
+    }
+  }
+
+  /** Pins a node at graph point (x, y): the layout leaves it there; kept in the URL. */
+  pin(id, x, y) {
+    const pins = withPin(this.state.pins, id, x, y);
+    const p = pins.find((q) => q[0] === id);
+    if (p && this.scene.graph.hasNode(id)) {
+      this.scene.graph.mergeNodeAttributes(id, { x: p[1], y: p[2] });
+      this.positions.get(this.state.view)?.set(id, [p[1], p[2]]);
+    }
+    this.setPins(pins);
+  }
+
+  unpin(id) {
+    if (!this.pinned.has(id)) return;
+    this.setPins(withoutPin(this.state.pins, id));
+  }
+
+  setPins(pins) {
+    this.set({ pins });
+    this.pinned = new Set(pins.map((q) => q[0]));
+    this.renderer?.refresh();
+    this.panels.updateLegend();
+    // A running layout takes the change at once: it restarts from where the nodes are (the
+    // graph holds fresher positions than the cache while it runs).
+    if (this.layout.state === "running") {
+      const known = this.positions.get(this.state.view);
+      this.scene.graph.forEachNode((id, a) => known.set(id, [a.x, a.y]));
+      this.startLayout();
+    }
   }
 
   // ---------------------------------------------------------------- layout
@@ -325,7 +424,8 @@ class App {
     });
     const sizes = Float32Array.from(ids, (id) => graph.getNodeAttribute(id, "size"));
     const viewport = this.renderer ? this.renderer.getDimensions() : { width: 1000, height: 800 };
-    return { ids, x, y, group, groupCount: keys.length, breakBefore, src, dst, bytes, influence: s.influence, sizes, viewport };
+    const fixed = Uint8Array.from(ids, (id) => (this.pinned.has(id) ? 1 : 0));
+    return { ids, x, y, group, groupCount: keys.length, breakBefore, src, dst, bytes, influence: s.influence, sizes, viewport, fixed };
   }
 
   startLayout() {
@@ -334,6 +434,7 @@ class App {
     this.ready = false;
     this.layout = { state: "running", iterations: 0, maxIterations: 0, millis: 0, startedAt: performance.now(), settledAt: 0 };
     this.panels.showProgress(0, 1);
+    this.controls.syncLayoutButton();
     const onMessage = (msg) => {
       if (msg.runId !== this.runId) return;
       this.layout.iterations = msg.iterations;
@@ -358,6 +459,7 @@ class App {
       this.scene.graph.forEachNode((id, a) => known.set(id, [a.x, a.y]));
       this.panels.hideProgress();
       this.panels.updateStatus();
+      this.controls.syncLayoutButton();
       this.markReady();
     };
     if (this.worker === undefined) {
@@ -378,7 +480,7 @@ class App {
     }
     this.onWorkerMessage = onMessage;
     if (this.worker) {
-      const transfer = [input.x.buffer, input.y.buffer, input.group.buffer, input.src.buffer, input.dst.buffer, input.bytes.buffer, input.sizes.buffer];
+      const transfer = [input.x.buffer, input.y.buffer, input.group.buffer, input.src.buffer, input.dst.buffer, input.bytes.buffer, input.sizes.buffer, input.fixed.buffer];
       // The ids and group keys stay here; the worker needs them for seeding only.
       this.worker.postMessage({ type: "start", runId, input }, transfer);
     } else {
@@ -388,6 +490,36 @@ class App {
         schedule: (fn) => setTimeout(fn, 0),
       });
     }
+  }
+
+  /**
+   * Pauses a running layout where the nodes are (the old tool's Pause), or, when paused or
+   * settled, runs it again from there (Resume), pins held.
+   */
+  toggleLayout() {
+    if (!this.scene) return;
+    if (this.layout.state === "running") this.pauseLayout();
+    else this.startLayout();
+  }
+
+  pauseLayout() {
+    if (this.layout.state !== "running") return;
+    // Messages of the stopped run are ignored from now on.
+    this.worker?.postMessage({ type: "stop", runId: this.runId });
+    this.mainThreadRun?.stop();
+    this.runId++;
+    this.pendingProgress = null;
+    this.layout.state = "paused";
+    this.layout.millis = performance.now() - this.layout.startedAt;
+    const known = this.positions.get(this.state.view);
+    this.scene.graph.forEachNode((id, a) => known.set(id, [a.x, a.y]));
+    this.hulls = groupHulls(this.scene.graph, this.groupOf);
+    // A full refresh: the links hidden while a big map is laid out come back.
+    this.renderer.refresh();
+    this.panels.hideProgress();
+    this.panels.updateStatus();
+    this.controls.syncLayoutButton();
+    this.markReady();
   }
 
   applyPending(ids) {
@@ -414,7 +546,9 @@ class App {
     graph.updateEachNodeAttributes(
       (id, a) => {
         const i = at.get(id);
-        if (i !== undefined) {
+        // The node under the pointer stays there, and a pinned one exactly at its pin (the
+        // layout's Float32 positions would round it).
+        if (i !== undefined && id !== this.dragging && !this.pinned.has(id)) {
           a.x = pos[2 * i];
           a.y = pos[2 * i + 1];
         }

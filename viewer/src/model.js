@@ -54,6 +54,7 @@ export function indexMap(doc) {
   const adjacency = new Map(doc.nodes.map((n) => [n.id, []]));
   for (const l of doc.links) {
     if (!byId.has(l.source) || !byId.has(l.target)) continue;
+    noteServices(byId, l); // issue 12 item 4
     if (l.source === l.target) {
       selfLinks.push(l);
       continue;
@@ -160,13 +161,27 @@ function underPrefix(arch, prefixes) {
 }
 
 /**
+ * The env or archdomain a suppression pattern is matched against (issue 12, as the old tool
+ * wrote them): the node's own value; for an external address without one, `external`; for any
+ * other node without one (untagged), `unknown`. So `^external$` and `unknown` suppress them.
+ */
+export function facet(n, key) {
+  const v = n[key];
+  if (v) return v;
+  return n.kind === "external" ? "external" : "unknown";
+}
+
+/**
  * Applies the suppression and minimum-bytes filters.
  *
- * A suppressed node (its env or archdomain is unticked, or matches a suppression regex) is
- * hidden with all its traffic: that is how monitoring or backup hosts that talk to everyone are
- * kept from tying the whole map together. Links under `minBytes` are hidden; a node that loses
- * every link to the filters is hidden too, while nodes that had no link in the map stay. In a
- * diff, `onlyChanges` hides links that did not change.
+ * A node is suppressed when its env or archdomain is unticked, or matches a suppression regex
+ * (see `facet`: external and untagged nodes match `external` and `unknown`). Suppression takes
+ * the node's links away, which keeps monitoring or backup hosts that talk to everyone from tying
+ * the whole map together. With `hideNodes` (the default) the suppressed nodes go too; without
+ * it they stay on the map, unlinked, as the old tool drew them, and so do nodes whose links all
+ * went to suppression. Links under `minBytes` are hidden; a node that loses every link to that
+ * filter is hidden too, while nodes that had no link in the map stay. In a diff, `onlyChanges`
+ * hides links that did not change.
  */
 export function applyFilters(index, f) {
   const hideEnvs = new Set(f.hideEnvs ?? []);
@@ -175,15 +190,14 @@ export function applyFilters(index, f) {
   const archRe = compileRegex(f.archRe).re;
   const minBytes = f.minBytes ?? 0;
   const onlyChanges = !!f.onlyChanges;
+  const hideNodes = f.hideNodes ?? true;
   const suppressed = new Set();
   for (const n of index.nodes) {
-    const env = n.env ?? "";
-    const arch = n.archdomain ?? "";
     if (
       (n.env && hideEnvs.has(n.env)) ||
       underPrefix(n.archdomain, hideArchs) ||
-      (envRe && n.env && envRe.test(env)) ||
-      (archRe && n.archdomain && archRe.test(arch))
+      (envRe && envRe.test(facet(n, "env"))) ||
+      (archRe && archRe.test(facet(n, "archdomain")))
     ) {
       suppressed.add(n.id);
     }
@@ -191,9 +205,13 @@ export function applyFilters(index, f) {
   const links = [];
   let belowMin = 0;
   const linked = new Set();
+  // Nodes with a link that suppression left: only those can lose their links to the filters.
+  const unsuppressedLinks = new Set();
   for (let i = 0; i < index.links.length; i++) {
     const l = index.links[i];
     if (suppressed.has(l.source) || suppressed.has(l.target)) continue;
+    unsuppressedLinks.add(l.source);
+    unsuppressedLinks.add(l.target);
     if (onlyChanges && l.diff === "same") continue;
     if (linkBytes(l) < minBytes) {
       belowMin++;
@@ -205,12 +223,80 @@ export function applyFilters(index, f) {
   }
   const nodes = [];
   for (const n of index.nodes) {
-    if (suppressed.has(n.id)) continue;
-    const hadLinks = index.adjacency.get(n.id).length > 0;
-    if (hadLinks && !linked.has(n.id)) continue;
+    if (hideNodes) {
+      if (suppressed.has(n.id)) continue;
+      const hadLinks = index.adjacency.get(n.id).length > 0;
+      if (hadLinks && !linked.has(n.id)) continue;
+    } else if (unsuppressedLinks.has(n.id) && !linked.has(n.id)) continue;
     nodes.push(n.id);
   }
   return { nodes, links, suppressed: suppressed.size, belowMin };
+}
+
+/**
+ * What an export of the screen covers (the collector's `POST /api/v1/maps/export` body): the
+ * nodes shown and the links shown as `[source, target]` pairs, one per pair, plus each shown
+ * node's traffic with itself (a cluster's internal traffic, shown in its details).
+ */
+export function visibleSubset(index, filtered) {
+  const shown = new Set(filtered.nodes);
+  const seen = new Set();
+  const links = [];
+  const add = (l) => {
+    const k = `${l.source}\u0000${l.target}`;
+    if (seen.has(k)) return;
+    seen.add(k);
+    links.push([l.source, l.target]);
+  };
+  for (const i of filtered.links) add(index.links[i]);
+  for (const l of index.selfLinks) if (shown.has(l.source)) add(l);
+  return { nodes: [...filtered.nodes], links };
+}
+
+/** What node sizes can follow. */
+export const SIZE_BY = ["bytes", "price"];
+
+/** A node's price per hour when it has a positive one, else null (sized smallest). */
+export function nodePrice(n) {
+  const p = n.price_per_hour;
+  return typeof p === "number" && Number.isFinite(p) && p > 0 ? p : null;
+}
+
+/**
+ * The raw size of each node (before crowded maps shrink it), between `min` and `max`: by bytes
+ * in+out on a log scale between the smallest and the largest non-zero (as before), or by price
+ * with the area proportional to the price per hour (a cluster's price is its members' sum, as
+ * the collector writes it), the priciest at `max`. Nodes without a price get `min`.
+ * Returns `{ size(n), lo, hi, unpriced }`: the range of values sized, and how many nodes had no
+ * price.
+ */
+export function sizeScale(nodes, by, min, max) {
+  if (by === "price") {
+    let lo = Infinity, hi = 0, unpriced = 0;
+    for (const n of nodes) {
+      const p = nodePrice(n);
+      if (p === null) unpriced++;
+      else {
+        lo = Math.min(lo, p);
+        hi = Math.max(hi, p);
+      }
+    }
+    const size = (n) => {
+      const p = nodePrice(n);
+      return p === null || hi === 0 ? min : min + (max - min) * Math.sqrt(p / hi);
+    };
+    return { size, lo, hi, unpriced };
+  }
+  let lo = Infinity, hi = 0;
+  for (const n of nodes) {
+    const b = nodeBytes(n);
+    if (b > 0) {
+      lo = Math.min(lo, b);
+      hi = Math.max(hi, b);
+    }
+  }
+  const raw = logScale(Number.isFinite(lo) ? lo : 1, hi, min, max);
+  return { size: (n) => raw(nodeBytes(n)), lo, hi, unpriced: 0 };
 }
 
 /** The key of the group a node is pulled towards, or null when ungrouped. */
@@ -319,10 +405,28 @@ function termMatches(n, t) {
         lc(n.instance_type) === t.text ||
         n.addresses.some((a) => lc(a).includes(t.text)) ||
         n.processes.some((p) => lc(p).includes(t.text)) ||
-        n.security_groups.some((g) => lc(g).includes(t.text))
+        n.security_groups.some((g) => lc(g).includes(t.text)) ||
+        servesNamed(n, t.text) // issue 12 item 4
       );
   }
 }
+
+// ---- issue 12 item 4 (service names): a node matches a search for a service it serves
+// ("postgresql"), named by the links' `services` (parallel to `server_ports`, absent in older
+// maps); indexMap records them per server node.
+const servedNames = new WeakMap();
+function noteServices(byId, l) {
+  if (!Array.isArray(l.services)) return;
+  const n = byId.get(l.target);
+  let set = servedNames.get(n);
+  if (!set) servedNames.set(n, (set = new Set()));
+  for (const s of l.services) if (typeof s === "string" && s) set.add(s.toLowerCase());
+}
+function servesNamed(n, text) {
+  for (const s of servedNames.get(n) ?? []) if (s.includes(text)) return true;
+  return false;
+}
+// ---- end issue 12 item 4 ----
 
 /** Ids of the nodes (among `candidates`) that match every term of the query. */
 export function searchNodes(index, query, candidates) {

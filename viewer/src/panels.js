@@ -6,10 +6,26 @@
 import { DIFF_COLORS, COST_COLORS, EDGE_CROSS_ENV, EDGE_NEUTRAL, EXTERNAL, KIND_COLORS, UNKNOWN, tint } from "./colors.js";
 import { $, fill, h } from "./dom.js";
 import { fmtSeen, fmtBytes, fmtCount, fmtUsd, linkBytes, peersOf } from "./model.js";
-import { EDGE_MAX } from "./scene.js";
+import { EDGE_MAX, PINNED } from "./scene.js";
 
 export const VIEW_NAMES = { instances: "Instances", clusters: "Clusters", "security-groups": "Security groups" };
 export const KIND_NAMES = { host: "host", unmonitored: "unmonitored host", external: "external", cluster: "cluster", security_group: "security group" };
+
+// ---- issue 12 item 4 (service names): ports with the names the map gives them, "5432/postgresql".
+// A link's `services` is parallel to its `server_ports` ("" for a port without a name) and absent
+// in older maps; a node's ports take the names of the links it serves.
+export function portLabels(ports, services) {
+  return ports.map((p, i) => (services?.[i] ? `${p}/${services[i]}` : String(p))).join(", ");
+}
+function nodePortLabels(index, n) {
+  const names = new Map();
+  for (const i of index.adjacency.get(n.id) ?? []) {
+    const l = index.links[i];
+    if (l.target === n.id) (l.services ?? []).forEach((s, k) => s && names.set(l.server_ports[k], s));
+  }
+  return portLabels(n.server_ports, n.server_ports.map((p) => names.get(p)));
+}
+// ---- end issue 12 item 4 ----
 
 export class Panels {
   constructor(app) {
@@ -35,7 +51,7 @@ export class Panels {
     const b = this.app.scene.graph.getNodeAttributes(t);
     const lines = [
       h("div", { class: "t" }, `${this.app.data.index.byId.get(s).label} → ${this.app.data.index.byId.get(t).label}`),
-      h("div", { class: "m" }, `port ${l.server_ports.join(", ") || "–"} · ${fmtCount(l.connections)} connections`),
+      h("div", { class: "m" }, `port ${portLabels(l.server_ports, l.services) || "–"} · ${fmtCount(l.connections)} connections`),
       h("div", {}, `→ ${fmtBytes(l.bytes_to_target)} · ← ${fmtBytes(l.bytes_to_source)}`),
     ];
     if (l.diff) lines.push(h("div", {}, diffText(l)));
@@ -77,6 +93,9 @@ export class Panels {
     // Optional fields of newer collectors (labels, region, agent health) show when present.
     const labels = n.labels && Object.keys(n.labels).length ? Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", ") : null;
     const health = n.health ? `${fmtCount(n.health.reports)} reports${n.health.probe_drops ? ` · ${fmtCount(n.health.probe_drops)} probe drops (bytes may be low)` : ""}${n.health.spool_dropped ? ` · ${fmtCount(n.health.spool_dropped)} reports lost` : ""}` : null;
+    // issue 12 item 5: host health from the agent (last sample of the range, largest load1).
+    const hs = n.host;
+    const hostStats = hs ? `up ${Math.floor(hs.uptime_seconds / 86400)}d ${Math.floor((hs.uptime_seconds % 86400) / 3600)}h · load ${[hs.load1, hs.load5, hs.load15].map((v) => v.toFixed(2)).join(" / ")} (max ${hs.load1_max.toFixed(2)}) · ${hs.cpus} CPU${hs.cpus === 1 ? "" : "s"} · memory ${hs.memory_total_bytes ? Math.round((100 * (hs.memory_total_bytes - hs.memory_available_bytes)) / hs.memory_total_bytes) : 0}% used of ${fmtBytes(hs.memory_total_bytes)} · at ${hs.sampled_at.replace("T", " ").replace(/(\.\d+)?Z$/, "")} UTC` : null;
     const shown = this.app.scene.graph.hasNode(id);
     const peers = peersOf(index, id, shown ? this.app.filtered.links : null);
     const self = index.selfLinks.filter((l) => l.source === id);
@@ -98,12 +117,13 @@ export class Panels {
         row("members", "Members", n.members > 1 || n.kind === "cluster" || n.kind === "security_group" ? fmtCount(n.members) : null),
         row("security_groups", "Security groups", n.security_groups.join(", ")),
         row("processes", "Processes", n.processes.join(", ")),
-        row("server_ports", "Server ports", n.server_ports.join(", ")),
+        row("server_ports", "Server ports", nodePortLabels(index, n)),
         row("bytes_in", "Bytes in", fmtBytes(n.bytes_in)),
         row("bytes_out", "Bytes out", fmtBytes(n.bytes_out)),
         row("connections", "Connections", fmtCount(n.connections)),
         row("cost", "Transfer cost", fmtUsd(n.cost_usd)),
         row("health", "Agent", health),
+        row("host", "Host health", hostStats), // issue 12 item 5
         self.length ? row("internal", "Internal traffic", `${fmtBytes(self.reduce((a, l) => a + linkBytes(l), 0))} (${n.kind === "cluster" || n.kind === "security_group" ? "between its members" : "to itself"}, not drawn)`) : null,
       ),
       h("h3", {}, `Peers (${peers.length})`),
@@ -115,7 +135,7 @@ export class Panels {
                 h("td", {}, h("button", { type: "button", class: "peer", onclick: () => this.app.select(p.peer.id, true) }, p.peer.label),
                   p.link.diff && p.link.diff !== "same" ? h("span", { class: "diff-tag", style: `background:${DIFF_COLORS[p.link.diff]};margin-left:4px` }, p.link.diff) : null),
                 h("td", {}, p.role),
-                h("td", {}, p.ports.join(", ")),
+                h("td", {}, portLabels(p.ports, p.link.services)),
                 h("td", { class: "num" }, fmtBytes(p.sent)),
                 h("td", { class: "num" }, fmtBytes(p.received)),
                 h("td", { class: "num" }, fmtUsd(p.cost))))))
@@ -138,7 +158,7 @@ export class Panels {
       h("dl", {},
         row("client", "Client", h("button", { type: "button", class: "peer", onclick: () => this.app.select(s.id, true) }, s.label)),
         row("server", "Server", h("button", { type: "button", class: "peer", onclick: () => this.app.select(t.id, true) }, t.label)),
-        row("server_ports", "Server ports", l.server_ports.join(", ")),
+        row("server_ports", "Server ports", portLabels(l.server_ports, l.services)),
         row("bytes_to_target", "Client → server", fmtBytes(l.bytes_to_target)),
         row("bytes_to_source", "Server → client", fmtBytes(l.bytes_to_source)),
         row("connections", "Connections", fmtCount(l.connections)),
@@ -189,11 +209,22 @@ export class Panels {
     }
     parts.push(item(dot(EXTERNAL), "external address"));
     parts.push(item(dot(tint("#4e79a7", 0.7), "#4e79a7", 5, 2.5), "ring: unmonitored (no agent)"));
+    if (this.app.pinned.size) parts.push(item(dot("#c9ced6", PINNED, 5, 2.5), `violet ring: pinned (${this.app.pinned.size}; double-click releases)`));
     const sc = this.app.scene.scales;
-    parts.push(h("h3", {}, "Size and width (log scale)"));
-    if (Number.isFinite(sc.node[0])) {
-      parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(1.5, sc.nodeSize(sc.node[0]))), `node: ${fmtBytes(sc.node[0])} in+out`));
-      parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(3, sc.nodeSize(sc.node[1]))), `node: ${fmtBytes(sc.node[1])}`));
+    if (sc.sizeBy === "price") {
+      // Issue 12: sized by price per hour (area ∝ price); nodes without a price are smallest.
+      parts.push(h("h3", { id: "legend-size" }, "Size: price per hour; width: bytes (log scale)"));
+      if (Number.isFinite(sc.node[0])) {
+        parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(1.5, sc.nodeSize(sc.node[0]))), `node: ${fmtUsd(sc.node[0])}/h`));
+        parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(3, sc.nodeSize(sc.node[1]))), `node: ${fmtUsd(sc.node[1])}/h`));
+      }
+      if (sc.unpriced) parts.push(h("div", { class: "item", id: "legend-unpriced" }, dot("#c9ced6", "#9aa3af", 1.5), h("span", {}, `no price: smallest size (${fmtCount(sc.unpriced)} node${sc.unpriced === 1 ? "" : "s"})`)));
+    } else {
+      parts.push(h("h3", { id: "legend-size" }, "Size and width (log scale)"));
+      if (Number.isFinite(sc.node[0])) {
+        parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(1.5, sc.nodeSize(sc.node[0]))), `node: ${fmtBytes(sc.node[0])} in+out`));
+        parts.push(item(dot("#c9ced6", "#9aa3af", Math.max(3, sc.nodeSize(sc.node[1]))), `node: ${fmtBytes(sc.node[1])}`));
+      }
     }
     if (Number.isFinite(sc.edge[0])) {
       parts.push(item(line(EDGE_NEUTRAL, Math.max(1, sc.edgeSize(sc.edge[0])), true), `link: ${fmtBytes(sc.edge[0])}`));
@@ -218,7 +249,7 @@ export class Panels {
   updateFilterSummary() {
     const f = this.app.filtered;
     const bits = [];
-    if (f.suppressed) bits.push(`${fmtCount(f.suppressed)} node(s) suppressed`);
+    if (f.suppressed) bits.push(`${fmtCount(f.suppressed)} node(s) suppressed${this.app.state.hideNodes ? "" : " (links hidden, nodes shown)"}`);
     if (f.belowMin) bits.push(`${fmtCount(f.belowMin)} link(s) under ${fmtBytes(this.app.state.minBytes)}`);
     $("#filter-summary").textContent = bits.join(" · ");
   }
@@ -244,7 +275,7 @@ export class Panels {
       items.push(h("span", { id: "diff-counts" }, `links: ${c.new} new · ${c.gone} gone · ${c.changed} changed`));
     }
     const lay = this.app.layout;
-    items.push(h("span", {}, lay.state === "running" ? "layout running…" : lay.state === "settled" ? `layout settled in ${(lay.millis / 1000).toFixed(1)} s (${lay.iterations}${lay.budgetSpent ? ` of ${lay.maxIterations} iterations: time budget reached` : " iterations"})` : ""));
+    items.push(h("span", {}, lay.state === "running" ? "layout running…" : lay.state === "settled" ? `layout settled in ${(lay.millis / 1000).toFixed(1)} s (${lay.iterations}${lay.budgetSpent ? ` of ${lay.maxIterations} iterations: time budget reached` : " iterations"})` : lay.state === "paused" ? `layout paused after ${lay.iterations} iterations` : ""));
     items.push(h("span", { style: "margin-left:auto", id: "renderer-kind" }, this.app.renderer?.kind === "webgl" ? "WebGL" : this.app.rendererWhy ?? "Canvas 2D"));
     st.replaceChildren(...items);
   }

@@ -151,8 +151,14 @@ export class CanvasRenderer {
   }
 
   refresh() {
-    this.frame();
+    if (!this.frozen) this.frame();
     this.scheduleRender();
+  }
+
+  /** While on (a node is dragged), the framing of the graph stays as it is. */
+  freezeFraming(on) {
+    this.frozen = on;
+    if (!on) this.frame();
   }
 
   refreshPositions() {

@@ -99,6 +99,11 @@ export class SigmaRenderer {
     this.sigma.refresh();
   }
 
+  /** While on (a node is dragged), the framing of the graph stays as it is. */
+  freezeFraming(on) {
+    this.sigma.setCustomBBox(on ? this.sigma.getBBox() : null);
+  }
+
   /** Positions changed (layout progress): sigma listens to the graph and has scheduled it. */
   refreshPositions() {}
 

@@ -5,9 +5,11 @@
 
 import Graph from "graphology";
 import { COST_COLORS, DIFF_COLORS, DIMMED_EDGE, DIMMED_NODE, EDGE_CROSS_ENV, EDGE_NEUTRAL, EXTERNAL, HIGHLIGHT, KIND_COLORS, UNKNOWN, categoryColors, envColors, onBackground, shade, tint } from "./colors.js";
-import { linkBytes, logScale, nodeBytes } from "./model.js";
+import { linkBytes, logScale, sizeScale } from "./model.js";
 
 export const NODE_MIN = 3;
+/** The ring of a pinned node. */
+export const PINNED = "#6d28d9";
 export const NODE_MAX = 18;
 export const EDGE_MIN = 0.6;
 export const EDGE_MAX = 7;
@@ -41,14 +43,7 @@ function edgeColor(l, src, dst, mode) {
  */
 export function buildGraph(index, filtered, state, pal, positions, viewport) {
   const graph = new Graph({ type: "directed", multi: false, allowSelfLoops: false });
-  let nLo = Infinity, nHi = 0, eLo = Infinity, eHi = 0;
-  for (const id of filtered.nodes) {
-    const b = nodeBytes(index.byId.get(id));
-    if (b > 0) {
-      nLo = Math.min(nLo, b);
-      nHi = Math.max(nHi, b);
-    }
-  }
+  let eLo = Infinity, eHi = 0;
   for (const i of filtered.links) {
     const b = linkBytes(index.links[i]);
     eLo = Math.min(eLo, b);
@@ -57,11 +52,16 @@ export function buildGraph(index, filtered, state, pal, positions, viewport) {
   // Crowded maps get smaller circles: at the whole-map zoom, circles cover at most about a
   // fifth of the viewport (their size grows as one zooms in).
   const view = viewport ?? { width: 1000, height: 700 };
-  const raw = logScale(Number.isFinite(nLo) ? nLo : 1, nHi, NODE_MIN, NODE_MAX);
+  // Sizes follow bytes, or the price per hour (state.sizeBy).
+  const sizeBy = state.sizeBy ?? "bytes";
+  const shown = filtered.nodes.map((id) => index.byId.get(id));
+  const sc = sizeScale(shown, sizeBy, NODE_MIN, NODE_MAX);
   let area = 0;
-  for (const id of filtered.nodes) area += Math.PI * raw(nodeBytes(index.byId.get(id))) ** 2;
+  for (const n of shown) area += Math.PI * sc.size(n) ** 2;
   const shrink = Math.min(1, Math.sqrt((0.2 * view.width * view.height) / Math.max(area, 1)));
-  const nodeSize = (b) => Math.max(1.2, raw(b) * shrink);
+  // By bytes, `nodeSize` takes a byte count (the legend's samples); by price, a price.
+  const raw = sizeBy === "price" ? (p) => sc.size({ price_per_hour: p }) : logScale(Number.isFinite(sc.lo) ? sc.lo : 1, sc.hi, NODE_MIN, NODE_MAX);
+  const nodeSize = (v) => Math.max(1.2, raw(v) * shrink);
   // Many links: thinner and lighter, or they bury the nodes under one grey mass.
   const edgeDensity = Math.min(1, Math.sqrt(3000 / Math.max(filtered.links.length, 1)));
   const rawEdge = logScale(Number.isFinite(eLo) ? eLo : 1, eHi, EDGE_MIN, EDGE_MAX);
@@ -83,7 +83,7 @@ export function buildGraph(index, filtered, state, pal, positions, viewport) {
     graph.addNode(id, {
       x: p ? p[0] : 0,
       y: p ? p[1] : 0,
-      size: nodeSize(nodeBytes(n)),
+      size: Math.max(1.2, sc.size(n) * shrink),
       label: n.label,
       color,
       borderColor,
@@ -106,7 +106,7 @@ export function buildGraph(index, filtered, state, pal, positions, viewport) {
   }
   return {
     graph,
-    scales: { node: [nLo, nHi], edge: [eLo, eHi], nodeSize, edgeSize, shrink },
+    scales: { node: [sc.lo, sc.hi], edge: [eLo, eHi], nodeSize, edgeSize, shrink, sizeBy, unpriced: sc.unpriced },
   };
 }
 
@@ -115,13 +115,19 @@ export function buildGraph(index, filtered, state, pal, positions, viewport) {
  * their neighbours, or the hovered node's neighbourhood): everything else is greyed and loses
  * its label. `marked` nodes (search hits, the selection) get a dark ring and always a label.
  */
-export function makeReducers(getGraph, getFocus) {
-  const nodeReducer = (node, data) => {
+export function makeReducers(getGraph, getFocus, getPins = () => null) {
+  const focused = (node, data) => {
     const { focus, marked } = getFocus();
     if (!focus) return data;
     if (!focus.has(node)) return { ...data, color: DIMMED_NODE, borderColor: DIMMED_NODE, label: null, zIndex: 0 };
     if (marked?.has(node)) return { ...data, borderColor: HIGHLIGHT, borderSize: 0.3, forceLabel: true, zIndex: 2, highlighted: false };
     return { ...data, forceLabel: focus.size <= 60, zIndex: 1 };
+  };
+  // A pinned node (dragged into place) wears a thick violet ring, unless it is dimmed.
+  const nodeReducer = (node, data) => {
+    const d = focused(node, data);
+    if (!getPins()?.has(node) || d.color === DIMMED_NODE) return d;
+    return { ...d, borderColor: PINNED, borderSize: 0.45 };
   };
   const edgeReducer = (edge, data) => {
     const { focus, edgesHidden } = getFocus();

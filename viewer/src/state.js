@@ -1,7 +1,7 @@
 // The view state, and its round trip through the page URL (query string), so that a view can be
 // shared by copying the address. Defaults are left out of the URL to keep links short.
 
-import { GROUPINGS, VIEWS } from "./model.js";
+import { GROUPINGS, SIZE_BY, VIEWS } from "./model.js";
 
 export const DEFAULTS = Object.freeze({
   view: "instances",
@@ -25,7 +25,48 @@ export const DEFAULTS = Object.freeze({
   edges: "traffic", // traffic | crossenv | cost
   changes: false, // diff: hide unchanged links
   renderer: "auto", // auto (WebGL on a GPU, else canvas) | webgl | canvas
+  // Issue 12 (old-tool parity).
+  hideNodes: true, // suppressed nodes are hidden too (false: only their links, as the old tool)
+  sizeBy: "bytes", // bytes | price
+  pins: [], // [[node id, x, y], ...]: nodes dragged into place (graph coordinates)
 });
+
+/** Pins kept in the URL at most (the oldest go first), and the longest node id pinned. */
+export const MAX_PINS = 100;
+export const MAX_PIN_ID = 256;
+/** Pinned coordinates are bounded and kept to two decimals. */
+const PIN_BOUND = 1e7;
+const round2 = (v) => Math.round(v * 100) / 100;
+
+/** `id@x,y` (the URL form of a pin), or null when out of bounds. */
+export function formatPin([id, x, y]) {
+  if (typeof id !== "string" || !id || id.length > MAX_PIN_ID || !Number.isFinite(x) || !Number.isFinite(y)) return null;
+  if (Math.abs(x) > PIN_BOUND || Math.abs(y) > PIN_BOUND) return null;
+  return `${id}@${round2(x)},${round2(y)}`;
+}
+
+/** The pin an `id@x,y` stands for, or null when malformed (the id may hold `@` and `,`). */
+export function parsePin(s) {
+  // Bounded before the pattern runs: a URL can be long.
+  if (typeof s !== "string" || s.length > MAX_PIN_ID + 40) return null;
+  const m = /^(.+)@(-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?)$/s.exec(s);
+  if (!m || m[1].length > MAX_PIN_ID) return null;
+  const x = Number(m[2]);
+  const y = Number(m[3]);
+  if (Math.abs(x) > PIN_BOUND || Math.abs(y) > PIN_BOUND) return null;
+  return [m[1], round2(x), round2(y)];
+}
+
+/** Adds or moves a pin (the newest last), keeping at most MAX_PINS. */
+export function withPin(pins, id, x, y) {
+  const p = parsePin(formatPin([id, x, y]) ?? "");
+  if (!p) return pins;
+  return [...pins.filter((q) => q[0] !== id), p].slice(-MAX_PINS);
+}
+
+export function withoutPin(pins, id) {
+  return pins.filter((q) => q[0] !== id);
+}
 
 /**
  * What a change of each state key re-does, so that one function (`App.set`) applies any change:
@@ -59,6 +100,11 @@ export const EFFECTS = Object.freeze({
   sel: {},
   // Read once, when the renderer is created.
   renderer: {},
+  hideNodes: { rebuild: true, relayout: true },
+  // Sizes only: the positions stay.
+  sizeBy: { rebuild: true },
+  // A drag has already put the node where its pin says; the layout reads pins when it starts.
+  pins: {},
 });
 
 /** What a partial state change re-does: the union of the EFFECTS of its keys. */
@@ -110,7 +156,20 @@ export function parseState(search) {
     edges: oneOf(get("edges"), ["traffic", "crossenv", "cost"], DEFAULTS.edges),
     changes: get("changes") === "1",
     renderer: oneOf(get("renderer"), ["auto", "webgl", "canvas"], DEFAULTS.renderer),
+    hideNodes: get("hideNodes") !== "0",
+    sizeBy: oneOf(get("size"), SIZE_BY, DEFAULTS.sizeBy),
+    pins: pinsOf(p.getAll("pin")),
   };
+}
+
+/** Pins from the URL: malformed ones dropped, one per node (the last wins), at most MAX_PINS. */
+function pinsOf(values) {
+  let pins = [];
+  for (const v of values.slice(-4 * MAX_PINS)) {
+    const p = parsePin(v);
+    if (p) pins = withPin(pins, p[0], p[1], p[2]);
+  }
+  return pins;
 }
 
 /** Writes the state as a query string (without the `?`), defaults omitted, in a stable order. */
@@ -144,6 +203,12 @@ export function serializeState(s) {
   put("edges", s.edges, DEFAULTS.edges);
   if (s.mode === "diff") put("changes", s.changes ? "1" : "", "");
   put("renderer", s.renderer, DEFAULTS.renderer);
+  put("hideNodes", s.hideNodes ? "" : "0", "");
+  put("size", s.sizeBy, DEFAULTS.sizeBy);
+  for (const pin of (s.pins ?? []).slice(-MAX_PINS)) {
+    const v = formatPin(pin);
+    if (v) p.append("pin", v);
+  }
   return p.toString();
 }
 

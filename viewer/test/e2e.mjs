@@ -71,27 +71,40 @@ function drawnLinks(doc, keep = () => true) {
 
 /**
  * The filter rules of docs/viewer.md, written out again independently of the viewer's code:
- * suppressed nodes go with their links, links under minBytes go, and nodes that lose every link
- * go too (nodes that never had one stay).
+ * a suppressed node's links go (external addresses match `external`, nodes without an env or
+ * archdomain `unknown`), and with "hide suppressed nodes too" (on unless `hideNodes` is false)
+ * the node goes too, and so do nodes that lose every link; without it those stay. Links under
+ * minBytes go, and nodes that lose every link to that go too (nodes that never had one stay).
+ * `ids` and `pairs`: the nodes and the [source, target] pairs shown (self-links of shown nodes
+ * included), what an export of the screen covers.
  */
-function expectedAfterFilters(doc, { hideEnv = [], archRe = null, minBytes = 0 }) {
-  const re = archRe ? new RegExp(archRe, "i") : null;
-  const suppressed = new Set(doc.nodes.filter((n) => (n.env && hideEnv.includes(n.env)) || (re && n.archdomain && re.test(n.archdomain))).map((n) => n.id));
-  const keep = (l) => !suppressed.has(l.source) && !suppressed.has(l.target) && l.bytes_to_target + l.bytes_to_source >= minBytes;
+function expectedVisible(doc, { hideEnv = [], envRe = null, archRe = null, minBytes = 0, hideNodes = true }) {
+  const value = (n, k) => n[k] || (n.kind === "external" ? "external" : "unknown");
+  const er = envRe ? new RegExp(envRe, "i") : null;
+  const ar = archRe ? new RegExp(archRe, "i") : null;
+  const suppressed = new Set(doc.nodes.filter((n) => (n.env && hideEnv.includes(n.env)) || (er && er.test(value(n, "env"))) || (ar && ar.test(value(n, "archdomain")))).map((n) => n.id));
+  const unsuppressed = (l) => !suppressed.has(l.source) && !suppressed.has(l.target);
+  const keep = (l) => unsuppressed(l) && l.bytes_to_target + l.bytes_to_source >= minBytes;
   const linked = new Set();
   const hadLinks = new Set();
   for (const l of doc.links) {
     if (l.source === l.target) continue;
-    hadLinks.add(l.source);
-    hadLinks.add(l.target);
+    if (hideNodes || unsuppressed(l)) {
+      hadLinks.add(l.source);
+      hadLinks.add(l.target);
+    }
     if (keep(l)) {
       linked.add(l.source);
       linked.add(l.target);
     }
   }
-  const nodes = doc.nodes.filter((n) => !suppressed.has(n.id) && (!hadLinks.has(n.id) || linked.has(n.id)));
-  return { nodes: nodes.length, links: drawnLinks(doc, keep), suppressed: suppressed.size };
+  const nodes = doc.nodes.filter((n) => !(hideNodes && suppressed.has(n.id)) && (!hadLinks.has(n.id) || linked.has(n.id)));
+  const ids = new Set(nodes.map((n) => n.id));
+  const pairs = [...new Set(doc.links.filter((l) => (l.source === l.target ? ids.has(l.source) : keep(l))).map((l) => JSON.stringify([l.source, l.target])))].map((k) => JSON.parse(k));
+  return { nodes: nodes.length, links: drawnLinks(doc, keep), suppressed: suppressed.size, ids: [...ids], pairs };
 }
+
+const expectedAfterFilters = expectedVisible;
 
 /** new / gone / changed (>= 2x either way) / same links between two maps. */
 function expectedDiff(before, after) {
@@ -128,6 +141,12 @@ function expectedChangedDrawn(before, after) {
 }
 
 // ------------------------------------------------------------------ the server
+
+/** The suppression presets the collector is configured with (`[viewer]`), for the preset step. */
+const PRESETS = [
+  { name: "No external addresses", env: "^external$", archdomain: "", hide_nodes: true },
+  { name: "Monitoring links", env: "", archdomain: expect.archRegex, hide_nodes: false },
+];
 
 async function freePort() {
   return new Promise((res, rej) => {
@@ -170,6 +189,8 @@ async function startBackend() {
         "enabled = false",
         "[enrich.env]",
         'aliases = { "production" = "prod" }',
+        // The viewer's suppression presets (issue 12): served by /api/v1/viewer-config.
+        ...PRESETS.flatMap((p) => ["[[viewer.suppression_presets]]", ...Object.entries(p).map(([k, v]) => `${k} = ${JSON.stringify(v)}`)]),
         "",
       ].join("\n"),
     );
@@ -206,7 +227,7 @@ async function startBackend() {
     };
   }
   const { startServer } = await import("./server.mjs");
-  const { server, url } = await startServer({ mapsDir });
+  const { server, url } = await startServer({ mapsDir, presets: PRESETS });
   return { url, stop: () => server.close() };
 }
 
@@ -685,6 +706,195 @@ try {
     const c2 = await page.evaluate(() => window.__trafficmap.camera());
     ok(c2.ratio < c1.ratio * 0.5, `wheel zooms in: ratio ${c1.ratio} -> ${c2.ratio}`);
     await shot(page, "12b-after-drag-and-wheel");
+  });
+
+  // ---------------------------------------------------------------- parity with the old tool (issue 12)
+
+  /** Every drawn node's viewport and graph position. */
+  const positions = () => page.evaluate(() => window.__trafficmap.nodeIds().map((id) => ({ id, ...window.__trafficmap.node(id) })));
+
+  await step("layout: pause stops it where the nodes are, resume runs it again", async () => {
+    await open(page, base, "group=none");
+    eq((await page.locator("#pause-layout").textContent()).trim(), "Resume layout", "button once the layout settled");
+    // A new layout (influence 3) starts and is paused in the same task: no progress can land.
+    const state = await page.evaluate(() => {
+      const el = document.querySelector("#influence");
+      el.value = "3";
+      el.dispatchEvent(new Event("change"));
+      const running = window.__trafficmap.layout.state;
+      document.querySelector("#pause-layout").click();
+      return [running, window.__trafficmap.layout.state, document.querySelector("#pause-layout").textContent];
+    });
+    eq(state, ["running", "paused", "Resume layout"], "layout state before and after Pause, button text");
+    const paused = await positions();
+    await page.waitForTimeout(800);
+    eq(await positions(), paused, "positions 0.8 s after the pause");
+    ok((await page.locator("#status").textContent()).includes("layout paused after 0 iterations"), "status line says paused");
+    await page.locator("#pause-layout").click();
+    await ready(page);
+    const after = await positions();
+    const moved = after.filter((p, i) => Math.hypot(p.x - paused[i].x, p.y - paused[i].y) > 2).length;
+    ok(moved > after.length / 2, `only ${moved} of ${after.length} nodes moved when the paused layout resumed`);
+    // The keyboard does the same: p pauses a running layout.
+    await page.evaluate(() => {
+      const el = document.querySelector("#influence");
+      el.value = "2";
+      el.dispatchEvent(new Event("change"));
+      document.querySelector("#map").dispatchEvent(new KeyboardEvent("keydown", { key: "p", bubbles: true }));
+    });
+    eq(await page.evaluate(() => window.__trafficmap.layout.state), "paused", "p pauses");
+  });
+
+  await step("drag a node to pin it (marked, in the URL, kept by the layout); double-click releases it", async () => {
+    await open(page, base, "group=none");
+    const all = await positions();
+    const xs = all.map((n) => n.x), ys = all.map((n) => n.y);
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    // The most interior node, moved towards the middle: the map's framing stays as it is.
+    const inner = (n) => Math.min(n.x - x0, x1 - n.x, n.y - y0, y1 - n.y);
+    const n = all.reduce((a, b) => (inner(b) > inner(a) ? b : a));
+    ok(inner(n) > 10, `no interior node to drag (best ${inner(n)} px from the edge)`);
+    const mid = { x: (x0 + x1) / 2, y: (y0 + y1) / 2 };
+    const d = Math.hypot(mid.x - n.x, mid.y - n.y) || 1;
+    const px = Math.min(25, inner(n) - 5);
+    // Towards the middle, or to the right when the node is the middle.
+    const [ux, uy] = d > 1 ? [(mid.x - n.x) / d, (mid.y - n.y) / d] : [1, 0];
+    const to = { x: n.x + ux * px, y: n.y + uy * px };
+    const box = await page.locator("#map").boundingBox();
+    await page.mouse.move(box.x + n.x, box.y + n.y);
+    await page.mouse.down();
+    for (let i = 1; i <= 8; i++) await page.mouse.move(box.x + n.x + ((to.x - n.x) * i) / 8, box.y + n.y + ((to.y - n.y) * i) / 8);
+    await page.mouse.up();
+    await frames(page);
+    const p = await page.evaluate((id) => window.__trafficmap.node(id), n.id);
+    ok(Math.hypot(p.x - to.x, p.y - to.y) < 1.5, `the node is at (${p.x}, ${p.y}), not where it was dropped (${to.x}, ${to.y})`);
+    eq([p.pinned, p.borderColor], [true, "#6d28d9"], "pinned and marked");
+    eq((await page.evaluate(() => window.__trafficmap.state())).pins, [[n.id, p.gx, p.gy]], "pins in the state");
+    eq(new URL(page.url()).searchParams.getAll("pin"), [`${n.id}@${p.gx},${p.gy}`], "pin in the URL");
+    eq((await page.evaluate(() => window.__trafficmap.camera())).ratio, 1, "the drag moved the node, not the camera");
+    const others = all.filter((o) => o.id !== n.id);
+    eq((await positions()).filter((o) => o.id !== n.id).map((o) => [o.gx, o.gy]), others.map((o) => [o.gx, o.gy]), "other nodes did not move");
+    // The layout runs again around it; the pinned node stays.
+    await page.locator("#pause-layout").click();
+    await ready(page);
+    const q = await page.evaluate((id) => window.__trafficmap.node(id), n.id);
+    eq([q.gx, q.gy], [p.gx, p.gy], "pinned node after the layout ran again");
+    await shot(page, "14-pinned");
+    // A shared link puts it there again.
+    await page.goto(page.url());
+    await ready(page);
+    const r = await page.evaluate((id) => window.__trafficmap.node(id), n.id);
+    eq([r.gx, r.gy, r.pinned], [p.gx, p.gy, true], "pinned node from the URL");
+    await page.mouse.dblclick(box.x + r.x, box.y + r.y);
+    await page.waitForFunction(() => window.__trafficmap.state().pins.length === 0);
+    eq(new URL(page.url()).searchParams.getAll("pin"), [], "no pin in the URL after the double-click");
+    const u = await page.evaluate((id) => window.__trafficmap.node(id), n.id);
+    ok(!u.pinned && u.borderColor !== "#6d28d9", `released node still marked: ${JSON.stringify(u)}`);
+  });
+
+  await step("suppression of external addresses by name; hide suppressed nodes too, or only their links", async () => {
+    const doc = mapOf("instances", newest);
+    const external = doc.nodes.filter((n) => n.kind === "external").map((n) => n.id);
+    ok(external.length > 0, "the map has external addresses");
+    await open(page, base, "envRe=%5Eexternal%24");
+    let st = await ready(page);
+    let want = expectedVisible(doc, { envRe: "^external$" });
+    eq([st.nodes, st.edges, st.suppressed], [want.nodes, want.links, want.suppressed], "^external$ with nodes hidden");
+    eq(want.suppressed, external.length, "every external address suppressed");
+    eq(await page.locator("#hide-nodes").isChecked(), true, "hide nodes is on by default");
+    await page.locator("#hide-nodes").uncheck();
+    st = await ready(page);
+    want = expectedVisible(doc, { envRe: "^external$", hideNodes: false });
+    eq([st.nodes, st.edges, st.suppressed], [want.nodes, want.links, want.suppressed], "^external$ with only links hidden");
+    ok(want.nodes > expectedVisible(doc, { envRe: "^external$" }).nodes, "the toggle changes what is shown");
+    ok(new URL(page.url()).searchParams.get("hideNodes") === "0", `hideNodes not in the URL: ${page.url()}`);
+    eq((await page.locator("#filter-summary").textContent()).trim(), `${external.length} node(s) suppressed (links hidden, nodes shown)`, "filter summary");
+    await assertNodesDrawn(page, await shot(page, "15-external-links-hidden"), external.slice(0, 2));
+  });
+
+  await step("suppression presets from the collector's [viewer] configuration", async () => {
+    const doc = mapOf("instances", newest);
+    await open(page, base);
+    eq(await page.locator("#preset option").allTextContents(), ["—", "No external addresses", "Monitoring links"], "preset options");
+    await page.selectOption("#preset", { label: "Monitoring links" });
+    let st = await ready(page);
+    let s = await page.evaluate(() => window.__trafficmap.state());
+    eq([s.envRe, s.archRe, s.hideNodes], ["", expect.archRegex, false], "state from the preset");
+    let want = expectedVisible(doc, { archRe: expect.archRegex, hideNodes: false });
+    eq([st.nodes, st.edges, st.suppressed], [want.nodes, want.links, want.suppressed], "nodes and links with the preset");
+    eq(await page.locator("#arch-re").inputValue(), expect.archRegex, "the regex box shows the preset's pattern");
+    await page.selectOption("#preset", { label: "No external addresses" });
+    st = await ready(page);
+    want = expectedVisible(doc, { envRe: "^external$" });
+    eq([st.nodes, st.edges, st.suppressed], [want.nodes, want.links, want.suppressed], "nodes and links with the other preset");
+    // A URL with the same suppressions shows that preset as chosen.
+    await open(page, base, `archRe=${encodeURIComponent(expect.archRegex)}&hideNodes=0`);
+    eq(await page.locator("#preset").inputValue(), "1", "preset recognised from the URL");
+    await page.selectOption("#preset", "");
+    st = await ready(page);
+    s = await page.evaluate(() => window.__trafficmap.state());
+    eq([s.envRe, s.archRe, s.hideNodes, st.nodes], ["", "", true, doc.nodes.length], "no preset: nothing suppressed");
+  });
+
+  await step("node size by price; nodes without a price are smallest, and the legend says so", async () => {
+    const doc = mapOf("instances", newest);
+    await open(page, base, "size=price");
+    const shrink = await page.evaluate(() => window.__trafficmap.nodeSizeShrink);
+    const prices = doc.nodes.map((n) => (n.price_per_hour > 0 ? n.price_per_hour : null));
+    const top = Math.max(...prices.filter((p) => p !== null));
+    const unpriced = prices.filter((p) => p === null).length;
+    ok(unpriced > 0 && unpriced < doc.nodes.length, "the map has nodes with and without a price");
+    for (const [i, n] of doc.nodes.entries()) {
+      const got = (await page.evaluate((id) => window.__trafficmap.node(id), n.id)).size;
+      const want = Math.max(1.2, (3 + 15 * (prices[i] === null ? 0 : Math.sqrt(prices[i] / top))) * shrink);
+      ok(Math.abs(got - want) < 1e-9, `${n.id} (price ${prices[i]}): size ${got}, expected ${want}`);
+    }
+    eq((await page.locator("#legend-size").textContent()).trim(), "Size: price per hour; width: bytes (log scale)", "legend heading");
+    eq((await page.locator("#legend-unpriced").textContent()).trim(), `no price: smallest size (${unpriced} nodes)`, "legend for nodes without a price");
+    eq(await page.locator("#size-by").inputValue(), "price", "size control");
+    await page.selectOption("#size-by", "bytes");
+    await page.waitForFunction(() => window.__trafficmap.state().sizeBy === "bytes");
+    ok(!new URL(page.url()).searchParams.has("size"), "bytes is the default, left out of the URL");
+    eq(await page.locator("#legend-unpriced").count(), 0, "no price note when sized by bytes");
+  });
+
+  await step("exports follow the screen: LucidChart CSV, draw.io CSV and DOT of the nodes and links shown; or the whole map", async () => {
+    const doc = mapOf("instances", newest);
+    const env = expect.envToHide;
+    await open(page, base, `hideEnv=${env}&envRe=%5Eexternal%24&hideNodes=0`);
+    const want = expectedVisible(doc, { hideEnv: [env], envRe: "^external$", hideNodes: false });
+    const sent = await page.evaluate(() => window.__trafficmap.subset());
+    const sorted = (xs) => xs.map((x) => JSON.stringify(x)).sort();
+    eq([sorted(sent.nodes), sorted(sent.links)], [sorted(want.ids), sorted(want.pairs)], "the subset the viewer sends");
+    eq(await page.locator("#export-scope").inputValue(), "screen", "exports cover the screen by default");
+    const day = newest.replaceAll("-", "");
+    for (const [id, fmt, name] of [["csv", "csv", `instances-${day}.csv`], ["drawio", "drawio", `instances-${day}.drawio.csv`], ["dot", "dot", `instances-${day}.dot`]]) {
+      const [dl] = await Promise.all([page.waitForEvent("download"), page.locator(`#export-${id}`).click()]);
+      eq(dl.suggestedFilename(), name, `${fmt} file name`);
+      const path = join(artifacts, `screen-${dl.suggestedFilename()}`);
+      await dl.saveAs(path);
+      const body = readFileSync(path, "utf8");
+      // The collector's export of the expected subset, asked for here: byte for byte the same.
+      const r = await page.request.post(`${base}/api/v1/maps/export?view=instances&day=${newest}&format=${fmt}`, { data: { nodes: want.ids, links: want.pairs } });
+      eq(r.status(), 200, `${fmt} subset export status`);
+      eq(body, await r.text(), `${fmt} download`);
+      const whole = await (await page.request.get(`${base}/api/v1/maps/export?view=instances&day=${newest}&format=${fmt}`)).text();
+      ok(body !== whole, `${fmt}: the screen's export equals the whole map's`);
+      if (fmt === "csv") {
+        eq((body.match(/^\d+,[^,\n]*,Flowchart Shapes,/gm) ?? []).length, want.ids.length, "CSV shape rows");
+        eq((body.match(/^\d+,Line,/gm) ?? []).length, doc.links.filter((l) => want.pairs.some(([a, b]) => a === l.source && b === l.target)).length, "CSV line rows");
+      } else if (fmt === "drawio") {
+        const rows = body.split("\n").filter((l) => l && !l.startsWith("#")).slice(1);
+        eq(rows.map((l) => l.split(",")[0]).sort(), [...want.ids].sort(), "draw.io rows, one per node shown");
+      } else {
+        eq((body.match(/ -> .*penwidth=/g) ?? []).length, doc.links.filter((l) => want.pairs.some(([a, b]) => a === l.source && b === l.target)).length, "DOT edges");
+      }
+    }
+    await page.selectOption("#export-scope", "all");
+    const [dl] = await Promise.all([page.waitForEvent("download"), page.locator("#export-drawio").click()]);
+    const path = join(artifacts, `whole-${dl.suggestedFilename()}`);
+    await dl.saveAs(path);
+    eq(readFileSync(path, "utf8"), await (await page.request.get(`${base}/api/v1/maps/export?view=instances&day=${newest}&format=drawio`)).text(), "whole-map draw.io download");
   });
 
   await step("keyboard: views, zoom, grouping, help, focusable controls", async () => {

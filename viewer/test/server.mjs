@@ -70,7 +70,13 @@ function toDot(doc) {
   return lines.join("\n") + "\n";
 }
 
-export function startServer({ mapsDir, distDir = join(here, "..", "dist"), port = 0, maps = null, host = "127.0.0.1" } = {}) {
+function exportOf(res, doc, format) {
+  if (format === "csv") return send(res, 200, toCsv(doc), "text/csv; charset=utf-8");
+  if (format === "dot") return send(res, 200, toDot(doc), "text/vnd.graphviz; charset=utf-8");
+  return send(res, 400, { error: "format: expected csv or dot (the mock has no draw.io export)" });
+}
+
+export function startServer({ mapsDir, distDir = join(here, "..", "dist"), port = 0, maps = null, host = "127.0.0.1", presets = [] } = {}) {
   // `maps`: optional in-memory {"view-YYYYMMDD": doc} (the benchmark's synthetic map).
   const load = (view, day) => {
     const key = `${view}-${day.replaceAll("-", "")}`;
@@ -101,9 +107,28 @@ export function startServer({ mapsDir, distDir = join(here, "..", "dist"), port 
     if (!docs.length) return [404, { error: "no data in that range" }];
     return [200, mergeMaps(docs, p.get("from"), p.get("to"))];
   };
-  const server = createServer((req, res) => {
+  const server = createServer(async (req, res) => {
     const url = new URL(req.url, "http://localhost");
+    // A subset export (the viewer's "what is on screen"): the map limited to the posted nodes
+    // and links, as the collector's viewerapi.rs does.
+    if (req.method === "POST" && url.pathname === "/api/v1/maps/export") {
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      let sub;
+      try {
+        sub = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+      } catch {
+        return send(res, 400, { error: "not a subset" });
+      }
+      const [status, body] = mapFor(url.searchParams);
+      if (status !== 200) return send(res, status, body);
+      const ids = new Set(sub.nodes);
+      const pairs = new Set(sub.links.map(([a, b]) => `${a}\u0000${b}`));
+      const part = { ...body, nodes: body.nodes.filter((n) => ids.has(n.id)), links: body.links.filter((l) => ids.has(l.source) && ids.has(l.target) && pairs.has(`${l.source}\u0000${l.target}`)) };
+      return exportOf(res, part, url.searchParams.get("format"));
+    }
     if (req.method !== "GET") return send(res, 405, { error: "method not allowed" });
+    if (url.pathname === "/api/v1/viewer-config") return send(res, 200, { suppression_presets: presets });
     if (url.pathname === "/api/v1/days") return send(res, 200, { days: days() });
     if (url.pathname === "/api/v1/maps") {
       const [status, body] = mapFor(url.searchParams);
@@ -112,10 +137,7 @@ export function startServer({ mapsDir, distDir = join(here, "..", "dist"), port 
     if (url.pathname === "/api/v1/maps/export") {
       const [status, body] = mapFor(url.searchParams);
       if (status !== 200) return send(res, status, body);
-      const format = url.searchParams.get("format");
-      if (format === "csv") return send(res, 200, toCsv(body), "text/csv; charset=utf-8");
-      if (format === "dot") return send(res, 200, toDot(body), "text/vnd.graphviz; charset=utf-8");
-      return send(res, 400, { error: "format: expected csv or dot" });
+      return exportOf(res, body, url.searchParams.get("format"));
     }
     if (url.pathname === "/healthz") return send(res, 200, "ok", "text/plain");
     const rel = url.pathname === "/" ? "index.html" : normalize(decodeURIComponent(url.pathname)).replace(/^\/+/, "");
@@ -129,6 +151,6 @@ export function startServer({ mapsDir, distDir = join(here, "..", "dist"), port 
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const arg = (k, d) => (process.argv.includes(k) ? process.argv[process.argv.indexOf(k) + 1] : d);
-  const { url } = await startServer({ mapsDir: arg("--maps", join(here, "fixtures/maps")), distDir: arg("--dist", join(here, "..", "dist")), port: Number(arg("--port", 8080)) });
+  const { url } = await startServer({ mapsDir: arg("--maps", join(here, "fixtures/maps")), distDir: arg("--dist", join(here, "..", "dist")), port: Number(arg("--port", 9978)) });
   console.log(`serving the viewer and a mock API on ${url}`);
 }

@@ -199,9 +199,19 @@ pub fn hold_connections(n: usize) -> Result<()> {
 }
 
 /// Opens `n` connections (2n sockets) that stay open, sends a little on each, and returns the
-/// agent's drain time with them in its table.
-fn drain_point(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
-    let agent = Agent::start(bin, &["--interval", "5s", "--max-connections", "262144"])?;
+/// agent's drain time with them in its table, with backend `attach`.
+pub fn drain_point(bin: &Path, n: usize, attach: &str) -> Result<(f64, f64, f64)> {
+    let agent = Agent::start(
+        bin,
+        &[
+            "--interval",
+            "5s",
+            "--max-connections",
+            "262144",
+            "--attach",
+            attach,
+        ],
+    )?;
     let per_child = 9_000;
     let t0 = Instant::now();
     let mut holders = Vec::new();
@@ -278,7 +288,7 @@ pub fn bench() -> Result<String> {
         ));
     }
     step("bench agent: drain with 100,000 live connections (50,000 connections, both ends)");
-    let (ms, rss, hwm) = drain_point(&bin, 50_000)?;
+    let (ms, rss, hwm) = drain_point(&bin, 50_000, "auto")?;
     note(format!(
         "drain {ms:.1} ms, rss {rss:.1} MiB (peak {hwm:.1})"
     ));

@@ -1,7 +1,9 @@
 //! `cargo xtask bench probe`: the probe's overhead on real TCP, against peers measured in the
-//! same run: no probe (baseline), trafficmap's agent, `tcpdump -i lo -w /dev/null`, and a
-//! bpftrace script counting the same tracepoints. Two workloads over loopback: request/response
-//! (64-byte messages, fixed count) and a bulk stream, both ends pinned to one CPU. Every peer run
+//! same run: no probe (baseline), trafficmap's agent with the backend `auto` picks (a per-call
+//! one) and with `--attach counters`, `tcpdump -i lo -w /dev/null`, and a bpftrace script
+//! counting the same tracepoints. Three workloads over loopback: request/response (64-byte
+//! messages, fixed count), a bulk stream, and short connections (connect, 100 bytes each way,
+//! close: there only the lifecycle programs run for the counters backend), pinned to one CPU. Every peer run
 //! sits between two baseline runs and is compared with their mean, so the slow drift of a
 //! shared VM cancels; medians of those ratios are reported. A last run per eBPF peer reads the
 //! kernel's own per-program statistics: time inside the programs, per event.
@@ -146,11 +148,50 @@ fn stream_pinned(total: usize, chunk: usize) -> Result<Cost> {
     Ok(cost)
 }
 
+/// `count` short connections one after the other: connect, 100 bytes each way, close.
+pub fn short_connections(count: usize) -> Result<Cost> {
+    let old = pin_to_last_cpu();
+    let r = short_connections_pinned(count);
+    restore_affinity(old);
+    r
+}
+
+fn short_connections_pinned(count: usize) -> Result<Cost> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = [0u8; 100];
+        for _ in 0..count {
+            let (mut s, _) = l.accept()?;
+            s.read_exact(&mut buf)?;
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let msg = [0x3cu8; 100];
+    let mut back = [0u8; 100];
+    let cost = measure(|| {
+        for _ in 0..count {
+            let mut c = TcpStream::connect(addr)?;
+            c.write_all(&msg)?;
+            c.read_exact(&mut back)?;
+        }
+        Ok(())
+    })?;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    Ok(cost)
+}
+
 /// What runs beside the workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Condition {
     Baseline,
+    /// The agent with `--attach auto`: a per-call backend (the one this kernel loads first).
     Trafficmap,
+    /// The agent with `--attach counters`: lifecycle programs only, sock_diag at each drain.
+    TrafficmapCounters,
     Tcpdump,
     Bpftrace,
 }
@@ -159,7 +200,8 @@ impl Condition {
     pub fn name(self) -> &'static str {
         match self {
             Condition::Baseline => "no probe",
-            Condition::Trafficmap => "trafficmap agent",
+            Condition::Trafficmap => "trafficmap agent (auto: per-call backend)",
+            Condition::TrafficmapCounters => "trafficmap agent (counters)",
             Condition::Tcpdump => "tcpdump -i lo -w /dev/null",
             Condition::Bpftrace => "bpftrace (same tracepoints)",
         }
@@ -222,9 +264,15 @@ fn wait_marker(child: &mut Child, marker: &str, from_stdout: bool) -> Result<()>
 fn start(cond: Condition, agent: &PathBuf) -> Result<Peer> {
     let child = match cond {
         Condition::Baseline => None,
-        Condition::Trafficmap => {
+        Condition::Trafficmap | Condition::TrafficmapCounters => {
+            let attach = if cond == Condition::Trafficmap {
+                "auto"
+            } else {
+                "counters"
+            };
             let mut c = Command::new(agent)
                 .args(["--interval", "60s", "--listen", "off", "--imds", "off"])
+                .args(["--attach", attach])
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -323,6 +371,10 @@ pub struct Options {
     pub reps: usize,
     pub rr_count: usize,
     pub stream_bytes: usize,
+    /// Connections of the short-connection workload.
+    pub short_count: usize,
+    /// Connections held open for the drain-cost case (each is two sockets in the table).
+    pub drain_connections: usize,
 }
 
 /// One peer's results for one workload.
@@ -343,15 +395,20 @@ pub fn bench(opts: &Options) -> Result<String> {
     }
     let agent = crate::util::release_agent("bench probe")?;
     type Workload<'a> = Box<dyn Fn() -> Result<Cost> + 'a>;
-    let workloads: [(&str, Workload); 2] = [
+    let workloads: [(&str, Workload); 3] = [
         (
             "request/response",
             Box::new(|| request_response(opts.rr_count, 64)),
         ),
         ("stream", Box::new(|| stream(opts.stream_bytes, 64 << 10))),
+        (
+            "short connections",
+            Box::new(|| short_connections(opts.short_count)),
+        ),
     ];
-    const PEERS: [Condition; 3] = [
+    const PEERS: [Condition; 4] = [
         Condition::Trafficmap,
+        Condition::TrafficmapCounters,
         Condition::Tcpdump,
         Condition::Bpftrace,
     ];
@@ -417,6 +474,10 @@ pub fn bench(opts: &Options) -> Result<String> {
         }
         let unit = match *wname {
             "request/response" => format!("{} round trips of 64 B", opts.rr_count),
+            "short connections" => format!(
+                "{} connections, 100 B each way, one after the other",
+                opts.short_count
+            ),
             _ => format!("{} MiB in 64 KiB writes", opts.stream_bytes >> 20),
         };
         let pct = |r: f64| (r - 1.0) * 100.0;
@@ -461,13 +522,42 @@ pub fn bench(opts: &Options) -> Result<String> {
                 kernel,
             ));
         }
-        out.push_str(&format!(
-            "\ntrafficmap wall overhead / tcpdump wall overhead = {}\n",
-            if wall_ov[1] > 0.0 {
-                format!("{:.2}", wall_ov[0] / wall_ov[1])
-            } else {
-                "n/a (tcpdump showed no overhead)".into()
+        let tcpdump = PEERS
+            .iter()
+            .position(|&c| c == Condition::Tcpdump)
+            .map_or(0.0, |i| wall_ov[i]);
+        for (i, cond) in PEERS.iter().enumerate() {
+            if !matches!(cond, Condition::Trafficmap | Condition::TrafficmapCounters) {
+                continue;
             }
+            out.push_str(&format!(
+                "\n{} wall overhead / tcpdump wall overhead = {}\n",
+                cond.name(),
+                if tcpdump > 0.0 {
+                    format!("{:.2}", wall_ov[i] / tcpdump)
+                } else {
+                    "n/a (tcpdump showed no overhead)".into()
+                }
+            ));
+        }
+    }
+    // The counters backend's drain reads every live connection through sock_diag: its cost at
+    // scale, beside the per-call backend's drain of the same table.
+    let n = opts.drain_connections;
+    out.push_str(&format!(
+        "\n### Drain of {} live sockets ({n} loopback connections, both ends)\n\n         | agent | drain | agent RSS | peak RSS |\n| --- | ---: | ---: | ---: |\n",
+        2 * n
+    ));
+    for attach in ["auto", "counters"] {
+        step(format!(
+            "bench probe: drain with {n} live connections, --attach {attach}"
+        ));
+        let (ms, rss, hwm) = crate::bench_agent::drain_point(&agent, n, attach)?;
+        note(format!(
+            "drain {ms:.1} ms, rss {rss:.1} MiB (peak {hwm:.1})"
+        ));
+        out.push_str(&format!(
+            "| --attach {attach} | {ms:.1} ms | {rss:.1} MiB | {hwm:.1} MiB |\n"
         ));
     }
     Ok(out)

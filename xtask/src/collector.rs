@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     setup,
-    util::{cache_dir, cargo_test, note, root, run},
+    util::{cache_dir, cargo_test, cmd, note, root, run, succeeds},
 };
 
 fn ignored_tests(test: &str, envs: &[(&str, String)]) -> Result<()> {
@@ -18,19 +18,21 @@ fn ignored_tests(test: &str, envs: &[(&str, String)]) -> Result<()> {
 /// clickhouse-server 18.16, the oldest anyone is likely to run, and the current engine
 /// (chdb-core from the test venv, behind the harness's HTTP bridge).
 pub fn clickhouse() -> Result<String> {
-    ignored_tests(
-        "clickhouse",
-        &[("TRAFFICMAP_CLICKHOUSE_ENGINE", "server".into())],
-    )?;
     let python = setup::venv().join("bin/python");
-    ignored_tests(
-        "clickhouse",
-        &[
-            ("TRAFFICMAP_CLICKHOUSE_ENGINE", "chdb".into()),
+    for envs in [
+        vec![("TRAFFICMAP_CLICKHOUSE_ENGINE", "server".to_owned())],
+        vec![
+            ("TRAFFICMAP_CLICKHOUSE_ENGINE", "chdb".to_owned()),
             ("TRAFFICMAP_CHDB_PYTHON", python.display().to_string()),
         ],
-    )?;
-    Ok("clickhouse-server 18.16 and chdb-core 26.9 (current engine): conformance, roll-ups, retention, two collectors".into())
+    ] {
+        // The store's suite, and the upgrade of a previous release's database.
+        run(cargo_test()
+            .args(["--test", "clickhouse", "--test", "migrate"])
+            .args(["--", "--ignored", "--test-threads=1"])
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str()))))?;
+    }
+    Ok("clickhouse-server 18.16 and chdb-core 26.9 (current engine): conformance, roll-ups, retention, two collectors, upgrade from schema 1".into())
 }
 
 /// Every network attack of issue 8 against the real collector binary, on SQLite and on
@@ -83,6 +85,27 @@ pub fn archive() -> Result<String> {
         ])
         .env("TRAFFICMAP_MOTO_SERVER", &moto))?;
     Ok("moto S3 and a local directory: names, bytes, idempotence, retention, restore".into())
+}
+
+/// The daily report mails against aiosmtpd (the same venv as `archive`).
+pub fn mail() -> Result<String> {
+    let python = setup::venv().join("bin/python");
+    if !succeeds(cmd(&python).args(["-c", "import aiosmtpd"])) {
+        bail!(
+            "aiosmtpd is missing from {} (cargo xtask setup installs it)",
+            setup::venv().display()
+        );
+    }
+    run(cargo_test()
+        .args([
+            "--test",
+            "mail",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("TRAFFICMAP_SMTPD_PYTHON", &python))?;
+    Ok("aiosmtpd with STARTTLS and AUTH: golden report contents, wrong password, schedule record, service restart".into())
 }
 
 /// Three agents, each scoped to a network namespace, one collector, real TCP of known sizes.

@@ -9,6 +9,7 @@ mod bench_probe;
 mod collector;
 mod image;
 mod run;
+mod services;
 mod setup;
 mod test;
 mod util;
@@ -90,6 +91,12 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Regenerate the shipped TCP service-name table from IANA's registry XML (the committed
+    /// copy, or first replace that copy with `--xml FILE`, plain or gzipped).
+    ServicesUpdate {
+        #[arg(long)]
+        xml: Option<std::path::PathBuf>,
+    },
     /// The web viewer: rebuild its bundle, check it, run its browser test.
     Viewer {
         #[command(subcommand)]
@@ -99,7 +106,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Probe overhead on loopback request/response and stream, vs no probe, tcpdump, bpftrace.
+    /// Probe overhead on loopback request/response, stream and short connections, for the
+    /// per-call backend and the counters backend, vs no probe, tcpdump, bpftrace; drain cost.
     Probe {
         #[arg(long, default_value_t = 7)]
         reps: usize,
@@ -107,6 +115,12 @@ enum BenchCmd {
         rr_count: usize,
         #[arg(long, default_value_t = 8192)]
         stream_mib: usize,
+        /// Connections of the short-connection workload (counters backend: lifecycle only).
+        #[arg(long, default_value_t = 10_000)]
+        short_count: usize,
+        /// Connections held open to time one drain (each is two live sockets).
+        #[arg(long, default_value_t = 50_000)]
+        drain_connections: usize,
     },
     /// Agent CPU and memory idle and at 1k/10k new connections/s; drain time at 100k connections.
     Agent,
@@ -152,10 +166,14 @@ fn main() -> Result<()> {
                     reps,
                     rr_count,
                     stream_mib,
+                    short_count,
+                    drain_connections,
                 } => bench_probe::bench(&bench_probe::Options {
                     reps,
                     rr_count,
                     stream_bytes: stream_mib << 20,
+                    short_count,
+                    drain_connections,
                 })?,
                 BenchCmd::Agent => bench_agent::bench()?,
                 BenchCmd::Viewer => viewer::bench()?,
@@ -190,5 +208,6 @@ fn main() -> Result<()> {
         }
         Cmd::Viewer { cmd } => viewer::command(cmd),
         Cmd::Image { profile, out } => image::command(profile, out),
+        Cmd::ServicesUpdate { xml } => services::update(xml.as_deref()),
     }
 }

@@ -25,6 +25,9 @@ const PACKAGES_TEST: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // The VM kernels' sock_diag modules (counters backend) come xz- or zstd-compressed.
+    "xz-utils",
+    "zstd",
     "iproute2",
     "util-linux",
     "libcap2-bin",
@@ -48,6 +51,8 @@ const PACKAGES_BENCH: &[&str] = &["tcpdump", "bpftrace", "iperf3", "procps"];
 /// Python test tools, installed in a venv under the cache.
 const PYTHON_TOOLS: &[&str] = &[
     "moto[server]==5.2.5",
+    // The SMTP server of the collector's mail tests (STARTTLS, AUTH).
+    "aiosmtpd==1.4.6",
     "kubernetes-validate==1.37.0",
     "yamllint",
     // The current ClickHouse engine in-process (the `clickhouse` stage's second engine).
@@ -193,7 +198,7 @@ fn cargo_fuzz() -> Result<()> {
     run(cmd("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
-/// The Python virtualenv with the test tools (moto, kubernetes-validate, chdb-core).
+/// The Python virtualenv with the test tools (moto, aiosmtpd, kubernetes-validate, chdb-core).
 pub fn venv() -> PathBuf {
     cache_dir().join("venv")
 }

@@ -70,6 +70,11 @@ pub fn stages() -> Vec<Stage> {
             run: crate::collector::archive,
         },
         Stage {
+            name: "mail",
+            about: "collector's daily report mails against aiosmtpd (STARTTLS, AUTH): contents, wrong password, no resend",
+            run: crate::collector::mail,
+        },
+        Stage {
             name: "fuzz",
             about: "report parser and report bounds through the sums, under cargo-fuzz for 60 s",
             run: crate::collector::fuzz,
@@ -256,7 +261,11 @@ fn probe_host() -> Result<String> {
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u32>().unwrap_or(0));
     let at_least_6_3 = (version.next().unwrap_or(0), version.next().unwrap_or(0)) >= (6, 3);
-    let expect: &[&str] = if at_least_6_3 { &["tracepoint"] } else { &[] };
+    let expect: &[&str] = if at_least_6_3 {
+        &["tracepoint", "counters"]
+    } else {
+        &["counters"]
+    };
     let cells = vm::parse_markers(&log, Some(expect));
     let rows = vec![("host".to_owned(), release, cells)];
     let table = vm::render_matrix(&rows);

@@ -38,25 +38,27 @@ pub const KERNELS: &[KernelSpec] = &[
         prefix: "linux-image-5.10.0-",
         suffix: "-cloud-amd64-unsigned",
         // No sock_send_length tracepoint before 6.3.
-        expect: &["fexit", "kprobe"],
+        expect: &["fexit", "kprobe", "counters"],
     },
     KernelSpec {
         label: "6.1",
         suite: "bookworm",
         prefix: "linux-image-6.1.0-",
         suffix: "-cloud-amd64-unsigned",
-        expect: &["fexit", "kprobe"],
+        expect: &["fexit", "kprobe", "counters"],
     },
     KernelSpec {
         label: "6.12",
         suite: "trixie",
         prefix: "linux-image-6.12.",
         suffix: "+deb13-cloud-amd64-unsigned",
-        expect: &["fexit", "kprobe", "tracepoint"],
+        expect: &["fexit", "kprobe", "tracepoint", "counters"],
     },
 ];
 
-pub const BACKENDS: [&str; 3] = ["fexit", "kprobe", "tracepoint"];
+/// Every backend, each run with the whole suite. `counters` needs only the lifecycle
+/// tracepoints and BTF, so every kernel of the matrix and the host must load it.
+pub const BACKENDS: [&str; 4] = ["fexit", "kprobe", "tracepoint", "counters"];
 
 /// Outcome of one backend on one kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,6 +168,11 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 ip link set lo up
+# The counters backend reads live connections through sock_diag; Debian builds its TCP part
+# as modules (inet_diag, tcp_diag), copied here per kernel release.
+for m in inet_diag tcp_diag; do
+  [ -f /modules/$(uname -r)/$m.ko ] && insmod /modules/$(uname -r)/$m.ko && echo "TRAFFICMAP_MODULE $m"
+done
 export CI=1 RUST_BACKTRACE=1 HOME=/tmp TMPDIR=/tmp
 echo "TRAFFICMAP_KERNEL $(uname -r)"
 for b in {backends}; do
@@ -234,11 +241,16 @@ fn natural_key(s: &str) -> Vec<(u64, String)> {
     out
 }
 
-/// Downloads (once) the newest kernel of `spec` and returns its vmlinuz.
+/// Modules the VM loads before the tests (in this order), if the kernel has them as modules.
+const MODULES: [&str; 2] = ["inet_diag", "tcp_diag"];
+
+/// Downloads (once) the newest kernel of `spec` and returns its vmlinuz; the modules of
+/// [`MODULES`] go, uncompressed, to `modules/<release>/` beside it.
 pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
     let dir = cache_dir().join("kernels").join(spec.label);
     let vmlinuz = dir.join("vmlinuz");
-    if vmlinuz.exists() {
+    // `modules/done`: kernels cached before the counters backend have no modules yet.
+    if vmlinuz.exists() && dir.join("modules/done").exists() {
         note(format!(
             "kernel {}: cached ({})",
             spec.label,
@@ -325,13 +337,57 @@ pub fn kernel(spec: &KernelSpec) -> Result<PathBuf> {
         })
         .context("no boot/vmlinuz-* in the package")?;
     std::fs::copy(&boot, &vmlinuz)?;
+    copy_modules(&extracted, &dir.join("modules"))?;
     std::fs::write(dir.join("package"), &pkg)?;
     std::fs::remove_dir_all(&work)?;
     Ok(vmlinuz)
 }
 
-/// Builds the initramfs: busybox, the test binary, its shared libraries, /init.
-pub fn initramfs(test_bin: &Path, out: &Path) -> Result<()> {
+/// Copies [`MODULES`] from an extracted kernel package to `to/<release>/<name>.ko`,
+/// decompressing `.ko.xz`, `.ko.zst`, `.ko.gz` (busybox's insmod may not). A module built into
+/// the kernel has no file: nothing to copy.
+fn copy_modules(extracted: &Path, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to)?;
+    for rel in std::fs::read_dir(extracted.join("lib/modules"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let release = rel.file_name();
+        let src_dir = rel.path().join("kernel/net/ipv4");
+        let dst_dir = to.join(&release);
+        std::fs::create_dir_all(&dst_dir)?;
+        for m in MODULES {
+            let dst = dst_dir.join(format!("{m}.ko"));
+            let plain = src_dir.join(format!("{m}.ko"));
+            if plain.exists() {
+                std::fs::copy(&plain, &dst)?;
+                continue;
+            }
+            for (ext, tool) in [("xz", "xz"), ("zst", "zstd"), ("gz", "gzip")] {
+                let packed = src_dir.join(format!("{m}.ko.{ext}"));
+                if packed.exists() {
+                    let out = Command::new(tool)
+                        .arg("-dc")
+                        .arg(&packed)
+                        .output()
+                        .with_context(|| format!("{tool} -dc {}", packed.display()))?;
+                    if !out.status.success() {
+                        bail!("{tool} -dc {} failed", packed.display());
+                    }
+                    std::fs::write(&dst, out.stdout)?;
+                }
+            }
+        }
+    }
+    std::fs::write(to.join("done"), "")?;
+    Ok(())
+}
+
+/// Builds the initramfs: busybox, the test binary, its shared libraries, the kernels' modules
+/// (`modules/<release>/*.ko` of each directory in `modules`), /init.
+pub fn initramfs(test_bin: &Path, modules: &[PathBuf], out: &Path) -> Result<()> {
     let root = out.with_extension("d");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("bin"))?;
@@ -342,6 +398,18 @@ pub fn initramfs(test_bin: &Path, out: &Path) -> Result<()> {
         .context("busybox not found: run `cargo xtask setup --level test`")?;
     std::fs::copy(&busybox, root.join("bin/busybox"))?;
     std::fs::copy(test_bin, root.join("probe-test"))?;
+    for dir in modules {
+        for rel in std::fs::read_dir(dir)?.filter_map(Result::ok) {
+            if !rel.path().is_dir() {
+                continue;
+            }
+            let dst = root.join("modules").join(rel.file_name());
+            std::fs::create_dir_all(&dst)?;
+            for m in std::fs::read_dir(rel.path())?.filter_map(Result::ok) {
+                std::fs::copy(m.path(), dst.join(m.file_name()))?;
+            }
+        }
+    }
     // Shared libraries at the paths the dynamic linker looks for them.
     let ldd = output(cmd("ldd").arg(test_bin))?;
     for line in ldd.lines() {
@@ -465,17 +533,24 @@ pub fn vm_test(kernels: &[String]) -> Result<Vec<Row>> {
     let work = cache_dir().join("vm");
     std::fs::create_dir_all(&work)?;
     let initrd = work.join("initrd.gz");
-    initramfs(&test_bin, &initrd)?;
-    let mut results = Vec::new();
-    for spec in KERNELS
+    let specs: Vec<&KernelSpec> = KERNELS
         .iter()
         .filter(|k| kernels.is_empty() || kernels.iter().any(|l| l == k.label))
-    {
-        step(format!("vm-test: Linux {} ({})", spec.label, spec.suite));
+        .collect();
+    let mut images = Vec::new();
+    for spec in &specs {
         let vmlinuz = kernel(spec)?;
+        let modules = vmlinuz.with_file_name("modules");
+        images.push((vmlinuz, modules));
+    }
+    let module_dirs: Vec<PathBuf> = images.iter().map(|(_, m)| m.clone()).collect();
+    initramfs(&test_bin, &module_dirs, &initrd)?;
+    let mut results = Vec::new();
+    for (spec, (vmlinuz, _)) in specs.iter().zip(&images) {
+        step(format!("vm-test: Linux {} ({})", spec.label, spec.suite));
         let log_path = artifacts_dir().join(format!("vm-{}.log", spec.label));
         let start = Instant::now();
-        let log = boot(&vmlinuz, &initrd, &log_path, Duration::from_secs(900))?;
+        let log = boot(vmlinuz, &initrd, &log_path, Duration::from_secs(900))?;
         let release = log
             .lines()
             .find_map(|l| {
@@ -501,17 +576,16 @@ pub fn vm_test(kernels: &[String]) -> Result<Vec<Row>> {
 
 /// The matrix as a Markdown table, with the reasons below it.
 pub fn render_matrix(rows: &[Row]) -> String {
-    let mut s =
-        String::from("| kernel | fexit | kprobe | tracepoint |\n| --- | --- | --- | --- |\n");
+    let mut s = format!(
+        "| kernel | {} |\n| --- |{}\n",
+        BACKENDS.join(" | "),
+        " --- |".repeat(BACKENDS.len())
+    );
     let mut notes = Vec::new();
     for (label, release, cells) in rows {
         let get = |b: &str| cells.get(b).map_or("?", Cell::short);
-        s.push_str(&format!(
-            "| {label} ({release}) | {} | {} | {} |\n",
-            get("fexit"),
-            get("kprobe"),
-            get("tracepoint")
-        ));
+        let row: Vec<&str> = BACKENDS.iter().map(|b| get(b)).collect();
+        s.push_str(&format!("| {label} ({release}) | {} |\n", row.join(" | ")));
         for (b, c) in cells {
             match c {
                 Cell::Unsupported(why) => notes.push(format!("- {label} {b}: unsupported: {why}")),

@@ -170,6 +170,7 @@ fn report(input: &Input, id: usize, host: u8) -> Report {
             addresses: vec![me],
             netns: None,
             ec2: None,
+            stats: None,
         },
         window: Window { start, end },
         health: Health {

@@ -8,7 +8,9 @@
 //!
 //! - `header` (first line): `format`, `version`, `day` (YYYY-MM-DD);
 //! - `agent`: `machine_id`, `hostname`, `addresses`, `ec2` (or null), `reports`,
-//!   `probe_drops`, `spool_dropped` (summed over the day);
+//!   `probe_drops`, `spool_dropped` (summed over the day), and `host` when its agent sent host
+//!   health (the day's last sample with the day's `load1_max`; issue 12 item 5; absent from
+//!   older extracts);
 //! - `pair`: one observation key summed over the day: `agent` (its `machine_id`), `local_ip`,
 //!   `peer_ip`, `server_port`, `role`, `process`, and the counters `bytes_sent`,
 //!   `bytes_received`, `conns_opened`, `conns_carried`, `first_window_ms`, `first_seen_ms`,
@@ -81,6 +83,8 @@ enum Line {
         reports: u64,
         probe_drops: u64,
         spool_dropped: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<trafficmap_model::map::HostStats>,
     },
     Pair {
         agent: String,
@@ -123,6 +127,7 @@ pub async fn write(store: &Store, day: NaiveDate) -> Result<Vec<u8>, ExtractErro
             reports: a.reports,
             probe_drops: a.probe_drops,
             spool_dropped: a.spool_dropped,
+            host: a.host,
         })
         .collect();
     agents.sort_by_key(key);
@@ -216,6 +221,7 @@ struct AgentDay {
     reports: u64,
     probe_drops: u64,
     spool_dropped: u64,
+    host: Option<trafficmap_model::map::HostStats>,
     rows: Vec<Row>,
 }
 
@@ -259,9 +265,13 @@ pub async fn restore(
                 reports,
                 probe_drops,
                 spool_dropped,
+                host,
             } => {
                 if reports == 0 || reports > MAX_REPORTS {
                     return Err(bad(format!("{reports} reports: 1 to {MAX_REPORTS}")));
+                }
+                if let Some(h) = &host {
+                    crate::ingest::check_host_sample(h).map_err(|e| bad(e.to_string()))?;
                 }
                 agents.insert(
                     machine_id,
@@ -272,6 +282,7 @@ pub async fn restore(
                         reports,
                         probe_drops,
                         spool_dropped,
+                        host,
                         rows: Vec::new(),
                     },
                 );
@@ -342,6 +353,8 @@ pub async fn restore(
                 // the day's (a maximum), so every report may carry it.
                 probe_drops: if first { a.probe_drops } else { 0 },
                 spool_dropped: a.spool_dropped,
+                // The day's summary, on the first report: the day reads back the same.
+                host: if first { a.host } else { None },
                 rows: if first {
                     rows.take().unwrap_or_default()
                 } else {

@@ -111,45 +111,121 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
     }
 }
 
+/// The old tool's line (`convert-dat-to-json.py::read_foreign_ips`): tab-separated, the name
+/// first, then one or more addresses. A line without tabs is split at white space (a name with
+/// spaces needs the tabs, as it did then).
+fn parse_old_foreign_line(line: &str) -> Result<Vec<(IpNet, &str)>, String> {
+    let fields: Vec<&str> = if line.contains('\t') {
+        line.split('\t')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .collect()
+    } else {
+        line.split_whitespace().collect()
+    };
+    let expected = "expected `ADDRESS NAME` or the old `NAME<TAB>ADDRESS...`";
+    let Some((name, addresses)) = fields.split_first() else {
+        return Err(expected.to_owned());
+    };
+    if addresses.is_empty() {
+        return Err(format!("`{name}` is not an address: {expected}"));
+    }
+    addresses
+        .iter()
+        .map(|a| {
+            parse_net(a)
+                .map(|net| (net, *name))
+                .map_err(|_| format!("neither `{name}` nor `{a}` is an address: {expected}"))
+        })
+        .collect()
+}
+
 fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Well-known foreign addresses: `ADDRESS-OR-CIDR NAME...` per line, `#` comments (the format
-/// of the old tool's `foreign-ips.txt`, with CIDR blocks allowed).
+/// Well-known foreign addresses: `ADDRESS-OR-CIDR NAME...` per line, `#` comments, CIDR blocks
+/// allowed. The old tool's order, `NAME<TAB>ADDRESS<TAB>ADDRESS...`, is read too: a line whose
+/// first word is not an address is an old line (names are never addresses, so the two cannot be
+/// confused), and one warning names the old lines.
 #[derive(Clone, Debug, Default)]
 pub struct ForeignList {
     exact: HashMap<IpAddr, String>,
     blocks: Vec<(IpNet, String)>,
+    warnings: Vec<String>,
+}
+
+/// Line numbers quoted in one warning; the rest are counted.
+const QUOTED_LINES: usize = 10;
+
+/// `2, 3 and 5` style list of line numbers, at most [`QUOTED_LINES`] of them.
+pub(crate) fn line_list(lines: &[usize]) -> String {
+    let mut s = lines
+        .iter()
+        .take(QUOTED_LINES)
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if lines.len() > QUOTED_LINES {
+        s.push_str(&format!(" and {} more", lines.len() - QUOTED_LINES));
+    }
+    s
 }
 
 impl ForeignList {
     pub fn parse(text: &str, origin: &str) -> Result<ForeignList, String> {
         let mut list = ForeignList::default();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
+        let mut old_lines = Vec::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or_default().trim();
             if line.is_empty() {
                 continue;
             }
-            let (addr, name) = line
-                .split_once(char::is_whitespace)
-                .map(|(a, n)| (a, n.trim()))
-                .ok_or_else(|| format!("{origin}:{}: expected `ADDRESS NAME`", n + 1))?;
-            let net = parse_net(addr).map_err(|m| format!("{origin}:{}: `{addr}`: {m}", n + 1))?;
-            if net.prefix_len() == net.max_prefix_len() {
-                list.exact.insert(net.addr(), name.to_owned());
+            let first = line.split_whitespace().next().unwrap_or_default();
+            let entries: Vec<(IpNet, &str)> = if let Ok(net) = parse_net(first) {
+                let name = line[first.len()..].trim();
+                if name.is_empty() {
+                    return Err(format!("{origin}:{}: expected `ADDRESS NAME`", n + 1));
+                }
+                vec![(net, name)]
             } else {
-                list.blocks.push((net, name.to_owned()));
+                old_lines.push(n + 1);
+                parse_old_foreign_line(line).map_err(|m| format!("{origin}:{}: {m}", n + 1))?
+            };
+            for (net, name) in entries {
+                if net.prefix_len() == net.max_prefix_len() {
+                    list.exact.insert(net.addr(), name.to_owned());
+                } else {
+                    list.blocks.push((net, name.to_owned()));
+                }
             }
         }
         list.blocks
             .sort_by_key(|b| std::cmp::Reverse(b.0.prefix_len()));
+        if !old_lines.is_empty() {
+            list.warnings.push(format!(
+                "{origin}: line(s) {} use the old tool's order `NAME<TAB>ADDRESS...`: read as \
+                 before; the current order is `ADDRESS NAME`, one address or CIDR block per line",
+                line_list(&old_lines)
+            ));
+        }
         Ok(list)
     }
 
+    /// Reads the file; the warnings about old constructs are logged here, once per load.
     pub fn load(path: &Path) -> Result<ForeignList, String> {
         let text = read(path)?;
-        ForeignList::parse(&text, &path.display().to_string())
+        let list = ForeignList::parse(&text, &path.display().to_string())?;
+        for w in &list.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(list)
+    }
+
+    /// What changed meaning since the old tool (one line per construct), for the log and
+    /// `check-config`.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn lookup(&self, ip: IpAddr) -> Option<&str> {
@@ -170,8 +246,28 @@ impl ForeignList {
     }
 }
 
+/// What the configured files hold in the old tool's formats (one line per construct whose
+/// meaning changed), for `check-config`. Errors are the validation's business: none here.
+pub fn old_format_warnings(cfg: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(p) = &cfg.enrich.foreign_file
+        && let Ok(list) = read(p).and_then(|t| ForeignList::parse(&t, &p.display().to_string()))
+    {
+        out.extend(list.warnings);
+    }
+    // The allowed archdomains of the daily compliance mail (an old archdomain.csv works).
+    if let Some(p) = &cfg.reports.allowed_archdomains_file
+        && let Ok(list) = read(p)
+            .and_then(|t| crate::enrich::rules::AllowedList::parse(&t, &p.display().to_string()))
+    {
+        out.extend(list.warnings);
+    }
+    out
+}
+
 /// On-demand hourly prices: CSV `instance_type,region,usd_per_hour`; region `*` matches any
-/// region without an entry of its own. A header line and `#` comments are allowed.
+/// region without an entry of its own. A header line and `#` comments are allowed. A price is
+/// a number in `[0, MAX_PRICE_PER_HOUR]` (sums of prices stay finite).
 #[derive(Clone, Debug, Default)]
 pub struct PriceTable {
     prices: HashMap<(String, String), f64>,
@@ -195,7 +291,9 @@ impl PriceTable {
             let price: f64 = price
                 .parse()
                 .ok()
-                .filter(|p: &f64| p.is_finite() && *p >= 0.0)
+                .filter(|p: &f64| {
+                    p.is_finite() && (0.0..=trafficmap_model::map::MAX_PRICE_PER_HOUR).contains(p)
+                })
                 .ok_or_else(|| format!("{origin}:{}: `{price}` is not a price", n + 1))?;
             table
                 .prices
@@ -297,6 +395,61 @@ mod tests {
         assert_eq!(err, "foreign.txt:1: expected `ADDRESS NAME`");
     }
 
+    /// The old tool's `NAME<TAB>ADDRESS...` lines (fixture written from
+    /// `convert-dat-to-json.py::read_foreign_ips`), mixed with a line in the current order.
+    #[test]
+    fn foreign_list_reads_the_old_order_with_one_warning() {
+        let list = ForeignList::parse(
+            include_str!("../../tests/fixtures/old/foreign-ips.txt"),
+            "foreign-ips.txt",
+        )
+        .unwrap();
+        assert_eq!(list.lookup(ip("172.16.0.23")), Some("AWS-DNS-SERVER"));
+        assert_eq!(list.lookup(ip("204.246.163.231")), Some("AWS-EC2-SERVICES"));
+        assert_eq!(list.lookup(ip("52.94.1.2")), Some("AWS services"));
+        assert_eq!(list.lookup(ip("198.51.100.7")), Some("PARTNER API"));
+        assert_eq!(list.lookup(ip("198.51.100.8")), Some("PARTNER API"));
+        assert_eq!(list.len(), 5);
+        assert_eq!(
+            list.warnings(),
+            [
+                "foreign-ips.txt: line(s) 2, 3, 6 use the old tool's order `NAME<TAB>ADDRESS...`: \
+              read as before; the current order is `ADDRESS NAME`, one address or CIDR block per \
+              line"
+            ]
+        );
+        // The current order alone: no warning.
+        let list = ForeignList::parse("10.0.0.2 dns\n", "f").unwrap();
+        assert_eq!(list.warnings(), [] as [String; 0]);
+        // Old lines without tabs split at white space; errors name the line.
+        let list = ForeignList::parse("ntp-pool 192.0.2.1 192.0.2.2\n", "f").unwrap();
+        assert_eq!(list.lookup(ip("192.0.2.2")), Some("ntp-pool"));
+        assert_eq!(
+            ForeignList::parse("# x\nAWS-DNS\n", "f").unwrap_err(),
+            "f:2: `AWS-DNS` is not an address: expected `ADDRESS NAME` or the old \
+             `NAME<TAB>ADDRESS...`"
+        );
+        assert_eq!(
+            ForeignList::parse("10.0.0.300 dns\n", "f").unwrap_err(),
+            "f:1: neither `10.0.0.300` nor `dns` is an address: expected `ADDRESS NAME` or the \
+             old `NAME<TAB>ADDRESS...`"
+        );
+        assert_eq!(
+            ForeignList::parse("AWS-DNS\t172.16.0.23\tnot-an-ip\n", "f").unwrap_err(),
+            "f:1: neither `AWS-DNS` nor `not-an-ip` is an address: expected `ADDRESS NAME` or \
+             the old `NAME<TAB>ADDRESS...`"
+        );
+        // Many old lines: ten quoted, the rest counted.
+        let many: String = (0..12).map(|i| format!("n{i}\t10.0.0.{i}\n")).collect();
+        let list = ForeignList::parse(&many, "f").unwrap();
+        assert!(
+            list.warnings()[0]
+                .starts_with("f: line(s) 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 2 more use the old"),
+            "{}",
+            list.warnings()[0]
+        );
+    }
+
     #[test]
     fn price_table_with_region_fallback() {
         let t = PriceTable::parse(
@@ -310,5 +463,9 @@ mod tests {
         assert_eq!(t.on_demand("c5.xlarge", Some("us-east-1")), None);
         let err = PriceTable::parse("m5.large,us-east-1,cheap\n", "prices.csv").unwrap_err();
         assert_eq!(err, "prices.csv:1: `cheap` is not a price");
+        for bad in ["NaN", "inf", "-0.1", "1e300", "10000.5"] {
+            let err = PriceTable::parse(&format!("m5.large,*,{bad}\n"), "prices.csv").unwrap_err();
+            assert_eq!(err, format!("prices.csv:1: `{bad}` is not a price"));
+        }
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod dns;
 pub mod files;
+pub mod pricelist;
 pub mod refresh;
 pub mod rules;
 
@@ -29,11 +30,12 @@ use std::{
 use serde::{Deserialize, Serialize};
 use trafficmap_model::{
     cloud::{CloudSnapshot, Instance, Lifecycle},
-    map::{NodeHealth, NodeKind},
+    map::{MAX_PRICE_PER_HOUR, NodeHealth, NodeKind},
 };
 
 use crate::range::AgentInfo;
 pub use files::{ForeignList, Inventory, PriceTable};
+pub use pricelist::PriceListPrices;
 pub use rules::TagRules;
 
 /// Which EC2 tags hold what.
@@ -136,6 +138,8 @@ pub struct Sources {
     pub inventory: Arc<Inventory>,
     pub foreign: Arc<ForeignList>,
     pub prices: Arc<PriceTable>,
+    /// On-demand prices from the AWS Price List API (fresh cache entries); before the table.
+    pub price_list: Arc<PriceListPrices>,
     pub dns: Arc<HashMap<IpAddr, String>>,
     /// Problems with the sources the map's reader should know about.
     pub warnings: Vec<String>,
@@ -156,6 +160,8 @@ pub struct Identity {
     pub region: Option<String>,
     pub lifecycle: Option<String>,
     pub price_per_hour: Option<f64>,
+    /// Where the price came from: one of `trafficmap_model::map::PRICE_SOURCES`.
+    pub price_source: Option<&'static str>,
     /// Security group ids.
     pub security_groups: Vec<String>,
     pub labels: BTreeMap<String, String>,
@@ -164,6 +170,8 @@ pub struct Identity {
     /// An address on the public internet that is not ours: transfer to it is egress.
     pub internet: bool,
     pub health: Option<NodeHealth>,
+    /// Host health over the range, for hosts whose agents send it (issue 12 item 5).
+    pub host: Option<trafficmap_model::map::HostStats>,
 }
 
 /// Whether an address is routed on the public internet (not private, loopback, link-local,
@@ -276,7 +284,7 @@ impl Directory<'_> {
             .or(id.availability_zone.take());
         id.region = Some(inst.region.clone());
         id.lifecycle = Some(inst.lifecycle.as_str().to_owned());
-        id.price_per_hour = self.price(inst);
+        (id.price_per_hour, id.price_source) = self.price(inst).unzip();
         id.security_groups = inst.security_groups.clone();
         id.addresses
             .extend(inst.private_ips.iter().chain(&inst.public_ips));
@@ -292,14 +300,32 @@ impl Directory<'_> {
         }
     }
 
-    fn price(&self, inst: &Instance) -> Option<f64> {
+    /// The hourly price and its source: spot from the spot history; on-demand from the Price
+    /// List API, else the table. A value that is not a price (NaN, infinite, negative, above
+    /// [`MAX_PRICE_PER_HOUR`]: a hostile snapshot or table) is no price at all.
+    fn price(&self, inst: &Instance) -> Option<(f64, &'static str)> {
         let t = inst.instance_type.as_deref()?;
+        let usable = |p: &f64| p.is_finite() && (0.0..=MAX_PRICE_PER_HOUR).contains(p);
         match inst.lifecycle {
             Lifecycle::Spot => inst
                 .availability_zone
                 .as_deref()
-                .and_then(|az| self.sources.cloud.spot_price(t, az)),
-            Lifecycle::OnDemand => self.sources.prices.on_demand(t, Some(&inst.region)),
+                .and_then(|az| self.sources.cloud.spot_price(t, az))
+                .filter(usable)
+                .map(|p| (p, "spot-history")),
+            Lifecycle::OnDemand => self
+                .sources
+                .price_list
+                .on_demand(t, &inst.region)
+                .filter(usable)
+                .map(|p| (p, "price-list-api"))
+                .or_else(|| {
+                    self.sources
+                        .prices
+                        .on_demand(t, Some(&inst.region))
+                        .filter(usable)
+                        .map(|p| (p, "price-table"))
+                }),
         }
     }
 
@@ -365,6 +391,7 @@ impl Directory<'_> {
                 probe_drops: agent.probe_drops,
                 spool_dropped: agent.spool_dropped,
             }),
+            host: agent.host,
             ..Identity::default()
         };
         if let Some(e) = &agent.ec2 {
@@ -532,6 +559,7 @@ mod tests {
             ),
             foreign: Arc::new(ForeignList::parse("169.254.169.253 AWS DNS\n", "f").unwrap()),
             prices: Arc::new(PriceTable::parse("m5.large,us-east-1,0.096\n", "p").unwrap()),
+            price_list: Arc::default(),
             dns: Arc::new([(ip("8.8.8.8"), "dns.google".to_owned())].into()),
             warnings: vec![],
         }
@@ -558,6 +586,7 @@ mod tests {
             reports: 3,
             probe_drops: 1,
             spool_dropped: 0,
+            host: None,
         };
         let id = dir.agent(&agent, "i-api".into());
         assert_eq!(id.kind, Some(NodeKind::Host));
@@ -565,6 +594,7 @@ mod tests {
         assert_eq!(id.archdomain.as_deref(), Some("online/api"));
         assert_eq!(id.env.as_deref(), Some("prod"));
         assert_eq!(id.price_per_hour, Some(0.096));
+        assert_eq!(id.price_source, Some("price-table"));
         assert_eq!(id.lifecycle.as_deref(), Some("on-demand"));
         assert_eq!(id.availability_zone.as_deref(), Some("us-east-1a"));
         assert_eq!(id.health.as_ref().unwrap().probe_drops, 1);
@@ -608,6 +638,7 @@ mod tests {
         assert_eq!(dir.target(ip("54.1.2.3")), Target::Instance(2));
         let id = dir.instance(2);
         assert_eq!(id.price_per_hour, Some(0.031));
+        assert_eq!(id.price_source, Some("spot-history"));
         assert_eq!(id.lifecycle.as_deref(), Some("spot"));
         assert!(id.public_ips.contains(&ip("54.1.2.3")));
         assert!(!id.internet);
@@ -657,6 +688,65 @@ mod tests {
         }
         for a in ["8.8.8.8", "54.1.2.3", "2600:1f18::1", "::ffff:8.8.8.8"] {
             assert!(is_global(ip(a)), "{a}");
+        }
+    }
+
+    /// On-demand: the Price List API's price before the table; spot: the spot history. A
+    /// price that is not one (a hostile snapshot) is no price, whatever its source.
+    #[test]
+    fn price_sources_and_bounds() {
+        let mut s = sources();
+        let rules = Rules::default();
+        let cache = BTreeMap::from([(
+            (
+                "m5.large".to_owned(),
+                "us-east-1".to_owned(),
+                "Linux".to_owned(),
+            ),
+            pricelist::CacheEntry {
+                instance_type: "m5.large".into(),
+                region: "us-east-1".into(),
+                operating_system: "Linux".into(),
+                usd_per_hour: Some(0.0961),
+                fetched_at: chrono::DateTime::UNIX_EPOCH,
+            },
+        )]);
+        s.price_list = Arc::new(pricelist::prices(
+            &cache,
+            "Linux",
+            std::time::Duration::from_secs(3600),
+            chrono::DateTime::UNIX_EPOCH,
+        ));
+        let dir = Directory {
+            sources: &s,
+            rules: &rules,
+        };
+        let id = dir.instance(0);
+        assert_eq!(
+            (id.price_per_hour, id.price_source),
+            (Some(0.0961), Some("price-list-api"))
+        );
+        // Another region: not in the API's answers, not in the table either.
+        let mut snap = s.cloud.snapshot.clone();
+        snap.instances[0].region = "eu-west-1".into();
+        for p in [f64::NAN, f64::INFINITY, -0.5, 1e300] {
+            snap.spot_prices[0].price = p;
+            let hostile = Sources {
+                cloud: Arc::new(CloudIndex::new(snap.clone())),
+                ..s.clone()
+            };
+            let dir = Directory {
+                sources: &hostile,
+                rules: &rules,
+            };
+            let spot = dir.instance(2);
+            assert_eq!(
+                (spot.price_per_hour, spot.price_source),
+                (None, None),
+                "{p}"
+            );
+            let other = dir.instance(0);
+            assert_eq!((other.price_per_hour, other.price_source), (None, None));
         }
     }
 

@@ -16,6 +16,7 @@ use trafficmap_model::cloud::CloudSnapshot;
 use super::{
     CloudIndex, ForeignList, Inventory, PriceTable, Rules, Sources,
     dns::{BoxFuture, DnsCache},
+    pricelist::{self, PriceListSource},
 };
 use crate::{config, metrics::Metrics, store::Store};
 
@@ -62,6 +63,22 @@ pub struct Enricher {
     cloud_error: Mutex<Option<String>>,
     cloud_loaded: Mutex<bool>,
     pub dns: Option<Arc<DnsCache>>,
+    /// Service names for ports (issue 12 item 4): `[services]` over IANA's, for the maps'
+    /// links, the exports and the command line's tables.
+    pub services: trafficmap_model::services::ServiceNames,
+    // Prices (issue 12, c1): the Price List API, when `[prices] price_list_api` is on.
+    price_list: Mutex<Option<PriceList>>,
+    /// The last Price List refresh's failure (logged once, when it starts failing).
+    price_list_error: Mutex<Option<String>>,
+}
+
+/// The Price List API and its cache file (`[prices]`).
+#[derive(Clone)]
+pub struct PriceList {
+    pub source: Arc<dyn PriceListSource>,
+    pub cache_file: PathBuf,
+    pub operating_system: String,
+    pub ttl: std::time::Duration,
 }
 
 fn stamp(p: &std::path::Path) -> Option<(SystemTime, u64)> {
@@ -70,9 +87,18 @@ fn stamp(p: &std::path::Path) -> Option<(SystemTime, u64)> {
 }
 
 impl Enricher {
-    /// Loads the files (errors are fatal here: the configuration was validated before).
+    /// Loads the files (errors are fatal here: the configuration was validated before), with
+    /// IANA's service names only.
     pub fn new(
         cfg: &config::Enrich,
+    ) -> Result<(Arc<Enricher>, Option<tokio::sync::mpsc::Receiver<IpAddr>>), String> {
+        Self::with_services(cfg, trafficmap_model::services::ServiceNames::iana())
+    }
+
+    /// [`Enricher::new`] with the configuration's service names (`config::Services::load`).
+    pub fn with_services(
+        cfg: &config::Enrich,
+        services: trafficmap_model::services::ServiceNames,
     ) -> Result<(Arc<Enricher>, Option<tokio::sync::mpsc::Receiver<IpAddr>>), String> {
         let rules = Rules {
             tags: cfg.tags.clone(),
@@ -107,6 +133,9 @@ impl Enricher {
                 cloud_error: Mutex::default(),
                 cloud_loaded: Mutex::new(false),
                 dns,
+                services,
+                price_list: Mutex::default(),
+                price_list_error: Mutex::default(),
             }),
             rx,
         ))
@@ -115,6 +144,12 @@ impl Enricher {
     /// Whether EC2 data is expected (API or snapshot file).
     pub fn cloud_configured(&self) -> bool {
         self.cfg.ec2.enabled || self.cfg.ec2.snapshot_file.is_some()
+    }
+
+    /// EC2 data is loaded, or none is configured (the daily report mail waits for it: a report
+    /// made before would list no instance; issue 12, c2).
+    pub fn cloud_ready(&self) -> bool {
+        !self.cloud_configured() || *self.cloud_loaded.lock().expect("lock")
     }
 
     /// The sources now, with reverse DNS names and current warnings.
@@ -146,6 +181,12 @@ impl Enricher {
         if let Some(e) = &*self.cloud_error.lock().expect("lock") {
             warnings.push(e.clone());
         }
+        if self.price_list_error.lock().expect("lock").is_some() {
+            warnings.push(
+                "the AWS Price List API did not answer; on-demand prices it has not given before come from the price table (details in the collector's log)"
+                    .into(),
+            );
+        }
         s.warnings = warnings;
         s
     }
@@ -171,6 +212,50 @@ impl Enricher {
     pub fn set_cloud(&self, snap: CloudSnapshot) {
         self.base.write().expect("sources lock").cloud = Arc::new(CloudIndex::new(snap));
         *self.cloud_loaded.lock().expect("lock") = true;
+    }
+
+    /// Uses the Price List API from now on: the cache file's fresh prices at once, the API at
+    /// every [`Enricher::refresh_price_list`].
+    pub fn set_price_list(&self, pl: PriceList, now: DateTime<Utc>) {
+        let cache = pricelist::load_cache(&pl.cache_file);
+        self.base.write().expect("sources lock").price_list =
+            Arc::new(pricelist::prices(&cache, &pl.operating_system, pl.ttl, now));
+        *self.price_list.lock().expect("lock") = Some(pl);
+    }
+
+    /// Asks the Price List API for the on-demand types of the current EC2 data that the cache
+    /// lacks (nothing when the API is not configured). Returns the questions asked, or the
+    /// failure, which is logged once when the API starts failing, and warned about in the maps
+    /// until it answers again.
+    pub async fn refresh_price_list(&self, now: DateTime<Utc>) -> Option<Result<usize, String>> {
+        let pl = self.price_list.lock().expect("lock").clone()?;
+        let wanted = pricelist::wanted(&self.base.read().expect("sources lock").cloud.snapshot);
+        let r = pricelist::refresh(
+            pl.source.as_ref(),
+            &pl.cache_file,
+            &pl.operating_system,
+            pl.ttl,
+            &wanted,
+            now,
+        )
+        .await;
+        self.base.write().expect("sources lock").price_list = Arc::new(r.prices);
+        let mut last = self.price_list_error.lock().expect("lock");
+        match r.error {
+            Some(e) => {
+                if last.is_none() {
+                    tracing::error!(error = %e, "AWS Price List API failed; on-demand prices from the price table until it answers");
+                }
+                *last = Some(e.clone());
+                Some(Err(e))
+            }
+            None => {
+                if last.take().is_some() {
+                    tracing::info!("AWS Price List API answers again");
+                }
+                Some(Ok(r.asked))
+            }
+        }
     }
 
     /// Asks for reverse DNS of addresses (never waits).
@@ -281,6 +366,13 @@ impl Enricher {
                         Ok(n) => {
                             tracing::info!(source = source.name(), instances = n, "EC2 data refreshed");
                             metrics.refreshed("ec2", true, now);
+                            // New instance types get their on-demand prices (failures are
+                            // logged by the call, once).
+                            if let Some(Ok(asked)) = self.refresh_price_list(now).await
+                                && asked > 0
+                            {
+                                tracing::info!(asked, "on-demand prices from the AWS Price List API");
+                            }
                         }
                         Err(e) => {
                             tracing::error!(source = source.name(), error = %e, "EC2 refresh failed");

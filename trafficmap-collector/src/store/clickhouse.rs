@@ -15,6 +15,11 @@
 //!   a period is used by readers only when its last recomputation started after its last mark,
 //!   otherwise readers fall back to finer rows.
 //!
+//! Host health (issue 12 item 5) follows the same rules: `host_minute` holds one row per report
+//! (de-duplicated by report id when read), `host_hour` and `host_day` are recomputed from it
+//! with the pair roll-ups (the last sample of the period and its largest `load1`), and periods
+//! with samples are marked dirty like those with pairs.
+//!
 //! Reports older than the minute retention are refused at ingest (the HTTP layer), so a
 //! recomputation always sees every minute row of its period.
 
@@ -41,6 +46,25 @@ use crate::{
 
 /// Partitions of the roll-up and report tables span this many seconds (30 days).
 const BUCKET: i64 = 30 * DAY;
+/// The database's schema version (table `schema_version`, one row per version applied).
+/// 1: 0.1.0 (which had no such table). 2: the host-health tables. A collector migrates an
+/// earlier database in place and refuses a newer one.
+pub const SCHEMA_VERSION: u32 = 2;
+/// What turns version N into N+1 beyond the `IF NOT EXISTS` tables of `create`: (N,
+/// statements). Several collectors may open one database at once, so every statement must be
+/// idempotent (`ADD COLUMN IF NOT EXISTS`, ...).
+const MIGRATIONS: &[(u32, &[&str])] = &[
+    // 1 -> 2: new tables only (host_minute, host_hour, host_day).
+    (1, &[]),
+];
+const _: () = {
+    let mut i = 0;
+    while i < MIGRATIONS.len() {
+        assert!(MIGRATIONS[i].0 == i as u32 + 1);
+        i += 1;
+    }
+    assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION - 1);
+};
 /// Recompute a closed period only after this long, so most late minute rows are in already.
 const ROLLUP_GRACE: i64 = 120;
 
@@ -247,6 +271,102 @@ fn latest_rollups(db: &str, table: &str, from: i64, to: i64) -> String {
     )
 }
 
+/// A report's host-health sample as stored (issue 12 item 5).
+#[derive(Serialize)]
+struct HostRow<'a> {
+    period: i64,
+    machine_id: &'a str,
+    report_id: &'a str,
+    sampled_ms: i64,
+    uptime_seconds: u64,
+    load1: f64,
+    load5: f64,
+    load15: f64,
+    memory_total_bytes: u64,
+    memory_available_bytes: u64,
+    cpus: u32,
+    load1_max: f64,
+}
+
+/// The host-health columns after `period, machine_id`, with their types.
+const HOST_COLS: &str =
+    "sampled_ms Int64, uptime_seconds UInt64, load1 Float64, load5 Float64, load15 Float64,
+    memory_total_bytes UInt64, memory_available_bytes UInt64, cpus UInt32, load1_max Float64";
+
+/// Host samples per (period, machine) in `d_*` columns: minute rows de-duplicated by report
+/// id, or roll-up rows of their latest version.
+fn host_periods(db: &str, grain: Grain, from: i64, to: i64) -> String {
+    let cols = |f: &dyn Fn(&str) -> String| {
+        [
+            ("sampled_ms", "d_sm"),
+            ("uptime_seconds", "d_up"),
+            ("load1", "d_l1"),
+            ("load5", "d_l5"),
+            ("load15", "d_l15"),
+            ("memory_total_bytes", "d_mt"),
+            ("memory_available_bytes", "d_ma"),
+            ("cpus", "d_cpu"),
+            ("load1_max", "d_lm"),
+        ]
+        .iter()
+        .map(|(c, d)| format!("{} AS {d}", f(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+    };
+    match grain {
+        Grain::Minute => format!(
+            "SELECT period, machine_id, report_id, {} FROM {db}.host_minute
+             WHERE period >= {from} AND period < {to} GROUP BY period, machine_id, report_id",
+            cols(&|c| format!("any({c})"))
+        ),
+        Grain::Hour | Grain::Day => format!(
+            "SELECT period, machine_id, {} FROM {db}.{} WHERE period >= {from} AND period < {to}
+             GROUP BY period, machine_id",
+            cols(&|c| format!("argMax({c}, version)")),
+            host_table(grain)
+        ),
+    }
+}
+
+/// The last sample and the largest load1 per machine over [`host_periods`] rows.
+fn host_last(source: &str) -> String {
+    format!(
+        "SELECT machine_id, max(d_sm) AS sampled_ms, argMax(d_up, d_sm) AS uptime_seconds,
+            argMax(d_l1, d_sm) AS load1, argMax(d_l5, d_sm) AS load5, argMax(d_l15, d_sm) AS load15,
+            argMax(d_mt, d_sm) AS memory_total_bytes, argMax(d_ma, d_sm) AS memory_available_bytes,
+            argMax(d_cpu, d_sm) AS cpus, max(d_lm) AS load1_max
+         FROM ({source}) GROUP BY machine_id"
+    )
+}
+
+fn host_table(g: Grain) -> &'static str {
+    match g {
+        Grain::Minute => "host_minute",
+        Grain::Hour => "host_hour",
+        Grain::Day => "host_day",
+    }
+}
+
+/// A row of [`host_last`].
+#[derive(Deserialize)]
+struct HostLast {
+    machine_id: String,
+    #[serde(deserialize_with = "num")]
+    sampled_ms: i64,
+    #[serde(deserialize_with = "num")]
+    uptime_seconds: u64,
+    load1: f64,
+    load5: f64,
+    load15: f64,
+    #[serde(deserialize_with = "num")]
+    memory_total_bytes: u64,
+    #[serde(deserialize_with = "num")]
+    memory_available_bytes: u64,
+    #[serde(deserialize_with = "num")]
+    cpus: u32,
+    load1_max: f64,
+}
+
 /// Roll-up state of periods: when each was last marked dirty and last recomputed.
 #[derive(Default)]
 struct RollupState {
@@ -289,7 +409,48 @@ impl ClickHouseStore {
     pub async fn open(opts: &ClickHouseOptions) -> Result<ClickHouseStore> {
         let store = ClickHouseStore::new(opts)?;
         store.create().await?;
+        store.migrate().await?;
         Ok(store)
+    }
+
+    /// The schema version the database holds (0: none recorded, a new database or one of
+    /// version 1), refusing a newer one; then the steps up to [`SCHEMA_VERSION`].
+    async fn migrate(&self) -> Result<()> {
+        let db = &self.db;
+        let found: u32 = String::from_utf8_lossy(
+            &self
+                .query(&format!(
+                    "SELECT max(version) FROM {db}.schema_version FORMAT TabSeparated"
+                ))
+                .await?,
+        )
+        .trim()
+        .parse()
+        .map_err(|_| ch(format!("{db}.schema_version: not a version")))?;
+        if found > SCHEMA_VERSION {
+            return Err(ch(format!(
+                "database {db} has schema version {found}, written by a newer collector; this one knows versions up to {SCHEMA_VERSION} (run the newer collector)"
+            )));
+        }
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        for (step_from, statements) in MIGRATIONS.iter().filter(|(v, _)| *v >= found.max(1)) {
+            for q in *statements {
+                self.query(&q.replace("{db}", db)).await?;
+            }
+            tracing::info!(
+                database = %db,
+                "store schema migrated from version {step_from} to {}",
+                step_from + 1
+            );
+        }
+        let now = chrono::Utc::now().timestamp();
+        self.query(&format!(
+            "INSERT INTO {db}.schema_version (version, applied_at) VALUES ({SCHEMA_VERSION}, {now})"
+        ))
+        .await
+        .map(drop)
     }
 
     /// The store without a word to the server yet: settings read and checked.
@@ -462,9 +623,29 @@ impl ClickHouseStore {
                 "CREATE TABLE IF NOT EXISTS {db}.rollup_done (grain String, period UInt32, started_at UInt32, version UInt64)
                  ENGINE = ReplacingMergeTree(version) ORDER BY (grain, period)"
             ),
+            // Host health (issue 12 item 5): minute rows per report, roll-ups per version.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.host_minute (period UInt32, machine_id String, report_id String, {HOST_COLS})
+                 ENGINE = ReplacingMergeTree() PARTITION BY intDiv(period, 86400)
+                 ORDER BY (period, machine_id, report_id)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.host_hour (period UInt32, machine_id String, {HOST_COLS}, version UInt64)
+                 ENGINE = ReplacingMergeTree(version) PARTITION BY intDiv(period, {BUCKET})
+                 ORDER BY (period, machine_id)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.host_day (period UInt32, machine_id String, {HOST_COLS}, version UInt64)
+                 ENGINE = ReplacingMergeTree(version) PARTITION BY intDiv(period, {BUCKET})
+                 ORDER BY (period, machine_id)"
+            ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {db}.cloud_snapshots (day UInt32, taken_ms Int64, body String)
                  ENGINE = ReplacingMergeTree(taken_ms) ORDER BY day"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.schema_version (version UInt32, applied_at Int64)
+                 ENGINE = ReplacingMergeTree() ORDER BY version"
             ),
         ];
         for q in ddl {
@@ -572,11 +753,34 @@ impl ClickHouseStore {
                 address: a.to_string(),
             })
         }))?;
+        let hosts = each_row(fresh.iter().filter_map(|ing| {
+            let h = ing.host.as_ref()?;
+            Some(HostRow {
+                period: floor(ing.window_start.timestamp(), 60),
+                machine_id: &ing.machine_id,
+                report_id: &ing.report_id,
+                sampled_ms: h.sampled_at.timestamp_millis(),
+                uptime_seconds: h.uptime_seconds,
+                load1: h.load1,
+                load5: h.load5,
+                load15: h.load15,
+                memory_total_bytes: h.memory_total_bytes,
+                memory_available_bytes: h.memory_available_bytes,
+                cpus: h.cpus,
+                load1_max: h.load1_max,
+            })
+        }))?;
         let mut periods: BTreeSet<(Grain, i64)> = BTreeSet::new();
         for ing in fresh {
-            for r in &ing.rows {
-                periods.insert((Grain::Hour, floor(r.minute, HOUR)));
-                periods.insert((Grain::Day, floor(r.minute, DAY)));
+            let minutes = ing.rows.iter().map(|r| r.minute);
+            // A host sample makes its periods dirty too: their host roll-ups must be redone.
+            let sample = ing
+                .host
+                .as_ref()
+                .map(|_| floor(ing.window_start.timestamp(), 60));
+            for minute in minutes.chain(sample) {
+                periods.insert((Grain::Hour, floor(minute, HOUR)));
+                periods.insert((Grain::Day, floor(minute, DAY)));
             }
         }
         let received = now.timestamp_millis();
@@ -605,6 +809,7 @@ impl ClickHouseStore {
         }))?;
         self.insert("pair_minute", minutes).await?;
         self.insert("agent_addresses", addresses).await?;
+        self.insert("host_minute", hosts).await?;
         // Dirty marks after the rows, stamped by ClickHouse's clock (see the module doc).
         if !periods.is_empty() {
             let values: Vec<String> = periods
@@ -798,6 +1003,29 @@ impl ClickHouseStore {
             };
             a.addresses = by_agent.remove(&i.machine_id).unwrap_or_default();
         }
+        // Host health (issue 12 item 5), per segment from the table of its grain.
+        for (grain, s, e) in &segments {
+            let rows: Vec<HostLast> = self
+                .rows(&host_last(&host_periods(db, *grain, *s, *e)))
+                .await?;
+            for h in rows {
+                if !b.has_agent(&h.machine_id) {
+                    continue;
+                }
+                let sample = trafficmap_model::map::HostStats {
+                    sampled_at: crate::period::from_ms(h.sampled_ms),
+                    uptime_seconds: h.uptime_seconds,
+                    load1: h.load1,
+                    load5: h.load5,
+                    load15: h.load15,
+                    memory_total_bytes: h.memory_total_bytes,
+                    memory_available_bytes: h.memory_available_bytes,
+                    cpus: h.cpus,
+                    load1_max: h.load1_max,
+                };
+                crate::range::fold_host(&mut b.agent_mut(&h.machine_id).host, sample);
+            }
+        }
         Ok(b.finish(from, to))
     }
 
@@ -915,6 +1143,22 @@ impl ClickHouseStore {
                 table = g.table()
             ))
             .await?;
+            // Host health of the period: from the same finer grain as the pairs.
+            let finer = if g == Grain::Hour {
+                Grain::Minute
+            } else {
+                Grain::Hour
+            };
+            self.query(&format!(
+                "INSERT INTO {db}.{table} (period, machine_id, sampled_ms, uptime_seconds, load1, load5, load15,
+                    memory_total_bytes, memory_available_bytes, cpus, load1_max, version)
+                 SELECT toUInt32({p}) AS period, machine_id, sampled_ms, uptime_seconds, load1, load5, load15,
+                    memory_total_bytes, memory_available_bytes, cpus, load1_max, toUInt64({version}) AS version
+                 FROM ({last})",
+                table = host_table(g),
+                last = host_last(&host_periods(db, finer, p, p + g.secs())),
+            ))
+            .await?;
             self.query(&format!(
                 "INSERT INTO {db}.rollup_done (grain, period, started_at, version) VALUES ({}, {p}, {started}, {version})",
                 lit(grain_name(g))
@@ -945,15 +1189,17 @@ impl ClickHouseStore {
                 continue;
             };
             let drop = match part.table.as_str() {
-                "pair_minute" => {
+                "pair_minute" | "host_minute" => {
                     let day = id * DAY;
                     // Only days whose roll-ups are complete and clean lose their minutes.
                     day + DAY <= cut(retention.minutes)
                         && state.clean(Grain::Day, day)
                         && (0..24).all(|h| state.clean(Grain::Hour, day + h * HOUR))
                 }
-                "pair_hour" | "reports" => (id + 1) * BUCKET <= cut(retention.hours),
-                "pair_day" | "agent_addresses" => (id + 1) * BUCKET <= cut(retention.days),
+                "pair_hour" | "reports" | "host_hour" => (id + 1) * BUCKET <= cut(retention.hours),
+                "pair_day" | "agent_addresses" | "host_day" => {
+                    (id + 1) * BUCKET <= cut(retention.days)
+                }
                 _ => false,
             };
             if drop {

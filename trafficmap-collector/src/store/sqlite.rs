@@ -12,6 +12,10 @@
 //! - `agents_day`, `agent_addresses`: each agent's identity and addresses per day (addresses
 //!   move between hosts over time; a past day is mapped with that day's).
 //! - `cloud_snapshots`: the last EC2 snapshot of each day.
+//! - `host_minute`, `host_hour`, `host_day` (issue 12 item 5): each agent's host health per
+//!   period: the last sample (by `sampled_ms`, the end of the report's window) and the largest
+//!   1-minute load. Written to all three at ingest (last and max need no watermark: applying a
+//!   sample twice changes nothing), kept as long as the `pair_*` table of the same grain.
 //!
 //! One writer connection behind a mutex (ingest batches, roll-up, retention); readers open their
 //! own connections and read in one transaction, so they see one consistent snapshot.
@@ -34,7 +38,16 @@ use crate::{
     range::{Counters, RangeBuilder, RangeData},
 };
 
-const SCHEMA_VERSION: i64 = 1;
+/// The database's schema version (table `meta`). 1: 0.1.0. 2: the host-health tables.
+/// A collector opens databases of every earlier version and migrates them in place; it refuses
+/// a newer one (written by a newer collector) without writing to it.
+pub const SCHEMA_VERSION: i64 = 2;
+/// What turns version N into N+1 beyond the `IF NOT EXISTS` tables of `SCHEMA`, which appear on
+/// their own: (N, statements). Each step runs in one transaction with its version bump.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // 1 -> 2: new tables only (host_minute, host_hour, host_day).
+    (1, ""),
+];
 /// Minute rows folded per roll-up transaction (bounds memory and how long ingest waits).
 const ROLLUP_CHUNK: i64 = 100_000;
 /// Rows deleted per retention transaction.
@@ -168,12 +181,111 @@ CREATE VIEW IF NOT EXISTS pair_day_named AS
            first_window_ms, first_seen_ms, last_seen_ms
     FROM pair_day JOIN names o ON o.id = observer JOIN names p ON p.id = process;
 
+-- Host health (issue 12 item 5): per agent and period, the last sample and the largest load1.
+CREATE TABLE IF NOT EXISTS host_minute (
+    period                 INTEGER NOT NULL,
+    machine_id             TEXT NOT NULL,
+    sampled_ms             INTEGER NOT NULL,
+    uptime_seconds         INTEGER NOT NULL,
+    load1                  REAL NOT NULL,
+    load5                  REAL NOT NULL,
+    load15                 REAL NOT NULL,
+    memory_total_bytes     INTEGER NOT NULL,
+    memory_available_bytes INTEGER NOT NULL,
+    cpus                   INTEGER NOT NULL,
+    load1_max              REAL NOT NULL,
+    PRIMARY KEY (period, machine_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS host_hour (
+    period                 INTEGER NOT NULL,
+    machine_id             TEXT NOT NULL,
+    sampled_ms             INTEGER NOT NULL,
+    uptime_seconds         INTEGER NOT NULL,
+    load1                  REAL NOT NULL,
+    load5                  REAL NOT NULL,
+    load15                 REAL NOT NULL,
+    memory_total_bytes     INTEGER NOT NULL,
+    memory_available_bytes INTEGER NOT NULL,
+    cpus                   INTEGER NOT NULL,
+    load1_max              REAL NOT NULL,
+    PRIMARY KEY (period, machine_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS host_day (
+    period                 INTEGER NOT NULL,
+    machine_id             TEXT NOT NULL,
+    sampled_ms             INTEGER NOT NULL,
+    uptime_seconds         INTEGER NOT NULL,
+    load1                  REAL NOT NULL,
+    load5                  REAL NOT NULL,
+    load15                 REAL NOT NULL,
+    memory_total_bytes     INTEGER NOT NULL,
+    memory_available_bytes INTEGER NOT NULL,
+    cpus                   INTEGER NOT NULL,
+    load1_max              REAL NOT NULL,
+    PRIMARY KEY (period, machine_id)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS cloud_snapshots (
     day      INTEGER PRIMARY KEY,
     taken_ms INTEGER NOT NULL,
     body     BLOB NOT NULL
 );
 ";
+
+/// The host-health tables by grain, and the columns after `period, machine_id`.
+const HOST_TABLES: [(Grain, &str); 3] = [
+    (Grain::Minute, "host_minute"),
+    (Grain::Hour, "host_hour"),
+    (Grain::Day, "host_day"),
+];
+const HOST_COLUMNS: [&str; 9] = [
+    "sampled_ms",
+    "uptime_seconds",
+    "load1",
+    "load5",
+    "load15",
+    "memory_total_bytes",
+    "memory_available_bytes",
+    "cpus",
+    "load1_max",
+];
+
+/// The upsert of a host sample into one host table: the later sample's values win (on a tie
+/// the one stored last), `load1_max` is the largest.
+fn host_upsert(table: &str) -> String {
+    let sets: Vec<String> = HOST_COLUMNS[..8]
+        .iter()
+        .map(|c| {
+            format!(
+                "{c} = CASE WHEN excluded.sampled_ms >= sampled_ms THEN excluded.{c} ELSE {c} END"
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} (period, machine_id, {cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (period, machine_id) DO UPDATE SET {sets}, load1_max = MAX(load1_max, excluded.load1_max)",
+        cols = HOST_COLUMNS.join(", "),
+        sets = sets.join(", "),
+    )
+}
+
+/// A host sample from `machine_id, sampled_ms, ...` at column `at`.
+fn host_row(
+    r: &rusqlite::Row<'_>,
+    at: usize,
+) -> rusqlite::Result<trafficmap_model::map::HostStats> {
+    Ok(trafficmap_model::map::HostStats {
+        sampled_at: crate::period::from_ms(r.get(at)?),
+        uptime_seconds: u(r.get(at + 1)?),
+        load1: r.get(at + 2)?,
+        load5: r.get(at + 3)?,
+        load15: r.get(at + 4)?,
+        memory_total_bytes: u(r.get(at + 5)?),
+        memory_available_bytes: u(r.get(at + 6)?),
+        cpus: u32::try_from(r.get::<_, i64>(at + 7)?).unwrap_or(0),
+        load1_max: r.get(at + 8)?,
+    })
+}
 
 const COLUMNS: &str = "observer, local_ip, peer_ip, server_port, role, process, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms";
 
@@ -300,13 +412,43 @@ fn bad(what: &str, v: &str) -> StoreError {
     StoreError::Other(format!("corrupt row: {what} `{v}`"))
 }
 
+/// Brings a database of an earlier schema `from` to [`SCHEMA_VERSION`], one step per
+/// transaction (a crash between steps leaves a consistent database of the step's version).
+fn migrate(conn: &mut Connection, path: &Path, from: i64) -> Result<()> {
+    for (step_from, sql) in MIGRATIONS.iter().filter(|(v, _)| *v >= from) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            [step_from + 1],
+        )?;
+        tx.commit()?;
+        tracing::info!(
+            database = %path.display(),
+            "store schema migrated from version {step_from} to {}",
+            step_from + 1
+        );
+    }
+    Ok(())
+}
+
+// Every version below the current one has its step, in order.
+const _: () = {
+    let mut i = 0;
+    while i < MIGRATIONS.len() {
+        assert!(MIGRATIONS[i].0 == i as i64 + 1);
+        i += 1;
+    }
+    assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION - 1);
+};
+
 impl SqliteStore {
-    /// Opens (creating if needed) `<dir>/trafficmap.db`.
+    /// Opens (creating if needed) `<dir>/trafficmap.db`, migrating an earlier schema in place.
     pub fn open(dir: &Path, sync: Sync) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Other(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("trafficmap.db");
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
@@ -319,14 +461,32 @@ impl SqliteStore {
         )?;
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.execute_batch(SCHEMA)?;
-        let version: Option<i64> = conn
-            .query_row(
+        // The version first: a newer collector's database is refused before anything (even
+        // an `IF NOT EXISTS` table) is written to it.
+        let has_meta: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        let version: Option<i64> = if has_meta {
+            conn.query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
                 [],
                 |r| r.get(0),
             )
-            .optional()?;
+            .optional()?
+        } else {
+            None
+        };
+        if let Some(v) = version
+            && v > SCHEMA_VERSION
+        {
+            return Err(StoreError::Other(format!(
+                "{} has schema version {v}, written by a newer collector; this one knows versions up to {SCHEMA_VERSION} (run the newer collector, or restore a backup taken before the upgrade)",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA)?;
         match version {
             None => {
                 conn.execute(
@@ -334,13 +494,7 @@ impl SqliteStore {
                     [SCHEMA_VERSION],
                 )?;
             }
-            Some(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(StoreError::Other(format!(
-                    "{} has schema version {v}; this collector knows version {SCHEMA_VERSION}",
-                    path.display()
-                )));
-            }
+            Some(v) => migrate(&mut conn, &path, v)?,
         }
         Ok(SqliteStore {
             path,
@@ -447,6 +601,10 @@ impl SqliteStore {
             let mut address = tx.prepare_cached(
                 "INSERT INTO agent_addresses (day, machine_id, address) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             )?;
+            let mut hosts = HOST_TABLES
+                .iter()
+                .map(|(grain, table)| Ok((grain.secs(), tx.prepare_cached(&host_upsert(table))?)))
+                .collect::<Result<Vec<_>>>()?;
             let received = now.timestamp_millis();
             for ing in batch {
                 let start = ing.window_start.timestamp_millis();
@@ -506,6 +664,23 @@ impl SqliteStore {
                 ])?;
                 for a in &ing.addresses {
                     address.execute(params![ing.day, ing.machine_id, a.to_string()])?;
+                }
+                if let Some(h) = &ing.host {
+                    for (secs, st) in &mut hosts {
+                        st.execute(params![
+                            floor(ing.window_start.timestamp(), *secs),
+                            ing.machine_id,
+                            h.sampled_at.timestamp_millis(),
+                            i(h.uptime_seconds),
+                            h.load1,
+                            h.load5,
+                            h.load15,
+                            i(h.memory_total_bytes),
+                            i(h.memory_available_bytes),
+                            i64::from(h.cpus),
+                            h.load1_max,
+                        ])?;
+                    }
                 }
                 out.push(Outcome::Stored);
             }
@@ -610,6 +785,9 @@ impl SqliteStore {
             ),
             ("DELETE FROM agents_day WHERE day < ?1", day_cut),
             ("DELETE FROM agent_addresses WHERE day < ?1", day_cut),
+            ("DELETE FROM host_minute WHERE period < ?1", minute_cut),
+            ("DELETE FROM host_hour WHERE period < ?1", hour_cut),
+            ("DELETE FROM host_day WHERE period < ?1", day_cut),
             // The newest snapshot stays, whatever its age: it is today's best knowledge.
             (
                 "DELETE FROM cloud_snapshots WHERE day < ?1 AND day < (SELECT MAX(day) FROM cloud_snapshots)",
@@ -889,6 +1067,26 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
             a.spool_dropped = a.spool_dropped.max(counter(r, 4)?);
         }
     }
+    // Host health (issue 12 item 5): each segment from the table of its grain.
+    for (grain, s, e) in &segments {
+        let table = HOST_TABLES
+            .iter()
+            .find(|(g, _)| g == grain)
+            .map_or("host_minute", |(_, t)| t);
+        let mut st = tx.prepare_cached(&format!(
+            "SELECT machine_id, {} FROM {table} WHERE period >= ?1 AND period < ?2",
+            HOST_COLUMNS.join(", ")
+        ))?;
+        let mut rows = st.query([s, e])?;
+        while let Some(r) = rows.next()? {
+            let m: String = r.get(0)?;
+            // Only agents of the range (a sample always comes with its report).
+            if b.has_agent(&m) {
+                let h = host_row(r, 1)?;
+                crate::range::fold_host(&mut b.agent_mut(&m).host, h);
+            }
+        }
+    }
     // Identity of every agent seen, from the days the range touches (the latest day wins).
     {
         let (d0, d1) = (floor(f, DAY), floor(t - 1, DAY) + DAY);
@@ -985,6 +1183,7 @@ mod tests {
             kernel: "6".into(),
             probe_drops: drops,
             spool_dropped: 0,
+            host: None,
             rows: rows
                 .iter()
                 .map(|&(process, bytes)| Row {
@@ -1006,6 +1205,97 @@ mod tests {
                 })
                 .collect(),
         })
+    }
+
+    /// Issue 12 item 5: per period the last sample wins whatever the order of arrival, load1_max
+    /// is the largest; minute, hour and day tables answer the same; retention drops each table
+    /// with its grain.
+    #[test]
+    fn host_samples_keep_the_last_and_the_largest_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path(), Sync::Normal).unwrap();
+        let sample = |start: &str, load1: f64, uptime: u64| {
+            let mut i =
+                (*ingest(&format!("host-{uptime:015}"), "h", start, 0, &[("p", 1)])).clone();
+            i.host = Some(crate::ingest::host_sample(
+                &trafficmap_model::report::HostStats {
+                    uptime_seconds: uptime,
+                    load1,
+                    load5: 1.0,
+                    load15: 0.5,
+                    memory_total_bytes: 1000,
+                    memory_available_bytes: 400,
+                    cpus: 2,
+                },
+                i.window_end,
+            ));
+            Arc::new(i)
+        };
+        // The later sample first, then an earlier one with a higher load, then one a day later.
+        let batch = [
+            sample("2026-11-23T10:05:00Z", 0.5, 300),
+            sample("2026-11-23T10:01:00Z", 7.25, 60),
+            sample("2026-11-24T09:00:00Z", 0.25, 90_000),
+        ];
+        s.ingest(&batch, at("2026-11-24T10:00:00Z")).unwrap();
+        let host = |from: &str, to: &str| s.range(at(from), at(to)).unwrap().agents[0].host;
+        let want = trafficmap_model::map::HostStats {
+            sampled_at: at("2026-11-23T10:06:00Z"),
+            uptime_seconds: 300,
+            load1: 0.5,
+            load5: 1.0,
+            load15: 0.5,
+            memory_total_bytes: 1000,
+            memory_available_bytes: 400,
+            cpus: 2,
+            load1_max: 7.25,
+        };
+        // Minutes, an hour, a day.
+        assert_eq!(
+            host("2026-11-23T10:00:00Z", "2026-11-23T10:30:00Z"),
+            Some(want)
+        );
+        assert_eq!(
+            host("2026-11-23T10:00:00Z", "2026-11-23T11:00:00Z"),
+            Some(want)
+        );
+        assert_eq!(
+            host("2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z"),
+            Some(want)
+        );
+        // Only the earlier minute: its own sample.
+        assert_eq!(
+            host("2026-11-23T10:01:00Z", "2026-11-23T10:02:00Z"),
+            Some(trafficmap_model::map::HostStats {
+                sampled_at: at("2026-11-23T10:02:00Z"),
+                uptime_seconds: 60,
+                load1: 7.25,
+                load1_max: 7.25,
+                ..want
+            })
+        );
+        // Two days: the 24th's sample is the last, the 23rd's load the largest.
+        let two = host("2026-11-23T00:00:00Z", "2026-11-25T00:00:00Z").unwrap();
+        assert_eq!(
+            (two.sampled_at, two.uptime_seconds, two.load1, two.load1_max),
+            (at("2026-11-24T09:01:00Z"), 90_000, 0.25, 7.25)
+        );
+        // Retention (2 days of minutes, 35 of hours, 400 of days) a week later: the minute
+        // rows are gone, hours and days stay.
+        s.maintain(
+            at("2026-11-30T12:00:00Z"),
+            super::super::Retention::default(),
+        )
+        .unwrap();
+        let c = Connection::open(s.path()).unwrap();
+        let count = |t: &str| -> i64 {
+            c.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            (count("host_minute"), count("host_hour"), count("host_day")),
+            (0, 2, 2)
+        );
     }
 
     /// Review finding 3: two reports whose counters are at the top of `i64` (what `i()` makes

@@ -29,7 +29,7 @@ pub fn privileged() -> bool {
     false
 }
 
-/// The attach mode under test: `TRAFFICMAP_TEST_BACKEND=auto|fexit|kprobe|tracepoint`.
+/// The attach mode under test: `TRAFFICMAP_TEST_BACKEND=auto|fexit|kprobe|tracepoint|counters`.
 pub fn mode_under_test() -> AttachMode {
     std::env::var("TRAFFICMAP_TEST_BACKEND")
         .ok()
