@@ -7,6 +7,7 @@ mod bench;
 mod bench_agent;
 mod bench_probe;
 mod collector;
+mod image;
 mod run;
 mod services;
 mod setup;
@@ -79,6 +80,16 @@ enum Cmd {
     VmTest {
         /// Kernel labels to run (default: all of 5.10, 6.1, 6.12).
         kernels: Vec<String>,
+    },
+    /// OCI images of the agent and the collector (buildah, from the built binaries), exported as
+    /// `<out>/trafficmap-{agent,collector}-<version>.oci.tar`; prints their sizes.
+    Image {
+        /// Which binaries: release (as shipped) or dev (the unit stage's debug build, stripped).
+        #[arg(long, value_enum, default_value = "release")]
+        profile: image::Profile,
+        /// Output directory (default target/images).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Regenerate the shipped TCP service-name table from IANA's registry XML (the committed
     /// copy, or first replace that copy with `--xml FILE`, plain or gzipped).
@@ -196,6 +207,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Viewer { cmd } => viewer::command(cmd),
+        Cmd::Image { profile, out } => image::command(profile, out),
         Cmd::ServicesUpdate { xml } => services::update(xml.as_deref()),
     }
 }

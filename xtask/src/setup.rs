@@ -38,6 +38,13 @@ const PACKAGES_TEST: &[&str] = &[
     "fonts-dejavu-core",
     "systemd",
     "curl",
+    // Images (cargo xtask image) and the `images` stage, which runs them under runc.
+    "buildah",
+    "umoci",
+    "runc",
+    "podman",
+    "skopeo",
+    "binutils",
 ];
 const PACKAGES_BENCH: &[&str] = &["tcpdump", "bpftrace", "iperf3", "procps"];
 

@@ -40,6 +40,11 @@ pub fn stages() -> Vec<Stage> {
             run: deploy,
         },
         Stage {
+            name: "images",
+            about: "OCI images (buildah, dev binaries); the agent under runc as the DaemonSet runs it (exact bytes, SIGTERM flush); the collector under runc on a volume across a restart",
+            run: crate::image::stage,
+        },
+        Stage {
             name: "collector-e2e",
             about: "3 agents in network namespaces, one collector: exact instances and clusters maps",
             run: crate::collector::e2e,

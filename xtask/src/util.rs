@@ -134,16 +134,29 @@ pub fn cargo_test() -> Command {
 /// The debug executable of binary target `bin`, as the `unit` stage builds it (nothing to build
 /// when it ran before).
 pub fn workspace_bin(bin: &str) -> Result<PathBuf> {
+    Ok(workspace_bins(&[bin])?.remove(0))
+}
+
+/// The debug executables of binary targets `bins`, in order, from one `cargo test --no-run`.
+pub fn workspace_bins(bins: &[&str]) -> Result<Vec<PathBuf>> {
     let mut c = cargo_test();
     c.args(["--no-run", "--message-format=json-render-diagnostics"])
         .stdout(std::process::Stdio::piped());
-    eprintln!("    $ cargo test --workspace --exclude trafficmap-ebpf --no-run (for {bin})");
+    eprintln!(
+        "    $ cargo test --workspace --exclude trafficmap-ebpf --no-run (for {})",
+        bins.join(", ")
+    );
     let out = c.output().context("cargo test --no-run")?;
     if !out.status.success() {
         anyhow::bail!("building the workspace's tests and binaries failed");
     }
-    executable_of(&String::from_utf8_lossy(&out.stdout), bin)
-        .with_context(|| format!("cargo reported no executable for `{bin}`"))
+    let messages = String::from_utf8_lossy(&out.stdout);
+    bins.iter()
+        .map(|bin| {
+            executable_of(&messages, bin)
+                .with_context(|| format!("cargo reported no executable for `{bin}`"))
+        })
+        .collect()
 }
 
 /// The executable of binary target `name` in cargo's JSON messages (not its unit-test harness).
