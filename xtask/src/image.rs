@@ -728,7 +728,7 @@ impl Peer {
     }
 
     /// One TCP conversation: a server in the namespace (thread `img-server`) reads to EOF, then
-    /// answers `back` bytes; the host's client (thread `img-client`) sends `sent`.
+    /// answers `back` bytes; the host's client (thread `img-client` of this process) sends `sent`.
     fn conversation(&self, port: u16, sent: usize, back: usize) -> Result<()> {
         let ns = PathBuf::from("/run/netns").join(&self.ns);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -911,8 +911,12 @@ fn run_agent(b: &Built, out: &Path) -> Result<String> {
         .find_map(|r| pair(r, HOST_ADDR, PEER_ADDR, 7101, "client"))
         .map(|p| p.2)
         .unwrap_or_default();
-    if process != "img-client" {
-        bail!("port 7101: process `{process}`, expected `img-client`");
+    // The client runs on a thread named `img-client` of this process: the agent names the
+    // process (the thread-group leader's comm), never the thread (issue 9).
+    if process != "xtask" {
+        bail!(
+            "port 7101: process `{process}`, expected `xtask` (the process, not its thread `img-client`)"
+        );
     }
 
     // The last window: right after a window closes (a new report line), a conversation, then
