@@ -181,50 +181,6 @@ CREATE VIEW IF NOT EXISTS pair_day_named AS
            first_window_ms, first_seen_ms, last_seen_ms
     FROM pair_day JOIN names o ON o.id = observer JOIN names p ON p.id = process;
 
--- Host health (issue 12 item 5): per agent and period, the last sample and the largest load1.
-CREATE TABLE IF NOT EXISTS host_minute (
-    period                 INTEGER NOT NULL,
-    machine_id             TEXT NOT NULL,
-    sampled_ms             INTEGER NOT NULL,
-    uptime_seconds         INTEGER NOT NULL,
-    load1                  REAL NOT NULL,
-    load5                  REAL NOT NULL,
-    load15                 REAL NOT NULL,
-    memory_total_bytes     INTEGER NOT NULL,
-    memory_available_bytes INTEGER NOT NULL,
-    cpus                   INTEGER NOT NULL,
-    load1_max              REAL NOT NULL,
-    PRIMARY KEY (period, machine_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS host_hour (
-    period                 INTEGER NOT NULL,
-    machine_id             TEXT NOT NULL,
-    sampled_ms             INTEGER NOT NULL,
-    uptime_seconds         INTEGER NOT NULL,
-    load1                  REAL NOT NULL,
-    load5                  REAL NOT NULL,
-    load15                 REAL NOT NULL,
-    memory_total_bytes     INTEGER NOT NULL,
-    memory_available_bytes INTEGER NOT NULL,
-    cpus                   INTEGER NOT NULL,
-    load1_max              REAL NOT NULL,
-    PRIMARY KEY (period, machine_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS host_day (
-    period                 INTEGER NOT NULL,
-    machine_id             TEXT NOT NULL,
-    sampled_ms             INTEGER NOT NULL,
-    uptime_seconds         INTEGER NOT NULL,
-    load1                  REAL NOT NULL,
-    load5                  REAL NOT NULL,
-    load15                 REAL NOT NULL,
-    memory_total_bytes     INTEGER NOT NULL,
-    memory_available_bytes INTEGER NOT NULL,
-    cpus                   INTEGER NOT NULL,
-    load1_max              REAL NOT NULL,
-    PRIMARY KEY (period, machine_id)
-) WITHOUT ROWID;
-
 CREATE TABLE IF NOT EXISTS cloud_snapshots (
     day      INTEGER PRIMARY KEY,
     taken_ms INTEGER NOT NULL,
@@ -238,24 +194,46 @@ const HOST_TABLES: [(Grain, &str); 3] = [
     (Grain::Hour, "host_hour"),
     (Grain::Day, "host_day"),
 ];
-const HOST_COLUMNS: [&str; 9] = [
-    "sampled_ms",
-    "uptime_seconds",
-    "load1",
-    "load5",
-    "load15",
-    "memory_total_bytes",
-    "memory_available_bytes",
-    "cpus",
-    "load1_max",
+/// The columns after `period, machine_id`, with their types.
+const HOST_COLUMNS: [(&str, &str); 9] = [
+    ("sampled_ms", "INTEGER"),
+    ("uptime_seconds", "INTEGER"),
+    ("load1", "REAL"),
+    ("load5", "REAL"),
+    ("load15", "REAL"),
+    ("memory_total_bytes", "INTEGER"),
+    ("memory_available_bytes", "INTEGER"),
+    ("cpus", "INTEGER"),
+    ("load1_max", "REAL"),
 ];
+
+fn host_column_names() -> String {
+    HOST_COLUMNS.map(|(c, _)| c).join(", ")
+}
+
+/// The host-health tables (issue 12 item 5): per agent and period, the last sample and the
+/// largest load1. One definition for the three grains.
+fn host_tables_ddl() -> String {
+    let cols: String = HOST_COLUMNS
+        .iter()
+        .map(|(c, t)| format!("    {c} {t} NOT NULL,\n"))
+        .collect();
+    HOST_TABLES
+        .iter()
+        .map(|(_, table)| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (\n    period INTEGER NOT NULL,\n    machine_id TEXT NOT NULL,\n{cols}    PRIMARY KEY (period, machine_id)\n) WITHOUT ROWID;\n"
+            )
+        })
+        .collect()
+}
 
 /// The upsert of a host sample into one host table: the later sample's values win (on a tie
 /// the one stored last), `load1_max` is the largest.
 fn host_upsert(table: &str) -> String {
     let sets: Vec<String> = HOST_COLUMNS[..8]
         .iter()
-        .map(|c| {
+        .map(|(c, _)| {
             format!(
                 "{c} = CASE WHEN excluded.sampled_ms >= sampled_ms THEN excluded.{c} ELSE {c} END"
             )
@@ -264,7 +242,7 @@ fn host_upsert(table: &str) -> String {
     format!(
         "INSERT INTO {table} (period, machine_id, {cols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (period, machine_id) DO UPDATE SET {sets}, load1_max = MAX(load1_max, excluded.load1_max)",
-        cols = HOST_COLUMNS.join(", "),
+        cols = host_column_names(),
         sets = sets.join(", "),
     )
 }
@@ -487,6 +465,7 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(&host_tables_ddl())?;
         match version {
             None => {
                 conn.execute(
@@ -1075,7 +1054,7 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
             .map_or("host_minute", |(_, t)| t);
         let mut st = tx.prepare_cached(&format!(
             "SELECT machine_id, {} FROM {table} WHERE period >= ?1 AND period < ?2",
-            HOST_COLUMNS.join(", ")
+            host_column_names()
         ))?;
         let mut rows = st.query([s, e])?;
         while let Some(r) = rows.next()? {
