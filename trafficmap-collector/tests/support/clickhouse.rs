@@ -23,6 +23,32 @@ fn binary() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// Waits until `GET /ping` on 127.0.0.1:`http` answers 200 (60 s at most); `exited` says why
+/// the engine's process is gone, if it is.
+fn wait_for_ping(http: u16, what: &str, mut exited: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = super::try_request(
+            format!("127.0.0.1:{http}").parse().unwrap(),
+            "GET",
+            "/ping",
+            &[],
+            b"",
+        ) && r.status == 200
+        {
+            return;
+        }
+        if let Some(why) = exited() {
+            panic!("{why}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer /ping within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 impl ClickHouse {
     /// `None` outside CI when the engine is not installed (the caller says so).
     pub fn start() -> Option<ClickHouse> {
@@ -69,27 +95,12 @@ impl ClickHouse {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting the chdb bridge");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = super::try_request(
-                format!("127.0.0.1:{http}").parse().unwrap(),
-                "GET",
-                "/ping",
-                &[],
-                b"",
-            ) && r.status == 200
-            {
-                break;
-            }
-            if let Some(s) = child.try_wait().unwrap() {
-                panic!("the chdb bridge exited ({s})");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the chdb bridge did not answer /ping within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_ping(http, "the chdb bridge", || {
+            child
+                .try_wait()
+                .unwrap()
+                .map(|s| format!("the chdb bridge exited ({s})"))
+        });
         Some(ClickHouse {
             url: format!("http://127.0.0.1:{http}"),
             child: Some(child),
@@ -150,29 +161,12 @@ impl ClickHouse {
             child: Some(child),
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = super::try_request(
-                format!("127.0.0.1:{http}").parse().unwrap(),
-                "GET",
-                "/ping",
-                &[],
-                b"",
-            ) && r.status == 200
-            {
-                break;
-            }
-            if let Some(s) = ch.child.as_mut().unwrap().try_wait().unwrap() {
-                let log = std::fs::read_to_string(format!("{d}/log/clickhouse-server.err.log"))
-                    .unwrap_or_default();
-                panic!("clickhouse-server exited ({s}):\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "clickhouse-server did not answer /ping within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_ping(http, "clickhouse-server", || {
+            let s = ch.child.as_mut().unwrap().try_wait().unwrap()?;
+            let log = std::fs::read_to_string(format!("{d}/log/clickhouse-server.err.log"))
+                .unwrap_or_default();
+            Some(format!("clickhouse-server exited ({s}):\n{log}"))
+        });
         Some(ch)
     }
 
