@@ -1055,6 +1055,9 @@ mod tests {
                     connections_active: 1,
                     first_seen: t,
                     last_seen: t,
+                    container: None,
+                    service_ip: None,
+                    service_port: None,
                 };
                 n
             ];
@@ -1092,6 +1095,9 @@ mod tests {
             connections_active: 1,
             first_seen: t,
             last_seen: t,
+            container: None,
+            service_ip: None,
+            service_port: None,
         };
         let agent = Agent {
             version: "0".into(),
@@ -1157,6 +1163,9 @@ mod tests {
             connections_active: 1,
             first_seen: t("2026-11-23T10:00:00Z"),
             last_seen: t("2026-11-23T11:30:00Z"),
+            container: None,
+            service_ip: None,
+            service_port: None,
         };
         let long = "a".repeat(299);
         let pairs = vec![

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod kretprobe;
 pub mod metrics;
 pub mod metrics_server;
+pub mod names;
 pub mod output;
 pub mod pairs;
 pub mod privileges;

@@ -515,6 +515,9 @@ mod tests {
             connections_active: 1,
             first_seen: t,
             last_seen: t,
+            container: None,
+            service_ip: None,
+            service_port: None,
         }
     }
 

@@ -193,6 +193,9 @@ impl Accumulator {
                     connections_active: a.active,
                     first_seen: first,
                     last_seen: last,
+                    container: None,
+                    service_ip: None,
+                    service_port: None,
                 }
             })
             .collect();

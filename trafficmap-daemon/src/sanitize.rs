@@ -382,6 +382,9 @@ mod tests {
             connections_active: active,
             first_seen: r.window.start,
             last_seen: r.window.end,
+            container: None,
+            service_ip: None,
+            service_port: None,
         }
     }
 

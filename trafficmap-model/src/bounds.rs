@@ -34,6 +34,15 @@ pub const MAX_MACHINE_ID_LEN: usize = 128;
 pub const MAX_PROCESS_LEN: usize = 255;
 pub const MAX_AGENT_FIELD_LEN: usize = 128;
 pub const MAX_EC2_FIELD_LEN: usize = 64;
+/// Container identity of a pair (issue 11): runtime ids are hex (64 characters for Docker,
+/// containerd, CRI-O and podman; 12 is Docker's short form); Kubernetes names are DNS
+/// subdomains of at most 253 characters, namespaces DNS labels of at most 63; kinds are
+/// CamelCase identifiers.
+pub const MIN_CONTAINER_ID_LEN: usize = 12;
+pub const MAX_CONTAINER_ID_LEN: usize = 128;
+pub const MAX_K8S_NAME_LEN: usize = 253;
+pub const MAX_K8S_NAMESPACE_LEN: usize = 63;
+pub const MAX_K8S_KIND_LEN: usize = 63;
 
 // Host health (issue 12 item 5): `host.stats`, sampled by the agent from `/proc` once per
 // report. Physical bounds far above any real host, so a hostile value cannot skew the fleet's

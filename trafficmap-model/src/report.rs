@@ -186,18 +186,98 @@ pub struct Pair {
     pub connections_active: u64,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// The container of the local process (issue 11); absent for a process outside any
+    /// container, or when the agent could not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    /// The address the local client connected to, when the connection's destination was
+    /// translated on the way (conntrack's original tuple; a Kubernetes Service's ClusterIP, a
+    /// load balancer, a published port): `peer_ip`/`server_port` are then the real server (the
+    /// reply tuple), so both ends of the conversation merge. Set together with `service_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_port: Option<u16>,
 }
 
+/// The key that identifies a pair within a report.
+pub type PairKey<'a> = (
+    IpAddr,
+    IpAddr,
+    u16,
+    Role,
+    &'a str,
+    Option<&'a str>,
+    Option<(IpAddr, u16)>,
+);
+
 impl Pair {
-    /// The fields that identify a pair within a report.
-    pub fn key(&self) -> (IpAddr, IpAddr, u16, Role, &str) {
+    /// The fields that identify a pair within a report: two containers running the same
+    /// program, or one client reaching the same server directly and through a Service, are
+    /// different pairs.
+    pub fn key(&self) -> PairKey<'_> {
         (
             self.local_ip,
             self.peer_ip,
             self.server_port,
             self.role,
             self.process.as_str(),
+            self.container.as_ref().map(|c| c.id.as_str()),
+            self.service_ip.zip(self.service_port),
         )
+    }
+}
+
+/// Where a local process runs (issue 11): its container and, on Kubernetes, its pod and the
+/// workload that owns the pod. Every name is optional: the container id and runtime come from
+/// the process's cgroup; names from the runtime's API or the kubelet/API server when reachable.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container {
+    /// The runtime's container id: 12 to 128 characters of `0-9 a-f` (64 for Docker,
+    /// containerd, CRI-O and podman).
+    pub id: String,
+    pub runtime: ContainerRuntime,
+    /// Container name (the runtime's, or the Kubernetes container name in its pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Kubernetes pod name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Kubernetes namespace of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Kind of the workload that owns the pod (`Deployment`, `StatefulSet`, `DaemonSet`, `Job`,
+    /// `CronJob`, a custom controller's kind, or `Pod` for a pod nobody owns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_kind: Option<String>,
+    /// Name of that workload (a Deployment's, not its ReplicaSet's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+}
+
+/// The container runtime that created a container, told by its cgroup path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerRuntime {
+    Docker,
+    Containerd,
+    #[serde(rename = "cri-o")]
+    CriO,
+    Podman,
+    /// A plain OCI runtime (runc, crun) or an unrecognised manager.
+    Oci,
+}
+
+impl ContainerRuntime {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ContainerRuntime::Docker => "docker",
+            ContainerRuntime::Containerd => "containerd",
+            ContainerRuntime::CriO => "cri-o",
+            ContainerRuntime::Podman => "podman",
+            ContainerRuntime::Oci => "oci",
+        }
     }
 }
 
@@ -284,12 +364,14 @@ impl Report {
                 return invalid(
                     &format!("pairs[{i}]"),
                     format!(
-                        "duplicate pair {} -> {} port {} ({:?}, `{}`)",
+                        "duplicate pair {} -> {} port {} ({:?}, `{}`, container {:?}, service {:?})",
                         p.local_ip,
                         p.peer_ip,
                         p.server_port,
                         p.role,
-                        p.process.escape_debug()
+                        p.process.escape_debug(),
+                        p.container.as_ref().map(|c| c.id.as_str()),
+                        p.service_ip.zip(p.service_port),
                     ),
                 );
             }
@@ -598,6 +680,69 @@ impl Pair {
                 ),
             );
         }
+        if self.service_ip.is_some() != self.service_port.is_some() {
+            return invalid(
+                &path("service_port"),
+                "service_ip and service_port come together or not at all".to_owned(),
+            );
+        }
+        if let Some(c) = &self.container {
+            c.validate(i)?;
+        }
+        Ok(())
+    }
+}
+
+impl Container {
+    fn validate(&self, i: usize) -> Result<(), ReportError> {
+        let path = |field| PairField { i, field };
+        if !(bounds::MIN_CONTAINER_ID_LEN..=bounds::MAX_CONTAINER_ID_LEN).contains(&self.id.len())
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return invalid(
+                &path("container.id"),
+                format!(
+                    "{} bytes, expected {} to {} characters of 0-9 a-f",
+                    self.id.len(),
+                    bounds::MIN_CONTAINER_ID_LEN,
+                    bounds::MAX_CONTAINER_ID_LEN
+                ),
+            );
+        }
+        for (field, v, max) in [
+            ("container.name", &self.name, bounds::MAX_K8S_NAME_LEN),
+            ("container.pod", &self.pod, bounds::MAX_K8S_NAME_LEN),
+            (
+                "container.namespace",
+                &self.namespace,
+                bounds::MAX_K8S_NAMESPACE_LEN,
+            ),
+            (
+                "container.workload",
+                &self.workload,
+                bounds::MAX_K8S_NAME_LEN,
+            ),
+        ] {
+            if let Some(v) = v {
+                check_str(&path(field), v, 1, max)?;
+            }
+        }
+        if let Some(kind) = &self.workload_kind
+            && (kind.is_empty()
+                || kind.len() > bounds::MAX_K8S_KIND_LEN
+                || !kind.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return invalid(
+                &path("container.workload_kind"),
+                format!(
+                    "expected 1 to {} characters of A-Z a-z 0-9",
+                    bounds::MAX_K8S_KIND_LEN
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -787,12 +932,44 @@ mod tests {
             ),
             ("/health/map_capacity", serde_json::json!((1u64 << 32) + 1)),
             ("/health/spool_dropped", serde_json::json!((1u64 << 32) + 1)),
+            ("/pairs/0/container/id", serde_json::json!("abc")),
+            ("/pairs/0/container/id", serde_json::json!("A".repeat(64))),
+            ("/pairs/0/container/id", serde_json::json!("a".repeat(129))),
+            ("/pairs/0/container/runtime", serde_json::json!("lxc")),
+            ("/pairs/0/container/name", serde_json::json!("")),
+            ("/pairs/0/container/pod", serde_json::json!("p".repeat(254))),
+            (
+                "/pairs/0/container/namespace",
+                serde_json::json!("n".repeat(64)),
+            ),
+            (
+                "/pairs/0/container/workload",
+                serde_json::json!("w\u{1b}[2J"),
+            ),
+            (
+                "/pairs/0/container/workload_kind",
+                serde_json::json!("Deploy ment"),
+            ),
+            ("/pairs/0/service_port", serde_json::json!(70000)),
         ];
         for (ptr, value) in edits {
             let mut v = example();
             *v.pointer_mut(ptr).unwrap_or_else(|| panic!("{ptr}")) = value;
             out.push(v);
         }
+        let mut v = example();
+        v["pairs"][0]["container"]["surprise"] = serde_json::json!(1);
+        out.push(v);
+        // A service address without its port (and the other way round) says nothing usable.
+        let mut v = example();
+        v["pairs"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("service_port");
+        out.push(v);
+        let mut v = example();
+        v["pairs"][0].as_object_mut().unwrap().remove("service_ip");
+        out.push(v);
         let mut v = example();
         v["host"]["addresses"] = (0..257u32)
             .map(|i| serde_json::json!(std::net::Ipv4Addr::from(i).to_string()))

@@ -142,6 +142,9 @@ fn report(input: &Input, id: usize, host: u8) -> Report {
                 connections_active: p.active.of(bounds::MAX_ACTIVE),
                 first_seen: p.first.at(start, len_ms),
                 last_seen: p.last.at(start, len_ms),
+                container: None,
+                service_ip: None,
+                service_port: None,
             }
         })
         .filter(|p| {
