@@ -156,6 +156,10 @@ pub struct Conn {
     /// Counters backend: the socket's cookie (`sk->sk_cookie`, what sock_diag reports as
     /// `idiag_cookie`) when its final counters were read; 0 if none was ever assigned.
     pub cookie: u64,
+    /// cgroup v2 id (`bpf_get_current_cgroup_id()`: the inode number of the cgroup's directory
+    /// in the cgroup2 mount) of the process in `pid`, taken with it; userspace resolves it to a
+    /// container. 0 when unknown.
+    pub cgroup_id: u64,
 }
 
 impl Conn {
@@ -182,6 +186,7 @@ impl Conn {
         flags: 0,
         _pad: 0,
         cookie: 0,
+        cgroup_id: 0,
     };
 }
 
@@ -194,6 +199,17 @@ pub struct Owner {
     pub _pad: u32,
     /// The thread-group leader's `comm`, NUL-padded.
     pub comm: [u8; 16],
+    /// cgroup v2 id of the process (see [`Conn::cgroup_id`]); 0 when unknown.
+    pub cgroup_id: u64,
+}
+
+impl Owner {
+    pub const ZERO: Owner = Owner {
+        pid: 0,
+        _pad: 0,
+        comm: [0; 16],
+        cgroup_id: 0,
+    };
 }
 
 /// `SOCK_DONE` in `enum sock_flags` (include/net/sock.h, unchanged since 2.6): set on a TCP
@@ -419,9 +435,12 @@ pub const IPPROTO_TCP: u16 = 6;
 // Layout checks: a change here must be a deliberate change on both sides.
 const _: () = {
     use core::mem::{offset_of, size_of};
-    assert!(size_of::<Conn>() == 152);
+    assert!(size_of::<Conn>() == 160);
     assert!(offset_of!(Conn, cookie) == 144);
-    assert!(size_of::<Owner>() == 24);
+    assert!(offset_of!(Conn, cgroup_id) == 152);
+    assert!(size_of::<Owner>() == 32);
+    assert!(offset_of!(Owner, comm) == 8);
+    assert!(offset_of!(Owner, cgroup_id) == 24);
     assert!(offset_of!(Conn, sk) == 64);
     assert!(offset_of!(Conn, saddr) == 72);
     assert!(offset_of!(Conn, sport) == 104);

@@ -49,6 +49,8 @@ pub struct Drainer {
     acc: Accumulator,
     last_drops: std::collections::BTreeMap<&'static str, u64>,
     vanished_seen: u64,
+    /// Container of each pair's process (issue 11); `None` with `[containers] enable = false`.
+    containers: Option<crate::containers::Resolver>,
 }
 
 /// What one drain produced.
@@ -60,6 +62,11 @@ pub struct Drained {
 }
 
 impl Drainer {
+    /// Names each pair's container with `resolver` from now on.
+    pub fn set_containers(&mut self, resolver: crate::containers::Resolver) {
+        self.containers = Some(resolver);
+    }
+
     fn accumulate(&mut self, d: &crate::delta::ConnDelta, clock: &Clock) {
         let id = d.conn.id();
         let (role, role_source) = match self.roles.get(&id) {
@@ -140,7 +147,11 @@ impl Drainer {
         }
         self.tracker.end_drain();
         self.listeners.clear();
-        let pairs = self.acc.finish(start, end);
+        let now = std::time::Instant::now();
+        let pairs = match &mut self.containers {
+            Some(r) => self.acc.finish(start, end, &mut |id| r.resolve(id, now)),
+            None => self.acc.finish(start, end, &mut |_| None),
+        };
 
         let drops = cumulative
             .iter()
@@ -375,6 +386,26 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     let probe = Arc::new(Mutex::new(probe));
     let drainer: Arc<Mutex<Drainer>> = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Issue 11: container names. Runtime API sources first; the Kubernetes source is pushed
+    // after them.
+    #[allow(unused_mut, reason = "the Kubernetes source is pushed here too")]
+    let mut name_sources: Vec<Arc<dyn crate::names::NameSource>> = Vec::new();
+    if config.containers.enable {
+        name_sources.extend(crate::runtimeapi::sources(&config.containers, &stop_rx));
+        let c = &config.containers;
+        let mut resolver = crate::containers::Resolver::new(
+            crate::containers::ResolverOptions {
+                cgroup_root: c.cgroup_root.clone(),
+                cache_size: c.cache_size,
+                rescan_interval: c.rescan_interval,
+                negative_ttl: crate::containers::NEGATIVE_TTL,
+            },
+            name_sources.clone(),
+        );
+        resolver.set_metrics(metrics.container_names.clone());
+        metrics.set_max_workloads(c.metrics_max_workloads);
+        drainer.lock().unwrap().set_containers(resolver);
+    }
     let ring_task = spawn_ring_reader(&probe, &drainer, stop_rx.clone())?;
     let metrics_task = listener.map(|l| spawn_metrics_server(l, metrics.clone(), stop_rx.clone()));
     let wake = Arc::new(Notify::new());

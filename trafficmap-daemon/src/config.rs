@@ -119,7 +119,132 @@ pub struct FileConfig {
     pub imds: Option<String>,
     pub imds_endpoint: Option<String>,
     pub log_level: Option<String>,
+    // Issue 11, containers (k11-probe): the `[containers]` table.
+    pub containers: Option<ContainersFile>,
 }
+
+// ---- Issue 11, containers (k11-probe) ------------------------------------------------------
+
+/// `[containers]`: which container each pair's process runs in (docs/agent.md, "Containers").
+#[derive(Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainersFile {
+    pub enable: Option<bool>,
+    /// cgroup2 mount to walk, or `auto` (found in /proc/self/mountinfo).
+    pub cgroup_root: Option<String>,
+    /// podman's API socket; `""` turns the source off.
+    pub podman_socket: Option<String>,
+    /// Docker's API socket; `""` turns the source off.
+    pub docker_socket: Option<String>,
+    /// Most container cgroups (and non-container cgroup ids) remembered.
+    pub cache_size: Option<usize>,
+    /// At most one walk of the cgroup tree per this.
+    pub rescan_interval: Option<String>,
+    /// How often the runtime API sources list their containers.
+    pub api_refresh: Option<String>,
+    /// Timeout of one runtime API request.
+    pub api_timeout: Option<String>,
+    /// Most containers a runtime API source remembers.
+    pub api_max_containers: Option<usize>,
+    /// Most distinct (namespace, workload) label values on /metrics; the rest are `other`.
+    pub metrics_max_workloads: Option<usize>,
+}
+
+/// Validated `[containers]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainersConfig {
+    pub enable: bool,
+    pub cgroup_root: Option<PathBuf>,
+    pub podman_socket: Option<PathBuf>,
+    pub docker_socket: Option<PathBuf>,
+    pub cache_size: usize,
+    pub rescan_interval: Duration,
+    pub api_refresh: Duration,
+    pub api_timeout: Duration,
+    pub api_max_containers: usize,
+    pub metrics_max_workloads: usize,
+}
+
+impl ContainersConfig {
+    fn from_file(f: &ContainersFile) -> Result<ContainersConfig, ConfigError> {
+        let socket = |v: &Option<String>, default: &str| match v.as_deref() {
+            None => Some(PathBuf::from(default)),
+            Some("") => None,
+            Some(p) => Some(PathBuf::from(p)),
+        };
+        let bounded = |field: &str, v: Option<usize>, default: usize, max: usize| {
+            let v = v.unwrap_or(default);
+            if v == 0 || v > max {
+                return Err(ConfigError(format!(
+                    "containers.{field}: {v} is out of range (1 to {max})"
+                )));
+            }
+            Ok(v)
+        };
+        let dur = |field: &str, v: &Option<String>, default: &str, min: Duration, max: Duration| {
+            let d = duration(
+                &format!("containers.{field}"),
+                v.as_deref().unwrap_or(default),
+            )?;
+            if d < min || d > max {
+                return Err(ConfigError(format!(
+                    "containers.{field}: {d:?} is out of range ({min:?} to {max:?})"
+                )));
+            }
+            Ok(d)
+        };
+        Ok(ContainersConfig {
+            enable: f.enable.unwrap_or(true),
+            cgroup_root: match f.cgroup_root.as_deref() {
+                None | Some("auto") => None,
+                Some("") => {
+                    return Err(ConfigError(
+                        "containers.cgroup_root: empty; give a path or `auto`".into(),
+                    ));
+                }
+                Some(p) => Some(PathBuf::from(p)),
+            },
+            podman_socket: socket(&f.podman_socket, "/run/podman/podman.sock"),
+            docker_socket: socket(&f.docker_socket, "/var/run/docker.sock"),
+            cache_size: bounded("cache_size", f.cache_size, 16_384, 1 << 20)?,
+            rescan_interval: dur(
+                "rescan_interval",
+                &f.rescan_interval,
+                "10s",
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
+            api_refresh: dur(
+                "api_refresh",
+                &f.api_refresh,
+                "30s",
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
+            api_timeout: dur(
+                "api_timeout",
+                &f.api_timeout,
+                "2s",
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            )?,
+            api_max_containers: bounded(
+                "api_max_containers",
+                f.api_max_containers,
+                16_384,
+                1 << 20,
+            )?,
+            metrics_max_workloads: bounded(
+                "metrics_max_workloads",
+                f.metrics_max_workloads,
+                100,
+                10_000,
+            )?,
+        })
+    }
+}
+
+// ---- end of issue 11, containers ------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Imds {
@@ -152,6 +277,8 @@ pub struct Config {
     pub imds: Imds,
     pub imds_endpoint: String,
     pub log_level: String,
+    // Issue 11, containers (k11-probe).
+    pub containers: ContainersConfig,
     /// Where the file settings came from, for SIGHUP reloads.
     pub config_file: Option<PathBuf>,
 }
@@ -360,6 +487,8 @@ impl Config {
             imds,
             imds_endpoint: pick!(imds_endpoint).unwrap_or_else(|| "http://169.254.169.254".into()),
             log_level,
+            // Issue 11, containers (k11-probe).
+            containers: ContainersConfig::from_file(&f.containers.clone().unwrap_or_default())?,
             config_file: cli.config.clone(),
         })
     }
@@ -442,6 +571,7 @@ mod tests {
             imds: Some(String::new()),
             imds_endpoint: Some(String::new()),
             log_level: Some(String::new()),
+            containers: Some(ContainersFile::default()),
         })
         .unwrap();
         let missing: Vec<&String> = all.keys().filter(|k| !table.contains_key(*k)).collect();

@@ -321,10 +321,20 @@ fn proc_pids() -> impl Iterator<Item = (u32, PathBuf)> {
         })
 }
 
-/// Owners of the given socket inodes: thread-group id and the process name (the leader's
-/// `comm`), from `/proc/<pid>/fd` (readable for other users' processes only with ptrace
-/// rights, i.e. as root at start). At most one pass over /proc.
-pub fn socket_owners(inodes: &HashSet<u32>) -> HashMap<u32, (u32, [u8; 16])> {
+/// The process that holds a socket open, as the probe would have recorded it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcOwner {
+    pub pid: u32,
+    /// The thread-group leader's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// cgroup v2 id (what `bpf_get_current_cgroup_id` returns for it); 0 when unknown.
+    pub cgroup_id: u64,
+}
+
+/// Owners of the given socket inodes: thread-group id, the process name (the leader's
+/// `comm`) and cgroup id, from `/proc/<pid>/fd` (readable for other users' processes only with
+/// ptrace rights, i.e. as root at start). At most one pass over /proc.
+pub fn socket_owners(inodes: &HashSet<u32>) -> HashMap<u32, ProcOwner> {
     let mut out = HashMap::new();
     if inodes.is_empty() {
         return out;
@@ -333,7 +343,7 @@ pub fn socket_owners(inodes: &HashSet<u32>) -> HashMap<u32, (u32, [u8; 16])> {
         let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
             continue;
         };
-        let mut comm: Option<[u8; 16]> = None;
+        let mut owner: Option<ProcOwner> = None;
         for fd in fds.filter_map(Result::ok) {
             let Ok(target) = std::fs::read_link(fd.path()) else {
                 continue;
@@ -347,16 +357,20 @@ pub fn socket_owners(inodes: &HashSet<u32>) -> HashMap<u32, (u32, [u8; 16])> {
                 continue;
             };
             if inodes.contains(&ino) && !out.contains_key(&ino) {
-                let c = *comm.get_or_insert_with(|| {
+                let o = *owner.get_or_insert_with(|| {
                     let mut raw = [0u8; 16];
                     if let Ok(text) = std::fs::read(dir.join("comm")) {
                         let text = text.strip_suffix(b"\n").unwrap_or(&text);
                         let n = text.len().min(15);
                         raw[..n].copy_from_slice(&text[..n]);
                     }
-                    raw
+                    ProcOwner {
+                        pid,
+                        comm: raw,
+                        cgroup_id: crate::containers::cgroup_id_of_pid(pid).unwrap_or(0),
+                    }
                 });
-                out.insert(ino, (pid, c));
+                out.insert(ino, o);
             }
         }
         if out.len() == inodes.len() {
@@ -373,6 +387,7 @@ pub struct Base {
     pub received: u64,
     pub pid: u32,
     pub comm: [u8; 16],
+    pub cgroup_id: u64,
 }
 
 /// States whose sockets are connections with counters worth reading (not listeners, not
@@ -410,7 +425,7 @@ impl Counting {
     pub fn set_baselines(
         &mut self,
         entries: &[DiagEntry],
-        owners: &HashMap<u32, (u32, [u8; 16])>,
+        owners: &HashMap<u32, ProcOwner>,
         cap: usize,
     ) {
         for e in entries {
@@ -421,14 +436,15 @@ impl Counting {
             if e.cookie == 0 || state.is_empty() || !conversation_states().contains(state) {
                 continue;
             }
-            let (pid, comm) = owners.get(&e.inode).copied().unwrap_or((0, [0; 16]));
+            let owner = owners.get(&e.inode).copied().unwrap_or_default();
             self.baselines.insert(
                 e.cookie,
                 Base {
                     sent: live_sent(e),
                     received: live_received(e),
-                    pid,
-                    comm,
+                    pid: owner.pid,
+                    comm: owner.comm,
+                    cgroup_id: owner.cgroup_id,
                 },
             );
         }
@@ -497,6 +513,7 @@ impl Counting {
             c.flags = flags::PREEXISTING | flags::ADDR_FROM_SOCK;
             c.pid = b.pid;
             c.comm = b.comm;
+            c.cgroup_id = b.cgroup_id;
             c.bytes_sent = live_sent(e).saturating_sub(b.sent);
             c.bytes_received = live_received(e).saturating_sub(b.received);
             if c.bytes_sent != 0 || c.bytes_received != 0 {
@@ -523,6 +540,7 @@ impl Counting {
                 if c.pid == 0 {
                     c.pid = b.pid;
                     c.comm = b.comm;
+                    c.cgroup_id = b.cgroup_id;
                 }
             }
             None => {
@@ -580,7 +598,14 @@ mod tests {
         let old = entry(tcp_state::ESTABLISHED, 1001, 500);
         counting.set_baselines(
             &[old],
-            &HashMap::from([(9, (1234, *b"srv\0\0\0\0\0\0\0\0\0\0\0\0\0"))]),
+            &HashMap::from([(
+                9,
+                ProcOwner {
+                    pid: 1234,
+                    comm: *b"srv\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                    cgroup_id: 77,
+                },
+            )]),
             10,
         );
         assert_eq!(counting.baselines(), 1);
@@ -609,7 +634,7 @@ mod tests {
             (o.sk, o.born_ns, o.bytes_sent, o.bytes_received),
             (42, 0, 100, 50)
         );
-        assert_eq!((o.pid, &o.comm[..3]), (1234, &b"srv"[..]));
+        assert_eq!((o.pid, &o.comm[..3], o.cgroup_id), (1234, &b"srv"[..], 77));
         assert!(o.flags & flags::PREEXISTING != 0);
         // Its final record (created by the probe at a state change) joins the same identity.
         let mut fin = Conn::ZERO;

@@ -30,9 +30,14 @@ pub struct PairLabels {
     pub server_port: String,
     pub role: String,
     pub process: String,
+    /// Issue 11: the Kubernetes namespace and workload of the local process's container
+    /// (empty when none), bounded by [`WorkloadCap`].
+    pub namespace: String,
+    pub workload: String,
 }
 
 impl PairLabels {
+    /// Labels of `p`, its namespace and workload taken as they are (see [`WorkloadCap`]).
     pub fn of(p: &Pair) -> PairLabels {
         PairLabels {
             peer: p.peer_ip.to_string(),
@@ -44,6 +49,16 @@ impl PairLabels {
             }
             .into(),
             process: p.process.clone(),
+            namespace: p
+                .container
+                .as_ref()
+                .and_then(|c| c.namespace.clone())
+                .unwrap_or_default(),
+            workload: p
+                .container
+                .as_ref()
+                .and_then(|c| c.workload.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -54,7 +69,57 @@ impl PairLabels {
             server_port: "other".into(),
             role: "other".into(),
             process: "other".into(),
+            namespace: "other".into(),
+            workload: "other".into(),
         }
+    }
+}
+
+/// Bounds the distinct `(namespace, workload)` label values of the pair series (issue 11): the
+/// first `max` values seen keep their names while in use; a value idle for `expiry` frees its
+/// place; any other value is exported as `namespace="other", workload="other"`. The empty
+/// value (no container, or no Kubernetes names) is always allowed.
+#[derive(Debug)]
+pub struct WorkloadCap {
+    max: usize,
+    expiry: Duration,
+    seen: HashMap<(String, String), Duration>,
+}
+
+impl WorkloadCap {
+    pub fn new(max: usize, expiry: Duration) -> Self {
+        WorkloadCap {
+            max,
+            expiry,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Replaces `l`'s namespace and workload by `other` if they do not fit. `now` is time
+    /// since start.
+    pub fn apply(&mut self, l: &mut PairLabels, now: Duration) {
+        if l.namespace.is_empty() && l.workload.is_empty() {
+            return;
+        }
+        let key = (
+            std::mem::take(&mut l.namespace),
+            std::mem::take(&mut l.workload),
+        );
+        if let Some(t) = self.seen.get_mut(&key) {
+            *t = now;
+        } else {
+            if self.seen.len() >= self.max {
+                let expiry = self.expiry;
+                self.seen.retain(|_, t| now.saturating_sub(*t) < expiry);
+            }
+            if self.seen.len() >= self.max {
+                l.namespace = "other".into();
+                l.workload = "other".into();
+                return;
+            }
+            self.seen.insert(key.clone(), now);
+        }
+        (l.namespace, l.workload) = key;
     }
 }
 
@@ -143,6 +208,10 @@ pub struct Metrics {
     pub sent: Family<PairLabels, Counter>,
     pub received: Family<PairLabels, Counter>,
     top_k: Mutex<TopK>,
+    /// Issue 11: bound of the pair series' namespace/workload labels.
+    workloads: Mutex<WorkloadCap>,
+    /// Issue 11: `trafficmap_container_names_total{source,result}`.
+    pub container_names: Family<crate::containers::NameLabels, Counter>,
     pub probe_drops: Family<ReasonLabels, Counter>,
     pub drains: Counter,
     pub drain_duration: Histogram,
@@ -189,6 +258,12 @@ impl Metrics {
             "TCP payload bytes the local process received from the peer (top pairs; the rest under peer=\"other\")",
             Unit::Bytes,
             received.clone(),
+        );
+        let container_names = Family::<crate::containers::NameLabels, Counter>::default();
+        registry.register(
+            "container_names",
+            "Container name lookups per source (podman, docker, kubernetes) and result (hit, miss)",
+            container_names.clone(),
         );
         let probe_drops = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -344,6 +419,8 @@ impl Metrics {
             sent,
             received,
             top_k: Mutex::new(TopK::new(top_k, expiry)),
+            workloads: Mutex::new(WorkloadCap::new(DEFAULT_MAX_WORKLOADS, expiry)),
+            container_names,
             probe_drops,
             drains,
             drain_duration,
@@ -373,16 +450,26 @@ impl Metrics {
 
     pub fn set_limits(&self, k: usize, expiry: Duration) {
         self.top_k.lock().unwrap().set_limits(k, expiry);
+        self.workloads.lock().unwrap().expiry = expiry;
+    }
+
+    /// Most distinct (namespace, workload) label values (`[containers] metrics_max_workloads`).
+    pub fn set_max_workloads(&self, max: usize) {
+        self.workloads.lock().unwrap().max = max;
     }
 
     /// Adds one drain's pairs to the per-pair counters.
     pub fn record_pairs(&self, now: Duration, pairs: &[Pair]) {
         let mut by_labels: HashMap<PairLabels, (u64, u64)> = HashMap::new();
+        let mut workloads = self.workloads.lock().unwrap();
         for p in pairs {
-            let e = by_labels.entry(PairLabels::of(p)).or_default();
+            let mut l = PairLabels::of(p);
+            workloads.apply(&mut l, now);
+            let e = by_labels.entry(l).or_default();
             e.0 = e.0.saturating_add(p.bytes_sent);
             e.1 = e.1.saturating_add(p.bytes_received);
         }
+        drop(workloads);
         let totals: HashMap<PairLabels, u64> = by_labels
             .iter()
             .map(|(l, (s, r))| (l.clone(), s.saturating_add(*r)))
@@ -463,6 +550,9 @@ pub fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Default of `[containers] metrics_max_workloads`.
+pub const DEFAULT_MAX_WORKLOADS: usize = 100;
+
 /// Content type of OpenMetrics text; with `text/plain` Prometheus would use its classic parser.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -476,6 +566,8 @@ mod tests {
             server_port: "443".into(),
             role: "client".into(),
             process: "curl".into(),
+            namespace: String::new(),
+            workload: String::new(),
         }
     }
 
@@ -534,13 +626,13 @@ mod tests {
         );
         let text = m.encode();
         assert!(text.contains(
-            "trafficmap_tcp_sent_bytes_total{peer=\"10.0.0.2\",server_port=\"443\",role=\"client\",process=\"curl\"} 100\n"
+            "trafficmap_tcp_sent_bytes_total{peer=\"10.0.0.2\",server_port=\"443\",role=\"client\",process=\"curl\",namespace=\"\",workload=\"\"} 100\n"
         ), "{text}");
         assert!(text.contains(
-            "trafficmap_tcp_sent_bytes_total{peer=\"other\",server_port=\"other\",role=\"other\",process=\"other\"} 15\n"
+            "trafficmap_tcp_sent_bytes_total{peer=\"other\",server_port=\"other\",role=\"other\",process=\"other\",namespace=\"other\",workload=\"other\"} 15\n"
         ), "{text}");
         assert!(text.contains(
-            "trafficmap_tcp_received_bytes_total{peer=\"other\",server_port=\"other\",role=\"other\",process=\"other\"} 5\n"
+            "trafficmap_tcp_received_bytes_total{peer=\"other\",server_port=\"other\",role=\"other\",process=\"other\",namespace=\"other\",workload=\"other\"} 5\n"
         ), "{text}");
         assert!(text.contains("# TYPE trafficmap_tcp_sent_bytes counter\n"));
         assert!(text.contains("# UNIT trafficmap_tcp_sent_bytes bytes\n"));
@@ -556,5 +648,51 @@ mod tests {
             m.encode()
                 .contains("trafficmap_probe_errors_total{reason=\"conns_full\"} 5\n")
         );
+    }
+
+    #[test]
+    fn workload_labels_are_capped_and_freed_when_idle() {
+        let m = Metrics::new(100, Duration::from_secs(600));
+        m.set_max_workloads(2);
+        let with = |peer: &str, ns: &str, wl: &str| {
+            let mut p = pair(peer, 10, 0);
+            p.container = Some(trafficmap_model::report::Container {
+                id: "a".repeat(64),
+                runtime: trafficmap_model::report::ContainerRuntime::Containerd,
+                name: None,
+                pod: None,
+                namespace: Some(ns.into()),
+                workload_kind: Some("Deployment".into()),
+                workload: Some(wl.into()),
+            });
+            p
+        };
+        m.record_pairs(
+            Duration::ZERO,
+            &[
+                with("10.0.0.2", "shop", "web"),
+                with("10.0.0.3", "shop", "db"),
+                with("10.0.0.4", "ops", "cron"),
+                pair("10.0.0.5", 10, 0),
+            ],
+        );
+        let text = m.encode();
+        let line = |peer: &str, ns: &str, wl: &str| {
+            format!(
+                "trafficmap_tcp_sent_bytes_total{{peer=\"{peer}\",server_port=\"443\",role=\"client\",process=\"curl\",namespace=\"{ns}\",workload=\"{wl}\"}} 10\n"
+            )
+        };
+        for l in [
+            line("10.0.0.2", "shop", "web"),
+            line("10.0.0.3", "shop", "db"),
+            line("10.0.0.4", "other", "other"),
+            line("10.0.0.5", "", ""),
+        ] {
+            assert!(text.contains(&l), "{l} not in {text}");
+        }
+        // 600 s later `shop/db` was idle (only web moved at 300 s): `ops/cron` takes its place.
+        m.record_pairs(Duration::from_secs(300), &[with("10.0.0.2", "shop", "web")]);
+        m.record_pairs(Duration::from_secs(700), &[with("10.0.0.4", "ops", "cron")]);
+        assert!(m.encode().contains(&line("10.0.0.4", "ops", "cron")));
     }
 }

@@ -65,6 +65,9 @@ pub struct PairKey {
     pub server_port: u16,
     pub role: Role,
     pub comm: [u8; 16],
+    /// cgroup v2 id of the local process (issue 11): resolved to its container when the
+    /// window closes; two cgroups of one container become one pair then.
+    pub cgroup_id: u64,
 }
 
 impl PairKey {
@@ -81,6 +84,7 @@ impl PairKey {
             server_port,
             role: a.role,
             comm: c.comm,
+            cgroup_id: c.cgroup_id,
         }
     }
 }
@@ -171,14 +175,26 @@ impl Accumulator {
     }
 
     /// The pairs of the window `[start, end)`, sorted by key; the accumulator starts afresh.
-    pub fn finish(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<Pair> {
+    /// `container_of` names the container of a cgroup id (`None`: no container or unknown);
+    /// pairs that differ only by cgroup but resolve to the same container (or to none) merge.
+    pub fn finish(
+        &mut self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        container_of: &mut dyn FnMut(u64) -> Option<report::Container>,
+    ) -> Vec<Pair> {
         let clamp = |t: DateTime<Utc>| t.clamp(start, end);
+        let mut containers: HashMap<u64, Option<report::Container>> = HashMap::new();
         let mut out: Vec<Pair> = self
             .pairs
             .drain()
             .map(|(key, a)| {
                 let first = a.first.map_or(start, clamp);
                 let last = a.last.map_or(first, clamp).max(first);
+                let container = containers
+                    .entry(key.cgroup_id)
+                    .or_insert_with(|| container_of(key.cgroup_id))
+                    .clone();
                 Pair {
                     local_ip: key.local_ip,
                     peer_ip: key.peer_ip,
@@ -193,15 +209,38 @@ impl Accumulator {
                     connections_active: a.active,
                     first_seen: first,
                     last_seen: last,
-                    container: None,
+                    container,
                     service_ip: None,
                     service_port: None,
                 }
             })
             .collect();
         out.sort_by(|a, b| a.key().cmp(&b.key()));
+        merge_equal_keys(&mut out);
         out
     }
+}
+
+/// Merges adjacent pairs (sorted by key) with the same report key: sums saturate, the earliest
+/// first and latest last seen are kept, and the weaker role source.
+fn merge_equal_keys(pairs: &mut Vec<Pair>) {
+    pairs.dedup_by(|b, a| {
+        if a.key() != b.key() {
+            return false;
+        }
+        let add = |x: &mut u64, y: u64| *x = x.saturating_add(y);
+        add(&mut a.bytes_sent, b.bytes_sent);
+        add(&mut a.bytes_received, b.bytes_received);
+        add(&mut a.connections_opened, b.connections_opened);
+        add(&mut a.connections_closed, b.connections_closed);
+        add(&mut a.connections_active, b.connections_active);
+        a.first_seen = a.first_seen.min(b.first_seen);
+        a.last_seen = a.last_seen.max(b.last_seen);
+        if b.role_source != report::RoleSource::Observed {
+            a.role_source = b.role_source;
+        }
+        true
+    });
 }
 
 /// Sums the deltas of one window `[start, end)` into pairs, sorted by key.
@@ -215,7 +254,7 @@ pub fn aggregate(
     for a in deltas {
         acc.add(a, clock);
     }
-    acc.finish(start, end)
+    acc.finish(start, end, &mut |_| None)
 }
 
 #[cfg(test)]
@@ -430,6 +469,85 @@ mod tests {
                 &clock()
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn pairs_carry_their_container_and_cgroups_of_one_container_merge() {
+        let spec = |sent| Spec {
+            lport: 40001,
+            rport: 443,
+            role: role::CLIENT,
+            sent,
+            recv: 1,
+            opened_ns: 0,
+            closed_ns: 0,
+            last_ns: 0,
+            finished: false,
+            opened: false,
+        };
+        // cgroups 10 and 11 are one container (podman's split sub-cgroup), 20 another, 1 and 2
+        // host cgroups (no container).
+        let ds: Vec<ConnDelta> = [(10, 100), (11, 20), (20, 3), (1, 4000), (2, 50000)]
+            .into_iter()
+            .map(|(cg, sent)| {
+                let mut d = delta(spec(sent));
+                d.conn.cgroup_id = cg;
+                d
+            })
+            .collect();
+        let mut acc = Accumulator::default();
+        for d in &ds {
+            acc.add(
+                &Attributed {
+                    delta: d,
+                    role: Role::Client,
+                    role_source: RoleSource::Observed,
+                },
+                &clock(),
+            );
+        }
+        assert_eq!(acc.len(), 5);
+        let c = |id: char| report::Container {
+            id: id.to_string().repeat(64),
+            runtime: report::ContainerRuntime::Podman,
+            name: Some(format!("ctr-{id}")),
+            pod: None,
+            namespace: None,
+            workload_kind: None,
+            workload: None,
+        };
+        let mut asked = Vec::new();
+        let pairs = acc.finish(
+            at("2026-11-23T10:00:00Z"),
+            at("2026-11-23T10:01:00Z"),
+            &mut |cg| {
+                asked.push(cg);
+                match cg {
+                    10 | 11 => Some(c('a')),
+                    20 => Some(c('b')),
+                    _ => None,
+                }
+            },
+        );
+        asked.sort();
+        assert_eq!(asked, vec![1, 2, 10, 11, 20]);
+        let got: Vec<(Option<String>, u64)> = pairs
+            .iter()
+            .map(|p| {
+                (
+                    p.container.as_ref().and_then(|c| c.name.clone()),
+                    p.bytes_sent,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (None, 54000),
+                (Some("ctr-a".into()), 120),
+                (Some("ctr-b".into()), 3)
+            ]
         );
     }
 }

@@ -483,10 +483,16 @@ fn start_counters(
     )
     .map_err(|e| e.to_string())?;
     for l in &listeners {
-        if let Some(&(pid, comm)) = owners.get(&l.inode) {
+        if let Some(o) = owners.get(&l.inode) {
             let key = (u64::from(l.netns) << 32) | u64::from(l.sport);
+            let owner = Owner {
+                pid: o.pid,
+                comm: o.comm,
+                cgroup_id: o.cgroup_id,
+                ..Owner::ZERO
+            };
             // BPF_NOEXIST: an owner the probe saw call `listen` since it loaded is fresher.
-            let _ = map.insert(key, Owner { pid, _pad: 0, comm }, 2);
+            let _ = map.insert(key, owner, 2);
         }
     }
     info!(

@@ -15,7 +15,7 @@ use std::{
 };
 
 use support::*;
-use trafficmap_model::report::{Report, Role};
+use trafficmap_model::report::{ContainerRuntime, Report, Role};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_trafficmap-agent");
 
@@ -1405,4 +1405,151 @@ fn a_full_disk_keeps_windows_in_memory_until_there_is_room() {
         assert!(w[1].window.start >= w[0].window.end);
     }
     drop(fs);
+}
+
+/// A pipe to tell the parent a child is ready: (read end, write end).
+fn ready_pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: two fresh descriptors from pipe(2), each owned once.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// A server child in `server_cg` on `port` (reads to EOF, answers `reply` bytes) and a client
+/// child in `client_cg` sending `request` bytes; both exit before this returns.
+fn converse_in_cgroups(
+    server_cg: &TestCgroup,
+    client_cg: &TestCgroup,
+    port: u16,
+    request: usize,
+    reply: usize,
+) {
+    let (mut ready_r, mut ready_w) = ready_pipe();
+    let server = server_cg.fork(move || {
+        let Ok(l) = TcpListener::bind(("127.0.0.1", port)) else {
+            return false;
+        };
+        if ready_w.write_all(b"r").is_err() {
+            return false;
+        }
+        let Ok((mut s, _)) = l.accept() else {
+            return false;
+        };
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).is_ok()
+            && buf.len() == request
+            && s.write_all(&vec![7u8; reply]).is_ok()
+    });
+    let mut b = [0u8; 1];
+    ready_r.read_exact(&mut b).expect("server child ready");
+    let client = client_cg.fork(move || {
+        let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let mut back = Vec::new();
+        c.write_all(&vec![1u8; request]).is_ok()
+            && c.shutdown(Shutdown::Write).is_ok()
+            && c.read_to_end(&mut back).is_ok()
+            && back.len() == reply
+    });
+    wait_child(client, "client child");
+    wait_child(server, "server child");
+}
+
+/// Issue 11 with real parts: two processes moved into cgroups named as podman and Docker name
+/// theirs talk through the real probe; the agent's report names each end's container (id and
+/// runtime from the cgroup path, exactly), with exact bytes, and a host process's pair has no
+/// container.
+#[test]
+fn pairs_carry_the_container_of_each_end() {
+    if !privileged() {
+        return;
+    }
+    let dir = temp_dir("containers");
+    let out = dir.join("reports.jsonl");
+    let conf = dir.join("agent.toml");
+    // No runtime API here: ids and runtimes come from the cgroup paths alone.
+    std::fs::write(
+        &conf,
+        "[containers]\npodman_socket = \"\"\ndocker_socket = \"\"\nrescan_interval = \"100ms\"\n",
+    )
+    .unwrap();
+    let ns = NetNs::new();
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &[
+            ns_args(&ns),
+            strings(&["--interval", "1h", "--output"]),
+            vec![
+                out.display().to_string(),
+                "--config".into(),
+                conf.display().to_string(),
+            ],
+        ]
+        .concat(),
+    );
+    let server_id = "5e".repeat(32);
+    let client_id = "c1".repeat(32);
+    let server_cg = TestCgroup::new("agent", &format!("libpod-{server_id}"));
+    let client_cg = TestCgroup::new("agent", &format!("docker-{client_id}.scope"));
+    const PORT: u16 = 4712;
+    converse_in_cgroups(&server_cg, &client_cg, PORT, 100_003, 2_001);
+    // A host process (this test) on another port.
+    let (host_port, host_server) = echo_server(1, |n| n + 5);
+    assert_eq!(client(host_port, 999), 1004);
+    assert_eq!(host_server.join().unwrap(), 999);
+    assert!(a.sigterm().success(), "{}", a.log_text());
+
+    let reports = read_jsonl(&out);
+    assert_eq!(reports.len(), 1, "one window, written at shutdown");
+    type Row = (u16, Role, Option<(String, ContainerRuntime)>, u64, u64);
+    let mut got: Vec<Row> = reports[0]
+        .pairs
+        .iter()
+        .filter(|p| p.server_port == PORT || p.server_port == host_port)
+        .map(|p| {
+            (
+                p.server_port,
+                p.role,
+                p.container.as_ref().map(|c| {
+                    assert_eq!(
+                        (&c.name, &c.pod, &c.namespace, &c.workload),
+                        (&None, &None, &None, &None),
+                        "no name source configured"
+                    );
+                    (c.id.clone(), c.runtime)
+                }),
+                p.bytes_sent,
+                p.bytes_received,
+            )
+        })
+        .collect();
+    got.sort_by_key(|g| (g.0, g.1 == Role::Server));
+    let mut want = vec![
+        (
+            PORT,
+            Role::Client,
+            Some((client_id, ContainerRuntime::Docker)),
+            100_003,
+            2_001,
+        ),
+        (
+            PORT,
+            Role::Server,
+            Some((server_id, ContainerRuntime::Podman)),
+            2_001,
+            100_003,
+        ),
+        (host_port, Role::Client, None, 999, 1004),
+        (host_port, Role::Server, None, 1004, 999),
+    ];
+    want.sort_by_key(|g| (g.0, g.1 == Role::Server));
+    assert_eq!(got, want, "{}", a.log_text());
 }

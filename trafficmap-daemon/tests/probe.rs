@@ -881,3 +881,101 @@ fn deltas_of_one_connection_over_several_windows_add_up() {
     assert_eq!(after, (0, 0));
     assert_no_errors(&probe);
 }
+
+/// A pipe to tell the parent a child is ready: (read end, write end).
+fn ready_pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: two fresh descriptors from pipe(2), each owned once.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// Issue 11: every backend records the cgroup v2 id of the process on each end: the client's
+/// from `connect`/its sends, the server's from the process that called `listen` (the counters
+/// backend names servers only that way). Two processes in two cgroups the test creates, with
+/// container-like names, exchange exact bytes.
+#[test]
+fn cgroup_ids_of_both_ends() {
+    if !privileged() {
+        return;
+    }
+    let ns = NetNs::new();
+    let mut probe = load(&ns);
+    let server_cg = TestCgroup::new("probe", &format!("libpod-{}", "5e".repeat(32)));
+    let client_cg = TestCgroup::new("probe", &format!("docker-{}.scope", "c1".repeat(32)));
+    assert_ne!(server_cg.id(), client_cg.id());
+    const PORT: u16 = 4711;
+    let (request, reply) = (123_457usize, 7_654usize);
+    let (mut ready_r, mut ready_w) = ready_pipe();
+    let server = server_cg.fork(move || {
+        let Ok(l) = TcpListener::bind(("127.0.0.1", PORT)) else {
+            return false;
+        };
+        if ready_w.write_all(b"r").is_err() {
+            return false;
+        }
+        let Ok((mut s, _)) = l.accept() else {
+            return false;
+        };
+        let (got, _) = read_all(&mut s, 65536);
+        got.len() == request && s.write_all(&pattern(reply, 3)).is_ok()
+    });
+    let mut b = [0u8; 1];
+    ready_r.read_exact(&mut b).expect("server child ready");
+    let client = client_cg.fork(move || {
+        let Ok(mut c) = TcpStream::connect(("127.0.0.1", PORT)) else {
+            return false;
+        };
+        if c.write_all(&pattern(request, 4)).is_err() || c.shutdown(Shutdown::Write).is_err() {
+            return false;
+        }
+        read_all(&mut c, 65536).0.len() == reply
+    });
+    wait_child(client, "client child");
+    wait_child(server, "server child");
+
+    // The ends closed: wait for both final records (the counters backend reads its counters
+    // at close).
+    let mut seen: HashMap<ConnId, Conn> = HashMap::new();
+    let ends = wait_for(Duration::from_secs(30), || {
+        seen.extend(collect(&mut probe));
+        let cl = seen
+            .values()
+            .find(|c| c.dport == PORT && c.is_destroyed())?;
+        let sv = seen
+            .values()
+            .find(|c| c.sport == PORT && c.is_destroyed())?;
+        Some((*cl, *sv))
+    });
+    let Some((cl, sv)) = ends else {
+        panic!("no final records of both ends: {seen:?}");
+    };
+    assert_eq!(
+        seen.values()
+            .filter(|c| c.sport == PORT || c.dport == PORT)
+            .count(),
+        2,
+        "{seen:?}"
+    );
+    assert_eq!(
+        (
+            cl.bytes_sent,
+            cl.bytes_received,
+            sv.bytes_sent,
+            sv.bytes_received
+        ),
+        (request as u64, reply as u64, reply as u64, request as u64)
+    );
+    assert_eq!(
+        (cl.cgroup_id, sv.cgroup_id),
+        (client_cg.id(), server_cg.id())
+    );
+    assert_eq!((cl.role(), sv.role()), (Role::Client, Role::Server));
+    assert_no_errors(&probe);
+}

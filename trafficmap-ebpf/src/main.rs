@@ -27,7 +27,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, generated,
+    },
     macros::{fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
@@ -156,6 +159,19 @@ fn process_comm(dst: &mut [u8; 16]) {
     if let Ok(comm) = bpf_get_current_comm() {
         *dst = comm;
     }
+}
+
+/// cgroup v2 id of the current task: userspace resolves it to a container (issue 11).
+/// `bpf_get_current_cgroup_id` is offered to every program type this probe loads since 4.18:
+/// kprobe, tracepoint and raw tracepoint programs get it from `bpf_tracing_func_proto`
+/// (kernel/trace/bpf_trace.c, `case BPF_FUNC_get_current_cgroup_id` under CONFIG_CGROUPS),
+/// fexit (`BPF_PROG_TYPE_TRACING`) falls back to the raw tracepoint set, which includes it.
+/// It reads the task's cgroup on the default (v2) hierarchy: on a v1-only host it is the root's
+/// id, which userspace treats as "no container".
+#[inline(always)]
+fn current_cgroup_id() -> u64 {
+    // SAFETY: a helper without arguments or preconditions.
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 /// Network namespace inode of a socket: `sk->__sk_common.skc_net.net->ns.inum`.
@@ -332,6 +348,7 @@ fn record(sk: u64, bytes: i64, dir: Dir, check_tcp: bool) {
         if (*conn).pid != tgid {
             (*conn).pid = tgid;
             process_comm(&mut (*conn).comm);
+            (*conn).cgroup_id = current_cgroup_id();
         }
     }
 }
@@ -355,7 +372,7 @@ fn first_sight(sk: u64, now: u64) -> Option<*mut Conn> {
     fill_from_sock(sk, c);
     #[expect(
         clippy::needless_borrows_for_generic_args,
-        reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
+        reason = "by value would copy the 160-byte Conn onto the 512-byte BPF stack"
     )]
     let inserted = CONNS.insert(sk, &*c, BPF_NOEXIST.into());
     if let Err(err) = inserted {
@@ -446,16 +463,18 @@ fn birth(sk: u64, conn_role: u8, state: u8, check_tcp: bool) {
         // `connect` runs in the context of the process that opens the connection.
         c.pid = tgid;
         process_comm(&mut c.comm);
+        c.cgroup_id = current_cgroup_id();
     } else {
         // SAFETY: a LISTENERS value, copied out at once.
         if let Some(owner) = unsafe { LISTENERS.get(listener_key(netns, c.sport)) } {
             c.pid = owner.pid;
             c.comm = owner.comm;
+            c.cgroup_id = owner.cgroup_id;
         }
     }
     #[expect(
         clippy::needless_borrows_for_generic_args,
-        reason = "by value would copy the 144-byte Conn onto the 512-byte BPF stack"
+        reason = "by value would copy the 160-byte Conn onto the 512-byte BPF stack"
     )]
     let inserted = CONNS.insert(sk, &*c, BPF_ANY.into());
     if let Err(err) = inserted {
@@ -534,6 +553,7 @@ fn listener_change(sk: u64, listening: bool, check_tcp: bool) {
             pid: (bpf_get_current_pid_tgid() >> 32) as u32,
             _pad: 0,
             comm: [0; 16],
+            cgroup_id: current_cgroup_id(),
         };
         process_comm(&mut owner.comm);
         if LISTENERS.insert(key, owner, BPF_ANY.into()).is_err() {

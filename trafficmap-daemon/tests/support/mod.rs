@@ -187,3 +187,70 @@ pub fn assert_no_errors(probe: &Probe) {
 pub fn backend_name(b: Backend) -> &'static str {
     b.as_str()
 }
+
+/// A cgroup v2 directory the test creates (issue 11), named like a container's, under the
+/// machine's cgroup2 mount; removed on drop (after its processes exited).
+pub struct TestCgroup {
+    pub path: std::path::PathBuf,
+    /// Its path in the hierarchy, as `/proc/<pid>/cgroup` shows it.
+    pub hierarchy_path: String,
+}
+
+impl TestCgroup {
+    /// `/<test dir>/<name>` under the cgroup2 mount.
+    pub fn new(test: &str, name: &str) -> TestCgroup {
+        let m = trafficmap_daemon::containers::find_cgroup2(None)
+            .expect("a cgroup2 mount in /proc/self/mountinfo");
+        assert_eq!(
+            m.root, "/",
+            "the test expects the whole cgroup2 hierarchy mounted"
+        );
+        let rel = format!("tm-test-{}-{test}/{name}", std::process::id());
+        let path = m.mount_point.join(&rel);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TestCgroup {
+            path,
+            hierarchy_path: format!("/{rel}"),
+        }
+    }
+
+    /// The cgroup id: what `bpf_get_current_cgroup_id()` returns for its processes.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.path).unwrap().ino()
+    }
+
+    /// Runs `f` in a child process moved into this cgroup first (the calling thread's network
+    /// namespace is inherited). Returns the child's pid; see [`wait_child`].
+    pub fn fork(&self, f: impl FnOnce() -> bool) -> libc::pid_t {
+        let procs = self.path.join("cgroup.procs");
+        // SAFETY: the child moves itself, runs `f` (allocation is fork-safe in glibc) and leaves
+        // with `_exit`, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let ok = std::fs::write(&procs, b"0").is_ok() && f();
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        pid
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+        if let Some(parent) = self.path.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Waits for child `pid` and asserts it exited with 0.
+pub fn wait_child(pid: libc::pid_t, what: &str) {
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{what}: status {status}"
+    );
+}
