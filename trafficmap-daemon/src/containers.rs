@@ -600,6 +600,31 @@ mod tests {
         assert_eq!(parsed(&format!("/kubepods/besteffort/pod{uid}")), None);
     }
 
+    /// Paths measured on the build machine (Debian 12: podman 4.3.1 with its cgroupfs manager,
+    /// runc 1.1.5, hybrid v1/v2 hierarchy; `cat /proc/self/cgroup` in a container, and
+    /// `/proc/<conmon>/cgroup`): the container in `/libpod_parent/libpod-<id>`, conmon left in
+    /// the root. And the cgroups the root tests create (`tests/agent.rs`, `tests/probe.rs`).
+    #[test]
+    fn real_paths_of_this_machine() {
+        let id = "71b982a9d6473520fb4e2169ee1617d74c2b1ce76d75e17b098a76a61532d40d";
+        assert_eq!(
+            parsed(&format!("/libpod_parent/libpod-{id}")),
+            some(ContainerRuntime::Podman, id)
+        );
+        assert_eq!(parsed("/"), None);
+        assert_eq!(
+            parsed(&format!("/tm-test-4242-agent/libpod-{}", "5e".repeat(32))),
+            some(ContainerRuntime::Podman, &"5e".repeat(32))
+        );
+        assert_eq!(
+            parsed(&format!(
+                "/tm-test-4242-agent/docker-{}.scope",
+                "c1".repeat(32)
+            )),
+            some(ContainerRuntime::Docker, &"c1".repeat(32))
+        );
+    }
+
     #[test]
     fn nested_takes_the_innermost() {
         assert_eq!(

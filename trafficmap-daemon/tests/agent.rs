@@ -1553,3 +1553,300 @@ fn pairs_carry_the_container_of_each_end() {
     want.sort_by_key(|g| (g.0, g.1 == Role::Server));
     assert_eq!(got, want, "{}", a.log_text());
 }
+
+/// The OCI runtime the podman test gives podman: podman always writes `process.rlimits` into
+/// the bundle's config.json, which runc applies and this kind of machine refuses (no
+/// CAP_SYS_RESOURCE, see the environment notes); the wrapper deletes them, then runs runc.
+const RUNTIME_WRAPPER: &str = r#"#!/bin/sh
+bundle=""
+prev=""
+for a in "$@"; do
+  case "$prev" in --bundle|-b) bundle="$a";; esac
+  case "$a" in --bundle=*) bundle="${a#--bundle=}";; esac
+  prev="$a"
+done
+if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
+  jq 'del(.process.rlimits)' "$bundle/config.json" > "$bundle/config.json.tm" &&
+    mv "$bundle/config.json.tm" "$bundle/config.json" || exit 1
+fi
+exec runc "$@"
+"#;
+
+/// podman with storage, runtime and cgroup manager of the test's own (vfs under `dir`).
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn global(&self) -> Vec<String> {
+        vec![
+            "--storage-driver".into(),
+            "vfs".into(),
+            "--root".into(),
+            self.dir.join("root").display().to_string(),
+            "--runroot".into(),
+            self.dir.join("runroot").display().to_string(),
+        ]
+    }
+
+    fn podman(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.args(self.global()).args([
+            "--runtime",
+            &self.dir.join("runtime.sh").display().to_string(),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ]);
+        c
+    }
+
+    fn run(&self, what: &str, cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A `localhost/tm-busybox` image built from scratch with Debian's static busybox: no
+    /// registry involved.
+    fn build_image(&self) -> String {
+        let buildah = || {
+            let mut c = Command::new("buildah");
+            c.args(self.global());
+            c
+        };
+        let ctr = self.run("buildah from", buildah().args(["from", "scratch"]));
+        let mnt = PathBuf::from(self.run("buildah mount", buildah().args(["mount", &ctr])));
+        std::fs::create_dir_all(mnt.join("bin")).unwrap();
+        std::fs::copy("/usr/bin/busybox", mnt.join("bin/busybox")).unwrap();
+        for applet in ["sh", "head", "cat", "nc", "sleep", "echo"] {
+            std::os::unix::fs::symlink("busybox", mnt.join("bin").join(applet)).unwrap();
+        }
+        self.run("buildah umount", buildah().args(["umount", &ctr]));
+        let image = "localhost/tm-busybox:test";
+        self.run(
+            "buildah commit",
+            buildah().args(["commit", "-q", &ctr, image]),
+        );
+        self.run("buildah rm", buildah().args(["rm", &ctr]));
+        image.into()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self
+            .podman()
+            .args(["rm", "-f", "-t", "0", "tm-server", "tm-client"])
+            .output();
+    }
+}
+
+/// `podman system service` on a socket of the test: the real podman API the agent reads.
+struct PodmanService(Child);
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 11 with real containers: two named podman containers (Debian's podman and runc, an
+/// image built here from scratch) talk over TCP; the agent names both ends after the
+/// containers, from the real podman API (`podman system service`), with the ids podman gave
+/// them and exact bytes.
+#[test]
+fn podman_containers_are_named_from_the_podman_api() {
+    if !privileged() {
+        return;
+    }
+    for (tool, arg) in [
+        ("podman", "--version"),
+        ("buildah", "--version"),
+        ("runc", "--version"),
+        ("jq", "--version"),
+        ("busybox", "--help"),
+    ] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "{tool} is missing: apt-get install podman buildah runc jq busybox-static (or cargo xtask setup test)"
+        );
+    }
+    let dir = temp_dir("podman");
+    let runtime = dir.join("runtime.sh");
+    std::fs::write(&runtime, RUNTIME_WRAPPER).unwrap();
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let pm = Podman { dir: dir.clone() };
+    let image = pm.build_image();
+
+    // Containers, the API service and the agent all in this thread's network namespace
+    // (`--network host` is the namespace podman runs in).
+    let ns = NetNs::new();
+    let sock = dir.join("podman.sock");
+    let _service = PodmanService(
+        pm.podman()
+            .args([
+                "system",
+                "service",
+                "--time=0",
+                &format!("unix://{}", sock.display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("service.log")).unwrap())
+            .spawn()
+            .expect("podman system service"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || sock.exists().then_some(())).is_some(),
+        "podman API socket: {}",
+        std::fs::read_to_string(dir.join("service.log")).unwrap_or_default()
+    );
+    let out = dir.join("reports.jsonl");
+    let conf = dir.join("agent.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[containers]\npodman_socket = \"{}\"\ndocker_socket = \"\"\napi_refresh = \"300ms\"\nrescan_interval = \"100ms\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &[
+            ns_args(&ns),
+            strings(&["--interval", "1h", "--output"]),
+            vec![
+                out.display().to_string(),
+                "--config".into(),
+                conf.display().to_string(),
+            ],
+        ]
+        .concat(),
+    );
+    const PORT: &str = "4714";
+    let (request, reply) = (100_003u64, 2_001u64);
+    // Both stay up after the conversation (sockets closed), so their cgroups still exist when
+    // the agent drains.
+    pm.run(
+        "podman run tm-server",
+        pm.podman().args([
+            "run",
+            "-d",
+            "--name",
+            "tm-server",
+            "--network",
+            "host",
+            &image,
+            "nc",
+            "-l",
+            "-p",
+            PORT,
+            "-e",
+            "sh",
+            "-c",
+            &format!("cat >/dev/null; head -c {reply} /dev/zero; exec >&- <&-; sleep 600"),
+        ]),
+    );
+    pm.run(
+        "podman run tm-client",
+        pm.podman().args([
+            "run",
+            "-d",
+            "--name",
+            "tm-client",
+            "--network",
+            "host",
+            &image,
+            "sh",
+            "-c",
+            &format!(
+                "until head -c {request} /dev/zero | nc 127.0.0.1 {PORT} >/dev/null; do sleep 0.2; done; echo done; exec sleep 600"
+            ),
+        ]),
+    );
+    let done = wait_for(Duration::from_secs(60), || {
+        let logs = pm.podman().args(["logs", "tm-client"]).output().ok()?;
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("done")
+            .then_some(())
+    });
+    assert!(done.is_some(), "tm-client did not finish");
+    let id = |name: &str| {
+        pm.run(
+            "podman inspect",
+            pm.podman().args(["inspect", "--format", "{{.Id}}", name]),
+        )
+    };
+    let (server_id, client_id) = (id("tm-server"), id("tm-client"));
+    // The agent's API source lists the containers every 300 ms.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(a.sigterm().success(), "{}", a.log_text());
+
+    let reports = read_jsonl(&out);
+    assert_eq!(reports.len(), 1, "one window, written at shutdown");
+    let port: u16 = PORT.parse().unwrap();
+    let mut got: Vec<_> = reports[0]
+        .pairs
+        .iter()
+        .filter(|p| p.server_port == port)
+        .map(|p| {
+            let c = p.container.clone().expect("a container on both ends");
+            (
+                p.role == Role::Server,
+                c.id,
+                c.runtime,
+                c.name,
+                p.bytes_sent,
+                p.bytes_received,
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (
+                false,
+                client_id,
+                ContainerRuntime::Podman,
+                Some("tm-client".to_owned()),
+                request,
+                reply
+            ),
+            (
+                true,
+                server_id,
+                ContainerRuntime::Podman,
+                Some("tm-server".to_owned()),
+                reply,
+                request
+            ),
+        ],
+        "{}",
+        a.log_text()
+    );
+    assert!(
+        a.log_text().contains("runtime API reachable"),
+        "{}",
+        a.log_text()
+    );
+}

@@ -45,6 +45,8 @@ const PACKAGES_TEST: &[&str] = &[
     "podman",
     "skopeo",
     "binutils",
+    // Issue 11: the podman test's OCI runtime wrapper edits the bundle's config.json with jq.
+    "jq",
 ];
 const PACKAGES_BENCH: &[&str] = &["tcpdump", "bpftrace", "iperf3", "procps"];
 
