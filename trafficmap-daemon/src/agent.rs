@@ -20,7 +20,7 @@ use trafficmap_common::Conn;
 use trafficmap_model::report::{self, Agent, Health, Host, Pair, Report, Window};
 
 use crate::{
-    config::{Cli, Config},
+    config::{Cli, Config, ContainersConfig},
     conn::{ConnExt as _, ConnId, Role, RoleSource},
     delta::{Snapshot, Tracker},
     identity,
@@ -387,11 +387,12 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     let drainer: Arc<Mutex<Drainer>> = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Issue 11: container names. Runtime API sources first; the Kubernetes source is pushed
-    // after them.
-    #[allow(unused_mut, reason = "the Kubernetes source is pushed here too")]
+    // after them, before the resolver takes the list.
     let mut name_sources: Vec<Arc<dyn crate::names::NameSource>> = Vec::new();
     if config.containers.enable {
         name_sources.extend(crate::runtimeapi::sources(&config.containers, &stop_rx));
+    }
+    if config.containers.enable {
         let c = &config.containers;
         let mut resolver = crate::containers::Resolver::new(
             crate::containers::ResolverOptions {
@@ -400,7 +401,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
                 rescan_interval: c.rescan_interval,
                 negative_ttl: crate::containers::NEGATIVE_TTL,
             },
-            name_sources.clone(),
+            name_sources,
         );
         resolver.set_metrics(metrics.container_names.clone());
         metrics.set_max_workloads(c.metrics_max_workloads);
@@ -902,6 +903,7 @@ fn reload(
         }
     }
     metrics.set_limits(new.metrics_top_k, new.metrics_idle_expiry);
+    metrics.set_max_workloads(new.containers.metrics_max_workloads);
     if new.log_level != config.log_level
         && let Err(e) = log_reload(&new.log_level)
     {
@@ -942,6 +944,15 @@ fn reload(
         (
             "host identity",
             new.host_name != config.host_name || new.host_id != config.host_id,
+        ),
+        // Issue 11: the resolver and the API sources are built at start; the label bound
+        // (`metrics_max_workloads`) is applied below.
+        (
+            "containers",
+            ContainersConfig {
+                metrics_max_workloads: config.containers.metrics_max_workloads,
+                ..new.containers.clone()
+            } != config.containers,
         ),
     ];
     for (what, changed) in fixed {

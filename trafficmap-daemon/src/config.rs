@@ -692,4 +692,58 @@ mod tests {
         c.config = Some(dir.join("missing.toml"));
         assert!(Config::load(&c).unwrap_err().0.contains("No such file"));
     }
+
+    #[test]
+    fn containers_block() {
+        let d = Config::merge(&Cli::default(), &FileConfig::default()).unwrap();
+        assert_eq!(
+            d.containers,
+            ContainersConfig {
+                enable: true,
+                cgroup_root: None,
+                podman_socket: Some("/run/podman/podman.sock".into()),
+                docker_socket: Some("/var/run/docker.sock".into()),
+                cache_size: 16_384,
+                rescan_interval: Duration::from_secs(10),
+                api_refresh: Duration::from_secs(30),
+                api_timeout: Duration::from_secs(2),
+                api_max_containers: 16_384,
+                metrics_max_workloads: 100,
+            }
+        );
+        let f: FileConfig = toml::from_str(
+            "[containers]\nenable = false\ncgroup_root = \"/host/sys/fs/cgroup\"\ndocker_socket = \"\"\n",
+        )
+        .unwrap();
+        let c = Config::merge(&Cli::default(), &f).unwrap().containers;
+        assert!(!c.enable);
+        assert_eq!(c.cgroup_root, Some("/host/sys/fs/cgroup".into()));
+        assert_eq!(c.docker_socket, None);
+        for (text, err) in [
+            (
+                "cache_size = 0",
+                "containers.cache_size: 0 is out of range (1 to 1048576)",
+            ),
+            (
+                "metrics_max_workloads = 10001",
+                "containers.metrics_max_workloads: 10001 is out of range (1 to 10000)",
+            ),
+            (
+                "api_timeout = \"5m\"",
+                "containers.api_timeout: 300s is out of range (10ms to 60s)",
+            ),
+            (
+                "cgroup_root = \"\"",
+                "containers.cgroup_root: empty; give a path or `auto`",
+            ),
+        ] {
+            let f: FileConfig = toml::from_str(&format!("[containers]\n{text}\n")).unwrap();
+            assert_eq!(
+                Config::merge(&Cli::default(), &f).unwrap_err().0,
+                err,
+                "{text}"
+            );
+        }
+        assert!(toml::from_str::<FileConfig>("[containers]\nsurprise = 1\n").is_err());
+    }
 }
