@@ -232,8 +232,10 @@ fn dir_of(m: &CgroupMount, path: &str) -> Option<PathBuf> {
 pub fn cgroup_id_of_pid(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = cgroup_path_of(&text)?;
-    let m = find_cgroup2(None)?;
-    Some(std::fs::metadata(dir_of(&m, path)?).ok()?.ino())
+    // Read once: called for every older socket's owner at start.
+    static MOUNT: std::sync::OnceLock<Option<CgroupMount>> = std::sync::OnceLock::new();
+    let m = MOUNT.get_or_init(|| find_cgroup2(None)).as_ref()?;
+    Some(std::fs::metadata(dir_of(m, path)?).ok()?.ino())
 }
 
 /// Limits of the walk of the cgroup tree: a hostile or huge tree costs at most this much.

@@ -666,6 +666,10 @@ fn connection_open_before_load_is_counted_from_load_time() {
     }
     assert_eq!(cl.local(), client_addr);
     assert_eq!(cl.remote(), server_addr);
+    // Issue 11: both ends carry this process's cgroup (the counters backend reads it from
+    // /proc/<pid>/cgroup of the socket's owner).
+    let own = own_cgroup_id();
+    assert_eq!((cl.cgroup_id, sv.cgroup_id), (own, own));
     // Roles come from the namespace's listening sockets.
     let mut cache = ListenerCache::default();
     assert_eq!(
@@ -880,6 +884,17 @@ fn deltas_of_one_connection_over_several_windows_add_up() {
     assert!(finished.is_some(), "connections not destroyed");
     assert_eq!(after, (0, 0));
     assert_no_errors(&probe);
+}
+
+/// This process's cgroup v2 id: the inode of its directory under the cgroup2 mount.
+fn own_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = trafficmap_daemon::containers::find_cgroup2(None).expect("a cgroup2 mount");
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    std::fs::metadata(m.mount_point.join(path.trim_start_matches('/')))
+        .unwrap()
+        .ino()
 }
 
 /// A pipe to tell the parent a child is ready: (read end, write end).
