@@ -167,6 +167,8 @@ mount -t tmpfs tmp /tmp
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+# Issue 11: the probe tests compare recorded cgroup ids with cgroup2 directories.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up
 # The counters backend reads live connections through sock_diag; Debian builds its TCP part
 # as modules (inet_diag, tcp_diag), copied here per kernel release.
