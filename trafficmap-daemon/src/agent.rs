@@ -370,6 +370,10 @@ impl Sinks {
 /// Runs the agent until SIGTERM/SIGINT. `log_reload` changes the log filter on SIGHUP.
 pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<()> {
     let started = Instant::now();
+    // Registered before anything else, so a SIGTERM that arrives while the probe loads or just
+    // after `/metrics` answers is queued for the drain loop (drain once more, then stop) instead
+    // of killing the process with the default action.
+    let mut signals = Signals::register()?;
     let Setup {
         spool,
         collector,
@@ -445,6 +449,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         &mut sinks,
         &log_reload,
         &window,
+        &mut signals,
     )
     .await?;
 
@@ -837,6 +842,24 @@ pub fn seal(report: &mut Report, metrics: &Metrics) {
 
 /// Drains at every interval boundary until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 /// Returns the start of the window still open.
+/// The signals the agent handles, registered once at start (see [`run`]).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn drain_loop(
     mut window_start: DateTime<Utc>,
     cli: &Cli,
@@ -845,10 +868,13 @@ async fn drain_loop(
     sinks: &mut Sinks,
     log_reload: &LogReload,
     window: &WindowDrain<'_>,
+    signals: &mut Signals,
 ) -> Result<DateTime<Utc>> {
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let Signals {
+        term: sigterm,
+        int: sigint,
+        hup: sighup,
+    } = signals;
     info!(
         interval = ?config.interval,
         listen = ?config.listen,
