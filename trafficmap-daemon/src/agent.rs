@@ -25,6 +25,7 @@ use crate::{
     delta::{Snapshot, Tracker},
     identity,
     metrics::{self, InfoLabels, Metrics},
+    names::NameSource,
     output::JsonLines,
     pairs::{Accumulator, Attributed, Clock},
     probe::{Probe, ProbeOptions},
@@ -376,6 +377,16 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     let drainer: Arc<Mutex<Drainer>> = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let ring_task = spawn_ring_reader(&probe, &drainer, stop_rx.clone())?;
+    // Container names (issue 11): the runtime APIs' sources first, then Kubernetes. Each is
+    // optional; the agent reports without names when none answers.
+    let mut name_sources: Vec<Arc<dyn NameSource>> = Vec::new();
+    if let Some(k8s) = crate::k8s::K8sSource::start(
+        config.kubernetes.clone(),
+        metrics.k8s.clone(),
+        stop_rx.clone(),
+    ) {
+        name_sources.push(k8s);
+    }
     let metrics_task = listener.map(|l| spawn_metrics_server(l, metrics.clone(), stop_rx.clone()));
     let wake = Arc::new(Notify::new());
     let ship_task = match (&collector, &spool) {
@@ -912,6 +923,7 @@ fn reload(
             "host identity",
             new.host_name != config.host_name || new.host_id != config.host_id,
         ),
+        ("kubernetes", new.kubernetes != config.kubernetes),
     ];
     for (what, changed) in fixed {
         if changed {
