@@ -495,6 +495,34 @@ mod tests {
         Config::merge(&Cli::default(), &f).unwrap();
     }
 
+    /// The DaemonSet's agent.toml (deploy/kubernetes) is a valid configuration, with the
+    /// Kubernetes names on (issue 11).
+    #[test]
+    fn kubernetes_manifest_config_is_valid() {
+        let yaml = include_str!("../../deploy/kubernetes/trafficmap-agent.yaml");
+        let mut lines = yaml
+            .lines()
+            .skip_while(|l| l.trim() != "agent.toml: |")
+            .skip(1);
+        let mut toml = String::new();
+        for l in lines.by_ref() {
+            if !l.starts_with("    ") {
+                break;
+            }
+            toml.push_str(&l[4..]);
+            toml.push('\n');
+        }
+        let mut f: FileConfig = toml::from_str(&toml).expect("agent.toml parses");
+        // Mounted in the pod, not here.
+        f.ca_file = None;
+        let c = Config::merge(&Cli::default(), &f).unwrap();
+        assert_eq!(c.kubernetes.source, crate::k8s::Source::Auto);
+        assert_eq!(
+            c.kubernetes.token_file,
+            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+        );
+    }
+
     static HOST_254: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "x".repeat(254));
     static ID_129: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "y".repeat(129));
 

@@ -71,6 +71,9 @@ const MAX_TOKEN_BYTES: u64 = 64 << 10;
 const TOKEN_REREAD: Duration = Duration::from_secs(60);
 /// A forbidden owner look-up is not asked again for this long.
 const FORBIDDEN_RETRY: Duration = Duration::from_secs(600);
+/// After a failed owner look-up (timeout, 5xx), the others of its kind wait this long, so that
+/// a list of a hundred pods does not wait for a hundred timeouts.
+const OWNER_ERROR_RETRY: Duration = Duration::from_secs(30);
 
 /// Where the names come from (`[kubernetes] source`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -700,8 +703,8 @@ pub struct K8sSource {
     metrics: K8sMetrics,
     cache: RwLock<Cache>,
     owners: Mutex<HashMap<OwnerKey, (String, String)>>,
-    /// Owner kinds (`replicasets`, `jobs`) forbidden until then.
-    forbidden: Mutex<HashMap<&'static str, Instant>>,
+    /// Owner kinds (`replicasets`, `jobs`) not asked until then (forbidden, or failing).
+    paused: Mutex<HashMap<&'static str, Instant>>,
     mode: AtomicU8,
     refresh: Notify,
     last_miss: Mutex<Option<Instant>>,
@@ -813,7 +816,7 @@ impl K8sSource {
             metrics,
             cache: RwLock::default(),
             owners: Mutex::default(),
-            forbidden: Mutex::default(),
+            paused: Mutex::default(),
             mode: AtomicU8::new(MODE_UNDECIDED),
             refresh: Notify::new(),
             last_miss: Mutex::default(),
@@ -1088,14 +1091,20 @@ impl K8sSource {
             return itself;
         };
         if self
-            .forbidden
+            .paused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(resource)
-            .is_some_and(|t| t.elapsed() < FORBIDDEN_RETRY)
+            .is_some_and(|until| Instant::now() < *until)
         {
             return itself;
         }
+        let pause = |d: Duration| {
+            self.paused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(resource, Instant::now() + d);
+        };
         let group = if resource == "jobs" {
             "apis/batch/v1"
         } else {
@@ -1147,14 +1156,12 @@ impl K8sSource {
                         itself.0.as_deref().unwrap_or("owner")
                     );
                 }
-                self.forbidden
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(resource, Instant::now());
+                pause(FORBIDDEN_RETRY);
                 return itself;
             }
             Err(e) => {
-                debug!(error = %e, resource, "Kubernetes names: owner look-up failed; retried at the next refresh");
+                debug!(error = %e, resource, "Kubernetes names: owner look-up failed; retried at a later refresh");
+                pause(OWNER_ERROR_RETRY);
                 return itself;
             }
         };

@@ -148,17 +148,64 @@ struct Harness {
     _dir: PathBuf,
 }
 
+/// Serves `app` over TLS with a certificate for 127.0.0.1 signed by itself, written to
+/// `ca_pem` (what a kubelet's self-signed certificate or a test cluster CA looks like).
+fn serve_tls(listener: tokio::net::TcpListener, app: Router, ca_pem: &std::path::Path) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    std::fs::write(ca_pem, cert.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(tls),
+                        hyper_util::service::TowerToHyperService::new(app),
+                    )
+                    .await;
+            });
+        }
+    });
+}
+
 impl Harness {
     async fn start(
         server: Server,
         source: Source,
         tweak: impl FnOnce(&mut KubernetesConfig),
     ) -> Self {
+        Self::start_with(server, source, false, |c, _| tweak(c)).await
+    }
+
+    /// `tls`: the server speaks HTTPS with a self-signed certificate, whose PEM file `tweak`
+    /// gets.
+    async fn start_with(
+        server: Server,
+        source: Source,
+        tls: bool,
+        tweak: impl FnOnce(&mut KubernetesConfig, &std::path::Path),
+    ) -> Self {
         let server = Arc::new(server);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().fallback(handle).with_state(server.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let dir = std::env::temp_dir().join(format!(
             "tm-k8s-{}-{}",
             std::process::id(),
@@ -166,7 +213,14 @@ impl Harness {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-        let base = format!("http://{addr}");
+        let ca_pem = dir.join("server-ca.pem");
+        let base = if tls {
+            serve_tls(listener, app, &ca_pem);
+            format!("https://{addr}")
+        } else {
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            format!("http://{addr}")
+        };
         let file = KubernetesFile {
             source: Some(
                 match source {
@@ -188,7 +242,7 @@ impl Harness {
         // Not this machine's service account CA, if it has one.
         cfg.ca_file = dir.join("absent-ca.crt");
         cfg.miss_refresh = Duration::ZERO;
-        tweak(&mut cfg);
+        tweak(&mut cfg, &ca_pem);
         let metrics = K8sMetrics::default();
         let (stop, stop_rx) = watch::channel(false);
         let source = K8sSource::start(cfg, metrics.clone(), stop_rx).unwrap();
@@ -548,4 +602,60 @@ async fn recorded_watch_event_over_the_cap_is_refused_keeping_the_cache() {
     assert_recorded_pods(&h, ("Deployment", "web"));
     assert_eq!(h.metrics.count("apiserver", "too_large"), 1);
     assert_eq!(h.metrics.count("apiserver", "malformed"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_apiserver_over_tls_trusts_its_ca_file() {
+    let s = Server::default();
+    s.list
+        .lock()
+        .unwrap()
+        .push_back(ok(fixture("apiserver-pods.json")));
+    s.replicasets
+        .lock()
+        .unwrap()
+        .push_back(ok(fixture("replicaset-web.json")));
+    s.jobs
+        .lock()
+        .unwrap()
+        .push_back(ok(fixture("job-backup.json")));
+    s.watch.lock().unwrap().push_back(Answer::Hang);
+    let h = Harness::start_with(s, Source::ApiServer, true, |c, ca| {
+        c.ca_file = ca.to_owned();
+    })
+    .await;
+    h.until("the pod list", |h| h.source.pods() == 6).await;
+    assert_recorded_pods(&h, ("Deployment", "web"));
+    assert_eq!(h.metrics.count("apiserver", "unreachable"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_kubelet_self_signed_needs_its_ca_or_the_insecure_switch() {
+    // Without its CA: refused (TLS), nothing named.
+    let h = Harness::start_with(kubelet_server(), Source::Kubelet, true, |_, _| {}).await;
+    h.until("a refused kubelet", |h| {
+        h.metrics.count("kubelet", "unreachable") == 1
+    })
+    .await;
+    assert_eq!(h.source.pods(), 0);
+    assert_eq!(h.names(A), None);
+    // Its CA given: named.
+    let h = Harness::start_with(kubelet_server(), Source::Kubelet, true, |c, ca| {
+        c.kubelet_ca_file = Some(ca.to_owned());
+    })
+    .await;
+    h.until("the pod list", |h| h.source.pods() == 6).await;
+    // The insecure switch: named although the kubelet CA given is another one (the API
+    // server, for the owners, is verified with its CA).
+    let h = Harness::start_with(kubelet_server(), Source::Kubelet, true, |c, ca| {
+        let other = ca.with_file_name("other-ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        std::fs::write(&other, cert.cert.pem()).unwrap();
+        c.kubelet_ca_file = Some(other);
+        c.ca_file = ca.to_owned();
+        c.kubelet_insecure_skip_verify = true;
+    })
+    .await;
+    h.until("the pod list", |h| h.source.pods() == 6).await;
+    assert_recorded_pods(&h, ("Deployment", "web"));
 }
