@@ -1480,6 +1480,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn metrics_names_as_documented() {
+        let mut registry = Registry::with_prefix("trafficmap");
+        let m = K8sMetrics::register(&mut registry);
+        m.requests
+            .get_or_create(&K8sLabels {
+                source: "apiserver".into(),
+                result: "gone".into(),
+            })
+            .inc();
+        m.pods.set(6);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                "\ntrafficmap_k8s_requests_total{source=\"apiserver\",result=\"gone\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\ntrafficmap_k8s_pods 6\n"), "{text}");
+        assert_eq!(m.count("apiserver", "gone"), 1);
+    }
+
+    #[test]
     fn container_ids_of_each_runtime() {
         let hex = "3f5d1c2a9b8e7f6a5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e";
         for s in ["containerd", "cri-o", "docker"] {
