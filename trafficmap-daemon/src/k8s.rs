@@ -1034,9 +1034,15 @@ impl K8sSource {
                 (None, None)
             }
             None => (name.clone().map(|_| "Pod".to_owned()), name.clone()),
+            // Owners are looked up only under names Kubernetes could have given (they go into
+            // a URL path); any other is its own workload.
             Some((k, n)) => match (k.as_str(), namespace.as_deref()) {
-                ("ReplicaSet", Some(ns)) => self.owner(ns, "replicasets", k, n).await,
-                ("Job", Some(ns)) => self.owner(ns, "jobs", k, n).await,
+                ("ReplicaSet", Some(ns)) if is_dns_subdomain(ns) && is_dns_subdomain(&n) => {
+                    self.owner(ns, "replicasets", k, n).await
+                }
+                ("Job", Some(ns)) if is_dns_subdomain(ns) && is_dns_subdomain(&n) => {
+                    self.owner(ns, "jobs", k, n).await
+                }
                 _ => (Some(k), Some(n)),
             },
         };
@@ -1535,6 +1541,13 @@ mod tests {
         assert_eq!(bounded(Some(&"p".repeat(254)), 253), None);
         assert_eq!(bounded(Some("a\u{1b}[31m"), 253), None);
         assert_eq!(bounded(Some(""), 253), None);
+        // Owner look-ups (a URL path) only under Kubernetes' own name syntax.
+        for ok in ["web-7d4b9c8f6d", "a.b", "0"] {
+            assert!(is_dns_subdomain(ok), "{ok}");
+        }
+        for bad in ["..", ".", "a/b", "Web", "-a", "a-", "", "a%2F"] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
         assert_eq!(kind(Some("Deployment")), Some("Deployment".into()));
         assert_eq!(kind(Some("My-Kind")), None);
         assert_eq!(kind(Some(&"K".repeat(64))), None);
