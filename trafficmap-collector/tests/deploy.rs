@@ -172,3 +172,69 @@ fn systemd_unit_exec_start_is_a_valid_command_line() {
         Some(creds.join("tokens").as_path())
     );
 }
+
+/// The agent's DaemonSet can name pods (issue 11, docs/agent.md "Kubernetes"): its service
+/// account holds exactly the read-only rules the agent uses, bound to it, its token is mounted,
+/// and the node's name comes from the downward API. (kubernetes-validate checks the objects'
+/// schemas in the deploy stage; this checks what they grant.)
+#[test]
+fn agent_manifest_grants_pod_names_read_only() {
+    let yaml =
+        std::fs::read_to_string(root().join("deploy/kubernetes/trafficmap-agent.yaml")).unwrap();
+    let docs: Vec<&str> = yaml.split("\n---\n").collect();
+    let doc = |kind: &str| {
+        let found: Vec<&&str> = docs
+            .iter()
+            .filter(|d| d.lines().any(|l| l == format!("kind: {kind}")))
+            .collect();
+        assert_eq!(found.len(), 1, "one {kind}");
+        *found[0]
+    };
+    let role = doc("ClusterRole");
+    assert!(role.contains("\n  name: trafficmap-agent\n"), "{role}");
+    assert_eq!(
+        role.split_once("\nrules:\n").unwrap().1.trim_end(),
+        r#"  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: ["apps"]
+    resources: ["replicasets"]
+    verbs: ["get"]
+  - apiGroups: ["batch"]
+    resources: ["jobs"]
+    verbs: ["get"]"#
+    );
+    let binding = doc("ClusterRoleBinding");
+    assert_eq!(
+        binding.split_once("\nroleRef:\n").unwrap().1.trim_end(),
+        "  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: trafficmap-agent
+subjects:
+  - kind: ServiceAccount
+    name: trafficmap-agent
+    namespace: trafficmap"
+    );
+    let sa = doc("ServiceAccount");
+    assert!(sa.contains("\n  name: trafficmap-agent\n  namespace: trafficmap\n"));
+    let ds = doc("DaemonSet");
+    for want in [
+        "      serviceAccountName: trafficmap-agent\n",
+        "      automountServiceAccountToken: true\n",
+        "            - name: NODE_NAME
+              valueFrom:
+                fieldRef:
+                  fieldPath: spec.nodeName\n",
+        "            - name: HOST_IP
+              valueFrom:
+                fieldRef:
+                  fieldPath: status.hostIP\n",
+    ] {
+        assert!(ds.contains(want), "DaemonSet lacks {want}");
+    }
+    let toml = literal_block(&yaml, "agent.toml");
+    assert!(
+        toml.ends_with("[kubernetes]\nsource = \"auto\"\n"),
+        "{toml}"
+    );
+}

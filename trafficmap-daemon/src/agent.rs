@@ -395,6 +395,15 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
     let mut name_sources: Vec<Arc<dyn crate::names::NameSource>> = Vec::new();
     if config.containers.enable {
         name_sources.extend(crate::runtimeapi::sources(&config.containers, &stop_rx));
+        // Kubernetes after the runtime APIs; optional like them: without any source the
+        // agent reports container ids without names.
+        if let Some(k8s) = crate::k8s::K8sSource::start(
+            config.kubernetes.clone(),
+            metrics.k8s.clone(),
+            stop_rx.clone(),
+        ) {
+            name_sources.push(k8s);
+        }
     }
     if config.containers.enable {
         let c = &config.containers;
@@ -980,6 +989,7 @@ fn reload(
                 ..new.containers.clone()
             } != config.containers,
         ),
+        ("kubernetes", new.kubernetes != config.kubernetes),
     ];
     for (what, changed) in fixed {
         if changed {

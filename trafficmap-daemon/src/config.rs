@@ -92,6 +92,11 @@ pub struct Cli {
     /// Log filter (`info`, `debug`, `trafficmap_daemon=debug`, ...); `RUST_LOG` also works.
     #[arg(long)]
     pub log_level: Option<String>,
+
+    // Kubernetes names (issue 11, k11-k8s): the rest of the block is `[kubernetes]` in the file.
+    /// Where pod names come from: auto, kubelet, apiserver or off (`[kubernetes] source`).
+    #[arg(long)]
+    pub kubernetes: Option<String>,
 }
 
 /// The same settings in the TOML file (`deploy/agent.example.toml` lists them all).
@@ -121,6 +126,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     // Issue 11, containers (k11-probe): the `[containers]` table.
     pub containers: Option<ContainersFile>,
+    // Kubernetes names (issue 11, k11-k8s).
+    pub kubernetes: Option<crate::k8s::KubernetesFile>,
 }
 
 // ---- Issue 11, containers (k11-probe) ------------------------------------------------------
@@ -281,6 +288,8 @@ pub struct Config {
     pub containers: ContainersConfig,
     /// Where the file settings came from, for SIGHUP reloads.
     pub config_file: Option<PathBuf>,
+    // Kubernetes names (issue 11, k11-k8s).
+    pub kubernetes: crate::k8s::KubernetesConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9977";
@@ -465,6 +474,13 @@ impl Config {
         let log_level = pick!(log_level).unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| ConfigError(format!("log_level: `{log_level}`: {e}")))?;
+        // Kubernetes names (issue 11, k11-k8s).
+        let kubernetes = crate::k8s::KubernetesConfig::from_file(
+            &f.kubernetes.clone().unwrap_or_default(),
+            cli.kubernetes.as_deref(),
+            &|k| std::env::var(k).ok(),
+        )
+        .map_err(ConfigError)?;
         Ok(Config {
             interval,
             attach,
@@ -490,6 +506,7 @@ impl Config {
             // Issue 11, containers (k11-probe).
             containers: ContainersConfig::from_file(&f.containers.clone().unwrap_or_default())?,
             config_file: cli.config.clone(),
+            kubernetes,
         })
     }
 
@@ -572,6 +589,7 @@ mod tests {
             imds_endpoint: Some(String::new()),
             log_level: Some(String::new()),
             containers: Some(ContainersFile::default()),
+            kubernetes: Some(crate::k8s::KubernetesFile::default()),
         })
         .unwrap();
         let missing: Vec<&String> = all.keys().filter(|k| !table.contains_key(*k)).collect();
@@ -582,7 +600,57 @@ mod tests {
         f.ca_file = None;
         f.client_cert_file = None;
         f.netns = Some("all".into());
+        // Kubernetes names (issue 11, k11-k8s): every key of the block is in the example too.
+        let k8s = table["kubernetes"].as_table().expect("[kubernetes] table");
+        let all_k8s = toml::Table::try_from(crate::k8s::KubernetesFile {
+            source: Some(String::new()),
+            node_name: Some(String::new()),
+            kubelet_url: Some(String::new()),
+            kubelet_ca_file: Some(PathBuf::new()),
+            kubelet_insecure_skip_verify: Some(false),
+            apiserver_url: Some(String::new()),
+            token_file: Some(PathBuf::new()),
+            ca_file: Some(PathBuf::new()),
+            resync: Some(String::new()),
+            kubelet_poll: Some(String::new()),
+            timeout: Some(String::new()),
+        })
+        .unwrap();
+        let missing: Vec<&String> = all_k8s.keys().filter(|k| !k8s.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "example [kubernetes] lacks {missing:?}");
+        if let Some(k) = &mut f.kubernetes {
+            k.ca_file = None;
+            k.kubelet_ca_file = None;
+        }
         Config::merge(&Cli::default(), &f).unwrap();
+    }
+
+    /// The DaemonSet's agent.toml (deploy/kubernetes) is a valid configuration, with the
+    /// Kubernetes names on (issue 11).
+    #[test]
+    fn kubernetes_manifest_config_is_valid() {
+        let yaml = include_str!("../../deploy/kubernetes/trafficmap-agent.yaml");
+        let mut lines = yaml
+            .lines()
+            .skip_while(|l| l.trim() != "agent.toml: |")
+            .skip(1);
+        let mut toml = String::new();
+        for l in lines.by_ref() {
+            if !l.starts_with("    ") {
+                break;
+            }
+            toml.push_str(&l[4..]);
+            toml.push('\n');
+        }
+        let mut f: FileConfig = toml::from_str(&toml).expect("agent.toml parses");
+        // Mounted in the pod, not here.
+        f.ca_file = None;
+        let c = Config::merge(&Cli::default(), &f).unwrap();
+        assert_eq!(c.kubernetes.source, crate::k8s::Source::Auto);
+        assert_eq!(
+            c.kubernetes.token_file,
+            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+        );
     }
 
     static HOST_254: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "x".repeat(254));

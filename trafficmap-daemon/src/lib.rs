@@ -16,6 +16,7 @@ pub mod diag;
 pub mod error;
 pub mod hoststats;
 pub mod identity;
+pub mod k8s;
 pub mod kretprobe;
 pub mod metrics;
 pub mod metrics_server;

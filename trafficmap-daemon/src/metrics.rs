@@ -240,6 +240,8 @@ pub struct Metrics {
     pub report_fixes: Family<ReasonLabels, Counter>,
     pub report_invalid: Counter,
     pub host_addresses_omitted: Gauge,
+    // Kubernetes names (issue 11, k11-k8s): trafficmap_k8s_requests_total, trafficmap_k8s_pods.
+    pub k8s: crate::k8s::K8sMetrics,
 }
 
 impl Metrics {
@@ -403,7 +405,9 @@ impl Metrics {
             "Interface addresses left out of reports (duplicates, or beyond the 256 lowest)",
             host_addresses_omitted.clone(),
         );
+        let k8s = crate::k8s::K8sMetrics::register(&mut registry);
         Metrics {
+            k8s,
             report_fixes,
             report_invalid,
             host_addresses_omitted,
