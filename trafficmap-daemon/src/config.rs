@@ -119,6 +119,45 @@ pub struct FileConfig {
     pub imds: Option<String>,
     pub imds_endpoint: Option<String>,
     pub log_level: Option<String>,
+    // Issue 11, NAT undone (k11-nat): the `[nat]` table.
+    pub nat: Option<NatFile>,
+}
+
+// Issue 11, NAT undone (k11-nat): `[nat]` settings (docs/agent.md, "NAT and Services").
+/// The `[nat]` table of the file.
+#[derive(Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatFile {
+    /// Read the conntrack table at each drain and report DNAT'ed connections' real servers.
+    pub enable: Option<bool>,
+    /// Most DNAT entries kept per dump; the rest are counted and left out.
+    pub max_entries: Option<usize>,
+}
+
+/// Validated `[nat]` settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatConfig {
+    pub enable: bool,
+    pub max_entries: usize,
+}
+
+impl NatConfig {
+    fn from_file(f: Option<&NatFile>) -> Result<NatConfig, ConfigError> {
+        let f = f.cloned().unwrap_or_default();
+        let max_entries = f
+            .max_entries
+            .unwrap_or(crate::conntrack::DEFAULT_MAX_ENTRIES);
+        if !(1..=crate::conntrack::MAX_MAX_ENTRIES).contains(&max_entries) {
+            return Err(ConfigError(format!(
+                "nat.max_entries: {max_entries} is out of range (1 to {})",
+                crate::conntrack::MAX_MAX_ENTRIES
+            )));
+        }
+        Ok(NatConfig {
+            enable: f.enable.unwrap_or(true),
+            max_entries,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +191,8 @@ pub struct Config {
     pub imds: Imds,
     pub imds_endpoint: String,
     pub log_level: String,
+    // Issue 11, NAT undone (k11-nat).
+    pub nat: NatConfig,
     /// Where the file settings came from, for SIGHUP reloads.
     pub config_file: Option<PathBuf>,
 }
@@ -360,6 +401,7 @@ impl Config {
             imds,
             imds_endpoint: pick!(imds_endpoint).unwrap_or_else(|| "http://169.254.169.254".into()),
             log_level,
+            nat: NatConfig::from_file(f.nat.as_ref())?,
             config_file: cli.config.clone(),
         })
     }
@@ -442,6 +484,7 @@ mod tests {
             imds: Some(String::new()),
             imds_endpoint: Some(String::new()),
             log_level: Some(String::new()),
+            nat: Some(NatFile::default()),
         })
         .unwrap();
         let missing: Vec<&String> = all.keys().filter(|k| !table.contains_key(*k)).collect();

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod btf;
 pub mod config;
 pub mod conn;
+pub mod conntrack;
 pub mod delta;
 pub mod diag;
 pub mod error;

@@ -171,6 +171,8 @@ pub struct Metrics {
     pub report_fixes: Family<ReasonLabels, Counter>,
     pub report_invalid: Counter,
     pub host_addresses_omitted: Gauge,
+    // Issue 11, NAT undone (k11-nat): `trafficmap_conntrack_*`.
+    pub conntrack: crate::conntrack::ConntrackMetrics,
 }
 
 impl Metrics {
@@ -328,7 +330,9 @@ impl Metrics {
             "Interface addresses left out of reports (duplicates, or beyond the 256 lowest)",
             host_addresses_omitted.clone(),
         );
+        let conntrack = crate::conntrack::ConntrackMetrics::register(&mut registry);
         Metrics {
+            conntrack,
             report_fixes,
             report_invalid,
             host_addresses_omitted,
