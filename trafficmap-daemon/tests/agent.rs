@@ -1411,3 +1411,317 @@ fn a_full_disk_keeps_windows_in_memory_until_there_is_room() {
     }
     drop(fs);
 }
+
+/// Issue 11, NAT undone: a client namespace, a router namespace with a kube-proxy-like `nft`
+/// DNAT rule (`virt` -> the server), a server namespace, created by the test. The router is the
+/// calling thread's own fresh namespace (the returned `NetNs`): the agent is started from this
+/// thread, so it runs where the NAT happens, as a hostNetwork DaemonSet does on a node. With
+/// `dnat` false the router only forwards (conntrack still active: a `ct state` rule).
+struct NatLab {
+    client_ns: String,
+    server_ns: String,
+}
+
+impl NatLab {
+    /// Addresses: client 10.`net`.1.2, server 10.`net`.2.2, router .1 on both sides.
+    fn new(tag: &str, net: u8, dnat: Option<(&str, &str)>) -> (NetNs, NatLab) {
+        let nft_present = Command::new("nft").arg("--version").output().is_ok();
+        assert!(
+            nft_present,
+            "nft(8) is missing: install it as root: apt-get install nftables"
+        );
+        let router = NetNs::new();
+        let lab = NatLab {
+            client_ns: format!("tmnat{}{tag}c", std::process::id() % 100_000),
+            server_ns: format!("tmnat{}{tag}s", std::process::id() % 100_000),
+        };
+        for (ns, side) in [(&lab.client_ns, 1), (&lab.server_ns, 2)] {
+            let veth = format!("v{side}");
+            let gw = format!("10.{net}.{side}.1");
+            nat_ip(&["netns", "add", ns]);
+            // Run from this thread: the router end stays in its namespace.
+            nat_ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            nat_ip(&["addr", "add", &format!("{gw}/24"), "dev", &veth]);
+            nat_ip(&["link", "set", &veth, "up"]);
+            nat_ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.{net}.{side}.2/24"),
+                "dev",
+                "eth0",
+            ]);
+            nat_ip(&["-n", ns, "link", "set", "eth0", "up"]);
+            nat_ip(&["-n", ns, "link", "set", "lo", "up"]);
+            nat_ip(&["-n", ns, "route", "add", "default", "via", &gw]);
+        }
+        // /proc/sys/net is the opening thread's namespace: the router's.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        let mut rules = String::from(
+            "table ip tmnat {\n chain forward { type filter hook forward priority filter; policy accept; ct state established,related accept; }\n",
+        );
+        if let Some((virt, real)) = dnat {
+            let (vip, vport) = virt.split_once(':').unwrap();
+            rules.push_str(&format!(
+                " chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; ip daddr {vip} tcp dport {vport} dnat to {real}; }}\n"
+            ));
+        }
+        rules.push_str("}\n");
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        let out = nft.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft -f: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (router, lab)
+    }
+
+    /// Serves one connection in the server namespace on `addr`: reads to EOF, answers `reply`
+    /// bytes. Returns once listening; the handle gives the bytes read.
+    fn server(&self, addr: &str, reply: usize) -> std::thread::JoinHandle<u64> {
+        let (ns, addr) = (self.server_ns.clone(), addr.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            enter_named_ns(&ns);
+            let l = TcpListener::bind(&addr).unwrap();
+            tx.send(()).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).unwrap();
+            s.write_all(&vec![7u8; reply]).unwrap();
+            buf.len() as u64
+        });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        h
+    }
+
+    /// One connection from the client namespace to `addr`: sends `n` bytes, reads to EOF.
+    fn client(&self, addr: &str, n: usize) -> u64 {
+        let (ns, addr) = (self.client_ns.clone(), addr.to_owned());
+        std::thread::spawn(move || {
+            enter_named_ns(&ns);
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+            c.write_all(&vec![1u8; n]).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).unwrap();
+            back.len() as u64
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn nat_ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip(8) from iproute2");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn enter_named_ns(name: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    use std::os::fd::AsRawFd as _;
+    assert_eq!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns {name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Waits until the agent has drained `n` more times than now.
+fn wait_drains(a: &AgentProc, n: u64) {
+    let now = metric(&a.metrics().unwrap(), "trafficmap_drains_total").unwrap_or(0);
+    let done = wait_for(Duration::from_secs(20), || {
+        (metric(&a.metrics()?, "trafficmap_drains_total")? >= now + n).then_some(())
+    });
+    assert!(done.is_some(), "no drains: {}", a.log_text());
+}
+
+/// Issue 11, NAT undone: a client of a virtual address (kube-proxy-like DNAT in the router
+/// namespace, where the agent runs) is reported with the real server as its peer and the
+/// virtual address as its service; the server's pair names the client's real address; bytes
+/// exact both ends.
+#[test]
+fn dnat_clients_name_the_real_server_and_keep_the_service() {
+    if !privileged() {
+        return;
+    }
+    const SENT: usize = 300_007;
+    const BACK: usize = 70_001;
+    let (_router, lab) = NatLab::new("d", 250, Some(("10.250.99.10:80", "10.250.2.2:8080")));
+    let dir = temp_dir("nat");
+    let out = dir.join("reports.jsonl");
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &strings(&[
+            "--netns",
+            "all",
+            "--interval",
+            "1s",
+            "--output",
+            &out.display().to_string(),
+        ]),
+    );
+    let server = lab.server("10.250.2.2:8080", BACK);
+    assert_eq!(lab.client("10.250.99.10:80", SENT), BACK as u64);
+    assert_eq!(server.join().unwrap(), SENT as u64);
+    // Two drains after the close: the final record was read and looked up.
+    wait_drains(&a, 2);
+    let m = a.metrics().unwrap();
+    let translated = metric(&m, "trafficmap_conntrack_translated_total").unwrap();
+    // The router's table holds exactly this connection's entry (TIME_WAIT: 120 s).
+    assert_eq!(metric(&m, "trafficmap_conntrack_entries"), Some(1), "{m}");
+    assert!(a.sigterm().success(), "{}", a.log_text());
+    assert!(!a.log_text().contains("NAT: cannot"), "{}", a.log_text());
+    let reports = read_jsonl(&out);
+    let pairs: Vec<_> = reports.iter().flat_map(|r| &r.pairs).collect();
+    let client: Vec<_> = pairs
+        .iter()
+        .filter(|p| p.role == Role::Client && p.local_ip.to_string() == "10.250.1.2")
+        .collect();
+    assert!(!client.is_empty(), "{pairs:#?}");
+    for p in &client {
+        assert_eq!(
+            (
+                p.peer_ip.to_string(),
+                p.server_port,
+                p.service_ip.map(|i| i.to_string()),
+                p.service_port
+            ),
+            (
+                "10.250.2.2".to_owned(),
+                8080,
+                Some("10.250.99.10".to_owned()),
+                Some(80)
+            ),
+            "{p:?}"
+        );
+    }
+    let sum = |ps: &[&&trafficmap_model::report::Pair]| {
+        ps.iter().fold((0, 0, 0), |s, p| {
+            (
+                s.0 + p.bytes_sent,
+                s.1 + p.bytes_received,
+                s.2 + p.connections_opened,
+            )
+        })
+    };
+    assert_eq!(sum(&client), (SENT as u64, BACK as u64, 1));
+    // One translation per window the connection was in (each window's pair is one record).
+    assert_eq!(translated, client.len() as u64);
+    let server: Vec<_> = pairs
+        .iter()
+        .filter(|p| p.role == Role::Server && p.local_ip.to_string() == "10.250.2.2")
+        .collect();
+    assert!(!server.is_empty(), "{pairs:#?}");
+    for p in &server {
+        assert_eq!(
+            (
+                p.peer_ip.to_string(),
+                p.server_port,
+                p.service_ip,
+                p.service_port
+            ),
+            ("10.250.1.2".to_owned(), 8080, None, None),
+            "{p:?}"
+        );
+    }
+    assert_eq!(sum(&server), (BACK as u64, SENT as u64, 1));
+}
+
+/// The negative of the above: the same namespaces, conntrack active in the router, no DNAT
+/// rule; the client connects to the server directly and nothing is rewritten.
+#[test]
+fn without_dnat_nothing_is_rewritten() {
+    if !privileged() {
+        return;
+    }
+    const SENT: usize = 12_345;
+    const BACK: usize = 678;
+    let (_router, lab) = NatLab::new("n", 251, None);
+    let dir = temp_dir("nonat");
+    let out = dir.join("reports.jsonl");
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &strings(&[
+            "--netns",
+            "all",
+            "--interval",
+            "1s",
+            "--output",
+            &out.display().to_string(),
+        ]),
+    );
+    let server = lab.server("10.251.2.2:8081", BACK);
+    assert_eq!(lab.client("10.251.2.2:8081", SENT), BACK as u64);
+    assert_eq!(server.join().unwrap(), SENT as u64);
+    wait_drains(&a, 2);
+    let m = a.metrics().unwrap();
+    // The dumps worked and found no DNAT entry: nothing to translate.
+    assert!(
+        metric(&m, "trafficmap_conntrack_dumps_total{result=\"ok\"}").unwrap_or(0) >= 2,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "trafficmap_conntrack_entries"), Some(0), "{m}");
+    assert_eq!(
+        metric(&m, "trafficmap_conntrack_translated_total"),
+        Some(0),
+        "{m}"
+    );
+    assert!(a.sigterm().success(), "{}", a.log_text());
+    let reports = read_jsonl(&out);
+    let client: Vec<_> = reports
+        .iter()
+        .flat_map(|r| &r.pairs)
+        .filter(|p| p.role == Role::Client && p.local_ip.to_string() == "10.251.1.2")
+        .collect();
+    assert!(!client.is_empty());
+    for p in &client {
+        assert_eq!(
+            (
+                p.peer_ip.to_string(),
+                p.server_port,
+                p.service_ip,
+                p.service_port
+            ),
+            ("10.251.2.2".to_owned(), 8081, None, None),
+            "{p:?}"
+        );
+    }
+    let sent: u64 = client.iter().map(|p| p.bytes_sent).sum();
+    let back: u64 = client.iter().map(|p| p.bytes_received).sum();
+    assert_eq!((sent, back), (SENT as u64, BACK as u64));
+}
