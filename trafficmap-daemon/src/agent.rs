@@ -994,6 +994,8 @@ fn reload(
             "host identity",
             new.host_name != config.host_name || new.host_id != config.host_id,
         ),
+        // Issue 11: the conntrack socket and the kept CAP_NET_ADMIN are set up at start.
+        ("nat", new.nat != config.nat),
     ];
     for (what, changed) in fixed {
         if changed {
