@@ -510,6 +510,21 @@ impl Nat {
         }
     }
 
+    /// A state without a socket, for tests of [`Nat::resolve`].
+    #[cfg(test)]
+    fn with(table: Option<(NatTable, u64)>, metrics: ConntrackMetrics) -> Nat {
+        Nat {
+            socket: None,
+            max_entries: 0,
+            state: match table {
+                Some((table, mono_ns)) => State::Ready { table, mono_ns },
+                None => State::Pending,
+            },
+            warned: false,
+            metrics,
+        }
+    }
+
     /// Counts a connection that could not wait for the drain (too many waited already).
     pub fn could_not_wait(&self) {
         self.metrics.untranslated("parking_full");
@@ -819,5 +834,57 @@ mod tests {
             let _ = parse_datagram(&dg, &mut t);
             assert!(t.len() <= 1);
         }
+    }
+
+    /// When a client connection is translated, waits for the drain's dump, or is reported as
+    /// its socket saw it; and what is counted.
+    #[test]
+    fn resolve_waits_only_for_connections_the_table_may_not_know() {
+        let (local, virt, real) = (
+            sa("10.0.0.1:40000"),
+            sa("10.96.0.40:5432"),
+            sa("10.244.1.7:5432"),
+        );
+        let m = ConntrackMetrics::default();
+        // Before the first dump: wait between drains, as is at a drain.
+        let pending = Nat::with(None, m.clone());
+        assert_eq!(pending.resolve(local, virt, 5, true), Lookup::Wait);
+        assert_eq!(pending.resolve(local, virt, 5, false), Lookup::AsIs);
+        let mut t = NatTable::new(8);
+        t.insert(local, virt, real);
+        let dumped = 100 * FRESH_MARGIN_NS;
+        let nat = Nat::with(Some((t, dumped)), m.clone());
+        assert_eq!(nat.resolve(local, virt, 0, true), Lookup::Real(real));
+        assert_eq!(m.translated.get(), 1);
+        // Another client of the same virtual address, not in the table: opened after the dump
+        // (or just before it) it waits; older, or at a drain, its entry is gone.
+        let other = sa("10.0.0.1:40001");
+        assert_eq!(nat.resolve(other, virt, dumped + 1, true), Lookup::Wait);
+        assert_eq!(
+            nat.resolve(other, virt, dumped - FRESH_MARGIN_NS / 2, true),
+            Lookup::Wait
+        );
+        assert_eq!(nat.resolve(other, virt, 1, true), Lookup::AsIs);
+        assert_eq!(nat.resolve(other, virt, dumped + 1, false), Lookup::AsIs);
+        // Before the probe started (0): older than any dump.
+        assert_eq!(nat.resolve(other, virt, 0, true), Lookup::AsIs);
+        let gone = m
+            .untranslated
+            .get_or_create(&ReasonLabels {
+                reason: "entry_gone".into(),
+            })
+            .get();
+        assert_eq!(gone, 3);
+        // A destination no entry names: not counted as gone.
+        assert_eq!(nat.resolve(other, real, 0, false), Lookup::AsIs);
+        assert_eq!(
+            m.untranslated
+                .get_or_create(&ReasonLabels {
+                    reason: "entry_gone".into(),
+                })
+                .get(),
+            3
+        );
+        assert_eq!(m.translated.get(), 1);
     }
 }
