@@ -1,6 +1,6 @@
 //! NAT undone (issue 11): the conntrack table of the agent's own network namespace, read over
-//! netlink (ctnetlink: `NFNL_SUBSYS_CTNETLINK`, `IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`, IPv4
-//! then IPv6) once per drain, keeping only TCP entries whose status has `IPS_DST_NAT`.
+//! netlink (ctnetlink: `NFNL_SUBSYS_CTNETLINK`, `IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`, IPv4 and
+//! IPv6 in one pass) once per drain, keeping only TCP entries whose status has `IPS_DST_NAT`.
 //!
 //! A client that connects to a virtual address (a Kubernetes Service's ClusterIP, a load
 //! balancer, Docker's published port) keeps that address on its socket, while the server sees
@@ -327,13 +327,16 @@ impl ConntrackSocket {
         })
     }
 
-    /// Dumps the namespace's conntrack table (IPv4, then IPv6) into a table of at most
+    /// Dumps the namespace's conntrack table (IPv4 and IPv6 entries) into a table of at most
     /// `max_entries` DNAT'ed TCP entries.
+    ///
+    /// One dump with `NFPROTO_UNSPEC` rather than one per family: the kernel's conntrack hash
+    /// is shared by all namespaces and a dump walks every bucket of it whatever its family
+    /// filter (262144 buckets take about 35 ms here even when this namespace has no entry), so
+    /// a single pass halves the cost of a drain.
     pub fn dump(&mut self, max_entries: usize) -> Result<NatTable, ConntrackError> {
         let mut table = NatTable::new(max_entries);
-        for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
-            self.dump_family(family, &mut table)?;
-        }
+        self.dump_family(NetfilterProtoFamily::Unspec, &mut table)?;
         Ok(table)
     }
 
