@@ -1423,8 +1423,10 @@ struct NatLab {
 }
 
 impl NatLab {
-    /// Addresses: client 10.`net`.1.2, server 10.`net`.2.2, router .1 on both sides.
-    fn new(tag: &str, net: u8, dnat: Option<(&str, &str)>) -> (NetNs, NatLab) {
+    /// Addresses: client 10.`net`.1.2 and fd00:`net`:1::2, server 10.`net`.2.2 and
+    /// fd00:`net`:2::2, router .1 (::1) on both sides. With `dnat`: 10.`net`.99.10:80 ->
+    /// 10.`net`.2.2:8080 and [fd00:`net`:99::10]:80 -> [fd00:`net`:2::2]:8080.
+    fn new(tag: &str, net: u8, dnat: bool) -> (NetNs, NatLab) {
         let nft_present = Command::new("nft").arg("--version").output().is_ok();
         assert!(
             nft_present,
@@ -1457,16 +1459,29 @@ impl NatLab {
             nat_ip(&["-n", ns, "link", "set", "eth0", "up"]);
             nat_ip(&["-n", ns, "link", "set", "lo", "up"]);
             nat_ip(&["-n", ns, "route", "add", "default", "via", &gw]);
+            let gw6 = format!("fd00:{net}:{side}::1");
+            nat_ip(&["addr", "add", &format!("{gw6}/64"), "dev", &veth, "nodad"]);
+            nat_ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("fd00:{net}:{side}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            nat_ip(&["-n", ns, "-6", "route", "add", "default", "via", &gw6]);
         }
         // /proc/sys/net is the opening thread's namespace: the router's.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
         let mut rules = String::from(
-            "table ip tmnat {\n chain forward { type filter hook forward priority filter; policy accept; ct state established,related accept; }\n",
+            "table inet tmnat {\n chain forward { type filter hook forward priority filter; policy accept; ct state established,related accept; }\n",
         );
-        if let Some((virt, real)) = dnat {
-            let (vip, vport) = virt.split_once(':').unwrap();
+        if dnat {
             rules.push_str(&format!(
-                " chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; ip daddr {vip} tcp dport {vport} dnat to {real}; }}\n"
+                " chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n  ip daddr 10.{net}.99.10 tcp dport 80 dnat ip to 10.{net}.2.2:8080;\n  ip6 daddr fd00:{net}:99::10 tcp dport 80 dnat ip6 to [fd00:{net}:2::2]:8080; }}\n"
             ));
         }
         rules.push_str("}\n");
@@ -1571,15 +1586,32 @@ fn wait_drains(a: &AgentProc, n: u64) {
 /// Issue 11, NAT undone: a client of a virtual address (kube-proxy-like DNAT in the router
 /// namespace, where the agent runs) is reported with the real server as its peer and the
 /// virtual address as its service; the server's pair names the client's real address; bytes
-/// exact both ends.
+/// exact both ends; IPv4 and IPv6.
 #[test]
 fn dnat_clients_name_the_real_server_and_keep_the_service() {
     if !privileged() {
         return;
     }
-    const SENT: usize = 300_007;
-    const BACK: usize = 70_001;
-    let (_router, lab) = NatLab::new("d", 250, Some(("10.250.99.10:80", "10.250.2.2:8080")));
+    // (client, virtual address, server, real address, bytes to the server, bytes back)
+    let cases = [
+        (
+            "10.250.1.2",
+            "10.250.99.10:80",
+            "10.250.2.2",
+            "10.250.2.2:8080",
+            300_007usize,
+            70_001usize,
+        ),
+        (
+            "fd00:250:1::2",
+            "[fd00:250:99::10]:80",
+            "fd00:250:2::2",
+            "[fd00:250:2::2]:8080",
+            200_003,
+            50_009,
+        ),
+    ];
+    let (_router, lab) = NatLab::new("d", 250, true);
     let dir = temp_dir("nat");
     let out = dir.join("reports.jsonl");
     let mut a = AgentProc::spawn(
@@ -1594,41 +1626,21 @@ fn dnat_clients_name_the_real_server_and_keep_the_service() {
             &out.display().to_string(),
         ]),
     );
-    let server = lab.server("10.250.2.2:8080", BACK);
-    assert_eq!(lab.client("10.250.99.10:80", SENT), BACK as u64);
-    assert_eq!(server.join().unwrap(), SENT as u64);
-    // Two drains after the close: the final record was read and looked up.
+    for (_, virt, _, real, sent, back) in cases {
+        let server = lab.server(real, back);
+        assert_eq!(lab.client(virt, sent), back as u64);
+        assert_eq!(server.join().unwrap(), sent as u64);
+    }
+    // Two drains after the close: the final records were read and looked up.
     wait_drains(&a, 2);
     let m = a.metrics().unwrap();
     let translated = metric(&m, "trafficmap_conntrack_translated_total").unwrap();
-    // The router's table holds exactly this connection's entry (TIME_WAIT: 120 s).
-    assert_eq!(metric(&m, "trafficmap_conntrack_entries"), Some(1), "{m}");
+    // The router's table holds exactly these connections' entries (TIME_WAIT: 120 s).
+    assert_eq!(metric(&m, "trafficmap_conntrack_entries"), Some(2), "{m}");
     assert!(a.sigterm().success(), "{}", a.log_text());
     assert!(!a.log_text().contains("NAT: cannot"), "{}", a.log_text());
     let reports = read_jsonl(&out);
     let pairs: Vec<_> = reports.iter().flat_map(|r| &r.pairs).collect();
-    let client: Vec<_> = pairs
-        .iter()
-        .filter(|p| p.role == Role::Client && p.local_ip.to_string() == "10.250.1.2")
-        .collect();
-    assert!(!client.is_empty(), "{pairs:#?}");
-    for p in &client {
-        assert_eq!(
-            (
-                p.peer_ip.to_string(),
-                p.server_port,
-                p.service_ip.map(|i| i.to_string()),
-                p.service_port
-            ),
-            (
-                "10.250.2.2".to_owned(),
-                8080,
-                Some("10.250.99.10".to_owned()),
-                Some(80)
-            ),
-            "{p:?}"
-        );
-    }
     let sum = |ps: &[&&trafficmap_model::report::Pair]| {
         ps.iter().fold((0, 0, 0), |s, p| {
             (
@@ -1638,27 +1650,45 @@ fn dnat_clients_name_the_real_server_and_keep_the_service() {
             )
         })
     };
-    assert_eq!(sum(&client), (SENT as u64, BACK as u64, 1));
-    // One translation per window the connection was in (each window's pair is one record).
-    assert_eq!(translated, client.len() as u64);
-    let server: Vec<_> = pairs
-        .iter()
-        .filter(|p| p.role == Role::Server && p.local_ip.to_string() == "10.250.2.2")
-        .collect();
-    assert!(!server.is_empty(), "{pairs:#?}");
-    for p in &server {
-        assert_eq!(
-            (
-                p.peer_ip.to_string(),
-                p.server_port,
-                p.service_ip,
-                p.service_port
-            ),
-            ("10.250.1.2".to_owned(), 8080, None, None),
-            "{p:?}"
-        );
+    let mut client_records = 0;
+    for (client_ip, virt, server_ip, real, sent, back) in cases {
+        let (virt, real): (std::net::SocketAddr, std::net::SocketAddr) =
+            (virt.parse().unwrap(), real.parse().unwrap());
+        let client: Vec<_> = pairs
+            .iter()
+            .filter(|p| p.role == Role::Client && p.local_ip.to_string() == client_ip)
+            .collect();
+        assert!(!client.is_empty(), "{pairs:#?}");
+        for p in &client {
+            assert_eq!(
+                (p.peer_ip, p.server_port, p.service_ip, p.service_port),
+                (real.ip(), real.port(), Some(virt.ip()), Some(virt.port())),
+                "{p:?}"
+            );
+        }
+        assert_eq!(sum(&client), (sent as u64, back as u64, 1), "{client_ip}");
+        client_records += client.len() as u64;
+        let server: Vec<_> = pairs
+            .iter()
+            .filter(|p| p.role == Role::Server && p.local_ip.to_string() == server_ip)
+            .collect();
+        assert!(!server.is_empty(), "{pairs:#?}");
+        for p in &server {
+            assert_eq!(
+                (
+                    p.peer_ip.to_string(),
+                    p.server_port,
+                    p.service_ip,
+                    p.service_port
+                ),
+                (client_ip.to_owned(), real.port(), None, None),
+                "{p:?}"
+            );
+        }
+        assert_eq!(sum(&server), (back as u64, sent as u64, 1), "{server_ip}");
     }
-    assert_eq!(sum(&server), (BACK as u64, SENT as u64, 1));
+    // One translation per window each connection was in (each window's pair is one record).
+    assert_eq!(translated, client_records);
 }
 
 /// The negative of the above: the same namespaces, conntrack active in the router, no DNAT
@@ -1670,7 +1700,7 @@ fn without_dnat_nothing_is_rewritten() {
     }
     const SENT: usize = 12_345;
     const BACK: usize = 678;
-    let (_router, lab) = NatLab::new("n", 251, None);
+    let (_router, lab) = NatLab::new("n", 251, false);
     let dir = temp_dir("nonat");
     let out = dir.join("reports.jsonl");
     let mut a = AgentProc::spawn(
