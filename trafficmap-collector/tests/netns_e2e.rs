@@ -235,9 +235,11 @@ impl Agent {
     }
 }
 
+/// An agent counting the namespace at `netns` as host `host-<host>`, started from the calling
+/// thread (so in its network namespace).
 fn start_agent(
     bin: &Path,
-    lab: &Lab,
+    netns: &Path,
     host: &str,
     dir: &Path,
     collector: SocketAddr,
@@ -246,7 +248,7 @@ fn start_agent(
     let metrics = free_port();
     let log = dir.join(format!("agent-{host}.log"));
     let child = Command::new(bin)
-        .args(["--netns", lab.path(host).to_str().unwrap()])
+        .args(["--netns", netns.to_str().unwrap()])
         .args(["--interval", "1s"])
         .args(["--collector", &format!("http://{collector}")])
         .args(["--token-file", token.to_str().unwrap()])
@@ -359,7 +361,16 @@ archdomain = "offline/legacy"
     let agents: Vec<Agent> = HOSTS
         .iter()
         .filter(|h| h.2)
-        .map(|h| start_agent(&agent_bin, &lab, h.0, dir.path(), c.addr, &agent_token))
+        .map(|h| {
+            start_agent(
+                &agent_bin,
+                &lab.path(h.0),
+                h.0,
+                dir.path(),
+                c.addr,
+                &agent_token,
+            )
+        })
         .collect();
 
     // Servers first (one listener per host and port), then the clients.
@@ -577,4 +588,243 @@ archdomain = "offline/legacy"
         drop(a);
     }
     assert_eq!(c.terminate().code(), Some(0));
+}
+
+/// Issue 11, NAT undone, at the collector: a client namespace, a router namespace with a
+/// kube-proxy-like `nft` DNAT rule (10.250.99.10:80 -> 10.250.2.2:8080), a server namespace. The
+/// client's agent runs in the router namespace (where the NAT happens, as a hostNetwork
+/// DaemonSet does on a node) counting the client's namespace; the server's agent counts the
+/// server's. The collector runs in the router namespace too, so both agents reach it on its
+/// loopback (the test thread enters it). The two ends must merge into ONE edge with exact bytes
+/// (not an edge to an unknown 10.250.99.10 plus a half-edge).
+#[test]
+#[ignore = "needs root and trafficmap-agent: cargo xtask test --only collector-e2e"]
+fn a_service_behind_dnat_merges_into_one_edge() {
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    if !require("root (network namespaces, eBPF)", root_user) {
+        return;
+    }
+    let agent_bin = std::env::var_os("TRAFFICMAP_AGENT_BIN").map(PathBuf::from);
+    if !require(
+        "TRAFFICMAP_AGENT_BIN (cargo build -p trafficmap-daemon)",
+        agent_bin.as_ref().is_some_and(|p| p.exists()),
+    ) {
+        return;
+    }
+    assert!(
+        Command::new("nft").arg("--version").output().is_ok(),
+        "nft(8) is missing: install it as root: apt-get install nftables"
+    );
+    const SENT: usize = 400_009;
+    const BACK: usize = 90_017;
+    let agent_bin = agent_bin.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lab = NatLab::new();
+    let original = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+    let router = std::fs::File::open(lab.path("r")).unwrap();
+    // SAFETY: setns on this thread only, with a valid namespace descriptor.
+    assert_eq!(
+        unsafe { libc::setns(router.as_raw_fd(), libc::CLONE_NEWNET) },
+        0
+    );
+    let tokens = write_tokens(dir.path());
+    let agent_token = dir.path().join("agent-token");
+    std::fs::write(&agent_token, format!("{TOKEN}\n")).unwrap();
+    let data = dir.path().join("data");
+    let c = Collector::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--no-dns",
+    ]);
+    let from = recent_minute(0);
+    let agents = [
+        start_agent(
+            &agent_bin,
+            &lab.path("c"),
+            "c",
+            dir.path(),
+            c.addr,
+            &agent_token,
+        ),
+        start_agent(
+            &agent_bin,
+            &lab.path("s"),
+            "s",
+            dir.path(),
+            c.addr,
+            &agent_token,
+        ),
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = in_ns(&lab.path("s"), "svc-server", Some(tx), |ready| {
+        let l = TcpListener::bind("10.250.2.2:8080").unwrap();
+        ready();
+        let (mut s, peer) = l.accept().unwrap();
+        let n = read_all(&mut s);
+        s.write_all(&vec![b'r'; BACK]).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let _ = read_all(&mut s);
+        // The server sees the client's real address.
+        (peer.ip().to_string(), n)
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    in_ns(&lab.path("c"), "svc-client", None, |_| {
+        let addr: SocketAddr = "10.250.99.10:80".parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+        s.write_all(&vec![b'q'; SENT]).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_all(&mut s), BACK);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(server.join().unwrap(), ("10.250.1.2".to_owned(), SENT));
+
+    let expected = (SENT + BACK) as u64;
+    let to = recent_minute(-2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Both ends report the conversation; merged, it counts once.
+    while total_bytes(&c, from, to) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "map never reached {expected} bytes (now {}):\n{}",
+            total_bytes(&c, from, to),
+            agents.iter().map(Agent::log).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let inst = c
+        .get(&format!(
+            "/api/v1/maps?view=instances&from={}&to={}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))
+        .json();
+    assert_eq!(inst["totals"]["bytes"], expected, "{inst:#}");
+    let links: Vec<serde_json::Value> = inst["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "source": l["source"], "target": l["target"],
+                "to_target": l["bytes_to_target"], "to_source": l["bytes_to_source"],
+                "ports": l["server_ports"], "observed_by": l["observed_by"],
+                "disagreement": l["disagreement_bytes"], "connections": l["connections"],
+                "client_processes": l["client_processes"], "server_processes": l["server_processes"],
+            })
+        })
+        .collect();
+    assert_eq!(
+        links,
+        vec![serde_json::json!({
+            "source": "host:host-c", "target": "host:host-s",
+            "to_target": SENT, "to_source": BACK,
+            "ports": [8080], "observed_by": "both", "disagreement": 0, "connections": 1,
+            "client_processes": ["svc-client"], "server_processes": ["svc-server"],
+        })],
+        "one merged edge\n{inst:#}"
+    );
+    // Two hosts, no node for the virtual address.
+    let mut nodes: Vec<&str> = inst["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["host:host-c", "host:host-s"], "{inst:#}");
+    for a in agents {
+        drop(a);
+    }
+    assert_eq!(c.terminate().code(), Some(0));
+    // SAFETY: back to the thread's original namespace, a valid descriptor.
+    unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) };
+}
+
+/// The namespaces of [`a_service_behind_dnat_merges_into_one_edge`]: `c` (10.250.1.2), `r` (the
+/// router, .1 on both sides, nft DNAT), `s` (10.250.2.2); removed on drop.
+struct NatLab {
+    prefix: String,
+}
+
+impl NatLab {
+    fn new() -> NatLab {
+        let lab = NatLab {
+            prefix: format!("tmcn{}", std::process::id() % 100_000),
+        };
+        let r = lab.ns("r");
+        ip(&["netns", "add", &r]);
+        ip(&["-n", &r, "link", "set", "lo", "up"]);
+        for (h, side) in [("c", 1), ("s", 2)] {
+            let ns = lab.ns(h);
+            let gw = format!("10.250.{side}.1");
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "-n", &r, "link", "add", h, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            ip(&["-n", &r, "addr", "add", &format!("{gw}/24"), "dev", h]);
+            ip(&["-n", &r, "link", "set", h, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.250.{side}.2/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&["-n", &ns, "route", "add", "default", "via", &gw]);
+        }
+        let run = |args: &[&str], stdin: &str| {
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &r])
+                .args(args)
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(stdin.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], "");
+        run(
+            &["nft", "-f", "-"],
+            "table ip tmnat {\n chain prerouting { type nat hook prerouting priority dstnat; policy accept; ip daddr 10.250.99.10 tcp dport 80 dnat to 10.250.2.2:8080; }\n}\n",
+        );
+        lab
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    fn path(&self, host: &str) -> PathBuf {
+        PathBuf::from("/run/netns").join(self.ns(host))
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for h in ["c", "s", "r"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(h)])
+                .status();
+        }
+    }
 }

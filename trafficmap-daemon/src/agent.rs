@@ -51,7 +51,16 @@ pub struct Drainer {
     vanished_seen: u64,
     /// Container of each pair's process (issue 11); `None` with `[containers] enable = false`.
     containers: Option<crate::containers::Resolver>,
+    // Issue 11, NAT undone (k11-nat): the conntrack table, client connections closed between
+    // drains that wait for the drain's dump, and whether a drain (fresh dump) is under way.
+    nat: Option<crate::conntrack::Nat>,
+    waiting: Vec<(crate::delta::ConnDelta, Role, RoleSource)>,
+    at_drain: bool,
 }
+
+/// Closed client connections that may wait for the next drain's conntrack dump; beyond this,
+/// they are looked up in the previous dump (counted as `parking_full` when not found there).
+const MAX_WAITING: usize = 65_536;
 
 /// What one drain produced.
 pub struct Drained {
@@ -81,14 +90,70 @@ impl Drainer {
         if d.finished {
             self.roles.remove(&id);
         }
+        let nat = match (&self.nat, role) {
+            (Some(nat), Role::Client) if d.established => {
+                let (local, peer, opened) = (d.conn.local(), d.conn.remote(), d.conn.opened_ns);
+                match nat.resolve(local, peer, opened, !self.at_drain) {
+                    crate::conntrack::Lookup::Real(r) => Some(r),
+                    crate::conntrack::Lookup::Wait if self.waiting.len() < MAX_WAITING => {
+                        self.waiting.push((d.clone(), role, role_source));
+                        return;
+                    }
+                    crate::conntrack::Lookup::Wait => match nat.resolve(local, peer, opened, false)
+                    {
+                        crate::conntrack::Lookup::Real(r) => Some(r),
+                        _ => {
+                            nat.could_not_wait();
+                            None
+                        }
+                    },
+                    crate::conntrack::Lookup::AsIs => None,
+                }
+            }
+            _ => None,
+        };
         self.acc.add(
             &Attributed {
                 delta: d,
                 role,
                 role_source,
+                nat,
             },
             clock,
         );
+    }
+
+    /// Issue 11, NAT undone: reads the namespace's conntrack table at each drain from now on.
+    pub fn enable_nat(&mut self, nat: crate::conntrack::Nat) {
+        self.nat = Some(nat);
+    }
+
+    /// At a drain: a fresh conntrack dump, then the connections that waited for it.
+    fn nat_dump(&mut self) {
+        if let Some(nat) = &mut self.nat {
+            nat.refresh(crate::pairs::monotonic_ns());
+        }
+    }
+
+    fn nat_release_waiting(&mut self, clock: &Clock) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (d, role, role_source) in &waiting {
+            let nat = self.nat.as_ref().and_then(|n| {
+                match n.resolve(d.conn.local(), d.conn.remote(), d.conn.opened_ns, false) {
+                    crate::conntrack::Lookup::Real(r) => Some(r),
+                    _ => None,
+                }
+            });
+            self.acc.add(
+                &Attributed {
+                    delta: d,
+                    role: *role,
+                    role_source: *role_source,
+                    nat,
+                },
+                clock,
+            );
+        }
     }
 
     /// Applies a snapshot to the tracker and folds every delta into the current window.
@@ -136,8 +201,14 @@ impl Drainer {
             probe.forget_destroyed(&destroyed)?;
         }
         let map_entries = snap.live.len() as u64;
+        // Issue 11: the conntrack dump before anything is paired, so every client connection
+        // of the window (live, closed now, or waiting since it closed) meets a fresh table.
+        self.nat_dump();
+        self.at_drain = true;
         let clock = Clock::now();
         self.fold(&snap, &clock);
+        self.nat_release_waiting(&clock);
+        self.at_drain = false;
         let big = snap.live.len() > 10_000;
         drop(snap);
         if big {
@@ -385,10 +456,20 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
         host,
         counting_since,
     } = setup(&config).await?;
-    drop_privileges(&probe);
+    drop_privileges(&probe, config.nat.enable);
 
     let probe = Arc::new(Mutex::new(probe));
     let drainer: Arc<Mutex<Drainer>> = Arc::default();
+    if config.nat.enable {
+        // Opened here, in the agent's own network namespace: the one whose NAT it undoes.
+        drainer
+            .lock()
+            .unwrap()
+            .enable_nat(crate::conntrack::Nat::new(
+                config.nat.max_entries,
+                metrics.conntrack.clone(),
+            ));
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     // Issue 11: container names. Runtime API sources first; the Kubernetes source is pushed
     // after them, before the resolver takes the list.
@@ -501,7 +582,7 @@ pub async fn run(cli: Cli, mut config: Config, log_reload: LogReload) -> Result<
 
 /// Once the probe is attached and the identity resolved: keeps only the capabilities the
 /// drains still need (see `privileges` and docs/agent.md, "Privileges").
-fn drop_privileges(probe: &Probe) {
+fn drop_privileges(probe: &Probe, nat: bool) {
     use crate::privileges;
     let held = std::fs::read_to_string("/proc/thread-self/status")
         .ok()
@@ -520,6 +601,7 @@ fn drop_privileges(probe: &Probe) {
         probe.backend() == crate::backend::Backend::Kprobe,
         // SAFETY: getuid cannot fail.
         unsafe { libc::getuid() },
+        nat,
     );
     privileges::report(&privileges::drop_all_but(keep), keep);
 }
@@ -990,6 +1072,8 @@ fn reload(
             } != config.containers,
         ),
         ("kubernetes", new.kubernetes != config.kubernetes),
+        // Issue 11: the conntrack socket and the kept CAP_NET_ADMIN are set up at start.
+        ("nat", new.nat != config.nat),
     ];
     for (what, changed) in fixed {
         if changed {

@@ -128,6 +128,45 @@ pub struct FileConfig {
     pub containers: Option<ContainersFile>,
     // Kubernetes names (issue 11, k11-k8s).
     pub kubernetes: Option<crate::k8s::KubernetesFile>,
+    // Issue 11, NAT undone (k11-nat): the `[nat]` table.
+    pub nat: Option<NatFile>,
+}
+
+// Issue 11, NAT undone (k11-nat): `[nat]` settings (docs/agent.md, "NAT and Services").
+/// The `[nat]` table of the file.
+#[derive(Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatFile {
+    /// Read the conntrack table at each drain and report DNAT'ed connections' real servers.
+    pub enable: Option<bool>,
+    /// Most DNAT entries kept per dump; the rest are counted and left out.
+    pub max_entries: Option<usize>,
+}
+
+/// Validated `[nat]` settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatConfig {
+    pub enable: bool,
+    pub max_entries: usize,
+}
+
+impl NatConfig {
+    fn from_file(f: Option<&NatFile>) -> Result<NatConfig, ConfigError> {
+        let f = f.cloned().unwrap_or_default();
+        let max_entries = f
+            .max_entries
+            .unwrap_or(crate::conntrack::DEFAULT_MAX_ENTRIES);
+        if !(1..=crate::conntrack::MAX_MAX_ENTRIES).contains(&max_entries) {
+            return Err(ConfigError(format!(
+                "nat.max_entries: {max_entries} is out of range (1 to {})",
+                crate::conntrack::MAX_MAX_ENTRIES
+            )));
+        }
+        Ok(NatConfig {
+            enable: f.enable.unwrap_or(true),
+            max_entries,
+        })
+    }
 }
 
 // ---- Issue 11, containers (k11-probe) ------------------------------------------------------
@@ -286,6 +325,8 @@ pub struct Config {
     pub log_level: String,
     // Issue 11, containers (k11-probe).
     pub containers: ContainersConfig,
+    // Issue 11, NAT undone (k11-nat).
+    pub nat: NatConfig,
     /// Where the file settings came from, for SIGHUP reloads.
     pub config_file: Option<PathBuf>,
     // Kubernetes names (issue 11, k11-k8s).
@@ -505,6 +546,7 @@ impl Config {
             log_level,
             // Issue 11, containers (k11-probe).
             containers: ContainersConfig::from_file(&f.containers.clone().unwrap_or_default())?,
+            nat: NatConfig::from_file(f.nat.as_ref())?,
             config_file: cli.config.clone(),
             kubernetes,
         })
@@ -590,6 +632,7 @@ mod tests {
             log_level: Some(String::new()),
             containers: Some(ContainersFile::default()),
             kubernetes: Some(crate::k8s::KubernetesFile::default()),
+            nat: Some(NatFile::default()),
         })
         .unwrap();
         let missing: Vec<&String> = all.keys().filter(|k| !table.contains_key(*k)).collect();

@@ -11,6 +11,7 @@ pub mod btf;
 pub mod config;
 pub mod conn;
 pub mod containers;
+pub mod conntrack;
 pub mod delta;
 pub mod diag;
 pub mod error;

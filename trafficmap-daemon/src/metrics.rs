@@ -242,6 +242,8 @@ pub struct Metrics {
     pub host_addresses_omitted: Gauge,
     // Kubernetes names (issue 11, k11-k8s): trafficmap_k8s_requests_total, trafficmap_k8s_pods.
     pub k8s: crate::k8s::K8sMetrics,
+    // Issue 11, NAT undone (k11-nat): `trafficmap_conntrack_*`.
+    pub conntrack: crate::conntrack::ConntrackMetrics,
 }
 
 impl Metrics {
@@ -406,8 +408,10 @@ impl Metrics {
             host_addresses_omitted.clone(),
         );
         let k8s = crate::k8s::K8sMetrics::register(&mut registry);
+        let conntrack = crate::conntrack::ConntrackMetrics::register(&mut registry);
         Metrics {
             k8s,
+            conntrack,
             report_fixes,
             report_invalid,
             host_addresses_omitted,

@@ -2,7 +2,10 @@
 //! port, role, local process), with the client's ephemeral port folded away. Pure: time comes in
 //! as arguments.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use chrono::{DateTime, Utc};
 use trafficmap_model::report::{self, Pair};
@@ -54,6 +57,9 @@ pub struct Attributed<'a> {
     pub delta: &'a ConnDelta,
     pub role: Role,
     pub role_source: RoleSource,
+    /// Issue 11, NAT undone: the real server of a client connection whose destination was
+    /// translated (conntrack's reply source); the socket's destination becomes the service.
+    pub nat: Option<SocketAddr>,
 }
 
 /// Pair identity within a report. The process is kept as the kernel's fixed-size `comm`, so
@@ -68,23 +74,30 @@ pub struct PairKey {
     /// cgroup v2 id of the local process (issue 11): resolved to its container when the
     /// window closes; two cgroups of one container become one pair then.
     pub cgroup_id: u64,
+    /// The address a client's socket connected to when its destination was translated.
+    pub service: Option<(IpAddr, u16)>,
 }
 
 impl PairKey {
     pub fn of(a: &Attributed<'_>) -> PairKey {
         let c = &a.delta.conn;
         let (local, remote) = (c.local(), c.remote());
-        let server_port = match a.role {
-            Role::Client => remote.port(),
-            Role::Server | Role::Unknown => local.port(),
+        let (peer, server_port, service) = match (a.role, a.nat) {
+            // The real server is the peer; the virtual address the socket saw is the service.
+            (Role::Client, Some(real)) => {
+                (real.ip(), real.port(), Some((remote.ip(), remote.port())))
+            }
+            (Role::Client, None) => (remote.ip(), remote.port(), None),
+            (Role::Server | Role::Unknown, _) => (remote.ip(), local.port(), None),
         };
         PairKey {
             local_ip: local.ip(),
-            peer_ip: remote.ip(),
+            peer_ip: peer,
             server_port,
             role: a.role,
             comm: c.comm,
             cgroup_id: c.cgroup_id,
+            service,
         }
     }
 }
@@ -210,8 +223,8 @@ impl Accumulator {
                     first_seen: first,
                     last_seen: last,
                     container,
-                    service_ip: None,
-                    service_port: None,
+                    service_ip: key.service.map(|s| s.0),
+                    service_port: key.service.map(|s| s.1),
                 }
             })
             .collect();
@@ -375,6 +388,7 @@ mod tests {
                 delta: d,
                 role: d.conn.role(),
                 role_source: RoleSource::Observed,
+                nat: None,
             })
             .collect();
         let pairs = aggregate(
@@ -429,6 +443,7 @@ mod tests {
             delta: &d,
             role: Role::Client,
             role_source: RoleSource::LowerPort,
+            nat: None,
         }];
         let pairs = aggregate(
             &a,
@@ -460,6 +475,7 @@ mod tests {
             delta: &d,
             role: Role::Client,
             role_source: RoleSource::Observed,
+            nat: None,
         }];
         assert!(
             aggregate(
@@ -503,6 +519,7 @@ mod tests {
                     delta: d,
                     role: Role::Client,
                     role_source: RoleSource::Observed,
+                    nat: None,
                 },
                 &clock(),
             );
@@ -549,5 +566,98 @@ mod tests {
                 (Some("ctr-b".into()), 3)
             ]
         );
+    }
+
+    /// Issue 11, NAT undone: a client connection whose destination was translated names the
+    /// real server as its peer and keeps the virtual address as its service; server-role
+    /// connections and untranslated clients are unchanged; connections to the same service
+    /// from several ephemeral ports fold into one pair.
+    #[test]
+    fn translated_clients_name_the_real_server_and_keep_the_service() {
+        let spec = |lport, rport, role, sent, recv| Spec {
+            lport,
+            rport,
+            role,
+            sent,
+            recv,
+            opened_ns: 0,
+            closed_ns: 0,
+            last_ns: 0,
+            finished: false,
+            opened: false,
+        };
+        let ds = [
+            delta(spec(40001, 80, role::CLIENT, 1_000, 10)),
+            delta(spec(40002, 80, role::CLIENT, 2_000, 20)),
+            // Same virtual destination, not translated (no entry): kept as the socket saw it.
+            delta(spec(40003, 80, role::CLIENT, 5, 6)),
+            delta(spec(8080, 51000, role::SERVER, 7, 8)),
+        ];
+        let real: SocketAddr = "10.0.0.9:8080".parse().unwrap();
+        let nats = [Some(real), Some(real), None, Some(real)];
+        let attributed: Vec<Attributed> = ds
+            .iter()
+            .zip(nats)
+            .map(|(d, nat)| Attributed {
+                delta: d,
+                role: d.conn.role(),
+                role_source: RoleSource::Observed,
+                nat,
+            })
+            .collect();
+        let pairs = aggregate(
+            &attributed,
+            at("2026-11-23T10:00:00Z"),
+            at("2026-11-23T10:01:00Z"),
+            &clock(),
+        );
+        let got: Vec<_> = pairs
+            .iter()
+            .map(|p| {
+                (
+                    p.role,
+                    p.peer_ip.to_string(),
+                    p.server_port,
+                    p.service_ip.map(|i| i.to_string()),
+                    p.service_port,
+                    p.bytes_sent,
+                    p.bytes_received,
+                )
+            })
+            .collect();
+        let mut want = vec![
+            (
+                report::Role::Client,
+                "10.0.0.9".to_owned(),
+                8080,
+                Some("10.0.0.2".to_owned()),
+                Some(80),
+                3_000,
+                30,
+            ),
+            (
+                report::Role::Client,
+                "10.0.0.2".to_owned(),
+                80,
+                None,
+                None,
+                5,
+                6,
+            ),
+            // The server's nat is ignored: it sees the client's real address already.
+            (
+                report::Role::Server,
+                "10.0.0.2".to_owned(),
+                8080,
+                None,
+                None,
+                7,
+                8,
+            ),
+        ];
+        let mut got = got;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
     }
 }

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 pub const CAP_DAC_OVERRIDE: u32 = 1;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SETPCAP: u32 = 8;
+pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
@@ -95,8 +96,10 @@ fn own_status(path: &str) -> Result<CapSets, PrivError> {
 ///   call, even a lookup through an open map fd, needs it;
 /// - for the kretprobe backend run by a non-root user: CAP_DAC_OVERRIDE and
 ///   CAP_DAC_READ_SEARCH, to read `kprobe_profile` and remove its kprobe events from tracefs at
-///   exit (root owns tracefs, so uid 0 needs no capability for that).
-pub fn needed(held: u64, map_ops_need_cap: bool, kretprobe: bool, uid: u32) -> u64 {
+///   exit (root owns tracefs, so uid 0 needs no capability for that);
+/// - CAP_NET_ADMIN if `nat` (`[nat] enable`): the kernel checks it at every conntrack dump
+///   (issue 11, NAT undone; see `conntrack`).
+pub fn needed(held: u64, map_ops_need_cap: bool, kretprobe: bool, uid: u32, nat: bool) -> u64 {
     let bit = |c: u32| 1u64 << c;
     let mut keep = 0;
     if map_ops_need_cap {
@@ -108,6 +111,9 @@ pub fn needed(held: u64, map_ops_need_cap: bool, kretprobe: bool, uid: u32) -> u
     }
     if kretprobe && uid != 0 {
         keep |= bit(CAP_DAC_OVERRIDE) | bit(CAP_DAC_READ_SEARCH);
+    }
+    if nat {
+        keep |= bit(CAP_NET_ADMIN);
     }
     keep & held
 }
@@ -345,6 +351,7 @@ pub fn names(set: u64) -> Vec<&'static str> {
     [
         (CAP_DAC_OVERRIDE, "cap_dac_override"),
         (CAP_DAC_READ_SEARCH, "cap_dac_read_search"),
+        (CAP_NET_ADMIN, "cap_net_admin"),
         (CAP_SYS_ADMIN, "cap_sys_admin"),
         (CAP_BPF, "cap_bpf"),
     ]
@@ -385,21 +392,28 @@ mod tests {
     #[test]
     fn what_stays() {
         let all = u64::MAX >> 23;
-        assert_eq!(needed(all, false, false, 0), 0);
-        assert_eq!(needed(all, true, false, 0), 1 << CAP_BPF);
+        assert_eq!(needed(all, false, false, 0, false), 0);
+        assert_eq!(needed(all, true, false, 0, false), 1 << CAP_BPF);
         assert_eq!(
-            needed(1 << CAP_SYS_ADMIN, true, false, 0),
+            needed(1 << CAP_SYS_ADMIN, true, false, 0, false),
             1 << CAP_SYS_ADMIN
         );
-        assert_eq!(needed(all, false, true, 0), 0);
+        assert_eq!(needed(all, false, true, 0, false), 0);
         assert_eq!(
-            needed(all, false, true, 65534),
+            needed(all, false, true, 65534, false),
             (1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)
         );
         // Never more than held.
         assert_eq!(
-            needed(1 << CAP_DAC_READ_SEARCH, false, true, 65534),
+            needed(1 << CAP_DAC_READ_SEARCH, false, true, 65534, false),
             1 << CAP_DAC_READ_SEARCH
+        );
+        // [nat] enable keeps CAP_NET_ADMIN, if held.
+        assert_eq!(needed(all, false, false, 0, true), 1 << CAP_NET_ADMIN);
+        assert_eq!(needed(1 << CAP_BPF, false, false, 65534, true), 0);
+        assert_eq!(
+            names((1 << CAP_BPF) | 1 << CAP_NET_ADMIN),
+            vec!["cap_net_admin", "cap_bpf"]
         );
         assert_eq!(
             names((1 << CAP_BPF) | 1 << CAP_DAC_OVERRIDE),

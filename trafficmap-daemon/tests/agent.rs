@@ -720,8 +720,10 @@ fn runs_with_capabilities_alone() {
     // Started with CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH; once attached, every thread
     // keeps only the documented set. Without CAP_SETPCAP the bounding set stays as setpriv
     // left it; no_new_privs stops an exec from gaining anything.
-    let keep = documented_kept_caps();
     let started_with = (1 << 39) | (1 << 38) | (1 << 2);
+    // Never more than it started with (no CAP_NET_ADMIN here: `[nat]` says so once and reports
+    // connections as their sockets saw them).
+    let keep = documented_kept_caps() & started_with;
     for t in thread_caps(a.pid()) {
         assert_eq!(t, (keep, keep, started_with, 0, true), "{}", a.log_text());
     }
@@ -929,11 +931,14 @@ fn documented_kept_caps() -> u64 {
     let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
         .map(|s| s.trim() != "0")
         .unwrap_or(true);
-    if (major, minor) < (6, 5) && disabled {
+    let bpf = if (major, minor) < (6, 5) && disabled {
         1 << 39
     } else {
         0
-    }
+    };
+    // CAP_NET_ADMIN for the conntrack dumps of `[nat]` (issue 11), enabled by default; kept only
+    // where held.
+    bpf | 1 << 12
 }
 
 /// (CapEff, CapPrm, CapBnd, CapAmb, NoNewPrivs) of every thread of `pid`.
@@ -1849,4 +1854,348 @@ fn podman_containers_are_named_from_the_podman_api() {
         "{}",
         a.log_text()
     );
+}
+
+/// Issue 11, NAT undone: a client namespace, a router namespace with a kube-proxy-like `nft`
+/// DNAT rule (`virt` -> the server), a server namespace, created by the test. The router is the
+/// calling thread's own fresh namespace (the returned `NetNs`): the agent is started from this
+/// thread, so it runs where the NAT happens, as a hostNetwork DaemonSet does on a node. With
+/// `dnat` false the router only forwards (conntrack still active: a `ct state` rule).
+struct NatLab {
+    client_ns: String,
+    server_ns: String,
+}
+
+impl NatLab {
+    /// Addresses: client 10.`net`.1.2 and fd00:`net`:1::2, server 10.`net`.2.2 and
+    /// fd00:`net`:2::2, router .1 (::1) on both sides. With `dnat`: 10.`net`.99.10:80 ->
+    /// 10.`net`.2.2:8080 and [fd00:`net`:99::10]:80 -> [fd00:`net`:2::2]:8080.
+    fn new(tag: &str, net: u8, dnat: bool) -> (NetNs, NatLab) {
+        let nft_present = Command::new("nft").arg("--version").output().is_ok();
+        assert!(
+            nft_present,
+            "nft(8) is missing: install it as root: apt-get install nftables"
+        );
+        let router = NetNs::new();
+        let lab = NatLab {
+            client_ns: format!("tmnat{}{tag}c", std::process::id() % 100_000),
+            server_ns: format!("tmnat{}{tag}s", std::process::id() % 100_000),
+        };
+        for (ns, side) in [(&lab.client_ns, 1), (&lab.server_ns, 2)] {
+            let veth = format!("v{side}");
+            let gw = format!("10.{net}.{side}.1");
+            nat_ip(&["netns", "add", ns]);
+            // Run from this thread: the router end stays in its namespace.
+            nat_ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            nat_ip(&["addr", "add", &format!("{gw}/24"), "dev", &veth]);
+            nat_ip(&["link", "set", &veth, "up"]);
+            nat_ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.{net}.{side}.2/24"),
+                "dev",
+                "eth0",
+            ]);
+            nat_ip(&["-n", ns, "link", "set", "eth0", "up"]);
+            nat_ip(&["-n", ns, "link", "set", "lo", "up"]);
+            nat_ip(&["-n", ns, "route", "add", "default", "via", &gw]);
+            let gw6 = format!("fd00:{net}:{side}::1");
+            nat_ip(&["addr", "add", &format!("{gw6}/64"), "dev", &veth, "nodad"]);
+            nat_ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("fd00:{net}:{side}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            nat_ip(&["-n", ns, "-6", "route", "add", "default", "via", &gw6]);
+        }
+        // /proc/sys/net is the opening thread's namespace: the router's.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
+        let mut rules = String::from(
+            "table inet tmnat {\n chain forward { type filter hook forward priority filter; policy accept; ct state established,related accept; }\n",
+        );
+        if dnat {
+            rules.push_str(&format!(
+                " chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n  ip daddr 10.{net}.99.10 tcp dport 80 dnat ip to 10.{net}.2.2:8080;\n  ip6 daddr fd00:{net}:99::10 tcp dport 80 dnat ip6 to [fd00:{net}:2::2]:8080; }}\n"
+            ));
+        }
+        rules.push_str("}\n");
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        let out = nft.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft -f: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (router, lab)
+    }
+
+    /// Serves one connection in the server namespace on `addr`: reads to EOF, answers `reply`
+    /// bytes. Returns once listening; the handle gives the bytes read.
+    fn server(&self, addr: &str, reply: usize) -> std::thread::JoinHandle<u64> {
+        let (ns, addr) = (self.server_ns.clone(), addr.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            enter_named_ns(&ns);
+            let l = TcpListener::bind(&addr).unwrap();
+            tx.send(()).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).unwrap();
+            s.write_all(&vec![7u8; reply]).unwrap();
+            buf.len() as u64
+        });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        h
+    }
+
+    /// One connection from the client namespace to `addr`: sends `n` bytes, reads to EOF.
+    fn client(&self, addr: &str, n: usize) -> u64 {
+        let (ns, addr) = (self.client_ns.clone(), addr.to_owned());
+        std::thread::spawn(move || {
+            enter_named_ns(&ns);
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+            c.write_all(&vec![1u8; n]).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).unwrap();
+            back.len() as u64
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn nat_ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip(8) from iproute2");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn enter_named_ns(name: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    use std::os::fd::AsRawFd as _;
+    assert_eq!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns {name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Waits until the agent has drained `n` more times than now.
+fn wait_drains(a: &AgentProc, n: u64) {
+    let now = metric(&a.metrics().unwrap(), "trafficmap_drains_total").unwrap_or(0);
+    let done = wait_for(Duration::from_secs(20), || {
+        (metric(&a.metrics()?, "trafficmap_drains_total")? >= now + n).then_some(())
+    });
+    assert!(done.is_some(), "no drains: {}", a.log_text());
+}
+
+/// Issue 11, NAT undone: a client of a virtual address (kube-proxy-like DNAT in the router
+/// namespace, where the agent runs) is reported with the real server as its peer and the
+/// virtual address as its service; the server's pair names the client's real address; bytes
+/// exact both ends; IPv4 and IPv6.
+#[test]
+fn dnat_clients_name_the_real_server_and_keep_the_service() {
+    if !privileged() {
+        return;
+    }
+    // (client, virtual address, server, real address, bytes to the server, bytes back)
+    let cases = [
+        (
+            "10.250.1.2",
+            "10.250.99.10:80",
+            "10.250.2.2",
+            "10.250.2.2:8080",
+            300_007usize,
+            70_001usize,
+        ),
+        (
+            "fd00:250:1::2",
+            "[fd00:250:99::10]:80",
+            "fd00:250:2::2",
+            "[fd00:250:2::2]:8080",
+            200_003,
+            50_009,
+        ),
+    ];
+    let (_router, lab) = NatLab::new("d", 250, true);
+    let dir = temp_dir("nat");
+    let out = dir.join("reports.jsonl");
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &strings(&[
+            "--netns",
+            "all",
+            "--interval",
+            "1s",
+            "--output",
+            &out.display().to_string(),
+        ]),
+    );
+    for (_, virt, _, real, sent, back) in cases {
+        let server = lab.server(real, back);
+        assert_eq!(lab.client(virt, sent), back as u64);
+        assert_eq!(server.join().unwrap(), sent as u64);
+    }
+    // Two drains after the close: the final records were read and looked up.
+    wait_drains(&a, 2);
+    let m = a.metrics().unwrap();
+    let translated = metric(&m, "trafficmap_conntrack_translated_total").unwrap();
+    // The router's table holds exactly these connections' entries (TIME_WAIT: 120 s).
+    assert_eq!(metric(&m, "trafficmap_conntrack_entries"), Some(2), "{m}");
+    assert!(a.sigterm().success(), "{}", a.log_text());
+    assert!(!a.log_text().contains("NAT: cannot"), "{}", a.log_text());
+    let reports = read_jsonl(&out);
+    let pairs: Vec<_> = reports.iter().flat_map(|r| &r.pairs).collect();
+    let sum = |ps: &[&&trafficmap_model::report::Pair]| {
+        ps.iter().fold((0, 0, 0), |s, p| {
+            (
+                s.0 + p.bytes_sent,
+                s.1 + p.bytes_received,
+                s.2 + p.connections_opened,
+            )
+        })
+    };
+    let mut client_records = 0;
+    for (client_ip, virt, server_ip, real, sent, back) in cases {
+        let (virt, real): (std::net::SocketAddr, std::net::SocketAddr) =
+            (virt.parse().unwrap(), real.parse().unwrap());
+        let client: Vec<_> = pairs
+            .iter()
+            .filter(|p| p.role == Role::Client && p.local_ip.to_string() == client_ip)
+            .collect();
+        assert!(!client.is_empty(), "{pairs:#?}");
+        for p in &client {
+            assert_eq!(
+                (p.peer_ip, p.server_port, p.service_ip, p.service_port),
+                (real.ip(), real.port(), Some(virt.ip()), Some(virt.port())),
+                "{p:?}"
+            );
+        }
+        assert_eq!(sum(&client), (sent as u64, back as u64, 1), "{client_ip}");
+        client_records += client.len() as u64;
+        let server: Vec<_> = pairs
+            .iter()
+            .filter(|p| p.role == Role::Server && p.local_ip.to_string() == server_ip)
+            .collect();
+        assert!(!server.is_empty(), "{pairs:#?}");
+        for p in &server {
+            assert_eq!(
+                (
+                    p.peer_ip.to_string(),
+                    p.server_port,
+                    p.service_ip,
+                    p.service_port
+                ),
+                (client_ip.to_owned(), real.port(), None, None),
+                "{p:?}"
+            );
+        }
+        assert_eq!(sum(&server), (back as u64, sent as u64, 1), "{server_ip}");
+    }
+    // One translation per window each connection was in (each window's pair is one record).
+    assert_eq!(translated, client_records);
+}
+
+/// The negative of the above: the same namespaces, conntrack active in the router, no DNAT
+/// rule; the client connects to the server directly and nothing is rewritten.
+#[test]
+fn without_dnat_nothing_is_rewritten() {
+    if !privileged() {
+        return;
+    }
+    const SENT: usize = 12_345;
+    const BACK: usize = 678;
+    let (_router, lab) = NatLab::new("n", 251, false);
+    let dir = temp_dir("nonat");
+    let out = dir.join("reports.jsonl");
+    let mut a = AgentProc::spawn(
+        &dir,
+        "agent",
+        &strings(&[
+            "--netns",
+            "all",
+            "--interval",
+            "1s",
+            "--output",
+            &out.display().to_string(),
+        ]),
+    );
+    let server = lab.server("10.251.2.2:8081", BACK);
+    assert_eq!(lab.client("10.251.2.2:8081", SENT), BACK as u64);
+    assert_eq!(server.join().unwrap(), SENT as u64);
+    wait_drains(&a, 2);
+    let m = a.metrics().unwrap();
+    // The dumps worked and found no DNAT entry: nothing to translate.
+    assert!(
+        metric(&m, "trafficmap_conntrack_dumps_total{result=\"ok\"}").unwrap_or(0) >= 2,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "trafficmap_conntrack_entries"), Some(0), "{m}");
+    assert_eq!(
+        metric(&m, "trafficmap_conntrack_translated_total"),
+        Some(0),
+        "{m}"
+    );
+    assert!(a.sigterm().success(), "{}", a.log_text());
+    let reports = read_jsonl(&out);
+    let client: Vec<_> = reports
+        .iter()
+        .flat_map(|r| &r.pairs)
+        .filter(|p| p.role == Role::Client && p.local_ip.to_string() == "10.251.1.2")
+        .collect();
+    assert!(!client.is_empty());
+    for p in &client {
+        assert_eq!(
+            (
+                p.peer_ip.to_string(),
+                p.server_port,
+                p.service_ip,
+                p.service_port
+            ),
+            ("10.251.2.2".to_owned(), 8081, None, None),
+            "{p:?}"
+        );
+    }
+    let sent: u64 = client.iter().map(|p| p.bytes_sent).sum();
+    let back: u64 = client.iter().map(|p| p.bytes_received).sum();
+    assert_eq!((sent, back), (SENT as u64, BACK as u64));
 }

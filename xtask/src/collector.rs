@@ -116,7 +116,7 @@ pub fn e2e() -> Result<String> {
         "netns_e2e",
         &[("TRAFFICMAP_AGENT_BIN", agent.display().to_string())],
     )?;
-    Ok("3 agents in network namespaces, exact instances and clusters maps".into())
+    Ok("3 agents in network namespaces, exact instances and clusters maps; a Service behind DNAT merged into one edge".into())
 }
 
 /// The report parser and the bounds under libFuzzer for about a minute (30 s each).

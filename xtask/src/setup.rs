@@ -29,6 +29,8 @@ const PACKAGES_TEST: &[&str] = &[
     "xz-utils",
     "zstd",
     "iproute2",
+    // The agent's NAT test (issue 11): a kube-proxy-like DNAT rule in a test namespace.
+    "nftables",
     "util-linux",
     "libcap2-bin",
     "prometheus",

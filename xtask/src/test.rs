@@ -46,7 +46,7 @@ pub fn stages() -> Vec<Stage> {
         },
         Stage {
             name: "collector-e2e",
-            about: "3 agents in network namespaces, one collector: exact instances and clusters maps",
+            about: "3 agents in network namespaces, one collector: exact instances and clusters maps; a Service behind a DNAT rule (nft) merged into one edge",
             run: crate::collector::e2e,
         },
         Stage {
