@@ -334,11 +334,12 @@ pub fn build(spec: &Spec, bin: &Path, out: &Path) -> Result<Built> {
 
 /// The DaemonSet's capabilities (deploy/kubernetes/trafficmap-agent.yaml), as the runtime names
 /// them.
-const AGENT_CAPS: [&str; 4] = [
+const AGENT_CAPS: [&str; 5] = [
     "CAP_BPF",
     "CAP_PERFMON",
     "CAP_DAC_READ_SEARCH",
     "CAP_DAC_OVERRIDE",
+    "CAP_NET_ADMIN",
 ];
 /// The agent's window in the test: short, so a full window closes within seconds.
 const AGENT_INTERVAL_S: i64 = 3;
@@ -958,7 +959,7 @@ fn run_agent(b: &Built, out: &Path) -> Result<String> {
         bail!("the agent's log does not mention SIGTERM:\n{log}");
     }
     Ok(format!(
-        "agent under runc (host PID and network, 4 capabilities, read-only root, BTF/tracefs/spool/config mounts): exact bytes both ends in a full window and in the SIGTERM-flushed partial window ({} reports)",
+        "agent under runc (host PID and network, 5 capabilities, read-only root, BTF/tracefs/spool/config mounts): exact bytes both ends in a full window and in the SIGTERM-flushed partial window ({} reports)",
         rs.len()
     ))
 }
