@@ -76,7 +76,8 @@ pub fn unit() -> Result<String> {
 }
 
 /// Test stage `viewer-browser`: Debian's Chromium, driven by playwright-core, against the real
-/// collector serving the golden map files (copied into a fresh `--output-dir` by the test).
+/// collector serving the golden map files (copied into a fresh `--output-dir` by the test), then
+/// the scale test (test/scale.mjs) against the collector serving synthetic fleets.
 pub fn browser() -> Result<String> {
     let maps = root().join("golden/maps");
     if !maps.is_dir() {
@@ -94,7 +95,20 @@ pub fn browser() -> Result<String> {
         .arg(&maps)
         .arg("--artifacts")
         .arg(artifacts()))?;
-    Ok(format!("screenshots in {}", artifacts().display()))
+    // Issue 14: the synthetic fleets (600 and 5,000 nodes), laid out once per grouping, checked
+    // for intersecting outlines and overlapping labels.
+    let scale = artifacts_dir().join("viewer-scale");
+    run(node()
+        .arg("test/scale.mjs")
+        .arg("--collector")
+        .arg(&collector)
+        .arg("--artifacts")
+        .arg(&scale))?;
+    Ok(format!(
+        "screenshots in {} and {}",
+        artifacts().display(),
+        scale.display()
+    ))
 }
 
 /// `cargo xtask bench viewer`: the viewer against a d3-force + SVG baseline in headless
