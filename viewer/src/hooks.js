@@ -29,7 +29,8 @@ export function exposeHooks(app) {
         edges: app.scene.graph.size,
         nodesInView: inView,
         frames: r.frames,
-        groups: app.hulls.map((g) => g.key).sort(),
+        // The groups of the grouping (env regions holding groups when split by env are not groups).
+        groups: app.hulls.filter((g) => !g.parent).map((g) => g.key).sort(),
         highlighted: app.focus.focus ? app.focus.focus.size : 0,
         marked: app.focus.marked ? [...app.focus.marked].sort() : [],
         searchHits: app.searchHits.slice().sort(),

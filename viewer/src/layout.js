@@ -328,11 +328,14 @@ export class Layout {
     // nodes without links): heavy traffic to other groups bends a group towards its peers
     // without tearing it, and hubs (which FA2 repels harder) stay in their group.
     let k = src.length;
+    // With regions the clamp holds groups together: a milder pull lets members use their region
+    // (4 times crowds small maps in the middle of big regions, links hidden under nodes).
+    const anchorPull = this.packing === "regions" ? 1 : 4;
     for (let i = 0; i < grouped; i++) {
       if (group[i] < 0) continue;
       edges[k * PPE] = i * PPN;
       edges[k * PPE + 1] = (n + group[i]) * PPN;
-      edges[k * PPE + 2] = 4 * (1 + pull[i]);
+      edges[k * PPE + 2] = anchorPull * (1 + pull[i]);
       k++;
     }
     this.nodes = nodes;
