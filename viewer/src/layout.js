@@ -358,9 +358,9 @@ export class Layout {
     // 1,500 for a handful of nodes, about 250 at 5,000 nodes and 50,000 links.
     this.maxIterations = Math.round(Math.min(1500, Math.max(200, 60000 / Math.sqrt(n + src.length + 1))));
     // With regions the groups cannot drift or overlap, and members start inside them: fewer
-    // iterations do (250 at 600 nodes / 3,000 links, 100 at 5,000 / 50,000). Nodes pressed
+    // iterations do (150 at 600 nodes / 3,000 links, 80 at 5,000 / 50,000). Nodes pressed
     // against their rim keep FA2's movement measure up, so the cap is what usually ends it.
-    if (this.packing === "regions") this.maxIterations = Math.round(Math.min(250, Math.max(100, 15000 / Math.sqrt(n + src.length + 1))));
+    if (this.packing === "regions") this.maxIterations = Math.round(Math.min(150, Math.max(80, 9000 / Math.sqrt(n + src.length + 1))));
     // Groups keep growing while FA2 expands: re-pack every 40 iterations, the last time 40
     // before the cap, so that the end state is packed.
     this.repackAt = new Set();
@@ -589,7 +589,9 @@ export class Layout {
       add(b, a, w[e]);
     }
     const radii = Array.from(need, (m) => this.unit * (1 + 1.4 * Math.sqrt(m)));
-    const gap = 3 * this.unit;
+    // Between outlines: three units, plus a tenth of the mean region radius so that big groups
+    // read apart too.
+    const gap = 3 * this.unit + (0.1 * radii.reduce((a, r) => a + r, 0)) / Math.max(radii.length, 1);
     const view = viewport ?? { width: 1000, height: 800 };
     const fit = Math.max(Math.min(view.width, view.height) - 128, 100);
     let packed;
