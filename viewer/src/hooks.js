@@ -76,8 +76,8 @@ export function exposeHooks(app) {
     bundles: () => app.linkView.bundles.map((b) => ({ source: b.source, target: b.target, count: b.count, bytes: b.bytes, width: b.width })),
     /** Whether a group shows its own hosts' links (zoomed in, or selected while zoomed out). */
     expanded: (key) => !app.linkView.collapsed || app.linkView.expanded.has(key),
-    /** Keys of the links drawn after every reducer (focus, bundles, top N). */
-    edgesShown: () => (app.scene ? app.scene.graph.filterEdges((k, a) => !app.reducers.edgeReducer(k, a).hidden) : []),
+    /** The links drawn after every reducer (focus, bundles, top N), as [source, target]. */
+    edgesShown: () => (app.scene ? app.scene.graph.filterEdges((k, a) => !app.reducers.edgeReducer(k, a).hidden).map((k) => app.scene.graph.extremities(k)) : []),
     /** Keys of the links drawn faded (inside a collapsed group, or outside the focus). */
     edgesFaded: () => (app.scene ? app.scene.graph.filterEdges((k, a) => { const d = app.reducers.edgeReducer(k, a); return !d.hidden && d.color === DIMMED_EDGE; }) : []),
     /** Bundles as drawn on screen, for pointing at one: [{source, target, ax, ay, bx, by}]. */

@@ -636,7 +636,9 @@ class App {
     // issue 14 item 3 (v14-links): a selected group highlights its members and their peers.
     const members = !sel && !s.q ? this.groupMembers(s.gsel) : null;
     if (members) this.focus = { focus: withNeighbours(index, members, this.filtered.links), marked: new Set(members.length <= 60 ? members : []), group: s.gsel };
+    const said = JSON.stringify([this.linkStats(), s.top, s.gsel]);
     this.updateLinkView();
+    if (JSON.stringify([this.linkStats(), s.top, s.gsel]) !== said) this.panels.updateStatus();
     this.renderer?.refresh();
     this.controls.updateSearchResults();
     if (reframe && marked?.length) this.focusNodes([...this.focus.focus]);
