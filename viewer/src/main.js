@@ -634,8 +634,10 @@ class App {
       this.focus = { focus: null, marked: null };
     }
     // issue 14 item 3 (v14-links): a selected group highlights its members and their peers.
+    // `marked` is empty but set (hovering does not take the focus over), so members get no
+    // forced labels: a big group's names would bury the map.
     const members = !sel && !s.q ? this.groupMembers(s.gsel) : null;
-    if (members) this.focus = { focus: withNeighbours(index, members, this.filtered.links), marked: new Set(members.length <= 60 ? members : []), group: s.gsel };
+    if (members) this.focus = { focus: withNeighbours(index, members, this.filtered.links), marked: new Set(), group: s.gsel };
     const said = JSON.stringify([this.linkStats(), s.top, s.gsel]);
     this.updateLinkView();
     if (JSON.stringify([this.linkStats(), s.top, s.gsel]) !== said) this.panels.updateStatus();

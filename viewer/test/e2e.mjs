@@ -1028,7 +1028,7 @@ try {
     eq((await page.evaluate(() => window.__trafficmap.edgesShown())).length, inner, "links drawn: only those inside a group");
     eq((await page.evaluate(() => window.__trafficmap.edgesFaded())).length, inner, "links inside a collapsed group faded");
     eq((await page.locator("#bundle-status").textContent()).trim(), `${st.linksBundled} links in ${want.length} bundle${want.length === 1 ? "" : "s"}`, "status line");
-    await shot(page, "14-bundles-golden");
+    await shot(page, "v14-links-bundles-golden");
     // The exports of the screen still send the real links.
     eq((await page.evaluate(() => window.__trafficmap.subset())).links.length, expectedVisible(doc, {}).pairs.length, "links in the export of the screen");
     // Hovering a bundle lists its biggest links, biggest first.
@@ -1084,7 +1084,7 @@ try {
     await assertFocus(page, doc, members, "group focus");
     eq((await page.locator("#group-selected").textContent()).trim(), "group prod selected (Esc releases)", "status line");
     ok(new URL(page.url()).searchParams.get("gsel") === key, "the selected group is in the URL");
-    await shot(page, "15-group-selected");
+    await shot(page, "v14-links-group-selected");
     await page.keyboard.press("Escape");
     await page.waitForFunction(() => window.__trafficmap.state().gsel === null);
     eq((await page.evaluate(() => window.__trafficmap.stats())).expanded, [], "Escape releases the group");
@@ -1184,7 +1184,7 @@ await step("synthetic 600/3,000 fleet: top 500 by default, exact bundles, a sele
       const shownInner = doc.links.filter((l) => top.has(JSON.stringify([l.source, l.target])) && inner(l)).length;
       eq((await p.evaluate(() => window.__trafficmap.edgesShown())).length, shownInner, `${renderer}: links drawn`);
       if (renderer === "canvas") eq(st.canvasDrawn.edges, shownInner, "links painted on the canvas");
-      await shot(p, `16-synth-${renderer}`);
+      await shot(p, `v14-links-synth-${renderer}`);
     }
     // A selected group expands alone; its neighbourhood is highlighted, exactly.
     await p.evaluate(() => window.__trafficmap.selectGroup("env:stage"));
@@ -1192,7 +1192,7 @@ await step("synthetic 600/3,000 fleet: top 500 by default, exact bundles, a sele
     eq(st.expanded, ["env:stage"], "only the selected group expanded");
     eq(sortBundles(await p.evaluate(() => window.__trafficmap.bundles())), expectedBundles(doc, envGroupOf, new Set(["env:stage"])), "the other groups stay bundled");
     await assertFocus(p, doc, doc.nodes.filter((n) => envGroupOf(n) === "env:stage").map((n) => n.id), "group focus");
-    await shot(p, "17-synth-group-selected");
+    await shot(p, "v14-links-synth-group-selected");
     await p.evaluate(() => window.__trafficmap.selectGroup(null));
     // Show all, then zoom in: no bundles, every link.
     await p.click("#show-all-links");
