@@ -73,6 +73,10 @@ test("top N: the N biggest links stay, ties by order; null keeps everything", ()
   assert.equal(topHidden(items, 4).size, 0);
   const many = Array.from({ length: 3000 }, (_, i) => ({ key: String(i), bytes: (i * 7919) % 1000 }));
   assert.equal(topHidden(many, TOP_N).size, 3000 - TOP_N);
+  // Byte counts that are not numbers count as 0.
+  assert.deepEqual([...topHidden([{ key: "a", bytes: NaN }, { key: "b", bytes: 3 }, { key: "c", bytes: Infinity }], 1)].sort(), ["a", "c"]);
+  // Ties at the cut: the earliest stay.
+  assert.deepEqual([...topHidden(["0", "1", "2", "3", "4"].map((key) => ({ key, bytes: key === "4" ? 9 : 1 })), 3)].sort(), ["2", "3"]);
 });
 
 test("link limit: auto above TOP_N_ABOVE, all, or a number (bounded)", () => {
