@@ -66,8 +66,6 @@ export class Exports {
     const r = this.app.renderer;
     const groups = (phase) => this.app.hulls.length && drawGroups(target, this.app.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.app.data.pal, { outlines: phase === "under", names: phase === "over" });
     groups("under");
-    // issue 14 item 2 (v14-links): the bundles, as on screen (the CSV and DOT exports keep the real links).
-    this.app.drawBundles(target, r, "under");
     const drawn = paintGraph(target, this.app.scene.graph, {
       toViewport: (p) => r.graphToViewport(p),
       scaleSize: (x) => r.scaleSize(x),
@@ -76,8 +74,11 @@ export class Exports {
       nodeReducer: this.app.reducers.nodeReducer,
       edgeReducer: this.app.reducers.edgeReducer,
     });
+    // issue 14 item 2 (v14-links): the bundles as on screen (the CSV and DOT exports keep the
+    // real links): over the nodes, under the group names, their counts last.
+    this.app.drawBundles(target, r, "lines");
     groups("over");
-    this.app.drawBundles(target, r, "over"); // issue 14 item 2 (v14-links)
+    this.app.drawBundles(target, r, "counts");
     const s = this.app.state;
     const title = `trafficmap · ${VIEW_NAMES[s.view]} · ${s.mode === "diff" ? `${s.base} → ${s.day}` : s.mode === "range" ? `${s.from} – ${s.to} UTC` : s.day}`;
     target.text(12, 16, title, { size: 14, weight: "650", halo: "#ffffffe0" });

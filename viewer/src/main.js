@@ -22,7 +22,7 @@ import { SigmaRenderer, webglAvailable } from "./renderer-sigma.js";
 import { buildGraph, makeReducers, palettes } from "./scene.js";
 import { effectsOf, mapQuery, parseState, serializeState, withPin, withoutPin } from "./state.js";
 // issue 14 items 2 and 3 (v14-links): bundles, top N, group focus.
-import { DIMMED_EDGE, EDGE_NEUTRAL, onBackground } from "./colors.js";
+import { DIMMED_EDGE, EDGE_NEUTRAL, withAlpha } from "./colors.js";
 import { convexHull } from "./groups.js";
 import { BUNDLE_RATIO, bundleWidth, bundlingOn, buildBundles, linkLimit, pointInPolygon, segmentDistance, topHidden } from "./links.js";
 import { fmtCount } from "./model.js";
@@ -287,10 +287,12 @@ class App {
       edgeReducer: this.reducers.edgeReducer,
       drawOverlay: (ctx, r, phase) => {
         if (!this.hulls.length) return;
-        drawGroups(new CanvasTarget(ctx), this.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.data.pal, { outlines: phase === "under", names: phase === "over" });
-        // issue 14 item 2 (v14-links): bundles over the outlines, under links and nodes; their
-        // counts over everything.
-        this.drawBundles(new CanvasTarget(ctx), r, phase);
+        const target = new CanvasTarget(ctx);
+        // issue 14 item 2 (v14-links): bundles over the nodes (translucent: on a dense map the
+        // nodes would hide them), under the group names; their counts over everything.
+        if (phase === "over") this.drawBundles(target, r, "lines");
+        drawGroups(target, this.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.data.pal, { outlines: phase === "under", names: phase === "over" });
+        if (phase === "over") this.drawBundles(target, r, "counts");
       },
     };
     const gl = webglAvailable();
@@ -682,8 +684,11 @@ class App {
 // ---- issue 14 items 2 and 3 (v14-links): bundles, semantic zoom, top N, group focus ----
 
 const EMPTY_LINK_VIEW = Object.freeze({ bundling: false, collapsed: false, expanded: new Set(), bundles: [], bundlesHidden: 0, bundled: new Set(), faded: new Set(), topHidden: new Set(), limit: null, total: 0 });
-/** Bundles: the neutral link colour, a little stronger than single links. */
-const BUNDLE_COLOR = onBackground(EDGE_NEUTRAL, 0.6);
+/** Bundles: the neutral link colour, translucent (they are drawn over the nodes). */
+const BUNDLE_COLOR = withAlpha(EDGE_NEUTRAL, 0.55);
+const BUNDLE_HOT = withAlpha("#374151", 0.8);
+/** Bundle counts written at most. */
+const MAX_BUNDLE_COUNTS = 40;
 const FADED_EDGE = DIMMED_EDGE;
 
 Object.assign(App.prototype, {
@@ -729,8 +734,8 @@ Object.assign(App.prototype, {
         const links = this.filtered.links.map((i) => ({ i, source: index.links[i].source, target: index.links[i].target, bytes: linkBytes(index.links[i]) }));
         built = buildBundles(links, this.groupOf, expanded);
         const [lo, hi] = this.scene.scales.edge;
-        const density = Math.min(1, Math.sqrt(3000 / Math.max(this.filtered.links.length, 1)));
-        for (const x of built.bundles) x.width = bundleWidth(x.bytes, { lo: Number.isFinite(lo) ? lo : 1, hi, min: EDGE_MIN, max: EDGE_MAX, density });
+        // The links' scale without the thinning of dense maps: bundles are few.
+        for (const x of built.bundles) x.width = bundleWidth(x.bytes, { lo: Number.isFinite(lo) ? lo : 1, hi, min: EDGE_MIN, max: EDGE_MAX, density: 1 });
       }
       b = this.linkCache.bundles = { scene: this.scene, key: ekey, ...built };
     }
@@ -793,20 +798,20 @@ Object.assign(App.prototype, {
   },
 
   /**
-   * Paints the bundles (canvas overlay, or an image export): phase "under" the lines, "over"
-   * their counts, at the midpoint where they fit.
+   * Paints the bundles (canvas overlay, or an image export): `what` "lines", or "counts" (at the
+   * midpoint where they fit).
    */
-  drawBundles(target, r, phase) {
+  drawBundles(target, r, what) {
     const segs = this.bundleSegments(r);
     if (!segs.length) return 0;
-    if (phase === "over") return this.drawBundleCounts(target, segs);
+    if (what === "counts") return this.drawBundleCounts(target, segs);
     const f = this.focus.focus;
     const lit = f ? new Set([...f].map((id) => this.groupOf.get(id))) : null;
     const batches = new Map();
     for (const { bundle, a, b, w } of segs) {
       const dim = lit && !lit.has(bundle.source) && !lit.has(bundle.target);
       const hot = this.hoveredBundle === bundle.key;
-      const key = `${dim ? FADED_EDGE : hot ? "#374151" : BUNDLE_COLOR}|${(Math.round(w * 2) / 2).toFixed(1)}`;
+      const key = `${dim ? withAlpha(FADED_EDGE, 0.7) : hot ? BUNDLE_HOT : BUNDLE_COLOR}|${(Math.round(w * 2) / 2).toFixed(1)}`;
       if (!batches.has(key)) batches.set(key, []);
       batches.get(key).push(a.x, a.y, b.x, b.y);
     }
@@ -822,6 +827,8 @@ Object.assign(App.prototype, {
       const len = Math.hypot(b.x - a.x, b.y - a.y);
       // At the midpoint when the bundle is long enough and no other count is there.
       if (len < tw + 48) continue;
+      // The biggest bundles' counts only (bundles come biggest first): more would be noise.
+      if (placed.length >= MAX_BUNDLE_COUNTS) break;
       const mx = (a.x + b.x) / 2;
       const my = (a.y + b.y) / 2;
       const box = [mx - tw / 2 - 2, my - 7, mx + tw / 2 + 2, my + 7];
