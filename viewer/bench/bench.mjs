@@ -1,10 +1,12 @@
-// `cargo xtask bench viewer`: the viewer against a d3-force + SVG baseline (the old viewer's
-// approach), in the same headless Chromium, on the same synthetic map (5,000 nodes, 50,000
-// links by default). Measures the time from page load to a settled layout, and frames per
-// second while the camera pans and zooms (requestAnimationFrame callbacks counted during a
-// scripted camera path).
+// `cargo xtask bench viewer`: the viewer's group-first layout (issue 14) beside the layout it
+// replaced (row packing, selected by the URL parameter `layout=old`), in the same run and the
+// same headless Chromium, on the synthetic fleets of 600 nodes / 3,000 links and 5,000 / 50,000
+// (bench/synth.mjs), grouped by env. Measures the layout time, the time from page load to a
+// settled layout, and frames per second while the camera pans and zooms (requestAnimationFrame
+// callbacks counted during a scripted camera path). `--baseline` adds, for the big map, sigma on
+// software WebGL and the d3-force + SVG baseline (the old tool's approach) of issue 5.
 //
-//   node bench/bench.mjs [--nodes N] [--links M] [--seconds S] [--out-json FILE] [--out-md FILE]
+//   node bench/bench.mjs [--seconds S] [--runs R] [--baseline] [--out-json FILE] [--out-md FILE]
 //                        [--artifacts DIR] [--chromium PATH]
 import { build } from "esbuild";
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -18,16 +20,19 @@ import { synthMap } from "./synth.mjs";
 const here = dirname(fileURLToPath(import.meta.url));
 const argv = process.argv.slice(2);
 const opt = (k, d) => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : d);
-const NODES = Number(opt("--nodes", 5000));
-const LINKS = Number(opt("--links", 50000));
+const SIZES = [
+  { nodes: 600, links: 3000, day: "2026-11-23" },
+  { nodes: 5000, links: 50000, day: "2026-11-24" },
+];
+const WITH_BASELINE = argv.includes("--baseline");
 const SECONDS = Number(opt("--seconds", 5));
 const BASELINE_LIMIT_S = Number(opt("--baseline-limit", 120));
 // The machine is shared: each viewer case runs this many times and reports the median run
 // (by settle time; fps is that run's), with the spread.
-const RUNS = Number(opt("--runs", 3));
+const RUNS = Number(opt("--runs", 1));
 const artifacts = resolve(opt("--artifacts", join(here, "../../target/test-artifacts/viewer-bench")));
 const chromiumPath = opt("--chromium", "/usr/bin/chromium");
-const DAY = "2026-11-23";
+let DAY = SIZES[1].day;
 
 const hardStop = setTimeout(() => {
   console.error("bench: over 15 minutes, giving up");
@@ -44,9 +49,9 @@ cpSync(join(here, "../dist"), site, { recursive: true });
 await build({ entryPoints: [join(here, "baseline.js")], bundle: true, minify: true, format: "esm", outfile: join(site, "baseline.js"), logLevel: "warning" });
 writeFileSync(join(site, "baseline.html"), '<!doctype html><meta charset="utf-8"><title>baseline</title><link rel="icon" href="data:,"><style>body{margin:0;background:#f7f8fa}</style><script type="module" src="./baseline.js"></script>\n');
 
-const doc = synthMap(NODES, LINKS);
-console.log(`bench: synthetic map with ${doc.nodes.length} nodes, ${doc.links.length} links`);
-const { server, url } = await startServer({ distDir: site, maps: { [`instances-${DAY.replaceAll("-", "")}`]: doc } });
+const docs = new Map(SIZES.map((z) => [z.day, synthMap(z.nodes, z.links)]));
+let doc = docs.get(DAY);
+const { server, url } = await startServer({ distDir: site, maps: Object.fromEntries(SIZES.map((z) => [`instances-${z.day.replaceAll("-", "")}`, docs.get(z.day)])) });
 
 const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader"];
 
@@ -134,7 +139,7 @@ async function viewer(label, extra, query = "") {
     // The sharp redraw after the motion: how long the renderer takes for one full frame.
     await page.waitForFunction(() => !window.__trafficmap.camera().moving && Number.isFinite(window.__trafficmap.camera().frameMs), null, { timeout: 60000 });
     fps.redrawMs = await page.evaluate(() => window.__trafficmap.camera().frameMs);
-    console.log(`bench: ${label}: settled ${(layout.settledAt / 1000).toFixed(2)} s after navigation (layout ${(layout.millis / 1000).toFixed(2)} s, ${layout.iterations} iterations), ${fps.fps.toFixed(1)} fps`);
+    console.log(`bench: ${label} (${stats.nodes} nodes): settled ${(layout.settledAt / 1000).toFixed(2)} s after navigation (layout ${(layout.millis / 1000).toFixed(2)} s, ${layout.iterations} iterations), ${fps.fps.toFixed(1)} fps`);
     return { label, renderer: stats.renderer, nodes: stats.nodes, edges: stats.edges, settledS: layout.settledAt / 1000, layoutS: layout.millis / 1000, iterations: layout.iterations, maxIterations: layout.maxIterations, budgetSpent: layout.budgetSpent, settled: true, ...fps };
   });
 }
@@ -169,10 +174,21 @@ async function median(label, extra, query) {
 }
 
 let results;
+const table = [];
 try {
-  // The default (auto: Canvas 2D here, where WebGL is SwiftShader), sigma forced onto
-  // SwiftShader's software WebGL, and the d3-force + SVG baseline.
-  results = [await median("viewer-auto", [], ""), await median("viewer-webgl-software", [], "&renderer=webgl"), await baseline()];
+  for (const z of SIZES) {
+    DAY = z.day;
+    doc = docs.get(DAY);
+    console.log(`bench: synthetic map with ${doc.nodes.length} nodes, ${doc.links.length} links`);
+    const fresh = await median(`viewer-${z.nodes}-new`, [], "");
+    const old = await median(`viewer-${z.nodes}-old`, [], "&layout=old");
+    table.push({ size: z, fresh, old });
+  }
+  results = table.flatMap((t) => [t.fresh, t.old]);
+  if (WITH_BASELINE) {
+    // Issue 5's comparison on the big map: sigma forced onto software WebGL, and d3-force + SVG.
+    results.push(await median("viewer-5000-webgl-software", [], "&renderer=webgl"), await baseline());
+  }
 } finally {
   server.close();
   rmSync(site, { recursive: true, force: true });
@@ -183,42 +199,46 @@ const machine = {
   cores: cpus().length,
   memGiB: Math.round(totalmem() / 2 ** 30),
   loadAtStart: loadAtStart.map((x) => x.toFixed(2)).join(" "),
+  loadAtEnd: loadavg().map((x) => x.toFixed(2)).join(" "),
   browser: results[0].browser,
   node: process.version,
   date: new Date().toISOString().slice(0, 10),
 };
-const json = { nodes: doc.nodes.length, links: doc.links.length, seconds: SECONDS, machine, results };
+const json = { seconds: SECONDS, runs: RUNS, machine, table, results };
 const outJson = opt("--out-json", join(artifacts, "viewer-bench.json"));
 writeFileSync(outJson, JSON.stringify(json, null, 2) + "\n");
 
 const s = (x) => (x === null || x === undefined ? "–" : `${x.toFixed(1)} s`);
-const [auto, webgl, base] = results;
-const range = (r, k, f) => (r[k] ? ` (${f(r[k][0])}–${f(r[k][1])})` : "");
-const row = (name, r) => `| ${name} | ${r.settled ? `${s(r.settledS)}${range(r, "settledRange", (x) => x.toFixed(1))}` : `not settled after ${BASELINE_LIMIT_S} s`} | ${r.settled ? s(r.layoutS) : "–"} | ${r.iterations}${r.maxIterations ? ` of ${r.maxIterations}` : ""} | **${(r.fpsMedian ?? r.fps).toFixed(1)}**${range(r, "fpsRange", (x) => x.toFixed(0))} | ${r.worstFrameMs.toFixed(0)} ms | ${r.redrawMs ? `${(r.redrawMs / 1000).toFixed(2)} s` : "every frame"} |`;
+const fpsOf = (r) => r.fpsMedian ?? r.fps;
+const ratio = (a, b) => (b > 0 ? `${(a / b).toFixed(2)}×` : "–");
+const met = (ok) => (ok ? "met" : "**missed**");
+const rows = table.map(({ size, fresh, old }) => {
+  const goal = size.nodes <= 600 ? 3 : 10;
+  return `| ${size.nodes.toLocaleString("en-US")} / ${size.links.toLocaleString("en-US")} | ${s(fresh.layoutS)} (${fresh.iterations} of ${fresh.maxIterations}${fresh.budgetSpent ? ", budget" : ""}) | ${s(old.layoutS)} (${old.iterations} of ${old.maxIterations}${old.budgetSpent ? ", budget" : ""}) | ${ratio(fresh.layoutS, old.layoutS)} | ${s(fresh.settledS)} / ${s(old.settledS)} | **${fpsOf(fresh).toFixed(1)}** / ${fpsOf(old).toFixed(1)} | ${ratio(fpsOf(fresh), fpsOf(old))} | layout ≤ ${goal} s: ${met(fresh.layoutS <= goal)}; ≥ 30 fps: ${met(fpsOf(fresh) >= 30)} |`;
+});
+const extra = WITH_BASELINE
+  ? `\nIssue 5's comparison on the big map (\`--baseline\`): sigma.js forced onto software WebGL settled after ${s(results[4].settledS)} at ${fpsOf(results[4]).toFixed(1)} fps; the d3-force + SVG baseline ${results[5].settled ? `settled after ${s(results[5].settledS)}` : `did not settle within ${BASELINE_LIMIT_S} s`} at ${fpsOf(results[5]).toFixed(1)} fps.\n`
+  : "";
 const md = `## Viewer
 
-Synthetic map: ${doc.nodes.length.toLocaleString("en-US")} nodes and ${doc.links.length.toLocaleString("en-US")} links in 40 archdomain × env clusters
-(\`viewer/bench/synth.mjs\`, seeded), grouped by env, in headless Chromium ${machine.browser ?? ""} (Debian's build;
-software WebGL through SwiftShader, no GPU), viewport 1400×860. Each page is loaded fresh; "settled" is
-the time from navigation to the last layout position drawn (the viewer: ForceAtlas2 in a web worker,
-then the overlap pass; the forces stop after 7 s of layout if they have not converged by then, so
-"iterations" can be less than the cap; the baseline: d3-force's default 300-tick cooling with an SVG
-update per tick, as the old viewer did). Frames per second are \`requestAnimationFrame\` callbacks counted over ${SECONDS} s while
-the mouse drags the map in circles and turns the wheel in and out (real input events), after the
-layout. While the camera moves, the viewer moves its last frame as a bitmap and redraws sharp when
-the motion stops ("sharp redraw": time for that one frame); the baseline re-renders its SVG on
-every event, as d3-zoom does. Viewer rows: median of ${RUNS} runs, with the range over the runs in
-parentheses (settle time in seconds, fps); the baseline runs once.
+Synthetic fleets (\`viewer/bench/synth.mjs\`, seeded; 40 archdomain × env clusters) of 600 nodes / 3,000 links
+and 5,000 nodes / 50,000 links, grouped by env, in headless Chromium ${machine.browser ?? ""} (Debian's build;
+software WebGL through SwiftShader, no GPU, so the viewer draws with Canvas 2D), viewport 1400×860.
+**new**: the group-first layout of issue 14 (regions packed first, ForceAtlas2 inside them);
+**old**: the layout before it (ForceAtlas2 with group anchors re-packed in rows), selected by the
+URL parameter \`layout=old\` in the same build and the same run. "Layout" is the time the layout
+took in its web worker (iterations run of the cap; "budget": the forces stopped at the 7 s budget);
+"settled" is the time from navigation to the last layout position drawn. Frames per second are
+\`requestAnimationFrame\` callbacks counted over ${SECONDS} s while the mouse drags the map in circles and
+turns the wheel in and out (real input events), after the layout. Ratios are new / old. ${RUNS > 1 ? `Median of ${RUNS} runs per cell.` : "One run per cell (the machine is shared)."}
 
-| | settled after load | layout alone | iterations | fps panning + zooming | worst frame | sharp redraw |
-| --- | --- | --- | --- | --- | --- | --- |
-${row(`trafficmap viewer, default (${auto.renderer === "canvas" ? "Canvas 2D: WebGL here is software" : "WebGL"})`, auto)}
-${row("trafficmap viewer, sigma.js forced onto software WebGL", webgl)}
-${row("baseline: d3-force + SVG", base)}
-
-Targets (issue 5): at least 30 fps, settled within 10 s. Machine: ${machine.cpu}, ${machine.cores} cores,
-${machine.memGiB} GiB, shared (load average ${machine.loadAtStart} at the start), Node ${machine.node}, ${machine.date}.
-Command: \`cargo xtask bench viewer\` (runs \`node bench/bench.mjs\` in \`viewer/\`; screenshots and raw JSON in
+| nodes / links | layout, new | layout, old | layout ratio | settled, new / old | fps panning, new / old | fps ratio | goals (new) |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+${rows.join("\n")}
+${extra}
+Goals (issue 14): layout ≤ 3 s for 600 nodes, ≤ 10 s for 5,000, ≥ 30 fps while panning. Machine: ${machine.cpu}, ${machine.cores} cores,
+${machine.memGiB} GiB, shared (load average ${machine.loadAtStart} at the start, ${machine.loadAtEnd} at the end), Node ${machine.node}, ${machine.date}.
+Command: \`cargo xtask bench viewer\` (runs \`nice node bench/bench.mjs\` in \`viewer/\`; screenshots and raw JSON in
 \`target/test-artifacts/viewer-bench/\`).
 `;
 const outMd = opt("--out-md", join(artifacts, "viewer-bench.md"));

@@ -7,7 +7,6 @@
 import { downloadExport, exportUrl, readToken } from "./api.js";
 import { BACKGROUND } from "./colors.js";
 import { $, h } from "./dom.js";
-import { drawGroups } from "./groups.js";
 import { CanvasTarget, SvgTarget, paintGraph } from "./paint.js";
 import { visibleSubset } from "./model.js";
 import { VIEW_NAMES } from "./panels.js";
@@ -64,7 +63,8 @@ export class Exports {
   /** Paints the current view (as on screen) into a target: groups, links, nodes, labels, title. */
   paintExport(target, width, height) {
     const r = this.app.renderer;
-    const groups = (phase) => this.app.hulls.length && drawGroups(target, this.app.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.app.data.pal, { outlines: phase === "under", names: phase === "over" });
+    // The app's layers as on screen (outlines; names and labels placed by labels.js).
+    const groups = (phase) => this.app.drawLayers(target, r, phase);
     groups("under");
     const drawn = paintGraph(target, this.app.scene.graph, {
       toViewport: (p) => r.graphToViewport(p),
@@ -73,6 +73,7 @@ export class Exports {
       height,
       nodeReducer: this.app.reducers.nodeReducer,
       edgeReducer: this.app.reducers.edgeReducer,
+      labels: false,
     });
     // issue 14 item 2 (v14-links): the bundles as on screen (the CSV and DOT exports keep the
     // real links): over the nodes, under the group names, their counts last.

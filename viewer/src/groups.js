@@ -86,3 +86,65 @@ function shadeText(hex) {
   const c = (v) => Math.round(v * 0.6);
   return `#${((1 << 24) | (c((n >> 16) & 255) << 16) | (c((n >> 8) & 255) << 8) | c(n & 255)).toString(16).slice(1)}`;
 }
+
+// ---------------------------------------------------------------- issue 14, item 1: regions
+
+/** Vertices of the polygon drawn for a region: inscribed in its circle, so disjoint circles give disjoint polygons. */
+const REGION_SIDES = 96;
+
+/**
+ * Region outlines from the layout's packed circles: `regions` is [x, y, r] per group key (in
+ * `keys` order), then per parent key (`parentKeys`, the envs when split by env). Returns the
+ * entries drawGroups and the hooks use: {key, count, circle: {x, y, r}, parent: bool}.
+ */
+export function regionHulls(graph, groupOf, keys, parentKeys, regions) {
+  const count = new Map();
+  graph.forEachNode((id) => {
+    const g = groupOf.get(id);
+    if (g) count.set(g, (count.get(g) ?? 0) + 1);
+  });
+  const out = [];
+  keys.forEach((key, g) => {
+    if (!count.has(key)) return;
+    out.push({ key, count: count.get(key), circle: { x: regions[3 * g], y: regions[3 * g + 1], r: regions[3 * g + 2] }, parent: false });
+  });
+  parentKeys.forEach((key, p) => {
+    const o = 3 * (keys.length + p);
+    let c = 0;
+    for (const h of out) if (!h.parent && groupEnv(h.key) === groupEnv(key)) c += h.count;
+    if (c > 0) out.push({ key, count: c, circle: { x: regions[o], y: regions[o + 1], r: regions[o + 2] }, parent: true });
+  });
+  return out;
+}
+
+/** A region's outline in viewport pixels. */
+export function regionPolygon(circle, toViewport) {
+  const c = toViewport({ x: circle.x, y: circle.y });
+  const e = toViewport({ x: circle.x + circle.r, y: circle.y });
+  const r = Math.hypot(e.x - c.x, e.y - c.y);
+  const poly = [];
+  for (let i = 0; i < REGION_SIDES; i++) {
+    const a = (i / REGION_SIDES) * 2 * Math.PI;
+    poly.push([c.x + Math.cos(a) * r, c.y + Math.sin(a) * r]);
+  }
+  return { poly, cx: c.x, cy: c.y, r };
+}
+
+/**
+ * Draws region outlines (parents first, fainter, then groups) and returns what was drawn:
+ * [{key, polygon, circle: {x, y, r} in pixels, count, parent}].
+ */
+export function drawRegionOutlines(target, hulls, toViewport, pal) {
+  const drawn = [];
+  const ordered = hulls.filter((h) => h.parent).concat(hulls.filter((h) => !h.parent));
+  for (const h of ordered) {
+    const { poly, cx, cy, r } = regionPolygon(h.circle, toViewport);
+    const color = groupColor(groupEnv(h.key), pal);
+    if (h.parent) target.polygon(poly, withAlpha(color, 0.03), withAlpha(color, 0.6), 1.6, null);
+    else target.polygon(poly, withAlpha(color, 0.07), withAlpha(color, 0.45), 1.2, [5, 4]);
+    drawn.push({ key: h.key, polygon: poly, circle: { x: cx, y: cy, r }, count: h.count, parent: h.parent, color });
+  }
+  return drawn;
+}
+
+export { shadeText };

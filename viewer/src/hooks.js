@@ -30,7 +30,8 @@ export function exposeHooks(app) {
         edges: app.scene.graph.size,
         nodesInView: inView,
         frames: r.frames,
-        groups: app.hulls.map((g) => g.key).sort(),
+        // The groups of the grouping (env regions holding groups when split by env are not groups).
+        groups: app.hulls.filter((g) => !g.parent).map((g) => g.key).sort(),
         highlighted: app.focus.focus ? app.focus.focus.size : 0,
         marked: app.focus.marked ? [...app.focus.marked].sort() : [],
         searchHits: app.searchHits.slice().sort(),
@@ -68,6 +69,11 @@ export function exposeHooks(app) {
     },
     select: (id) => app.select(id, false),
     defaults: DEFAULTS,
+    // Issue 14, items 1 and 4: what the last frame drew, in viewport pixels (CSS pixels in #map).
+    /** Group outlines: [{key, polygon: [[x, y], ...], parent}] (parent: an env region holding groups). */
+    outlines: () => app.drawn.outlines.map((o) => ({ key: o.key, polygon: o.polygon.map((p) => p.slice()), parent: !!o.parent })),
+    /** Every label drawn, node labels ({id}) and group names ({group}): [{id | group, x, y, w, h}]. */
+    drawnLabels: () => app.drawn.labels.map((l) => ({ ...l })),
     get nodeSizeShrink() {
       return app.scene?.scales.shrink ?? 1;
     },

@@ -29,6 +29,7 @@ export function runLayout(input, { post, schedule }) {
         budgetSpent: layout.forcesStopped === true,
         positions: layout.positions(),
         anchors: Float64Array.from(layout.anchors),
+        regions: layout.regionList(),
       });
       return;
     }
@@ -38,6 +39,7 @@ export function runLayout(input, { post, schedule }) {
       maxIterations: layout.maxIterations,
       movement: r.movement,
       positions: layout.positions(),
+      regions: layout.regionList(),
     });
     schedule(tick);
   };

@@ -7,7 +7,17 @@
 // attract without repelling. Focus positions are packed in rows in group order (production
 // first, archdomains alphabetically), and re-packed a few times from the measured group sizes
 // so that groups neither overlap nor drift apart.
+//
+// Issue 14, item 1 (the default, `packing: "regions"`): groups are laid out first, as circles
+// ("regions") whose area follows their members (count and drawn size), packed by d3-hierarchy's
+// front-chain circle packing (packSiblings) in an order that puts groups with much traffic between
+// them next to each other; "split by env" packs each env's groups inside an env circle first.
+// The anchors then sit fixed at the region centres and every member is clamped into its region
+// after each iteration, so the regions, not the forces, keep groups apart: their outlines are
+// the circles, disjoint by construction. The older row packing (`packing: "rows"`) stays for
+// comparison (URL `layout=old`, the benchmark's old column).
 
+import { packEnclose, packSiblings } from "d3-hierarchy";
 import iterate from "graphology-layout-forceatlas2/iterate.js";
 
 const PPN = 10; // floats per node in FA2's NodeMatrix
@@ -106,6 +116,119 @@ export function packGroups(radii, breakBefore, gap) {
   return out;
 }
 
+/**
+ * Orders items so that each next one is the one with the most traffic to those already placed
+ * (the biggest first, ties by size, then index): packSiblings attaches each circle to the
+ * front chain of the last ones placed, so this order keeps related groups near each other.
+ * Quadratic; past 2,000 items plain size order (the traffic order would cost seconds).
+ */
+export function trafficOrder(items, size, traffic) {
+  const k = items.length;
+  const bySize = items.slice().sort((a, b) => size[b] - size[a] || a - b);
+  if (k <= 2 || k > 2000) return bySize;
+  const score = new Map(items.map((i) => [i, 0]));
+  const out = [];
+  const left = new Set(bySize);
+  let next = bySize[0];
+  while (left.size) {
+    left.delete(next);
+    out.push(next);
+    for (const [j, w] of traffic.get(next) ?? []) if (left.has(j)) score.set(j, score.get(j) + w);
+    let best = -1;
+    let bestScore = -1;
+    for (const j of bySize) {
+      if (!left.has(j)) continue;
+      const sc = score.get(j);
+      if (sc > bestScore) {
+        best = j;
+        bestScore = sc;
+      }
+    }
+    next = best;
+  }
+  return out;
+}
+
+/**
+ * Packs group regions. `radii[g]`: the region radius each group needs; `parent[g]`: index of its
+ * parent (an env, when split by env) or -1; `traffic`: Map g -> Map h -> weight (symmetric);
+ * `gap`: the space between outlines (and between a parent's outline and its children's).
+ * Returns {x, y, r} per group and per parent, centred on the origin; circles of siblings are
+ * at least `gap` apart, children lie inside their parent at least `gap` from its outline.
+ */
+export function packRegions(radii, parent, parentCount, traffic, gap) {
+  const n = radii.length;
+  const groups = Array.from({ length: n }, (_, g) => ({ x: 0, y: 0, r: radii[g] }));
+  const parents = Array.from({ length: parentCount }, () => ({ x: 0, y: 0, r: 0 }));
+  // Traffic between parents: the sum over their children.
+  const ptraffic = new Map();
+  for (const [g, row] of traffic) {
+    for (const [h, w] of row) {
+      const a = parent[g] >= 0 ? parentCount + parent[g] : -1 - g;
+      const b = parent[h] >= 0 ? parentCount + parent[h] : -1 - h;
+      if (a === b) continue;
+      if (!ptraffic.has(a)) ptraffic.set(a, new Map());
+      ptraffic.get(a).set(b, (ptraffic.get(a).get(b) ?? 0) + w);
+    }
+  }
+  const packOrdered = (circles, ids, size, tr) => {
+    const order = trafficOrder(ids, size, tr);
+    const at = new Map(ids.map((id, i) => [id, i]));
+    const items = order.map((id) => ({ r: circles[at.get(id)].r + gap / 2, c: circles[at.get(id)] }));
+    packSiblings(items);
+    for (const it of items) {
+      it.c.x = it.x;
+      it.c.y = it.y;
+    }
+    return items;
+  };
+  // Children inside each parent, relative to the parent's centre.
+  for (let p = 0; p < parentCount; p++) {
+    const kids = [];
+    for (let g = 0; g < n; g++) if (parent[g] === p) kids.push(g);
+    if (!kids.length) continue;
+    const size = {};
+    for (const g of kids) size[g] = radii[g];
+    const items = packOrdered(kids.map((g) => groups[g]), kids, size, traffic);
+    const e = packEnclose(items);
+    for (const g of kids) {
+      groups[g].x -= e.x;
+      groups[g].y -= e.y;
+    }
+    parents[p].r = e.r + gap / 2;
+  }
+  // The top level: parents and the groups without one.
+  const top = [];
+  const circles = [];
+  const size = {};
+  for (let p = 0; p < parentCount; p++) {
+    if (parents[p].r <= 0) continue;
+    top.push(parentCount + p);
+    circles.push(parents[p]);
+    size[parentCount + p] = parents[p].r;
+  }
+  for (let g = 0; g < n; g++) {
+    if (parent[g] >= 0) continue;
+    top.push(-1 - g);
+    circles.push(groups[g]);
+    size[-1 - g] = radii[g];
+  }
+  if (top.length) {
+    const items = packOrdered(circles, top, size, ptraffic);
+    const e = packEnclose(items);
+    for (const c of circles) {
+      c.x -= e.x;
+      c.y -= e.y;
+    }
+  }
+  for (let g = 0; g < n; g++) {
+    if (parent[g] < 0) continue;
+    groups[g].x += parents[parent[g]].x;
+    groups[g].y += parents[parent[g]].y;
+  }
+  return { groups, parents };
+}
+
 const MIN_ITERATIONS = 60;
 const SPREAD_ITERATIONS = 30;
 
@@ -148,8 +271,16 @@ export class Layout {
     // Unit length: the spacing FA2 settles at for this scaling ratio, so that first guesses of
     // group sizes and starting discs are close to what the layout will do.
     this.unit = 5;
-    const radii = Array.from(members, (m) => this.unit * (1 + Math.sqrt(m)));
-    this.anchors = packGroups(radii, breakBefore, 2 * this.unit);
+    const w = linkWeights(bytes, influence);
+    this.packing = input.packing === "rows" || groupCount === 0 ? "rows" : "regions";
+    let radii;
+    if (this.packing === "regions") {
+      this.packRegions(input, w);
+      radii = Array.from({ length: groupCount }, (_, g) => this.regions[3 * g + 2]);
+    } else {
+      radii = Array.from(members, (m) => this.unit * (1 + Math.sqrt(m)));
+      this.anchors = packGroups(radii, breakBefore, 2 * this.unit);
+    }
     const spread = this.unit * Math.sqrt(n + 1) * 1.5;
     for (let i = 0; i < n; i++) {
       const o = i * PPN;
@@ -182,7 +313,6 @@ export class Layout {
     let virtual = 0;
     for (let i = 0; i < grouped; i++) if (group[i] >= 0) virtual++;
     const edges = new Float32Array((src.length + virtual) * PPE);
-    const w = linkWeights(bytes, influence);
     // Summed link weight per node: the anchor's pull is set against it.
     const pull = new Float32Array(n);
     for (let e = 0; e < src.length; e++) {
@@ -198,11 +328,14 @@ export class Layout {
     // nodes without links): heavy traffic to other groups bends a group towards its peers
     // without tearing it, and hubs (which FA2 repels harder) stay in their group.
     let k = src.length;
+    // With regions the clamp holds groups together: a milder pull lets members use their region
+    // (4 times crowds small maps in the middle of big regions, links hidden under nodes).
+    const anchorPull = this.packing === "regions" ? 1 : 4;
     for (let i = 0; i < grouped; i++) {
       if (group[i] < 0) continue;
       edges[k * PPE] = i * PPN;
       edges[k * PPE + 1] = (n + group[i]) * PPN;
-      edges[k * PPE + 2] = 4 * (1 + pull[i]);
+      edges[k * PPE + 2] = anchorPull * (1 + pull[i]);
       k++;
     }
     this.nodes = nodes;
@@ -224,10 +357,15 @@ export class Layout {
     // Fewer iterations for bigger maps (each costs more, and they start near their groups):
     // 1,500 for a handful of nodes, about 250 at 5,000 nodes and 50,000 links.
     this.maxIterations = Math.round(Math.min(1500, Math.max(200, 60000 / Math.sqrt(n + src.length + 1))));
+    // With regions the groups cannot drift or overlap, and members start inside them: fewer
+    // iterations do (150 at 600 nodes / 3,000 links, 80 at 5,000 / 50,000). Nodes pressed
+    // against their rim keep FA2's movement measure up, so the cap is what usually ends it.
+    if (this.packing === "regions") this.maxIterations = Math.round(Math.min(150, Math.max(80, 9000 / Math.sqrt(n + src.length + 1))));
     // Groups keep growing while FA2 expands: re-pack every 40 iterations, the last time 40
     // before the cap, so that the end state is packed.
     this.repackAt = new Set();
-    if (groupCount > 1) for (let i = 30; i <= this.maxIterations - 40; i += 40) this.repackAt.add(i);
+    // Regions are packed once, up front: no re-pack.
+    if (groupCount > 1 && this.packing === "rows") for (let i = 30; i <= this.maxIterations - 40; i += 40) this.repackAt.add(i);
   }
 
   /**
@@ -249,6 +387,7 @@ export class Layout {
         prev[2 * i + 1] = nodes[i * PPN + Y];
       }
       iterate(this.options, nodes, this.edges);
+      this.clamp();
       this.iterations++;
       let moved = 0;
       let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
@@ -341,6 +480,11 @@ export class Layout {
    * overlapping circles.
    */
   spread() {
+    this.spreadOnce();
+    this.clamp();
+  }
+
+  spreadOnce() {
     this.spreadDone++;
     const { n, nodes, sizes, viewport } = this;
     if (!sizes || !viewport || n < 2) return;
@@ -363,8 +507,10 @@ export class Layout {
     // Uniform grid of cells two radii wide: only neighbouring cells can hold overlaps.
     const cell = 2 * maxR;
     const grid = new Map();
+    // Numeric cell keys (string keys cost a second per pass at 5,000 nodes on a slow machine).
+    const cellKey = (cx, cy) => (cx + 32768) * 65536 + (cy + 32768);
     for (let i = 0; i < n; i++) {
-      const key = `${Math.floor(nodes[i * PPN + X] / cell)},${Math.floor(nodes[i * PPN + Y] / cell)}`;
+      const key = cellKey(Math.floor(nodes[i * PPN + X] / cell), Math.floor(nodes[i * PPN + Y] / cell));
       let list = grid.get(key);
       if (!list) grid.set(key, (list = []));
       list.push(i);
@@ -374,7 +520,7 @@ export class Layout {
       const cx = Math.floor(xi / cell), cy = Math.floor(yi / cell);
       for (let gx = cx - 1; gx <= cx + 1; gx++) {
         for (let gy = cy - 1; gy <= cy + 1; gy++) {
-          for (const j of grid.get(`${gx},${gy}`) ?? []) {
+          for (const j of grid.get(cellKey(gx, gy)) ?? []) {
             if (j <= i) continue;
             let dx = nodes[j * PPN + X] - nodes[i * PPN + X];
             let dy = nodes[j * PPN + Y] - nodes[i * PPN + Y];
@@ -405,6 +551,106 @@ export class Layout {
         }
       }
     }
+  }
+
+  /**
+   * Issue 14, item 1: packs the group regions (see packRegions) and places the anchors at their
+   * centres. A region's area follows its members, each counted by its drawn size against the
+   * mean (a hub needs more room than a leaf); regions grow until the biggest member, drawn at the
+   * whole-map zoom, fits twice across. Sets `regions` (x, y, r per group, then per parent) and
+   * `limit` (how far from its region's centre each node may be).
+   */
+  packRegions(input, w) {
+    const { group, groupCount, src, dst, sizes, viewport } = input;
+    const n = group.length;
+    const parent = input.parent ?? new Int32Array(groupCount).fill(-1);
+    const parentCount = input.parentCount ?? 0;
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += sizes ? sizes[i] : 1;
+    mean = Math.max(mean / Math.max(n, 1), 1e-6);
+    const need = new Float64Array(groupCount);
+    const maxSize = new Float64Array(groupCount);
+    for (let i = 0; i < n; i++) {
+      const g = group[i];
+      if (g < 0) continue;
+      const s = sizes ? sizes[i] : 1;
+      need[g] += 0.5 + 0.5 * (s / mean) ** 2;
+      maxSize[g] = Math.max(maxSize[g], s);
+    }
+    const traffic = new Map();
+    const add = (a, b, x) => {
+      if (!traffic.has(a)) traffic.set(a, new Map());
+      traffic.get(a).set(b, (traffic.get(a).get(b) ?? 0) + x);
+    };
+    for (let e = 0; e < src.length; e++) {
+      const a = group[src[e]], b = group[dst[e]];
+      if (a < 0 || b < 0 || a === b) continue;
+      add(a, b, w[e]);
+      add(b, a, w[e]);
+    }
+    const radii = Array.from(need, (m) => this.unit * (1 + 1.4 * Math.sqrt(m)));
+    // Between outlines: three units, plus a tenth of the mean region radius so that big groups
+    // read apart too.
+    const gap = 3 * this.unit + (0.1 * radii.reduce((a, r) => a + r, 0)) / Math.max(radii.length, 1);
+    const view = viewport ?? { width: 1000, height: 800 };
+    const fit = Math.max(Math.min(view.width, view.height) - 128, 100);
+    let packed;
+    let perPx = 0;
+    for (let pass = 0; pass < 3; pass++) {
+      packed = packRegions(radii, parent, parentCount, traffic, gap);
+      let extent = 0;
+      for (const c of packed.groups) extent = Math.max(extent, Math.hypot(c.x, c.y) + c.r);
+      for (const c of packed.parents) extent = Math.max(extent, Math.hypot(c.x, c.y) + c.r);
+      perPx = (2 * extent) / fit;
+      let grown = false;
+      for (let g = 0; g < groupCount; g++) {
+        const want = 2.5 * maxSize[g] * perPx;
+        if (radii[g] < want) {
+          radii[g] = want;
+          grown = true;
+        }
+      }
+      if (!grown) break;
+    }
+    this.regionGap = gap;
+    this.regions = new Float64Array(3 * (groupCount + parentCount));
+    packed.groups.forEach((c, g) => this.regions.set([c.x, c.y, c.r], 3 * g));
+    packed.parents.forEach((c, p) => this.regions.set([c.x, c.y, c.r], 3 * (groupCount + p)));
+    this.anchors = new Float64Array(2 * groupCount);
+    for (let g = 0; g < groupCount; g++) this.anchors.set([packed.groups[g].x, packed.groups[g].y], 2 * g);
+    // A node's centre stays a drawn radius (and a bit) inside its outline.
+    this.limit = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const g = group[i];
+      if (g < 0) continue;
+      const r = packed.groups[g].r;
+      this.limit[i] = Math.max(r - 1.3 * (sizes ? sizes[i] : 1) * perPx, 0.3 * r);
+    }
+  }
+
+  /**
+   * Moves every member that left its region back inside. Pinned nodes stay where they were
+   * pinned (the app clamps a drag into the region before pinning).
+   */
+  clamp() {
+    if (this.packing !== "regions") return;
+    const { n, nodes, group, regions, limit } = this;
+    for (let i = 0; i < n; i++) {
+      const g = group[i];
+      if (g < 0 || this.fixed?.[i]) continue;
+      const cx = regions[3 * g], cy = regions[3 * g + 1];
+      const dx = nodes[i * PPN + X] - cx, dy = nodes[i * PPN + Y] - cy;
+      const d = Math.hypot(dx, dy);
+      if (d <= limit[i]) continue;
+      const k = limit[i] / d;
+      nodes[i * PPN + X] = cx + dx * k;
+      nodes[i * PPN + Y] = cy + dy * k;
+    }
+  }
+
+  /** Regions (x, y, r per group, then per parent), or null with the row packing. */
+  regionList() {
+    return this.regions ? Float64Array.from(this.regions) : null;
   }
 
   /** Current positions, [x0, y0, x1, y1, ...]. */

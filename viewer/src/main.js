@@ -11,8 +11,9 @@ import { CameraController } from "./camera.js";
 import { Controls } from "./controls.js";
 import { $ } from "./dom.js";
 import { Exports } from "./exports.js";
-import { drawGroups, groupHulls } from "./groups.js";
+import { drawGroups, drawRegionOutlines, groupHulls, regionHulls } from "./groups.js";
 import { exposeHooks } from "./hooks.js";
+import { drawLabels } from "./labels.js";
 import { runLayout } from "./layout-run.js";
 import { applyFilters, compareGroups, diffMaps, groupEnv, groupKey, indexMap, linkBytes, searchNodes, withNeighbours } from "./model.js";
 import { CanvasTarget } from "./paint.js";
@@ -23,7 +24,7 @@ import { buildGraph, makeReducers, palettes } from "./scene.js";
 import { effectsOf, mapQuery, parseState, serializeState, withPin, withoutPin } from "./state.js";
 // issue 14 items 2 and 3 (v14-links): bundles, top N, group focus.
 import { DIMMED_EDGE, EDGE_NEUTRAL, withAlpha } from "./colors.js";
-import { convexHull } from "./groups.js";
+import { convexHull, regionPolygon } from "./groups.js";
 import { BUNDLE_RATIO, bundleWidth, bundlingOn, buildBundles, linkLimit, pointInPolygon, segmentDistance, topHidden } from "./links.js";
 import { fmtCount } from "./model.js";
 import { EDGE_MAX, EDGE_MIN } from "./scene.js";
@@ -42,6 +43,15 @@ class App {
     this.scene = null;
     this.groupOf = new Map();
     this.hulls = [];
+    // Issue 14, items 1 and 4: group regions and label placement.
+    /** The row packing of before issue 14, for comparison (URL `layout=old`, read once: the bench). */
+    this.legacyLayout = new URLSearchParams(location.search).get("layout") === "old";
+    /** The last layout's regions: {keys, parentKeys, list (x, y, r per key)}, or null. */
+    this.regions = null;
+    /** What the last frame drew: outlines and labels in viewport pixels (the hooks read them). */
+    this.drawn = { outlines: [], labels: [] };
+    /** Node ids by label importance (traffic, then degree), per scene. */
+    this.labelOrder = [];
     this.positions = new Map(); // view -> Map(node id -> [x, y]), kept across days and filters
     this.focus = { focus: null, marked: null };
     this.hovered = null;
@@ -264,7 +274,7 @@ class App {
     const unplaced = this.scene.graph.nodes().some((id) => !known.has(id));
     if (relayout || unplaced) this.startLayout();
     else {
-      this.hulls = groupHulls(this.scene.graph, this.groupOf);
+      this.updateHulls();
       this.renderer.refresh();
       this.markReady();
     }
@@ -286,12 +296,11 @@ class App {
       nodeReducer: this.reducers.nodeReducer,
       edgeReducer: this.reducers.edgeReducer,
       drawOverlay: (ctx, r, phase) => {
-        if (!this.hulls.length) return;
         const target = new CanvasTarget(ctx);
         // issue 14 item 2 (v14-links): bundles over the nodes (translucent: on a dense map the
-        // nodes would hide them), under the group names; their counts over everything.
+        // nodes would hide them), under the names and labels; their counts over everything.
         if (phase === "over") this.drawBundles(target, r, "lines");
-        drawGroups(target, this.hulls, (p) => r.graphToViewport(p), (x) => r.scaleSize(x), this.data.pal, { outlines: phase === "under", names: phase === "over" });
+        this.drawLayers(target, r, phase);
         if (phase === "over") this.drawBundles(target, r, "counts");
       },
     };
@@ -389,14 +398,14 @@ class App {
       this.panels.hideTooltip();
       return;
     }
-    const g = r.viewportToGraph(p);
+    const g = this.clampToRegion(id, r.viewportToGraph(p));
     this.scene.graph.mergeNodeAttributes(id, { x: g.x, y: g.y });
     r.refreshPositions();
     if (phase === "end") {
       this.dragging = null;
       this.pin(id, g.x, g.y);
       r.freezeFraming(false);
-      this.hulls = groupHulls(this.scene.graph, this.groupOf);
+      this.updateHulls();
       r.refresh();
     }
   }
@@ -466,12 +475,19 @@ class App {
     const sizes = Float32Array.from(ids, (id) => graph.getNodeAttribute(id, "size"));
     const viewport = this.renderer ? this.renderer.getDimensions() : { width: 1000, height: 800 };
     const fixed = Uint8Array.from(ids, (id) => (this.pinned.has(id) ? 1 : 0));
-    return { ids, x, y, group, groupCount: keys.length, breakBefore, src, dst, bytes, influence: s.influence, sizes, viewport, fixed };
+    // Issue 14, item 1: regions, nested in env regions when split by env.
+    const parentKeys = s.group === "archdomain" && s.split ? [...new Set(keys.map(groupEnv).filter((e) => e !== null))].map((e) => `env:${e}`) : [];
+    const pi = new Map(parentKeys.map((k, i) => [k.slice(4), i]));
+    const parent = Int32Array.from(keys, (k) => (groupEnv(k) !== null && pi.has(groupEnv(k)) ? pi.get(groupEnv(k)) : -1));
+    this.pendingRegionKeys = { keys, parentKeys };
+    const packing = this.legacyLayout ? "rows" : "regions";
+    return { ids, x, y, group, groupCount: keys.length, breakBefore, src, dst, bytes, influence: s.influence, sizes, viewport, fixed, parent, parentCount: parentKeys.length, packing };
   }
 
   startLayout() {
     const runId = ++this.runId;
     const input = this.layoutInput();
+    const regionKeys = this.pendingRegionKeys;
     this.ready = false;
     this.layout = { state: "running", iterations: 0, maxIterations: 0, millis: 0, startedAt: performance.now(), settledAt: 0 };
     this.panels.showProgress(0, 1);
@@ -480,6 +496,7 @@ class App {
       if (msg.runId !== this.runId) return;
       this.layout.iterations = msg.iterations;
       this.layout.maxIterations = msg.maxIterations;
+      this.regions = msg.regions ? { ...regionKeys, list: msg.regions } : null;
       if (msg.type === "progress") {
         // Back-pressure: draw the newest positions once the previous ones are on screen, so a
         // big map that takes long to draw does not queue up frames behind the layout.
@@ -521,7 +538,7 @@ class App {
     }
     this.onWorkerMessage = onMessage;
     if (this.worker) {
-      const transfer = [input.x.buffer, input.y.buffer, input.group.buffer, input.src.buffer, input.dst.buffer, input.bytes.buffer, input.sizes.buffer, input.fixed.buffer];
+      const transfer = [input.x.buffer, input.y.buffer, input.group.buffer, input.src.buffer, input.dst.buffer, input.bytes.buffer, input.sizes.buffer, input.fixed.buffer, input.parent.buffer];
       // The ids and group keys stay here; the worker needs them for seeding only.
       this.worker.postMessage({ type: "start", runId, input }, transfer);
     } else {
@@ -554,7 +571,7 @@ class App {
     this.layout.millis = performance.now() - this.layout.startedAt;
     const known = this.positions.get(this.state.view);
     this.scene.graph.forEachNode((id, a) => known.set(id, [a.x, a.y]));
-    this.hulls = groupHulls(this.scene.graph, this.groupOf);
+    this.updateHulls();
     // A full refresh: the links hidden while a big map is laid out come back.
     this.renderer.refresh();
     this.panels.hideProgress();
@@ -597,8 +614,78 @@ class App {
       },
       { attributes: ["x", "y"] },
     );
-    this.hulls = groupHulls(graph, this.groupOf);
+    this.updateHulls();
     this.renderer.refreshPositions();
+  }
+
+  // ---------------------------------------------------------------- issue 14, items 1 and 4: regions and labels
+
+  /**
+   * The group outlines: the layout's regions when it packed them for exactly these groups, else
+   * (no grouping, the old layout) hulls of the members.
+   */
+  updateHulls() {
+    const rg = this.regions;
+    const keys = new Set(this.groupOf.values());
+    if (rg && keys.size && [...keys].every((k) => rg.keys.includes(k))) this.hulls = regionHulls(this.scene.graph, this.groupOf, rg.keys, rg.parentKeys, rg.list);
+    else this.hulls = groupHulls(this.scene.graph, this.groupOf);
+    // Node label importance: traffic, then degree, then id (stable across frames).
+    if (this.labelScene !== this.scene) {
+      this.labelScene = this.scene;
+      const { index } = this.data;
+      const graph = this.scene.graph;
+      const weight = (id) => {
+        const n = index.byId.get(id);
+        return (n?.bytes_in ?? 0) + (n?.bytes_out ?? 0);
+      };
+      this.labelOrder = graph.nodes().sort((a, b) => weight(b) - weight(a) || graph.degree(b) - graph.degree(a) || (a < b ? -1 : 1));
+    }
+  }
+
+  /** A dragged node stays inside its group's region (graph point `g`, returns the clamped one). */
+  clampToRegion(id, g) {
+    const h = this.hulls.find((x) => x.circle && !x.parent && x.key === this.groupOf.get(id));
+    if (!h) return g;
+    const r = this.renderer;
+    const c = h.circle;
+    const px = Math.hypot(r.graphToViewport({ x: c.x + c.r, y: c.y }).x - r.graphToViewport(c).x, 0) / c.r || 1;
+    const size = r.scaleSize(this.scene.graph.getNodeAttribute(id, "size")) / px;
+    const lim = Math.max(c.r - 1.3 * size, 0.3 * c.r);
+    const dx = g.x - c.x, dy = g.y - c.y;
+    const d = Math.hypot(dx, dy);
+    return d <= lim ? g : { x: c.x + (dx * lim) / d, y: c.y + (dy * lim) / d };
+  }
+
+  /**
+   * Paints the app's layers of a frame through `target`: outlines under the links ("under"),
+   * names and labels over the nodes ("over"). Records what was drawn for the hooks.
+   */
+  drawLayers(target, r, phase) {
+    if (!this.scene || !this.data) return;
+    const toViewport = (p) => r.graphToViewport(p);
+    const regions = this.hulls.length > 0 && this.hulls[0].circle !== undefined;
+    if (phase === "under") {
+      if (regions) this.drawn.outlines = drawRegionOutlines(target, this.hulls, toViewport, this.data.pal);
+      else {
+        this.drawn.outlines = [];
+        if (this.hulls.length) this.drawn.outlines = drawGroups(target, this.hulls, toViewport, (x) => r.scaleSize(x), this.data.pal, { outlines: true, names: false }) ?? [];
+      }
+      return;
+    }
+    if (!regions && this.hulls.length) drawGroups(target, this.hulls, toViewport, (x) => r.scaleSize(x), this.data.pal, { outlines: false, names: true });
+    const { width, height } = r.getDimensions();
+    const nodes = [];
+    const marked = this.focus.marked;
+    this.scene.graph.forEachNode((id, a) => {
+      const d = this.reducers.nodeReducer(id, a);
+      if (d.hidden) return;
+      const p = r.graphToViewport(a);
+      nodes.push({ id, x: p.x, y: p.y, r: r.scaleSize(d.size), label: d.label, forced: !!d.forceLabel, marked: !!marked?.has(id) });
+    });
+    const labels = drawLabels(target, { nodes, order: this.labelOrder, outlines: regions ? this.drawn.outlines : [], width, height });
+    // With hulls (no regions) the names come from drawGroups, which keeps its own placement.
+    this.drawn.labels = labels;
+    if (r.lastDrawn) r.lastDrawn.labels = labels.filter((l) => l.id !== undefined).length;
   }
 
   markReady() {
@@ -767,8 +854,13 @@ Object.assign(App.prototype, {
     };
   },
 
-  /** Viewport centres (mean member position) of the groups. */
+  /** Viewport centres of the groups: their regions' (v14-layout), else their members' mean. */
   groupCentres(r) {
+    if (this.hulls.length && this.hulls[0].circle !== undefined) {
+      const out = new Map();
+      for (const h of this.hulls) if (!h.parent) out.set(h.key, r.graphToViewport({ x: h.circle.x, y: h.circle.y }));
+      return out;
+    }
     const acc = new Map();
     this.scene.graph.forEachNode((id, a) => {
       const k = this.groupOf.get(id);
@@ -850,22 +942,33 @@ Object.assign(App.prototype, {
   groupAt(p) {
     const r = this.renderer;
     let best = null;
+    // Group names as drawn (v14-layout's label pass): a click on one selects its group.
+    for (const l of this.drawn?.labels ?? []) {
+      if (l.group !== undefined && p.x >= l.x && p.x <= l.x + l.w && p.y >= l.y && p.y <= l.y + l.h && this.groupMembers(l.group)) return l.group;
+    }
     for (const h of this.hulls) {
-      const pad = r.scaleSize(h.maxSize) + 10;
-      const ring = [];
-      for (const [x, y] of h.hull) {
-        const v = r.graphToViewport({ x, y });
-        for (let i = 0; i < 10; i++) ring.push([v.x + Math.cos((i / 10) * 2 * Math.PI) * pad, v.y + Math.sin((i / 10) * 2 * Math.PI) * pad]);
+      // Env regions that hold the groups of a split map are no group of their own.
+      if (h.parent) continue;
+      let poly;
+      let onName = false;
+      if (h.circle) poly = regionPolygon(h.circle, (q) => r.graphToViewport(q)).poly;
+      else {
+        const pad = r.scaleSize(h.maxSize) + 10;
+        const ring = [];
+        for (const [x, y] of h.hull) {
+          const v = r.graphToViewport({ x, y });
+          for (let i = 0; i < 10; i++) ring.push([v.x + Math.cos((i / 10) * 2 * Math.PI) * pad, v.y + Math.sin((i / 10) * 2 * Math.PI) * pad]);
+        }
+        poly = convexHull(ring);
+        let top = Infinity, minX = Infinity, maxX = -Infinity;
+        for (const [x, y] of poly) {
+          top = Math.min(top, y);
+          minX = Math.min(minX, x);
+          maxX = Math.max(maxX, x);
+        }
+        // With hulls the name sits just above the outline.
+        onName = p.y >= top - 22 && p.y <= top && p.x >= minX && p.x <= maxX;
       }
-      const poly = convexHull(ring);
-      let top = Infinity, minX = Infinity, maxX = -Infinity;
-      for (const [x, y] of poly) {
-        top = Math.min(top, y);
-        minX = Math.min(minX, x);
-        maxX = Math.max(maxX, x);
-      }
-      // The name sits just above the outline.
-      const onName = p.y >= top - 22 && p.y <= top && p.x >= minX && p.x <= maxX;
       if ((onName || pointInPolygon(p, poly)) && (!best || h.count < best.count)) best = h;
     }
     return best ? best.key : null;

@@ -144,6 +144,8 @@ export class CanvasRenderer {
       height,
       nodeReducer: this.nodeReducer,
       edgeReducer: this.edgeReducer,
+      // Labels are placed by the app over everything (labels.js, issue 14 item 4).
+      labels: false,
     });
     this.drawOverlay?.(ctx, this, "over");
     this.frames++;

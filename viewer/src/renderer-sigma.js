@@ -47,6 +47,9 @@ export class SigmaRenderer {
       zIndex: true,
       enableEdgeEvents: true,
       renderEdgeLabels: false,
+      // Node labels are placed by the app on the top layer (labels.js, issue 14 item 4), where
+      // they also avoid the group names; sigma's own grid would not know about those.
+      renderLabels: false,
       labelFont: "system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif",
       labelSize: 12,
       labelWeight: "500",

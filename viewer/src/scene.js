@@ -50,7 +50,7 @@ export function buildGraph(index, filtered, state, pal, positions, viewport) {
     eHi = Math.max(eHi, b);
   }
   // Crowded maps get smaller circles: at the whole-map zoom, circles cover at most about a
-  // fifth of the viewport (their size grows as one zooms in).
+  // fifth of the viewport, a tenth when grouped (their size grows as one zooms in).
   const view = viewport ?? { width: 1000, height: 700 };
   // Sizes follow bytes, or the price per hour (state.sizeBy).
   const sizeBy = state.sizeBy ?? "bytes";
@@ -58,7 +58,11 @@ export function buildGraph(index, filtered, state, pal, positions, viewport) {
   const sc = sizeScale(shown, sizeBy, NODE_MIN, NODE_MAX);
   let area = 0;
   for (const n of shown) area += Math.PI * sc.size(n) ** 2;
-  const shrink = Math.min(1, Math.sqrt((0.2 * view.width * view.height) / Math.max(area, 1)));
+  // Issue 14, item 1: grouped maps pack their groups into circular regions, which use less of a
+  // wide viewport than free nodes do; their circles cover at most a tenth of it, or members
+  // would not fit their regions without overlapping.
+  const cover = state.group && state.group !== "none" ? 0.1 : 0.2;
+  const shrink = Math.min(1, Math.sqrt((cover * view.width * view.height) / Math.max(area, 1)));
   // By bytes, `nodeSize` takes a byte count (the legend's samples); by price, a price.
   const raw = sizeBy === "price" ? (p) => sc.size({ price_per_hour: p }) : logScale(Number.isFinite(sc.lo) ? sc.lo : 1, sc.hi, NODE_MIN, NODE_MAX);
   const nodeSize = (v) => Math.max(1.2, raw(v) * shrink);

@@ -96,7 +96,7 @@ pub fn stages() -> Vec<Stage> {
         },
         Stage {
             name: "viewer-browser",
-            about: "the viewer in Debian's Chromium against the collector serving golden/maps",
+            about: "the viewer in Debian's Chromium against the collector serving golden/maps, then synthetic fleets of 600 and 5,000 nodes (outlines, labels)",
             run: viewer::browser,
         },
     ]

@@ -122,3 +122,47 @@ test("a spent time budget ends the forces; the overlap pass still runs", () => {
   assert.equal(l.iterations, 5, "no force iteration after the stop");
   assert.equal(l.spreadDone, 30);
 });
+
+// Issue 14, item 1: regions.
+import { packRegions, trafficOrder } from "../../src/layout.js";
+
+test("regions: siblings a gap apart, children inside their parent, parents apart", () => {
+  const radii = [30, 5, 12, 12, 40, 3, 8, 20];
+  const parent = Int32Array.from([0, 0, 1, 1, 1, -1, 0, 1]);
+  const traffic = new Map([[0, new Map([[5, 10]])], [5, new Map([[0, 10]])]]);
+  const gap = 4;
+  const { groups, parents } = packRegions(radii, parent, 2, traffic, gap);
+  const dist = (a, b) => Math.hypot(a.x - b.x, a.y - b.y);
+  for (let i = 0; i < groups.length; i++) {
+    assert.equal(groups[i].r, radii[i]);
+    for (let j = i + 1; j < groups.length; j++) assert.ok(dist(groups[i], groups[j]) >= radii[i] + radii[j] + gap - 1e-9, `groups ${i} and ${j} closer than the gap`);
+    if (parent[i] >= 0) {
+      const p = parents[parent[i]];
+      assert.ok(dist(groups[i], p) + radii[i] + gap <= p.r + 1e-9, `group ${i} not inside its parent`);
+    } else for (const p of parents) assert.ok(dist(groups[i], p) >= radii[i] + p.r + gap - 1e-9, `group ${i} overlaps a parent`);
+  }
+  assert.ok(dist(parents[0], parents[1]) >= parents[0].r + parents[1].r + gap - 1e-9, "parents overlap");
+});
+
+test("regions: the packing order follows traffic (the heaviest peer of what is placed comes next)", () => {
+  const size = { 0: 10, 1: 9, 2: 8, 3: 7 };
+  const t = new Map([[0, new Map([[3, 5], [2, 1]])], [3, new Map([[0, 5], [1, 2]])], [2, new Map([[0, 1]])], [1, new Map([[3, 2]])]]);
+  assert.deepEqual(trafficOrder([0, 1, 2, 3], size, t), [0, 3, 1, 2]);
+  assert.deepEqual(trafficOrder([0, 1, 2, 3], size, new Map()), [0, 1, 2, 3]);
+});
+
+test("regions: every node ends inside its group's region, regions apart; the old row packing stays selectable", () => {
+  const input = twoGroups(30);
+  const l = run(input);
+  assert.equal(l.packing, "regions");
+  const R = l.regionList();
+  const p = l.positions();
+  for (let i = 0; i < 60; i++) {
+    const g = input.group[i];
+    assert.ok(Math.hypot(p[2 * i] - R[3 * g], p[2 * i + 1] - R[3 * g + 1]) < R[3 * g + 2], `node ${i} outside its region`);
+  }
+  assert.ok(Math.hypot(R[0] - R[3], R[1] - R[4]) > R[2] + R[5]);
+  const old = run({ ...twoGroups(30), packing: "rows" });
+  assert.equal(old.regionList(), null);
+  assert.ok(old.repackAt.size > 0);
+});
