@@ -309,7 +309,7 @@ export class Controls {
     if (e.key === "Escape") {
       if (!$("#help").hidden) return this.toggleHelp(false);
       if (typing) return;
-      if (this.app.state.sel || this.app.linkSel) return this.app.select(null);
+      if (this.app.state.sel || this.app.state.gsel || this.app.linkSel) return this.app.select(null);
       if (this.app.state.q) {
         $("#search").value = "";
         this.app.set({ q: "" });

@@ -75,7 +75,11 @@ export class Exports {
       edgeReducer: this.app.reducers.edgeReducer,
       labels: false,
     });
+    // issue 14 item 2 (v14-links): the bundles as on screen (the CSV and DOT exports keep the
+    // real links): over the nodes, under the group names, their counts last.
+    this.app.drawBundles(target, r, "lines");
     groups("over");
+    this.app.drawBundles(target, r, "counts");
     const s = this.app.state;
     const title = `trafficmap · ${VIEW_NAMES[s.view]} · ${s.mode === "diff" ? `${s.base} → ${s.day}` : s.mode === "range" ? `${s.from} – ${s.to} UTC` : s.day}`;
     target.text(12, 16, title, { size: 14, weight: "650", halo: "#ffffffe0" });

@@ -2,6 +2,7 @@
 // views of the app's state, plus camera moves and a selection the tests drive.
 
 import { DEFAULTS } from "./state.js";
+import { DIMMED_EDGE } from "./colors.js"; // issue 14 (v14-links)
 
 export function exposeHooks(app) {
   window.__trafficmap = {
@@ -38,6 +39,8 @@ export function exposeHooks(app) {
         diff: app.data.doc.diff?.counts ?? null,
         canvasDrawn: r.kind === "canvas" ? { ...r.lastDrawn } : null,
         lastExport: app.exports.lastExport ?? null,
+        // issue 14 item 2 (v14-links): links shown and hidden by the top-N limit, bundles.
+        ...app.linkStats(),
       };
     },
     /** Where a node is drawn (CSS pixels inside #map) and its colour after highlighting. */
@@ -74,5 +77,21 @@ export function exposeHooks(app) {
     get nodeSizeShrink() {
       return app.scene?.scales.shrink ?? 1;
     },
+    // ---- issue 14 items 2 and 3 (v14-links) ----
+    /** The bundles drawn: group keys (source before target in group order), count, bytes, width. */
+    bundles: () => app.linkView.bundles.map((b) => ({ source: b.source, target: b.target, count: b.count, bytes: b.bytes, width: b.width })),
+    /** Whether a group shows its own hosts' links (zoomed in, or selected while zoomed out). */
+    expanded: (key) => !app.linkView.collapsed || app.linkView.expanded.has(key),
+    /** The links drawn after every reducer (focus, bundles, top N), as [source, target]. */
+    edgesShown: () => (app.scene ? app.scene.graph.filterEdges((k, a) => !app.reducers.edgeReducer(k, a).hidden).map((k) => app.scene.graph.extremities(k)) : []),
+    /** Keys of the links drawn faded (inside a collapsed group, or outside the focus). */
+    edgesFaded: () => (app.scene ? app.scene.graph.filterEdges((k, a) => { const d = app.reducers.edgeReducer(k, a); return !d.hidden && d.color === DIMMED_EDGE; }) : []),
+    /** Bundles as drawn on screen, for pointing at one: [{source, target, ax, ay, bx, by}]. */
+    bundleSegments: () => (app.renderer ? app.bundleSegments(app.renderer).map((s) => ({ source: s.bundle.source, target: s.bundle.target, ax: s.a.x, ay: s.a.y, bx: s.b.x, by: s.b.y })) : []),
+    selectGroup: (key) => app.selectGroup(key),
+    /** Where a group is drawn (for clicking it): its members' mean position, viewport pixels. */
+    groupCentre: (key) => (app.renderer ? app.groupCentres(app.renderer).get(key) ?? null : null),
+    groupAt: (x, y) => app.groupAt({ x, y }),
+    // ---- end issue 14 items 2 and 3 ----
   };
 }

@@ -22,6 +22,12 @@ import { CanvasRenderer } from "./renderer-canvas.js";
 import { SigmaRenderer, webglAvailable } from "./renderer-sigma.js";
 import { buildGraph, makeReducers, palettes } from "./scene.js";
 import { effectsOf, mapQuery, parseState, serializeState, withPin, withoutPin } from "./state.js";
+// issue 14 items 2 and 3 (v14-links): bundles, top N, group focus.
+import { DIMMED_EDGE, EDGE_NEUTRAL, withAlpha } from "./colors.js";
+import { convexHull, regionPolygon } from "./groups.js";
+import { BUNDLE_RATIO, bundleWidth, bundlingOn, buildBundles, linkLimit, pointInPolygon, segmentDistance, topHidden } from "./links.js";
+import { fmtCount } from "./model.js";
+import { EDGE_MAX, EDGE_MIN } from "./scene.js";
 
 /* global __WORKER_URL__ */
 
@@ -62,6 +68,15 @@ class App {
       () => (this.layout.state === "running" && this.scene.graph.size > BIG_MAP_LINKS ? { ...this.focus, edgesHidden: true } : this.focus),
       () => this.pinned,
     );
+    // ---- issue 14 items 2 and 3 (v14-links): bundles, top N links, group focus. The links'
+    // reducer also hides what a bundle stands for and what the top-N limit leaves out, and fades
+    // the links inside a collapsed group.
+    this.linkView = EMPTY_LINK_VIEW;
+    this.linkCache = { top: null, bundles: null };
+    this.hoveredBundle = null;
+    const focusEdge = this.reducers.edgeReducer;
+    this.reducers.edgeReducer = (edge, data) => this.linkReducer(edge, focusEdge(edge, data));
+    // ---- end issue 14 items 2 and 3 ----
     /** Ids of the pinned nodes (state.pins), for the reducers. */
     this.pinned = new Set(this.state.pins.map((p) => p[0]));
     /** The node being dragged, if any: layout progress leaves it where the pointer is. */
@@ -280,7 +295,14 @@ class App {
     const opts = {
       nodeReducer: this.reducers.nodeReducer,
       edgeReducer: this.reducers.edgeReducer,
-      drawOverlay: (ctx, r, phase) => this.drawLayers(new CanvasTarget(ctx), r, phase),
+      drawOverlay: (ctx, r, phase) => {
+        const target = new CanvasTarget(ctx);
+        // issue 14 item 2 (v14-links): bundles over the nodes (translucent: on a dense map the
+        // nodes would hide them), under the names and labels; their counts over everything.
+        if (phase === "over") this.drawBundles(target, r, "lines");
+        this.drawLayers(target, r, phase);
+        if (phase === "over") this.drawBundles(target, r, "counts");
+      },
     };
     const gl = webglAvailable();
     // Software WebGL (SwiftShader, llvmpipe) draws slower than Canvas 2D: use WebGL only on a
@@ -318,8 +340,10 @@ class App {
     });
     // A drag ends with a click event; it moved the map and must not change the selection.
     r.on("clickNode", ({ node }) => this.camera.justDragged() || this.select(node));
-    r.on("clickStage", () => {
-      if (!this.camera.justDragged() && (this.state.sel || this.linkSel)) this.select(null);
+    r.on("clickStage", (e) => {
+      // issue 14 item 3 (v14-links): a click on a group's outline or name selects the group.
+      if (!this.camera.justDragged() && this.clickGroupAt(e)) return;
+      if (!this.camera.justDragged() && (this.state.sel || this.state.gsel || this.linkSel)) this.select(null);
     });
     r.on("enterEdge", ({ edge }) => this.camera.moving || this.panels.showEdgeTooltip(edge));
     r.on("leaveEdge", () => this.panels.hideTooltip());
@@ -328,6 +352,23 @@ class App {
     this.camera.nodeAt = (p) => this.nodeAtPoint(p);
     this.camera.onNodeDrag = (id, p, phase) => this.dragNode(id, p, phase);
     this.camera.onNodeDoubleClick = (id) => this.unpin(id);
+    // ---- issue 14 items 2 and 3 (v14-links): semantic zoom and bundle hover ----
+    // Zooming past BUNDLE_RATIO collapses or expands the groups: checked after each frame (the
+    // camera has settled by then), redrawn once when the answer changes.
+    r.on("afterRender", () => {
+      if (this.zoomCheck || !this.scene || this.collapsedWanted() === this.linkView.collapsed) return;
+      // Outside the frame that noticed it.
+      this.zoomCheck = setTimeout(() => {
+        this.zoomCheck = 0;
+        if (!this.scene || this.collapsedWanted() === this.linkView.collapsed) return;
+        this.updateLinkView();
+        this.renderer.refresh();
+        this.panels.updateStatus();
+      }, 0);
+    });
+    container.addEventListener("mousemove", (e) => this.hoverBundleAt(e));
+    container.addEventListener("mouseleave", () => this.hoverBundle(null));
+    // ---- end issue 14 items 2 and 3 ----
   }
 
   /** The node drawn under a viewport point (the closest whose disc holds it), or null. */
@@ -681,6 +722,14 @@ class App {
     } else {
       this.focus = { focus: null, marked: null };
     }
+    // issue 14 item 3 (v14-links): a selected group highlights its members and their peers.
+    // `marked` is empty but set (hovering does not take the focus over), so members get no
+    // forced labels: a big group's names would bury the map.
+    const members = !sel && !s.q ? this.groupMembers(s.gsel) : null;
+    if (members) this.focus = { focus: withNeighbours(index, members, this.filtered.links), marked: new Set(), group: s.gsel };
+    const said = JSON.stringify([this.linkStats(), s.top, s.gsel]);
+    this.updateLinkView();
+    if (JSON.stringify([this.linkStats(), s.top, s.gsel]) !== said) this.panels.updateStatus();
     this.renderer?.refresh();
     this.controls.updateSearchResults();
     if (reframe && marked?.length) this.focusNodes([...this.focus.focus]);
@@ -704,7 +753,8 @@ class App {
 
   select(id, reframe = false) {
     this.linkSel = null;
-    this.set({ sel: id });
+    // A node selection replaces a group selection (issue 14, v14-links).
+    this.set(this.state.gsel ? { sel: id, gsel: null } : { sel: id });
     this.refocus(reframe);
     this.panels.renderDetails();
   }
@@ -717,6 +767,263 @@ class App {
     this.panels.renderDetails();
   }
 }
+
+// ---- issue 14 items 2 and 3 (v14-links): bundles, semantic zoom, top N, group focus ----
+
+const EMPTY_LINK_VIEW = Object.freeze({ bundling: false, collapsed: false, expanded: new Set(), bundles: [], bundlesHidden: 0, bundled: new Set(), faded: new Set(), topHidden: new Set(), limit: null, total: 0 });
+/** Bundles: the neutral link colour, translucent (they are drawn over the nodes). */
+const BUNDLE_COLOR = withAlpha(EDGE_NEUTRAL, 0.55);
+const BUNDLE_HOT = withAlpha("#374151", 0.8);
+/** Bundle counts written at most. */
+const MAX_BUNDLE_COUNTS = 40;
+const FADED_EDGE = DIMMED_EDGE;
+
+Object.assign(App.prototype, {
+  /** Whether the groups should be collapsed into bundles now (bundling on, zoomed out). */
+  collapsedWanted() {
+    const on = bundlingOn(this.state.bundle, this.groupOf.size > 0, this.scene.graph.size);
+    return on && (this.renderer?.cameraRatio() ?? 1) > BUNDLE_RATIO;
+  },
+
+  /** Members of a group shown on the map, or null when there is no such group. */
+  groupMembers(key) {
+    if (!key) return null;
+    const out = [];
+    for (const [id, k] of this.groupOf) if (k === key && this.scene.graph.hasNode(id)) out.push(id);
+    return out.length ? out : null;
+  },
+
+  /** Recomputes what is bundled, faded and left out by the top-N limit (cached per scene). */
+  updateLinkView() {
+    if (!this.scene || !this.data) return;
+    const s = this.state;
+    const graph = this.scene.graph;
+    const { index } = this.data;
+    const bundling = bundlingOn(s.bundle, this.groupOf.size > 0, graph.size);
+    const collapsed = this.collapsedWanted();
+    const limit = linkLimit(graph.size, s.top);
+    let top = this.linkCache.top;
+    if (!top || top.scene !== this.scene || top.limit !== limit) {
+      const items = graph.mapEdges((key) => ({ key, bytes: linkBytes(index.links[Number(key)]) }));
+      top = this.linkCache.top = { scene: this.scene, limit, hidden: topHidden(items, limit) };
+    }
+    const expanded = new Set();
+    if (collapsed) {
+      if (s.gsel) expanded.add(s.gsel);
+      const sg = s.sel ? this.groupOf.get(s.sel) : undefined;
+      if (sg !== undefined) expanded.add(sg);
+    }
+    const ekey = `${collapsed}|${[...expanded].sort().join("\u0000")}`;
+    let b = this.linkCache.bundles;
+    if (!b || b.scene !== this.scene || b.key !== ekey) {
+      let built = { bundles: [], bundled: new Set(), faded: new Set() };
+      if (collapsed) {
+        const links = this.filtered.links.map((i) => ({ i, source: index.links[i].source, target: index.links[i].target, bytes: linkBytes(index.links[i]) }));
+        built = buildBundles(links, this.groupOf, expanded);
+        const [lo, hi] = this.scene.scales.edge;
+        // The links' scale without the thinning of dense maps: bundles are few.
+        for (const x of built.bundles) x.width = bundleWidth(x.bytes, { lo: Number.isFinite(lo) ? lo : 1, hi, min: EDGE_MIN, max: EDGE_MAX, density: 1 });
+      }
+      b = this.linkCache.bundles = { scene: this.scene, key: ekey, ...built };
+    }
+    const shown = limit === null ? b.bundles : b.bundles.slice(0, limit);
+    this.linkView = { bundling, collapsed, expanded: collapsed ? expanded : new Set(), bundles: shown, bundlesHidden: b.bundles.length - shown.length, bundled: b.bundled, faded: b.faded, topHidden: top.hidden, limit, total: graph.size };
+  },
+
+  /** The links' reducer after the focus one: bundled and top-N links hidden, inner ones faded. */
+  linkReducer(edge, d) {
+    const v = this.linkView;
+    if (d.hidden) return d;
+    if (v.topHidden.has(edge) || v.bundled.has(Number(edge))) return { ...d, hidden: true };
+    if (v.faded.has(Number(edge)) && !(this.focus.focus && d.zIndex === 1)) return { ...d, color: FADED_EDGE, size: d.size * 0.6, zIndex: 0 };
+    return d;
+  },
+
+  /** Counts for the status line and the hooks. */
+  linkStats() {
+    const v = this.linkView;
+    return {
+      linksShown: v.total - v.topHidden.size,
+      linksHidden: v.topHidden.size,
+      linksBundled: v.bundled.size,
+      linksFaded: v.faded.size,
+      bundlesShown: v.bundles.length,
+      bundlesHidden: v.bundlesHidden,
+      collapsed: v.collapsed,
+      expanded: [...v.expanded].sort(),
+    };
+  },
+
+  /** Viewport centres of the groups: their regions' (v14-layout), else their members' mean. */
+  groupCentres(r) {
+    if (this.hulls.length && this.hulls[0].circle !== undefined) {
+      const out = new Map();
+      for (const h of this.hulls) if (!h.parent) out.set(h.key, r.graphToViewport({ x: h.circle.x, y: h.circle.y }));
+      return out;
+    }
+    const acc = new Map();
+    this.scene.graph.forEachNode((id, a) => {
+      const k = this.groupOf.get(id);
+      if (k === undefined) return;
+      let c = acc.get(k);
+      if (!c) acc.set(k, (c = [0, 0, 0]));
+      c[0] += a.x;
+      c[1] += a.y;
+      c[2]++;
+    });
+    const out = new Map();
+    for (const [k, [x, y, n]] of acc) out.set(k, r.graphToViewport({ x: x / n, y: y / n }));
+    return out;
+  },
+
+  /** Bundles as drawn: [{bundle, a, b, w}] in viewport pixels. */
+  bundleSegments(r) {
+    if (!this.linkView.collapsed || !this.linkView.bundles.length) return [];
+    const centres = this.groupCentres(r);
+    const out = [];
+    for (const bundle of this.linkView.bundles) {
+      const a = centres.get(bundle.source);
+      const b = centres.get(bundle.target);
+      if (a && b) out.push({ bundle, a, b, w: Math.max(r.scaleSize(bundle.width), 0.5) });
+    }
+    return out;
+  },
+
+  /**
+   * Paints the bundles (canvas overlay, or an image export): `what` "lines", or "counts" (at the
+   * midpoint where they fit).
+   */
+  drawBundles(target, r, what) {
+    const segs = this.bundleSegments(r);
+    if (!segs.length) return 0;
+    if (what === "counts") return this.drawBundleCounts(target, segs);
+    const f = this.focus.focus;
+    const lit = f ? new Set([...f].map((id) => this.groupOf.get(id))) : null;
+    const batches = new Map();
+    for (const { bundle, a, b, w } of segs) {
+      const dim = lit && !lit.has(bundle.source) && !lit.has(bundle.target);
+      const hot = this.hoveredBundle === bundle.key;
+      const key = `${dim ? withAlpha(FADED_EDGE, 0.7) : hot ? BUNDLE_HOT : BUNDLE_COLOR}|${(Math.round(w * 2) / 2).toFixed(1)}`;
+      if (!batches.has(key)) batches.set(key, []);
+      batches.get(key).push(a.x, a.y, b.x, b.y);
+    }
+    target.lines(batches);
+    return segs.length;
+  },
+
+  drawBundleCounts(target, segs) {
+    const placed = [];
+    for (const { bundle, a, b } of segs) {
+      const text = fmtCount(bundle.count);
+      const tw = target.measure(text, 11, "600");
+      const len = Math.hypot(b.x - a.x, b.y - a.y);
+      // At the midpoint when the bundle is long enough and no other count is there.
+      if (len < tw + 48) continue;
+      // The biggest bundles' counts only (bundles come biggest first): more would be noise.
+      if (placed.length >= MAX_BUNDLE_COUNTS) break;
+      const mx = (a.x + b.x) / 2;
+      const my = (a.y + b.y) / 2;
+      const box = [mx - tw / 2 - 2, my - 7, mx + tw / 2 + 2, my + 7];
+      if (placed.some((q) => box[0] < q[2] && box[2] > q[0] && box[1] < q[3] && box[3] > q[1])) continue;
+      placed.push(box);
+      target.text(mx, my, text, { size: 11, weight: "600", color: "#374151", halo: "#f7f8fae8", align: "center" });
+    }
+    return segs.length;
+  },
+
+  /** Viewport point of a renderer event (sigma's carry x, y; the canvas renderer's a MouseEvent). */
+  eventPoint(ev) {
+    if (ev && typeof ev.x === "number" && ev.original) return { x: ev.x, y: ev.y };
+    const rect = $("#map-view").getBoundingClientRect();
+    return { x: ev.clientX - rect.left, y: ev.clientY - rect.top };
+  },
+
+  /** The group whose outline or name is under viewport point p (the smallest), or null. */
+  groupAt(p) {
+    const r = this.renderer;
+    let best = null;
+    // Group names as drawn (v14-layout's label pass): a click on one selects its group.
+    for (const l of this.drawn?.labels ?? []) {
+      if (l.group !== undefined && p.x >= l.x && p.x <= l.x + l.w && p.y >= l.y && p.y <= l.y + l.h && this.groupMembers(l.group)) return l.group;
+    }
+    for (const h of this.hulls) {
+      // Env regions that hold the groups of a split map are no group of their own.
+      if (h.parent) continue;
+      let poly;
+      let onName = false;
+      if (h.circle) poly = regionPolygon(h.circle, (q) => r.graphToViewport(q)).poly;
+      else {
+        const pad = r.scaleSize(h.maxSize) + 10;
+        const ring = [];
+        for (const [x, y] of h.hull) {
+          const v = r.graphToViewport({ x, y });
+          for (let i = 0; i < 10; i++) ring.push([v.x + Math.cos((i / 10) * 2 * Math.PI) * pad, v.y + Math.sin((i / 10) * 2 * Math.PI) * pad]);
+        }
+        poly = convexHull(ring);
+        let top = Infinity, minX = Infinity, maxX = -Infinity;
+        for (const [x, y] of poly) {
+          top = Math.min(top, y);
+          minX = Math.min(minX, x);
+          maxX = Math.max(maxX, x);
+        }
+        // With hulls the name sits just above the outline.
+        onName = p.y >= top - 22 && p.y <= top && p.x >= minX && p.x <= maxX;
+      }
+      if ((onName || pointInPolygon(p, poly)) && (!best || h.count < best.count)) best = h;
+    }
+    return best ? best.key : null;
+  },
+
+  /** A stage click: selects the group there (a second click releases it); false when none. */
+  clickGroupAt(e) {
+    if (!e?.event || !this.hulls.length) return false;
+    const key = this.groupAt(this.eventPoint(e.event));
+    if (key === null) return false;
+    this.selectGroup(key === this.state.gsel ? null : key);
+    return true;
+  },
+
+  /** Selects a group (null: none): expanded to its hosts, its neighbourhood highlighted. */
+  selectGroup(key) {
+    this.linkSel = null;
+    this.set({ gsel: key, sel: null });
+    this.refocus(false);
+    this.panels.renderDetails();
+    this.panels.updateStatus();
+  },
+
+  /** Pointer over the map: the bundle under it (if no node is) shows its biggest links. */
+  hoverBundleAt(e) {
+    if (e.buttons || this.camera?.moving || !this.renderer || !this.linkView.collapsed) return this.hoverBundle(null);
+    if (this.hovered) return this.hoverBundle(null);
+    const rect = $("#map-view").getBoundingClientRect();
+    const p = { x: e.clientX - rect.left, y: e.clientY - rect.top };
+    let best = null;
+    let bestD = Infinity;
+    for (const sg of this.bundleSegments(this.renderer)) {
+      const d = segmentDistance(p, sg.a, sg.b);
+      if (d <= Math.max(sg.w / 2, 4) && d < bestD) {
+        best = sg;
+        bestD = d;
+      }
+    }
+    this.hoverBundle(best ? best.bundle : null, p);
+  },
+
+  hoverBundle(bundle, p) {
+    const key = bundle ? bundle.key : null;
+    if (key === this.hoveredBundle) return;
+    const had = this.hoveredBundle !== null;
+    this.hoveredBundle = key;
+    if (bundle) this.panels.showBundleTooltip(bundle, this.renderer.viewportToGraph(p));
+    else if (had) this.panels.hideTooltip();
+    // The hovered bundle is drawn darker: only the overlay changes.
+    if (this.renderer?.kind === "webgl") this.renderer.paintOverlay();
+    else this.renderer?.refresh();
+  },
+});
+
+// ---- end issue 14 items 2 and 3 ----
 
 const app = new App();
 app.start().catch((e) => {

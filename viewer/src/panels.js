@@ -7,6 +7,9 @@ import { DIFF_COLORS, COST_COLORS, EDGE_CROSS_ENV, EDGE_NEUTRAL, EXTERNAL, KIND_
 import { $, fill, h } from "./dom.js";
 import { fmtSeen, fmtBytes, fmtCount, fmtUsd, linkBytes, peersOf } from "./model.js";
 import { EDGE_MAX, PINNED } from "./scene.js";
+// issue 14 items 2 and 3 (v14-links)
+import { TOP_N, TOP_N_ABOVE, topLinksOf } from "./links.js";
+import { groupLabel } from "./model.js";
 
 export const VIEW_NAMES = { instances: "Instances", clusters: "Clusters", "security-groups": "Security groups" };
 export const KIND_NAMES = { host: "host", unmonitored: "unmonitored host", external: "external", cluster: "cluster", security_group: "security group" };
@@ -274,11 +277,54 @@ export class Panels {
       const c = doc.diff.counts;
       items.push(h("span", { id: "diff-counts" }, `links: ${c.new} new · ${c.gone} gone · ${c.changed} changed`));
     }
+    // issue 14 item 2 (v14-links): what the top-N limit hides (one click shows all), bundles.
+    items.push(...this.linkStatus());
     const lay = this.app.layout;
     items.push(h("span", {}, lay.state === "running" ? "layout running…" : lay.state === "settled" ? `layout settled in ${(lay.millis / 1000).toFixed(1)} s (${lay.iterations}${lay.budgetSpent ? ` of ${lay.maxIterations} iterations: time budget reached` : " iterations"})` : lay.state === "paused" ? `layout paused after ${lay.iterations} iterations` : ""));
     items.push(h("span", { style: "margin-left:auto", id: "renderer-kind" }, this.app.renderer?.kind === "webgl" ? "WebGL" : this.app.rendererWhy ?? "Canvas 2D"));
     st.replaceChildren(...items);
   }
+
+  // ---- issue 14 items 2 and 3 (v14-links): bundles, top N, group selection ----
+
+  /** Status line items: links hidden by the top-N limit, bundles, the selected group. */
+  linkStatus() {
+    const app = this.app;
+    const st = app.linkStats();
+    const total = app.linkView.total;
+    const out = [];
+    if (st.linksHidden > 0) {
+      out.push(h("span", { id: "links-hidden" }, `showing ${fmtCount(st.linksShown)} of ${fmtCount(total)} links; `,
+        h("button", { type: "button", class: "linkish", id: "show-all-links", onclick: () => app.set({ top: "all" }) }, "show all")));
+    } else if (app.state.top === "all" && total > TOP_N_ABOVE) {
+      out.push(h("span", { id: "links-hidden" }, `all ${fmtCount(total)} links shown; `,
+        h("button", { type: "button", class: "linkish", id: "show-top-links", onclick: () => app.set({ top: "auto" }) }, `show the top ${fmtCount(TOP_N)}`)));
+    }
+    if (st.collapsed && st.bundlesShown + st.bundlesHidden > 0) {
+      const n = st.bundlesShown + st.bundlesHidden;
+      out.push(h("span", { id: "bundle-status", title: "Links between groups are drawn as one bundle per pair of groups; zoom in, or click a group, to see its hosts' own links" }, `${fmtCount(st.linksBundled)} links in ${fmtCount(n)} bundle${n === 1 ? "" : "s"}${st.bundlesHidden ? ` (${fmtCount(st.bundlesShown)} biggest drawn)` : ""}`));
+    }
+    if (app.state.gsel && app.focus.group === app.state.gsel) {
+      out.push(h("span", { id: "group-selected" }, `group ${groupLabel(app.state.gsel)} selected (Esc releases)`));
+    }
+    return out;
+  }
+
+  /** A bundle's tooltip: its groups, count and bytes, and its biggest links. */
+  showBundleTooltip(bundle, graphPoint) {
+    const { index } = this.app.data;
+    const top = topLinksOf(bundle, (i) => linkBytes(index.links[i]));
+    const label = (id) => index.byId.get(id)?.label ?? id;
+    const lines = [
+      h("div", { class: "t" }, `${groupLabel(bundle.source)} ↔ ${groupLabel(bundle.target)}`),
+      h("div", { class: "m" }, `${fmtCount(bundle.count)} link${bundle.count === 1 ? "" : "s"} · ${fmtBytes(bundle.bytes)}`),
+      ...top.map(({ i, bytes }) => h("div", { class: "bundle-link" }, `${label(index.links[i].source)} → ${label(index.links[i].target)} · ${fmtBytes(bytes)}`)),
+    ];
+    if (bundle.count > top.length) lines.push(h("div", { class: "m" }, `… and ${fmtCount(bundle.count - top.length)} more`));
+    this.showTooltipAt(graphPoint, lines);
+  }
+
+  // ---- end issue 14 items 2 and 3 ----
 
   showProgress(done, total) {
     const p = $("#progress");

@@ -1,6 +1,7 @@
 // The view state, and its round trip through the page URL (query string), so that a view can be
 // shared by copying the address. Defaults are left out of the URL to keep links short.
 
+import { TOP_MAX } from "./links.js";
 import { GROUPINGS, SIZE_BY, VIEWS } from "./model.js";
 
 export const DEFAULTS = Object.freeze({
@@ -29,7 +30,14 @@ export const DEFAULTS = Object.freeze({
   hideNodes: true, // suppressed nodes are hidden too (false: only their links, as the old tool)
   sizeBy: "bytes", // bytes | price
   pins: [], // [[node id, x, y], ...]: nodes dragged into place (graph coordinates)
+  // Issue 14 items 2 and 3 (v14-links): bundles, top N links, group selection (links.js).
+  bundle: "auto", // auto (bundles on maps with many links) | on | off
+  top: "auto", // auto (the TOP_N biggest links on big maps) | all | a number of links
+  gsel: null, // the selected group's key: expanded to its hosts, its neighbourhood highlighted
 });
+
+/** Longest group key kept from a URL (`gsel`). */
+export const MAX_GROUP_KEY = 512;
 
 /** Pins kept in the URL at most (the oldest go first), and the longest node id pinned. */
 export const MAX_PINS = 100;
@@ -105,6 +113,11 @@ export const EFFECTS = Object.freeze({
   sizeBy: { rebuild: true },
   // A drag has already put the node where its pin says; the layout reads pins when it starts.
   pins: {},
+  // Issue 14 items 2 and 3 (v14-links): what is bundled or limited is recomputed with the
+  // highlight; selecting a group refocuses by itself, as `sel`.
+  bundle: { refocus: true },
+  top: { refocus: true },
+  gsel: {},
 });
 
 /** What a partial state change re-does: the union of the EFFECTS of its keys. */
@@ -159,7 +172,19 @@ export function parseState(search) {
     hideNodes: get("hideNodes") !== "0",
     sizeBy: oneOf(get("size"), SIZE_BY, DEFAULTS.sizeBy),
     pins: pinsOf(p.getAll("pin")),
+    // Issue 14 items 2 and 3 (v14-links).
+    bundle: oneOf(get("bundle"), ["auto", "on", "off"], DEFAULTS.bundle),
+    top: topOf(get("top")),
+    gsel: (get("gsel") ?? "").length > 0 && get("gsel").length <= MAX_GROUP_KEY ? get("gsel") : null,
   };
+}
+
+/** `top`: "all", a whole number of links (1 to TOP_MAX), or "auto" for anything else. */
+function topOf(v) {
+  if (v === "all") return "all";
+  if (v === null || !/^\d{1,7}$/.test(v)) return DEFAULTS.top;
+  const n = Number(v);
+  return n >= 1 && n <= TOP_MAX ? n : DEFAULTS.top;
 }
 
 /** Pins from the URL: malformed ones dropped, one per node (the last wins), at most MAX_PINS. */
@@ -205,6 +230,10 @@ export function serializeState(s) {
   put("renderer", s.renderer, DEFAULTS.renderer);
   put("hideNodes", s.hideNodes ? "" : "0", "");
   put("size", s.sizeBy, DEFAULTS.sizeBy);
+  // Issue 14 items 2 and 3 (v14-links).
+  put("bundle", s.bundle, DEFAULTS.bundle);
+  put("top", s.top, DEFAULTS.top);
+  put("gsel", s.gsel, null);
   for (const pin of (s.pins ?? []).slice(-MAX_PINS)) {
     const v = formatPin(pin);
     if (v) p.append("pin", v);

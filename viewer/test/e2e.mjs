@@ -371,6 +371,90 @@ async function clickLink(page, l) {
   eq(fields, l.fields, "link panel fields");
 }
 
+// ---- issue 14 items 2 and 3 (v14-links): bundles and top N, from the map files ----
+
+/** The env grouping's key of a node (model.js groupKey, written out again). */
+const envGroupOf = (n) => (n.kind === "external" ? "external" : `env:${n.env ?? "(no env)"}`);
+const labelOf = (doc, id) => doc.nodes.find((n) => n.id === id).label;
+const bytesOf = (l) => l.bytes_to_target + l.bytes_to_source;
+
+/** Links between two distinct groups, none of them expanded, kept by `keep`, per pair of groups. */
+function interGroupLinks(doc, keyOf, expanded = new Set(), keep = () => true) {
+  const byId = new Map(doc.nodes.map((n) => [n.id, n]));
+  const out = new Map();
+  for (const l of doc.links) {
+    if (l.source === l.target || !keep(l)) continue;
+    const a = keyOf(byId.get(l.source));
+    const b = keyOf(byId.get(l.target));
+    if (a === b || expanded.has(a) || expanded.has(b)) continue;
+    const k = JSON.stringify([a, b].sort());
+    if (!out.has(k)) out.set(k, []);
+    out.get(k).push(l);
+  }
+  return out;
+}
+
+/** The bundles expected: [{pair (sorted), count, bytes}], sorted by pair. */
+function expectedBundles(doc, keyOf, expanded, keep) {
+  return [...interGroupLinks(doc, keyOf, expanded, keep)].map(([k, ls]) => ({ pair: JSON.parse(k), count: ls.length, bytes: ls.reduce((a, l) => a + bytesOf(l), 0) })).sort((x, y) => (JSON.stringify(x.pair) < JSON.stringify(y.pair) ? -1 : 1));
+}
+
+/** The page's bundles in the same form. */
+const sortBundles = (bs) => bs.map((b) => ({ pair: [b.source, b.target].sort(), count: b.count, bytes: b.bytes })).sort((x, y) => (JSON.stringify(x.pair) < JSON.stringify(y.pair) ? -1 : 1));
+
+/** A bundle's ten biggest links (ties: map order). */
+function bundleTop(doc, keyOf, a, b) {
+  const ls = interGroupLinks(doc, keyOf).get(JSON.stringify([a, b].sort())) ?? [];
+  return ls.map((l, i) => [l, i]).sort((x, y) => bytesOf(y[0]) - bytesOf(x[0]) || x[1] - y[1]).slice(0, 10).map(([l]) => l);
+}
+
+/** Drawn links (one per pair) inside one group. */
+function innerPairs(doc, keyOf) {
+  const byId = new Map(doc.nodes.map((n) => [n.id, n]));
+  return drawnLinks(doc, (l) => keyOf(byId.get(l.source)) === keyOf(byId.get(l.target)));
+}
+
+/** The `n` biggest drawn links (one per pair, the pair's first link), as sorted JSON pairs. */
+function topPairs(doc, n) {
+  const seen = new Set();
+  const drawn = [];
+  doc.links.forEach((l) => {
+    const k = JSON.stringify([l.source, l.target]);
+    if (l.source === l.target || seen.has(k)) return;
+    seen.add(k);
+    drawn.push(l);
+  });
+  return drawn.map((l, i) => [l, i]).sort((x, y) => bytesOf(y[0]) - bytesOf(x[0]) || x[1] - y[1]).slice(0, n).map(([l]) => JSON.stringify([l.source, l.target])).sort();
+}
+
+/** Focus on `ids`: exactly the nodes outside their neighbourhood are faded. */
+async function assertFocus(page, doc, ids, what) {
+  const near = new Set(ids);
+  for (const l of doc.links) {
+    if (l.source === l.target) continue;
+    if (ids.includes(l.source)) near.add(l.target);
+    if (ids.includes(l.target)) near.add(l.source);
+  }
+  const colours = await page.evaluate(() => window.__trafficmap.nodeIds().map((id) => [id, window.__trafficmap.node(id).color]));
+  const faded = colours.filter(([, c]) => c === "#dde1e7").map(([id]) => id).sort();
+  eq(faded, colours.map(([id]) => id).filter((id) => !near.has(id)).sort(), `${what}: faded nodes`);
+  eq((await page.evaluate(() => window.__trafficmap.stats())).highlighted, near.size, `${what}: highlighted nodes`);
+}
+
+/** The point of a bundle (viewport) farthest from every node. */
+async function clearPointOn(page, seg) {
+  const nodes = await page.evaluate(() => window.__trafficmap.nodeIds().map((id) => window.__trafficmap.node(id)));
+  let best = null;
+  for (let t = 0.2; t <= 0.8; t += 0.02) {
+    const p = { x: seg.ax + t * (seg.bx - seg.ax), y: seg.ay + t * (seg.by - seg.ay) };
+    const clear = Math.min(...nodes.map((n) => Math.hypot(n.x - p.x, n.y - p.y) - n.r));
+    if (!best || clear > best.clear) best = { ...p, clear };
+  }
+  ok(best.clear > 6, `every point of the bundle is under a node (best clearance ${best.clear.toFixed(1)} px)`);
+  return best;
+}
+// ---- end issue 14 items 2 and 3 (helpers) ----
+
 // ------------------------------------------------------------------ the steps
 
 const results = [];
@@ -928,6 +1012,118 @@ try {
     }
     ok(seen.includes("group"), `Tab did not reach the grouping control: ${seen.join(", ")}`);
   });
+
+  // ---- issue 14 items 2 and 3 (v14-links): bundles, semantic zoom, top N, focus ----
+  // Bundles and top N are recomputed here from the map files by the documented rules
+  // (docs/architecture-viewer.md): one bundle per pair of distinct groups, both directions, its
+  // count the links between them and its bytes their summed bytes; the N biggest links stay.
+  await step("links aggregate: bundles between groups with exact sums, inner links faded, zoom in expands", async () => {
+    const doc = mapOf("instances", newest);
+    let st = await open(page, base, "bundle=on");
+    eq(st.collapsed, true, "collapsed at the whole-map zoom");
+    const want = expectedBundles(doc, envGroupOf);
+    eq(sortBundles(await page.evaluate(() => window.__trafficmap.bundles())), want, "bundles (groups, count, bytes)");
+    eq(st.linksBundled, want.reduce((a, b) => a + b.count, 0), "links standing in bundles");
+    const inner = innerPairs(doc, envGroupOf);
+    eq((await page.evaluate(() => window.__trafficmap.edgesShown())).length, inner, "links drawn: only those inside a group");
+    eq((await page.evaluate(() => window.__trafficmap.edgesFaded())).length, inner, "links inside a collapsed group faded");
+    eq((await page.locator("#bundle-status").textContent()).trim(), `${st.linksBundled} links in ${want.length} bundle${want.length === 1 ? "" : "s"}`, "status line");
+    await shot(page, "v14-links-bundles-golden");
+    // The exports of the screen still send the real links.
+    eq((await page.evaluate(() => window.__trafficmap.subset())).links.length, expectedVisible(doc, {}).pairs.length, "links in the export of the screen");
+    // Hovering a bundle lists its biggest links, biggest first.
+    const seg = (await page.evaluate(() => window.__trafficmap.bundleSegments())).sort((a, b) => Math.hypot(b.bx - b.ax, b.by - b.ay) - Math.hypot(a.bx - a.ax, a.by - a.ay))[0];
+    const at = await clearPointOn(page, seg);
+    const box = await page.locator("#map").boundingBox();
+    await page.mouse.move(box.x + at.x, box.y + at.y);
+    await page.waitForSelector("#tooltip:not([hidden]) .bundle-link");
+    const rows = await page.$$eval("#tooltip .bundle-link", (xs) => xs.map((x) => x.textContent));
+    eq(rows.map((r) => r.split(" · ")[0]), bundleTop(doc, envGroupOf, seg.source, seg.target).map((l) => `${labelOf(doc, l.source)} → ${labelOf(doc, l.target)}`), "bundle tooltip: its biggest links");
+    await page.mouse.move(box.x + 2, box.y + 2);
+    // Zooming in past the threshold expands every group; zooming out bundles again.
+    await page.evaluate(() => window.__trafficmap.zoom(2, 0));
+    await page.waitForFunction(() => window.__trafficmap.stats().collapsed === false);
+    st = await page.evaluate(() => window.__trafficmap.stats());
+    eq([st.linksBundled, st.linksFaded, (await page.evaluate(() => window.__trafficmap.bundles())).length], [0, 0, 0], "zoomed in: no bundles, nothing faded");
+    eq((await page.evaluate(() => window.__trafficmap.edgesShown())).length, drawnLinks(doc), "zoomed in: every link drawn");
+    eq(await page.evaluate(() => window.__trafficmap.expanded("env:stage")), true, "zoomed in: groups expanded");
+    await page.evaluate(() => window.__trafficmap.reset(0));
+    await page.waitForFunction(() => window.__trafficmap.stats().collapsed === true);
+    eq(sortBundles(await page.evaluate(() => window.__trafficmap.bundles())), want, "zoomed out again: the same bundles");
+  });
+
+  await step("selecting a group (a click on it) expands only it and fades exactly its non-neighbours", async () => {
+    const doc = mapOf("instances", newest);
+    await open(page, base, "bundle=on");
+    const key = "env:prod";
+    const at = await page.evaluate((k) => {
+      const t = window.__trafficmap;
+      const nodes = t.nodeIds().map((id) => t.node(id));
+      const c = t.groupCentre(k);
+      // The point inside the group's outline farthest from every node.
+      let best = null;
+      for (let dx = -120; dx <= 120; dx += 4) {
+        for (let dy = -120; dy <= 120; dy += 4) {
+          const p = { x: c.x + dx, y: c.y + dy };
+          if (t.groupAt(p.x, p.y) !== k) continue;
+          const clear = Math.min(...nodes.map((n) => Math.hypot(n.x - p.x, n.y - p.y) - n.r));
+          if (!best || clear > best.clear) best = { ...p, clear };
+        }
+      }
+      return best;
+    }, key);
+    ok(at && at.clear > 4, `no free point inside ${key}`);
+    const box = await page.locator("#map").boundingBox();
+    await page.mouse.click(box.x + at.x, box.y + at.y);
+    await page.waitForFunction((k) => window.__trafficmap.state().gsel === k, key);
+    const st = await page.evaluate(() => window.__trafficmap.stats());
+    eq(st.expanded, [key], "only the selected group expanded");
+    eq(await page.evaluate(() => [window.__trafficmap.expanded("env:prod"), window.__trafficmap.expanded("env:stage")]), [true, false], "expanded(key)");
+    eq(sortBundles(await page.evaluate(() => window.__trafficmap.bundles())), expectedBundles(doc, envGroupOf, new Set([key])), "the other groups stay bundled");
+    const members = doc.nodes.filter((n) => envGroupOf(n) === key).map((n) => n.id);
+    await assertFocus(page, doc, members, "group focus");
+    eq((await page.locator("#group-selected").textContent()).trim(), "group prod selected (Esc releases)", "status line");
+    ok(new URL(page.url()).searchParams.get("gsel") === key, "the selected group is in the URL");
+    await shot(page, "v14-links-group-selected");
+    await page.keyboard.press("Escape");
+    await page.waitForFunction(() => window.__trafficmap.state().gsel === null);
+    eq((await page.evaluate(() => window.__trafficmap.stats())).expanded, [], "Escape releases the group");
+    // A node selection highlights its peers and the links between them, and expands its group.
+    await page.evaluate((id) => window.__trafficmap.select(id), expect.details.id);
+    await assertFocus(page, doc, [expect.details.id], "node focus");
+    eq((await page.evaluate(() => window.__trafficmap.stats())).expanded, [envGroupOf(doc.nodes.find((n) => n.id === expect.details.id))], "a selected node's group expanded");
+  });
+
+  await step("bundles follow filters and diff mode", async () => {
+    const doc = mapOf("instances", newest);
+    const hide = expect.envToHide;
+    await open(page, base, `bundle=on&hideEnv=${hide}`);
+    const keep = (l) => ![l.source, l.target].some((id) => doc.nodes.find((n) => n.id === id).env === hide);
+    eq(sortBundles(await page.evaluate(() => window.__trafficmap.bundles())), expectedBundles(doc, envGroupOf, new Set(), keep), "bundles with an env hidden");
+    await open(page, base, `bundle=on&mode=diff&day=${newest}&base=${previous}`);
+    const before = mapOf("instances", previous);
+    const afterKeys = new Set(doc.links.map((l) => `${l.source}>${l.target}`));
+    const union = { nodes: [...before.nodes, ...doc.nodes], links: [...doc.links, ...before.links.filter((l) => !afterKeys.has(`${l.source}>${l.target}`))] };
+    eq(sortBundles(await page.evaluate(() => window.__trafficmap.bundles())), expectedBundles(union, envGroupOf), "bundles of a diff (gone links with their earlier bytes)");
+  });
+
+  await step("top N links: exactly the N biggest drawn, the status line says what is hidden, show all", async () => {
+    const doc = mapOf("instances", newest);
+    const total = drawnLinks(doc);
+    let st = await open(page, base, "top=4");
+    eq([st.linksShown, st.linksHidden], [4, total - 4], "links shown and hidden");
+    const shown = await page.evaluate(() => window.__trafficmap.edgesShown());
+    eq(shown.length, 4, "links drawn");
+    eq(shown.map((x) => JSON.stringify(x)).sort(), topPairs(doc, 4), "the four biggest links drawn");
+    eq((await page.locator("#links-hidden").textContent()).trim(), `showing 4 of ${total} links; show all`, "status line");
+    await page.click("#show-all-links");
+    await page.waitForFunction(() => window.__trafficmap.stats().linksHidden === 0);
+    st = await page.evaluate(() => window.__trafficmap.stats());
+    eq([st.linksShown, (await page.evaluate(() => window.__trafficmap.edgesShown())).length], [total, total], "show all: every link");
+    eq(new URL(page.url()).searchParams.get("top"), "all", "show all is in the URL");
+    eq(await page.locator("#links-hidden").count(), 0, "nothing hidden, nothing said");
+  });
+  // ---- end issue 14 items 2 and 3 ----
 } finally {
   await browser.close();
 }
@@ -956,6 +1152,63 @@ await step("canvas fallback where WebGL is missing", async () => {
     await b.close();
   }
 });
+
+// ---- issue 14 items 2 and 3 (v14-links): the synthetic fleet of bench/synth.mjs (600 hosts,
+// 3,000 links) served as a daily file by the mock API (the viewer is what is under test here),
+// with the defaults: bundles (more than 300 links) and the top 500 links (more than 2,000).
+await step("synthetic 600/3,000 fleet: top 500 by default, exact bundles, a selected group expands alone, zoom in expands all", async () => {
+  const { synthMap } = await import("../bench/synth.mjs");
+  const doc = synthMap(600, 3000, 1);
+  const dir = mkdtempSync(join(tmpdir(), "trafficmap-e2e-synth-"));
+  writeFileSync(join(dir, "instances-20261123.json"), JSON.stringify(doc));
+  const { startServer } = await import("./server.mjs");
+  const { server, url } = await startServer({ mapsDir: dir });
+  const b = await openBrowser();
+  try {
+    const p = await b.context.newPage();
+    watch(p, url);
+    const byId = new Map(doc.nodes.map((n) => [n.id, n]));
+    const top = new Set(topPairs(doc, 500));
+    const inner = (l) => envGroupOf(byId.get(l.source)) === envGroupOf(byId.get(l.target));
+    for (const renderer of ["canvas", "webgl"]) {
+      await p.goto(`${url}/?renderer=${renderer}`);
+      let st = await ready(p);
+      eq([st.renderer, st.nodes, st.edges], [renderer, 600, 3000], `${renderer}: nodes and links in the graph`);
+      eq([st.linksShown, st.linksHidden], [500, 2500], `${renderer}: top 500 of 3,000 links`);
+      eq((await p.locator("#links-hidden").textContent()).trim(), "showing 500 of 3,000 links; show all", `${renderer}: status line`);
+      eq(st.collapsed, true, `${renderer}: bundled at the whole-map zoom`);
+      const want = expectedBundles(doc, envGroupOf);
+      eq(sortBundles(await p.evaluate(() => window.__trafficmap.bundles())), want, `${renderer}: bundles`);
+      eq(st.linksBundled, want.reduce((a, x) => a + x.count, 0), `${renderer}: links in bundles`);
+      // Drawn: the top 500 that lie inside one group (the others are in bundles), faded.
+      const shownInner = doc.links.filter((l) => top.has(JSON.stringify([l.source, l.target])) && inner(l)).length;
+      eq((await p.evaluate(() => window.__trafficmap.edgesShown())).length, shownInner, `${renderer}: links drawn`);
+      if (renderer === "canvas") eq(st.canvasDrawn.edges, shownInner, "links painted on the canvas");
+      await shot(p, `v14-links-synth-${renderer}`);
+    }
+    // A selected group expands alone; its neighbourhood is highlighted, exactly.
+    await p.evaluate(() => window.__trafficmap.selectGroup("env:stage"));
+    let st = await p.evaluate(() => window.__trafficmap.stats());
+    eq(st.expanded, ["env:stage"], "only the selected group expanded");
+    eq(sortBundles(await p.evaluate(() => window.__trafficmap.bundles())), expectedBundles(doc, envGroupOf, new Set(["env:stage"])), "the other groups stay bundled");
+    await assertFocus(p, doc, doc.nodes.filter((n) => envGroupOf(n) === "env:stage").map((n) => n.id), "group focus");
+    await shot(p, "v14-links-synth-group-selected");
+    await p.evaluate(() => window.__trafficmap.selectGroup(null));
+    // Show all, then zoom in: no bundles, every link.
+    await p.click("#show-all-links");
+    await p.waitForFunction(() => window.__trafficmap.stats().linksHidden === 0);
+    await p.evaluate(() => window.__trafficmap.zoom(2, 0));
+    await p.waitForFunction(() => window.__trafficmap.stats().collapsed === false);
+    st = await p.evaluate(() => window.__trafficmap.stats());
+    eq([st.linksShown, st.linksBundled, (await p.evaluate(() => window.__trafficmap.edgesShown())).length], [3000, 0, 3000], "zoomed in with show all: every link, no bundle");
+    eq(new URL(p.url()).searchParams.get("top"), "all", "show all is in the URL");
+  } finally {
+    await b.close();
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+// ---- end issue 14 items 2 and 3 ----
 
 // A collector that wants a read token: the viewer asks for one (a form), keeps it for the tab,
 // sends it with every read and export, and forgets it on request.
