@@ -94,6 +94,9 @@ pub struct DiagSocket {
     socket: Socket,
     netns: u32,
     buf: Vec<u8>,
+    /// Whether the kernel takes the one-walk request (see [`DiagSocket::dump`]); cleared the
+    /// first time it refuses it.
+    one_walk: bool,
 }
 
 impl DiagSocket {
@@ -107,6 +110,7 @@ impl DiagSocket {
             netns,
             // Dumps come in datagrams of up to 32 KiB (the kernel's default for sock_diag).
             buf: vec![0; 64 << 10],
+            one_walk: true,
         })
     }
 
@@ -116,7 +120,38 @@ impl DiagSocket {
 
     /// Appends the TCP sockets of this namespace in `states` (both families) to `out`, at most
     /// `cap` in all.
+    ///
+    /// One request for both families where the kernel takes it: a `SOCK_DIAG_BY_FAMILY` dump
+    /// names one family, and each walks every TCP socket of the host (the hash table is shared
+    /// by all families and namespaces) to pick its own. The older `TCPDIAG_GETSOCK` request
+    /// (still served by every kernel we test, it is what `ss` falls back to) dumps both
+    /// families in one walk. Measured with 100,000 IPv4 sockets: the IPv6 walk that found
+    /// nothing was a seventh of the dump. Should a kernel refuse it, two requests it is.
     pub fn dump(
+        &mut self,
+        states: StateFlags,
+        out: &mut Vec<DiagEntry>,
+        cap: usize,
+    ) -> Result<(), DiagError> {
+        if self.one_walk {
+            let start = out.len();
+            match self.request(&one_walk_request(&states), out, cap) {
+                Err(DiagError::Kernel(code)) => {
+                    debug!(
+                        code,
+                        "sock_diag refused the one-walk request: one request per family"
+                    );
+                    out.truncate(start);
+                    self.one_walk = false;
+                }
+                done => return done,
+            }
+        }
+        self.dump_per_family(states, out, cap)
+    }
+
+    /// [`DiagSocket::dump`] with one `SOCK_DIAG_BY_FAMILY` request per family.
+    fn dump_per_family(
         &mut self,
         states: StateFlags,
         out: &mut Vec<DiagEntry>,
@@ -160,7 +195,17 @@ impl DiagSocket {
         packet.finalize();
         let mut req = vec![0; packet.buffer_len()];
         packet.serialize(&mut req);
-        self.socket.send(&req, 0)?;
+        self.request(&req, out, cap)
+    }
+
+    /// Sends a dump request and reads its answer into `out`.
+    fn request(
+        &mut self,
+        req: &[u8],
+        out: &mut Vec<DiagEntry>,
+        cap: usize,
+    ) -> Result<(), DiagError> {
+        self.socket.send(req, 0)?;
         loop {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
             let datagram = self.buf.get(..n).unwrap_or_default();
@@ -181,8 +226,28 @@ impl DiagSocket {
 // Layouts: include/uapi/linux/netlink.h, inet_diag.h (both stable ABI), native byte order
 // except the ports.
 
+/// The one-walk dump request: `TCPDIAG_GETSOCK` with a `struct inet_diag_req`
+/// (include/uapi/linux/inet_diag.h), which the kernel serves for both families at once
+/// (inet_diag_dump_compat sets `AF_UNSPEC`). Built by hand: netlink-packet-sock-diag has only
+/// the per-family request.
+fn one_walk_request(states: &StateFlags) -> Vec<u8> {
+    const REQ_LEN: usize = 60; // family, src_len, dst_len, ext, sockid (48), states, dbs
+    let mut m = Vec::with_capacity(NLMSG_HDRLEN + REQ_LEN);
+    m.extend_from_slice(&((NLMSG_HDRLEN + REQ_LEN) as u32).to_ne_bytes());
+    m.extend_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&[0; 8]); // sequence, port
+    m.extend_from_slice(&[AF_INET, 0, 0, ExtensionFlags::INFO.bits()]);
+    m.extend_from_slice(&[0; 48]); // any socket
+    m.extend_from_slice(&states.bits().to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m
+}
+
 /// `struct nlmsghdr`: length, type, flags, sequence, port.
 const NLMSG_HDRLEN: usize = 16;
+/// The type of the one-walk request and of its answers.
+const TCPDIAG_GETSOCK: u16 = 18;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 /// `SOCK_DIAG_BY_FAMILY`: the type of every `inet_diag_msg` answer.
@@ -250,7 +315,7 @@ fn parse_datagram(
                     u32_at(payload, 0).map_or(0, |c| c as i32),
                 ));
             }
-            SOCK_DIAG_BY_FAMILY => {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 let e = parse_inet_msg(netns, payload)?;
                 if out.len() < cap {
                     out.push(e);
@@ -973,5 +1038,103 @@ mod tests {
             let _ = parse_datagram(&d, 1, &mut out, 4);
             assert!(out.len() <= 4);
         }
+    }
+
+    #[test]
+    fn merge_takes_the_last_copy_of_a_tuple_and_leaves_earlier_records_alone() {
+        let mut counting = Counting::default();
+        let old = entry(tcp_state::ESTABLISHED, 1001, 500);
+        counting.set_baselines(&[old], &HashMap::new(), 10);
+        // A record already in the caller's Vec (before `start`) is neither matched nor moved.
+        let mut before = Conn::ZERO;
+        before.sk = 1;
+        before.netns = old.netns;
+        before.saddr = old.saddr;
+        before.daddr = old.daddr;
+        before.sport = old.sport;
+        before.dport = old.dport;
+        before.bytes_sent = 7;
+        // A probe record on that tuple, and a dump holding the socket twice (same tuple, same
+        // cookie): the last copy wins, and the other copy is not taken for a connection
+        // older than the probe (it would count the socket twice).
+        let mut born = before;
+        born.sk = 2;
+        born.bytes_sent = 0;
+        let first = entry(tcp_state::ESTABLISHED, 50, 60);
+        let last = entry(tcp_state::ESTABLISHED, 1101, 550);
+        let mut conns = vec![before, born];
+        counting.merge(&mut conns, 1, &[first, last], 1_000_000_000);
+        assert_eq!(conns.len(), 2);
+        assert_eq!((conns[0].sk, conns[0].bytes_sent), (1, 7));
+        assert_eq!(
+            (conns[1].sk, conns[1].bytes_sent, conns[1].bytes_received),
+            (2, 1101, 550)
+        );
+        // A second drain reuses the index: the same answer.
+        let mut again = vec![born];
+        counting.merge(&mut again, 0, &[first, last], 1_000_000_000);
+        assert_eq!((again.len(), again[0].bytes_sent), (1, 1101));
+    }
+
+    /// Unprivileged: sock_diag reads the caller's own namespace without capabilities.
+    #[test]
+    fn one_walk_and_per_family_dumps_read_the_same_sockets_exactly() {
+        use std::io::{Read as _, Write as _};
+        let mut conns = Vec::new();
+        for (addr, sent) in [("127.0.0.1:0", 1000usize), ("[::1]:0", 3000)] {
+            let l = std::net::TcpListener::bind(addr).unwrap();
+            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            c.write_all(&vec![1u8; sent]).unwrap();
+            s.read_exact(&mut vec![0u8; sent]).unwrap();
+            s.write_all(b"ok").unwrap();
+            c.read_exact(&mut [0u8; 2]).unwrap();
+            conns.push((c.local_addr().unwrap().port(), sent, c, s));
+        }
+        let mut d = DiagSocket::open(0).unwrap();
+        let ours = |out: &[DiagEntry], d_only: bool| -> Vec<(u16, u16, u64, u64)> {
+            let mut v: Vec<_> = out
+                .iter()
+                .filter(|e| conns.iter().any(|c| c.0 == e.sport || c.0 == e.dport))
+                .filter(|e| !d_only || e.family == u16::from(AF_INET6))
+                .map(|e| (e.family, e.sport, e.bytes_acked, e.bytes_received))
+                .collect();
+            v.sort();
+            v
+        };
+        // Poll until the kernel has acknowledged everything (loopback: at once, nearly).
+        let mut one = Vec::new();
+        for _ in 0..100 {
+            one.clear();
+            d.dump(conversation_states(), &mut one, usize::MAX).unwrap();
+            if ours(&one, false)
+                .iter()
+                .all(|&(_, _, a, r)| a >= 2 && r >= 2)
+                && ours(&one, false).len() == 4
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(d.one_walk, "this kernel refused the one-walk request");
+        let mut two = Vec::new();
+        d.dump_per_family(conversation_states(), &mut two, usize::MAX)
+            .unwrap();
+        assert_eq!(ours(&one, false), ours(&two, false));
+        // Exact: each client sent `sent` bytes (+1: its SYN counts in bytes_acked) and
+        // received 2; the server's side the other way round (its SYN-ACK does not count).
+        for (port, sent, _, _) in &conns {
+            let client = one.iter().find(|e| e.sport == *port).unwrap();
+            assert_eq!(
+                (client.bytes_acked, client.bytes_received),
+                (*sent as u64 + 1, 2)
+            );
+            let server = one.iter().find(|e| e.dport == *port).unwrap();
+            assert_eq!(
+                (server.bytes_acked, server.bytes_received),
+                (2, *sent as u64)
+            );
+        }
+        assert_eq!(ours(&one, true).len(), 2);
     }
 }
