@@ -726,16 +726,32 @@ impl Probe {
             // The dump first: a connection born after it is simply read at the next drain,
             // while one read from the table but missing from the dump would be taken for a
             // connection older than the probe.
+            let t0 = std::time::Instant::now();
             if let Some(live) = &mut self.counters {
                 live.dump(cap)?;
             }
-            let mut conns = Vec::new();
-            self.read_table(&mut conns)?;
-            if let Some(live) = &self.counters {
-                live.counting
-                    .merge(&mut conns, &live.entries, monotonic_ns());
+            let t1 = std::time::Instant::now();
+            // Straight into `out` and merged in place: no second copy of the table.
+            let start = out.len();
+            if let Err(e) = self.read_table(out) {
+                out.truncate(start);
+                return Err(e);
             }
-            out.extend(conns);
+            let t2 = std::time::Instant::now();
+            if let Some(LiveCounters {
+                counting, entries, ..
+            }) = &mut self.counters
+            {
+                counting.merge(out, start, entries, monotonic_ns());
+                debug!(
+                    sockets = entries.len(),
+                    records = out.len().saturating_sub(start),
+                    dump = ?t1 - t0,
+                    table = ?t2 - t1,
+                    merge = ?t2.elapsed(),
+                    "counters backend: live read"
+                );
+            }
             return Ok(());
         }
         self.read_table(out)

@@ -375,6 +375,8 @@ pub struct Options {
     pub short_count: usize,
     /// Connections held open for the drain-cost case (each is two sockets in the table).
     pub drain_connections: usize,
+    /// Only the drain-cost case (about a minute), not the overhead workloads.
+    pub only_drain: bool,
 }
 
 /// One peer's results for one workload.
@@ -414,7 +416,8 @@ pub fn bench(opts: &Options) -> Result<String> {
     ];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut out = String::new();
-    for (wname, work) in &workloads {
+    let workloads: &[(&str, Workload)] = if opts.only_drain { &[] } else { &workloads };
+    for (wname, work) in workloads {
         step(format!(
             "bench probe: {wname}, {} repetitions of: baseline, then each peer followed by a baseline",
             opts.reps
@@ -541,24 +544,78 @@ pub fn bench(opts: &Options) -> Result<String> {
             ));
         }
     }
-    // The counters backend's drain reads every live connection through sock_diag: its cost at
-    // scale, beside the per-call backend's drain of the same table.
-    let n = opts.drain_connections;
-    out.push_str(&format!(
-        "\n### Drain of {} live sockets ({n} loopback connections, both ends)\n\n         | agent | drain | agent RSS | peak RSS |\n| --- | ---: | ---: | ---: |\n",
+    out.push_str(&drain_case(&agent, opts.drain_connections)?);
+    Ok(out)
+}
+
+/// `ss -tin state established` over every socket, `runs` times: wall milliseconds of each
+/// (median taken by the caller), and the lines it printed (two per socket with `-i`).
+fn ss_peer(runs: usize) -> Result<(Vec<f64>, usize)> {
+    let mut times = Vec::new();
+    let mut lines = 0;
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let out = Command::new("ss")
+            .args(["-tinH", "state", "established"])
+            .stderr(Stdio::null())
+            .output()
+            .context("running ss (iproute2)")?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        if !out.status.success() {
+            bail!("ss failed: {}", out.status);
+        }
+        lines = out.stdout.iter().filter(|&&b| b == b'\n').count();
+    }
+    Ok((times, lines))
+}
+
+/// The counters backend's drain reads every live connection through sock_diag: its cost at
+/// scale, beside the per-call backend's drain of the same table and beside `ss -tin` reading
+/// the same sockets (what the kernel's dump costs with a userspace reader that only prints).
+fn drain_case(agent: &std::path::Path, n: usize) -> Result<String> {
+    let mut out = format!(
+        "\n### Drain of {} live sockets ({n} loopback connections, both ends)\n\n\
+         | reader | time | agent RSS | peak RSS |\n| --- | ---: | ---: | ---: |\n",
         2 * n
-    ));
+    );
+    let mut drains = Vec::new();
+    let mut ss = (Vec::new(), 0);
     for attach in ["auto", "counters"] {
         step(format!(
             "bench probe: drain with {n} live connections, --attach {attach}"
         ));
-        let (ms, rss, hwm) = crate::bench_agent::drain_point(&agent, n, attach)?;
+        // `ss` reads the same sockets once the counters agent is stopped, before they close.
+        let peer = || -> Result<()> {
+            if attach == "counters" {
+                ss = ss_peer(3)?;
+            }
+            Ok(())
+        };
+        let (ms, rss, hwm) = crate::bench_agent::drain_point_then(agent, n, attach, peer)?;
         note(format!(
             "drain {ms:.1} ms, rss {rss:.1} MiB (peak {hwm:.1})"
         ));
         out.push_str(&format!(
-            "| --attach {attach} | {ms:.1} ms | {rss:.1} MiB | {hwm:.1} MiB |\n"
+            "| agent drain, --attach {attach} | {ms:.1} ms | {rss:.1} MiB | {hwm:.1} MiB |\n"
         ));
+        drains.push(ms);
     }
+    let (ss_times, lines) = ss;
+    // Two lines per socket with -i: fewer means ss did not see the connections.
+    if lines < 4 * n {
+        bail!("ss -tin printed {lines} lines, expected at least {}", 4 * n);
+    }
+    note(format!("ss -tin: {ss_times:.1?} ms, {lines} lines"));
+    let ss_ms = median(ss_times.clone());
+    out.push_str(&format!(
+        "| `ss -tinH state established` (median of {}) | {ss_ms:.1} ms | | |\n",
+        ss_times.len()
+    ));
+    let (auto, counters) = (drains[0], drains[1]);
+    out.push_str(&format!(
+        "\ncounters drain / per-call drain = {:.2}; counters drain / ss = {:.2}\n",
+        counters / auto.max(f64::MIN_POSITIVE),
+        counters / ss_ms.max(f64::MIN_POSITIVE),
+    ));
     Ok(out)
 }

@@ -104,6 +104,12 @@ enum Cmd {
     },
 }
 
+/// A case of `bench probe` that can run alone.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProbeCase {
+    Drain,
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Probe overhead on loopback request/response, stream and short connections, for the
@@ -121,6 +127,9 @@ enum BenchCmd {
         /// Connections held open to time one drain (each is two live sockets).
         #[arg(long, default_value_t = 50_000)]
         drain_connections: usize,
+        /// Run only this case: `drain` (the drain-cost case alone, about a minute).
+        #[arg(long, value_enum)]
+        only: Option<ProbeCase>,
     },
     /// Agent CPU and memory idle and at 1k/10k new connections/s; drain time at 100k connections.
     Agent,
@@ -168,12 +177,14 @@ fn main() -> Result<()> {
                     stream_mib,
                     short_count,
                     drain_connections,
+                    only,
                 } => bench_probe::bench(&bench_probe::Options {
                     reps,
                     rr_count,
                     stream_bytes: stream_mib << 20,
                     short_count,
                     drain_connections,
+                    only_drain: matches!(only, Some(ProbeCase::Drain)),
                 })?,
                 BenchCmd::Agent => bench_agent::bench()?,
                 BenchCmd::Viewer => viewer::bench()?,
