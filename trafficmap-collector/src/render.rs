@@ -878,3 +878,382 @@ fn add_member(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use trafficmap_model::report::{ContainerRuntime, Role};
+
+    use super::*;
+    use crate::{
+        cost::CostRates,
+        enrich::{Rules, Sources},
+        range::{Counters, Ident, RangeBuilder},
+    };
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn c(sent: u64, received: u64, opened: u64) -> Counters {
+        Counters {
+            bytes_sent: sent,
+            bytes_received: received,
+            conns_opened: opened,
+            conns_carried: 0,
+            first_window_ms: 1000,
+            first_seen_ms: 1000,
+            last_seen_ms: 2000,
+        }
+    }
+
+    fn k8s(n: u8, ns: &str, kind: &str, workload: &str, pod: &str) -> Container {
+        Container {
+            id: format!("{n:02x}").repeat(32),
+            runtime: ContainerRuntime::Containerd,
+            name: Some("main".into()),
+            pod: Some(pod.into()),
+            namespace: Some(ns.into()),
+            workload_kind: Some(kind.into()),
+            workload: Some(workload.into()),
+        }
+    }
+
+    type RowSpec<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        u16,
+        Role,
+        &'a str,
+        Option<Container>,
+        Option<(&'a str, u16)>,
+        Counters,
+    );
+
+    fn build(view: View, rows: &[RowSpec<'_>]) -> Map {
+        let mut b = RangeBuilder::default();
+        for (m, addrs) in [
+            ("node-a", &["10.0.0.1", "10.244.1.5", "10.244.1.6"][..]),
+            ("node-b", &["10.0.0.2", "10.244.2.7"][..]),
+        ] {
+            let a = b.agent_mut(m);
+            a.addresses = addrs.iter().map(|s| ip(s)).collect();
+            a.hostname = m.into();
+            a.reports = 1;
+        }
+        for (m, l, p, port, role, process, container, svc, counters) in rows {
+            let a = b.agent(m);
+            let pr = b.process(process);
+            let container = container.as_ref().map(|c| b.container(c));
+            let service = svc.map(|(i, p)| (ip(i), p));
+            b.add_with(
+                a,
+                ip(l),
+                ip(p),
+                *port,
+                *role,
+                pr,
+                Ident { container, service },
+                counters,
+            );
+        }
+        let data = b.finish(chrono::DateTime::UNIX_EPOCH, chrono::DateTime::UNIX_EPOCH);
+        let sources = Sources::default();
+        let rules = Rules::default();
+        let dir = Directory {
+            sources: &sources,
+            rules: &rules,
+        };
+        let p = prepare(&data, &dir, &CostRates::default());
+        let m = render(&p, view, &dir, chrono::DateTime::UNIX_EPOCH);
+        m.validate().unwrap();
+        m
+    }
+
+    fn node<'a>(m: &'a Map, id: &str) -> &'a Node {
+        m.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    fn link<'a>(m: &'a Map, s: &str, t: &str) -> &'a Link {
+        m.links
+            .iter()
+            .find(|l| l.source == s && l.target == t)
+            .unwrap_or_else(|| panic!("no link {s} -> {t}"))
+    }
+
+    /// Two api pods (on two nodes) reach postgres through its Service; the client's agent
+    /// reported the real server (the NAT undone) and kept the Service address, so each client
+    /// report merges with the server's into one conversation, and the workloads view sums them
+    /// into one link api -> postgres holding the Service address. A process outside containers
+    /// stays on its host node.
+    #[test]
+    fn workloads_merge_a_service_client_with_its_server_and_sum_exactly() {
+        let api1 = k8s(1, "shop", "Deployment", "api", "api-7d4-x1");
+        let api2 = k8s(2, "shop", "Deployment", "api", "api-7d4-x2");
+        let pg = k8s(3, "data", "StatefulSet", "postgres", "postgres-0");
+        let svc = Some(("10.96.0.40", 5432));
+        let rows: Vec<RowSpec<'_>> = vec![
+            // api-1 on node-a -> postgres-0 on node-b, via the Service.
+            (
+                "node-a",
+                "10.244.1.5",
+                "10.244.2.7",
+                5432,
+                Role::Client,
+                "api",
+                Some(api1.clone()),
+                svc,
+                c(1_000, 7_000, 2),
+            ),
+            (
+                "node-b",
+                "10.244.2.7",
+                "10.244.1.5",
+                5432,
+                Role::Server,
+                "postgres",
+                Some(pg.clone()),
+                None,
+                c(7_000, 990, 2),
+            ),
+            // api-2 on node-a -> postgres-0 via the Service.
+            (
+                "node-a",
+                "10.244.1.6",
+                "10.244.2.7",
+                5432,
+                Role::Client,
+                "api",
+                Some(api2.clone()),
+                svc,
+                c(300, 400, 1),
+            ),
+            (
+                "node-b",
+                "10.244.2.7",
+                "10.244.1.6",
+                5432,
+                Role::Server,
+                "postgres",
+                Some(pg.clone()),
+                None,
+                c(400, 300, 1),
+            ),
+            // A host process on node-a scrapes node-b's exporter (no containers).
+            (
+                "node-a",
+                "10.0.0.1",
+                "10.0.0.2",
+                9100,
+                Role::Client,
+                "prometheus",
+                None,
+                None,
+                c(50, 60, 1),
+            ),
+        ];
+        let m = build(View::Workloads, &rows);
+        let ids: Vec<&str> = m.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "host:node-a",
+                "host:node-b",
+                "workload:data/postgres",
+                "workload:shop/api"
+            ]
+        );
+        assert_eq!(m.links.len(), 2);
+        let l = link(&m, "workload:shop/api", "workload:data/postgres");
+        // max(client sent, server received) per conversation: 1000 + 300; back 7000 + 400.
+        assert_eq!(
+            (
+                l.bytes_to_target,
+                l.bytes_to_source,
+                l.connections,
+                l.disagreement_bytes,
+                l.observed_by
+            ),
+            (1_300, 7_400, 3, 10, ObservedBy::Both)
+        );
+        assert_eq!(l.service_addresses, ["10.96.0.40:5432"]);
+        assert_eq!(l.server_ports, [5432]);
+        assert_eq!(l.client_processes, ["api"]);
+        assert_eq!(l.server_processes, ["postgres"]);
+        let host = link(&m, "host:node-a", "host:node-b");
+        assert_eq!((host.bytes_to_target, host.bytes_to_source), (50, 60));
+        assert!(host.service_addresses.is_empty());
+        let api = node(&m, "workload:shop/api");
+        assert_eq!(api.kind, NodeKind::Workload);
+        assert_eq!(api.label, "shop/api");
+        assert_eq!(api.namespace.as_deref(), Some("shop"));
+        assert_eq!(api.workload_kind.as_deref(), Some("Deployment"));
+        assert_eq!(api.members, 2);
+        assert_eq!(api.hosts, ["host:node-a"]);
+        assert_eq!(api.addresses, ["10.244.1.5", "10.244.1.6"]);
+        assert_eq!(
+            api.containers
+                .iter()
+                .map(|c| (c.id.as_str(), c.pod.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                (api1.id.as_str(), Some("api-7d4-x1")),
+                (api2.id.as_str(), Some("api-7d4-x2"))
+            ]
+        );
+        assert_eq!((api.bytes_out, api.bytes_in), (1_300, 7_400));
+        let pgn = node(&m, "workload:data/postgres");
+        assert_eq!((pgn.bytes_in, pgn.bytes_out), (1_300, 7_400));
+        assert_eq!(pgn.members, 1);
+        assert_eq!(pgn.hosts, ["host:node-b"]);
+        assert_eq!(pgn.server_ports, [5432]);
+        assert_eq!(pgn.workload_kind.as_deref(), Some("StatefulSet"));
+        // The map's totals are the links' exact sums.
+        assert_eq!(m.totals.bytes, 1_300 + 7_400 + 50 + 60);
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+
+        // The instances view: the same conversations, on the hosts; each host node lists its
+        // containers, and the link keeps the Service address.
+        let m = build(View::Instances, &rows);
+        let a = node(&m, "host:node-a");
+        assert_eq!(
+            a.containers
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
+            [api1.id.as_str(), api2.id.as_str()]
+        );
+        assert_eq!(
+            node(&m, "host:node-b")
+                .containers
+                .iter()
+                .map(|c| c.workload.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("postgres")]
+        );
+        let l = link(&m, "host:node-a", "host:node-b");
+        assert_eq!((l.bytes_to_target, l.bytes_to_source), (1_350, 7_460));
+        assert_eq!(l.service_addresses, ["10.96.0.40:5432"]);
+        assert!(a.namespace.is_none() && a.hosts.is_empty());
+    }
+
+    /// A container without Kubernetes names is a node of its own (runtime and name); a node's
+    /// container list and a link's service addresses are capped, the counts exact.
+    #[test]
+    fn bare_containers_and_caps() {
+        let many = MAX_NODE_CONTAINERS + 5;
+        let mut rows: Vec<RowSpec<'_>> = Vec::new();
+        let ports: Vec<u16> = (0..many as u16).collect();
+        for (i, port) in ports.iter().enumerate() {
+            rows.push((
+                "node-a",
+                "10.244.1.5",
+                "10.244.2.7",
+                80,
+                Role::Client,
+                "curl",
+                Some(k8s(
+                    (i % 250) as u8,
+                    "load",
+                    "Job",
+                    "bench",
+                    &format!("bench-{i}"),
+                ))
+                .map(|mut c| {
+                    // Ids beyond 250 differ in their last characters.
+                    c.id = format!("{:064x}", i + 1);
+                    c
+                }),
+                Some(("10.96.0.1", 1000 + *port)),
+                c(1, 2, 1),
+            ));
+        }
+        rows.push((
+            "node-b",
+            "10.244.2.7",
+            "10.244.1.5",
+            80,
+            Role::Server,
+            "nginx",
+            Some(Container {
+                id: "ab".repeat(32),
+                runtime: ContainerRuntime::Podman,
+                name: Some("web".into()),
+                pod: None,
+                namespace: None,
+                workload_kind: None,
+                workload: None,
+            }),
+            None,
+            c(2 * many as u64, many as u64, many as u64),
+        ));
+        let m = build(View::Workloads, &rows);
+        let bench = node(&m, "workload:load/bench");
+        assert_eq!(bench.members, many as u32);
+        assert_eq!(bench.containers.len(), MAX_NODE_CONTAINERS);
+        assert_eq!(bench.containers[0].id, format!("{:064x}", 1));
+        let web = node(&m, "container:podman/web");
+        assert_eq!(
+            (
+                web.kind,
+                web.label.as_str(),
+                web.members,
+                web.namespace.as_deref()
+            ),
+            (NodeKind::Workload, "web", 1, None)
+        );
+        let l = link(&m, "workload:load/bench", "container:podman/web");
+        assert_eq!(
+            (l.bytes_to_target, l.bytes_to_source, l.connections),
+            (many as u64, 2 * many as u64, many as u64)
+        );
+        assert_eq!(l.service_addresses.len(), MAX_LINK_SERVICE_ADDRESSES);
+        assert_eq!(l.service_addresses[0], "10.96.0.1:1000");
+        assert_eq!(l.service_addresses[1], "10.96.0.1:1001");
+    }
+
+    /// Containers of two workloads sharing one address and peer (host network): the end is
+    /// counted once, on the first workload by container id, and the map says so.
+    #[test]
+    fn shared_address_ends_are_counted_once_with_a_warning() {
+        let a = k8s(1, "ops", "DaemonSet", "agent", "agent-x");
+        let b = k8s(2, "ops", "DaemonSet", "exporter", "exporter-y");
+        let rows: Vec<RowSpec<'_>> = vec![
+            (
+                "node-a",
+                "10.0.0.1",
+                "10.0.0.2",
+                443,
+                Role::Client,
+                "agent",
+                Some(a),
+                None,
+                c(10, 20, 1),
+            ),
+            (
+                "node-a",
+                "10.0.0.1",
+                "10.0.0.2",
+                443,
+                Role::Client,
+                "exporter",
+                Some(b),
+                None,
+                c(30, 40, 1),
+            ),
+        ];
+        let m = build(View::Workloads, &rows);
+        let l = link(&m, "workload:ops/agent", "host:node-b");
+        assert_eq!((l.bytes_to_target, l.bytes_to_source), (40, 60));
+        assert_eq!(m.links.len(), 1);
+        assert_eq!(m.warnings.len(), 1);
+        assert!(
+            m.warnings[0].starts_with("1 conversation end(s)"),
+            "{:?}",
+            m.warnings
+        );
+    }
+}
