@@ -432,19 +432,19 @@ impl Groups {
                 .iter()
                 .map(|c| {
                     let mut end = |side: &Option<crate::merge::Side>, identity: usize| -> u32 {
-                        let mut groups = side
-                            .iter()
-                            .flat_map(|s| s.containers.iter())
-                            .map(|i| g.of_container[i as usize]);
-                        match groups.next() {
-                            None => g.of_identity[identity][0],
-                            Some(first) => {
-                                if groups.any(|o| o != first) {
-                                    shared += 1;
-                                }
-                                first
-                            }
+                        // The workload of the container with the smallest id: container
+                        // indexes depend on the order the store returned rows in.
+                        let ids = || side.iter().flat_map(|s| s.containers.iter());
+                        let Some(first) =
+                            ids().min_by_key(|&i| p.containers[i as usize].id.as_str())
+                        else {
+                            return g.of_identity[identity][0];
+                        };
+                        let group = g.of_container[first as usize];
+                        if ids().any(|i| g.of_container[i as usize] != group) {
+                            shared += 1;
                         }
+                        group
                     };
                     [
                         end(&c.conv.client_side, c.client),
@@ -512,11 +512,19 @@ fn member_nodes(p: &Prepared, view: View, groups: &Groups, dir: &Directory<'_>) 
             }
             for &g in groups.of_end(p, ci, end) {
                 let n = nodes[g as usize].get_or_insert_default();
-                if view == View::Workloads && groups.of_identity[identity][0] != g {
-                    add_workload_member(n, p, side, identity, ip);
-                }
-                if matches!(view, View::Instances | View::Workloads) {
-                    n.containers.extend(side.containers.iter());
+                match view {
+                    View::Instances => n.containers.extend(side.containers.iter()),
+                    // Only the containers of this workload (a shared end has others).
+                    View::Workloads if groups.of_identity[identity][0] != g => {
+                        let mine: Vec<u32> = side
+                            .containers
+                            .iter()
+                            .filter(|&c| groups.of_container[c as usize] == g)
+                            .collect();
+                        add_workload_member(n, p, &mine, identity, ip);
+                        n.containers.extend(mine);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -528,18 +536,18 @@ fn member_nodes(p: &Prepared, view: View, groups: &Groups, dir: &Directory<'_>) 
 fn add_workload_member(
     n: &mut NodeAcc,
     p: &Prepared,
-    side: &crate::merge::Side,
+    containers: &[u32],
     identity: usize,
     ip: IpAddr,
 ) {
     let id = &p.identities[identity];
     if n.kind.is_none() {
         n.kind = Some(NodeKind::Workload);
-        if let Some(first) = side.containers.iter().next() {
+        if let Some(&first) = containers.first() {
             n.label = workload_label(&p.containers[first as usize]);
         }
     }
-    for c in side.containers.iter() {
+    for &c in containers {
         let c = &p.containers[c as usize];
         n.namespace.add(c.namespace.as_ref());
         n.workload_kind.add(c.workload_kind.as_ref());
