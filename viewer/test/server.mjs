@@ -91,7 +91,7 @@ export function startServer({ mapsDir, distDir = join(here, "..", "dist"), port 
   };
   const mapFor = (p) => {
     const view = p.get("view");
-    if (!VIEWS.includes(view)) return [400, { error: "view: expected instances, clusters or security-groups" }];
+    if (!VIEWS.includes(view)) return [400, { error: "view: expected instances, clusters, security-groups or workloads" }];
     if (p.has("day")) {
       const doc = /^\d{4}-\d{2}-\d{2}$/.test(p.get("day")) ? load(view, p.get("day")) : undefined;
       if (doc === undefined) return [400, { error: "day: expected YYYY-MM-DD" }];
