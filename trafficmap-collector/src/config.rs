@@ -631,7 +631,7 @@ impl RetentionConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Daily {
-    /// Write `instances-`, `clusters-` and `security-groups-YYYYMMDD.json` for finished days.
+    /// Write `instances-`, `clusters-`, `security-groups-` and `workloads-YYYYMMDD.json` for finished days.
     pub enabled: bool,
     /// How long after midnight (UTC) a day's files are first written (late reports).
     #[serde(with = "duration")]

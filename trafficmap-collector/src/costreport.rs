@@ -522,6 +522,10 @@ mod tests {
             labels: BTreeMap::new(),
             health: None,
             host: None,
+            namespace: None,
+            workload_kind: None,
+            containers: vec![],
+            hosts: vec![],
         }
     }
 

@@ -207,21 +207,36 @@ fn node_details(n: &Node) -> String {
     if let Some(t) = &n.instance_type {
         parts.push(t.clone());
     }
+    // Issue 11: a workload's kind and namespace (absent on other nodes).
+    if let Some(ns) = &n.namespace {
+        parts.push(match &n.workload_kind {
+            Some(k) => format!("{k} in {ns}"),
+            None => format!("namespace {ns}"),
+        });
+    }
     parts.join(" | ")
 }
 
 fn link_text(l: &Link) -> String {
-    format!(
+    let text = format!(
         "{} -> {} / <- {}",
         ports(l),
         human_bytes(l.bytes_to_target),
         human_bytes(l.bytes_to_source)
-    )
+    );
+    // Issue 11: the Service address the clients connected to.
+    if l.service_addresses.is_empty() {
+        text
+    } else {
+        format!("{text} via {}", l.service_addresses.join(", "))
+    }
 }
 
 fn lucid_shape(kind: NodeKind) -> &'static str {
     match kind {
-        NodeKind::Host | NodeKind::Cluster | NodeKind::SecurityGroup => "Process",
+        NodeKind::Host | NodeKind::Cluster | NodeKind::SecurityGroup | NodeKind::Workload => {
+            "Process"
+        }
         NodeKind::Unmonitored => "Alternate Process",
         NodeKind::External => "Terminator",
     }
@@ -348,6 +363,7 @@ fn drawio_csv(map: &Map) -> String {
                 NodeKind::External => "#fff2cc",
                 NodeKind::Cluster => "#d5e8d4",
                 NodeKind::SecurityGroup => "#e1d5e7",
+                NodeKind::Workload => "#ffe6cc",
             };
             let t = targets
                 .get(n.id.as_str())
@@ -422,6 +438,7 @@ fn dot_node(n: &Node) -> String {
         NodeKind::External => ("ellipse", "filled\", fillcolor=\"#fff2cc"),
         NodeKind::Cluster => ("box3d", "filled\", fillcolor=\"#d5e8d4"),
         NodeKind::SecurityGroup => ("component", "filled\", fillcolor=\"#e1d5e7"),
+        NodeKind::Workload => ("box", "rounded,filled\", fillcolor=\"#ffe6cc"),
     };
     let details = node_details(n);
     let label = if details.is_empty() {

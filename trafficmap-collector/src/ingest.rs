@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use chrono::{DateTime, Utc};
 use trafficmap_model::{
     bounds::{SatSum as _, sat_add},
-    report::{Ec2Identity, HostStats, Report, Role},
+    report::{Container, Ec2Identity, HostStats, Report, Role},
 };
 
 use crate::{
@@ -25,6 +25,10 @@ pub struct Row {
     pub server_port: u16,
     pub role: Role,
     pub process: String,
+    /// Issue 11: the local process's container and the address a client connected to before
+    /// translation; both part of the stored key.
+    pub container: Option<Container>,
+    pub service: Option<(IpAddr, u16)>,
     pub c: Counters,
 }
 
@@ -85,6 +89,8 @@ impl Ingest {
                     server_port: p.server_port,
                     role: p.role,
                     process: p.process.clone(),
+                    container: p.container.clone(),
+                    service: p.service_ip.zip(p.service_port),
                     c: Counters {
                         bytes_sent: p.bytes_sent,
                         bytes_received: p.bytes_received,

@@ -58,6 +58,12 @@ pub struct Side {
     pub processes: Few<u32>,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// Issue 11: the containers of this side's processes (indexes into
+    /// [`RangeData::containers`]), and the translated addresses the client connected to (the
+    /// client's side only: the agent already put the real server in `peer_ip`, so the two
+    /// sides meet in one conversation and the address is kept here).
+    pub containers: Few<u32>,
+    pub services: Few<(IpAddr, u16)>,
 }
 
 impl Side {
@@ -76,6 +82,12 @@ impl Side {
         self.connections = sat_add(self.connections, o.c.connections());
         if Some(o.process) != empty_process {
             self.processes.insert(o.process);
+        }
+        if let Some(c) = o.container {
+            self.containers.insert(c);
+        }
+        if let Some(svc) = o.service {
+            self.services.insert(svc);
         }
         self.first_seen_ms = self.first_seen_ms.min(o.c.first_seen_ms);
         self.last_seen_ms = self.last_seen_ms.max(o.c.last_seen_ms);

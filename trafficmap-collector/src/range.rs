@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use trafficmap_model::{
     bounds::sat_add,
     map::HostStats,
-    report::{Ec2Identity, Role},
+    report::{Container, Ec2Identity, Role},
 };
 
 /// Counters of one observation key over some period.
@@ -89,7 +89,18 @@ pub struct Obs {
     pub role: Role,
     /// Index into [`RangeData::processes`].
     pub process: u32,
+    /// Issue 11: the local process's container (index into [`RangeData::containers`]) and
+    /// the translated address a client connected to.
+    pub container: Option<u32>,
+    pub service: Option<(IpAddr, u16)>,
     pub c: Counters,
+}
+
+/// The issue-11 parts of an observation key, as [`RangeBuilder::add_with`] takes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ident {
+    pub container: Option<u32>,
+    pub service: Option<(IpAddr, u16)>,
 }
 
 /// What a store returns for a range: every observation key summed over the range, and the
@@ -100,6 +111,8 @@ pub struct RangeData {
     pub to: DateTime<Utc>,
     pub agents: Vec<AgentInfo>,
     pub processes: Vec<String>,
+    /// Containers the observations name (issue 11), each once.
+    pub containers: Vec<Container>,
     pub obs: Vec<Obs>,
 }
 
@@ -157,16 +170,21 @@ impl RangeData {
                 })
                 .collect();
             let processes: Vec<u32> = piece.processes.iter().map(|p| b.process(p)).collect();
+            let containers: Vec<u32> = piece.containers.iter().map(|c| b.container(c)).collect();
             // Keys are unique within a piece; a second piece with rows makes the builder sum.
             b.begin_read(true);
             for o in &piece.obs {
-                b.add(
+                b.add_with(
                     agents[o.agent as usize],
                     o.local_ip,
                     o.peer_ip,
                     o.server_port,
                     o.role,
                     processes[o.process as usize],
+                    Ident {
+                        container: o.container.map(|c| containers[c as usize]),
+                        service: o.service,
+                    },
                     &o.c,
                 );
             }
@@ -184,6 +202,8 @@ pub struct RangeBuilder {
     agent_idx: rustc_hash::FxHashMap<String, u32>,
     processes: Vec<String>,
     process_idx: rustc_hash::FxHashMap<String, u32>,
+    containers: Vec<Container>,
+    container_idx: rustc_hash::FxHashMap<Container, u32>,
     ips: rustc_hash::FxHashMap<String, IpAddr>,
     rows: Vec<Obs>,
     /// Whether rows may repeat a key (several reads with rows, or a read of minute rows): then
@@ -203,6 +223,7 @@ struct ObsKey {
     server_port: u16,
     role: Role,
     process: u32,
+    ident: Ident,
 }
 
 impl RangeBuilder {
@@ -250,6 +271,17 @@ impl RangeBuilder {
         i
     }
 
+    /// The index of a container (issue 11), interned like process names.
+    pub fn container(&mut self, c: &Container) -> u32 {
+        if let Some(&i) = self.container_idx.get(c) {
+            return i;
+        }
+        let i = self.containers.len() as u32;
+        self.containers.push(c.clone());
+        self.container_idx.insert(c.clone(), i);
+        i
+    }
+
     /// Starts a read of rows whose keys are unique within it (a roll-up table's period range)
     /// or not (minute rows).
     pub fn begin_read(&mut self, unique_keys: bool) {
@@ -268,6 +300,31 @@ impl RangeBuilder {
         process: u32,
         c: &Counters,
     ) {
+        self.add_with(
+            agent,
+            local_ip,
+            peer_ip,
+            server_port,
+            role,
+            process,
+            Ident::default(),
+            c,
+        );
+    }
+
+    /// [`Self::add`] of a key with a container or a service address (issue 11).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_with(
+        &mut self,
+        agent: u32,
+        local_ip: IpAddr,
+        peer_ip: IpAddr,
+        server_port: u16,
+        role: Role,
+        process: u32,
+        ident: Ident,
+        c: &Counters,
+    ) {
         if !self.read_has_rows {
             self.read_has_rows = true;
             self.reads_with_rows += 1;
@@ -282,6 +339,8 @@ impl RangeBuilder {
             server_port,
             role,
             process,
+            container: ident.container,
+            service: ident.service,
             c: *c,
         });
     }
@@ -299,6 +358,10 @@ impl RangeBuilder {
                     server_port: o.server_port,
                     role: o.role,
                     process: o.process,
+                    ident: Ident {
+                        container: o.container,
+                        service: o.service,
+                    },
                 };
                 match sums.entry(key) {
                     std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(&o.c),
@@ -315,6 +378,8 @@ impl RangeBuilder {
                     server_port: k.server_port,
                     role: k.role,
                     process: k.process,
+                    container: k.ident.container,
+                    service: k.ident.service,
                     c,
                 })
                 .collect()
@@ -343,6 +408,7 @@ impl RangeBuilder {
             to,
             agents,
             processes: self.processes,
+            containers: self.containers,
             obs,
         }
     }

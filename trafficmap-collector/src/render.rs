@@ -6,7 +6,9 @@
 //! with links summed per (client node, server node). Node ids are stable and readable:
 //! `i-...` (EC2), `host:<hostname>` (`host:<hostname>@<machine-id prefix>` when hostnames
 //! repeat), `ip:<address>`, `cluster:<archdomain>|<env>`, `sg:<group-id>`, `sg:none`,
-//! `external`.
+//! `external`; in the `workloads` view (issue 11) also `workload:<namespace>/<workload>` for a
+//! Kubernetes workload and `container:<runtime>/<name>` for a container without Kubernetes
+//! names, whose members are the conversation ends their containers' agents reported.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,7 +20,11 @@ use rustc_hash::FxHashMap as HashMap;
 use chrono::{DateTime, Utc};
 use trafficmap_model::{
     bounds::sat_add,
-    map::{CostKind, Link, MAP_SCHEMA, Map, Node, NodeHealth, NodeKind, ObservedBy, Totals, View},
+    map::{
+        ContainerRef, CostKind, Link, MAP_SCHEMA, MAX_LINK_SERVICE_ADDRESSES, MAX_NODE_CONTAINERS,
+        MAX_NODE_HOSTS, Map, Node, NodeHealth, NodeKind, ObservedBy, Totals, View,
+    },
+    report::Container,
 };
 
 use crate::{
@@ -49,6 +55,8 @@ pub struct Prepared {
     pub to: DateTime<Utc>,
     pub identities: Vec<Identity>,
     pub processes: Vec<String>,
+    /// Containers the conversations' sides name (issue 11).
+    pub containers: Vec<Container>,
     pub conversations: Vec<Priced>,
     pub warnings: Vec<String>,
     pub loopback_bytes: u64,
@@ -109,6 +117,7 @@ pub fn prepare(data: &RangeData, dir: &Directory<'_>, rates: &CostRates) -> Prep
         to: data.to,
         identities,
         processes: data.processes.clone(),
+        containers: data.containers.clone(),
         conversations: priced,
         warnings,
         loopback_bytes,
@@ -213,6 +222,12 @@ struct NodeAcc {
     bytes_out: u64,
     connections: u64,
     cost_nanos: u64,
+    // Issue 11: containers (indexes into `Prepared::containers`) and, for workload nodes,
+    // their namespace, kind and hosts (identity indexes).
+    containers: BTreeSet<u32>,
+    namespace: Same<String>,
+    workload_kind: Same<String>,
+    hosts: BTreeSet<usize>,
 }
 
 /// A link's accumulator with its ends (group numbers), as [`Slots`] keeps it.
@@ -242,6 +257,8 @@ struct LinkAcc {
     cost_kind: Same<CostKind>,
     first_ms: Option<i64>,
     last_ms: Option<i64>,
+    /// Issue 11: the translated addresses the clients connected to.
+    services: Few<(IpAddr, u16)>,
 }
 
 fn cluster_id(id: &Identity) -> String {
@@ -267,7 +284,9 @@ pub(crate) fn cluster_label(arch: Option<&str>, env: Option<&str>) -> String {
 /// The nodes of `view` an instance-level identity belongs to.
 fn groups(view: View, id: &Identity) -> Vec<String> {
     match view {
-        View::Instances => vec![id.id.clone()],
+        // Workloads: identities stand for the hosts' processes outside containers, and for the
+        // peers without agents; containers get their own groups ([`Groups::number`]).
+        View::Instances | View::Workloads => vec![id.id.clone()],
         View::Clusters => vec![cluster_id(id)],
         View::SecurityGroups => {
             if !id.security_groups.is_empty() {
@@ -296,6 +315,13 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
     let (order, rank) = node_order(&groups.names, &nodes);
     let nodes = output_nodes(p, &groups.names, nodes, &order);
     let (links, totals) = output_links(p, &groups.names, links, &rank, nodes.len());
+    let mut warnings = p.warnings.clone();
+    if groups.shared_ends > 0 {
+        warnings.push(format!(
+            "{} conversation end(s) came from containers of several workloads on one address (host network); each counted on the first of its workloads by container id",
+            groups.shared_ends
+        ));
+    }
     Map {
         schema: MAP_SCHEMA.to_owned(),
         view,
@@ -305,7 +331,7 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         nodes,
         links,
         totals,
-        warnings: p.warnings.clone(),
+        warnings,
     }
 }
 
@@ -315,6 +341,52 @@ struct Groups {
     names: Vec<String>,
     /// The groups each identity (by index into [`Prepared::identities`]) belongs to.
     of_identity: Vec<Vec<u32>>,
+    /// Workloads view (issue 11): the (client, server) group of each conversation, by index
+    /// into [`Prepared::conversations`]: a side with containers stands for their workload,
+    /// else the end is its identity's group.
+    of_conversation: Vec<[u32; 2]>,
+    /// The group of each container (workloads view), by index into [`Prepared::containers`].
+    of_container: Vec<u32>,
+    /// Conversation ends whose containers belong to several workloads.
+    shared_ends: u64,
+}
+
+/// The workloads-view group of a container: its Kubernetes workload (a pod nobody owns stands
+/// for itself), else the container by runtime and name (or id).
+fn workload_group(c: &Container) -> String {
+    match &c.namespace {
+        Some(ns) => {
+            let w = c
+                .workload
+                .as_deref()
+                .or(c.pod.as_deref())
+                .or(c.name.as_deref())
+                .unwrap_or(c.id.as_str());
+            format!("workload:{ns}/{w}")
+        }
+        None => format!(
+            "container:{}/{}",
+            c.runtime.as_str(),
+            c.name.as_deref().unwrap_or(c.id.as_str())
+        ),
+    }
+}
+
+fn workload_label(c: &Container) -> String {
+    match &c.namespace {
+        Some(ns) => format!(
+            "{ns}/{}",
+            c.workload
+                .as_deref()
+                .or(c.pod.as_deref())
+                .or(c.name.as_deref())
+                .unwrap_or(c.id.as_str())
+        ),
+        None => c
+            .name
+            .clone()
+            .unwrap_or_else(|| c.id.chars().take(12).collect()),
+    }
 }
 
 impl Groups {
@@ -336,7 +408,64 @@ impl Groups {
                     .collect()
             })
             .collect();
-        Groups { names, of_identity }
+        let mut g = Groups {
+            names,
+            of_identity,
+            of_conversation: Vec::new(),
+            of_container: Vec::new(),
+            shared_ends: 0,
+        };
+        if view == View::Workloads {
+            g.of_container = p
+                .containers
+                .iter()
+                .map(|c| {
+                    *index.entry(workload_group(c)).or_insert_with_key(|n| {
+                        g.names.push(n.clone());
+                        (g.names.len() - 1) as u32
+                    })
+                })
+                .collect();
+            let mut shared = 0u64;
+            g.of_conversation = p
+                .conversations
+                .iter()
+                .map(|c| {
+                    let mut end = |side: &Option<crate::merge::Side>, identity: usize| -> u32 {
+                        // The workload of the container with the smallest id: container
+                        // indexes depend on the order the store returned rows in.
+                        let ids = || side.iter().flat_map(|s| s.containers.iter());
+                        let Some(first) =
+                            ids().min_by_key(|&i| p.containers[i as usize].id.as_str())
+                        else {
+                            return g.of_identity[identity][0];
+                        };
+                        let group = g.of_container[first as usize];
+                        if ids().any(|i| g.of_container[i as usize] != group) {
+                            shared += 1;
+                        }
+                        group
+                    };
+                    [
+                        end(&c.conv.client_side, c.client),
+                        end(&c.conv.server_side, c.server),
+                    ]
+                })
+                .collect();
+            g.shared_ends = shared;
+        }
+        g
+    }
+
+    /// The groups of a conversation's client (`end` 0) or server (1).
+    fn of_end(&self, p: &Prepared, conv: usize, end: usize) -> &[u32] {
+        match self.of_conversation.get(conv) {
+            Some(ends) => std::slice::from_ref(&ends[end]),
+            None => {
+                let c = &p.conversations[conv];
+                &self.of_identity[if end == 0 { c.client } else { c.server }]
+            }
+        }
     }
 }
 
@@ -370,7 +499,65 @@ fn member_nodes(p: &Prepared, view: View, groups: &Groups, dir: &Directory<'_>) 
             add_member(n, view, &groups.names[g as usize], i, id, dir);
         }
     }
+    // Issue 11: containers on the nodes of their ends; in the workloads view, the workload
+    // nodes' members (their containers, hosts and addresses).
+    for (ci, c) in p.conversations.iter().enumerate() {
+        for (end, side, identity, ip) in [
+            (0, &c.conv.client_side, c.client, c.conv.key.client_ip),
+            (1, &c.conv.server_side, c.server, c.conv.key.server_ip),
+        ] {
+            let Some(side) = side else { continue };
+            if side.containers.is_empty() {
+                continue;
+            }
+            for &g in groups.of_end(p, ci, end) {
+                let n = nodes[g as usize].get_or_insert_default();
+                match view {
+                    View::Instances => n.containers.extend(side.containers.iter()),
+                    // Only the containers of this workload (a shared end has others).
+                    View::Workloads if groups.of_identity[identity][0] != g => {
+                        let mine: Vec<u32> = side
+                            .containers
+                            .iter()
+                            .filter(|&c| groups.of_container[c as usize] == g)
+                            .collect();
+                        add_workload_member(n, p, &mine, identity, ip);
+                        n.containers.extend(mine);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
     nodes
+}
+
+/// Adds a conversation end to a workload node: its containers' names, its host and address.
+fn add_workload_member(
+    n: &mut NodeAcc,
+    p: &Prepared,
+    containers: &[u32],
+    identity: usize,
+    ip: IpAddr,
+) {
+    let id = &p.identities[identity];
+    if n.kind.is_none() {
+        n.kind = Some(NodeKind::Workload);
+        if let Some(&first) = containers.first() {
+            n.label = workload_label(&p.containers[first as usize]);
+        }
+    }
+    for &c in containers {
+        let c = &p.containers[c as usize];
+        n.namespace.add(c.namespace.as_ref());
+        n.workload_kind.add(c.workload_kind.as_ref());
+    }
+    n.hosts.insert(identity);
+    n.addresses.insert(ip);
+    n.env.add(id.env.as_ref());
+    n.archdomain.add(id.archdomain.as_ref());
+    n.availability_zone.add(id.availability_zone.as_ref());
+    n.region.add(id.region.as_ref());
 }
 
 /// Sums the conversations into links per (client group, server group), and notes the
@@ -388,16 +575,16 @@ fn sum_links(
         p.conversations.len().min(1 << 16)
     };
     let mut links: Slots<LinkSlot> = Slots::with_capacity(cap);
-    for c in &p.conversations {
+    for (ci, c) in p.conversations.iter().enumerate() {
         let conv = &c.conv;
         let (to_server, to_client) = (conv.bytes_to_server(), conv.bytes_to_client());
         let observed = conv.observed_by();
         let (first, last) = (conv.first_seen_ms(), conv.last_seen_ms());
-        for &gs in &groups.of_identity[c.client] {
+        for &gs in groups.of_end(p, ci, 0) {
             if let Some(side) = &conv.client_side {
                 node(nodes, gs).processes.extend(side.processes.iter());
             }
-            for &gt in &groups.of_identity[c.server] {
+            for &gt in groups.of_end(p, ci, 1) {
                 let l = &mut links
                     .get_or_insert_with((gs, gt), |ends| LinkSlot {
                         ends,
@@ -410,6 +597,7 @@ fn sum_links(
                 l.ports.insert(conv.key.port);
                 if let Some(s) = &conv.client_side {
                     l.client_processes.extend(&s.processes);
+                    l.services.extend(&s.services);
                 }
                 if let Some(s) = &conv.server_side {
                     l.server_processes.extend(&s.processes);
@@ -422,7 +610,7 @@ fn sum_links(
                 l.last_ms = Some(l.last_ms.map_or(last, |x| x.max(last)));
             }
         }
-        for &gt in &groups.of_identity[c.server] {
+        for &gt in groups.of_end(p, ci, 1) {
             let n = node(nodes, gt);
             n.server_ports.insert(conv.key.port);
             if let Some(side) = &conv.server_side {
@@ -506,7 +694,6 @@ fn output_nodes(p: &Prepared, names: &[String], mut nodes: NodeAccs, order: &[u3
                 security_groups: n.security_groups.into_iter().collect(),
                 processes: process_names(p, n.processes.iter().copied()),
                 server_ports: n.server_ports.into_iter().collect(),
-                members: n.members.len() as u32,
                 bytes_in: n.bytes_in,
                 bytes_out: n.bytes_out,
                 connections: n.connections,
@@ -514,6 +701,22 @@ fn output_nodes(p: &Prepared, names: &[String], mut nodes: NodeAccs, order: &[u3
                 labels: n.labels,
                 health: n.health,
                 host: n.host,
+                members: if n.kind == Some(NodeKind::Workload) {
+                    workload_members(p, &n.containers)
+                } else {
+                    n.members.len() as u32
+                },
+                namespace: n.namespace.get(),
+                workload_kind: n.workload_kind.get(),
+                containers: container_refs(p, &n.containers),
+                hosts: n
+                    .hosts
+                    .iter()
+                    .map(|&i| p.identities[i].id.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .take(MAX_NODE_HOSTS)
+                    .collect(),
             }
         })
         .collect()
@@ -566,12 +769,59 @@ fn output_links(
                     cost_kind: l.cost_kind.get().unwrap_or(CostKind::Unknown),
                     first_seen: l.first_ms.map(from_ms),
                     last_seen: l.last_ms.map(from_ms),
+                    // Sorted by address then port (`Few` keeps them so), capped.
+                    service_addresses: l
+                        .services
+                        .iter()
+                        .take(MAX_LINK_SERVICE_ADDRESSES)
+                        .map(|(ip, port)| std::net::SocketAddr::new(ip, port).to_string())
+                        .collect(),
                 }
             },
         )
         .collect();
     totals.cost_usd = usd(total_cost);
     (out, totals)
+}
+
+/// A workload node's members: its pods (a container outside any pod counts as one).
+fn workload_members(p: &Prepared, set: &BTreeSet<u32>) -> u32 {
+    let pods: BTreeSet<(Option<&str>, &str)> = set
+        .iter()
+        .map(|&i| {
+            let c = &p.containers[i as usize];
+            match &c.pod {
+                Some(pod) => (c.namespace.as_deref(), pod.as_str()),
+                None => (None, c.id.as_str()),
+            }
+        })
+        .collect();
+    u32::try_from(pods.len()).unwrap_or(u32::MAX)
+}
+
+/// A node's containers, one entry per id (the most named of its entries: names may have come
+/// later than the id), sorted by id, at most [`MAX_NODE_CONTAINERS`].
+fn container_refs(p: &Prepared, set: &BTreeSet<u32>) -> Vec<ContainerRef> {
+    let mut all: Vec<&Container> = set.iter().map(|&i| &p.containers[i as usize]).collect();
+    all.sort();
+    let mut out: Vec<ContainerRef> = Vec::new();
+    for c in all {
+        let r = ContainerRef {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            pod: c.pod.clone(),
+            namespace: c.namespace.clone(),
+            workload: c.workload.clone(),
+        };
+        // Sorted: entries of one id are adjacent, the later the more named (`None` first).
+        let full = out.len() == MAX_NODE_CONTAINERS;
+        match out.last_mut() {
+            Some(last) if last.id == r.id => *last = r,
+            _ if full => break,
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 fn add_member(
@@ -602,13 +852,16 @@ fn add_member(
         acc.spool_dropped = sat_add(acc.spool_dropped, h.spool_dropped);
     }
     match view {
-        View::Instances => {
+        View::Instances | View::Workloads => {
             n.label = id.label.clone();
             n.kind = id.kind;
             n.instance_id = id.instance_id.clone();
             n.labels = id.labels.clone();
             n.price_source = id.price_source;
-            if let Some(h) = id.host {
+            // Host health on the instances view only (issue 12 item 5).
+            if view == View::Instances
+                && let Some(h) = id.host
+            {
                 crate::range::fold_host(&mut n.host, h);
             }
         }
@@ -631,5 +884,384 @@ fn add_member(
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trafficmap_model::report::{ContainerRuntime, Role};
+
+    use super::*;
+    use crate::{
+        cost::CostRates,
+        enrich::{Rules, Sources},
+        range::{Counters, Ident, RangeBuilder},
+    };
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn c(sent: u64, received: u64, opened: u64) -> Counters {
+        Counters {
+            bytes_sent: sent,
+            bytes_received: received,
+            conns_opened: opened,
+            conns_carried: 0,
+            first_window_ms: 1000,
+            first_seen_ms: 1000,
+            last_seen_ms: 2000,
+        }
+    }
+
+    fn k8s(n: u8, ns: &str, kind: &str, workload: &str, pod: &str) -> Container {
+        Container {
+            id: format!("{n:02x}").repeat(32),
+            runtime: ContainerRuntime::Containerd,
+            name: Some("main".into()),
+            pod: Some(pod.into()),
+            namespace: Some(ns.into()),
+            workload_kind: Some(kind.into()),
+            workload: Some(workload.into()),
+        }
+    }
+
+    type RowSpec<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        u16,
+        Role,
+        &'a str,
+        Option<Container>,
+        Option<(&'a str, u16)>,
+        Counters,
+    );
+
+    fn build(view: View, rows: &[RowSpec<'_>]) -> Map {
+        let mut b = RangeBuilder::default();
+        for (m, addrs) in [
+            ("node-a", &["10.0.0.1", "10.244.1.5", "10.244.1.6"][..]),
+            ("node-b", &["10.0.0.2", "10.244.2.7"][..]),
+        ] {
+            let a = b.agent_mut(m);
+            a.addresses = addrs.iter().map(|s| ip(s)).collect();
+            a.hostname = m.into();
+            a.reports = 1;
+        }
+        for (m, l, p, port, role, process, container, svc, counters) in rows {
+            let a = b.agent(m);
+            let pr = b.process(process);
+            let container = container.as_ref().map(|c| b.container(c));
+            let service = svc.map(|(i, p)| (ip(i), p));
+            b.add_with(
+                a,
+                ip(l),
+                ip(p),
+                *port,
+                *role,
+                pr,
+                Ident { container, service },
+                counters,
+            );
+        }
+        let data = b.finish(chrono::DateTime::UNIX_EPOCH, chrono::DateTime::UNIX_EPOCH);
+        let sources = Sources::default();
+        let rules = Rules::default();
+        let dir = Directory {
+            sources: &sources,
+            rules: &rules,
+        };
+        let p = prepare(&data, &dir, &CostRates::default());
+        let m = render(&p, view, &dir, chrono::DateTime::UNIX_EPOCH);
+        m.validate().unwrap();
+        m
+    }
+
+    fn node<'a>(m: &'a Map, id: &str) -> &'a Node {
+        m.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    fn link<'a>(m: &'a Map, s: &str, t: &str) -> &'a Link {
+        m.links
+            .iter()
+            .find(|l| l.source == s && l.target == t)
+            .unwrap_or_else(|| panic!("no link {s} -> {t}"))
+    }
+
+    /// Two api pods (on two nodes) reach postgres through its Service; the client's agent
+    /// reported the real server (the NAT undone) and kept the Service address, so each client
+    /// report merges with the server's into one conversation, and the workloads view sums them
+    /// into one link api -> postgres holding the Service address. A process outside containers
+    /// stays on its host node.
+    #[test]
+    fn workloads_merge_a_service_client_with_its_server_and_sum_exactly() {
+        let api1 = k8s(1, "shop", "Deployment", "api", "api-7d4-x1");
+        let api2 = k8s(2, "shop", "Deployment", "api", "api-7d4-x2");
+        let pg = k8s(3, "data", "StatefulSet", "postgres", "postgres-0");
+        let svc = Some(("10.96.0.40", 5432));
+        let rows: Vec<RowSpec<'_>> = vec![
+            // api-1 on node-a -> postgres-0 on node-b, via the Service.
+            (
+                "node-a",
+                "10.244.1.5",
+                "10.244.2.7",
+                5432,
+                Role::Client,
+                "api",
+                Some(api1.clone()),
+                svc,
+                c(1_000, 7_000, 2),
+            ),
+            (
+                "node-b",
+                "10.244.2.7",
+                "10.244.1.5",
+                5432,
+                Role::Server,
+                "postgres",
+                Some(pg.clone()),
+                None,
+                c(7_000, 990, 2),
+            ),
+            // api-2 on node-a -> postgres-0 via the Service.
+            (
+                "node-a",
+                "10.244.1.6",
+                "10.244.2.7",
+                5432,
+                Role::Client,
+                "api",
+                Some(api2.clone()),
+                svc,
+                c(300, 400, 1),
+            ),
+            (
+                "node-b",
+                "10.244.2.7",
+                "10.244.1.6",
+                5432,
+                Role::Server,
+                "postgres",
+                Some(pg.clone()),
+                None,
+                c(400, 300, 1),
+            ),
+            // A host process on node-a scrapes node-b's exporter (no containers).
+            (
+                "node-a",
+                "10.0.0.1",
+                "10.0.0.2",
+                9100,
+                Role::Client,
+                "prometheus",
+                None,
+                None,
+                c(50, 60, 1),
+            ),
+        ];
+        let m = build(View::Workloads, &rows);
+        let ids: Vec<&str> = m.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "host:node-a",
+                "host:node-b",
+                "workload:data/postgres",
+                "workload:shop/api"
+            ]
+        );
+        assert_eq!(m.links.len(), 2);
+        let l = link(&m, "workload:shop/api", "workload:data/postgres");
+        // max(client sent, server received) per conversation: 1000 + 300; back 7000 + 400.
+        assert_eq!(
+            (
+                l.bytes_to_target,
+                l.bytes_to_source,
+                l.connections,
+                l.disagreement_bytes,
+                l.observed_by
+            ),
+            (1_300, 7_400, 3, 10, ObservedBy::Both)
+        );
+        assert_eq!(l.service_addresses, ["10.96.0.40:5432"]);
+        assert_eq!(l.server_ports, [5432]);
+        assert_eq!(l.client_processes, ["api"]);
+        assert_eq!(l.server_processes, ["postgres"]);
+        let host = link(&m, "host:node-a", "host:node-b");
+        assert_eq!((host.bytes_to_target, host.bytes_to_source), (50, 60));
+        assert!(host.service_addresses.is_empty());
+        let api = node(&m, "workload:shop/api");
+        assert_eq!(api.kind, NodeKind::Workload);
+        assert_eq!(api.label, "shop/api");
+        assert_eq!(api.namespace.as_deref(), Some("shop"));
+        assert_eq!(api.workload_kind.as_deref(), Some("Deployment"));
+        assert_eq!(api.members, 2);
+        assert_eq!(api.hosts, ["host:node-a"]);
+        assert_eq!(api.addresses, ["10.244.1.5", "10.244.1.6"]);
+        assert_eq!(
+            api.containers
+                .iter()
+                .map(|c| (c.id.as_str(), c.pod.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                (api1.id.as_str(), Some("api-7d4-x1")),
+                (api2.id.as_str(), Some("api-7d4-x2"))
+            ]
+        );
+        assert_eq!((api.bytes_out, api.bytes_in), (1_300, 7_400));
+        let pgn = node(&m, "workload:data/postgres");
+        assert_eq!((pgn.bytes_in, pgn.bytes_out), (1_300, 7_400));
+        assert_eq!(pgn.members, 1);
+        assert_eq!(pgn.hosts, ["host:node-b"]);
+        assert_eq!(pgn.server_ports, [5432]);
+        assert_eq!(pgn.workload_kind.as_deref(), Some("StatefulSet"));
+        // The map's totals are the links' exact sums.
+        assert_eq!(m.totals.bytes, 1_300 + 7_400 + 50 + 60);
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+
+        // The instances view: the same conversations, on the hosts; each host node lists its
+        // containers, and the link keeps the Service address.
+        let m = build(View::Instances, &rows);
+        let a = node(&m, "host:node-a");
+        assert_eq!(
+            a.containers
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
+            [api1.id.as_str(), api2.id.as_str()]
+        );
+        assert_eq!(
+            node(&m, "host:node-b")
+                .containers
+                .iter()
+                .map(|c| c.workload.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("postgres")]
+        );
+        let l = link(&m, "host:node-a", "host:node-b");
+        assert_eq!((l.bytes_to_target, l.bytes_to_source), (1_350, 7_460));
+        assert_eq!(l.service_addresses, ["10.96.0.40:5432"]);
+        assert!(a.namespace.is_none() && a.hosts.is_empty());
+    }
+
+    /// A container without Kubernetes names is a node of its own (runtime and name); a node's
+    /// container list and a link's service addresses are capped, the counts exact.
+    #[test]
+    fn bare_containers_and_caps() {
+        let many = MAX_NODE_CONTAINERS + 5;
+        let mut rows: Vec<RowSpec<'_>> = Vec::new();
+        let ports: Vec<u16> = (0..many as u16).collect();
+        for (i, port) in ports.iter().enumerate() {
+            rows.push((
+                "node-a",
+                "10.244.1.5",
+                "10.244.2.7",
+                80,
+                Role::Client,
+                "curl",
+                Some(k8s(
+                    (i % 250) as u8,
+                    "load",
+                    "Job",
+                    "bench",
+                    &format!("bench-{i}"),
+                ))
+                .map(|mut c| {
+                    // Ids beyond 250 differ in their last characters.
+                    c.id = format!("{:064x}", i + 1);
+                    c
+                }),
+                Some(("10.96.0.1", 1000 + *port)),
+                c(1, 2, 1),
+            ));
+        }
+        rows.push((
+            "node-b",
+            "10.244.2.7",
+            "10.244.1.5",
+            80,
+            Role::Server,
+            "nginx",
+            Some(Container {
+                id: "ab".repeat(32),
+                runtime: ContainerRuntime::Podman,
+                name: Some("web".into()),
+                pod: None,
+                namespace: None,
+                workload_kind: None,
+                workload: None,
+            }),
+            None,
+            c(2 * many as u64, many as u64, many as u64),
+        ));
+        let m = build(View::Workloads, &rows);
+        let bench = node(&m, "workload:load/bench");
+        assert_eq!(bench.members, many as u32);
+        assert_eq!(bench.containers.len(), MAX_NODE_CONTAINERS);
+        assert_eq!(bench.containers[0].id, format!("{:064x}", 1));
+        let web = node(&m, "container:podman/web");
+        assert_eq!(
+            (
+                web.kind,
+                web.label.as_str(),
+                web.members,
+                web.namespace.as_deref()
+            ),
+            (NodeKind::Workload, "web", 1, None)
+        );
+        let l = link(&m, "workload:load/bench", "container:podman/web");
+        assert_eq!(
+            (l.bytes_to_target, l.bytes_to_source, l.connections),
+            (many as u64, 2 * many as u64, many as u64)
+        );
+        assert_eq!(l.service_addresses.len(), MAX_LINK_SERVICE_ADDRESSES);
+        assert_eq!(l.service_addresses[0], "10.96.0.1:1000");
+        assert_eq!(l.service_addresses[1], "10.96.0.1:1001");
+    }
+
+    /// Containers of two workloads sharing one address and peer (host network): the end is
+    /// counted once, on the first workload by container id, and the map says so.
+    #[test]
+    fn shared_address_ends_are_counted_once_with_a_warning() {
+        let a = k8s(1, "ops", "DaemonSet", "agent", "agent-x");
+        let b = k8s(2, "ops", "DaemonSet", "exporter", "exporter-y");
+        let rows: Vec<RowSpec<'_>> = vec![
+            (
+                "node-a",
+                "10.0.0.1",
+                "10.0.0.2",
+                443,
+                Role::Client,
+                "agent",
+                Some(a),
+                None,
+                c(10, 20, 1),
+            ),
+            (
+                "node-a",
+                "10.0.0.1",
+                "10.0.0.2",
+                443,
+                Role::Client,
+                "exporter",
+                Some(b),
+                None,
+                c(30, 40, 1),
+            ),
+        ];
+        let m = build(View::Workloads, &rows);
+        let l = link(&m, "workload:ops/agent", "host:node-b");
+        assert_eq!((l.bytes_to_target, l.bytes_to_source), (40, 60));
+        assert_eq!(m.links.len(), 1);
+        assert_eq!(m.warnings.len(), 1);
+        assert!(
+            m.warnings[0].starts_with("1 conversation end(s)"),
+            "{:?}",
+            m.warnings
+        );
     }
 }

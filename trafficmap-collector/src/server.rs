@@ -660,7 +660,7 @@ fn hint_dns(app: &App, ing: &Ingest) {
 fn parse_want(q: &HashMap<String, String>, max_days: u32) -> Result<(View, Span), String> {
     let view: View = q
         .get("view")
-        .ok_or("view: required (instances, clusters or security-groups)")?
+        .ok_or("view: required (instances, clusters, security-groups or workloads)")?
         .parse()
         .map_err(|e| format!("view: {e}"))?;
     let want = match (q.get("day"), q.get("from"), q.get("to")) {

@@ -380,7 +380,14 @@ pub fn file_name(view: View, day: chrono::NaiveDate) -> Result<String, String> {
             Ok(format!("{}-{}.json", view.as_str(), day.format("%Y-%m-%d")))
         }
         View::SecurityGroups => Err(security_groups_refusal()),
+        View::Workloads => Err(workloads_refusal()),
     }
+}
+
+fn workloads_refusal() -> String {
+    "the traffic-map format has instances and clusters files: the old tool knew no containers \
+     (use --format json, csv, dot or drawio for the workloads view)"
+        .into()
 }
 
 fn security_groups_refusal() -> String {
@@ -397,6 +404,7 @@ pub fn render(view: View, instances_map: &Map) -> Result<Vec<u8>, String> {
         View::Instances => serde_json::to_vec_pretty(&inst),
         View::Clusters => serde_json::to_vec_pretty(&clusters(&inst)),
         View::SecurityGroups => return Err(security_groups_refusal()),
+        View::Workloads => return Err(workloads_refusal()),
     }
     .map_err(|e| e.to_string())?;
     out.push(b'\n');
@@ -436,6 +444,10 @@ mod tests {
             health: None,
             host: None,
             price_source: None,
+            namespace: None,
+            workload_kind: None,
+            containers: vec![],
+            hosts: vec![],
         }
     }
 
@@ -456,6 +468,7 @@ mod tests {
             cost_kind: CostKind::SameAz,
             first_seen: None,
             last_seen: None,
+            service_addresses: vec![],
         }
     }
 

@@ -108,6 +108,8 @@ fn names(day: NaiveDate, prefix: &str) -> Vec<String> {
         "manifest.json".into(),
         format!("security-groups-{c}.json"),
         format!("store-{c}.jsonl.gz"),
+        // Issue 11: the workloads view.
+        format!("workloads-{c}.json"),
     ]
     .into_iter()
     .map(|n| format!("{prefix}{d}/{n}"))
@@ -146,7 +148,8 @@ async fn scenario(cfg: config::Archive, raw: Arc<dyn ObjectStore>, prefix: &str)
             assert_eq!(first[&key].0, local, "{key}");
         }
         let m = a.manifest(day).await.unwrap().unwrap();
-        assert_eq!(m.files.len(), 4);
+        // One per view (four with issue 11's workloads) and the store extract.
+        assert_eq!(m.files.len(), 5);
         for f in &m.files {
             let key = format!("{prefix}{}/{}", day.format("%Y-%m-%d"), f.name);
             assert_eq!(f.sha256, archive::sha256(&first[&key].0));
@@ -252,7 +255,8 @@ async fn scenario(cfg: config::Archive, raw: Arc<dyn ObjectStore>, prefix: &str)
         .restore(d23(), &restored_store, &rout, pass_time())
         .await
         .unwrap();
-    assert_eq!(files.len(), 4);
+    // The four views' maps (issue 11 added workloads) and the store extract.
+    assert_eq!(files.len(), 5);
     let rebuilt = tempfile::tempdir().unwrap();
     write_maps(&restored_store, &e, rebuilt.path(), d23()).await;
     for v in View::ALL {
@@ -353,7 +357,9 @@ async fn archive_commands() {
     )
     .unwrap();
     let files = |c: &str| {
-        format!("instances-{c}.json clusters-{c}.json security-groups-{c}.json store-{c}.jsonl.gz")
+        format!(
+            "instances-{c}.json clusters-{c}.json security-groups-{c}.json workloads-{c}.json store-{c}.jsonl.gz"
+        )
     };
     assert_eq!(
         cli(&config, &["archive", "run"]),
@@ -381,7 +387,7 @@ async fn archive_commands() {
             .split(' ')
             .map(|f| std::fs::metadata(target.join(day).join(f)).unwrap().len())
             .sum();
-        let want = format!("{day}\t4 files\t{bytes} bytes\tarchived ");
+        let want = format!("{day}\t5 files\t{bytes} bytes\tarchived ");
         assert!(line.starts_with(&want), "{line} (want {want}...)");
     }
     let fresh = tempfile::tempdir().unwrap();

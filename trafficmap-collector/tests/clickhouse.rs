@@ -399,3 +399,82 @@ async fn huge_counters_saturate() {
     check(store.clone(), from, to).await;
     check(store.clone(), ten, ten + TimeDelta::hours(1)).await;
 }
+
+/// Issue 11: containers and Service addresses round-trip through a store exactly, minute rows
+/// and roll-ups alike: the bytes per (container, service) that were sent come back, a pair's
+/// twin in another container stays apart, and the workloads view has its workload nodes.
+async fn containers_round_trip(store: &Store) -> Vec<Vec<Map>> {
+    let reports = container_reports();
+    for r in &reports {
+        store
+            .ingest(vec![Arc::new(Ingest::from_report(r))], generated_at())
+            .await
+            .unwrap();
+    }
+    let want = bytes_by_ident(&reports);
+    // 9 twins plus containers and services on the others: many distinct keys.
+    assert!(want.len() > 20, "{}", want.len());
+    let whole = (t("2026-11-22T00:00:00Z"), t("2026-11-24T00:00:00Z"));
+    let before = range_bytes_by_ident(&store.range(whole.0, whole.1).await.unwrap());
+    assert_eq!(before, want, "minute rows");
+    let mut out = vec![views(store, whole.0, whole.1).await];
+    // Roll-ups (the days closed a week later; minutes kept), then the same answer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let keep = Retention {
+        minutes: Duration::from_secs(30 * 86_400),
+        hours: Duration::from_secs(60 * 86_400),
+        days: Duration::from_secs(400 * 86_400),
+    };
+    store
+        .maintain(t("2026-11-30T00:00:00Z"), keep)
+        .await
+        .unwrap();
+    let after = range_bytes_by_ident(&store.range(whole.0, whole.1).await.unwrap());
+    assert_eq!(after, want, "roll-ups");
+    for d in ["2026-11-22", "2026-11-23"] {
+        let (from, to) = mapservice::day_range(NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap());
+        let day = store.range(from, to).await.unwrap();
+        assert!(!day.containers.is_empty(), "{d}");
+    }
+    out.push(views(store, whole.0, whole.1).await);
+    assert_eq!(out[0], out[1], "maps before and after roll-ups");
+    let workloads = out[1].iter().find(|m| m.view == View::Workloads).unwrap();
+    assert!(
+        workloads
+            .nodes
+            .iter()
+            .any(|n| n.id.starts_with("workload:shop/") && !n.containers.is_empty()),
+        "{:?}",
+        workloads.nodes.iter().map(|n| &n.id).collect::<Vec<_>>()
+    );
+    assert!(workloads.links.iter().any(|l| {
+        l.service_addresses
+            .iter()
+            .any(|a| a.starts_with("10.96.0.40:"))
+    }));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_round_trip_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::Sqlite(Arc::new(
+        SqliteStore::open(dir.path(), Default::default()).unwrap(),
+    ));
+    containers_round_trip(&sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs clickhouse-server: cargo xtask test --only clickhouse"]
+async fn containers_round_trip_clickhouse_like_sqlite() {
+    let Some(ch) = ClickHouse::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::Sqlite(Arc::new(
+        SqliteStore::open(dir.path(), Default::default()).unwrap(),
+    ));
+    let want = containers_round_trip(&sqlite).await;
+    let clickhouse = clickhouse_store(&ch, "containers").await;
+    assert_eq!(containers_round_trip(&clickhouse).await, want);
+}

@@ -535,3 +535,84 @@ async fn query_hosts_command() {
         ])
     );
 }
+
+/// Issue 11: a golden report set with containers and Service addresses
+/// (`golden/containers/reports/`: the golden reports with every other pair in a Kubernetes
+/// container, every third client pair through a Service, and a sidecar twin of each report's
+/// first pair; `support::container_reports` made them) and its instances and workloads maps
+/// (`golden/containers/maps/`). `UPDATE_GOLDEN=1` rewrites the maps (and the reports, from
+/// `support::container_reports`).
+#[tokio::test]
+async fn golden_container_maps() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let dir = root().join("golden/containers");
+    if update {
+        std::fs::create_dir_all(dir.join("reports")).unwrap();
+        std::fs::create_dir_all(dir.join("maps")).unwrap();
+        for (i, r) in support::container_reports().iter().enumerate() {
+            let mut text = serde_json::to_vec_pretty(r).unwrap();
+            text.push(b'\n');
+            std::fs::write(dir.join(format!("reports/{i:02}.json")), text).unwrap();
+        }
+    }
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 9, "golden/containers/reports");
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::Sqlite(Arc::new(
+        SqliteStore::open(store_dir.path(), Default::default()).unwrap(),
+    ));
+    for f in &files {
+        let r = trafficmap_model::report::Report::from_json(&std::fs::read(f).unwrap()).unwrap();
+        store
+            .ingest(vec![Arc::new(Ingest::from_report(&r))], generated_at())
+            .await
+            .unwrap();
+    }
+    store
+        .maintain(generated_at(), Retention::default())
+        .await
+        .unwrap();
+    let (e, cfg) = enricher();
+    let (from, to) = mapservice::day_range(day());
+    let built = mapservice::build(&store, &e, &cfg.cost, from, to, generated_at())
+        .await
+        .unwrap();
+    for view in [View::Instances, View::Workloads] {
+        let map = built.render(&e, view, generated_at());
+        map.validate().unwrap();
+        assert_eq!(schema_errors(&map), Vec::<String>::new(), "{view:?}");
+        let path = dir.join("maps").join(view.file_name(day()));
+        let text = map.to_json_pretty();
+        if update {
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let want = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert!(
+            want == text,
+            "{} differs from what the code builds now; review with UPDATE_GOLDEN=1 and git diff",
+            path.display()
+        );
+    }
+    // By hand: api-server's pods reach postgres through the Service 10.96.0.40:5432; the two
+    // ends of each conversation merged into one link that keeps the Service address.
+    let w = built.render(&e, View::Workloads, generated_at());
+    let l = link(&w, "workload:shop/api-server", "workload:shop/postgres");
+    assert_eq!(l.service_addresses, ["10.96.0.40:5432"]);
+    assert_eq!(l.observed_by, ObservedBy::Both);
+    let n = node(&w, "workload:shop/postgres");
+    assert_eq!(n.kind, NodeKind::Workload);
+    assert_eq!(n.namespace.as_deref(), Some("shop"));
+    // Every byte of the instances view is on the workloads view: same conversations, grouped
+    // otherwise.
+    let i = built.render(&e, View::Instances, generated_at());
+    assert_eq!(
+        (w.totals.bytes, w.totals.connections),
+        (i.totals.bytes, i.totals.connections)
+    );
+}

@@ -695,6 +695,71 @@ const ATTACKS: &[Attack] = &[
             })
         },
     },
+    // Issue 11: the container and Service fields of a pair, each refused with its path.
+    Attack {
+        name: "container_id_uppercase",
+        request: "`pairs[0].container.id` of 64 `A`",
+        expect: Expect::Error(400, "pairs[0].container.id"),
+        times: 1,
+        src: LOCAL,
+        build: |_| {
+            atk("container-id", |r| {
+                r["pairs"][0]["container"] = json!({ "id": "A".repeat(64), "runtime": "docker" })
+            })
+        },
+    },
+    Attack {
+        name: "container_runtime_unknown",
+        request: "`pairs[0].container.runtime` = `lxc`",
+        expect: Expect::Error(400, "malformed report at `pairs[0].container.runtime`"),
+        times: 1,
+        src: LOCAL,
+        build: |_| {
+            atk("container-runtime", |r| {
+                r["pairs"][0]["container"] = json!({ "id": "a".repeat(64), "runtime": "lxc" })
+            })
+        },
+    },
+    Attack {
+        name: "container_namespace_64_bytes",
+        request: "`pairs[0].container.namespace` of 64 bytes",
+        expect: Expect::Error(400, "pairs[0].container.namespace"),
+        times: 1,
+        src: LOCAL,
+        build: |_| {
+            atk("container-ns", |r| {
+                r["pairs"][0]["container"] = json!({
+                    "id": "a".repeat(64), "runtime": "containerd", "namespace": "n".repeat(64)
+                })
+            })
+        },
+    },
+    Attack {
+        name: "container_workload_kind_escape",
+        request: "`pairs[0].container.workload_kind` = `Deploy\\u001b[31m`",
+        expect: Expect::Error(400, "pairs[0].container.workload_kind"),
+        times: 1,
+        src: LOCAL,
+        build: |_| {
+            atk("container-kind", |r| {
+                r["pairs"][0]["container"] = json!({
+                    "id": "a".repeat(64), "runtime": "cri-o", "workload_kind": "Deploy\u{1b}[31m"
+                })
+            })
+        },
+    },
+    Attack {
+        name: "service_ip_without_port",
+        request: "`pairs[0].service_ip` without `service_port`",
+        expect: Expect::Error(400, "pairs[0].service_port"),
+        times: 1,
+        src: LOCAL,
+        build: |_| {
+            atk("service-half", |r| {
+                r["pairs"][0]["service_ip"] = json!("10.96.0.40")
+            })
+        },
+    },
     Attack {
         name: "agent_version_129_bytes",
         request: "`agent.version` of 129 bytes",

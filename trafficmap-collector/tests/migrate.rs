@@ -1,6 +1,7 @@
 //! Upgrades: a store written by the previous release (schema version 1, `fixtures/store-v1`)
 //! is opened by this collector, migrated in place, and answers exactly the golden maps, on
-//! SQLite and on ClickHouse; a store written by a newer collector is refused with one clear
+//! SQLite and on ClickHouse; so does a SQLite store of schema version 2 (`fixtures/store-v2`,
+//! host health, before issue 11's container and service columns), host health included; a store written by a newer collector is refused with one clear
 //! error and left untouched.
 //!
 //! The ClickHouse half needs a server: `cargo xtask test --only clickhouse` runs it on both
@@ -34,6 +35,11 @@ fn generated_at() -> DateTime<Utc> {
 
 /// Every view of both golden days from `store` equals its golden file.
 async fn answers_golden_maps(store: &Store) {
+    answers_golden_maps_of(store, false).await
+}
+
+/// `with_host`: the store kept host health (schema 2 and later), so the maps carry it.
+async fn answers_golden_maps_of(store: &Store, with_host: bool) {
     let cfg = Config::from_file(&root().join("golden/enrich/collector.toml")).unwrap();
     let (e, _) = Enricher::new(&cfg.enrich).unwrap();
     let snap = std::fs::read(cfg.enrich.ec2.snapshot_file.as_ref().unwrap()).unwrap();
@@ -51,6 +57,10 @@ async fn answers_golden_maps(store: &Store) {
             )
             .unwrap();
             let got: serde_json::Value = serde_json::from_slice(&m.to_json_pretty()).unwrap();
+            if with_host {
+                assert_eq!(got, golden, "{} {d} from a migrated store", v.as_str());
+                continue;
+            }
             // Schema 1 stored no host health (agents of that release sent none): the migrated
             // store answers the golden maps without it, and nothing else differs.
             for n in got["nodes"].as_array().unwrap() {
@@ -104,6 +114,70 @@ async fn sqlite_store_of_the_previous_release_is_migrated_in_place() {
         SqliteStore::open(dir.path(), Default::default()).unwrap(),
     ));
     answers_golden_maps(&store).await;
+}
+
+/// Schema 2 -> 3 (issue 11): the roll-up tables are rebuilt with the container and service
+/// columns in their key; every row, minute, hour and day, is kept with the same numbers.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_store_of_schema_2_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("trafficmap.db");
+    std::fs::copy(
+        root().join("trafficmap-collector/tests/fixtures/store-v2/sqlite/trafficmap.db"),
+        &db,
+    )
+    .unwrap();
+    assert_eq!(sqlite_version(&db), 2);
+    // Every number of every pair table before the migration.
+    let sums = |db: &std::path::Path| -> Vec<(String, i64, i64, i64, i64, i64)> {
+        let c = rusqlite::Connection::open(db).unwrap();
+        ["pair_minute", "pair_hour", "pair_day"]
+            .iter()
+            .map(|t| {
+                c.query_row(
+                    &format!(
+                        "SELECT COUNT(*), SUM(bytes_sent), SUM(bytes_received), SUM(conns_opened), SUM(conns_carried) FROM {t}"
+                    ),
+                    [],
+                    |r| Ok((t.to_string(), r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .unwrap()
+            })
+            .collect()
+    };
+    let before = sums(&db);
+    // The fixture holds rows in all three tables (27 minute rows rolled into 27 hour and 24
+    // day rows).
+    assert_eq!(before.iter().map(|r| r.1).collect::<Vec<_>>(), [27, 27, 24]);
+    let store = Store::Sqlite(Arc::new(
+        SqliteStore::open(dir.path(), Default::default()).unwrap(),
+    ));
+    assert_eq!(sqlite_version(&db), 3);
+    assert_eq!(sums(&db), before);
+    // The new columns exist, empty on every old row.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    for t in ["pair_minute", "pair_hour", "pair_day"] {
+        let n: i64 = c
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {t} WHERE container_id = '' AND container_runtime = '' AND container_name = '' AND pod = '' AND namespace = '' AND workload_kind = '' AND workload = '' AND service_ip = '' AND service_port = 0"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, before.iter().find(|r| r.0 == t).unwrap().1, "{t}");
+    }
+    // The views for people at the sqlite3 prompt read the new tables.
+    let named: i64 = c
+        .query_row("SELECT COUNT(*) FROM pair_day_named", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(named, 24);
+    drop(c);
+    answers_golden_maps_of(&store, true).await;
+    drop(store);
+    let store = Store::Sqlite(Arc::new(
+        SqliteStore::open(dir.path(), Default::default()).unwrap(),
+    ));
+    answers_golden_maps_of(&store, true).await;
 }
 
 #[test]

@@ -22,16 +22,25 @@ pub enum View {
     Clusters,
     /// A node per security group; a host in several groups contributes to each.
     SecurityGroups,
+    /// A node per Kubernetes workload (namespace x workload), per container without Kubernetes
+    /// names, and per host for processes outside containers (issue 11).
+    Workloads,
 }
 
 impl View {
-    pub const ALL: [View; 3] = [View::Instances, View::Clusters, View::SecurityGroups];
+    pub const ALL: [View; 4] = [
+        View::Instances,
+        View::Clusters,
+        View::SecurityGroups,
+        View::Workloads,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             View::Instances => "instances",
             View::Clusters => "clusters",
             View::SecurityGroups => "security-groups",
+            View::Workloads => "workloads",
         }
     }
 
@@ -48,7 +57,9 @@ impl std::str::FromStr for View {
             .into_iter()
             .find(|v| v.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown view `{s}`: expected instances, clusters or security-groups")
+                format!(
+                    "unknown view `{s}`: expected instances, clusters, security-groups or workloads"
+                )
             })
     }
 }
@@ -85,6 +96,30 @@ pub enum NodeKind {
     Cluster,
     /// A security group (security-groups view).
     SecurityGroup,
+    /// A Kubernetes workload, or a container without Kubernetes names (workloads view).
+    Workload,
+}
+
+/// At most this many entries in a node's `containers` and `hosts` (issue 11): a workload of
+/// thousands of pods lists the first ones by id; `members` keeps the full count.
+pub const MAX_NODE_CONTAINERS: usize = 100;
+pub const MAX_NODE_HOSTS: usize = 100;
+/// At most this many `service_addresses` on a link.
+pub const MAX_LINK_SERVICE_ADDRESSES: usize = 32;
+
+/// A container a node's traffic came from (issue 11), as the agents named it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRef {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 /// Values of [`Node::price_source`]: the last spot price of the instance's type and zone
@@ -144,6 +179,20 @@ pub struct Node {
     /// range and the largest 1-minute load in it. Absent for other nodes and for clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostStats>,
+    // Issue 11 (containers and Kubernetes): all absent in maps without containers.
+    /// Kubernetes namespace of a workload node (workloads view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Kind of the workload (`Deployment`, ...), when all its containers agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_kind: Option<String>,
+    /// Containers whose traffic the node carries, by id, at most [`MAX_NODE_CONTAINERS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerRef>,
+    /// Workload nodes: the node ids of the hosts its containers ran on, at most
+    /// [`MAX_NODE_HOSTS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// A host's health over a map's range: the last sample its agent sent (as in the report's
@@ -244,6 +293,11 @@ pub struct Link {
     pub first_seen: Option<DateTime<Utc>>,
     #[serde(default)]
     pub last_seen: Option<DateTime<Utc>>,
+    /// Addresses the clients connected to before translation (issue 11: a Kubernetes
+    /// Service's ClusterIP and port, `10.96.0.40:5432`, `[fd00::1]:80`), sorted, at most
+    /// [`MAX_LINK_SERVICE_ADDRESSES`]. Absent when no client went through a translation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_addresses: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -291,6 +345,15 @@ impl Map {
             if !ids.insert(n.id.as_str()) {
                 return Err(MapError::Invalid(format!("duplicate node id `{}`", n.id)));
             }
+            // Issue 11: the lists a map file may carry are capped as the builder caps them.
+            if n.containers.len() > MAX_NODE_CONTAINERS || n.hosts.len() > MAX_NODE_HOSTS {
+                return Err(MapError::Invalid(format!(
+                    "node `{}`: {} containers and {} hosts, at most {MAX_NODE_CONTAINERS} and {MAX_NODE_HOSTS}",
+                    n.id,
+                    n.containers.len(),
+                    n.hosts.len()
+                )));
+            }
         }
         let mut bytes = 0u64;
         let mut disagreement = 0u64;
@@ -317,6 +380,22 @@ impl Map {
                 .find_map(|n| crate::services::check_name(n).err())
             {
                 return Err(MapError::Invalid(format!("links[{i}].services: {e}")));
+            }
+            if l.service_addresses.len() > MAX_LINK_SERVICE_ADDRESSES {
+                return Err(MapError::Invalid(format!(
+                    "links[{i}]: {} service_addresses, at most {MAX_LINK_SERVICE_ADDRESSES}",
+                    l.service_addresses.len()
+                )));
+            }
+            if let Some(bad) = l
+                .service_addresses
+                .iter()
+                .find(|a| a.parse::<std::net::SocketAddr>().is_err())
+            {
+                return Err(MapError::Invalid(format!(
+                    "links[{i}].service_addresses: `{}` is not an address:port",
+                    bad.escape_debug()
+                )));
             }
             bytes += l.bytes_to_target + l.bytes_to_source;
             disagreement += l.disagreement_bytes;

@@ -694,6 +694,12 @@ impl Pair {
 }
 
 impl Container {
+    /// The bounds a report's container meets, for a container read from elsewhere (an archive
+    /// extract, read as hostile as a report).
+    pub fn check(&self) -> Result<(), ReportError> {
+        self.validate(0)
+    }
+
     fn validate(&self, i: usize) -> Result<(), ReportError> {
         let path = |field| PairField { i, field };
         if !(bounds::MIN_CONTAINER_ID_LEN..=bounds::MAX_CONTAINER_ID_LEN).contains(&self.id.len())

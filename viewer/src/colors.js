@@ -18,6 +18,7 @@ export const KIND_COLORS = {
   external: EXTERNAL,
   cluster: "#59a14f",
   security_group: "#b07aa1",
+  workload: "#f28e2b", // issue 11
 };
 
 export const DIFF_COLORS = { new: "#2ca02c", gone: "#d62728", changed: "#ff9f1c", same: "#b8bec8" };

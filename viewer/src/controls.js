@@ -349,11 +349,12 @@ export class Controls {
       case "1":
       case "2":
       case "3":
-        this.setView(["instances", "clusters", "security-groups"][Number(e.key) - 1]);
+      case "4": // issue 11: workloads
+        this.setView(["instances", "clusters", "security-groups", "workloads"][Number(e.key) - 1]);
         break;
       case "g": {
-        const order = ["none", "env", "archdomain"];
-        this.app.set({ group: order[(order.indexOf(this.app.state.group) + 1) % 3] });
+        const order = ["none", "env", "archdomain", "namespace"];
+        this.app.set({ group: order[(order.indexOf(this.app.state.group) + 1) % order.length] });
         break;
       }
       case "?":

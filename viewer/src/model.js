@@ -3,8 +3,8 @@
 // `node --test` covers it.
 
 export const MAP_SCHEMA = "trafficmap.map/v1";
-export const VIEWS = ["instances", "clusters", "security-groups"];
-export const GROUPINGS = ["none", "env", "archdomain"];
+export const VIEWS = ["instances", "clusters", "security-groups", "workloads"];
+export const GROUPINGS = ["none", "env", "archdomain", "namespace"];
 
 /** Envs in the order users expect them on the map (production first); others follow by name. */
 const ENV_ORDER = ["prod", "production", "prd", "live", "stage", "staging", "stg", "preprod", "uat", "qa", "test", "testing", "dev", "development", "sandbox"];
@@ -304,6 +304,8 @@ export function groupKey(node, grouping) {
   if (!grouping || grouping.mode === "none") return null;
   if (node.kind === "external") return "external";
   if (grouping.mode === "env") return `env:${node.env ?? "(no env)"}`;
+  // issue 11: Kubernetes namespaces (workload nodes carry theirs; hosts have none).
+  if (grouping.mode === "namespace") return `ns:${node.namespace ?? "(no namespace)"}`;
   const arch = archPrefix(node.archdomain, grouping.level) ?? "(no archdomain)";
   return grouping.splitEnv ? `arch:${arch}|${node.env ?? "(no env)"}` : `arch:${arch}`;
 }
@@ -312,6 +314,7 @@ export function groupKey(node, grouping) {
 export function groupLabel(key) {
   if (key === "external") return "external";
   if (key.startsWith("env:")) return key.slice(4);
+  if (key.startsWith("ns:")) return key.slice(3); // issue 11
   const [arch, env] = key.slice(5).split("|");
   return env === undefined ? arch : `${arch} · ${env}`;
 }
@@ -346,8 +349,9 @@ function ipToInt(s) {
 /**
  * Parses a search query into terms. Each whitespace-separated term must match (AND):
  * `10.1.0.0/16` (IPv4 CIDR), `:9200` or `port:9200` (server port), `env:prod`, `arch:online/midtier`,
- * `proc:nginx`, `type:m5.large`; anything else matches as a case-insensitive substring of the
- * label, id, addresses, processes, archdomain, env, instance type or security groups.
+ * `proc:nginx`, `type:m5.large`, `ns:shop` (issue 11: Kubernetes namespace); anything else matches
+ * as a case-insensitive substring of the label, id, addresses, processes, archdomain, env, instance
+ * type, security groups, or a container's id, name or pod.
  */
 export function parseQuery(q) {
   const terms = [];
@@ -367,7 +371,7 @@ export function parseQuery(q) {
       terms.push({ kind: "port", port: Number(m[1]) });
       continue;
     }
-    if ((m = /^(env|arch|proc|type|sg):(.+)$/i.exec(raw))) {
+    if ((m = /^(env|arch|proc|type|sg|ns):(.+)$/i.exec(raw))) {
       terms.push({ kind: m[1].toLowerCase(), text: m[2].toLowerCase() });
       continue;
     }
@@ -396,6 +400,8 @@ function termMatches(n, t) {
       return lc(n.instance_type) === t.text;
     case "sg":
       return n.security_groups.some((g) => lc(g).includes(t.text));
+    case "ns": // issue 11
+      return lc(n.namespace) === t.text || (n.containers ?? []).some((c) => lc(c.namespace) === t.text);
     default:
       return (
         lc(n.label).includes(t.text) ||
@@ -406,7 +412,8 @@ function termMatches(n, t) {
         n.addresses.some((a) => lc(a).includes(t.text)) ||
         n.processes.some((p) => lc(p).includes(t.text)) ||
         n.security_groups.some((g) => lc(g).includes(t.text)) ||
-        servesNamed(n, t.text) // issue 12 item 4
+        servesNamed(n, t.text) || // issue 12 item 4
+        (n.containers ?? []).some((c) => c.id.startsWith(t.text) || lc(c.name).includes(t.text) || lc(c.pod).includes(t.text)) // issue 11
       );
   }
 }

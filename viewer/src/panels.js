@@ -11,8 +11,24 @@ import { EDGE_MAX, PINNED } from "./scene.js";
 import { TOP_N, TOP_N_ABOVE, topLinksOf } from "./links.js";
 import { groupLabel } from "./model.js";
 
-export const VIEW_NAMES = { instances: "Instances", clusters: "Clusters", "security-groups": "Security groups" };
-export const KIND_NAMES = { host: "host", unmonitored: "unmonitored host", external: "external", cluster: "cluster", security_group: "security group" };
+export const VIEW_NAMES = { instances: "Instances", clusters: "Clusters", "security-groups": "Security groups", workloads: "Workloads" };
+export const KIND_NAMES = { host: "host", unmonitored: "unmonitored host", external: "external", cluster: "cluster", security_group: "security group", workload: "workload" };
+
+// ---- issue 11 (containers, Kubernetes, Service NAT): optional fields of newer maps.
+// A node's containers ("name (pod) · id"), a workload's hosts, a link's Service addresses.
+export function containerText(c) {
+  const where = [c.pod, c.namespace && !c.pod ? c.namespace : null].filter(Boolean).join(", ");
+  return `${c.name ?? c.workload ?? "container"}${where ? ` (${where})` : ""} · ${c.id.slice(0, 12)}`;
+}
+function containerRows(row, n) {
+  return [
+    row("namespace", "Namespace", n.namespace),
+    row("workload_kind", "Workload kind", n.workload_kind),
+    n.containers?.length ? [h("dt", {}, `Containers (${n.containers.length})`), h("dd", { "data-field": "containers" }, h("ul", { class: "containers" }, ...n.containers.map((c) => h("li", { title: c.id }, containerText(c)))))] : null,
+    row("hosts", "Hosts", n.hosts?.length ? n.hosts.join(", ") : null),
+  ];
+}
+// ---- end issue 11 ----
 
 // ---- issue 12 item 4 (service names): ports with the names the map gives them, "5432/postgresql".
 // A link's `services` is parallel to its `server_ports` ("" for a port without a name) and absent
@@ -117,7 +133,8 @@ export class Panels {
         row("region", "Region", n.region && !(n.availability_zone ?? "").startsWith(n.region) ? n.region : null),
         row("labels", "Labels", labels),
         row("price", "Price", n.price_per_hour === null ? null : `${fmtUsd(n.price_per_hour)}/h`),
-        row("members", "Members", n.members > 1 || n.kind === "cluster" || n.kind === "security_group" ? fmtCount(n.members) : null),
+        row("members", "Members", n.members > 1 || n.kind === "cluster" || n.kind === "security_group" || n.kind === "workload" ? fmtCount(n.members) : null),
+        ...containerRows(row, n), // issue 11
         row("security_groups", "Security groups", n.security_groups.join(", ")),
         row("processes", "Processes", n.processes.join(", ")),
         row("server_ports", "Server ports", nodePortLabels(index, n)),
@@ -162,6 +179,7 @@ export class Panels {
         row("client", "Client", h("button", { type: "button", class: "peer", onclick: () => this.app.select(s.id, true) }, s.label)),
         row("server", "Server", h("button", { type: "button", class: "peer", onclick: () => this.app.select(t.id, true) }, t.label)),
         row("server_ports", "Server ports", portLabels(l.server_ports, l.services)),
+        row("service_addresses", "Service", l.service_addresses?.length ? l.service_addresses.join(", ") : null), // issue 11
         row("bytes_to_target", "Client → server", fmtBytes(l.bytes_to_target)),
         row("bytes_to_source", "Server → client", fmtBytes(l.bytes_to_source)),
         row("connections", "Connections", fmtCount(l.connections)),

@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".json": "application/json" };
-const VIEWS = ["instances", "clusters", "security-groups"];
+const VIEWS = ["instances", "clusters", "security-groups", "workloads"];
 
 function send(res, status, body, type = "application/json") {
   res.writeHead(status, { "Content-Type": type, "Cache-Control": "no-store" });
@@ -91,7 +91,7 @@ export function startServer({ mapsDir, distDir = join(here, "..", "dist"), port 
   };
   const mapFor = (p) => {
     const view = p.get("view");
-    if (!VIEWS.includes(view)) return [400, { error: "view: expected instances, clusters or security-groups" }];
+    if (!VIEWS.includes(view)) return [400, { error: "view: expected instances, clusters, security-groups or workloads" }];
     if (p.has("day")) {
       const doc = /^\d{4}-\d{2}-\d{2}$/.test(p.get("day")) ? load(view, p.get("day")) : undefined;
       if (doc === undefined) return [400, { error: "day: expected YYYY-MM-DD" }];

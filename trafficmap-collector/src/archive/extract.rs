@@ -14,7 +14,8 @@
 //! - `pair`: one observation key summed over the day: `agent` (its `machine_id`), `local_ip`,
 //!   `peer_ip`, `server_port`, `role`, `process`, and the counters `bytes_sent`,
 //!   `bytes_received`, `conns_opened`, `conns_carried`, `first_window_ms`, `first_seen_ms`,
-//!   `last_seen_ms`;
+//!   `last_seen_ms`; and, when the pair had them (issue 11), `container` (as in a report) and
+//!   `service_ip`/`service_port`;
 //! - `cloud` (at most one): `snapshot`, the EC2 snapshot in force that day.
 //!
 //! Restoring stores each agent's day as reports of the archive's own (`report_id`
@@ -33,7 +34,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use trafficmap_model::{
     cloud::CloudSnapshot,
-    report::{Ec2Identity, Role},
+    report::{Container, Ec2Identity, Role},
 };
 
 use crate::{
@@ -100,6 +101,13 @@ enum Line {
         first_window_ms: i64,
         first_seen_ms: i64,
         last_seen_ms: i64,
+        // Issue 11; absent from older extracts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<Container>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_ip: Option<IpAddr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_port: Option<u16>,
     },
     Cloud {
         snapshot: Box<CloudSnapshot>,
@@ -143,6 +151,12 @@ pub async fn write(store: &Store, day: NaiveDate) -> Result<Vec<u8>, ExtractErro
             ));
         };
         let c = o.c;
+        let container = match o.container {
+            None => None,
+            Some(i) => Some(data.containers.get(i as usize).cloned().ok_or_else(|| {
+                ExtractError::Invalid("the store returned a row of an unknown container".into())
+            })?),
+        };
         pairs.push(Line::Pair {
             agent: a.machine_id.clone(),
             local_ip: o.local_ip,
@@ -157,6 +171,9 @@ pub async fn write(store: &Store, day: NaiveDate) -> Result<Vec<u8>, ExtractErro
             first_window_ms: c.first_window_ms,
             first_seen_ms: c.first_seen_ms,
             last_seen_ms: c.last_seen_ms,
+            container,
+            service_ip: o.service.map(|s| s.0),
+            service_port: o.service.map(|s| s.1),
         });
     }
     pairs.sort_by_key(key);
@@ -176,7 +193,18 @@ pub async fn write(store: &Store, day: NaiveDate) -> Result<Vec<u8>, ExtractErro
 }
 
 /// The sort key of a line (the store's row order is not stable).
-fn key(l: &Line) -> (String, IpAddr, IpAddr, u16, Role, String) {
+type LineKey = (
+    String,
+    IpAddr,
+    IpAddr,
+    u16,
+    Role,
+    String,
+    Option<Container>,
+    Option<(IpAddr, u16)>,
+);
+
+fn key(l: &Line) -> LineKey {
     let unspecified = IpAddr::from([0, 0, 0, 0]);
     match l {
         Line::Agent { machine_id, .. } => (
@@ -186,6 +214,8 @@ fn key(l: &Line) -> (String, IpAddr, IpAddr, u16, Role, String) {
             0,
             Role::Unknown,
             String::new(),
+            None,
+            None,
         ),
         Line::Pair {
             agent,
@@ -194,6 +224,9 @@ fn key(l: &Line) -> (String, IpAddr, IpAddr, u16, Role, String) {
             server_port,
             role,
             process,
+            container,
+            service_ip,
+            service_port,
             ..
         } => (
             agent.clone(),
@@ -202,6 +235,8 @@ fn key(l: &Line) -> (String, IpAddr, IpAddr, u16, Role, String) {
             *server_port,
             *role,
             process.clone(),
+            container.clone(),
+            service_ip.zip(*service_port),
         ),
         Line::Header { .. } | Line::Cloud { .. } => (
             String::new(),
@@ -210,6 +245,8 @@ fn key(l: &Line) -> (String, IpAddr, IpAddr, u16, Role, String) {
             0,
             Role::Unknown,
             String::new(),
+            None,
+            None,
         ),
     }
 }
@@ -301,7 +338,19 @@ pub async fn restore(
                 first_window_ms,
                 first_seen_ms,
                 last_seen_ms,
+                container,
+                service_ip,
+                service_port,
             } => {
+                // Issue 11: the bounds of a report's pair.
+                if let Some(c) = &container {
+                    c.check().map_err(|e| bad(format!("container: {e}")))?;
+                }
+                if service_ip.is_some() != service_port.is_some() {
+                    return Err(bad(
+                        "service_ip and service_port come together or not at all".into(),
+                    ));
+                }
                 let a = agents
                     .get_mut(&agent)
                     .ok_or_else(|| bad(format!("pair of agent {agent} before its agent line")))?;
@@ -312,6 +361,8 @@ pub async fn restore(
                     server_port,
                     role,
                     process,
+                    container,
+                    service: service_ip.zip(service_port),
                     c: Counters {
                         bytes_sent,
                         bytes_received,

@@ -47,15 +47,20 @@ use crate::{
 /// Partitions of the roll-up and report tables span this many seconds (30 days).
 const BUCKET: i64 = 30 * DAY;
 /// The database's schema version (table `schema_version`, one row per version applied).
-/// 1: 0.1.0 (which had no such table). 2: the host-health tables. A collector migrates an
+/// 1: 0.1.0 (which had no such table). 2: the host-health tables. 3: the container and service
+/// columns of the `pair_*` tables (issue 11), part of their sorting key. A collector migrates an
 /// earlier database in place and refuses a newer one.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// What turns version N into N+1 beyond the `IF NOT EXISTS` tables of `create`: (N,
 /// statements). Several collectors may open one database at once, so every statement must be
 /// idempotent (`ADD COLUMN IF NOT EXISTS`, ...).
 const MIGRATIONS: &[(u32, &[&str])] = &[
     // 1 -> 2: new tables only (host_minute, host_hour, host_day).
     (1, &[]),
+    // 2 -> 3: the container and service columns, added to the sorting key of the pair tables
+    // (else ReplacingMergeTree would fold two containers' rows into one):
+    // [`ClickHouseStore::add_ident_columns`], which checks before it alters.
+    (2, &[]),
 ];
 const _: () = {
     let mut i = 0;
@@ -139,7 +144,80 @@ fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-const KEY: &str = "observer, local_ip, peer_ip, server_port, role, process";
+const KEY: &str = "observer, local_ip, peer_ip, server_port, role, process, container_id, container_runtime, container_name, pod, namespace, workload_kind, workload, service_ip, service_port";
+/// The key before schema 3, and the columns issue 11 appended to it (`''` and 0 for none).
+const BASE_KEY: &str = "observer, local_ip, peer_ip, server_port, role, process";
+const IDENT_KEY: &str = "container_id, container_runtime, container_name, pod, namespace, workload_kind, workload, service_ip, service_port";
+const IDENT_COLS: &str = "container_id String, container_runtime String, container_name String, pod String, namespace String, workload_kind String, workload String, service_ip String, service_port UInt16";
+
+/// The container and service columns of a row (issue 11), as stored.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct IdentCols {
+    container_id: String,
+    container_runtime: String,
+    container_name: String,
+    pod: String,
+    namespace: String,
+    workload_kind: String,
+    workload: String,
+    service_ip: String,
+    #[serde(deserialize_with = "num")]
+    service_port: u16,
+}
+
+impl IdentCols {
+    fn of(r: &crate::ingest::Row) -> IdentCols {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut t = IdentCols::default();
+        if let Some(c) = &r.container {
+            t.container_id = c.id.clone();
+            t.container_runtime = c.runtime.as_str().to_owned();
+            t.container_name = text(&c.name);
+            t.pod = text(&c.pod);
+            t.namespace = text(&c.namespace);
+            t.workload_kind = text(&c.workload_kind);
+            t.workload = text(&c.workload);
+        }
+        if let Some((ip, port)) = r.service {
+            t.service_ip = ip.to_string();
+            t.service_port = port;
+        }
+        t
+    }
+
+    /// Back into a range's key, checked as a report's fields are (a corrupt row is an error).
+    fn ident(
+        self,
+        b: &mut RangeBuilder,
+        ip: &mut dyn FnMut(String) -> Result<IpAddr>,
+    ) -> Result<crate::range::Ident> {
+        use trafficmap_model::report::{Container, ContainerRuntime as R};
+        let mut out = crate::range::Ident::default();
+        if !self.container_id.is_empty() {
+            let runtime = [R::Docker, R::Containerd, R::CriO, R::Podman, R::Oci]
+                .into_iter()
+                .find(|r| r.as_str() == self.container_runtime)
+                .ok_or_else(|| ch(format!("corrupt runtime `{}`", self.container_runtime)))?;
+            let opt = |v: String| (!v.is_empty()).then_some(v);
+            let c = Container {
+                id: self.container_id,
+                runtime,
+                name: opt(self.container_name),
+                pod: opt(self.pod),
+                namespace: opt(self.namespace),
+                workload_kind: opt(self.workload_kind),
+                workload: opt(self.workload),
+            };
+            c.check()
+                .map_err(|e| ch(format!("corrupt container: {e}")))?;
+            out.container = Some(b.container(&c));
+        }
+        if !self.service_ip.is_empty() {
+            out.service = Some((ip(self.service_ip)?, self.service_port));
+        }
+        Ok(out)
+    }
+}
 
 /// `JSONEachRow` lines, built before any `.await` (the rows borrow the batch).
 fn each_row<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Vec<u8>> {
@@ -168,6 +246,8 @@ struct MinuteRow<'a> {
     first_window_ms: i64,
     first_seen_ms: i64,
     last_seen_ms: i64,
+    #[serde(flatten)]
+    ident: IdentCols,
 }
 
 #[derive(Serialize)]
@@ -219,6 +299,8 @@ struct KeyRow {
     first_seen_ms: i64,
     #[serde(deserialize_with = "num")]
     last_seen_ms: i64,
+    #[serde(flatten)]
+    ident: IdentCols,
 }
 
 /// The counters of a key summed over a segment, from rows already de-duplicated.
@@ -439,6 +521,9 @@ impl ClickHouseStore {
             for q in *statements {
                 self.query(&q.replace("{db}", db)).await?;
             }
+            if *step_from == 2 {
+                self.add_ident_columns().await?;
+            }
             tracing::info!(
                 database = %db,
                 "store schema migrated from version {step_from} to {}",
@@ -451,6 +536,53 @@ impl ClickHouseStore {
         ))
         .await
         .map(drop)
+    }
+
+    /// Schema 2 -> 3 (issue 11): the container and service columns, appended to the sorting
+    /// key of each pair table (ClickHouse 18.16 allows that in the `ALTER` that adds them, and
+    /// only without a default: a `String` is `''` and a `UInt16` 0 on every old row). A table
+    /// that has them already (another collector migrated it) is left alone; an `ALTER` that
+    /// failed because a collector did it at the same moment is fine if the column is there.
+    async fn add_ident_columns(&self) -> Result<()> {
+        let db = &self.db;
+        for (table, order) in [
+            (
+                "pair_minute",
+                format!("minute, {BASE_KEY}, report_id, {IDENT_KEY}"),
+            ),
+            ("pair_hour", format!("period, {KEY}")),
+            ("pair_day", format!("period, {KEY}")),
+        ] {
+            let has = || async {
+                let n = self
+                    .query(&format!(
+                        "SELECT count() FROM system.columns WHERE database = {} AND table = {} AND name = 'container_id' FORMAT TabSeparated",
+                        lit(db),
+                        lit(table)
+                    ))
+                    .await?;
+                Ok::<bool, StoreError>(String::from_utf8_lossy(&n).trim() == "1")
+            };
+            if has().await? {
+                continue;
+            }
+            let add: Vec<String> = IDENT_COLS
+                .split(", ")
+                .map(|c| format!("ADD COLUMN {c}"))
+                .collect();
+            let alter = self
+                .query(&format!(
+                    "ALTER TABLE {db}.{table} {}, MODIFY ORDER BY ({order})",
+                    add.join(", ")
+                ))
+                .await;
+            if let Err(e) = alter
+                && !has().await?
+            {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// The store without a word to the server yet: settings read and checked.
@@ -586,13 +718,15 @@ impl ClickHouseStore {
         let counters =
             "bytes_sent UInt64, bytes_received UInt64, conns_opened UInt64, conns_carried UInt64,
             first_window_ms Int64, first_seen_ms Int64, last_seen_ms Int64";
-        let key_cols = "observer String, local_ip String, peer_ip String, server_port UInt16, role String, process String";
+        let key_cols = format!(
+            "observer String, local_ip String, peer_ip String, server_port UInt16, role String, process String, {IDENT_COLS}"
+        );
         let ddl = [
             format!("CREATE DATABASE IF NOT EXISTS {db}"),
             format!(
                 "CREATE TABLE IF NOT EXISTS {db}.pair_minute (minute UInt32, report_id String, {key_cols}, {counters})
                  ENGINE = ReplacingMergeTree() PARTITION BY intDiv(minute, 86400)
-                 ORDER BY (minute, {KEY}, report_id)"
+                 ORDER BY (minute, {BASE_KEY}, report_id, {IDENT_KEY})"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {db}.pair_hour (period UInt32, {key_cols}, {counters}, version UInt64)
@@ -744,6 +878,7 @@ impl ClickHouseStore {
                 first_window_ms: r.c.first_window_ms,
                 first_seen_ms: r.c.first_seen_ms,
                 last_seen_ms: r.c.last_seen_ms,
+                ident: IdentCols::of(r),
             })
         }))?;
         let addresses = each_row(fresh.iter().flat_map(|ing| {
@@ -900,13 +1035,17 @@ impl ClickHouseStore {
                     .role
                     .parse()
                     .map_err(|_| ch(format!("corrupt role `{}`", r.role)))?;
-                b.add(
+                let local = ip(r.local_ip)?;
+                let peer = ip(r.peer_ip)?;
+                let ident = r.ident.ident(&mut b, &mut ip)?;
+                b.add_with(
                     agent,
-                    ip(r.local_ip)?,
-                    ip(r.peer_ip)?,
+                    local,
+                    peer,
                     r.server_port,
                     role,
                     process,
+                    ident,
                     &Counters {
                         // A value an older collector stored above `i64::MAX` reads clamped.
                         bytes_sent: r.bytes_sent.min(COUNTER_MAX),

@@ -38,15 +38,115 @@ use crate::{
     range::{Counters, RangeBuilder, RangeData},
 };
 
-/// The database's schema version (table `meta`). 1: 0.1.0. 2: the host-health tables.
+/// A roll-up table (`pair_hour`, `pair_day`): one row per period and key. The key holds the
+/// container and service columns (issue 11; `''` and 0 when the pair had none: SQLite treats
+/// NULLs in a key as distinct, which would break the upsert).
+macro_rules! rollup_table {
+    ($name:literal) => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS ",
+            $name,
+            " (
+    period          INTEGER NOT NULL,
+    observer        INTEGER NOT NULL,
+    local_ip        TEXT NOT NULL,
+    peer_ip         TEXT NOT NULL,
+    server_port     INTEGER NOT NULL,
+    role            INTEGER NOT NULL,
+    process         INTEGER NOT NULL,
+    bytes_sent      INTEGER NOT NULL,
+    bytes_received  INTEGER NOT NULL,
+    conns_opened    INTEGER NOT NULL,
+    conns_carried   INTEGER NOT NULL,
+    first_window_ms INTEGER NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL,
+    container_id      TEXT NOT NULL DEFAULT '',
+    container_runtime TEXT NOT NULL DEFAULT '',
+    container_name    TEXT NOT NULL DEFAULT '',
+    pod               TEXT NOT NULL DEFAULT '',
+    namespace         TEXT NOT NULL DEFAULT '',
+    workload_kind     TEXT NOT NULL DEFAULT '',
+    workload          TEXT NOT NULL DEFAULT '',
+    service_ip        TEXT NOT NULL DEFAULT '',
+    service_port      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (period, observer, local_ip, peer_ip, server_port, role, process, container_id, container_runtime, container_name, pod, namespace, workload_kind, workload, service_ip, service_port)
+) WITHOUT ROWID;
+"
+        )
+    };
+}
+
+/// The same rows with names, for people at the sqlite3 prompt.
+macro_rules! pair_views {
+    () => {
+        "
+CREATE VIEW IF NOT EXISTS pair_minute_named AS
+    SELECT minute, o.name AS observer, local_ip, peer_ip, server_port,
+           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
+           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
+           first_window_ms, first_seen_ms, last_seen_ms, container_id, container_runtime,
+           container_name, pod, namespace, workload_kind, workload, service_ip, service_port
+    FROM pair_minute JOIN names o ON o.id = observer JOIN names p ON p.id = process;
+CREATE VIEW IF NOT EXISTS pair_hour_named AS
+    SELECT period, o.name AS observer, local_ip, peer_ip, server_port,
+           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
+           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
+           first_window_ms, first_seen_ms, last_seen_ms, container_id, container_runtime,
+           container_name, pod, namespace, workload_kind, workload, service_ip, service_port
+    FROM pair_hour JOIN names o ON o.id = observer JOIN names p ON p.id = process;
+CREATE VIEW IF NOT EXISTS pair_day_named AS
+    SELECT period, o.name AS observer, local_ip, peer_ip, server_port,
+           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
+           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
+           first_window_ms, first_seen_ms, last_seen_ms, container_id, container_runtime,
+           container_name, pod, namespace, workload_kind, workload, service_ip, service_port
+    FROM pair_day JOIN names o ON o.id = observer JOIN names p ON p.id = process;
+"
+    };
+}
+
+/// The database's schema version (table `meta`). 1: 0.1.0. 2: the host-health tables. 3: the
+/// container and service columns of the `pair_*` tables (issue 11), part of the roll-up key.
 /// A collector opens databases of every earlier version and migrates them in place; it refuses
 /// a newer one (written by a newer collector) without writing to it.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// What turns version N into N+1 beyond the `IF NOT EXISTS` tables of `SCHEMA`, which appear on
 /// their own: (N, statements). Each step runs in one transaction with its version bump.
 const MIGRATIONS: &[(i64, &str)] = &[
     // 1 -> 2: new tables only (host_minute, host_hour, host_day).
     (1, ""),
+    // 2 -> 3: the container and service columns (issue 11); every existing row has neither.
+    // The roll-up tables' primary key grows, which SQLite cannot alter: they are copied into
+    // new tables (the views that read them are dropped first and made again).
+    (
+        2,
+        concat!(
+            "DROP VIEW IF EXISTS pair_minute_named;
+            DROP VIEW IF EXISTS pair_hour_named;
+            DROP VIEW IF EXISTS pair_day_named;
+            ALTER TABLE pair_minute ADD COLUMN container_id TEXT NOT NULL DEFAULT '';
+            ALTER TABLE pair_minute ADD COLUMN container_runtime TEXT NOT NULL DEFAULT '';
+            ALTER TABLE pair_minute ADD COLUMN container_name TEXT NOT NULL DEFAULT '';
+            ALTER TABLE pair_minute ADD COLUMN pod TEXT NOT NULL DEFAULT '';
+            ALTER TABLE pair_minute ADD COLUMN namespace TEXT NOT NULL DEFAULT '';
+            ALTER TABLE pair_minute ADD COLUMN workload_kind TEXT NOT NULL DEFAULT '';
+            ALTER TABLE pair_minute ADD COLUMN workload TEXT NOT NULL DEFAULT '';
+            ALTER TABLE pair_minute ADD COLUMN service_ip TEXT NOT NULL DEFAULT '';
+            ALTER TABLE pair_minute ADD COLUMN service_port INTEGER NOT NULL DEFAULT 0;",
+            rollup_table!("pair_hour_v3"),
+            "INSERT INTO pair_hour_v3 (period, observer, local_ip, peer_ip, server_port, role, process, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms)
+                SELECT period, observer, local_ip, peer_ip, server_port, role, process, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms FROM pair_hour;
+            DROP TABLE pair_hour;
+            ALTER TABLE pair_hour_v3 RENAME TO pair_hour;",
+            rollup_table!("pair_day_v3"),
+            "INSERT INTO pair_day_v3 (period, observer, local_ip, peer_ip, server_port, role, process, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms)
+                SELECT period, observer, local_ip, peer_ip, server_port, role, process, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms FROM pair_day;
+            DROP TABLE pair_day;
+            ALTER TABLE pair_day_v3 RENAME TO pair_day;",
+            pair_views!(),
+        ),
+    ),
 ];
 /// Minute rows folded per roll-up transaction (bounds memory and how long ingest waits).
 const ROLLUP_CHUNK: i64 = 100_000;
@@ -57,7 +157,8 @@ const DELETE_CHUNK: i64 = 50_000;
 /// indexed look-up, and agents' names repeat from one minute to the next.)
 const NAME_CACHE: usize = 100_000;
 
-const SCHEMA: &str = r"
+const SCHEMA: &str = concat!(
+    r"
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -121,72 +222,31 @@ CREATE TABLE IF NOT EXISTS pair_minute (
     conns_carried   INTEGER NOT NULL,
     first_window_ms INTEGER NOT NULL,
     first_seen_ms   INTEGER NOT NULL,
-    last_seen_ms    INTEGER NOT NULL
+    last_seen_ms    INTEGER NOT NULL,
+    container_id      TEXT NOT NULL DEFAULT '',
+    container_runtime TEXT NOT NULL DEFAULT '',
+    container_name    TEXT NOT NULL DEFAULT '',
+    pod               TEXT NOT NULL DEFAULT '',
+    namespace         TEXT NOT NULL DEFAULT '',
+    workload_kind     TEXT NOT NULL DEFAULT '',
+    workload          TEXT NOT NULL DEFAULT '',
+    service_ip        TEXT NOT NULL DEFAULT '',
+    service_port      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS pair_minute_minute ON pair_minute (minute);
 
-CREATE TABLE IF NOT EXISTS pair_hour (
-    period          INTEGER NOT NULL,
-    observer        INTEGER NOT NULL,
-    local_ip        TEXT NOT NULL,
-    peer_ip         TEXT NOT NULL,
-    server_port     INTEGER NOT NULL,
-    role            INTEGER NOT NULL,
-    process         INTEGER NOT NULL,
-    bytes_sent      INTEGER NOT NULL,
-    bytes_received  INTEGER NOT NULL,
-    conns_opened    INTEGER NOT NULL,
-    conns_carried   INTEGER NOT NULL,
-    first_window_ms INTEGER NOT NULL,
-    first_seen_ms   INTEGER NOT NULL,
-    last_seen_ms    INTEGER NOT NULL,
-    PRIMARY KEY (period, observer, local_ip, peer_ip, server_port, role, process)
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS pair_day (
-    period          INTEGER NOT NULL,
-    observer        INTEGER NOT NULL,
-    local_ip        TEXT NOT NULL,
-    peer_ip         TEXT NOT NULL,
-    server_port     INTEGER NOT NULL,
-    role            INTEGER NOT NULL,
-    process         INTEGER NOT NULL,
-    bytes_sent      INTEGER NOT NULL,
-    bytes_received  INTEGER NOT NULL,
-    conns_opened    INTEGER NOT NULL,
-    conns_carried   INTEGER NOT NULL,
-    first_window_ms INTEGER NOT NULL,
-    first_seen_ms   INTEGER NOT NULL,
-    last_seen_ms    INTEGER NOT NULL,
-    PRIMARY KEY (period, observer, local_ip, peer_ip, server_port, role, process)
-) WITHOUT ROWID;
-
--- The same rows with names, for people at the sqlite3 prompt.
-CREATE VIEW IF NOT EXISTS pair_minute_named AS
-    SELECT minute, o.name AS observer, local_ip, peer_ip, server_port,
-           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
-           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
-           first_window_ms, first_seen_ms, last_seen_ms
-    FROM pair_minute JOIN names o ON o.id = observer JOIN names p ON p.id = process;
-CREATE VIEW IF NOT EXISTS pair_hour_named AS
-    SELECT period, o.name AS observer, local_ip, peer_ip, server_port,
-           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
-           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
-           first_window_ms, first_seen_ms, last_seen_ms
-    FROM pair_hour JOIN names o ON o.id = observer JOIN names p ON p.id = process;
-CREATE VIEW IF NOT EXISTS pair_day_named AS
-    SELECT period, o.name AS observer, local_ip, peer_ip, server_port,
-           CASE role WHEN 0 THEN 'client' WHEN 1 THEN 'server' ELSE 'unknown' END AS role,
-           p.name AS process, bytes_sent, bytes_received, conns_opened, conns_carried,
-           first_window_ms, first_seen_ms, last_seen_ms
-    FROM pair_day JOIN names o ON o.id = observer JOIN names p ON p.id = process;
-
+",
+    rollup_table!("pair_hour"),
+    rollup_table!("pair_day"),
+    pair_views!(),
+    r"
 CREATE TABLE IF NOT EXISTS cloud_snapshots (
     day      INTEGER PRIMARY KEY,
     taken_ms INTEGER NOT NULL,
     body     BLOB NOT NULL
 );
-";
+"
+);
 
 /// The host-health tables by grain, and the columns after `period, machine_id`.
 const HOST_TABLES: [(Grain, &str); 3] = [
@@ -265,7 +325,102 @@ fn host_row(
     })
 }
 
-const COLUMNS: &str = "observer, local_ip, peer_ip, server_port, role, process, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms";
+const COLUMNS: &str = "observer, local_ip, peer_ip, server_port, role, process, bytes_sent, bytes_received, conns_opened, conns_carried, first_window_ms, first_seen_ms, last_seen_ms, container_id, container_runtime, container_name, pod, namespace, workload_kind, workload, service_ip, service_port";
+/// The key columns of a roll-up row (its primary key after `period`).
+const KEY_COLUMNS: &str = "observer, local_ip, peer_ip, server_port, role, process, container_id, container_runtime, container_name, pod, namespace, workload_kind, workload, service_ip, service_port";
+/// Where the container columns start in [`COLUMNS`].
+const IDENT_AT: usize = 13;
+
+/// The container and service columns of a row (issue 11), as stored: `''` and 0 for none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct IdentText {
+    container_id: String,
+    runtime: String,
+    name: String,
+    pod: String,
+    namespace: String,
+    workload_kind: String,
+    workload: String,
+    service_ip: String,
+    service_port: i64,
+}
+
+impl IdentText {
+    fn of(c: Option<&trafficmap_model::report::Container>, svc: Option<(IpAddr, u16)>) -> Self {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut t = IdentText::default();
+        if let Some(c) = c {
+            t.container_id = c.id.clone();
+            t.runtime = c.runtime.as_str().to_owned();
+            t.name = text(&c.name);
+            t.pod = text(&c.pod);
+            t.namespace = text(&c.namespace);
+            t.workload_kind = text(&c.workload_kind);
+            t.workload = text(&c.workload);
+        }
+        if let Some((ip, port)) = svc {
+            t.service_ip = ip.to_string();
+            t.service_port = i64::from(port);
+        }
+        t
+    }
+
+    fn read(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(IdentText {
+            container_id: r.get(at)?,
+            runtime: r.get(at + 1)?,
+            name: r.get(at + 2)?,
+            pod: r.get(at + 3)?,
+            namespace: r.get(at + 4)?,
+            workload_kind: r.get(at + 5)?,
+            workload: r.get(at + 6)?,
+            service_ip: r.get(at + 7)?,
+            service_port: r.get(at + 8)?,
+        })
+    }
+}
+
+/// A container runtime from its stored name.
+fn runtime_of(s: &str) -> Option<trafficmap_model::report::ContainerRuntime> {
+    use trafficmap_model::report::ContainerRuntime as R;
+    [R::Docker, R::Containerd, R::CriO, R::Podman, R::Oci]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+}
+
+/// The container and service of a stored row, interned into the range being built. The
+/// stored text is checked as a report's would be: a corrupt row is an error, not a panic.
+fn read_ident(
+    b: &mut RangeBuilder,
+    r: &rusqlite::Row<'_>,
+    at: usize,
+) -> Result<crate::range::Ident> {
+    let mut ident = crate::range::Ident::default();
+    let id = r.get_ref(at)?.as_str().map_err(rusqlite::Error::from)?;
+    if !id.is_empty() {
+        let t = IdentText::read(r, at)?;
+        let opt = |v: String| (!v.is_empty()).then_some(v);
+        let c = trafficmap_model::report::Container {
+            id: t.container_id,
+            runtime: runtime_of(&t.runtime).ok_or_else(|| bad("container runtime", &t.runtime))?,
+            name: opt(t.name),
+            pod: opt(t.pod),
+            namespace: opt(t.namespace),
+            workload_kind: opt(t.workload_kind),
+            workload: opt(t.workload),
+        };
+        c.check().map_err(|e| bad("container", &e.to_string()))?;
+        ident.container = Some(b.container(&c));
+    }
+    let svc = r.get_ref(at + 7)?.as_str().map_err(rusqlite::Error::from)?;
+    if !svc.is_empty() {
+        let ip = b.ip(svc).ok_or_else(|| bad("service address", svc))?;
+        let port: i64 = r.get(at + 8)?;
+        let port = u16::try_from(port).map_err(|_| bad("service port", &port.to_string()))?;
+        ident.service = Some((ip, port));
+    }
+    Ok(ident)
+}
 
 /// How hard SQLite syncs: `full` survives power loss, `normal` only process crashes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -549,7 +704,7 @@ impl SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (report_id) DO NOTHING",
             )?;
             let mut row = tx.prepare_cached(&format!(
-                "INSERT INTO pair_minute (rowid, minute, {COLUMNS}) VALUES (?15, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                "INSERT INTO pair_minute (rowid, minute, {COLUMNS}) VALUES (?24, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
             ))?;
             // Row ids must only grow: the roll-up and the readers take the rows above the
             // watermark as the new ones. SQLite's own choice (largest + 1) would reuse ids at
@@ -606,6 +761,7 @@ impl SqliteStore {
                 for r in &ing.rows {
                     let process = name_id(&tx, names, &mut fresh, PROCESS, &r.process)?;
                     rowid += 1;
+                    let t = IdentText::of(r.container.as_ref(), r.service);
                     row.execute(params![
                         r.minute,
                         observer,
@@ -621,6 +777,15 @@ impl SqliteStore {
                         r.c.first_window_ms,
                         r.c.first_seen_ms,
                         r.c.last_seen_ms,
+                        t.container_id,
+                        t.runtime,
+                        t.name,
+                        t.pod,
+                        t.namespace,
+                        t.workload_kind,
+                        t.workload,
+                        t.service_ip,
+                        t.service_port,
                         rowid,
                     ])?;
                 }
@@ -814,6 +979,7 @@ struct TextKey {
     server_port: i64,
     role: i64,
     process: i64,
+    ident: IdentText,
 }
 
 fn counters(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Counters> {
@@ -836,6 +1002,7 @@ fn text_key(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<TextKey> {
         server_port: r.get(at + 3)?,
         role: r.get(at + 4)?,
         process: r.get(at + 5)?,
+        ident: IdentText::read(r, at + IDENT_AT)?,
     })
 }
 
@@ -867,8 +1034,8 @@ fn rollup_chunk(conn: &mut Connection) -> Result<u64> {
     }
     for (table, sums) in [("pair_hour", hours), ("pair_day", days)] {
         let mut st = tx.prepare_cached(&format!(
-            "INSERT INTO {table} (period, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-             ON CONFLICT (period, observer, local_ip, peer_ip, server_port, role, process) DO UPDATE SET
+            "INSERT INTO {table} (period, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)
+             ON CONFLICT (period, {KEY_COLUMNS}) DO UPDATE SET
                 bytes_sent = {bytes_sent},
                 bytes_received = {bytes_received},
                 conns_opened = {conns_opened},
@@ -896,6 +1063,15 @@ fn rollup_chunk(conn: &mut Connection) -> Result<u64> {
                 c.first_window_ms,
                 c.first_seen_ms,
                 c.last_seen_ms,
+                k.ident.container_id,
+                k.ident.runtime,
+                k.ident.name,
+                k.ident.pod,
+                k.ident.namespace,
+                k.ident.workload_kind,
+                k.ident.workload,
+                k.ident.service_ip,
+                k.ident.service_port,
             ])?;
         }
     }
@@ -964,13 +1140,15 @@ fn read_range(conn: &mut Connection, from: DateTime<Utc>, to: DateTime<Utc>) -> 
             let role = role_of(role).ok_or_else(|| bad("role", &role.to_string()))?;
             let process = intern(b, PROCESS, r.get(5)?)?;
             let c = counters(r, 6)?;
-            b.add(
+            let ident = read_ident(b, r, IDENT_AT)?;
+            b.add_with(
                 agent,
                 local,
                 peer,
                 u16::try_from(port).map_err(|_| bad("port", &port.to_string()))?,
                 role,
                 process,
+                ident,
                 &c,
             );
         }
@@ -1172,6 +1350,8 @@ mod tests {
                     server_port: 80,
                     role: Role::Client,
                     process: process.into(),
+                    container: None,
+                    service: None,
                     c: Counters {
                         bytes_sent: bytes,
                         bytes_received: 1,

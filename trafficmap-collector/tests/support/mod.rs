@@ -361,3 +361,91 @@ pub fn require(what: &str, found: bool) -> bool {
     false
 }
 pub mod clickhouse;
+
+/// The golden reports with containers and Service addresses (issue 11): every other pair in a
+/// container of a Kubernetes workload, every third client pair through a Service in front of
+/// its server, and a twin of each report's first pair (same addresses, port, role and process)
+/// in another container, which a store must keep apart. Valid reports.
+pub fn container_reports() -> Vec<trafficmap_model::report::Report> {
+    use trafficmap_model::report::{Container, ContainerRuntime, Role};
+    let k8s = |n: usize, workload: &str| Container {
+        id: format!("{n:064x}"),
+        runtime: ContainerRuntime::Containerd,
+        name: Some("main".into()),
+        pod: Some(format!("{workload}-{n}")),
+        namespace: Some("shop".into()),
+        workload_kind: Some("Deployment".into()),
+        workload: Some(workload.into()),
+    };
+    golden_reports()
+        .into_iter()
+        .enumerate()
+        .map(|(ri, mut r)| {
+            for (i, p) in r.pairs.iter_mut().enumerate() {
+                if i % 2 == 0 {
+                    p.container = Some(k8s(ri * 100 + i + 1, &p.process.clone()));
+                }
+                if p.role == Role::Client && i % 3 == 0 {
+                    p.service_ip = Some("10.96.0.40".parse().unwrap());
+                    p.service_port = Some(p.server_port);
+                }
+            }
+            if let Some(first) = r.pairs.first().cloned() {
+                let mut twin = first;
+                twin.container = Some(Container {
+                    id: format!("{:064x}", ri * 100 + 99),
+                    runtime: ContainerRuntime::Podman,
+                    name: Some("sidecar".into()),
+                    pod: None,
+                    namespace: None,
+                    workload_kind: None,
+                    workload: None,
+                });
+                twin.bytes_sent = 7;
+                twin.bytes_received = 11;
+                r.pairs.push(twin);
+            }
+            r.validate().unwrap();
+            r
+        })
+        .collect()
+}
+
+/// Bytes sent and received per (container id, service) over every pair of `reports`, as
+/// stored (loopback included): what a store must give back, exactly.
+pub fn bytes_by_ident(
+    reports: &[trafficmap_model::report::Report],
+) -> std::collections::BTreeMap<(Option<String>, Option<String>), (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in reports {
+        for p in &r.pairs {
+            let k = (
+                p.container.as_ref().map(|c| c.id.clone()),
+                p.service_ip
+                    .zip(p.service_port)
+                    .map(|(i, port)| format!("{i}:{port}")),
+            );
+            let e: &mut (u64, u64) = out.entry(k).or_default();
+            e.0 += p.bytes_sent;
+            e.1 += p.bytes_received;
+        }
+    }
+    out
+}
+
+/// The same sums from what a store answers for a range.
+pub fn range_bytes_by_ident(
+    d: &trafficmap_collector::range::RangeData,
+) -> std::collections::BTreeMap<(Option<String>, Option<String>), (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for o in &d.obs {
+        let k = (
+            o.container.map(|c| d.containers[c as usize].id.clone()),
+            o.service.map(|(i, port)| format!("{i}:{port}")),
+        );
+        let e: &mut (u64, u64) = out.entry(k).or_default();
+        e.0 += o.c.bytes_sent;
+        e.1 += o.c.bytes_received;
+    }
+    out
+}

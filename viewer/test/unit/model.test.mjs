@@ -182,3 +182,18 @@ test("suppression patterns from a shared URL cannot hang the tab", () => {
   assert.equal(applyFilters(idx, { envRe: "(a+)+$" }).suppressed, 0);
   assert.ok(Date.now() - t < 1000);
 });
+
+// ---- issue 11: workloads, namespaces, containers.
+test("namespace grouping and search by namespace and container", () => {
+  const api = node("workload:shop/api", { kind: "workload", namespace: "shop", workload_kind: "Deployment", containers: [{ id: "ab".repeat(32), name: "main", pod: "api-7d4-x1", namespace: "shop", workload: "api" }] });
+  const host = node("i-1");
+  assert.equal(groupKey(api, { mode: "namespace" }), "ns:shop");
+  assert.equal(groupKey(host, { mode: "namespace" }), "ns:(no namespace)");
+  assert.equal(groupKey(node("x", { kind: "external" }), { mode: "namespace" }), "external");
+  const idx = indexMap(map([api, host], [link("workload:shop/api", "i-1", 10, 0, { service_addresses: ["10.96.0.40:443"] })]));
+  const all = ["workload:shop/api", "i-1"];
+  assert.deepEqual(searchNodes(idx, "ns:shop", all), ["workload:shop/api"]);
+  assert.deepEqual(searchNodes(idx, "ns:other", all), []);
+  assert.deepEqual(searchNodes(idx, "api-7d4", all), ["workload:shop/api"]);
+  assert.deepEqual(searchNodes(idx, "abab", all), ["workload:shop/api"]);
+});
