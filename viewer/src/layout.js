@@ -51,6 +51,9 @@ export function linkWeights(bytes, influence) {
   const n = bytes.length;
   const w = new Float32Array(n);
   if (n === 0) return w;
+  // Bytes that are not a finite non-negative number (a corrupt map) weigh as 0 bytes: one NaN
+  // would otherwise make the mean, and so every weight, NaN.
+  bytes = Float64Array.from(bytes, (b) => (Number.isFinite(b) && b > 0 ? b : 0));
   const sorted = Float64Array.from(bytes).sort();
   const median = Math.max(sorted[n >> 1], 1);
   let sum = 0;
@@ -133,13 +136,17 @@ export function trafficOrder(items, size, traffic) {
   while (left.size) {
     left.delete(next);
     out.push(next);
-    for (const [j, w] of traffic.get(next) ?? []) if (left.has(j)) score.set(j, score.get(j) + w);
+    // A weight that is not a finite positive number (a corrupt map's NaN or negative bytes)
+    // counts as none: a NaN score would never beat another and leave nothing chosen.
+    for (const [j, w] of traffic.get(next) ?? []) {
+      if (left.has(j) && Number.isFinite(w) && w > 0) score.set(j, score.get(j) + w);
+    }
     let best = -1;
     let bestScore = -1;
     for (const j of bySize) {
       if (!left.has(j)) continue;
       const sc = score.get(j);
-      if (sc > bestScore) {
+      if (best === -1 || sc > bestScore) {
         best = j;
         bestScore = sc;
       }

@@ -166,3 +166,20 @@ test("regions: every node ends inside its group's region, regions apart; the old
   assert.equal(old.regionList(), null);
   assert.ok(old.repackAt.size > 0);
 });
+
+test("a corrupt map's NaN or negative bytes neither stall the group order nor poison the weights", () => {
+  const size = [4, 3, 2, 1];
+  const t = new Map([
+    [0, new Map([[1, NaN], [2, -5]])],
+    [1, new Map([[0, NaN], [3, Infinity]])],
+    [2, new Map([[0, -5]])],
+    [3, new Map([[1, Infinity]])],
+  ]);
+  // Every weight counts as none: plain size order, each item once (the loop used to push -1
+  // forever once every score was NaN).
+  assert.deepEqual(trafficOrder([0, 1, 2, 3], size, t), [0, 1, 2, 3]);
+  const w = linkWeights([NaN, -1, 10, 10], 1);
+  assert.ok([...w].every(Number.isFinite), `${[...w]}`);
+  assert.equal(w[0], w[1]);
+  assert.ok(w[2] > w[0]);
+});
