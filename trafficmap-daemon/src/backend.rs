@@ -21,10 +21,13 @@ pub enum Backend {
 impl Backend {
     /// The order `--attach auto` tries them in.
     ///
-    /// The per-call backends first: they count what applications wrote and read, the semantics
-    /// every earlier release had. `counters` costs nothing per call but counts acknowledged and
-    /// arrived bytes; where none of the others loads it is what a kernel with only the
-    /// lifecycle tracepoints (Linux 4.16 to 6.2 without kprobes) can count with.
+    /// The per-call backends first: they see connections of every network namespace live,
+    /// including those created after the agent started (new containers), and count what
+    /// applications wrote and read. `counters` costs nothing per call (BENCHMARKS.md, "Counters
+    /// backend") but reads live connections only in namespaces it entered at start and counts
+    /// acknowledged and arrived bytes, so users choose it for hosts without container churn;
+    /// where none of the others loads it is what a kernel with only the lifecycle tracepoints
+    /// (Linux 4.16 to 6.2 without kprobes) can count with.
     pub const AUTO_ORDER: [Backend; 4] = [
         Backend::Fexit,
         Backend::Kprobe,
