@@ -241,12 +241,26 @@ impl ConntrackError {
 /// Walks the netlink messages of one datagram of a ctnetlink dump into `table`. Every length is
 /// checked; a ctnetlink message that does not parse is skipped and counted in
 /// `table.malformed`; a broken netlink header ends the datagram with an error. Never panics.
-pub fn parse_datagram(buf: &[u8], table: &mut NatTable) -> Result<Datagram, ConntrackError> {
+///
+/// Only messages of the request `seq` count: anything else (the tail of an earlier dump that
+/// ended early, its `NLMSG_DONE` or error) is skipped, so it can neither end this dump nor
+/// put stale entries in its table.
+pub fn parse_datagram(
+    buf: &[u8],
+    seq: u32,
+    table: &mut NatTable,
+) -> Result<Datagram, ConntrackError> {
     let mut off = 0;
     while off < buf.len() {
         let msg = NetlinkBuffer::new_checked(&buf[off..])
             .map_err(|e| ConntrackError::Parse(e.to_string()))?;
         let len = msg.length() as usize;
+        // Messages are 4-byte aligned; `len` >= 16 was checked by `new_checked`.
+        let next = off.saturating_add((len + 3) & !3);
+        if msg.sequence_number() != seq {
+            off = next;
+            continue;
+        }
         let kind = msg.message_type();
         match kind {
             NLMSG_DONE => return Ok(Datagram::Done),
@@ -283,8 +297,7 @@ pub fn parse_datagram(buf: &[u8], table: &mut NatTable) -> Result<Datagram, Conn
             // NLMSG_NOOP, NLMSG_OVERRUN and anything else: not an entry.
             _ => {}
         }
-        // Messages are 4-byte aligned; `len` >= 16 was checked by `new_checked`.
-        off = off.saturating_add((len + 3) & !3);
+        off = next;
     }
     Ok(Datagram::More)
 }
@@ -366,7 +379,9 @@ impl ConntrackSocket {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             };
-            if parse_datagram(&self.buf[..n.min(self.buf.len())], table)? == Datagram::Done {
+            if parse_datagram(&self.buf[..n.min(self.buf.len())], self.seq, table)?
+                == Datagram::Done
+            {
                 return Ok(());
             }
         }
@@ -436,8 +451,19 @@ impl Nat {
 
     /// Dumps the table (at each drain); says once when it cannot, and when it can again.
     pub fn refresh(&mut self, mono_ns: u64) {
+        if self.socket.is_none() {
+            // Dropped after a failed dump (or never opened): try a fresh one at each drain.
+            match ConntrackSocket::open() {
+                Ok(s) => self.socket = Some(s),
+                Err(e) => {
+                    tracing::debug!(error = %e, "NAT: cannot reopen the netfilter netlink socket")
+                }
+            }
+        }
         let Some(socket) = &mut self.socket else {
             self.metrics.dump_result("error");
+            self.metrics.entries.set(0);
+            self.state = State::Unavailable;
             return;
         };
         match socket.dump(self.max_entries) {
@@ -462,6 +488,10 @@ impl Nat {
                 self.state = State::Ready { table, mono_ns };
             }
             Err(e) => {
+                // A dump that ended early (timeout, parse error) may still be running in the
+                // kernel on this socket: the next request would get EBUSY or its leftover
+                // datagrams. Closing the socket ends it; the next drain opens a fresh one.
+                self.socket = None;
                 self.metrics.dump_result(e.label());
                 self.metrics.entries.set(0);
                 if !self.warned {
@@ -699,13 +729,13 @@ mod tests {
             Protocol::Tcp,
         ));
         let mut t = NatTable::new(16);
-        assert_eq!(parse_datagram(&dg, &mut t).unwrap(), Datagram::More);
+        assert_eq!(parse_datagram(&dg, 0, &mut t).unwrap(), Datagram::More);
         assert_eq!(t.len(), 1);
         assert_eq!(t.lookup(client, virt), Some(real));
         assert_eq!(t.lookup(other, virt), None);
         assert!(t.is_virtual(virt));
         assert!(!t.is_virtual(real));
-        assert_eq!(parse_datagram(&done(), &mut t).unwrap(), Datagram::Done);
+        assert_eq!(parse_datagram(&done(), 0, &mut t).unwrap(), Datagram::Done);
         assert_eq!((t.cut, t.malformed), (0, 0));
     }
 
@@ -768,7 +798,7 @@ mod tests {
         m.finalize();
         let mut out = vec![0; m.buffer_len()];
         m.serialize(&mut out);
-        let err = parse_datagram(&out, &mut NatTable::new(4)).unwrap_err();
+        let err = parse_datagram(&out, 0, &mut NatTable::new(4)).unwrap_err();
         assert_eq!(err.label(), "denied", "{err}");
     }
 
@@ -789,12 +819,66 @@ mod tests {
         let mut dg = bad;
         dg.extend(&good);
         let mut t = NatTable::new(4);
-        assert_eq!(parse_datagram(&dg, &mut t).unwrap(), Datagram::More);
+        assert_eq!(parse_datagram(&dg, 0, &mut t).unwrap(), Datagram::More);
         assert_eq!((t.len(), t.malformed), (1, 1));
         // A broken netlink header (length beyond the datagram) ends it with an error.
         let mut cut = good.clone();
         cut.truncate(good.len() - 1);
-        assert!(parse_datagram(&cut, &mut NatTable::new(4)).is_err());
+        assert!(parse_datagram(&cut, 0, &mut NatTable::new(4)).is_err());
+    }
+
+    /// One framed message with its netlink sequence number set (`nlmsg_seq`, bytes 8..12).
+    fn with_seq(mut m: Vec<u8>, seq: u32) -> Vec<u8> {
+        m[8..12].copy_from_slice(&seq.to_ne_bytes());
+        m
+    }
+
+    /// The tail of an earlier dump that ended early (its entries, its error, its DONE) is
+    /// skipped: it neither ends the current dump nor adds to its table.
+    #[test]
+    fn messages_of_another_dump_are_skipped() {
+        let client = sa("10.250.1.2:40000");
+        let virt = sa("10.250.99.10:80");
+        let real = sa("10.250.2.2:8080");
+        let stale_client = sa("10.250.1.3:40001");
+        let stale = entry_msg(
+            (stale_client, virt),
+            (real, stale_client),
+            dnat(),
+            Protocol::Tcp,
+        );
+        let current = entry_msg((client, virt), (real, client), dnat(), Protocol::Tcp);
+        let mut err = NetlinkMessage::<NetfilterMessage>::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::Error({
+                let mut e = netlink_packet_core::ErrorMessage::default();
+                e.code = std::num::NonZeroI32::new(-libc::EBUSY);
+                e
+            }),
+        );
+        err.finalize();
+        let mut err_bytes = vec![0; err.buffer_len()];
+        err.serialize(&mut err_bytes);
+
+        let mut dg = with_seq(stale.clone(), 6);
+        dg.extend(with_seq(err_bytes, 6));
+        dg.extend(with_seq(done(), 6));
+        dg.extend(with_seq(current, 7));
+        let mut t = NatTable::new(4);
+        assert_eq!(parse_datagram(&dg, 7, &mut t).unwrap(), Datagram::More);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.lookup(client, virt), Some(real));
+        assert_eq!(t.lookup(stale_client, virt), None);
+        // The current dump's own DONE ends it; the same bytes under another sequence do not.
+        let mut end = with_seq(stale, 6);
+        end.extend(with_seq(done(), 7));
+        let mut t = NatTable::new(4);
+        assert_eq!(parse_datagram(&end, 7, &mut t).unwrap(), Datagram::Done);
+        assert_eq!(t.len(), 0);
+        assert_eq!(
+            parse_datagram(&with_seq(done(), 7), 8, &mut t).unwrap(),
+            Datagram::More
+        );
     }
 
     /// Hostile bytes: random datagrams, and valid ones with random bytes flipped or cut, never
@@ -834,7 +918,7 @@ mod tests {
                 v
             };
             let mut t = NatTable::new(1);
-            let _ = parse_datagram(&dg, &mut t);
+            let _ = parse_datagram(&dg, 0, &mut t);
             assert!(t.len() <= 1);
         }
     }

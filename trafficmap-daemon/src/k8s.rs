@@ -1377,7 +1377,7 @@ impl K8sSource {
     ) -> Result<(), K8sError> {
         let mut resp = self.send(client.get(url), "apiserver").await?;
         let max = self.cfg.limits.max_event_bytes;
-        let mut buf: Vec<u8> = Vec::new();
+        let mut lines = Lines::new(max);
         loop {
             // Bookmarks come about every minute; a longer silence is a dead connection.
             let chunk = match tokio::time::timeout(
@@ -1400,17 +1400,20 @@ impl K8sSource {
             let Some(chunk) = chunk else {
                 return Ok(());
             };
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                if line.len() > max {
-                    self.count("apiserver", "too_large");
-                    return Err(K8sError::TooLarge(max));
-                }
+            lines.push(&chunk);
+            loop {
+                let line = match lines.next_line() {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.count("apiserver", "too_large");
+                        return Err(e);
+                    }
+                };
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let r = self.event(&line, rv).await;
+                let r = self.event(line, rv).await;
                 self.count(
                     "apiserver",
                     match &r {
@@ -1420,9 +1423,9 @@ impl K8sSource {
                 );
                 r?;
             }
-            if buf.len() > max {
+            if let Err(e) = lines.check_rest() {
                 self.count("apiserver", "too_large");
-                return Err(K8sError::TooLarge(max));
+                return Err(e);
             }
         }
     }
@@ -1481,9 +1484,121 @@ impl K8sSource {
     }
 }
 
+/// Splits a watch stream's chunks into lines of at most `max` bytes (newline included).
+///
+/// Only the bytes of a new chunk are searched (the rest is known to hold no newline), lines are
+/// split by index, and the consumed ones are drained once per chunk: a large event in small
+/// chunks, or a stream of newlines, costs linear time.
+struct Lines {
+    buf: Vec<u8>,
+    /// Start of the first line not yet returned.
+    start: usize,
+    /// `buf[start..scanned]` holds no newline.
+    scanned: usize,
+    max: usize,
+}
+
+impl Lines {
+    fn new(max: usize) -> Lines {
+        Lines {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            max,
+        }
+    }
+
+    /// Appends a chunk, dropping the lines returned since the last one.
+    fn push(&mut self, chunk: &[u8]) {
+        self.buf.drain(..self.start);
+        self.scanned = self.scanned.saturating_sub(self.start);
+        self.start = 0;
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete line, newline included; `TooLarge` when it is over the cap.
+    fn next_line(&mut self) -> Result<Option<&[u8]>, K8sError> {
+        let Some(at) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
+            self.scanned = self.buf.len();
+            return Ok(None);
+        };
+        let (start, end) = (self.start, self.scanned + at + 1);
+        self.start = end;
+        self.scanned = end;
+        if end - start > self.max {
+            return Err(K8sError::TooLarge(self.max));
+        }
+        Ok(Some(&self.buf[start..end]))
+    }
+
+    /// `TooLarge` when the incomplete line is already over the cap.
+    fn check_rest(&self) -> Result<(), K8sError> {
+        if self.buf.len() - self.start > self.max {
+            return Err(K8sError::TooLarge(self.max));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every line as `Lines` returns it from `stream` pushed in chunks of `n` bytes, and the
+    /// first error (per-line or rest over the cap).
+    fn split(stream: &[u8], n: usize, max: usize) -> (Vec<Vec<u8>>, Option<String>) {
+        let mut lines = Lines::new(max);
+        let mut out = Vec::new();
+        for chunk in stream.chunks(n) {
+            lines.push(chunk);
+            loop {
+                match lines.next_line() {
+                    Ok(Some(l)) => out.push(l.to_vec()),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e.to_string())),
+                }
+            }
+            if let Err(e) = lines.check_rest() {
+                return (out, Some(e.to_string()));
+            }
+        }
+        (out, None)
+    }
+
+    /// Lines split across chunks of any size come out whole, newline included, blank ones
+    /// too; a line over the cap is refused whether it is complete in a chunk or not.
+    #[test]
+    fn watch_lines_are_split_across_chunks_within_the_cap() {
+        let event = format!("{{\"type\":\"ADDED\",\"pad\":\"{}\"}}\n", "x".repeat(1000));
+        let stream = format!("a\n\n{event}\n\nbc\n");
+        let want: Vec<Vec<u8>> = ["a\n", "\n", &event, "\n", "\n", "bc\n"]
+            .iter()
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        for n in [1, 2, 3, 7, 64, 1000, 1024, stream.len()] {
+            assert_eq!(
+                split(stream.as_bytes(), n, event.len()),
+                (want.clone(), None),
+                "{n}"
+            );
+        }
+        // One byte under: the event line is refused in any chunking, the lines before it kept.
+        let too_large = K8sError::TooLarge(event.len() - 1).to_string();
+        for n in [1, 5, 1000, stream.len()] {
+            assert_eq!(
+                split(stream.as_bytes(), n, event.len() - 1),
+                (want[..2].to_vec(), Some(too_large.clone())),
+                "{n}"
+            );
+        }
+        // An incomplete line over the cap is refused before its newline comes.
+        let (got, err) = split(&[b'x'; 100], 10, 50);
+        assert!(got.is_empty());
+        assert_eq!(err, Some(K8sError::TooLarge(50).to_string()));
+        // A stream of newlines in one-byte chunks: one blank line each.
+        let (got, err) = split(&[b'\n'; 10_000], 1, 16);
+        assert_eq!((got.len(), err), (10_000, None));
+    }
 
     #[test]
     fn metrics_names_as_documented() {

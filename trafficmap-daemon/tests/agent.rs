@@ -46,7 +46,11 @@ impl AgentProc {
         Self::spawn_with(dir, name, args, Command::new(AGENT))
     }
 
+    /// `cmd` may set `RUST_LOG` itself (a test waiting for a debug line); `info` otherwise.
     fn spawn_with(dir: &Path, name: &str, args: &[String], mut cmd: Command) -> AgentProc {
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
         let metrics_port = free_port();
         let log = dir.join(format!("{name}.log"));
         let child = cmd
@@ -57,7 +61,6 @@ impl AgentProc {
                 "--imds",
                 "off",
             ])
-            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -1653,6 +1656,52 @@ impl Drop for Podman {
     }
 }
 
+/// Removes a test's directory when dropped; a failure to remove it fails the test (unless the
+/// test is already failing, where a second panic would abort the run).
+///
+/// Waits first until no process names the directory in its command line: conmon runs
+/// `podman --root <dir>/root container cleanup` after a container exits, possibly after
+/// `podman rm` returned, and that recreated an empty storage under a directory removed too
+/// early.
+struct RemoveDir(PathBuf);
+
+/// Processes whose command line contains `needle`.
+fn processes_naming(needle: &[u8]) -> Vec<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmd.windows(needle.len())
+                .any(|w| w == needle)
+                .then(|| String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
+        .collect()
+}
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let needle = self.0.as_os_str().as_encoded_bytes();
+        let idle = wait_for(Duration::from_secs(30), || {
+            processes_naming(needle).is_empty().then_some(())
+        });
+        let removed = match idle {
+            Some(()) => std::fs::remove_dir_all(&self.0).map_err(|e| e.to_string()),
+            None => Err(format!("still in use by {:?}", processes_naming(needle))),
+        };
+        if let Err(e) = removed {
+            let msg = format!("cannot remove {}: {e}", self.0.display());
+            if std::thread::panicking() {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
 /// `podman system service` on a socket of the test: the real podman API the agent reads.
 struct PodmanService(Child);
 
@@ -1691,6 +1740,9 @@ fn podman_containers_are_named_from_the_podman_api() {
         );
     }
     let dir = temp_dir("podman");
+    // Declared before the `Podman` and its service: dropped after them, it removes the vfs
+    // storage the test leaves under /tmp.
+    let _cleanup = RemoveDir(dir.clone());
     let runtime = dir.join("runtime.sh");
     std::fs::write(&runtime, RUNTIME_WRAPPER).unwrap();
     std::fs::set_permissions(
@@ -1728,12 +1780,17 @@ fn podman_containers_are_named_from_the_podman_api() {
     std::fs::write(
         &conf,
         format!(
-            "[containers]\npodman_socket = \"{}\"\ndocker_socket = \"\"\napi_refresh = \"300ms\"\nrescan_interval = \"100ms\"\n",
+            "[containers]\npodman_socket = \"{}\"\ndocker_socket = \"\"\napi_refresh = \"300ms\"\napi_timeout = \"10s\"\nrescan_interval = \"100ms\"\n",
             sock.display()
         ),
     )
     .unwrap();
-    let mut a = AgentProc::spawn(
+    // The runtime API's debug line (how many containers each listing returned) tells when the
+    // agent knows both names; plain text, no colours, for the match.
+    let mut cmd = Command::new(AGENT);
+    cmd.env("RUST_LOG", "info,trafficmap_daemon::runtimeapi=debug")
+        .env("NO_COLOR", "1");
+    let mut a = AgentProc::spawn_with(
         &dir,
         "agent",
         &[
@@ -1746,6 +1803,7 @@ fn podman_containers_are_named_from_the_podman_api() {
             ],
         ]
         .concat(),
+        cmd,
     );
     const PORT: &str = "4714";
     let (request, reply) = (100_003u64, 2_001u64);
@@ -1802,8 +1860,19 @@ fn podman_containers_are_named_from_the_podman_api() {
         )
     };
     let (server_id, client_id) = (id("tm-server"), id("tm-client"));
-    // The agent's API source lists the containers every 300 ms.
-    std::thread::sleep(Duration::from_secs(2));
+    // The agent's API source lists the containers every 300 ms; the storage is the test's own,
+    // so a listing of two containers has both names. Only then the one drain (at SIGTERM).
+    let known = wait_for(Duration::from_secs(60), || {
+        a.log_text()
+            .lines()
+            .any(|l| {
+                l.contains("container names refreshed")
+                    && l.contains("podman")
+                    && l.split_whitespace().any(|w| w == "containers=2")
+            })
+            .then_some(())
+    });
+    assert!(known.is_some(), "names never listed: {}", a.log_text());
     assert!(a.sigterm().success(), "{}", a.log_text());
 
     let reports = read_jsonl(&out);
