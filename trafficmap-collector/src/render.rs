@@ -347,8 +347,43 @@ struct Groups {
     of_conversation: Vec<[u32; 2]>,
     /// The group of each container (workloads view), by index into [`Prepared::containers`].
     of_container: Vec<u32>,
-    /// Conversation ends whose containers belong to several workloads.
+    /// Workloads view: the entry standing for each container's id, by index into
+    /// [`Prepared::containers`] (see [`canonical_containers`]).
+    canonical: Vec<u32>,
+    /// Conversation ends whose containers (distinct ids) belong to several workloads.
     shared_ends: u64,
+}
+
+/// For each container entry, the index of the entry that stands for its id: the stores' keys
+/// include the names, so one id can come back unnamed (windows before the Kubernetes source
+/// knew the pod, or after it was deleted) and named. The most named entry (most `Some` fields;
+/// ties to the greatest entry, for determinism) gives the id one workload, so its bytes do not
+/// split between a `container:` node and its workload.
+fn canonical_containers(containers: &[Container]) -> Vec<u32> {
+    fn named(c: &Container) -> usize {
+        [
+            c.name.is_some(),
+            c.pod.is_some(),
+            c.namespace.is_some(),
+            c.workload_kind.is_some(),
+            c.workload.is_some(),
+        ]
+        .into_iter()
+        .filter(|&b| b)
+        .count()
+    }
+    let mut best: HashMap<&str, u32> = HashMap::default();
+    for (i, c) in containers.iter().enumerate() {
+        best.entry(c.id.as_str())
+            .and_modify(|b| {
+                let old = &containers[*b as usize];
+                if (named(c), c) > (named(old), old) {
+                    *b = i as u32;
+                }
+            })
+            .or_insert(i as u32);
+    }
+    containers.iter().map(|c| best[c.id.as_str()]).collect()
 }
 
 /// The workloads-view group of a container: its Kubernetes workload (a pod nobody owns stands
@@ -413,13 +448,16 @@ impl Groups {
             of_identity,
             of_conversation: Vec::new(),
             of_container: Vec::new(),
+            canonical: Vec::new(),
             shared_ends: 0,
         };
         if view == View::Workloads {
-            g.of_container = p
-                .containers
+            g.canonical = canonical_containers(&p.containers);
+            g.of_container = g
+                .canonical
                 .iter()
-                .map(|c| {
+                .map(|&k| {
+                    let c = &p.containers[k as usize];
                     *index.entry(workload_group(c)).or_insert_with_key(|n| {
                         g.names.push(n.clone());
                         (g.names.len() - 1) as u32
@@ -516,11 +554,15 @@ fn member_nodes(p: &Prepared, view: View, groups: &Groups, dir: &Directory<'_>) 
                     View::Instances => n.containers.extend(side.containers.iter()),
                     // Only the containers of this workload (a shared end has others).
                     View::Workloads if groups.of_identity[identity][0] != g => {
-                        let mine: Vec<u32> = side
+                        // By the entries standing for their ids (one per id).
+                        let mut mine: Vec<u32> = side
                             .containers
                             .iter()
+                            .map(|c| groups.canonical[c as usize])
                             .filter(|&c| groups.of_container[c as usize] == g)
                             .collect();
+                        mine.sort_unstable();
+                        mine.dedup();
                         add_workload_member(n, p, &mine, identity, ip);
                         n.containers.extend(mine);
                     }
@@ -1263,5 +1305,63 @@ mod tests {
             "{:?}",
             m.warnings
         );
+    }
+    /// One container id in the store twice: unnamed (a window before the Kubernetes source
+    /// knew its pod) and named. Both entries stand for the workload: all its bytes land on
+    /// the workload node, and it is not an end shared by several workloads.
+    #[test]
+    fn an_unnamed_entry_of_a_named_container_joins_its_workload() {
+        let named = k8s(7, "shop", "Deployment", "cart", "cart-1");
+        let bare = Container {
+            name: None,
+            pod: None,
+            namespace: None,
+            workload_kind: None,
+            workload: None,
+            ..named.clone()
+        };
+        let rows: Vec<RowSpec<'_>> = vec![
+            // The unnamed entry first: it gets the smaller container index.
+            (
+                "node-a",
+                "10.244.1.5",
+                "10.244.2.7",
+                80,
+                Role::Client,
+                "cart",
+                Some(bare),
+                None,
+                c(10, 20, 1),
+            ),
+            (
+                "node-a",
+                "10.244.1.5",
+                "10.244.2.7",
+                80,
+                Role::Client,
+                "cart",
+                Some(named),
+                None,
+                c(30, 40, 2),
+            ),
+        ];
+        let m = build(View::Workloads, &rows);
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        let l = link(&m, "workload:shop/cart", "host:node-b");
+        assert_eq!(
+            (l.bytes_to_target, l.bytes_to_source, l.connections),
+            (40, 60, 3)
+        );
+        assert_eq!(m.links.len(), 1);
+        let cart = node(&m, "workload:shop/cart");
+        assert_eq!(
+            (
+                cart.containers.len(),
+                cart.namespace.as_deref(),
+                cart.label.as_str()
+            ),
+            (1, Some("shop"), "shop/cart")
+        );
+        assert_eq!(cart.containers[0].pod.as_deref(), Some("cart-1"));
     }
 }
