@@ -31,7 +31,7 @@ use crate::{
     cost::{CostRates, usd},
     enrich::{Directory, Identity},
     few::Few,
-    merge::{Conversation, Endpoint, Merged, merge},
+    merge::{Conversation, Endpoint, Merged, SERVICES_KEPT, merge},
     period::from_ms,
     range::RangeData,
     slots::{Keyed, Slots},
@@ -312,6 +312,11 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
     let mut nodes = member_nodes(p, view, &groups, dir);
     let links = sum_links(p, view, &groups, &mut nodes);
     add_links_to_nodes(&links, &mut nodes);
+    // Links whose service addresses were cut to the list's cap (their sets keep one more).
+    let cut_services = links
+        .iter()
+        .filter(|l| l.acc.services.len() > MAX_LINK_SERVICE_ADDRESSES)
+        .count();
     let (order, rank) = node_order(&groups.names, &nodes);
     let nodes = output_nodes(p, &groups.names, nodes, &order);
     let (links, totals) = output_links(p, &groups.names, links, &rank, nodes.len());
@@ -320,6 +325,11 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         warnings.push(format!(
             "{} conversation end(s) came from containers of several workloads on one address (host network); each counted on the first of its workloads by container id",
             groups.shared_ends
+        ));
+    }
+    if cut_services > 0 {
+        warnings.push(format!(
+            "{cut_services} link(s) went through more than {MAX_LINK_SERVICE_ADDRESSES} service addresses; the smallest {MAX_LINK_SERVICE_ADDRESSES} are listed"
         ));
     }
     Map {
@@ -639,7 +649,7 @@ fn sum_links(
                 l.ports.insert(conv.key.port);
                 if let Some(s) = &conv.client_side {
                     l.client_processes.extend(&s.processes);
-                    l.services.extend(&s.services);
+                    l.services.extend_capped(&s.services, SERVICES_KEPT);
                 }
                 if let Some(s) = &conv.server_side {
                     l.server_processes.extend(&s.processes);
@@ -1363,5 +1373,57 @@ mod tests {
             (1, Some("shop"), "shop/cart")
         );
         assert_eq!(cart.containers[0].pod.as_deref(), Some("cart-1"));
+    }
+    /// A client that went through more service addresses than a link lists (every pair a new
+    /// service port, in descending order): the link lists exactly the cap, the smallest, the
+    /// map says the list was cut, and the bytes are exact.
+    #[test]
+    fn service_addresses_beyond_the_cap_are_cut_and_bytes_stay_exact() {
+        let many = 4 * MAX_LINK_SERVICE_ADDRESSES as u16;
+        let mut rows: Vec<RowSpec<'_>> = (0..many)
+            .rev()
+            .map(|i| {
+                (
+                    "node-a",
+                    "10.0.0.1",
+                    "10.0.0.2",
+                    443,
+                    Role::Client,
+                    "curl",
+                    None,
+                    Some(("10.96.0.1", 2000 + i)),
+                    c(3, 5, 1),
+                )
+            })
+            .collect();
+        rows.push((
+            "node-b",
+            "10.0.0.2",
+            "10.0.0.1",
+            443,
+            Role::Server,
+            "nginx",
+            None,
+            None,
+            c(5 * many as u64, 3 * many as u64, many as u64),
+        ));
+        for view in [View::Instances, View::Workloads] {
+            let m = build(view, &rows);
+            let l = link(&m, "host:node-a", "host:node-b");
+            assert_eq!(
+                (l.bytes_to_target, l.bytes_to_source, l.connections),
+                (3 * many as u64, 5 * many as u64, many as u64)
+            );
+            let want: Vec<String> = (0..MAX_LINK_SERVICE_ADDRESSES as u16)
+                .map(|i| format!("10.96.0.1:{}", 2000 + i))
+                .collect();
+            assert_eq!(l.service_addresses, want);
+            assert_eq!(
+                m.warnings,
+                [format!(
+                    "1 link(s) went through more than {MAX_LINK_SERVICE_ADDRESSES} service addresses; the smallest {MAX_LINK_SERVICE_ADDRESSES} are listed"
+                )]
+            );
+        }
     }
 }
