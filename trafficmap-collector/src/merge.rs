@@ -28,7 +28,11 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use trafficmap_model::{bounds::sat_add, map::ObservedBy, report::Role};
+use trafficmap_model::{
+    bounds::sat_add,
+    map::{MAX_LINK_SERVICE_ADDRESSES, ObservedBy},
+    report::Role,
+};
 
 use crate::{
     enrich::{Directory, Target},
@@ -47,6 +51,11 @@ pub enum Endpoint {
     /// An address nobody claims.
     Addr(IpAddr),
 }
+
+/// How many service addresses (the smallest) a side or a link keeps: one more than a link
+/// lists, so the map can say a list was cut. Hostile reports could otherwise name any number
+/// (every pair a new service port). Bytes are summed regardless.
+pub const SERVICES_KEPT: usize = MAX_LINK_SERVICE_ADDRESSES + 1;
 
 /// One side's observation of a conversation, summed over its pairs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,7 +96,7 @@ impl Side {
             self.containers.insert(c);
         }
         if let Some(svc) = o.service {
-            self.services.insert(svc);
+            self.services.insert_capped(svc, SERVICES_KEPT);
         }
         self.first_seen_ms = self.first_seen_ms.min(o.c.first_seen_ms);
         self.last_seen_ms = self.last_seen_ms.max(o.c.last_seen_ms);

@@ -31,7 +31,7 @@ use crate::{
     cost::{CostRates, usd},
     enrich::{Directory, Identity},
     few::Few,
-    merge::{Conversation, Endpoint, Merged, merge},
+    merge::{Conversation, Endpoint, Merged, SERVICES_KEPT, merge},
     period::from_ms,
     range::RangeData,
     slots::{Keyed, Slots},
@@ -312,6 +312,11 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
     let mut nodes = member_nodes(p, view, &groups, dir);
     let links = sum_links(p, view, &groups, &mut nodes);
     add_links_to_nodes(&links, &mut nodes);
+    // Links whose service addresses were cut to the list's cap (their sets keep one more).
+    let cut_services = links
+        .iter()
+        .filter(|l| l.acc.services.len() > MAX_LINK_SERVICE_ADDRESSES)
+        .count();
     let (order, rank) = node_order(&groups.names, &nodes);
     let nodes = output_nodes(p, &groups.names, nodes, &order);
     let (links, totals) = output_links(p, &groups.names, links, &rank, nodes.len());
@@ -320,6 +325,11 @@ pub fn render(p: &Prepared, view: View, dir: &Directory<'_>, generated_at: DateT
         warnings.push(format!(
             "{} conversation end(s) came from containers of several workloads on one address (host network); each counted on the first of its workloads by container id",
             groups.shared_ends
+        ));
+    }
+    if cut_services > 0 {
+        warnings.push(format!(
+            "{cut_services} link(s) went through more than {MAX_LINK_SERVICE_ADDRESSES} service addresses; the smallest {MAX_LINK_SERVICE_ADDRESSES} are listed"
         ));
     }
     Map {
@@ -347,8 +357,43 @@ struct Groups {
     of_conversation: Vec<[u32; 2]>,
     /// The group of each container (workloads view), by index into [`Prepared::containers`].
     of_container: Vec<u32>,
-    /// Conversation ends whose containers belong to several workloads.
+    /// Workloads view: the entry standing for each container's id, by index into
+    /// [`Prepared::containers`] (see [`canonical_containers`]).
+    canonical: Vec<u32>,
+    /// Conversation ends whose containers (distinct ids) belong to several workloads.
     shared_ends: u64,
+}
+
+/// For each container entry, the index of the entry that stands for its id: the stores' keys
+/// include the names, so one id can come back unnamed (windows before the Kubernetes source
+/// knew the pod, or after it was deleted) and named. The most named entry (most `Some` fields;
+/// ties to the greatest entry, for determinism) gives the id one workload, so its bytes do not
+/// split between a `container:` node and its workload.
+fn canonical_containers(containers: &[Container]) -> Vec<u32> {
+    fn named(c: &Container) -> usize {
+        [
+            c.name.is_some(),
+            c.pod.is_some(),
+            c.namespace.is_some(),
+            c.workload_kind.is_some(),
+            c.workload.is_some(),
+        ]
+        .into_iter()
+        .filter(|&b| b)
+        .count()
+    }
+    let mut best: HashMap<&str, u32> = HashMap::default();
+    for (i, c) in containers.iter().enumerate() {
+        best.entry(c.id.as_str())
+            .and_modify(|b| {
+                let old = &containers[*b as usize];
+                if (named(c), c) > (named(old), old) {
+                    *b = i as u32;
+                }
+            })
+            .or_insert(i as u32);
+    }
+    containers.iter().map(|c| best[c.id.as_str()]).collect()
 }
 
 /// The workloads-view group of a container: its Kubernetes workload (a pod nobody owns stands
@@ -413,13 +458,16 @@ impl Groups {
             of_identity,
             of_conversation: Vec::new(),
             of_container: Vec::new(),
+            canonical: Vec::new(),
             shared_ends: 0,
         };
         if view == View::Workloads {
-            g.of_container = p
-                .containers
+            g.canonical = canonical_containers(&p.containers);
+            g.of_container = g
+                .canonical
                 .iter()
-                .map(|c| {
+                .map(|&k| {
+                    let c = &p.containers[k as usize];
                     *index.entry(workload_group(c)).or_insert_with_key(|n| {
                         g.names.push(n.clone());
                         (g.names.len() - 1) as u32
@@ -516,11 +564,15 @@ fn member_nodes(p: &Prepared, view: View, groups: &Groups, dir: &Directory<'_>) 
                     View::Instances => n.containers.extend(side.containers.iter()),
                     // Only the containers of this workload (a shared end has others).
                     View::Workloads if groups.of_identity[identity][0] != g => {
-                        let mine: Vec<u32> = side
+                        // By the entries standing for their ids (one per id).
+                        let mut mine: Vec<u32> = side
                             .containers
                             .iter()
+                            .map(|c| groups.canonical[c as usize])
                             .filter(|&c| groups.of_container[c as usize] == g)
                             .collect();
+                        mine.sort_unstable();
+                        mine.dedup();
                         add_workload_member(n, p, &mine, identity, ip);
                         n.containers.extend(mine);
                     }
@@ -597,7 +649,7 @@ fn sum_links(
                 l.ports.insert(conv.key.port);
                 if let Some(s) = &conv.client_side {
                     l.client_processes.extend(&s.processes);
-                    l.services.extend(&s.services);
+                    l.services.extend_capped(&s.services, SERVICES_KEPT);
                 }
                 if let Some(s) = &conv.server_side {
                     l.server_processes.extend(&s.processes);
@@ -1263,5 +1315,115 @@ mod tests {
             "{:?}",
             m.warnings
         );
+    }
+    /// One container id in the store twice: unnamed (a window before the Kubernetes source
+    /// knew its pod) and named. Both entries stand for the workload: all its bytes land on
+    /// the workload node, and it is not an end shared by several workloads.
+    #[test]
+    fn an_unnamed_entry_of_a_named_container_joins_its_workload() {
+        let named = k8s(7, "shop", "Deployment", "cart", "cart-1");
+        let bare = Container {
+            name: None,
+            pod: None,
+            namespace: None,
+            workload_kind: None,
+            workload: None,
+            ..named.clone()
+        };
+        let rows: Vec<RowSpec<'_>> = vec![
+            // The unnamed entry first: it gets the smaller container index.
+            (
+                "node-a",
+                "10.244.1.5",
+                "10.244.2.7",
+                80,
+                Role::Client,
+                "cart",
+                Some(bare),
+                None,
+                c(10, 20, 1),
+            ),
+            (
+                "node-a",
+                "10.244.1.5",
+                "10.244.2.7",
+                80,
+                Role::Client,
+                "cart",
+                Some(named),
+                None,
+                c(30, 40, 2),
+            ),
+        ];
+        let m = build(View::Workloads, &rows);
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        let l = link(&m, "workload:shop/cart", "host:node-b");
+        assert_eq!(
+            (l.bytes_to_target, l.bytes_to_source, l.connections),
+            (40, 60, 3)
+        );
+        assert_eq!(m.links.len(), 1);
+        let cart = node(&m, "workload:shop/cart");
+        assert_eq!(
+            (
+                cart.containers.len(),
+                cart.namespace.as_deref(),
+                cart.label.as_str()
+            ),
+            (1, Some("shop"), "shop/cart")
+        );
+        assert_eq!(cart.containers[0].pod.as_deref(), Some("cart-1"));
+    }
+    /// A client that went through more service addresses than a link lists (every pair a new
+    /// service port, in descending order): the link lists exactly the cap, the smallest, the
+    /// map says the list was cut, and the bytes are exact.
+    #[test]
+    fn service_addresses_beyond_the_cap_are_cut_and_bytes_stay_exact() {
+        let many = 4 * MAX_LINK_SERVICE_ADDRESSES as u16;
+        let mut rows: Vec<RowSpec<'_>> = (0..many)
+            .rev()
+            .map(|i| {
+                (
+                    "node-a",
+                    "10.0.0.1",
+                    "10.0.0.2",
+                    443,
+                    Role::Client,
+                    "curl",
+                    None,
+                    Some(("10.96.0.1", 2000 + i)),
+                    c(3, 5, 1),
+                )
+            })
+            .collect();
+        rows.push((
+            "node-b",
+            "10.0.0.2",
+            "10.0.0.1",
+            443,
+            Role::Server,
+            "nginx",
+            None,
+            None,
+            c(5 * many as u64, 3 * many as u64, many as u64),
+        ));
+        for view in [View::Instances, View::Workloads] {
+            let m = build(view, &rows);
+            let l = link(&m, "host:node-a", "host:node-b");
+            assert_eq!(
+                (l.bytes_to_target, l.bytes_to_source, l.connections),
+                (3 * many as u64, 5 * many as u64, many as u64)
+            );
+            let want: Vec<String> = (0..MAX_LINK_SERVICE_ADDRESSES as u16)
+                .map(|i| format!("10.96.0.1:{}", 2000 + i))
+                .collect();
+            assert_eq!(l.service_addresses, want);
+            assert_eq!(
+                m.warnings,
+                [format!(
+                    "1 link(s) went through more than {MAX_LINK_SERVICE_ADDRESSES} service addresses; the smallest {MAX_LINK_SERVICE_ADDRESSES} are listed"
+                )]
+            );
+        }
     }
 }
