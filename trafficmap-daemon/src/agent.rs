@@ -169,6 +169,18 @@ impl Drainer {
         if closed.is_empty() {
             return;
         }
+        // A container whose connection just closed may exit before the window's drain, and its
+        // cgroup directory goes with it: look its cgroup up now, while it exists, so the
+        // resolver's cache still knows it when the pair is named at the drain (a Job's pod that
+        // lives for seconds is the common case).
+        if let Some(resolver) = &mut self.containers {
+            let now = std::time::Instant::now();
+            for c in &closed {
+                if c.cgroup_id != 0 {
+                    let _ = resolver.cgroup(c.cgroup_id, now);
+                }
+            }
+        }
         let clock = Clock::now();
         self.fold(
             &Snapshot {

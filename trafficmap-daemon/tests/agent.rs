@@ -1513,6 +1513,17 @@ fn pairs_carry_the_container_of_each_end() {
     let (host_port, host_server) = echo_server(1, |n| n + 5);
     assert_eq!(client(host_port, 999), 1004);
     assert_eq!(host_server.join().unwrap(), 999);
+    // Both containers exit before the window closes, as a short Job's pod does: their cgroups
+    // are removed once the agent has folded the closed connections (the ring buffer is read
+    // as soon as it has records; 3 s is ample), and the drain still names them.
+    std::thread::sleep(Duration::from_secs(3));
+    let (server_dir, client_dir) = (server_cg.path.clone(), client_cg.path.clone());
+    drop(server_cg);
+    drop(client_cg);
+    assert!(
+        !server_dir.exists() && !client_dir.exists(),
+        "cgroups removed"
+    );
     assert!(a.sigterm().success(), "{}", a.log_text());
 
     let reports = read_jsonl(&out);
