@@ -343,12 +343,9 @@ fn assert_recorded_pods(h: &Harness, deployment: (&str, &str)) {
     assert_eq!(h.metrics.pods.get(), 6);
 }
 
-fn kubelet_server() -> Server {
-    let s = Server::default();
-    s.kubelet_pods
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("kubelet-pods.json")));
+/// The recorded owners the pods of both pod lists point at: the Deployment's ReplicaSet and
+/// the CronJob's Job.
+fn with_recorded_owners(s: Server) -> Server {
     s.replicasets
         .lock()
         .unwrap()
@@ -358,6 +355,25 @@ fn kubelet_server() -> Server {
         .unwrap()
         .push_back(ok(fixture("job-backup.json")));
     s
+}
+
+fn kubelet_server() -> Server {
+    let s = Server::default();
+    s.kubelet_pods
+        .lock()
+        .unwrap()
+        .push_back(ok(fixture("kubelet-pods.json")));
+    with_recorded_owners(s)
+}
+
+/// The API server's recorded pod list, answered once, and the owners.
+fn apiserver_server() -> Server {
+    let s = Server::default();
+    s.list
+        .lock()
+        .unwrap()
+        .push_back(ok(fixture("apiserver-pods.json")));
+    with_recorded_owners(s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,19 +440,7 @@ async fn recorded_replicaset_forbidden_falls_back_to_the_replicaset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_apiserver_list_watch_delete_and_410_relist() {
-    let s = Server::default();
-    s.list
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("apiserver-pods.json")));
-    s.replicasets
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("replicaset-web.json")));
-    s.jobs
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("job-backup.json")));
+    let s = apiserver_server();
     let gate = Arc::new(Notify::new());
     *s.watch.lock().unwrap() = [
         ok(fixture("watch-events.jsonl")),
@@ -576,19 +580,7 @@ async fn recorded_pod_list_kept_when_later_answers_are_hostile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_watch_event_over_the_cap_is_refused_keeping_the_cache() {
-    let s = Server::default();
-    s.list
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("apiserver-pods.json")));
-    s.replicasets
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("replicaset-web.json")));
-    s.jobs
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("job-backup.json")));
+    let s = apiserver_server();
     // One event line of 40 KiB (the cap is 16 KiB), then a malformed one.
     let big = format!(
         "{{\"type\":\"ADDED\",\"object\":{{\"metadata\":{{\"name\":\"{}\"}}}}}}\n",
@@ -615,19 +607,7 @@ async fn recorded_watch_event_over_the_cap_is_refused_keeping_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_apiserver_over_tls_trusts_its_ca_file() {
-    let s = Server::default();
-    s.list
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("apiserver-pods.json")));
-    s.replicasets
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("replicaset-web.json")));
-    s.jobs
-        .lock()
-        .unwrap()
-        .push_back(ok(fixture("job-backup.json")));
+    let s = apiserver_server();
     s.watch.lock().unwrap().push_back(Answer::Hang);
     let h = Harness::start_with(s, Source::ApiServer, true, |c, ca| {
         c.ca_file = ca.to_owned();
