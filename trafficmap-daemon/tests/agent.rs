@@ -197,6 +197,18 @@ fn ns_args(ns: &NetNs) -> Vec<String> {
     vec!["--netns".into(), ns.path().display().to_string()]
 }
 
+/// An agent counting `ns` with one window (1 h: written at SIGTERM) into the JSON-lines file
+/// `out`, with the configuration file `config` if given.
+fn one_window_args(ns: &NetNs, out: &Path, config: Option<&Path>) -> Vec<String> {
+    let mut args = ns_args(ns);
+    args.extend(strings(&["--interval", "1h", "--output"]));
+    args.push(out.display().to_string());
+    if let Some(c) = config {
+        args.extend(["--config".to_owned(), c.display().to_string()]);
+    }
+    args
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -486,16 +498,7 @@ fn sigterm_flushes_the_last_window_and_detaches() {
     let dir = temp_dir("sigterm");
     let out = dir.join("reports.jsonl");
     let ns = NetNs::new();
-    let mut a = AgentProc::spawn(
-        &dir,
-        "agent",
-        &[
-            ns_args(&ns),
-            strings(&["--interval", "1h", "--output"]),
-            vec![out.display().to_string()],
-        ]
-        .concat(),
-    );
+    let mut a = AgentProc::spawn(&dir, "agent", &one_window_args(&ns, &out, None));
     let ids = a.program_ids();
     assert!(ids.len() >= 4, "programs held by the agent: {ids:?}");
     let (port, server) = echo_server(2, |n| n + 1);
@@ -545,16 +548,7 @@ fn a_process_named_with_escapes_is_reported_sanitised() {
     let dir = temp_dir("escapes");
     let out = dir.join("reports.jsonl");
     let ns = NetNs::new();
-    let mut a = AgentProc::spawn(
-        &dir,
-        "agent",
-        &[
-            ns_args(&ns),
-            strings(&["--interval", "1h", "--output"]),
-            vec![out.display().to_string()],
-        ]
-        .concat(),
-    );
+    let mut a = AgentProc::spawn(&dir, "agent", &one_window_args(&ns, &out, None));
     let (port, server) = echo_server(1, |n| n + 1);
     // A process's name is the `comm` the probe records for the bytes it moves.
     client_in_process("\u{1b}[31mevil\u{7}", port, 4242, 4243);
@@ -581,16 +575,7 @@ fn ten_thousand_short_connections_in_one_interval() {
     let dir = temp_dir("10k");
     let out = dir.join("reports.jsonl");
     let ns = NetNs::new();
-    let mut a = AgentProc::spawn(
-        &dir,
-        "agent",
-        &[
-            ns_args(&ns),
-            strings(&["--interval", "1h", "--output"]),
-            vec![out.display().to_string()],
-        ]
-        .concat(),
-    );
+    let mut a = AgentProc::spawn(&dir, "agent", &one_window_args(&ns, &out, None));
     let (port, server) = echo_server(N, |n| n % 97);
     let start = Instant::now();
     let mut sent = 0u64;
@@ -980,16 +965,7 @@ fn root_agent_drops_its_capabilities_after_attaching_and_still_counts() {
     let dir = temp_dir("dropcaps");
     let out = dir.join("reports.jsonl");
     let ns = NetNs::new();
-    let mut a = AgentProc::spawn(
-        &dir,
-        "agent",
-        &[
-            ns_args(&ns),
-            strings(&["--interval", "1h", "--output"]),
-            vec![out.display().to_string()],
-        ]
-        .concat(),
-    );
+    let mut a = AgentProc::spawn(&dir, "agent", &one_window_args(&ns, &out, None));
     let keep = documented_kept_caps();
     // Every thread: only the documented set, empty bounding set (root holds CAP_SETPCAP),
     // nothing ambient, no_new_privs.
@@ -1489,20 +1465,7 @@ fn pairs_carry_the_container_of_each_end() {
     )
     .unwrap();
     let ns = NetNs::new();
-    let mut a = AgentProc::spawn(
-        &dir,
-        "agent",
-        &[
-            ns_args(&ns),
-            strings(&["--interval", "1h", "--output"]),
-            vec![
-                out.display().to_string(),
-                "--config".into(),
-                conf.display().to_string(),
-            ],
-        ]
-        .concat(),
-    );
+    let mut a = AgentProc::spawn(&dir, "agent", &one_window_args(&ns, &out, Some(&conf)));
     let server_id = "5e".repeat(32);
     let client_id = "c1".repeat(32);
     let server_cg = TestCgroup::new("agent", &format!("libpod-{server_id}"));
@@ -1801,21 +1764,7 @@ fn podman_containers_are_named_from_the_podman_api() {
     let mut cmd = Command::new(AGENT);
     cmd.env("RUST_LOG", "info,trafficmap_daemon::runtimeapi=debug")
         .env("NO_COLOR", "1");
-    let mut a = AgentProc::spawn_with(
-        &dir,
-        "agent",
-        &[
-            ns_args(&ns),
-            strings(&["--interval", "1h", "--output"]),
-            vec![
-                out.display().to_string(),
-                "--config".into(),
-                conf.display().to_string(),
-            ],
-        ]
-        .concat(),
-        cmd,
-    );
+    let mut a = AgentProc::spawn_with(&dir, "agent", &one_window_args(&ns, &out, Some(&conf)), cmd);
     const PORT: &str = "4714";
     let (request, reply) = (100_003u64, 2_001u64);
     // Both stay up after the conversation (sockets closed), so their cgroups still exist when
