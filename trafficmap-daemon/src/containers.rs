@@ -472,11 +472,7 @@ pub fn container_of(c: &CgroupContainer, names: Names) -> Container {
         name: clean(names.name, bounds::MAX_K8S_NAME_LEN),
         pod: clean(names.pod, bounds::MAX_K8S_NAME_LEN),
         namespace: clean(names.namespace, bounds::MAX_K8S_NAMESPACE_LEN),
-        workload_kind: names.workload_kind.filter(|k| {
-            !k.is_empty()
-                && k.len() <= bounds::MAX_K8S_KIND_LEN
-                && k.bytes().all(|b| b.is_ascii_alphanumeric())
-        }),
+        workload_kind: names.workload_kind.filter(|k| bounds::is_workload_kind(k)),
         workload: clean(names.workload, bounds::MAX_K8S_NAME_LEN),
     }
 }

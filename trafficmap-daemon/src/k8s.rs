@@ -606,12 +606,7 @@ fn bounded(s: Option<&str>, max: usize) -> Option<String> {
 
 /// `s` if the report would accept it as a workload kind.
 fn kind(s: Option<&str>) -> Option<String> {
-    s.filter(|s| {
-        !s.is_empty()
-            && s.len() <= bounds::MAX_K8S_KIND_LEN
-            && s.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
-    .map(str::to_owned)
+    s.filter(|s| bounds::is_workload_kind(s)).map(str::to_owned)
 }
 
 /// The controller owner (kind, name) of an object, if both pass the bounds.

@@ -56,6 +56,12 @@ pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
 /// Longest uptime accepted: 100 years of 365.25 days, in seconds.
 pub const MAX_UPTIME_SECONDS: u64 = 3_155_760_000;
 
+/// Whether `s` is a workload kind a report accepts (`Deployment`, a custom controller's kind):
+/// 1 to [`MAX_K8S_KIND_LEN`] characters of `A-Z a-z 0-9`.
+pub fn is_workload_kind(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_K8S_KIND_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Where every counter sum stops: the largest value SQLite (and any `i64` column) holds.
 pub const COUNTER_MAX: u64 = i64::MAX as u64;
 

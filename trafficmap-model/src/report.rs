@@ -737,9 +737,7 @@ impl Container {
             }
         }
         if let Some(kind) = &self.workload_kind
-            && (kind.is_empty()
-                || kind.len() > bounds::MAX_K8S_KIND_LEN
-                || !kind.bytes().all(|b| b.is_ascii_alphanumeric()))
+            && !bounds::is_workload_kind(kind)
         {
             return invalid(
                 &path("container.workload_kind"),
