@@ -434,7 +434,15 @@ async fn containers_round_trip(store: &Store) -> Vec<Vec<Map>> {
     for d in ["2026-11-22", "2026-11-23"] {
         let (from, to) = mapservice::day_range(NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap());
         let day = store.range(from, to).await.unwrap();
-        assert!(!day.containers.is_empty(), "{d}");
+        // Exactly the containers that day's reports name, each once.
+        let want: std::collections::BTreeSet<_> = reports
+            .iter()
+            .filter(|r| r.window.start.date_naive().to_string() == d)
+            .flat_map(|r| r.pairs.iter().filter_map(|p| p.container.clone()))
+            .collect();
+        let got: std::collections::BTreeSet<_> = day.containers.iter().cloned().collect();
+        assert_eq!(got.len(), day.containers.len(), "{d}: a container twice");
+        assert_eq!(got, want, "{d}");
     }
     out.push(views(store, whole.0, whole.1).await);
     assert_eq!(out[0], out[1], "maps before and after roll-ups");
