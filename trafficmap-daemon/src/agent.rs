@@ -55,7 +55,6 @@ pub struct Drainer {
     // drains that wait for the drain's dump, and whether a drain (fresh dump) is under way.
     nat: Option<crate::conntrack::Nat>,
     waiting: Vec<(crate::delta::ConnDelta, Role, RoleSource)>,
-    at_drain: bool,
 }
 
 /// Closed client connections that may wait for the next drain's conntrack dump; beyond this,
@@ -76,7 +75,9 @@ impl Drainer {
         self.containers = Some(resolver);
     }
 
-    fn accumulate(&mut self, d: &crate::delta::ConnDelta, clock: &Clock) {
+    /// `at_drain`: the conntrack table was dumped just now, so a closed client connection need
+    /// not wait for the next dump.
+    fn accumulate(&mut self, d: &crate::delta::ConnDelta, clock: &Clock, at_drain: bool) {
         let id = d.conn.id();
         let (role, role_source) = match self.roles.get(&id) {
             Some(&r) => r,
@@ -93,7 +94,7 @@ impl Drainer {
         let nat = match (&self.nat, role) {
             (Some(nat), Role::Client) if d.established => {
                 let (local, peer, opened) = (d.conn.local(), d.conn.remote(), d.conn.opened_ns);
-                match nat.resolve(local, peer, opened, !self.at_drain) {
+                match nat.resolve(local, peer, opened, !at_drain) {
                     crate::conntrack::Lookup::Real(r) => Some(r),
                     crate::conntrack::Lookup::Wait if self.waiting.len() < MAX_WAITING => {
                         self.waiting.push((d.clone(), role, role_source));
@@ -157,9 +158,9 @@ impl Drainer {
     }
 
     /// Applies a snapshot to the tracker and folds every delta into the current window.
-    fn fold(&mut self, snap: &Snapshot, clock: &Clock) {
+    fn fold(&mut self, snap: &Snapshot, clock: &Clock, at_drain: bool) {
         let mut tracker = std::mem::take(&mut self.tracker);
-        tracker.apply_with(snap, |d| self.accumulate(&d, clock));
+        tracker.apply_with(snap, |d| self.accumulate(&d, clock, at_drain));
         self.tracker = tracker;
     }
 
@@ -188,6 +189,7 @@ impl Drainer {
                 closed,
             },
             &clock,
+            false,
         );
     }
 
@@ -216,11 +218,9 @@ impl Drainer {
         // Issue 11: the conntrack dump before anything is paired, so every client connection
         // of the window (live, closed now, or waiting since it closed) meets a fresh table.
         self.nat_dump();
-        self.at_drain = true;
         let clock = Clock::now();
-        self.fold(&snap, &clock);
+        self.fold(&snap, &clock, true);
         self.nat_release_waiting(&clock);
-        self.at_drain = false;
         let big = snap.live.len() > 10_000;
         drop(snap);
         if big {
