@@ -394,19 +394,6 @@ pub struct Probe {
     counters: Option<LiveCounters>,
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
-
 /// The counters backend's `sock_diag` sockets and baselines.
 struct LiveCounters {
     sockets: Vec<DiagSocket>,
@@ -742,7 +729,7 @@ impl Probe {
                 counting, entries, ..
             }) = &mut self.counters
             {
-                counting.merge(out, start, entries, monotonic_ns());
+                counting.merge(out, start, entries, crate::pairs::monotonic_ns());
                 debug!(
                     sockets = entries.len(),
                     records = out.len().saturating_sub(start),
